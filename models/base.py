@@ -1,0 +1,276 @@
+"""The one interface every recommender implements.
+
+A model takes a batch of user interaction rows (a CSR matrix, users x items) and
+returns a score for every item. It never holds the dataset: a user it has never
+seen is scored from the rows passed in ("fold-in"). Ranking, masking of seen
+items and the top-k cut happen here, outside the network, once for all models.
+
+A model file implements four things:
+  * ``Config``: a frozen dataclass of hyper-parameters, defaults from the paper;
+  * ``scores(rows, users=None, timestamps=None) -> Tensor[n, n_items]``;
+  * ``training_batches(data, generator)`` and ``loss(batch, **schedule)`` for
+    gradient-trained models, or ``solve(data)`` for closed-form ones (EASE);
+  * ``configure_optimizer()``: the optimiser the paper used.
+Gradient-trained configs carry ``epochs``, ``batch_size``, ``lr`` and ``patience``
+(early-stopping patience in epochs, on the validation metric).
+Training-loop state (optimiser, annealing, early stopping) lives in the trainer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Iterator, Literal
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import nn
+
+WEIGHTS_FILE = "weights.safetensors"
+CONFIG_FILE = "model.json"
+SCORE_BATCH_ROWS = 2048  # rows scored per forward pass: bounds memory at n * n_items floats
+
+
+class ModelInputError(ValueError):
+    """Bad input to a model (wrong width, empty matrix, a user it cannot serve)."""
+
+
+@dataclass
+class TrainData:
+    """What a model trains on: users x items CSR, plus timestamps (same pattern) for sequential models."""
+
+    X: sp.csr_matrix
+    timestamps: sp.csr_matrix | None = None
+    rating_range: tuple[float, float] = (1.0, 5.0)
+
+
+def as_csr(rows: Any, n_items: int) -> sp.csr_matrix:
+    """Check a batch of rows at the door: CSR (or convertible), float32, the model's width."""
+    if not sp.issparse(rows):
+        raise ModelInputError(f"rows must be a scipy.sparse matrix, got {type(rows).__name__}")
+    rows = sp.csr_matrix(rows, dtype=np.float32)
+    if rows.ndim != 2 or rows.shape[1] != n_items:
+        raise ModelInputError(f"rows have {rows.shape[1]} columns but the model was trained on {n_items} items")
+    if rows.nnz and not np.isfinite(rows.data).all():
+        raise ModelInputError("rows contain NaN or infinite values")
+    return rows
+
+
+def csr_to_dense(rows: sp.csr_matrix, device: torch.device | str) -> torch.Tensor:
+    """Densify one batch only (the full matrix stays sparse)."""
+    return torch.from_numpy(rows.toarray()).to(device)
+
+
+class Recommender(nn.Module):
+    """Base of every model. Subclasses set the class attributes and implement ``scores``."""
+
+    name: ClassVar[str]
+    task: ClassVar[Literal["rating", "ranking"]]
+    Config: ClassVar[type]
+    can_fold_in: ClassVar[bool] = True  # False: serves only the users it was trained on
+    sequential: ClassVar[bool] = False  # True: needs interaction order (timestamps)
+    closed_form: ClassVar[bool] = False  # True: trained by ``solve``, not by gradient steps
+
+    def __init__(self, config: Any, n_items: int, n_users: int, rating_range: tuple[float, float] = (1.0, 5.0)):
+        super().__init__()
+        self.config = config
+        self.n_items = int(n_items)
+        self.n_users = int(n_users)
+        self.rating_range = (float(rating_range[0]), float(rating_range[1]))
+
+    # ---- implemented by each model -------------------------------------------------
+    def scores(
+        self, rows: sp.csr_matrix, users: np.ndarray | None = None, timestamps: sp.csr_matrix | None = None
+    ) -> torch.Tensor:
+        """Scores for every item, shape [n_rows, n_items], on ``self.device``; no grad."""
+        raise NotImplementedError
+
+    def training_batches(self, data: TrainData, generator: np.random.Generator) -> Iterator[Any]:
+        raise NotImplementedError(f"{self.name} is not trained by gradient steps")
+
+    def loss(self, batch: Any, **schedule: float) -> torch.Tensor:
+        raise NotImplementedError(f"{self.name} is not trained by gradient steps")
+
+    def solve(self, data: TrainData) -> None:
+        raise NotImplementedError(f"{self.name} has no closed form")
+
+    def configure_optimizer(self) -> torch.optim.Optimizer:
+        raise NotImplementedError(f"{self.name} is not trained by gradient steps")
+
+    def item_embeddings(self) -> torch.Tensor:
+        """One vector per item, [n_items, d], for item-to-item similarity (cosine)."""
+        raise NotImplementedError(f"{self.name} has no item embeddings")
+
+    def prepare_scoring(self, data: TrainData) -> None:
+        """Run before validation and after training with the training data (e.g. cache item codes)."""
+
+    def schedule(self, step: int, epoch: int) -> dict[str, float]:
+        """Per-step values the paper's loss needs (e.g. the KL weight); a pure function of the step."""
+        return {}
+
+    def train_step(self, batch: Any, optimizer: torch.optim.Optimizer, **schedule: float) -> float:
+        """One optimiser step; models with a special update (DeepRec's re-feeding) override it."""
+        optimizer.zero_grad(set_to_none=True)
+        loss = self.loss(batch, **schedule)
+        loss.backward()
+        optimizer.step()
+        return float(loss.detach())
+
+    # ---- shared by all models ------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        for tensor in self.parameters():
+            return tensor.device
+        for tensor in self.buffers():
+            return tensor.device
+        return torch.device("cpu")
+
+    def _check_users(self, users: np.ndarray | None, n_rows: int) -> np.ndarray | None:
+        if users is None:
+            if not self.can_fold_in:
+                raise ModelInputError(
+                    f"{self.name} cannot fold in new users: pass `users` (training-row indices) for users it was trained on"
+                )
+            return None
+        users = np.asarray(users, dtype=np.int64).reshape(-1)
+        if users.shape[0] != n_rows:
+            raise ModelInputError(f"users has {users.shape[0]} entries for {n_rows} rows")
+        if not self.can_fold_in and ((users < 0) | (users >= self.n_users)).any():
+            bad = users[(users < 0) | (users >= self.n_users)][0]
+            raise ModelInputError(f"{self.name} was not trained on user index {bad} (it knows {self.n_users} users)")
+        return users
+
+    @torch.no_grad()
+    def recommend(
+        self,
+        rows: sp.csr_matrix,
+        k: int = 10,
+        *,
+        users: np.ndarray | None = None,
+        exclude_seen: bool = True,
+        exclude: sp.csr_matrix | np.ndarray | None = None,
+        candidates: np.ndarray | None = None,
+        timestamps: sp.csr_matrix | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k item indices and scores for each row, best first, both [n_rows, k].
+
+        ``exclude``: items never to return (an index array for all rows, or a CSR of
+        per-row items). ``candidates``: an index array; only these items may be returned.
+        Where fewer than k items are allowed, the tail is padded with id -1 and score -inf.
+        """
+        if not isinstance(k, (int, np.integer)) or k <= 0:
+            raise ModelInputError(f"k must be a positive integer, got {k!r}")
+        rows = as_csr(rows, self.n_items)
+        users = self._check_users(users, rows.shape[0])
+        k_eff = min(int(k), self.n_items)
+        ids_out = np.full((rows.shape[0], k), -1, dtype=np.int64)
+        scores_out = np.full((rows.shape[0], k), -np.inf, dtype=np.float32)
+        allowed = None
+        if candidates is not None:
+            candidates = np.asarray(candidates, dtype=np.int64).reshape(-1)
+            if ((candidates < 0) | (candidates >= self.n_items)).any():
+                raise ModelInputError("candidates contain item indices outside the model's items")
+            allowed = torch.zeros(self.n_items, dtype=torch.bool, device=self.device)
+            allowed[torch.from_numpy(candidates).to(self.device)] = True
+        global_exclude = None
+        if exclude is not None and not sp.issparse(exclude):
+            global_exclude = torch.from_numpy(np.asarray(exclude, dtype=np.int64).reshape(-1)).to(self.device)
+        if exclude is not None and sp.issparse(exclude):
+            exclude = sp.csr_matrix(exclude)
+            if exclude.shape != rows.shape:
+                raise ModelInputError(f"exclude has shape {exclude.shape}, rows have {rows.shape}")
+
+        was_training = self.training
+        self.eval()
+        try:
+            for start in range(0, rows.shape[0], SCORE_BATCH_ROWS):
+                stop = min(start + SCORE_BATCH_ROWS, rows.shape[0])
+                batch = rows[start:stop]
+                batch_users = None if users is None else users[start:stop]
+                batch_ts = None if timestamps is None else sp.csr_matrix(timestamps)[start:stop]
+                s = self.scores(batch, users=batch_users, timestamps=batch_ts).float()
+                if exclude_seen and batch.nnz:
+                    r, c = batch.nonzero()
+                    s[torch.from_numpy(r).to(s.device), torch.from_numpy(c).to(s.device)] = -torch.inf
+                if global_exclude is not None:
+                    s[:, global_exclude] = -torch.inf
+                if exclude is not None and sp.issparse(exclude):
+                    r, c = exclude[start:stop].nonzero()
+                    s[torch.from_numpy(r).to(s.device), torch.from_numpy(c).to(s.device)] = -torch.inf
+                if allowed is not None:
+                    s[:, ~allowed] = -torch.inf
+                top_scores, top_ids = torch.topk(s, k_eff, dim=1)
+                top_scores, top_ids = top_scores.cpu().numpy(), top_ids.cpu().numpy()
+                top_ids[~np.isfinite(top_scores)] = -1
+                ids_out[start:stop, :k_eff] = top_ids
+                scores_out[start:stop, :k_eff] = top_scores
+        finally:
+            self.train(was_training)
+        return ids_out, scores_out
+
+    @torch.no_grad()
+    def predict(
+        self, rows: sp.csr_matrix, items: np.ndarray, *, users: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Pairwise rating predictions: row i's predicted rating of ``items[i]``, clipped to the rating range."""
+        if self.task != "rating":
+            raise ModelInputError(f"{self.name} ranks items; it does not predict ratings")
+        rows = as_csr(rows, self.n_items)
+        items = np.asarray(items, dtype=np.int64).reshape(-1)
+        if items.shape[0] != rows.shape[0]:
+            raise ModelInputError(f"items has {items.shape[0]} entries for {rows.shape[0]} rows")
+        if ((items < 0) | (items >= self.n_items)).any():
+            raise ModelInputError("items contain indices outside the model's items")
+        users = self._check_users(users, rows.shape[0])
+        out = np.empty(rows.shape[0], dtype=np.float32)
+        was_training = self.training
+        self.eval()
+        try:
+            for start in range(0, rows.shape[0], SCORE_BATCH_ROWS):
+                stop = min(start + SCORE_BATCH_ROWS, rows.shape[0])
+                s = self.scores(rows[start:stop], users=None if users is None else users[start:stop])
+                idx = torch.from_numpy(items[start:stop]).to(s.device)
+                out[start:stop] = s.gather(1, idx[:, None]).squeeze(1).float().cpu().numpy()
+        finally:
+            self.train(was_training)
+        return np.clip(out, *self.rating_range)
+
+    # ---- persistence ---------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        """Weights as safetensors plus a JSON of the config; enough to rebuild without the trainer."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        save_file(tensors, str(path / WEIGHTS_FILE))
+        meta = {
+            "model": self.name,
+            "config": dataclasses.asdict(self.config),
+            "n_items": self.n_items,
+            "n_users": self.n_users,
+            "rating_range": list(self.rating_range),
+        }
+        (path / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+
+
+def build_config(config_cls: type, overrides: dict[str, Any]) -> Any:
+    """Build a model's config from overrides; an unknown key is an error, not a silent None."""
+    known = {f.name: f for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(overrides) - set(known))
+    if unknown:
+        raise ModelInputError(
+            f"unknown hyper-parameter(s) for {config_cls.__qualname__}: {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(known))}"
+        )
+    values = {}
+    for key, value in overrides.items():
+        default = getattr(config_cls, key, None) if known[key].default is not dataclasses.MISSING else None
+        # tuples arrive as lists from JSON/TOML; keep the dataclass hashable and frozen
+        if isinstance(value, list) or isinstance(default, tuple):
+            value = tuple(value) if isinstance(value, (list, tuple)) else value
+        values[key] = value
+    return config_cls(**values)

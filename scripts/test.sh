@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Run the whole test suite in .venv. Needs PostgreSQL and Redis for the storage/cache
+# tests (TEST_DATABASE_URL, TEST_REDIS_URL); they skip outside CI when absent, and fail under CI=true.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh dev
+export TEST_DATABASE_URL="${TEST_DATABASE_URL:-postgresql+psycopg://postgres@127.0.0.1:5432/test}"
+export TEST_REDIS_URL="${TEST_REDIS_URL:-redis://127.0.0.1:6379/0}"
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,198 @@
+"""One contract, every model: the interface behaves the same whatever is behind it.
+
+The data is a small planted structure: two groups of users, each loving its own
+block of items (rating 5 / positive) and, for rating models, rating a random
+half of the other block 1. Every user of group A has one block-A item withheld:
+a model that learnt anything must put it first among the items it may rank.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+import models
+import trainer
+from models.base import ModelInputError
+from trainer.errors import UserError
+
+N_USERS, N_ITEMS, BLOCK = 60, 24, 12
+
+# Few epochs, small layers: the contract is about behaviour, not quality.
+FAST = {
+    "autorec-i": dict(epochs=60, hidden=32),
+    "autorec-u": dict(epochs=60, hidden=32),
+    "deeprec": dict(epochs=60, layers=(32, 16), dropout=0.0),
+    "cdae": dict(epochs=60, hidden=16),
+    "multvae": dict(epochs=60, dims=(32, 8), batch_size=16),
+    "multdae": dict(epochs=60, dims=(32,), batch_size=16),
+    "svae": dict(epochs=30),
+    "ease": dict(),
+}
+NAMES = list(models.REGISTRY)
+
+
+def planted(task: str) -> tuple[sp.csr_matrix, sp.csr_matrix, np.ndarray]:
+    """(train matrix, timestamps, withheld item per user or -1)."""
+    rng = np.random.default_rng(7)
+    dense = np.zeros((N_USERS, N_ITEMS), dtype=np.float32)
+    group = np.arange(N_USERS) % 2  # 0 -> block A (items 0..11), 1 -> block B (12..23)
+    for g in (0, 1):
+        own = slice(g * BLOCK, (g + 1) * BLOCK)
+        dense[group == g, own] = 5.0
+        if task == "rating":
+            other = np.arange((1 - g) * BLOCK, (2 - g) * BLOCK)
+            for u in np.flatnonzero(group == g):
+                dense[u, rng.choice(other, BLOCK // 2, replace=False)] = 1.0
+    withheld = np.full(N_USERS, -1)
+    a_users = np.flatnonzero(group == 0)
+    withheld[a_users] = rng.integers(0, BLOCK, size=len(a_users))
+    dense[a_users, withheld[a_users]] = 0.0
+    if task == "ranking":
+        dense = (dense > 0).astype(np.float32)
+    X = sp.csr_matrix(dense)
+    ts = X.copy()
+    ts.data = rng.permutation(X.nnz).astype(np.float64) + 1.0
+    return X, ts, withheld
+
+
+@pytest.fixture(scope="module", params=NAMES)
+def fitted(request):
+    name = request.param
+    cls = models.REGISTRY[name]
+    X, ts, withheld = planted(cls.task)
+    model = trainer.fit(name, X, timestamps=ts, seed=0, progress=False, **FAST[name])
+    return name, model, X, ts, withheld
+
+
+def _users(model, n: int) -> np.ndarray | None:
+    return np.arange(n) if not model.can_fold_in else None
+
+
+def test_registry_names():
+    assert set(models.REGISTRY) == {"autorec-i", "autorec-u", "deeprec", "cdae", "multvae", "multdae", "svae", "ease"}
+    for name, cls in models.REGISTRY.items():
+        assert cls.name == name
+        assert cls.task in ("rating", "ranking")
+        assert cls.Config.__dataclass_params__.frozen
+
+
+def test_recommend_shapes_and_order(fitted):
+    name, model, X, ts, _ = fitted
+    ids, scores = model.recommend(X[:5], k=7, users=_users(model, 5), timestamps=ts[:5])
+    assert ids.shape == (5, 7) and scores.shape == (5, 7)
+    assert ids.dtype.kind == "i" and scores.dtype == np.float32
+    assert np.all(np.diff(scores, axis=1) <= 0), "best first"
+
+
+def test_seen_items_excluded(fitted):
+    name, model, X, ts, _ = fitted
+    ids, _ = model.recommend(X, k=N_ITEMS, users=_users(model, N_USERS), timestamps=ts)
+    for u in range(N_USERS):
+        seen = set(X[u].indices)
+        returned = set(ids[u][ids[u] >= 0])
+        assert not (seen & returned)
+        assert returned == set(range(N_ITEMS)) - seen, "every unseen item is returned when k covers them"
+
+
+def test_exclude_and_candidates(fitted):
+    name, model, X, ts, withheld = fitted
+    u = int(np.flatnonzero(withheld >= 0)[0])
+    rows, users = X[u : u + 1], _users(model, 1) if model.can_fold_in else np.array([u])
+    ids, _ = model.recommend(rows, k=3, users=users, exclude=np.array([withheld[u]]), timestamps=ts[u : u + 1])
+    assert withheld[u] not in ids[0]
+    cand = np.array([withheld[u], (withheld[u] + 1) % N_ITEMS])
+    ids, scores = model.recommend(rows, k=3, users=users, exclude_seen=False, candidates=cand, timestamps=ts[u : u + 1])
+    assert set(ids[0][:2]) == set(cand) and ids[0][2] == -1 and scores[0][2] == -np.inf
+
+
+def test_planted_item_ranks_first(fitted):
+    name, model, X, ts, withheld = fitted
+    a_users = np.flatnonzero(withheld >= 0)
+    users = a_users if not model.can_fold_in else None
+    ids, _ = model.recommend(X[a_users], k=1, users=users, timestamps=ts[a_users])
+    hit_rate = np.mean(ids[:, 0] == withheld[a_users])
+    assert hit_rate >= 0.9, f"{name}: withheld item first for only {hit_rate:.0%} of users"
+
+
+def test_deterministic_with_seed(fitted):
+    name, model, X, ts, _ = fitted
+    again = trainer.fit(name, X, timestamps=ts, seed=0, progress=False, **FAST[name])
+    users = _users(model, N_USERS)
+    a = model.scores(X, users=users, timestamps=ts) if users is None else model.scores(X, users=users)
+    b = again.scores(X, users=users, timestamps=ts) if users is None else again.scores(X, users=users)
+    torch.testing.assert_close(a, b)
+
+
+def test_save_load_identical(fitted, tmp_path):
+    name, model, X, ts, _ = fitted
+    model.save(tmp_path / name)
+    loaded = models.load(tmp_path / name)
+    assert type(loaded) is type(model) and loaded.config == model.config
+    users = _users(model, N_USERS)
+    ids_a, s_a = model.recommend(X, k=5, users=users, timestamps=ts)
+    ids_b, s_b = loaded.recommend(X, k=5, users=users, timestamps=ts)
+    np.testing.assert_array_equal(ids_a, ids_b)
+    np.testing.assert_array_equal(s_a, s_b)
+
+
+def test_training_is_finite(fitted):
+    name, model, X, ts, _ = fitted
+    for key, tensor in model.state_dict().items():
+        if tensor.is_floating_point():
+            assert torch.isfinite(tensor).all(), key
+    assert model.training_log["fit_seconds"] > 0
+
+
+def test_fold_in_or_clear_refusal(fitted):
+    name, model, X, ts, withheld = fitted
+    new_user = X[0].copy()  # a user with the same taste, unknown to the model
+    if model.can_fold_in:
+        ids, scores = model.recommend(new_user, k=3, timestamps=ts[0])
+        assert np.isfinite(scores).all()
+    else:
+        with pytest.raises(ModelInputError, match="cannot fold in"):
+            model.recommend(new_user, k=3)
+        with pytest.raises(ModelInputError, match="not trained on user"):
+            model.recommend(new_user, k=3, users=np.array([N_USERS + 5]))
+
+
+def test_rating_predictions_clipped(fitted):
+    name, model, X, ts, withheld = fitted
+    if model.task != "rating":
+        with pytest.raises(ModelInputError):
+            model.predict(X[:1], np.array([0]))
+        return
+    users = np.arange(N_USERS)
+    items = np.arange(N_USERS) % N_ITEMS
+    pred = model.predict(X, items, users=users)
+    assert pred.shape == (N_USERS,)
+    assert pred.min() >= 1.0 and pred.max() <= 5.0
+    a_users = np.flatnonzero(withheld >= 0)
+    liked = model.predict(X[a_users], withheld[a_users], users=a_users)
+    assert liked.mean() > 4.0, f"{name}: withheld block item predicted {liked.mean():.2f}"
+
+
+def test_wrong_width_rows_rejected(fitted):
+    name, model, X, ts, _ = fitted
+    bad = sp.csr_matrix((2, N_ITEMS + 3), dtype=np.float32)
+    with pytest.raises(ModelInputError, match="columns"):
+        model.recommend(bad, k=3, users=np.array([0, 1]))
+    with pytest.raises(ModelInputError, match="k must be"):
+        model.recommend(X[:1], k=0, users=np.array([0]))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_empty_matrix_rejected(name):
+    empty = sp.csr_matrix((5, 8), dtype=np.float32)
+    with pytest.raises(UserError, match="empty"):
+        trainer.fit(name, empty, timestamps=empty, progress=False)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_unknown_hyper_parameter_rejected(name):
+    X, ts, _ = planted(models.REGISTRY[name].task)
+    with pytest.raises(UserError, match="unknown hyper-parameter.*no_such_knob"):
+        trainer.fit(name, X, timestamps=ts, progress=False, no_such_knob=1)

@@ -1,0 +1,51 @@
+"""`python -m trainer`: the offline job's command line (typer).
+
+Each command group lives in ``trainer/commands/``; this module builds the app and
+turns a ``UserError`` into one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+app = typer.Typer(
+    name="trainer",
+    help="Get datasets, evaluate baselines, train and publish autoencoder recommenders.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _register_commands() -> None:
+    from trainer.commands import baselines, data  # noqa: F401  (each registers its commands on `app`)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from models.base import ModelInputError
+    from trainer.errors import UserError
+
+    _register_commands()
+    try:
+        app(args=argv, standalone_mode=False)
+    except (UserError, ModelInputError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except typer.Exit as exc:
+        return exc.exit_code
+    except Exception as exc:  # click usage errors and friends
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            return exc.exit_code
+        if isinstance(exc, click.exceptions.Abort):
+            print("error: aborted", file=sys.stderr)
+            return 1
+        raise
+    return 0

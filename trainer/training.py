@@ -1,0 +1,184 @@
+"""The training loop shared by every model: ``fit(name, interactions, ...)``.
+
+The loop owns all training state (optimiser, step counter for annealing, early
+stopping, the best weights); models only say how to batch, what the loss is and
+which optimiser their paper used. Closed-form models (EASE, baselines) are solved
+in one call.
+
+Validation, when given, picks the epoch: rankers by NDCG@100 on held-out users
+(fold-in rows -> targets), rating models by RMSE on held-out ratings. The best
+epoch's weights are restored at the end, and ``model.training_log`` records the
+learning curve, the best epoch and timings.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from tqdm.auto import tqdm
+
+from models.base import ModelInputError, Recommender, TrainData, build_config
+from trainer.errors import TrainingError, UserError
+from trainer.splits import HeldOut
+
+VALID_RANKING_METRIC = "ndcg@100"
+VALID_RATING_METRIC = "rmse"
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``/"auto": the GPU when present, the CPU otherwise."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA GPU is available (use --device auto or cpu)")
+    return device
+
+
+def model_class(name: str) -> type[Recommender]:
+    from models import REGISTRY
+    from models.baselines import BASELINES
+
+    known = {**REGISTRY, **BASELINES}
+    if name not in known:
+        raise UserError(f"unknown model {name!r}; known models: {', '.join(REGISTRY)} (baselines: {', '.join(BASELINES)})")
+    return known[name]
+
+
+def validation_score(model: Recommender, train: sp.csr_matrix, valid: Any) -> tuple[str, float, bool]:
+    """(metric name, value, higher_is_better) of ``model`` on the validation set."""
+    from trainer.evaluation import evaluate_ranking, evaluate_rating
+
+    if isinstance(valid, HeldOut):
+        report = evaluate_ranking(model, valid, ks=(100,))
+        return VALID_RANKING_METRIC, float(report[VALID_RANKING_METRIC]), True
+    if sp.issparse(valid):
+        report = evaluate_rating(model, train, sp.csr_matrix(valid), fallback=None)
+        return VALID_RATING_METRIC, float(report[VALID_RATING_METRIC]), False
+    raise UserError(f"valid must be a HeldOut (rankers) or a CSR of held-out ratings, got {type(valid).__name__}")
+
+
+def _check_inputs(cls: type[Recommender], X: Any, timestamps: Any) -> sp.csr_matrix:
+    if not sp.issparse(X):
+        raise UserError(f"interactions must be a scipy.sparse matrix, got {type(X).__name__}")
+    X = sp.csr_matrix(X, dtype=np.float32)
+    X.sum_duplicates()
+    if X.shape[0] == 0 or X.shape[1] == 0 or X.nnz == 0:
+        raise UserError(f"cannot train {cls.name} on an empty interaction matrix (shape {X.shape}, {X.nnz} entries)")
+    if not np.isfinite(X.data).all():
+        raise UserError("interactions contain NaN or infinite values")
+    if cls.sequential and timestamps is None:
+        raise UserError(f"{cls.name} is sequential: pass timestamps (a CSR with the same pattern as interactions)")
+    if timestamps is not None and sp.csr_matrix(timestamps).shape != X.shape:
+        raise UserError(f"timestamps have shape {timestamps.shape}, interactions {X.shape}")
+    return X
+
+
+def fit(
+    name: str,
+    interactions: sp.csr_matrix,
+    *,
+    timestamps: sp.csr_matrix | None = None,
+    valid: HeldOut | sp.csr_matrix | None = None,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    rating_range: tuple[float, float] | None = None,
+    **hyper: Any,
+) -> Recommender:
+    """Train model ``name`` on a users x items CSR and return it, in eval mode.
+
+    ``interactions``: ratings for rating models; values > 0 are positives for rankers.
+    ``timestamps``: same pattern as ``interactions``, for sequential models (svae).
+    ``valid``: a ``HeldOut`` (rankers) or a CSR of held-out ratings aligned with the
+    rows of ``interactions`` (rating models); used for early stopping.
+    ``hyper``: overrides of the model's config dataclass; an unknown name is an error.
+    """
+    cls = model_class(name)
+    X = _check_inputs(cls, interactions, timestamps)
+    try:
+        config = build_config(cls.Config, hyper)
+    except (ModelInputError, TypeError) as exc:
+        raise UserError(str(exc)) from None
+    if rating_range is None:
+        rating_range = (float(X.data.min()), float(X.data.max())) if cls.task == "rating" else (0.0, 1.0)
+    device = resolve_device(device)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    ts = None if timestamps is None else sp.csr_matrix(timestamps)
+    data = TrainData(X=X, timestamps=ts, rating_range=rating_range)
+    model = cls(config, n_items=X.shape[1], n_users=X.shape[0], rating_range=rating_range).to(device)
+
+    started = time.perf_counter()
+    log: dict[str, Any] = {"model": name, "seed": seed, "device": str(device), "curve": []}
+    if cls.closed_form:
+        model.solve(data)
+        model.prepare_scoring(data)
+        log.update(epochs=0, best_epoch=0)
+        if valid is not None:
+            metric, value, _ = validation_score(model, X, valid)
+            log.update(valid_metric=metric, valid_value=value)
+            log["curve"].append({"epoch": 0, metric: value})
+    else:
+        _gradient_training(model, data, valid, rng, progress, log)
+    _check_finite(model)
+    log["fit_seconds"] = time.perf_counter() - started
+    model.training_log = log
+    return model.eval()
+
+
+def _gradient_training(
+    model: Recommender, data: TrainData, valid: Any, rng: np.random.Generator, progress: bool, log: dict
+) -> None:
+    config = model.config
+    optimizer = model.configure_optimizer()
+    patience = int(getattr(config, "patience", 0) or 0)
+    best_value, best_epoch, best_state, stale = None, -1, None, 0
+    step = 0
+    bar = tqdm(range(int(config.epochs)), desc=f"train {model.name}", unit="epoch", disable=not progress, leave=False)
+    for epoch in bar:
+        epoch_started = time.perf_counter()
+        model.train()
+        losses = []
+        for batch in model.training_batches(data, rng):
+            loss = model.train_step(batch, optimizer, **model.schedule(step, epoch))
+            if not math.isfinite(loss):
+                raise TrainingError(f"{model.name} produced a non-finite loss ({loss}) at epoch {epoch + 1}, step {step}")
+            losses.append(loss)
+            step += 1
+        model.eval()
+        point = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"),
+                 "seconds": time.perf_counter() - epoch_started}
+        if valid is not None:
+            model.prepare_scoring(data)
+            metric, value, higher = validation_score(model, data.X, valid)
+            point[metric] = value
+            improved = best_value is None or (value > best_value if higher else value < best_value)
+            if improved:
+                best_value, best_epoch, stale = value, epoch + 1, 0
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                stale += 1
+            log.update(valid_metric=metric, valid_value=best_value)
+            bar.set_postfix(loss=f"{point['loss']:.4f}", **{metric: f"{value:.4f}"})
+        else:
+            bar.set_postfix(loss=f"{point['loss']:.4f}")
+        log["curve"].append(point)
+        if valid is not None and patience and stale >= patience:
+            break
+    bar.close()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    log.update(epochs=len(log["curve"]), best_epoch=best_epoch if best_state is not None else len(log["curve"]))
+    model.prepare_scoring(data)
+
+
+def _check_finite(model: Recommender) -> None:
+    for key, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise TrainingError(f"{model.name} produced non-finite weights in {key!r}")
