@@ -45,6 +45,20 @@ class TrainData:
     X: sp.csr_matrix
     timestamps: sp.csr_matrix | None = None
     rating_range: tuple[float, float] = (1.0, 5.0)
+    rank: int = 0  # this process's rank under data-parallel training (torchrun)
+    world_size: int = 1
+
+    def epoch_order(self, n: int, generator: np.random.Generator) -> np.ndarray:
+        """This process's share of one epoch's shuffled example indices (0..n-1).
+
+        Every rank draws the same permutation (same seed) and takes an equal-length
+        slice, so all ranks make the same number of steps, as DistributedDataParallel needs.
+        """
+        order = generator.permutation(n)
+        if self.world_size == 1:
+            return order
+        per_rank = n // self.world_size
+        return order[self.rank * per_rank : (self.rank + 1) * per_rank]
 
 
 def as_csr(rows: Any, n_items: int) -> sp.csr_matrix:
@@ -111,10 +125,21 @@ class Recommender(nn.Module):
         """Per-step values the paper's loss needs (e.g. the KL weight); a pure function of the step."""
         return {}
 
-    def train_step(self, batch: Any, optimizer: torch.optim.Optimizer, **schedule: float) -> float:
-        """One optimiser step; models with a special update (DeepRec's re-feeding) override it."""
+    def forward(self, batch: Any, **schedule: float) -> torch.Tensor:
+        """Training forward pass = the loss, so a DistributedDataParallel wrapper can drive it."""
+        return self.loss(batch, **schedule)
+
+    def train_step(
+        self, batch: Any, optimizer: torch.optim.Optimizer, *, forward: Any = None, **schedule: float
+    ) -> float:
+        """One optimiser step; models with a special update (DeepRec's re-feeding) override it.
+
+        ``forward`` is the callable computing the loss: the model itself, or its DDP wrapper
+        (whose call synchronises gradients across processes).
+        """
+        forward = self if forward is None else forward
         optimizer.zero_grad(set_to_none=True)
-        loss = self.loss(batch, **schedule)
+        loss = forward(batch, **schedule)
         loss.backward()
         optimizer.step()
         return float(loss.detach())

@@ -13,6 +13,7 @@ learning curve, the best epoch and timings.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from typing import Any
@@ -23,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from models.base import ModelInputError, Recommender, TrainData, build_config
+from trainer import distributed
 from trainer.errors import TrainingError, UserError
 from trainer.splits import HeldOut
 
@@ -107,11 +109,12 @@ def fit(
         raise UserError(str(exc)) from None
     if rating_range is None:
         rating_range = (float(X.data.min()), float(X.data.max())) if cls.task == "rating" else (0.0, 1.0)
-    device = resolve_device(device)
+    dist_ctx = distributed.context()
+    device = distributed.device_for(dist_ctx, resolve_device(device))
     torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed)  # same seed on every rank: the same shuffles, sharded by rank
     ts = None if timestamps is None else sp.csr_matrix(timestamps)
-    data = TrainData(X=X, timestamps=ts, rating_range=rating_range)
+    data = TrainData(X=X, timestamps=ts, rating_range=rating_range, rank=dist_ctx.rank, world_size=dist_ctx.world_size)
     model = cls(config, n_items=X.shape[1], n_users=X.shape[0], rating_range=rating_range).to(device)
 
     started = time.perf_counter()
@@ -125,7 +128,8 @@ def fit(
             log.update(valid_metric=metric, valid_value=value)
             log["curve"].append({"epoch": 0, metric: value})
     else:
-        _gradient_training(model, data, valid, rng, progress, log)
+        log["world_size"] = dist_ctx.world_size
+        _gradient_training(model, data, valid, rng, progress and dist_ctx.is_main, log)
     _check_finite(model)
     log["fit_seconds"] = time.perf_counter() - started
     model.training_log = log
@@ -136,6 +140,16 @@ def _gradient_training(
     model: Recommender, data: TrainData, valid: Any, rng: np.random.Generator, progress: bool, log: dict
 ) -> None:
     config = model.config
+    forward = None
+    if data.world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # Split each batch across ranks so the effective batch, and the number of
+        # updates per epoch, match a single process: same math, N times the hands.
+        if hasattr(config, "batch_size"):
+            model.config = dataclasses.replace(config, batch_size=max(1, config.batch_size // data.world_size))
+        ids = [model.device.index] if model.device.type == "cuda" else None
+        forward = DistributedDataParallel(model, device_ids=ids)
     optimizer = model.configure_optimizer()
     patience = int(getattr(config, "patience", 0) or 0)
     best_value, best_epoch, best_state, stale = None, -1, None, 0
@@ -146,7 +160,7 @@ def _gradient_training(
         model.train()
         losses = []
         for batch in model.training_batches(data, rng):
-            loss = model.train_step(batch, optimizer, **model.schedule(step, epoch))
+            loss = model.train_step(batch, optimizer, forward=forward, **model.schedule(step, epoch))
             if not math.isfinite(loss):
                 raise TrainingError(f"{model.name} produced a non-finite loss ({loss}) at epoch {epoch + 1}, step {step}")
             losses.append(loss)
@@ -172,6 +186,7 @@ def _gradient_training(
         if valid is not None and patience and stale >= patience:
             break
     bar.close()
+    model.config = config
     if best_state is not None:
         model.load_state_dict(best_state)
     log.update(epochs=len(log["curve"]), best_epoch=best_epoch if best_state is not None else len(log["curve"]))
