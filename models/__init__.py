@@ -44,12 +44,17 @@ def load(path: str | Path, map_location: str = "cpu") -> Recommender:
     """Rebuild a model saved with ``Recommender.save`` (weights + config), without the trainer."""
     from safetensors.torch import load_file
 
+    from models.baselines import BASELINES
+
     path = Path(path)
     meta_file, weights_file = path / CONFIG_FILE, path / WEIGHTS_FILE
     if not meta_file.is_file() or not weights_file.is_file():
         raise ModelInputError(f"{path} is not a saved model (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
     meta = json.loads(meta_file.read_text())
-    registry = __getattr__("REGISTRY") if "REGISTRY" not in globals() else globals()["REGISTRY"]
+    if meta.get("model") in BASELINES:  # baselines are Recommenders too, kept out of REGISTRY
+        registry = BASELINES
+    else:
+        registry = __getattr__("REGISTRY") if "REGISTRY" not in globals() else globals()["REGISTRY"]
     if meta.get("model") not in registry:
         raise ModelInputError(f"{meta_file}: unknown model {meta.get('model')!r}")
     cls = registry[meta["model"]]
