@@ -20,7 +20,7 @@ app = typer.Typer(
 
 
 def _register_commands() -> None:
-    from trainer.commands import baselines, data  # noqa: F401  (each registers its commands on `app`)
+    from trainer.commands import baselines, data, schedule, train  # noqa: F401  (each registers its commands on `app`)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
 
     _register_commands()
     try:
-        app(args=argv, standalone_mode=False)
+        app(args=argv, standalone_mode=False, prog_name="python -m trainer")
     except (UserError, ModelInputError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -38,14 +38,24 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except typer.Exit as exc:
         return exc.exit_code
-    except Exception as exc:  # click usage errors and friends
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            return exc.exit_code
-        if isinstance(exc, click.exceptions.Abort):
-            print("error: aborted", file=sys.stderr)
-            return 1
-        raise
+    except Exception as exc:
+        usage_error = _click_exception(exc)
+        if usage_error is None:
+            raise
+        usage_error.show()  # click's own one-line usage message
+        return usage_error.exit_code
     return 0
+
+
+def _click_exception(exc: BaseException):
+    """Usage errors (missing argument, bad option value) from click or typer's vendored click."""
+    import click
+
+    classes: tuple[type, ...] = (click.exceptions.ClickException,)
+    try:  # typer >= 0.25 ships its own copy of click
+        from typer._click.exceptions import ClickException as VendoredClickException
+
+        classes += (VendoredClickException,)
+    except ImportError:
+        pass
+    return exc if isinstance(exc, classes) else None
