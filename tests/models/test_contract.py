@@ -22,13 +22,13 @@ N_USERS, N_ITEMS, BLOCK = 60, 24, 12
 
 # Few epochs, small layers: the contract is about behaviour, not quality.
 FAST = {
-    "autorec-i": dict(epochs=60, hidden=32),
-    "autorec-u": dict(epochs=60, hidden=32),
+    "autorec-i": dict(epochs=200, hidden=32, lr=1e-2, weight_decay=0.01),
+    "autorec-u": dict(epochs=200, hidden=32, lr=1e-2, weight_decay=0.01),
     "deeprec": dict(epochs=60, layers=(32, 16), dropout=0.0),
-    "cdae": dict(epochs=60, hidden=16),
+    "cdae": dict(epochs=200, hidden=16, lr=1e-2),
     "multvae": dict(epochs=60, dims=(32, 8), batch_size=16),
     "multdae": dict(epochs=60, dims=(32,), batch_size=16),
-    "svae": dict(epochs=30),
+    "svae": dict(epochs=40, item_embed_size=16, rnn_size=16, hidden_size=16, latent_size=8, lr=1e-2, batch_size=8),
     "ease": dict(),
 }
 NAMES = list(models.REGISTRY)
