@@ -1,0 +1,76 @@
+"""The shared training loop: early stopping keeps the best epoch, errors are clear, NaN never passes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+import trainer
+from trainer.errors import TrainingError, UserError
+from trainer.protocols import make_split
+from trainer.training import resolve_device
+
+
+@pytest.fixture(scope="module")
+def strong_split(ml100k):
+    return make_split("strong", ml100k, seed=0)
+
+
+@pytest.fixture(scope="module")
+def ml100k(ml100k_dir):
+    from trainer.datasets import read_dataset
+
+    return read_dataset("ml-100k", ml100k_dir)
+
+
+def test_early_stopping_restores_best_epoch(strong_split):
+    model = trainer.fit("multdae", strong_split.train, valid=strong_split.valid, seed=0, progress=False,
+                        epochs=12, patience=3, lr=3e-3)
+    log = model.training_log
+    curve = [point["ndcg@100"] for point in log["curve"]]
+    best = int(np.argmax(curve))
+    assert log["best_epoch"] == best + 1
+    assert log["valid_value"] == pytest.approx(curve[best])
+    assert len(curve) <= 12 and (len(curve) == 12 or len(curve) - 1 - best == 3), "stops after `patience` stale epochs"
+    from trainer.evaluation import evaluate_ranking
+
+    # the returned weights are the best epoch's, not the last epoch's
+    assert evaluate_ranking(model, strong_split.valid, ks=(100,))["ndcg@100"] == pytest.approx(curve[best], abs=1e-6)
+
+
+def test_closed_form_records_validation(strong_split):
+    model = trainer.fit("ease", strong_split.train, valid=strong_split.valid, progress=False)
+    assert model.training_log["valid_metric"] == "ndcg@100"
+    assert model.training_log["valid_value"] > 0.3
+
+
+def test_unknown_model_is_a_user_error():
+    with pytest.raises(UserError, match="unknown model 'nope'.*ease"):
+        trainer.fit("nope", sp.eye(3, format="csr"))
+
+
+def test_sequential_model_needs_timestamps():
+    with pytest.raises(UserError, match="timestamps"):
+        trainer.fit("svae", sp.eye(4, format="csr"), progress=False)
+
+
+def test_non_sparse_input_rejected():
+    with pytest.raises(UserError, match="scipy.sparse"):
+        trainer.fit("ease", np.eye(4))
+
+
+def test_nan_loss_stops_training():
+    X = sp.random(40, 30, density=0.3, format="csr", random_state=0, dtype=np.float32)
+    X.data[:] = 1.0
+    with pytest.raises(TrainingError, match="non-finite"):
+        trainer.fit("multdae", X, progress=False, epochs=3, lr=1e30, batch_size=8)
+
+
+def test_device_resolution():
+    assert resolve_device(None).type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="no CUDA GPU"):
+            resolve_device("cuda")
