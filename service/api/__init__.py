@@ -1,0 +1,1 @@
+"""HTTP layer: dependencies (``deps``), one router per resource (``routes``), combined in ``main``."""

@@ -1,0 +1,68 @@
+"""Request dependencies: the DB session, settings, cache, model store and the API-key checks.
+
+Everything comes from ``request.app.state``, filled by the app factory, so a test can
+build an app with its own settings and database.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated, Iterator
+
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader
+from sqlalchemy.orm import Session
+
+from service.cache import Cache
+from service.core.config import Settings
+from service.errors import ApiError
+from service.metrics import Metrics
+from service.model_store import ModelStore
+
+API_KEY_HEADER = "X-API-Key"
+api_key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="The service's API_KEY.")
+
+
+def get_db(request: Request) -> Iterator[Session]:
+    with request.app.state.session_factory() as session:  # closing rolls back anything not committed
+        yield session
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_cache(request: Request) -> Cache:
+    return request.app.state.cache
+
+
+def get_store(request: Request) -> ModelStore:
+    return request.app.state.store
+
+
+def get_metrics(request: Request) -> Metrics:
+    return request.app.state.metrics
+
+
+SessionDep = Annotated[Session, Depends(get_db)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+CacheDep = Annotated[Cache, Depends(get_cache)]
+StoreDep = Annotated[ModelStore, Depends(get_store)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+
+
+def require_api_key(settings: SettingsDep, key: Annotated[str | None, Security(api_key_header)]) -> None:
+    if not key:
+        raise ApiError(401, "missing_api_key", f"this endpoint needs the {API_KEY_HEADER} header", headers={"WWW-Authenticate": "ApiKey"})
+    # constant time: the comparison must not leak how much of the key was right
+    if not secrets.compare_digest(key.encode(), settings.API_KEY.encode()):
+        raise ApiError(403, "invalid_api_key", f"the {API_KEY_HEADER} header does not hold a valid key")
+
+
+def require_read_access(settings: SettingsDep, key: Annotated[str | None, Security(api_key_header)]) -> None:
+    if settings.READS_REQUIRE_KEY:
+        require_api_key(settings, key)
+
+
+ReadAccess = Depends(require_read_access)
+WriteAccess = Depends(require_api_key)

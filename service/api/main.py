@@ -1,0 +1,28 @@
+"""All routers in one place, with the error responses every route can give documented once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from service.api.routes import admin, health, interactions, items, models, ratings, recommendations
+from service.schemas import ErrorBody
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": description}
+    for status, description in {
+        400: "Malformed JSON",
+        401: "API key missing",
+        403: "API key wrong",
+        404: "Unknown user, item or model",
+        413: "Body or batch too large",
+        422: "Invalid request",
+        503: "Database or model unavailable",
+    }.items()
+}
+
+api_router = APIRouter()
+for module in (recommendations, ratings, interactions, items, models, admin):
+    api_router.include_router(module.router, responses=ERROR_RESPONSES)
+api_router.include_router(health.router)

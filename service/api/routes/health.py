@@ -1,0 +1,50 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy.exc import SQLAlchemyError
+
+from service import crud
+from service.api.deps import CacheDep, MetricsDep, SessionDep, StoreDep
+from service.errors import ApiError
+from service.schemas import ErrorBody, Health, Readiness
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=Health)
+def healthz() -> Health:
+    """The process is up (it says nothing about models or the database)."""
+    return Health()
+
+
+@router.get("/readyz", response_model=Readiness, responses={503: {"model": ErrorBody}})
+def readyz(session: SessionDep, cache: CacheDep, store: StoreDep) -> Readiness:
+    """Ready when a model version is loaded and the database and cache answer; 503 with the reasons otherwise."""
+    checks = {}
+    version = store.current
+    checks["model"] = (
+        {"ok": True, "detail": f"serving version {version.version}"}
+        if version
+        else {"ok": False, "detail": f"no version loaded ({store.last_error or 'nothing published in ' + str(store.root)})"}
+    )
+    try:
+        crud.ping(session)
+        checks["database"] = {"ok": True, "detail": "reachable"}
+    except SQLAlchemyError as exc:
+        checks["database"] = {"ok": False, "detail": f"unreachable: {type(getattr(exc, 'orig', None) or exc).__name__}"}
+    checks["cache"] = (
+        {"ok": True, "detail": f"{cache.backend} reachable"} if cache.ping() else {"ok": False, "detail": f"{cache.backend} unreachable"}
+    )
+    if not all(c["ok"] for c in checks.values()):
+        failing = ", ".join(f"{name}: {c['detail']}" for name, c in checks.items() if not c["ok"])
+        raise ApiError(503, "not_ready", f"not ready: {failing}", {"checks": checks})
+    return Readiness(ready=True, checks=checks)
+
+
+@router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+def metrics(metrics: MetricsDep) -> Response:
+    """Prometheus text format: requests and latency per route and model, cache, model version, swaps."""
+    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,30 @@
+"""GET /items/{item_id}/similar: item-to-item neighbours from a model's item embeddings."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Request
+
+from service import serving
+from service.api.deps import CacheDep, ReadAccess, SessionDep, SettingsDep, StoreDep
+from service.schemas import ID_PATTERN, MODEL_PATTERN, SimilarItemsResponse
+
+router = APIRouter(tags=["items"], dependencies=[ReadAccess])
+
+
+@router.get("/items/{item_id}/similar", response_model=SimilarItemsResponse)
+def similar_items(
+    request: Request,
+    item_id: Annotated[str, Path(min_length=1, max_length=255, pattern=ID_PATTERN)],
+    session: SessionDep,
+    cache: CacheDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    k: Annotated[int, Query(ge=1)] = 10,
+    model: Annotated[str | None, Query(pattern=MODEL_PATTERN)] = None,
+) -> SimilarItemsResponse:
+    """The k most similar items (cosine of the model's item embeddings: EASE's weights, AE decoders)."""
+    response = serving.similar(session, cache, store, settings, item_id, k, model)
+    request.state.model = response.model
+    return response

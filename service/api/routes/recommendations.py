@@ -1,0 +1,32 @@
+"""POST /users/{user_id}/recommendations: a user's top-k items."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Path, Request
+
+from service import serving
+from service.api.deps import CacheDep, ReadAccess, SessionDep, SettingsDep, StoreDep
+from service.schemas import ID_PATTERN, RecommendationRequest, RecommendationResponse
+
+router = APIRouter(tags=["recommendations"], dependencies=[ReadAccess])
+
+UserIdPath = Annotated[str, Path(min_length=1, max_length=255, pattern=ID_PATTERN, description="The user's external id.")]
+
+
+@router.post("/users/{user_id}/recommendations", response_model=RecommendationResponse)
+def recommend(
+    request: Request,
+    user_id: UserIdPath,
+    session: SessionDep,
+    cache: CacheDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    body: Annotated[RecommendationRequest | None, Body()] = None,
+) -> RecommendationResponse:
+    """Top-k items for a user: from the model for users it was trained on, by fold-in from the
+    stored history for users who arrived after training, the popularity list for users with none."""
+    response = serving.recommendations(session, cache, store, settings, user_id, body or RecommendationRequest())
+    request.state.model = response.model
+    return response

@@ -1,0 +1,222 @@
+"""One small cache interface (get / set / delete_many / ping) with two backends.
+
+``RedisCache`` (redis-py) when ``REDIS_URL`` is set, ``MemoryCache`` (TTL + LRU, in
+process) otherwise. The cache is an optimisation, never a dependency: a Redis error or
+timeout is counted in ``aerec_cache_errors_total`` and answered as a miss, and after a
+failure Redis is left alone for ``BACKOFF_S`` so a dead server costs nothing per request.
+
+Invalidation of a user's lists uses a per-user generation token that is part of every
+list's key (``user_generation``). POST /interactions deletes the users' tokens; the next
+read draws a fresh random token, so every list cached before, including one computed
+from a history read before the write committed, can never be found again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import secrets
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from typing import Any, Iterable
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from service.metrics import Metrics
+
+log = logging.getLogger("service.cache")
+
+BACKOFF_S = 2.0  # after a Redis failure, skip Redis this long (requests go uncached, fast)
+
+
+class CacheUnavailable(Exception):
+    pass
+
+
+class Cache(ABC):
+    """get/set/delete_many/ping; failures of the backend become misses and are counted."""
+
+    backend: str
+
+    def __init__(self, metrics: Metrics, namespace: str = "aerec") -> None:
+        self.metrics = metrics
+        self.namespace = namespace
+
+    def _key(self, key: str) -> str:
+        return f"{self.namespace}:{key}"
+
+    def get(self, key: str, kind: str = "other") -> str | None:
+        try:
+            value = self._get(self._key(key))
+        except CacheUnavailable:
+            self.metrics.cache_errors.labels("get").inc()
+            return None
+        (self.metrics.cache_hits if value is not None else self.metrics.cache_misses).labels(kind).inc()
+        return value
+
+    def set(self, key: str, value: str, ttl_s: float, *, only_if_absent: bool = False) -> bool:
+        """Store ``value`` for ``ttl_s`` seconds; with ``only_if_absent`` keep an existing value. True if stored."""
+        try:
+            return self._set(self._key(key), value, ttl_s, only_if_absent)
+        except CacheUnavailable:
+            self.metrics.cache_errors.labels("set").inc()
+            return False
+
+    def delete_many(self, keys: Iterable[str]) -> bool:
+        keys = [self._key(k) for k in keys]
+        if not keys:
+            return True
+        try:
+            self._delete_many(keys)
+            return True
+        except CacheUnavailable:
+            self.metrics.cache_errors.labels("delete").inc()
+            return False
+
+    def ping(self) -> bool:
+        try:
+            return self._ping()
+        except CacheUnavailable:
+            return False
+
+    def close(self) -> None:
+        pass
+
+    @abstractmethod
+    def _get(self, key: str) -> str | None: ...
+
+    @abstractmethod
+    def _set(self, key: str, value: str, ttl_s: float, only_if_absent: bool) -> bool: ...
+
+    @abstractmethod
+    def _delete_many(self, keys: list[str]) -> None: ...
+
+    @abstractmethod
+    def _ping(self) -> bool: ...
+
+    # ---- what the service caches -----------------------------------------------------
+    def user_generation(self, user_id: str, ttl_s: float) -> str | None:
+        """The user's current generation token (None when the cache cannot be used now)."""
+        key = f"gen:{user_id}"
+        token = self.get(key, kind="generation")
+        if token is not None:
+            return token
+        fresh = secrets.token_hex(8)
+        if self.set(key, fresh, ttl_s, only_if_absent=True):
+            return fresh
+        return self.get(key, kind="generation")  # another request drew one first (or the cache is down: None)
+
+    def invalidate_users(self, user_ids: Iterable[str]) -> bool:
+        return self.delete_many(f"gen:{u}" for u in set(user_ids))
+
+
+def list_key(prefix: str, *parts: Any) -> str:
+    """A compact key from the request's parameters (model version and name among them)."""
+    digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+    return f"{prefix}:{digest}"
+
+
+class MemoryCache(Cache):
+    """In-process TTL + LRU: an OrderedDict in recency order, bounded by ``max_entries``."""
+
+    backend = "memory"
+
+    def __init__(self, metrics: Metrics, namespace: str = "aerec", max_entries: int = 10_000) -> None:
+        super().__init__(metrics, namespace)
+        self.max_entries = max_entries
+        self._entries: OrderedDict[str, tuple[float, str]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _live(self, key: str, now: float) -> str | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry[0] <= now:
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return entry[1]
+
+    def _get(self, key: str) -> str | None:
+        with self._lock:
+            return self._live(key, time.monotonic())
+
+    def _set(self, key: str, value: str, ttl_s: float, only_if_absent: bool) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            if only_if_absent and self._live(key, now) is not None:
+                return False
+            self._entries[key] = (now + ttl_s, value)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)  # least recently used
+            return True
+
+    def _delete_many(self, keys: list[str]) -> None:
+        with self._lock:
+            for key in keys:
+                self._entries.pop(key, None)
+
+    def _ping(self) -> bool:
+        return True
+
+
+class RedisCache(Cache):
+    """Redis with short timeouts; any Redis error is a ``CacheUnavailable`` (counted, served uncached)."""
+
+    backend = "redis"
+
+    def __init__(self, url: str, metrics: Metrics, namespace: str = "aerec", timeout_s: float = 0.25) -> None:
+        super().__init__(metrics, namespace)
+        self.client = redis.Redis.from_url(
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry_on_timeout=False,
+            retry=Retry(NoBackoff(), 0),  # no client-side retries: a failure is a miss at once
+            health_check_interval=30,
+            decode_responses=True,
+        )
+        self._down_until = 0.0
+
+    def _call(self, fn, *args, force: bool = False, **kwargs):
+        if not force and time.monotonic() < self._down_until:
+            raise CacheUnavailable("redis is backing off after a failure")
+        try:
+            return fn(*args, **kwargs)
+        except (redis.RedisError, OSError) as exc:
+            if self._down_until == 0.0 or time.monotonic() >= self._down_until + BACKOFF_S:
+                log.warning("redis unavailable, serving uncached: %s", exc)
+            self._down_until = time.monotonic() + BACKOFF_S
+            raise CacheUnavailable(str(exc)) from exc
+
+    def _get(self, key: str) -> str | None:
+        return self._call(self.client.get, key)
+
+    def _set(self, key: str, value: str, ttl_s: float, only_if_absent: bool) -> bool:
+        return bool(self._call(self.client.set, key, value, px=max(1, int(ttl_s * 1000)), nx=only_if_absent))
+
+    def _delete_many(self, keys: list[str]) -> None:
+        # Invalidation is tried even while backing off: a missed delete could serve a stale list.
+        self._call(self.client.delete, *keys, force=True)
+
+    def _ping(self) -> bool:
+        # readiness asks Redis itself, ignoring the backoff, so it reports recovery at once
+        try:
+            return bool(self.client.ping())
+        except (redis.RedisError, OSError):
+            return False
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def make_cache(redis_url: str | None, metrics: Metrics, *, namespace: str, max_entries: int, timeout_s: float) -> Cache:
+    if redis_url:
+        return RedisCache(redis_url, metrics, namespace=namespace, timeout_s=timeout_s)
+    return MemoryCache(metrics, namespace=namespace, max_entries=max_entries)

@@ -1,0 +1,150 @@
+"""`python -m service`: serve the API, migrate the database, seed it with a dataset (typer).
+
+A mistake the user can fix (a bad file, an unknown dataset, an unreachable database,
+invalid settings) is printed as one line on stderr with exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(
+    name="service",
+    help="The aerec recommendation API: serve, migrate, seed.",
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+class CliError(Exception):
+    """A user mistake: one line, exit 2."""
+
+
+def _settings():
+    from pydantic import ValidationError
+
+    from service.core.config import Settings
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "settings"
+        raise CliError(f"invalid settings: {where}: {first.get('msg')}") from None
+
+
+def _migrate(database_url: str) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    from service.db.migrate import upgrade_to_head
+    from service.db.session import make_engine
+
+    engine = make_engine(database_url)
+    try:
+        upgrade_to_head(engine)
+    except FileNotFoundError as exc:
+        raise CliError(str(exc)) from None
+    except OperationalError as exc:
+        raise CliError(f"cannot migrate {engine.url.render_as_string(hide_password=True)}: {_first_line(exc)}") from None
+    finally:
+        engine.dispose()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+@app.callback(invoke_without_command=True)
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8000,
+    migrate: Annotated[bool, typer.Option(help="Bring the database schema to head first.")] = True,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Serve the API (the default command)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    import uvicorn
+
+    from service.main import create_app
+
+    settings = _settings()
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if migrate:
+        _migrate(settings.DATABASE_URL)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
+
+
+@app.command("migrate")
+def migrate_command() -> None:
+    """Bring the database (DATABASE_URL) to the newest schema (alembic upgrade head)."""
+    settings = _settings()
+    _migrate(settings.DATABASE_URL)
+    typer.echo("database schema is at head")
+
+
+@app.command("seed")
+def seed(
+    dataset: Annotated[Optional[str], typer.Option(help="A MovieLens dataset name, e.g. ml-100k.")] = None,
+    source: Annotated[Optional[Path], typer.Option(help="A local folder or .zip with the dataset's files.")] = None,
+    file: Annotated[Optional[Path], typer.Option(help="Your own interaction log (CSV, TSV, Parquet).")] = None,
+) -> None:
+    """Load users, items (with titles) and interactions into the database, in bulk; idempotent."""
+    from trainer.errors import UserError
+
+    if (dataset is None) == (file is None):
+        raise CliError("give exactly one of --dataset NAME or --file PATH")
+    if source is not None and dataset is None:
+        raise CliError("--source goes with --dataset")
+    settings = _settings()
+    _migrate(settings.DATABASE_URL)
+    try:
+        if dataset is not None:
+            from trainer.datasets import get_dataset
+
+            inter = get_dataset(dataset, source=source, progress=False)
+        else:
+            from trainer.loader import load_file
+
+            inter, _ = load_file(file)
+    except UserError as exc:
+        raise CliError(str(exc)) from None
+    from service.seed import seed_interactions
+
+    started = time.perf_counter()
+    result = seed_interactions(settings.DATABASE_URL, inter)
+    typer.echo(
+        f"seeded {inter.name}: {result['inserted']:,} new interactions ({result['duplicates']:,} already there), "
+        f"{result['new_users']:,} new users, {result['new_items']:,} new items in {time.perf_counter() - started:.1f}s"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    import click
+    from sqlalchemy.exc import OperationalError
+
+    try:
+        app(args=argv, standalone_mode=False, prog_name="python -m service")
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OperationalError as exc:
+        print(f"error: the database cannot be reached: {_first_line(exc)}", file=sys.stderr)
+        return 2
+    except click.exceptions.ClickException as exc:
+        exc.show()
+        return 2
+    except click.exceptions.Abort:
+        print("error: aborted", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0

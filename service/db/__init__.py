@@ -1,0 +1,1 @@
+"""Storage: SQLAlchemy tables (``tables``) and engine/session construction (``session``)."""

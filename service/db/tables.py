@@ -1,0 +1,64 @@
+"""The database schema: users, items and their interactions (SQLAlchemy 2 ORM).
+
+Alembic owns the schema (``migrations/``); these classes describe it for queries and
+for the trainer's ``--from-db``. External ids are the dataset's own ids, as strings.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Integer, MetaData, String, UniqueConstraint, func
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY, so the big key is INTEGER there.
+BigIntPK = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def epoch_seconds() -> int:
+    return int(time.time())
+
+
+class Base(DeclarativeBase):
+    # Named constraints, so migrations can refer to them on every database.
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(column_0_label)s",
+            "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    external_id: Mapped[str] = mapped_column(String(255), unique=True, index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class Item(Base):
+    __tablename__ = "items"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    external_id: Mapped[str] = mapped_column(String(255), unique=True)
+    title: Mapped[str | None] = mapped_column(String, nullable=True)
+    # "metadata" is reserved on declarative classes, so the attribute has another name.
+    meta: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON(none_as_null=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class Interaction(Base):
+    __tablename__ = "interactions"
+    __table_args__ = (UniqueConstraint("user_id", "item_id", "timestamp"),)
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id"))
+    rating: Mapped[float | None] = mapped_column(Float, nullable=True)  # None: implicit feedback (a click, a view)
+    timestamp: Mapped[int] = mapped_column(BigInteger, default=epoch_seconds)  # epoch seconds
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

@@ -1,0 +1,239 @@
+"""Scoring with a served model: external ids -> model columns -> model -> external ids.
+
+Pure functions of a ``ServingVersion`` and users' histories (``crud.History``); no
+database, no cache. Ids are mapped with ``pandas.Index.get_indexer`` over whole arrays,
+rows are built as one CSR, and the model scores all rows of a request in one call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from service.crud import History
+from service.errors import ApiError
+from service.model_store import ServingModel, ServingVersion
+
+
+@dataclass
+class Rows:
+    """Users' histories in a model's item space, one row per user."""
+
+    X: sp.csr_matrix  # model input: 1 per item for rankers, the latest rating for rating models
+    seen: sp.csr_matrix  # every item the user interacted with (explicit or implicit), binary
+    timestamps: sp.csr_matrix  # same pattern as X: when (sequential models read the order)
+
+
+@dataclass
+class Scored:
+    items: list[tuple[str, float]]
+    source: str
+    unknown_items: list[str] = field(default_factory=list)
+
+
+def resolve_model(version: ServingVersion, name: str | None, default: str, *, rating: bool = False) -> ServingModel:
+    name = name or default
+    served = version.models.get(name)
+    if served is None:
+        raise ApiError(
+            404, "unknown_model", f"model {name!r} is not in the served version {version.version}",
+            {"model": name, "available": sorted(version.models)},
+        )
+    if rating and served.task != "rating":
+        rating_models = sorted(n for n, m in version.models.items() if m.task == "rating")
+        raise ApiError(
+            422, "not_a_rating_model", f"model {name!r} ranks items; it does not predict ratings",
+            {"model": name, "rating_models": rating_models},
+        )
+    return served
+
+
+def history_rows(served: ServingModel, history: History, users: Sequence[str]) -> Rows:
+    """One CSR row per user in ``users``; items the model does not know are left out."""
+    shape = (len(users), served.model.n_items)
+    r = pd.Index(users).get_indexer(history.user_ids)
+    c = served.item_index.get_indexer(history.item_ids)
+    keep = (r >= 0) & (c >= 0)
+    r, c, ratings, ts = r[keep], c[keep], history.ratings[keep], history.timestamps[keep]
+    seen = sp.csr_matrix((np.ones(len(r), np.float32), (r, c)), shape=shape)
+    seen.data[:] = 1.0  # duplicates (the same item at two times) were summed
+    if served.task == "rating":
+        use = ~np.isnan(ratings)  # implicit feedback has no rating to reconstruct
+    elif served.positive_threshold is not None:
+        use = np.isnan(ratings) | (ratings >= served.positive_threshold)  # implicit feedback is a positive
+    else:
+        use = np.ones(len(r), dtype=bool)
+    r, c, ratings, ts = r[use], c[use], ratings[use], ts[use]
+    # The latest interaction per (user, item) wins: sort by (user, item, time), keep each group's last.
+    order = np.lexsort((ts, c, r))
+    r, c, ratings, ts = r[order], c[order], ratings[order], ts[order]
+    last = np.ones(len(r), dtype=bool)
+    last[:-1] = (r[1:] != r[:-1]) | (c[1:] != c[:-1])
+    r, c, ratings, ts = r[last], c[last], ratings[last], ts[last]
+    values = ratings.astype(np.float32) if served.task == "rating" else np.ones(len(r), np.float32)
+    X = sp.csr_matrix((values, (r, c)), shape=shape)
+    timestamps = sp.csr_matrix((ts.astype(np.float64), (r, c)), shape=shape)
+    return Rows(X, seen, timestamps)
+
+
+def _columns(served: ServingModel, ids: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+    """Known columns of ``ids`` and the ids the model does not know."""
+    if not ids:
+        return np.array([], dtype=np.int64), []
+    arr = np.asarray(ids, dtype=object)
+    cols = served.item_index.get_indexer(arr)
+    return np.unique(cols[cols >= 0]), pd.unique(arr[cols < 0]).tolist()
+
+
+def recommend(
+    version: ServingVersion,
+    served: ServingModel,
+    user_id: str,
+    history: History,
+    *,
+    k: int,
+    offset: int,
+    exclude_seen: bool,
+    exclude_items: Sequence[str],
+    candidates: Sequence[str] | None,
+) -> Scored:
+    """Top ``k`` items after ``offset`` for one user: from the model, by fold-in, or the popularity list."""
+    exclude_cols, unknown_excluded = _columns(served, exclude_items)
+    candidate_cols, unknown_candidates = _columns(served, candidates or [])
+    unknown = pd.unique(np.asarray(unknown_excluded + unknown_candidates, dtype=object)).tolist()
+    rows = history_rows(served, history, [user_id])
+    model = served.model
+    user_row = int(served.user_index.get_indexer([user_id])[0])
+    if not model.can_fold_in:
+        if user_row < 0 and len(history):
+            raise ApiError(
+                404, "unknown_user",
+                f"model {served.name} serves only users it was trained on, and user {user_id!r} appeared after training; "
+                "use a model that folds in new users",
+                {"user_id": user_id, "model": served.name},
+            )
+        source = "model" if user_row >= 0 else "popular"
+    else:
+        source = "popular" if rows.X.nnz == 0 else ("model" if user_row >= 0 else "fold-in")
+    if source == "popular":
+        return Scored(_popular(version, history, k, offset, exclude_seen, exclude_items, candidates), source, unknown)
+    if candidates is not None and len(candidate_cols) == 0:
+        return Scored([], source, unknown)
+
+    exclude = np.union1d(exclude_cols, rows.seen.indices) if exclude_seen else exclude_cols
+    ids, scores = model.recommend(
+        rows.X,
+        k + offset,
+        users=np.array([user_row]) if user_row >= 0 else None,
+        exclude_seen=exclude_seen,
+        exclude=exclude if len(exclude) else None,
+        candidates=candidate_cols if candidates is not None else None,
+        timestamps=rows.timestamps if model.sequential else None,
+    )
+    ids, scores = ids[0, offset:], scores[0, offset:]
+    found = ids >= 0  # fewer than k + offset items allowed: the tail is padding
+    return Scored(list(zip(served.item_ids[ids[found]].tolist(), scores[found].tolist())), source, unknown)
+
+
+def _popular(
+    version: ServingVersion,
+    history: History,
+    k: int,
+    offset: int,
+    exclude_seen: bool,
+    exclude_items: Sequence[str],
+    candidates: Sequence[str] | None,
+) -> list[tuple[str, float]]:
+    popular = version.popular_items
+    allowed = np.ones(len(popular), dtype=bool)
+    if exclude_seen and len(history):
+        allowed &= ~popular.isin(history.item_ids)
+    if exclude_items:
+        allowed &= ~popular.isin(exclude_items)
+    if candidates is not None:
+        allowed &= popular.isin(candidates)
+    picked = np.flatnonzero(allowed)[offset : offset + k]
+    return list(zip(popular[picked].tolist(), version.popular_counts[picked].tolist()))
+
+
+@dataclass
+class RatingQuery:
+    user_id: str
+    item_ids: list[str]
+    model: ServingModel
+
+
+@dataclass
+class Rated:
+    ratings: list[tuple[str, float]]
+    source: str
+    unknown_items: list[str]
+
+
+def predict_ratings(queries: Sequence[RatingQuery], histories: History) -> list[Rated]:
+    """Predicted ratings for each query, all queries of one model scored in one ``predict`` call."""
+    out: list[Rated | None] = [None] * len(queries)
+    by_model: dict[str, list[int]] = {}
+    for i, q in enumerate(queries):
+        by_model.setdefault(q.model.name, []).append(i)
+    for indices in by_model.values():
+        served = queries[indices[0]].model
+        users = pd.unique(np.asarray([queries[i].user_id for i in indices], dtype=object)).tolist()
+        rows = history_rows(served, histories, users)
+        user_rows = served.user_index.get_indexer(users)
+        if not served.can_fold_in and (user_rows < 0).any():
+            strangers = [u for u, r in zip(users, user_rows) if r < 0]
+            raise ApiError(
+                404, "unknown_user",
+                f"model {served.name} serves only users it was trained on; unknown: {', '.join(map(repr, strangers[:5]))}",
+                {"user_ids": strangers, "model": served.name},
+            )
+        row_of = pd.Index(users)
+        # One (user row, item column) pair per known requested item, over all queries of this model.
+        pair_row, pair_col, spans, unknown = [], [], [], []
+        for i in indices:
+            q = queries[i]
+            cols = served.item_index.get_indexer(np.asarray(q.item_ids, dtype=object))
+            known = cols >= 0
+            pair_row.append(np.full(known.sum(), row_of.get_loc(q.user_id)))
+            pair_col.append(cols[known])
+            spans.append(np.asarray(q.item_ids, dtype=object)[known])
+            unknown.append(pd.unique(np.asarray(q.item_ids, dtype=object)[~known]).tolist())
+        pr, pc = np.concatenate(pair_row).astype(np.int64), np.concatenate(pair_col).astype(np.int64)
+        predictions = np.empty(len(pr), dtype=np.float32)
+        trained = user_rows[pr] >= 0
+        for mask, users_arg in ((trained, user_rows[pr][trained]), (~trained, None)):
+            if mask.any():  # users it was trained on by their row index; the rest folded in from their history
+                predictions[mask] = served.model.predict(rows.X[pr[mask]], pc[mask], users=users_arg)
+        start = 0
+        for j, i in enumerate(indices):
+            n = len(spans[j])
+            user_index = row_of.get_loc(queries[i].user_id)
+            if user_rows[user_index] >= 0:
+                source = "model"
+            else:
+                source = "fold-in" if rows.X[user_index].nnz else "cold-start"
+            out[i] = Rated(list(zip(spans[j].tolist(), predictions[start : start + n].tolist())), source, unknown[j])
+            start += n
+    return out  # type: ignore[return-value]
+
+
+def similar_items(served: ServingModel, item_id: str, k: int) -> list[tuple[str, float]]:
+    """The ``k`` items whose embeddings are closest to ``item_id``'s (cosine similarity)."""
+    col = int(served.item_index.get_indexer([item_id])[0])
+    if col < 0:
+        raise ApiError(404, "unknown_item", f"model {served.name} does not know item {item_id!r}", {"item_id": item_id})
+    if served.item_vectors is None:
+        raise ApiError(422, "no_item_embeddings", f"model {served.name} has no item embeddings", {"model": served.name})
+    similarity = served.item_vectors @ served.item_vectors[col]
+    similarity[col] = -np.inf  # an item is not similar to itself for this purpose
+    k = min(k, len(similarity) - 1)
+    if k <= 0:
+        return []
+    top = np.argpartition(-similarity, k - 1)[:k]
+    top = top[np.argsort(-similarity[top], kind="stable")]
+    return list(zip(served.item_ids[top].tolist(), similarity[top].astype(float).tolist()))

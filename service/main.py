@@ -1,0 +1,64 @@
+"""The app factory: ``create_app(settings)`` wires settings, database, cache, models and routes.
+
+Nothing is built at import time. The lifespan loads the version ``LATEST`` names and
+starts the watcher that swaps in new ones; it stops the watcher and closes connections
+on shutdown. For ``uvicorn --factory service.main:create_app``.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from service.api.main import api_router
+from service.cache import make_cache
+from service.core.config import Settings
+from service.db.session import make_engine, make_session_factory
+from service.errors import install_error_handlers
+from service.metrics import Metrics, RequestMetrics
+from service.model_store import ModelStore
+
+log = logging.getLogger("service")
+
+DESCRIPTION = """Recommendations from autoencoder models (EASE, Mult-VAE, AutoRec, ...) trained by `python -m trainer`.
+
+User and item ids are the dataset's own ids (strings or integers). Errors are
+`{"error": {"code", "message", "details"}}`. Writes and admin need the `X-API-Key` header."""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    metrics = Metrics()
+    engine = make_engine(settings.DATABASE_URL, timeout_s=settings.DB_TIMEOUT_S)
+    cache = make_cache(
+        settings.REDIS_URL, metrics, namespace=settings.CACHE_NAMESPACE,
+        max_entries=settings.CACHE_MAX_ENTRIES, timeout_s=settings.REDIS_TIMEOUT_S,
+    )
+    store = ModelStore(settings.ARTIFACTS_DIR, metrics, settings.RELOAD_INTERVAL_S)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        outcome = await run_in_threadpool(store.reload)  # off the event loop: loading takes a moment
+        log.info("startup: %s", outcome.message)
+        store.start_watcher()
+        try:
+            yield
+        finally:
+            store.stop_watcher()
+            cache.close()
+            engine.dispose()
+
+    app = FastAPI(title="aerec", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.engine = engine
+    app.state.session_factory = make_session_factory(engine)
+    app.state.cache = cache
+    app.state.store = store
+    install_error_handlers(app)
+    app.include_router(api_router)
+    app.add_middleware(RequestMetrics, metrics=metrics, max_body_bytes=settings.MAX_BODY_BYTES)
+    return app

@@ -1,0 +1,206 @@
+"""The model version being served, swapped atomically when the registry's ``LATEST`` moves.
+
+``ModelStore.current`` is one reference to an immutable ``ServingVersion``. A request
+reads it once and works on that object to the end, so a swap never changes a model
+under a running request. New versions are loaded and checked off the request path (the
+watcher thread, or ``POST /admin/reload`` in a worker thread): ``trainer.artifacts.
+load_version`` checks the manifest, the files, id maps against weight shapes and a smoke
+recommendation; here each model also predicts for a real history and builds its id
+indexes. Only then is the reference replaced. A version that fails is refused (logged,
+counted, remembered) and the old one keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from service.metrics import Metrics
+from trainer.artifacts import ArtifactError, LoadedModel, latest_version, load_version
+
+log = logging.getLogger("service.model_store")
+
+
+@dataclass(frozen=True)
+class ServingModel:
+    """A loaded model plus the vectorised id maps the service needs."""
+
+    name: str
+    loaded: LoadedModel
+    item_index: pd.Index  # external item id -> column (get_indexer maps a whole history at once)
+    user_index: pd.Index  # external user id -> training row
+    item_ids: np.ndarray  # column -> external item id
+    item_vectors: np.ndarray | None  # L2-normalised item embeddings for similar items; None if the model has none
+    # Rankers are trained on positives (protocols.md: rating >= 4 on 1-5). When the manifest says
+    # where that line was, only those ratings (and implicit feedback) are fed to the model.
+    positive_threshold: float | None = None
+
+    @property
+    def model(self):
+        return self.loaded.model
+
+    @property
+    def task(self) -> str:
+        return self.loaded.model.task
+
+    @property
+    def can_fold_in(self) -> bool:
+        return self.loaded.model.can_fold_in
+
+
+@dataclass(frozen=True)
+class ServingVersion:
+    version: str
+    manifest: dict
+    models: dict[str, ServingModel]
+    popular_items: pd.Index  # external ids, most popular first
+    popular_counts: np.ndarray
+    loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+@dataclass(frozen=True)
+class ReloadOutcome:
+    version: str | None
+    previous: str | None
+    swapped: bool
+    message: str
+    refused: bool = False
+
+
+def _item_vectors(loaded: LoadedModel) -> np.ndarray | None:
+    try:
+        vectors = loaded.model.item_embeddings().detach().float().cpu().numpy()
+    except NotImplementedError:
+        return None
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)  # cosine similarity = dot product
+
+
+def _serving_model(name: str, loaded: LoadedModel, popular: np.ndarray, manifest: dict) -> ServingModel:
+    model = loaded.model
+    items = pd.Index(loaded.item_ids)
+    threshold = (loaded.info or {}).get("positive_threshold", manifest.get("positive_threshold"))
+    served = ServingModel(
+        name=name,
+        loaded=loaded,
+        item_index=items,
+        user_index=pd.Index(loaded.user_ids),
+        item_ids=np.asarray(loaded.item_ids, dtype=object),
+        item_vectors=_item_vectors(loaded),
+        positive_threshold=float(threshold) if threshold is not None and model.task == "ranking" else None,
+    )
+    if not items.is_unique or not served.user_index.is_unique:
+        raise ArtifactError(f"model {name}: ids.json holds duplicate ids")
+    # Smoke test on a real history (the most popular items), through the same calls requests make.
+    cols = items.get_indexer(popular[:5])
+    cols = np.unique(cols[cols >= 0]) if len(popular) else np.array([], dtype=np.int64)
+    row = sp.csr_matrix((np.ones(len(cols), np.float32), (np.zeros(len(cols), int), cols)), shape=(1, model.n_items))
+    users = None if model.can_fold_in else np.zeros(1, dtype=np.int64)
+    ids, scores = model.recommend(row, k=min(10, model.n_items), users=users, timestamps=row if model.sequential else None)
+    if not np.isfinite(scores[ids >= 0]).all():
+        raise ArtifactError(f"model {name} gives non-finite scores for a real history")
+    if model.task == "rating":
+        ratings = model.predict(row, np.zeros(1, dtype=np.int64), users=users)
+        if not np.isfinite(ratings).all():
+            raise ArtifactError(f"model {name} predicts non-finite ratings")
+    if served.item_vectors is not None and not np.isfinite(served.item_vectors).all():
+        raise ArtifactError(f"model {name} has non-finite item embeddings")
+    return served
+
+
+def prepare_version(root: Path, version: str) -> ServingVersion:
+    """Load and check a whole version; raises ``ArtifactError`` (or any error) if it cannot serve."""
+    loaded = load_version(root, version)
+    popular = np.asarray(loaded.popular_items, dtype=object)
+    if len(popular) == 0:
+        raise ArtifactError(f"version {version} has an empty popularity list")
+    models = {name: _serving_model(name, lm, popular, loaded.manifest) for name, lm in loaded.models.items()}
+    return ServingVersion(
+        version=loaded.version,
+        manifest=loaded.manifest,
+        models=models,
+        popular_items=pd.Index(popular),
+        popular_counts=np.asarray(loaded.popular_counts, dtype=np.float64),
+    )
+
+
+class ModelStore:
+    """Holds the served version and the watcher thread that polls ``LATEST``."""
+
+    def __init__(self, root: Path, metrics: Metrics, interval_s: float) -> None:
+        self.root = Path(root)
+        self.metrics = metrics
+        self.interval_s = interval_s
+        self.current: ServingVersion | None = None  # replaced in one assignment; readers grab it once
+        self.refused: dict[str, str] = {}  # version -> why it was refused (not retried by the watcher)
+        self.swaps = 0
+        self.last_error: str | None = None
+        self._reload_lock = threading.Lock()  # one load at a time (watcher and admin)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def reload(self, *, retry_refused: bool = False) -> ReloadOutcome:
+        """Swap in the version ``LATEST`` names, if it is new and passes the checks."""
+        with self._reload_lock:
+            previous = self.current.version if self.current else None
+            try:
+                target = latest_version(self.root)
+            except ArtifactError as exc:
+                return self._refuse(None, previous, str(exc))
+            if target is None:
+                return ReloadOutcome(previous, previous, False, f"no version published in {self.root}")
+            if target == previous:
+                return ReloadOutcome(previous, previous, False, f"version {target} is already served")
+            if target in self.refused and not retry_refused:
+                return ReloadOutcome(previous, previous, False, f"version {target} was refused: {self.refused[target]}", True)
+            started = time.perf_counter()
+            try:
+                serving = prepare_version(self.root, target)
+            except Exception as exc:  # any failure to load means "do not serve this version"
+                return self._refuse(target, previous, f"{type(exc).__name__}: {exc}")
+            self.current = serving  # the atomic swap: requests that already hold the old object keep it
+            self.swaps += 1
+            self.refused.pop(target, None)
+            self.last_error = None
+            self.metrics.model_swaps.inc()
+            self.metrics.served_version(target)
+            log.info("serving version %s (was %s), loaded in %.2fs", target, previous, time.perf_counter() - started)
+            return ReloadOutcome(target, previous, True, f"now serving version {target}")
+
+    def _refuse(self, target: str | None, previous: str | None, reason: str) -> ReloadOutcome:
+        if reason != self.last_error:  # the watcher meets the same failure every poll: report it once
+            log.error("refused model version %s, still serving %s: %s", target, previous, reason)
+            self.metrics.model_refused.inc()
+        if target is not None:
+            self.refused[target] = reason
+        self.last_error = reason
+        return ReloadOutcome(previous, previous, False, f"version {target} refused, still serving {previous}: {reason}", True)
+
+    # ---- watcher ------------------------------------------------------------------------
+    def start_watcher(self) -> None:
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._watch, name="model-watcher", daemon=True)
+        self._thread.start()
+
+    def stop_watcher(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.reload()
+            except Exception:  # the watcher must survive anything; the next poll tries again
+                log.exception("model watcher poll failed")

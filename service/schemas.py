@@ -1,0 +1,171 @@
+"""The API's request and response bodies (pydantic), kept apart from the ORM tables.
+
+User and item ids are the dataset's own external ids. The API takes them as strings
+or integers and converts them with ``str()``; they are always strings in responses.
+Limits that depend on settings (``MAX_K``, ``MAX_BATCH``) are checked by the routes.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, WithJsonSchema
+
+# No control characters: they are never meaningful in an id and PostgreSQL refuses NUL in text.
+ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+MODEL_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+ID_INT_LIMIT = 10**18
+
+
+def _external_id(value: Any) -> Any:
+    """Integers (also JSON's 7.0, which is the integer 7) become their decimal string."""
+    if isinstance(value, bool):
+        raise ValueError("an id must be a string or an integer, not a boolean")
+    if isinstance(value, float) and value.is_integer() and abs(value) <= ID_INT_LIMIT:
+        value = int(value)
+    if isinstance(value, int):
+        if abs(value) > ID_INT_LIMIT:
+            raise ValueError(f"an integer id must be within +-{ID_INT_LIMIT}")
+        return str(value)
+    return value
+
+
+IdString = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=ID_PATTERN)]
+ExternalId = Annotated[
+    IdString,
+    BeforeValidator(_external_id),
+    WithJsonSchema({"anyOf": [
+        {"type": "string", "minLength": 1, "maxLength": 255, "pattern": ID_PATTERN},
+        {"type": "integer", "minimum": -ID_INT_LIMIT, "maximum": ID_INT_LIMIT},
+    ]}),
+]
+"""An external user or item id: a string or an integer, stored and returned as a string."""
+
+ModelName = Annotated[str, StringConstraints(pattern=MODEL_PATTERN)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt field is an error, not silently ignored
+
+
+# ---- errors ---------------------------------------------------------------------------
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    details: Any = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+# ---- recommendations ------------------------------------------------------------------
+class RecommendationRequest(Strict):
+    k: int = Field(default=10, ge=1, description="How many items to return (at most MAX_K, counting offset).")
+    model: ModelName | None = Field(default=None, description="A model of the served version; the default model if omitted.")
+    exclude_seen: bool = True
+    exclude_items: list[ExternalId] = Field(default_factory=list, description="Items never to return.")
+    candidates: list[ExternalId] | None = Field(default=None, description="If given, only these items may be returned.")
+    offset: int = Field(default=0, ge=0, description="Skip this many of the best items (paging).")
+
+
+class ScoredItem(BaseModel):
+    item_id: str
+    score: float
+    rank: int
+    title: str | None = None
+
+
+class RecommendationResponse(BaseModel):
+    user_id: str
+    model: str
+    model_version: str
+    source: Literal["model", "fold-in", "popular"]
+    items: list[ScoredItem]
+    unknown_items: list[str] = Field(default_factory=list, description="Ids in exclude_items/candidates the model does not know.")
+
+
+# ---- ratings --------------------------------------------------------------------------
+class RatingRequest(Strict):
+    user_id: ExternalId
+    item_ids: list[ExternalId] = Field(min_length=1)
+    model: ModelName | None = Field(default=None, description="A rating model; DEFAULT_RATING_MODEL if omitted.")
+
+
+class PredictedRating(BaseModel):
+    item_id: str
+    rating: float
+
+
+class RatingResponse(BaseModel):
+    user_id: str
+    model: str
+    model_version: str
+    source: Literal["model", "fold-in", "cold-start"]
+    ratings: list[PredictedRating]
+    unknown_items: list[str] = Field(default_factory=list, description="Requested items the model does not know.")
+
+
+# ---- interactions ---------------------------------------------------------------------
+class InteractionIn(Strict):
+    user_id: ExternalId
+    item_id: ExternalId
+    rating: float | None = Field(default=None, allow_inf_nan=False, ge=-1e6, le=1e6, description="None: implicit feedback.")
+    timestamp: int | None = Field(default=None, ge=0, le=10**12, description="Epoch seconds; the insertion time if omitted.")
+
+
+class InteractionsResult(BaseModel):
+    received: int
+    inserted: int
+    duplicates: int = Field(description="Rows already stored with the same (user, item, timestamp).")
+    new_users: int
+    new_items: int
+
+
+# ---- items, models, health ------------------------------------------------------------
+class SimilarItemsResponse(BaseModel):
+    item_id: str
+    model: str
+    model_version: str
+    items: list[ScoredItem]
+
+
+class ModelInfo(BaseModel):
+    name: str
+    task: str
+    can_fold_in: bool
+    n_users: int
+    n_items: int
+    default_for: list[str] = Field(default_factory=list, description="Endpoints that use this model when none is named.")
+    valid_metric: dict[str, Any] | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelsResponse(BaseModel):
+    version: str | None
+    loaded_at: str | None
+    created_at: str | None
+    swaps: int
+    refused: dict[str, str] = Field(default_factory=dict, description="Versions refused, with the reason.")
+    models: list[ModelInfo]
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Check(BaseModel):
+    ok: bool
+    detail: str
+
+
+class Readiness(BaseModel):
+    ready: bool
+    checks: dict[str, Check]
+
+
+class ReloadResult(BaseModel):
+    version: str | None = Field(description="The version served after the reload.")
+    previous: str | None
+    swapped: bool
+    message: str

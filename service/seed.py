@@ -1,0 +1,24 @@
+"""Load a dataset (``trainer.dataset.Interactions``) into the database through ``crud``, in bulk."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from service import crud
+from service.db.session import make_engine, make_session_factory
+from trainer.dataset import Interactions
+
+
+def seed_interactions(database_url: str, inter: Interactions) -> dict[str, int]:
+    """Users, items (titles where the dataset has them) and interactions in one transaction; idempotent."""
+    user_ids = np.asarray(inter.user_ids).astype(str)[inter.users]
+    item_ids = np.asarray(inter.item_ids).astype(str)[inter.items]
+    titles = {str(k): {"title": v} for k, v in (inter.item_titles or {}).items()}
+    ratings = inter.ratings.astype(float).tolist()
+    timestamps = inter.timestamps.tolist() if inter.timestamps is not None else [None] * len(inter)
+    engine = make_engine(database_url)
+    try:
+        with make_session_factory(engine)() as session:
+            return crud.store_interactions(session, user_ids.tolist(), item_ids.tolist(), ratings, timestamps, titles)
+    finally:
+        engine.dispose()

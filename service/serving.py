@@ -1,0 +1,152 @@
+"""What each read endpoint does, between the thin routes and the pure scoring in ``inference``.
+
+Order for a recommendation: take the served version once (a swap mid-request cannot
+change it), look in the cache under a key made of version, model, the user's generation
+token and the request, else read the history (one query), score, add titles, cache.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from sqlalchemy.orm import Session
+
+from service import crud, inference
+from service.cache import Cache, list_key
+from service.core.config import Settings
+from service.errors import ApiError
+from service.model_store import ModelStore, ServingVersion
+from service.schemas import (
+    PredictedRating,
+    RatingRequest,
+    RatingResponse,
+    RecommendationRequest,
+    RecommendationResponse,
+    ScoredItem,
+    SimilarItemsResponse,
+)
+
+
+def serving_version(store: ModelStore) -> ServingVersion:
+    version = store.current  # read the reference once; this object serves the whole request
+    if version is None:
+        raise ApiError(
+            503, "model_unavailable", "no model version is loaded yet",
+            {"artifacts_dir": str(store.root), "last_error": store.last_error}, {"Retry-After": "5"},
+        )
+    return version
+
+
+def check_list(name: str, values: Sequence | None, settings: Settings) -> None:
+    if values is not None and len(values) > settings.MAX_BATCH:
+        raise ApiError(
+            413, "batch_too_large", f"{name} has {len(values)} entries; at most {settings.MAX_BATCH} are allowed",
+            {"field": name, "max": settings.MAX_BATCH},
+        )
+
+
+def _scored_items(pairs: list[tuple[str, float]], first_rank: int, titles: dict[str, str]) -> list[ScoredItem]:
+    return [ScoredItem(item_id=i, score=s, rank=first_rank + n, title=titles.get(i)) for n, (i, s) in enumerate(pairs)]
+
+
+def recommendations(
+    session: Session, cache: Cache, store: ModelStore, settings: Settings, user_id: str, request: RecommendationRequest
+) -> RecommendationResponse:
+    if request.k + request.offset > settings.MAX_K:
+        raise ApiError(
+            422, "k_too_large", f"k + offset is {request.k + request.offset}; at most {settings.MAX_K} items can be ranked",
+            {"k": request.k, "offset": request.offset, "max_k": settings.MAX_K},
+        )
+    check_list("exclude_items", request.exclude_items, settings)
+    check_list("candidates", request.candidates, settings)
+    version = serving_version(store)
+    served = inference.resolve_model(version, request.model, settings.DEFAULT_MODEL)
+
+    generation = cache.user_generation(user_id, ttl_s=2 * settings.CACHE_TTL_S)
+    key = None
+    if generation is not None:
+        key = list_key("rec", version.version, served.name, user_id, generation, request.model_dump(exclude={"model"}))
+        hit = cache.get(key, kind="recommendations")
+        if hit is not None:
+            return RecommendationResponse.model_validate_json(hit)
+
+    history = crud.user_history(session, user_id)
+    scored = inference.recommend(
+        version, served, user_id, history,
+        k=request.k, offset=request.offset, exclude_seen=request.exclude_seen,
+        exclude_items=request.exclude_items, candidates=request.candidates,
+    )
+    titles = crud.item_titles(session, [i for i, _ in scored.items])
+    response = RecommendationResponse(
+        user_id=user_id, model=served.name, model_version=version.version, source=scored.source,
+        items=_scored_items(scored.items, request.offset + 1, titles), unknown_items=scored.unknown_items,
+    )
+    if key is not None:
+        cache.set(key, response.model_dump_json(), settings.CACHE_TTL_S)
+    return response
+
+
+def ratings(
+    session: Session, store: ModelStore, settings: Settings, requests: list[RatingRequest]
+) -> list[RatingResponse]:
+    check_list("ratings requests", requests, settings)
+    for r in requests:
+        check_list("item_ids", r.item_ids, settings)
+    version = serving_version(store)
+    queries = [
+        inference.RatingQuery(r.user_id, r.item_ids, inference.resolve_model(version, r.model, settings.DEFAULT_RATING_MODEL, rating=True))
+        for r in requests
+    ]
+    histories = crud.user_histories(session, [r.user_id for r in requests])
+    rated = inference.predict_ratings(queries, histories)
+    return [
+        RatingResponse(
+            user_id=q.user_id, model=q.model.name, model_version=version.version, source=r.source,
+            ratings=[PredictedRating(item_id=i, rating=v) for i, v in r.ratings], unknown_items=r.unknown_items,
+        )
+        for q, r in zip(queries, rated)
+    ]
+
+
+def similar(
+    session: Session, cache: Cache, store: ModelStore, settings: Settings, item_id: str, k: int, model: str | None
+) -> SimilarItemsResponse:
+    if k > settings.MAX_K:
+        raise ApiError(422, "k_too_large", f"k is {k}; at most {settings.MAX_K}", {"k": k, "max_k": settings.MAX_K})
+    version = serving_version(store)
+    served = inference.resolve_model(version, model, settings.DEFAULT_MODEL)
+    key = list_key("sim", version.version, served.name, item_id, k)
+    hit = cache.get(key, kind="similar")
+    if hit is not None:
+        return SimilarItemsResponse.model_validate_json(hit)
+    pairs = inference.similar_items(served, item_id, k)
+    titles = crud.item_titles(session, [i for i, _ in pairs])
+    response = SimilarItemsResponse(
+        item_id=item_id, model=served.name, model_version=version.version, items=_scored_items(pairs, 1, titles)
+    )
+    cache.set(key, response.model_dump_json(), settings.CACHE_TTL_S)
+    return response
+
+
+def models_report(store: ModelStore, settings: Settings) -> dict:
+    version = store.current
+    models = []
+    if version is not None:
+        for name, served in version.models.items():
+            info = served.loaded.info or {}
+            defaults = [p for p, d in (("recommendations", settings.DEFAULT_MODEL), ("ratings", settings.DEFAULT_RATING_MODEL)) if d == name]
+            models.append({
+                "name": name, "task": served.task, "can_fold_in": served.can_fold_in,
+                "n_users": served.model.n_users, "n_items": served.model.n_items, "default_for": defaults,
+                "valid_metric": info.get("valid_metric"), "metrics": info.get("metrics") or served.loaded.metrics.get("test") or {},
+            })
+    return {
+        "version": version.version if version else None,
+        "loaded_at": version.loaded_at.isoformat(timespec="seconds") if version else None,
+        "created_at": version.manifest.get("created_at") if version else None,
+        "swaps": store.swaps,
+        "refused": dict(store.refused),
+        "models": models,
+    }
+
+

@@ -1,0 +1,90 @@
+"""The cache interface on both backends, TTL/LRU of the in-process one, and a Redis that cannot be reached."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+import redis
+
+from _service_support import free_port
+from conftest import REDIS_URL, unavailable
+from service.cache import MemoryCache, RedisCache, list_key
+from service.metrics import Metrics
+
+
+@pytest.fixture(params=["memory", "redis"])
+def cache(request):
+    metrics, namespace = Metrics(), f"aerec-test-{uuid.uuid4().hex[:8]}"
+    if request.param == "memory":
+        yield MemoryCache(metrics, namespace=namespace, max_entries=100)
+        return
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+    except redis.RedisError as exc:
+        unavailable(f"Redis at {REDIS_URL}", exc)
+    backend = RedisCache(REDIS_URL, metrics, namespace=namespace, timeout_s=1.0)
+    yield backend
+    keys = list(backend.client.scan_iter(f"{namespace}:*"))
+    if keys:
+        backend.client.delete(*keys)
+    backend.close()
+
+
+def test_get_set_delete_and_only_if_absent(cache):
+    assert cache.ping()
+    assert cache.get("a") is None
+    assert cache.set("a", "1", 30)
+    assert cache.get("a") == "1"
+    assert not cache.set("a", "2", 30, only_if_absent=True) and cache.get("a") == "1"
+    cache.set("b", "x", 30)
+    assert cache.delete_many(["a", "b", "never-set"])
+    assert cache.get("a") is None and cache.get("b") is None
+
+
+def test_entries_expire(cache):
+    cache.set("short", "v", 0.2)
+    assert cache.get("short") == "v"
+    time.sleep(0.35)
+    assert cache.get("short") is None
+
+
+def test_invalidating_a_user_changes_their_generation(cache):
+    first = cache.user_generation("u1", ttl_s=30)
+    assert first and cache.user_generation("u1", ttl_s=30) == first
+    other = cache.user_generation("u2", ttl_s=30)
+    cache.invalidate_users(["u1"])
+    renewed = cache.user_generation("u1", ttl_s=30)
+    assert renewed and renewed != first  # every key built with the old token is unreachable
+    assert cache.user_generation("u2", ttl_s=30) == other
+
+
+def test_keys_depend_on_every_part():
+    base = list_key("rec", "v1", "ease", "u", "g", {"k": 10})
+    assert base == list_key("rec", "v1", "ease", "u", "g", {"k": 10})
+    for changed in (("v2", "ease", "u", "g", {"k": 10}), ("v1", "vae", "u", "g", {"k": 10}),
+                    ("v1", "ease", "u", "g2", {"k": 10}), ("v1", "ease", "u", "g", {"k": 11})):
+        assert list_key("rec", *changed) != base
+
+
+def test_memory_cache_evicts_the_least_recently_used():
+    cache = MemoryCache(Metrics(), max_entries=3)
+    for key in "abc":
+        cache.set(key, key, 30)
+    cache.get("a")  # a is now the most recent
+    cache.set("d", "d", 30)
+    assert cache.get("b") is None and cache.get("a") == "a" and cache.get("d") == "d"
+
+
+def test_unreachable_redis_is_a_counted_miss_and_fails_fast():
+    metrics = Metrics()
+    cache = RedisCache(f"redis://127.0.0.1:{free_port()}/0", metrics, timeout_s=0.2)
+    started = time.perf_counter()
+    for _ in range(50):
+        assert cache.get("k") is None
+        assert cache.set("k", "v", 10) is False
+    assert time.perf_counter() - started < 2  # after the first failure Redis is skipped, not retried per call
+    assert not cache.ping() and cache.user_generation("u", 10) is None
+    errors = sum(s.value for m in metrics.cache_errors.collect() for s in m.samples if s.name.endswith("_total"))
+    assert errors >= 100

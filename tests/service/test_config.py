@@ -1,0 +1,36 @@
+"""Settings: placeholder API keys are refused outside development; nothing is built at import time."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from service.core.config import Settings
+
+
+@pytest.mark.parametrize("key", ["", "changethis", "change-me-api-key", "  Secret "])
+def test_placeholder_key_is_refused_outside_development(key):
+    with pytest.raises(ValidationError, match="API_KEY"):
+        Settings(ENVIRONMENT="production", API_KEY=key)
+    assert Settings(ENVIRONMENT="development", API_KEY=key).API_KEY == key  # a laptop may keep it
+
+
+def test_a_real_key_is_accepted_in_production():
+    assert Settings(ENVIRONMENT="production", API_KEY="9c1f-real-secret-77ab").ENVIRONMENT == "production"
+
+
+def test_defaults_are_the_embedded_setup(monkeypatch):
+    for name in ("DATABASE_URL", "REDIS_URL", "DEFAULT_MODEL", "DEFAULT_RATING_MODEL"):
+        monkeypatch.delenv(name, raising=False)
+    settings = Settings(_env_file=None)
+    assert settings.DATABASE_URL == "sqlite:///./aerec.db" and settings.REDIS_URL is None
+    assert (settings.DEFAULT_MODEL, settings.DEFAULT_RATING_MODEL) == ("ease", "autorec-u")
+
+
+def test_apps_do_not_share_state(tmp_path):
+    from service.main import create_app
+
+    first = create_app(Settings(DATABASE_URL=f"sqlite:///{tmp_path / 'a.db'}", ARTIFACTS_DIR=tmp_path))
+    second = create_app(Settings(DATABASE_URL=f"sqlite:///{tmp_path / 'b.db'}", ARTIFACTS_DIR=tmp_path))
+    assert first.state.engine is not second.state.engine
+    assert first.state.metrics.registry is not second.state.metrics.registry

@@ -1,0 +1,150 @@
+"""Model versions change under a running service: hot swap with no failed request, broken versions refused."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import scipy.sparse as sp
+from fastapi.testclient import TestClient
+
+from _service_support import API_KEY, copy_registry, error_body, plant_broken_version, publish_version
+from service.core.config import Settings
+from service.db.migrate import upgrade_to_head
+from service.db.session import make_engine
+from service.main import create_app
+
+KEY = {"X-API-Key": API_KEY}
+
+
+@pytest.fixture
+def app_on(tmp_path):
+    """Build a running app on a private registry and a fresh SQLite database."""
+    clients = []
+
+    def build(root, **overrides) -> TestClient:
+        database_url = f"sqlite:///{tmp_path / 'swap.db'}"
+        upgrade_to_head(make_engine(database_url))
+        settings = Settings(**{"DATABASE_URL": database_url, "ARTIFACTS_DIR": root, "API_KEY": API_KEY,
+                               "RELOAD_INTERVAL_S": 0.1, **overrides})
+        client = TestClient(create_app(settings), raise_server_exceptions=False)
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield build
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+def wait_for(predicate, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_hot_swap_under_load_fails_no_request(tmp_path, registry, trained, corpus, app_on):
+    root = tmp_path / "registry"
+    old = copy_registry(registry, root)
+    client = app_on(root)
+    user = "7"
+    results: list[list[tuple[int, str | None]]] = [[], []]
+    stop = threading.Event()
+
+    def load(out: list) -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            # varying k defeats the cache, so every request is scored by the model it grabbed
+            response = client.post(f"/users/{user}/recommendations", json={"k": 1 + n % 20})
+            ok = response.status_code == 200 and len(response.json()["items"]) == 1 + n % 20
+            out.append((response.status_code if ok else -response.status_code, response.json().get("model_version")))
+
+    threads = [threading.Thread(target=load, args=(out,)) for out in results]
+    for t in threads:
+        t.start()
+    try:
+        wait_for(lambda: all(len(r) >= 5 for r in results))
+        new = publish_version(root, trained, corpus)  # the trainer publishes while requests flow
+        wait_for(lambda: all(any(v == new for _, v in r) for r in results))
+        marks = [len(r) for r in results]
+        wait_for(lambda: all(len(r) >= m + 5 for r, m in zip(results, marks)))
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    statuses = {s for r in results for s, _ in r}
+    assert statuses == {200}, statuses  # zero failed requests
+    for r in results:
+        versions = [v for _, v in r]
+        assert set(versions) == {old, new}
+        switch = versions.index(new)
+        assert versions[:switch] == [old] * switch and versions[switch:] == [new] * (len(versions) - switch)
+    body = client.get("/models").json()
+    assert body["version"] == new and body["swaps"] == 2
+    assert "aerec_model_swaps_total 2.0" in client.get("/metrics").text
+
+
+@pytest.mark.parametrize("damage", ["weights", "ids", "missing-file"])
+def test_broken_version_is_refused_and_the_old_keeps_serving(tmp_path, registry, trained, corpus, app_on, damage):
+    root = tmp_path / "registry"
+    good = copy_registry(registry, root)
+    client = app_on(root, RELOAD_INTERVAL_S=3600.0)  # only the admin endpoint reloads here
+    broken = plant_broken_version(root, damage)
+
+    response = client.post("/admin/reload", headers=KEY)
+    assert response.status_code == 409, response.text
+    error = error_body(response)
+    assert error["code"] == "version_refused" and broken in error["message"] and error["details"]["serving"] == good
+    served = client.post("/users/1/recommendations", json={"k": 3})
+    assert served.status_code == 200 and served.json()["model_version"] == good
+    models = client.get("/models").json()
+    assert models["version"] == good and broken in models["refused"]
+    assert client.get("/readyz").status_code == 200
+    assert "aerec_model_versions_refused_total 1.0" in client.get("/metrics").text
+
+    fixed = publish_version(root, trained, corpus)  # the next good version is taken
+    response = client.post("/admin/reload", headers=KEY)
+    assert response.status_code == 200 and response.json() == {
+        "version": fixed, "previous": good, "swapped": True, "message": f"now serving version {fixed}"}
+    again = client.post("/admin/reload", headers=KEY).json()
+    assert again["swapped"] is False and again["version"] == fixed
+
+
+def test_watcher_refuses_a_broken_version_once_and_keeps_serving(tmp_path, registry, app_on):
+    root = tmp_path / "registry"
+    good = copy_registry(registry, root)
+    client = app_on(root)
+    broken = plant_broken_version(root, "weights")
+    wait_for(lambda: broken in client.get("/models").json()["refused"])
+    time.sleep(0.5)  # several more polls: the refusal is not retried and not recounted
+    assert "aerec_model_versions_refused_total 1.0" in client.get("/metrics").text
+    assert client.post("/users/1/recommendations", json={}).json()["model_version"] == good
+
+
+def test_service_without_a_version_is_not_ready_until_one_is_published(tmp_path, trained, corpus, app_on):
+    root = tmp_path / "empty-registry"
+    root.mkdir()
+    client = app_on(root)
+    ready = client.get("/readyz")
+    assert ready.status_code == 503 and not error_body(ready)["details"]["checks"]["model"]["ok"]
+    response = client.post("/users/1/recommendations", json={})
+    assert response.status_code == 503 and error_body(response)["code"] == "model_unavailable"
+    version = publish_version(root, trained, corpus)
+    wait_for(lambda: client.get("/readyz").status_code == 200)
+    assert client.post("/users/1/recommendations", json={}).json()["model_version"] == version
+
+
+def test_requests_keep_the_version_they_started_with(tmp_path, registry, trained, corpus, app_on):
+    root = tmp_path / "registry"
+    copy_registry(registry, root)
+    client = app_on(root, RELOAD_INTERVAL_S=3600.0)
+    store = client.app.state.store
+    grabbed = store.current
+    publish_version(root, trained, corpus)
+    assert store.reload().swapped
+    assert store.current is not grabbed
+    ids, _ = grabbed.models["ease"].model.recommend(sp.csr_matrix((1, 600)), 3)
+    assert (ids >= 0).all()  # the old object is intact for whoever still holds it
