@@ -7,4 +7,4 @@ if [ -s "${ARTIFACTS_DIR}/LATEST" ]; then
   exit 0
 fi
 python -m service seed --dataset "${SEED_DATASET:-ml-100k}"
-python -m trainer train --from-db --no-gate
+python -m trainer train --from-db --no-gate --models "${TRAIN_MODELS:-all}"

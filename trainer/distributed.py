@@ -8,11 +8,15 @@ rank 0 publishes artifacts. Without ``torchrun`` everything here is a no-op.
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,7 @@ def context() -> DistContext:
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend=backend)
+        atexit.register(shutdown)  # a clean exit on every rank, without a "process group not destroyed" warning
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
@@ -49,6 +54,19 @@ def device_for(ctx: DistContext, device: torch.device) -> torch.device:
     if ctx.active and device.type == "cuda":
         return torch.device("cuda", ctx.local_rank)
     return device
+
+
+def broadcast_from_main(value: T) -> T:
+    """Rank 0's ``value`` on every rank (any picklable object); ``value`` itself without torchrun.
+
+    Decisions that steer the loop (early stopping, the best epoch, a version name) must be
+    the same on every rank: a rank that stops while another steps on waits forever in DDP.
+    """
+    if not dist.is_initialized():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def barrier() -> None:

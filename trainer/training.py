@@ -116,6 +116,10 @@ def fit(
     ts = None if timestamps is None else sp.csr_matrix(timestamps)
     data = TrainData(X=X, timestamps=ts, rating_range=rating_range, rank=dist_ctx.rank, world_size=dist_ctx.world_size)
     model = cls(config, n_items=X.shape[1], n_users=X.shape[0], rating_range=rating_range).to(device)
+    if dist_ctx.active:
+        # DDP copies rank 0's initial weights to every rank; from here on each rank needs noise of
+        # its own (dropout masks, VAE samples), as a single process draws fresh noise for every row.
+        torch.manual_seed(seed + dist_ctx.rank)
 
     started = time.perf_counter()
     log: dict[str, Any] = {"model": name, "seed": seed, "device": str(device), "curve": []}
@@ -171,6 +175,7 @@ def _gradient_training(
         if valid is not None:
             model.prepare_scoring(data)
             metric, value, higher = validation_score(model, data.X, valid)
+            value = distributed.broadcast_from_main(value)  # every rank keeps the same epoch and stops together
             point[metric] = value
             improved = best_value is None or (value > best_value if higher else value < best_value)
             if improved:
