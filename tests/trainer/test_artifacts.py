@@ -1,0 +1,197 @@
+"""The artifact registry: publish/read round trip, atomicity under SIGKILL, retention, validation."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from models.autorec import AutoRecU, AutoRecUConfig
+from trainer import artifacts
+from trainer.artifacts import ArtifactError, StagedModel
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def tiny_model(seed: int = 0, n_users: int = 6, n_items: int = 5) -> AutoRecU:
+    torch.manual_seed(seed)
+    return AutoRecU(AutoRecUConfig(hidden=4), n_items=n_items, n_users=n_users).eval()
+
+
+def publish_tiny(root: Path, seed: int = 0, keep: int = 5, metrics: dict | None = None) -> str:
+    model = tiny_model(seed)
+    staged = {
+        "autorec-u": StagedModel(
+            model=model,
+            user_ids=[f"u{i}" for i in range(model.n_users)],
+            item_ids=[100 + i for i in range(model.n_items)],  # ints on the way in, strings on disk
+            metrics=metrics or {"test": {"rmse": 1.0 + seed}, "seed": seed},
+            files={"learning_curve.png": b"\x89PNG fake"},
+        )
+    }
+    manifest = {"code_version": "test", "source": {"kind": "test"}, "models": {"autorec-u": {"epochs": 1}}}
+    popularity = {"items": [104, 100], "counts": np.array([7, 3])}
+    return artifacts.publish(root, staged, manifest, popularity=popularity, keep=keep)
+
+
+def test_round_trip_restores_model_ids_and_manifest(tmp_path):
+    assert artifacts.latest_version(tmp_path) is None
+    assert artifacts.list_versions(tmp_path) == []
+    version = publish_tiny(tmp_path)
+
+    assert artifacts.is_version_name(version)
+    assert artifacts.latest_version(tmp_path) == version
+    assert artifacts.list_versions(tmp_path) == [version]
+    loaded = artifacts.load_version(tmp_path)
+    assert loaded.version == version
+    assert loaded.manifest["version"] == version and loaded.manifest["code_version"] == "test"
+    assert loaded.manifest["models"]["autorec-u"] == {"epochs": 1, "task": "rating", "path": "autorec-u"}
+    assert loaded.popular_items == ["104", "100"] and loaded.popular_counts == [7, 3]
+
+    entry = loaded.models["autorec-u"]
+    assert entry.user_ids == [f"u{i}" for i in range(6)]
+    assert entry.item_ids == [str(100 + i) for i in range(5)]
+    assert entry.item_index["102"] == 2 and entry.user_index["u5"] == 5
+    assert entry.metrics["test"] == {"rmse": 1.0}
+    rows = sp.csr_matrix(np.array([[5, 0, 3, 0, 1], [0, 0, 0, 0, 0]], dtype=np.float32))
+    torch.testing.assert_close(entry.model.scores(rows), tiny_model(0).scores(rows))
+    assert (tmp_path / version / "autorec-u" / "learning_curve.png").read_bytes() == b"\x89PNG fake"
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_second_publish_moves_latest_and_sorts_after(tmp_path):
+    first = publish_tiny(tmp_path, seed=0)
+    second = publish_tiny(tmp_path, seed=1)
+    assert second > first
+    assert artifacts.latest_version(tmp_path) == second
+    assert artifacts.list_versions(tmp_path) == [first, second]
+    assert artifacts.load_version(tmp_path).models["autorec-u"].metrics["seed"] == 1
+    assert artifacts.load_version(tmp_path, first).models["autorec-u"].metrics["seed"] == 0
+
+
+def test_retention_keeps_last_n_and_never_the_latest(tmp_path):
+    versions = [publish_tiny(tmp_path, seed=s, keep=2) for s in range(3)]
+    assert artifacts.list_versions(tmp_path) == versions[1:]
+    # Roll LATEST back to the older one: retention with keep=1 must still keep it.
+    artifacts._write_pointer(tmp_path, versions[1])
+    assert artifacts.apply_retention(tmp_path, keep=1) == []
+    assert artifacts.list_versions(tmp_path) == versions[1:]
+    newest = publish_tiny(tmp_path, seed=9, keep=1)
+    assert artifacts.list_versions(tmp_path) == [newest]
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+# A writer that stops for good at a chosen point of publish(), so the test can SIGKILL it there.
+_KILLED_WRITER = """
+import sys, time
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+from trainer import artifacts
+from test_artifacts import publish_tiny
+
+root, marker, point = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+original = getattr(artifacts, point)
+
+def stall(*args, **kwargs):
+    if point == "_json_bytes" and not args[1].endswith("metrics.json"):
+        return original(*args, **kwargs)
+    marker.write_text("stalled")
+    time.sleep(120)
+
+setattr(artifacts, point, stall)
+publish_tiny(root, seed=5)
+"""
+
+
+@pytest.mark.parametrize("point", ["_json_bytes", "_write_pointer"])
+def test_sigkill_mid_publish_leaves_previous_version_intact(tmp_path, point):
+    """Killed with the staging folder half written, or before LATEST moves: readers still get the old version."""
+    root, marker = tmp_path / "registry", tmp_path / "stalled"
+    before = publish_tiny(root, seed=0)
+    script = _KILLED_WRITER.format(tests=str(Path(__file__).parent))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-c", script, str(root), str(marker), point], env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            assert proc.poll() is None, "the writer exited before stalling"
+            assert time.monotonic() < deadline, "the writer never reached the stall point"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    if point == "_json_bytes":  # weights written, metrics and manifest not yet
+        (staging,) = root.glob(".tmp-*")
+        assert (staging / "autorec-u" / "weights.safetensors").exists()
+        assert not (staging / "manifest.json").exists()
+        assert artifacts.list_versions(root) == [before]
+    else:  # renamed but never pointed at: a complete version, not the current one
+        assert len(artifacts.list_versions(root)) == 2
+    assert artifacts.latest_version(root) == before
+    loaded = artifacts.load_version(root)
+    assert loaded.version == before and loaded.models["autorec-u"].metrics["seed"] == 0
+
+    # The next run takes the lock the dead writer held, removes its leftovers and publishes.
+    after = publish_tiny(root, seed=1)
+    assert artifacts.latest_version(root) == after
+    assert not list(root.glob(".tmp-*"))
+
+
+def test_failed_publish_writes_nothing(tmp_path):
+    first = publish_tiny(tmp_path)
+    with pytest.raises(ArtifactError, match="metrics.json"):
+        publish_tiny(tmp_path, metrics={"valid": {"rmse": float("nan")}})
+    assert artifacts.list_versions(tmp_path) == [first]
+    assert artifacts.latest_version(tmp_path) == first
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_publish_rejects_id_maps_that_do_not_fit_the_model(tmp_path):
+    staged = {"autorec-u": StagedModel(model=tiny_model(), user_ids=["a"], item_ids=list(range(5)), metrics={})}
+    with pytest.raises(ArtifactError, match="1 user ids"):
+        artifacts.publish(tmp_path, staged, {"models": {}}, popularity={"items": [], "counts": []})
+    assert artifacts.latest_version(tmp_path) is None
+
+
+def test_load_version_reports_what_is_wrong(tmp_path):
+    with pytest.raises(ArtifactError, match="no version published"):
+        artifacts.load_version(tmp_path)
+    version = publish_tiny(tmp_path)
+    folder = tmp_path / version / "autorec-u"
+
+    ids = json.loads((folder / "ids.json").read_text())
+    (folder / "ids.json").write_text(json.dumps({"users": ids["users"][:-1], "items": ids["items"]}))
+    with pytest.raises(ArtifactError, match="5 users x 5 items"):
+        artifacts.load_version(tmp_path)
+
+    (folder / "ids.json").unlink()
+    with pytest.raises(ArtifactError, match="missing ids.json"):
+        artifacts.load_version(tmp_path)
+
+    (tmp_path / "LATEST").write_text("../etc\n")
+    with pytest.raises(ArtifactError, match="not a version name"):
+        artifacts.latest_version(tmp_path)
+
+
+def test_load_version_refuses_a_model_with_non_finite_scores(tmp_path):
+    version = publish_tiny(tmp_path)
+    folder = tmp_path / version / "autorec-u"
+    model = tiny_model()
+    with torch.no_grad():
+        model.decoder.bias.fill_(float("nan"))
+    model.save(folder)
+    with pytest.raises(ArtifactError, match="non-finite scores"):
+        artifacts.load_version(tmp_path)

@@ -1,0 +1,115 @@
+"""Scheduled retraining: triggers, repeated runs, surviving a failed run, skipping while locked."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from apscheduler.triggers.cron import CronTrigger
+
+from test_pipeline import write_planted
+from trainer import artifacts
+from trainer.errors import UserError
+from trainer.pipeline import SourceSpec, TrainJob
+from trainer.schedule import make_trigger, parse_every, run_once, run_schedule
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_parse_every_and_triggers():
+    assert parse_every("6h") == timedelta(hours=6)
+    assert parse_every("30m") == timedelta(minutes=30)
+    assert parse_every("1.5s") == timedelta(seconds=1.5)
+    assert parse_every("90") == timedelta(seconds=90)
+    assert parse_every("1d") == timedelta(days=1)
+    for bad in ("", "0s", "-1h", "6 hours", "h"):
+        with pytest.raises(UserError, match="--every"):
+            parse_every(bad)
+    assert isinstance(make_trigger(None, "0 3 * * *"), CronTrigger)
+    with pytest.raises(UserError, match="not a cron expression"):
+        make_trigger(None, "every day")
+    with pytest.raises(UserError, match="exactly one"):
+        make_trigger("1h", "0 3 * * *")
+    with pytest.raises(UserError, match="exactly one"):
+        make_trigger(None, None)
+
+
+class _Outcomes(logging.Handler):
+    """Collects the scheduler's log lines; signals the first failed run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+        self.failed = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        line = record.getMessage()
+        self.lines.append(line)
+        if " failed" in line:
+            self.failed.set()
+
+
+def test_schedule_survives_a_failed_run_and_runs_again(tmp_path):
+    data, root = tmp_path / "data.csv", tmp_path / "registry"
+    data.write_text("user,item,rating\nu1,i1,not-a-number\n")  # the first run fails on this file
+    job = TrainJob(source=SourceSpec(file=data), models=("ease",), artifacts_dir=root, device="cpu", progress=False)
+    handler = _Outcomes()
+    logger = logging.getLogger("trainer.schedule")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    outcomes: dict = {}
+    runner = threading.Thread(
+        target=lambda: outcomes.update(run_schedule(job, make_trigger("1s", None), max_runs=3, run_now=True))
+    )
+    try:
+        runner.start()
+        assert handler.failed.wait(60), handler.lines
+        write_planted(data)  # fix the data: a later run must publish
+        runner.join(120)
+        assert not runner.is_alive(), handler.lines
+    finally:
+        logger.removeHandler(handler)
+    assert outcomes["failed"] >= 1 and outcomes["published"] >= 1, handler.lines
+    assert sum(outcomes.values()) == 3
+    assert any("run 1 failed" in line and "not-a-number" in line for line in handler.lines), handler.lines
+    assert any("published version" in line for line in handler.lines)
+    assert artifacts.latest_version(root) is not None
+
+
+def test_a_run_is_skipped_while_another_process_trains(tmp_path, caplog):
+    root = tmp_path / "registry"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from trainer.artifacts import registry_lock; "
+         "lock = registry_lock(sys.argv[1]); lock.acquire(); print('locked', flush=True); time.sleep(60)", str(root)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        job = TrainJob(source=SourceSpec(file=write_planted(tmp_path / "d.csv")), models=("ease",),
+                       artifacts_dir=root, device="cpu", progress=False)
+        with caplog.at_level(logging.INFO, logger="trainer.schedule"):
+            assert run_once(job, 7) == "skipped"
+        assert "run 7 skipped: another training is running" in caplog.text
+        assert artifacts.latest_version(root) is None
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_schedule_command_runs_twice_on_an_interval(tmp_path):
+    data, root = write_planted(tmp_path / "data.csv"), tmp_path / "registry"
+    result = subprocess.run(
+        [sys.executable, "-m", "trainer", "schedule", "--every", "1s", "--max-runs", "2", "--file", str(data),
+         "--models", "ease", "--device", "cpu", "--artifacts-dir", str(root)],
+        capture_output=True, text=True, timeout=240, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "run 1: published version" in result.stderr and "run 2: published version" in result.stderr
+    assert len(artifacts.list_versions(root)) == 2
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,384 @@
+"""The artifact registry: versioned, immutable model folders plus an atomic ``LATEST`` pointer.
+
+Layout (the trainer writes, the service reads)::
+
+    ARTIFACTS_DIR/
+      LATEST                  the current version's name, replaced atomically
+      .lock                   held by whoever trains or publishes (filelock)
+      <version>/              immutable; version = UTC "YYYYMMDDTHHMMSSZ-<6 hex>", sortable by time
+        manifest.json         written last inside the staging folder
+        popularity.json       {"items": [...], "counts": [...]}, most popular first
+        <model>/              weights.safetensors, model.json, ids.json, metrics.json, learning_curve.png
+      .tmp-<uuid>             a version (or LATEST) being written; readers ignore it
+
+Why readers never see half a version: a version is written into ``.tmp-<uuid>/``,
+every file and folder is fsynced, and only then is the folder renamed to its
+version name (``rename`` of a directory is atomic on POSIX). ``LATEST`` is
+replaced the same way (write a temporary file, fsync, ``os.replace``, fsync the
+folder). Old versions are first renamed to ``.tmp-<uuid>`` and then deleted, so a
+version disappears at once, never file by file. Publishing holds ``.lock``; any
+``.tmp-*`` found while holding it belongs to a writer that died (killed mid-write)
+and is removed.
+
+This module is read by the service: it imports only the standard library and
+``filelock`` at import time; torch and the models load inside ``load_version``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+from filelock import FileLock
+
+from trainer.errors import UserError
+
+if TYPE_CHECKING:
+    from models.base import Recommender
+
+LATEST_FILE = "LATEST"
+LOCK_FILE = ".lock"
+MANIFEST_FILE = "manifest.json"
+POPULARITY_FILE = "popularity.json"
+IDS_FILE = "ids.json"
+METRICS_FILE = "metrics.json"
+CURVE_FILE = "learning_curve.png"
+TMP_PREFIX = ".tmp-"
+MODEL_FILES = ("weights.safetensors", "model.json", IDS_FILE, METRICS_FILE)  # what a model folder must hold
+VERSION_PATTERN = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
+
+
+class ArtifactError(UserError):
+    """The registry (or one version in it) is missing, incomplete or inconsistent."""
+
+
+# ---- reading ---------------------------------------------------------------------------
+
+
+@dataclass
+class LoadedModel:
+    """One published model, ready to serve, with its id maps (external ids are strings)."""
+
+    name: str
+    model: Recommender
+    user_ids: list[str]
+    item_ids: list[str]
+    user_index: dict[str, int]
+    item_index: dict[str, int]
+    metrics: dict[str, Any]
+    info: dict[str, Any] = field(default_factory=dict)  # the manifest's entry for this model
+
+
+@dataclass
+class LoadedVersion:
+    version: str
+    manifest: dict[str, Any]
+    models: dict[str, LoadedModel]
+    popular_items: list[str]
+    popular_counts: list[int]
+    path: Path
+
+
+def is_version_name(name: str) -> bool:
+    return bool(VERSION_PATTERN.match(name))
+
+
+def latest_version(root: str | Path) -> str | None:
+    """The version ``LATEST`` points to, or None when nothing was ever published."""
+    path = Path(root) / LATEST_FILE
+    try:
+        name = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ArtifactError(f"cannot read {path}: {exc}") from exc
+    if not is_version_name(name):
+        raise ArtifactError(f"{path} holds {name[:60]!r}, which is not a version name")
+    return name
+
+
+def list_versions(root: str | Path) -> list[str]:
+    """Published versions, oldest first (names sort by creation time)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if is_version_name(p.name) and (p / MANIFEST_FILE).is_file())
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ArtifactError(f"{what} is missing: {path}") from None
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"{what} is unreadable: {path}: {exc}") from exc
+
+
+def read_manifest(root: str | Path, version: str) -> dict[str, Any]:
+    if not is_version_name(version):
+        raise ArtifactError(f"{version!r} is not a version name (expected YYYYMMDDTHHMMSSZ-xxxxxx)")
+    manifest = _read_json(Path(root) / version / MANIFEST_FILE, f"manifest of version {version}")
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("models"), dict):
+        raise ArtifactError(f"manifest of version {version} has no 'models' mapping")
+    if manifest.get("version") != version:
+        raise ArtifactError(f"manifest of version {version} names version {manifest.get('version')!r}")
+    return manifest
+
+
+def _load_model(folder: Path, name: str, info: dict, map_location: str) -> LoadedModel:
+    import numpy as np
+    import scipy.sparse as sp
+
+    import models
+
+    missing = [f for f in MODEL_FILES if not (folder / f).is_file()]
+    if missing:
+        raise ArtifactError(f"model {name} in {folder.parent.name} is incomplete: missing {', '.join(missing)}")
+    try:
+        model = models.load(folder, map_location=map_location)
+    except Exception as exc:  # a corrupt file surfaces as many different errors; all mean "cannot serve this"
+        raise ArtifactError(f"model {name} in {folder.parent.name} cannot be loaded: {exc}") from exc
+    ids = _read_json(folder / IDS_FILE, f"id map of {name}")
+    users, items = ids.get("users"), ids.get("items")
+    if not isinstance(users, list) or not isinstance(items, list):
+        raise ArtifactError(f"{folder / IDS_FILE} needs 'users' and 'items' lists")
+    if len(users) != model.n_users or len(items) != model.n_items:
+        raise ArtifactError(
+            f"model {name}: ids.json has {len(users)} users x {len(items)} items, "
+            f"the weights have {model.n_users} x {model.n_items}"
+        )
+    users, items = [str(u) for u in users], [str(i) for i in items]
+    # Smoke test: an empty history must give finite scores (fold-in models), or a known user must (the rest).
+    empty = sp.csr_matrix((1, model.n_items), dtype=np.float32)
+    known = None if model.can_fold_in else np.zeros(1, dtype=np.int64)
+    try:
+        _, scores = model.recommend(empty, k=min(10, model.n_items), users=known)
+    except Exception as exc:
+        raise ArtifactError(f"model {name} in {folder.parent.name} fails a smoke recommendation: {exc}") from exc
+    if not np.isfinite(scores).all():
+        raise ArtifactError(f"model {name} in {folder.parent.name} gives non-finite scores")
+    return LoadedModel(
+        name=name,
+        model=model,
+        user_ids=users,
+        item_ids=items,
+        user_index={u: i for i, u in enumerate(users)},
+        item_index={it: i for i, it in enumerate(items)},
+        metrics=_read_json(folder / METRICS_FILE, f"metrics of {name}"),
+        info=info,
+    )
+
+
+def load_version(root: str | Path, version: str | None = None, map_location: str = "cpu") -> LoadedVersion:
+    """Load and check every model of a version (``LATEST`` when ``version`` is None)."""
+    root = Path(root)
+    version = version or latest_version(root)
+    if version is None:
+        raise ArtifactError(f"no version published in {root}")
+    manifest = read_manifest(root, version)
+    folder = root / version
+    loaded = {}
+    for name, info in manifest["models"].items():
+        sub = info.get("path", name) if isinstance(info, dict) else name
+        if "/" in sub or sub.startswith("."):
+            raise ArtifactError(f"manifest of {version}: model path {sub!r} must be a plain folder name")
+        loaded[name] = _load_model(folder / sub, name, info if isinstance(info, dict) else {}, map_location)
+    popularity = _read_json(folder / manifest.get("popularity", POPULARITY_FILE), f"popularity of {version}")
+    items, counts = popularity.get("items"), popularity.get("counts")
+    if not isinstance(items, list) or not isinstance(counts, list) or len(items) != len(counts):
+        raise ArtifactError(f"popularity of {version} needs 'items' and 'counts' lists of the same length")
+    return LoadedVersion(
+        version=version,
+        manifest=manifest,
+        models=loaded,
+        popular_items=[str(i) for i in items],
+        popular_counts=[int(c) for c in counts],
+        path=folder,
+    )
+
+
+# ---- writing ---------------------------------------------------------------------------
+
+
+@dataclass
+class StagedModel:
+    """A trained model and everything published beside it."""
+
+    model: Recommender
+    user_ids: Sequence[Any]  # external id of each row the model was trained with
+    item_ids: Sequence[Any]  # external id of each column
+    metrics: dict[str, Any]
+    files: dict[str, bytes] = field(default_factory=dict)  # extra files, e.g. {"learning_curve.png": ...}
+
+
+def registry_lock(root: str | Path) -> FileLock:
+    """The cross-process lock on the registry. One instance per path in a process, so it is re-entrant:
+    a training run holds it for its whole duration and ``publish`` can take it again inside."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    return FileLock(root / LOCK_FILE, is_singleton=True)
+
+
+def new_version_name(root: str | Path | None = None) -> str:
+    """UTC timestamp plus 6 random hex digits; later than every version already in ``root``."""
+    newest = max(list_versions(root), default="") if root is not None else ""
+    while True:
+        name = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+        if name > newest:
+            return name
+        time.sleep(0.05)  # same second as the newest version: wait for the clock so order stays by time
+
+
+def _json_bytes(obj: Any, what: str) -> bytes:
+    def default(value: Any) -> Any:
+        if hasattr(value, "tolist"):  # numpy scalars and arrays
+            return value.tolist()
+        raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+    try:
+        return json.dumps(obj, indent=2, default=default, allow_nan=False).encode("utf-8")
+    except (TypeError, ValueError) as exc:
+        raise ArtifactError(f"cannot write {what}: {exc}") from exc
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Flush every file, then every folder (deepest first), so the rename publishes durable bytes."""
+    for dirpath, _, filenames in os.walk(folder, topdown=False):
+        for filename in filenames:
+            _fsync_path(Path(dirpath) / filename)
+        _fsync_path(Path(dirpath))
+
+
+def _write_pointer(root: Path, version: str) -> None:
+    tmp = root / f"{TMP_PREFIX}{uuid.uuid4().hex}"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(version + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, root / LATEST_FILE)
+    _fsync_path(root)
+
+
+def _remove(path: Path) -> None:
+    """Make a folder vanish atomically (rename), then delete it at leisure."""
+    if path.name.startswith(TMP_PREFIX):
+        target = path
+    else:
+        target = path.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex}")
+        os.rename(path, target)
+    if target.is_dir():
+        shutil.rmtree(target, ignore_errors=True)
+    else:
+        target.unlink(missing_ok=True)
+
+
+def remove_stale_temporaries(root: str | Path) -> list[str]:
+    """Delete ``.tmp-*`` left by writers that died. Call only while holding ``registry_lock``."""
+    root = Path(root)
+    stale = [p for p in root.glob(f"{TMP_PREFIX}*")] if root.is_dir() else []
+    for path in stale:
+        _remove(path)
+    return [p.name for p in stale]
+
+
+def apply_retention(root: str | Path, keep: int) -> list[str]:
+    """Keep the newest ``keep`` versions and the one ``LATEST`` names; delete the rest."""
+    if keep < 1:
+        raise ArtifactError(f"keep must be at least 1, got {keep}")
+    root = Path(root)
+    versions = list_versions(root)
+    current = latest_version(root)
+    doomed = [v for v in versions[: max(0, len(versions) - keep)] if v != current]
+    for version in doomed:
+        _remove(root / version)
+    return doomed
+
+
+def publish(
+    root: str | Path,
+    staged_models: Mapping[str, StagedModel],
+    manifest: dict[str, Any],
+    *,
+    popularity: Mapping[str, Sequence[Any]],
+    keep: int = 5,
+    carry_from: Mapping[str, str | Path] | None = None,
+) -> str:
+    """Write a new version atomically, point ``LATEST`` at it, apply retention; return its name.
+
+    ``manifest`` carries everything but the bookkeeping this function fills in (``version``,
+    ``created_at``, ``popularity`` and each model's ``path``); ``manifest["models"][name]``
+    holds that model's summary (task, metrics, valid_metric, epochs, fit_seconds).
+    ``carry_from`` maps a model name to a published model folder copied as is (a model
+    this run did not retrain stays served).
+    """
+    carry_from = dict(carry_from or {})
+    if not staged_models and not carry_from:
+        raise ArtifactError("nothing to publish: no models")
+    if keep < 1:
+        raise ArtifactError(f"keep must be at least 1, got {keep}")
+    root = Path(root)
+    for name in [*staged_models, *carry_from]:
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+            raise ArtifactError(f"model name {name!r} cannot be a folder name")
+    with registry_lock(root):
+        remove_stale_temporaries(root)
+        version = new_version_name(root)
+        staging = root / f"{TMP_PREFIX}{uuid.uuid4().hex}"
+        staging.mkdir()
+        try:
+            entries = dict(manifest.get("models", {}))
+            for name, staged in staged_models.items():
+                model = staged.model
+                if len(staged.user_ids) != model.n_users or len(staged.item_ids) != model.n_items:
+                    raise ArtifactError(
+                        f"model {name}: {len(staged.user_ids)} user ids x {len(staged.item_ids)} item ids "
+                        f"for a model of {model.n_users} x {model.n_items}"
+                    )
+                folder = staging / name
+                model.save(folder)
+                ids = {"users": [str(u) for u in staged.user_ids], "items": [str(i) for i in staged.item_ids]}
+                (folder / IDS_FILE).write_bytes(_json_bytes(ids, f"{name}/{IDS_FILE}"))
+                (folder / METRICS_FILE).write_bytes(_json_bytes(staged.metrics, f"{name}/{METRICS_FILE}"))
+                for filename, content in staged.files.items():
+                    (folder / filename).write_bytes(content)
+                entries[name] = {**entries.get(name, {}), "task": model.task, "path": name}
+            for name, folder in carry_from.items():
+                shutil.copytree(folder, staging / name)
+                entries[name] = {**entries.get(name, {}), "path": name}
+            pop = {"items": [str(i) for i in popularity["items"]], "counts": [int(c) for c in popularity["counts"]]}
+            (staging / POPULARITY_FILE).write_bytes(_json_bytes(pop, POPULARITY_FILE))
+            full = {
+                **manifest,
+                "version": version,
+                "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "models": entries,
+                "popularity": POPULARITY_FILE,
+            }
+            (staging / MANIFEST_FILE).write_bytes(_json_bytes(full, MANIFEST_FILE))  # last: marks completeness
+            _fsync_tree(staging)
+            os.rename(staging, root / version)
+            _fsync_path(root)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        _write_pointer(root, version)
+        apply_retention(root, keep)
+    return version
+

@@ -1,0 +1,125 @@
+"""`python -m trainer train`: train models on a dataset, a file or the service's database, and publish.
+
+The options are shared with `python -m trainer schedule` (``job_from_options`` builds the job).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from trainer.cli import app
+from trainer.errors import UserError
+
+DatasetOpt = Annotated[Optional[str], typer.Option("--dataset", help="A MovieLens dataset by name, e.g. ml-100k.")]
+SourceOpt = Annotated[Optional[Path], typer.Option("--source", help="Local folder or .zip of the --dataset (offline).")]
+FileOpt = Annotated[Optional[Path], typer.Option("--file", help="Your own CSV/TSV/Parquet: user, item[, rating[, timestamp]].")]
+FromDbOpt = Annotated[bool, typer.Option("--from-db", help="Train on the interactions stored by the service.")]
+DatabaseUrlOpt = Annotated[
+    Optional[str], typer.Option("--database-url", help="SQLAlchemy URL for --from-db (default: the DATABASE_URL setting).")
+]
+ModelsOpt = Annotated[str, typer.Option("--models", help="'all' or a comma-separated list, e.g. ease,multvae.")]
+SetOpt = Annotated[
+    Optional[list[str]], typer.Option("--set", help="Override a hyper-parameter: model.key=value (repeatable).")
+]
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="TOML/YAML file: one table of overrides per model.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (GPU when present), cpu or cuda.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the splits and of training.")]
+ArtifactsOpt = Annotated[
+    Optional[Path], typer.Option("--artifacts-dir", help="Model registry (default: the ARTIFACTS_DIR setting).")
+]
+KeepOpt = Annotated[Optional[int], typer.Option("--keep", help="Versions kept (default: the KEEP_VERSIONS setting).")]
+NoGateOpt = Annotated[bool, typer.Option("--no-gate", help="Publish even if a model is worse than the published one.")]
+ToleranceOpt = Annotated[
+    float, typer.Option("--gate-tolerance", help="Relative worsening of the validation metric the gate accepts.")
+]
+RefitOpt = Annotated[
+    bool,
+    typer.Option("--refit/--no-refit", help="Publish a refit on all data (default) or the split run's best weights."),
+]
+ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Show tqdm progress bars.")]
+
+
+def job_from_options(
+    *,
+    dataset: str | None,
+    source: Path | None,
+    file: Path | None,
+    from_db: bool,
+    database_url: str | None,
+    models: str,
+    set_: list[str] | None,
+    config: Path | None,
+    device: str,
+    seed: int,
+    artifacts_dir: Path | None,
+    keep: int | None,
+    no_gate: bool,
+    gate_tolerance: float,
+    refit: bool,
+    progress: bool,
+):
+    """Check every option (sources, model names, hyper-parameters) before anything trains."""
+    from models import REGISTRY
+    from trainer.hparams import resolve
+    from trainer.pipeline import SourceSpec, TrainJob, resolve_models
+    from trainer.settings import get_settings
+
+    settings = get_settings()
+    if device not in ("auto", "cpu", "cuda"):
+        raise UserError(f"--device must be auto, cpu or cuda, got {device!r}")
+    if database_url is not None and not from_db:
+        raise UserError("--database-url goes with --from-db")
+    source_spec = SourceSpec(
+        dataset=dataset,
+        source=source,
+        file=file,
+        database_url=(database_url or settings.DATABASE_URL) if from_db else None,
+    )
+    names = resolve_models(models)
+    overrides = resolve(config, set_ or [], {name: cls.Config for name, cls in REGISTRY.items()})
+    return TrainJob(
+        source=source_spec,
+        models="all" if models.strip() == "all" else tuple(names),
+        hyper_overrides=overrides,
+        device=device,
+        seed=seed,
+        artifacts_dir=artifacts_dir or settings.ARTIFACTS_DIR,
+        keep=settings.KEEP_VERSIONS if keep is None else keep,
+        gate=not no_gate,
+        gate_tolerance=gate_tolerance,
+        refit=refit,
+        progress=progress,
+    )
+
+
+@app.command("train")
+def train(
+    dataset: DatasetOpt = None,
+    source: SourceOpt = None,
+    file: FileOpt = None,
+    from_db: FromDbOpt = False,
+    database_url: DatabaseUrlOpt = None,
+    models: ModelsOpt = "all",
+    set_: SetOpt = None,
+    config: ConfigOpt = None,
+    device: DeviceOpt = "auto",
+    seed: SeedOpt = 0,
+    artifacts_dir: ArtifactsOpt = None,
+    keep: KeepOpt = None,
+    no_gate: NoGateOpt = False,
+    gate_tolerance: ToleranceOpt = 0.02,
+    refit: RefitOpt = True,
+    progress: ProgressOpt = True,
+) -> None:
+    """Train models (all by default), evaluate them, and publish a new version atomically."""
+    job = job_from_options(
+        dataset=dataset, source=source, file=file, from_db=from_db, database_url=database_url, models=models,
+        set_=set_, config=config, device=device, seed=seed, artifacts_dir=artifacts_dir, keep=keep,
+        no_gate=no_gate, gate_tolerance=gate_tolerance, refit=refit, progress=progress,
+    )
+    report = job.run()
+    for line in report.summary_lines():
+        typer.echo(line)

@@ -1,0 +1,116 @@
+"""Per-model hyper-parameter overrides from a TOML/YAML file and from ``--set model.key=value``.
+
+Layers, later wins: the model's ``Config`` defaults (the paper's), then the file, then
+``--set``. A file holds one table per model::
+
+    [multvae]            # hparams.toml          multvae:          # hparams.yaml
+    epochs = 50                                    epochs: 50
+    dims = [600, 200]                              dims: [600, 200]
+
+A model or key that does not exist is an error naming the known ones, never a silently
+ignored setting. Values are typed like the default they replace (an int field refuses
+0.5, a float field takes 1 as 1.0, a tuple field takes a list).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+from trainer.errors import UserError
+
+Overrides = dict[str, dict[str, Any]]  # model name -> {field: value}
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value as TOML would read it (1e-3, true, [600, 200], "text"); bare words stay strings."""
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def parse_set_options(items: Iterable[str]) -> Overrides:
+    out: Overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        model, dot, field = key.strip().partition(".")
+        if not sep or not dot or not model or not field:
+            raise UserError(f"--set {item!r}: expected model.key=value, e.g. --set multvae.epochs=50")
+        out.setdefault(model, {})[field] = parse_value(value.strip())
+    return out
+
+
+def read_config_file(path: str | Path) -> Overrides:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"cannot read hyper-parameter file {path}: {exc.strerror or exc}") from None
+    try:
+        if path.suffix.lower() == ".toml":
+            data = tomllib.loads(text)
+        elif path.suffix.lower() in (".yaml", ".yml"):
+            data = yaml.safe_load(text) or {}
+        else:
+            raise UserError(f"hyper-parameter file {path} must end in .toml, .yaml or .yml")
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"hyper-parameter file {path} is not valid: {first_line}") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise UserError(f"hyper-parameter file {path} must map each model name to a table of keys")
+    return {str(model): dict(values) for model, values in data.items()}
+
+
+def _coerce(model: str, field: dataclasses.Field, value: Any) -> Any:
+    default = field.default
+    where = f"{model}.{field.name}"
+    if default is dataclasses.MISSING or default is None:
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise UserError(f"{where} must be true or false, got {value!r}")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != int(value):
+            raise UserError(f"{where} must be an integer, got {value!r}")
+        return int(value)
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if isinstance(default, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{where} must be a list like {list(default)}, got {value!r}")
+        return tuple(value)
+    if isinstance(default, str) and not isinstance(value, str):
+        raise UserError(f"{where} must be a string, got {value!r}")
+    return value
+
+
+def validate(overrides: Mapping[str, Mapping[str, Any]], configs: Mapping[str, type]) -> Overrides:
+    """Check every model and key against the models' ``Config`` dataclasses; return typed values."""
+    out: Overrides = {}
+    for model, values in overrides.items():
+        if model not in configs:
+            raise UserError(f"hyper-parameters given for unknown model {model!r}; known models: {', '.join(configs)}")
+        fields = {f.name: f for f in dataclasses.fields(configs[model])}
+        for key, value in values.items():
+            if key not in fields:
+                raise UserError(f"unknown hyper-parameter {model}.{key}; {model} has: {', '.join(fields)}")
+            out.setdefault(model, {})[key] = _coerce(model, fields[key], value)
+    return out
+
+
+def resolve(config_file: str | Path | None, set_options: Iterable[str], configs: Mapping[str, type]) -> Overrides:
+    """File then ``--set`` (later wins), validated against ``configs`` (model name -> Config class)."""
+    merged: Overrides = {}
+    layers = ([read_config_file(config_file)] if config_file else []) + [parse_set_options(set_options)]
+    for layer in layers:
+        for model, values in layer.items():
+            merged.setdefault(model, {}).update(values)
+    return validate(merged, configs)

@@ -1,0 +1,663 @@
+"""Train every requested model on one data source, check it, and publish a new registry version.
+
+For each model, in registry order:
+
+1. **Split** by the protocol that fits it (protocols.md): rating models ``rating-random``
+   (early stopping on RMSE of the validation ratings, test RMSE/MAE with the bias
+   baseline as fallback); sequential models (svae) ``temporal``; other rankers ``strong``
+   (early stopping on validation NDCG@100, test Recall@20/50 and NDCG@100). Positives
+   for rankers are ratings >= ``lo + 0.75 (hi - lo)`` of the rating range (4 on a 1-5
+   scale, as the protocol; every row of implicit data).
+2. **Fit** on the split's train part with early stopping on its validation part, then
+   evaluate on its test part. These are the figures reported in ``metrics.json``.
+3. **Gate** (``quality_gate``): the validation figure is compared with the published
+   version's on the same held-out users; a model worse by more than the tolerance stops
+   the run and nothing is published.
+4. **Refit for publishing** (default) on *all* interactions, for the number of epochs
+   early stopping chose (closed-form models simply solve on everything). Why not publish
+   the split run's best-on-validation weights: the published model must know every user
+   and item the service will see. Under ``strong``/``temporal`` the held-out users and the
+   items only they touched are missing from the split's training matrix (I-AutoRec cannot
+   fold in users at all; CDAE learns a vector per training user), and the evaluation held
+   back 10-20% of the data. Refitting gives id maps covering the whole source (``ids.json``:
+   every user and item in it). The reported metrics are those of the split run: the refit's
+   configuration evaluated without leakage. The cost is a second fit (no validation passes,
+   no patience epochs; about 45% of a run's time on ml-100k). ``refit=False``
+   (``--no-refit``) publishes the split run's best weights instead, for when time matters
+   more: held-out users are then folded in at serving time, and ``ids.json`` lists only
+   the split's training users and items.
+
+The run holds the registry lock (``ARTIFACTS_DIR/.lock``) from start to publish, so two
+trainer processes sharing a folder never train at once: the second one stops at once with
+"another training is running". NaN in training raises ``TrainingError``: nothing is published.
+
+Under ``torchrun`` every rank runs this whole pipeline (same data, same splits, each rank
+training on its share of the users, see ``trainer.distributed``); rank 0 alone takes the
+lock, reports progress and publishes, and tells the other ranks the version's name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import math
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from filelock import Timeout
+from tqdm.auto import tqdm
+
+from trainer import artifacts, distributed
+from trainer.artifacts import ArtifactError, LoadedModel, StagedModel
+from trainer.dataset import Interactions
+from trainer.errors import DataError, TrainingError, UserError
+from trainer.gate import GateDecision, GateRefused, heldout_fingerprint, quality_gate
+from trainer.plots import learning_curve_png
+from trainer.splits import RankingSplit, RatingSplit
+
+DEFAULT_GATE_TOLERANCE = 0.02  # relative: refuse a validation metric more than 2% worse than the published one
+
+
+class TrainingBusy(UserError):
+    """Another process holds the registry lock."""
+
+
+# ---- sources --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """Exactly one of: a named dataset (optionally from a local ``source`` folder/zip), a file, a database URL."""
+
+    dataset: str | None = None
+    source: Path | None = None
+    file: Path | None = None
+    database_url: str | None = None
+
+    def __post_init__(self) -> None:
+        chosen = [x for x in (self.dataset, self.file, self.database_url) if x is not None]
+        if len(chosen) != 1:
+            raise UserError("choose exactly one data source: --dataset NAME, --file PATH or --from-db")
+        if self.source is not None and self.dataset is None:
+            raise UserError("--source points at a local copy of a named dataset: use it with --dataset")
+
+    def describe(self) -> dict[str, Any]:
+        if self.dataset:
+            return {"kind": "dataset", "name": self.dataset, **({"source": str(self.source)} if self.source else {})}
+        if self.file:
+            return {"kind": "file", "path": str(self.file)}
+        return {"kind": "database", "url": _redact(self.database_url or "")}
+
+
+def _redact(url: str) -> str:
+    """A database URL without its password, for manifests and logs."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy understands: the reader reports that itself
+        return "<unparsable url>"
+
+
+def load_source(spec: SourceSpec, progress: bool = True) -> Interactions:
+    if spec.dataset:
+        from trainer.datasets import get_dataset
+
+        return get_dataset(spec.dataset, source=spec.source, progress=progress)
+    if spec.file:
+        from trainer.loader import load_file
+
+        interactions, _ = load_file(spec.file)
+        return interactions
+    return read_database(spec.database_url or "")
+
+
+def read_database(url: str) -> Interactions:
+    """Every stored interaction, through the service's ORM classes (PostgreSQL, SQLite, ... by URL).
+
+    A missing rating (implicit feedback) counts as a positive at the top of the rating
+    range; when no row has a rating the data is implicit, range (0, 1). The same user and
+    item at several times keep the latest row, as the file loader does.
+    """
+    import pandas as pd
+    from sqlalchemy import select
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+    from service.db.session import make_engine
+    from service.db.tables import Interaction, Item, User
+    from trainer.loader import interactions_from_columns, keep_latest_pairs
+
+    query = (
+        select(
+            User.external_id.label("user"),
+            Item.external_id.label("item"),
+            Interaction.rating.label("rating"),
+            Interaction.timestamp.label("timestamp"),
+        )
+        .join(User, Interaction.user_id == User.id)
+        .join(Item, Interaction.item_id == Item.id)
+        .order_by(Interaction.id)
+    )
+    where = _redact(url)
+    try:
+        engine = make_engine(url)
+    except (ArgumentError, ValueError, ImportError) as exc:
+        raise UserError(f"--database-url {where!r} is not a usable database URL: {exc}") from None
+    try:
+        with engine.connect() as connection:
+            result = connection.execute(query)
+            frame = pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+    except SQLAlchemyError as exc:
+        first = str(exc.orig if getattr(exc, "orig", None) else exc).strip().splitlines()[0]
+        raise DataError(f"cannot read interactions from {where}: {first} (did you run `python -m service migrate`?)") from None
+    finally:
+        engine.dispose()
+    if frame.empty:
+        raise DataError(f"the database {where} has no interactions to train on")
+
+    ratings = frame["rating"].to_numpy(dtype=np.float64)
+    missing = np.isnan(ratings)
+    if missing.all():
+        rating_range = (0.0, 1.0)
+    else:
+        rating_range = (float(np.nanmin(ratings)), float(np.nanmax(ratings)))
+    ratings = np.where(missing, rating_range[1] if not missing.all() else 1.0, ratings)
+    inter = interactions_from_columns(
+        frame["user"].astype(str).to_numpy(),
+        frame["item"].astype(str).to_numpy(),
+        ratings.astype(np.float32),
+        frame["timestamp"].to_numpy(dtype=np.int64),
+        name="database",
+        rating_range=rating_range,
+    )
+    keep, dropped = keep_latest_pairs(inter.users, inter.items, inter.timestamps)
+    if dropped:
+        inter = Interactions(
+            users=inter.users[keep], items=inter.items[keep], ratings=inter.ratings[keep],
+            timestamps=inter.timestamps[keep], user_ids=inter.user_ids, item_ids=inter.item_ids,
+            name=inter.name, rating_range=inter.rating_range,
+        )
+    return inter
+
+
+def snapshot(inter: Interactions) -> dict[str, Any]:
+    """Size and sha256 of the data as trained on.
+
+    The digest covers both id lists (external ids, in index order) and the interaction
+    arrays sorted by (user, item): the same rows give the same digest whatever their order
+    in the file or table. Hashing the arrays' bytes keeps it fast on 20M+ rows.
+    """
+    order = np.lexsort((inter.items, inter.users))
+    parts = [
+        "\n".join(map(str, inter.user_ids)).encode("utf-8"),
+        "\n".join(map(str, inter.item_ids)).encode("utf-8"),
+        inter.users[order].astype("<i8").tobytes(),
+        inter.items[order].astype("<i8").tobytes(),
+        inter.ratings[order].astype("<f8").tobytes(),
+    ]
+    if inter.timestamps is not None:
+        parts.append(inter.timestamps[order].astype("<i8").tobytes())
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(len(part).to_bytes(8, "little"))  # length-prefixed: no two splits of the bytes collide
+        digest.update(part)
+    return {
+        "n_users": inter.n_users,
+        "n_items": inter.n_items,
+        "n_interactions": len(inter),
+        "bytes": sum(len(part) for part in parts),
+        "sha256": digest.hexdigest(),
+        "rating_range": list(inter.rating_range),
+        "has_timestamps": inter.timestamps is not None,
+    }
+
+
+def code_version() -> str:
+    """``git describe`` of the checkout when there is one, else the installed package's version."""
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--tags"], cwd=repo, capture_output=True, text=True, timeout=5
+        )
+        if out.returncode == 0 and out.stdout.strip():
+            return f"git:{out.stdout.strip()}"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        return f"aerec {importlib.metadata.version('aerec')}"
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+# ---- one model --------------------------------------------------------------------------------
+
+
+def protocol_for(cls: type) -> str:
+    if cls.task == "rating":
+        return "rating-random"
+    return "temporal" if cls.sequential else "strong"
+
+
+def positive_threshold(inter: Interactions) -> float:
+    """A rating counts as a positive at 3/4 of the range: 4 on 1-5 (protocols.md), every row of implicit data."""
+    lo, hi = inter.rating_range
+    return float(lo + 0.75 * (hi - lo))
+
+
+def is_implicit(inter: Interactions) -> bool:
+    return bool(len(inter)) and bool(np.all(inter.ratings == inter.ratings[0]))
+
+
+@dataclass
+class ModelRun:
+    """What training one model produced; ``published`` is what the registry gets (the refit, or the split model)."""
+
+    name: str
+    protocol: str
+    split_model: Any
+    published: Any
+    valid_metric: str
+    valid_value: float
+    higher_is_better: bool
+    test: dict[str, float]
+    headline: tuple[str, ...]
+    log: dict[str, Any]
+    refit_log: dict[str, Any]
+    refit: bool
+    user_ids: Any  # external ids of the published model's rows / columns
+    item_ids: Any
+    fingerprint: dict[str, Any]
+    timings: dict[str, float]
+    gate: GateDecision | None = None
+    train: dict[str, Any] = field(default_factory=dict)
+
+    def metrics_json(self, seed: int, hyper: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "protocol": self.protocol,
+            "seed": seed,
+            "train": self.train,
+            "valid": {self.valid_metric: self.valid_value, "higher_is_better": self.higher_is_better},
+            "test": self.test,
+            "curve": self.log.get("curve", []),
+            "best_epoch": self.log.get("best_epoch"),
+            "epochs_run": self.log.get("epochs"),
+            "refit": {"epochs": self.refit_log.get("epochs"), "curve": self.refit_log.get("curve", [])},
+            "heldout": self.fingerprint,
+            "gate": None if self.gate is None else self.gate.as_dict(),
+            "timings": self.timings,
+            "hyper": hyper,
+            "device": self.log.get("device"),
+            "world_size": self.log.get("world_size", 1),  # processes under torchrun (data-parallel)
+            "published_weights": "refit on all interactions for best_epoch epochs" if self.refit
+            else "best-on-validation weights of the split run (--no-refit)",
+        }
+
+    def summary(self) -> str:
+        figures = "  ".join(f"{m} {self.test[m]:.4f}" for m in self.headline if m in self.test)
+        return (
+            f"{self.name:<10} {self.protocol:<13} test {figures}  |  valid {self.valid_metric} {self.valid_value:.4f}"
+            f"  |  epochs {self.log.get('best_epoch', 0)}/{self.log.get('epochs', 0)}"
+            f"  |  {self.timings['total_seconds']:.1f}s (cpu {self.timings['cpu_seconds']:.1f}s)"
+        )
+
+
+def _bias_fallback(split: RatingSplit):
+    from models.base import TrainData
+    from models.baselines import fit_baseline
+    from trainer.evaluation import FALLBACK_BASELINE
+
+    return fit_baseline(FALLBACK_BASELINE, TrainData(split.train, rating_range=split.rating_range))
+
+
+def _positives(inter: Interactions, threshold: float) -> tuple[sp.csr_matrix, sp.csr_matrix | None]:
+    """All users x all items, 1 where a rating is a positive; and the timestamps on the same pattern."""
+    keep = inter.ratings >= threshold
+    shape = (inter.n_users, inter.n_items)
+    ones = sp.csr_matrix((np.ones(keep.sum(), np.float32), (inter.users[keep], inter.items[keep])), shape=shape)
+    ones.sort_indices()
+    if inter.timestamps is None:
+        return ones, None
+    ts = sp.csr_matrix((inter.timestamps[keep].astype(np.float64), (inter.users[keep], inter.items[keep])), shape=shape)
+    ts.sort_indices()
+    return ones, ts
+
+
+def _refit(
+    name: str, inter: Interactions, threshold: float, hyper: dict[str, Any], split_log: dict[str, Any], **fit_args: Any
+) -> tuple[Any, sp.csr_matrix]:
+    """Train again on all interactions, for the epoch count early stopping chose; return it and its matrix."""
+    from models import REGISTRY
+    from trainer.training import fit
+
+    cls = REGISTRY[name]
+    refit_hyper = dict(hyper)
+    if not cls.closed_form:
+        refit_hyper["epochs"] = max(1, int(split_log.get("best_epoch") or split_log.get("epochs") or 1))
+    if cls.task == "rating":
+        X = inter.matrix("rating")
+        return fit(name, X, rating_range=inter.rating_range, **fit_args, **refit_hyper), X
+    X, ts = _positives(inter, threshold)
+    model = fit(name, X, timestamps=ts if cls.sequential else None, rating_range=(0.0, 1.0), **fit_args, **refit_hyper)
+    return model, X
+
+
+def train_model(
+    name: str,
+    inter: Interactions,
+    *,
+    hyper: dict[str, Any],
+    seed: int,
+    device: torch.device,
+    progress: bool,
+    split_cache: dict[str, RatingSplit | RankingSplit],
+    refit: bool = True,
+) -> ModelRun:
+    """Split, fit with early stopping, test; then refit on everything, or not (see the module docstring)."""
+    from models import REGISTRY
+    from trainer.evaluation import evaluate_ranking, evaluate_rating
+    from trainer.protocols import PROTOCOL_METRICS, make_split, protocol_ks
+    from trainer.training import fit
+
+    cls = REGISTRY[name]
+    protocol = protocol_for(cls)
+    threshold = positive_threshold(inter)
+    started, cpu_started = time.perf_counter(), time.process_time()
+    if protocol not in split_cache:
+        options = {} if protocol == "rating-random" else {"min_rating": threshold}
+        split_cache[protocol] = make_split(protocol, inter, seed, **options)
+    split = split_cache[protocol]
+    split_seconds = time.perf_counter() - started
+
+    t0 = time.perf_counter()
+    if isinstance(split, RatingSplit):
+        model = fit(name, split.train, valid=split.valid, seed=seed, device=device, progress=progress,
+                    rating_range=split.rating_range, **hyper)
+    else:
+        model = fit(name, split.train, timestamps=split.train_timestamps if cls.sequential else None,
+                    valid=split.valid, seed=seed, device=device, progress=progress, rating_range=(0.0, 1.0), **hyper)
+    fit_seconds = time.perf_counter() - t0
+    log = dict(model.training_log)
+    if not math.isfinite(float(log.get("valid_value", float("nan")))):
+        raise TrainingError(f"{name} gave a non-finite validation {log.get('valid_metric')}: nothing is published")
+
+    t0 = time.perf_counter()
+    if isinstance(split, RatingSplit):
+        test = evaluate_rating(model, split.train, split.test, fallback=_bias_fallback(split))
+    else:
+        test = evaluate_ranking(model, split.test, ks=protocol_ks(protocol))
+    test_seconds = time.perf_counter() - t0
+    bad = [m for m, v in test.items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad:
+        raise TrainingError(f"{name} gave non-finite test {', '.join(bad)}: nothing is published")
+
+    t0 = time.perf_counter()
+    if refit:
+        published, train_matrix = _refit(name, inter, threshold, hyper, log, seed=seed, device=device, progress=progress)
+        user_ids, item_ids = inter.user_ids, inter.item_ids
+    elif isinstance(split, RatingSplit):  # the split's matrices span every user and item
+        published, train_matrix, user_ids, item_ids = model, split.train, inter.user_ids, inter.item_ids
+    else:  # only the split's training users and the items they touched
+        published, train_matrix = model, None
+        user_ids, item_ids = np.asarray(inter.user_ids)[split.train_users], np.asarray(inter.item_ids)[split.item_ids]
+    refit_seconds = time.perf_counter() - t0
+    refit_log = dict(published.training_log) if refit else {}
+    train = {"loss": (refit_log.get("curve") or log.get("curve") or [{}])[-1].get("loss")}
+    if cls.task == "rating":
+        train.update({k: v for k, v in evaluate_rating(published, train_matrix, train_matrix).items()
+                      if k in ("rmse", "mae")})
+
+    higher = log["valid_metric"] != "rmse"
+    return ModelRun(
+        name=name,
+        protocol=protocol,
+        split_model=model,
+        published=published,
+        valid_metric=log["valid_metric"],
+        valid_value=float(log["valid_value"]),
+        higher_is_better=higher,
+        test={k: float(v) for k, v in test.items()},
+        headline=PROTOCOL_METRICS[protocol][:3],
+        log=log,
+        refit_log=refit_log,
+        refit=refit,
+        user_ids=user_ids,
+        item_ids=item_ids,
+        fingerprint=heldout_fingerprint(inter, split),
+        train=train,
+        timings={
+            "split_seconds": round(split_seconds, 3),
+            "fit_seconds": round(fit_seconds, 3),
+            "test_seconds": round(test_seconds, 3),
+            "refit_seconds": round(refit_seconds, 3),
+            "total_seconds": round(time.perf_counter() - started, 3),
+            # CPU seconds of this process (all threads): comparable across runs on a shared, busy machine
+            "cpu_seconds": round(time.process_time() - cpu_started, 3),
+        },
+    )
+
+
+# ---- the whole run ----------------------------------------------------------------------------
+
+
+@dataclass
+class TrainReport:
+    version: str | None
+    runs: dict[str, ModelRun]
+    carried: list[str]
+    seconds: float
+    source: dict[str, Any]
+
+    def summary_lines(self) -> list[str]:
+        lines = [run.summary() for run in self.runs.values()]
+        if self.carried:
+            lines.append(f"kept from the previous version (not retrained): {', '.join(self.carried)}")
+        lines.append(f"published version {self.version} in {self.seconds:.1f}s" if self.version else "nothing published")
+        return lines
+
+
+def resolve_models(requested: Sequence[str] | str | None, inter: Interactions | None = None) -> list[str]:
+    """``all``/None: every registered model that fits the data; else the listed names (unknown: error)."""
+    from models import REGISTRY
+
+    if requested is None or requested == "all" or list(requested) == ["all"]:
+        names, explicit = list(REGISTRY), False
+    else:
+        names = [n.strip() for n in (requested.split(",") if isinstance(requested, str) else requested) if n.strip()]
+        unknown = [n for n in names if n not in REGISTRY]
+        if not names:
+            raise UserError(f"--models is empty; give 'all' or some of: {', '.join(REGISTRY)}")
+        if unknown:
+            raise UserError(f"unknown model {', '.join(map(repr, unknown))}; known models: {', '.join(REGISTRY)}")
+        names, explicit = list(dict.fromkeys(names)), True
+    if inter is None:
+        return names
+    usable = []
+    for name in names:
+        cls = REGISTRY[name]
+        reason = None
+        if cls.task == "rating" and is_implicit(inter):
+            reason = f"{name} predicts ratings, and {inter.name} has none (implicit feedback)"
+        elif cls.sequential and inter.timestamps is None:
+            reason = f"{name} needs interaction order, and {inter.name} has no timestamps"
+        if reason and explicit:
+            raise UserError(reason)
+        if reason:
+            tqdm.write(f"skipping {reason}", file=sys.stderr)
+            continue
+        usable.append(name)
+    if not usable:
+        raise UserError(f"no model can be trained on {inter.name}")
+    return usable
+
+
+def _previous(root: Path) -> tuple[str | None, dict[str, Any] | None]:
+    version = artifacts.latest_version(root)
+    if version is None:
+        return None, None
+    try:
+        return version, artifacts.read_manifest(root, version)
+    except ArtifactError as exc:
+        tqdm.write(f"warning: the published version {version} is unreadable ({exc}); the gate cannot compare", file=sys.stderr)
+        return None, None
+
+
+def train_all(
+    source: SourceSpec,
+    models: Sequence[str] | str | None = "all",
+    hyper_overrides: dict[str, dict[str, Any]] | None = None,
+    device: str | None = "auto",
+    seed: int = 0,
+    artifacts_dir: str | Path = ".artifacts",
+    *,
+    keep: int = 5,
+    gate: bool = True,
+    gate_tolerance: float = DEFAULT_GATE_TOLERANCE,
+    refit: bool = True,
+    progress: bool = True,
+) -> TrainReport:
+    """Train ``models`` on ``source`` and publish one version to ``artifacts_dir`` (see the module docstring)."""
+    from models import REGISTRY
+    from trainer.hparams import validate
+    from trainer.training import resolve_device
+
+    if keep < 1:
+        raise UserError(f"--keep must be at least 1, got {keep}")
+    if not 0 <= gate_tolerance < 1:
+        raise UserError(f"--gate-tolerance is relative and must be in [0, 1), got {gate_tolerance}")
+    resolve_models(models)  # unknown names fail before any data is read
+    overrides = validate(hyper_overrides or {}, {name: cls.Config for name, cls in REGISTRY.items()})
+    torch_device = resolve_device(device)
+    root = Path(artifacts_dir)
+    dist_ctx = distributed.context()
+    progress = progress and dist_ctx.is_main
+    lock = artifacts.registry_lock(root)
+    busy = None
+    if dist_ctx.is_main:  # the other ranks of a torchrun job share rank 0's lock
+        try:
+            lock.acquire(blocking=False)
+        except Timeout:
+            busy = f"another training is running (lock {root / artifacts.LOCK_FILE} is held); skipped"
+    busy = distributed.broadcast_from_main(busy)
+    if busy:
+        raise TrainingBusy(busy)
+    try:
+        started = time.perf_counter()
+        inter = load_source(source, progress=progress)
+        if len(inter) == 0:
+            raise DataError(f"{inter.name} has no interactions to train on")
+        names = resolve_models(models, inter)
+        previous_version, previous_manifest = _previous(root)
+        previous_loaded: dict[str, LoadedModel] | None = None
+
+        runs: dict[str, ModelRun] = {}
+        split_cache: dict[str, RatingSplit | RankingSplit] = {}
+        for name in tqdm(names, desc="models", unit="model", disable=not progress):
+            run = train_model(name, inter, hyper=overrides.get(name, {}), seed=seed, device=torch_device,
+                              progress=progress, split_cache=split_cache, refit=refit)
+            if gate and previous_manifest and name in previous_manifest["models"]:
+                if previous_loaded is None:
+                    previous_loaded = artifacts.load_version(root, previous_version, map_location=str(torch_device)).models
+                run.gate = quality_gate(run, inter, split_cache[run.protocol], previous_loaded[name], previous_version,
+                                        gate_tolerance)
+                if not run.gate.passed:
+                    raise GateRefused(f"{run.gate.message}; version {previous_version} stays published (--no-gate to force)")
+                if dist_ctx.is_main:
+                    tqdm.write(f"gate: {run.gate.message}", file=sys.stderr)
+            runs[name] = run
+            if dist_ctx.is_main:
+                tqdm.write(run.summary(), file=sys.stderr)
+
+        carried = [] if previous_manifest is None else [n for n in previous_manifest["models"] if n not in runs]
+        version = None
+        if dist_ctx.is_main:
+            version = _publish(root, inter, source, runs, seed, overrides, keep, previous_version, previous_manifest, carried)
+        version = distributed.broadcast_from_main(version)
+        return TrainReport(version, runs, carried, time.perf_counter() - started, source.describe())
+    finally:
+        lock.release()
+
+
+def _publish(
+    root: Path,
+    inter: Interactions,
+    source: SourceSpec,
+    runs: dict[str, ModelRun],
+    seed: int,
+    overrides: dict[str, dict[str, Any]],
+    keep: int,
+    previous_version: str | None,
+    previous_manifest: dict[str, Any] | None,
+    carried: list[str],
+) -> str:
+    import dataclasses
+
+    staged: dict[str, StagedModel] = {}
+    entries: dict[str, Any] = {}
+    for name, run in runs.items():
+        hyper = dataclasses.asdict(run.published.config)
+        png = learning_curve_png(f"{name} on {inter.name} ({run.protocol}, seed {seed})", run.log.get("curve", []),
+                                 run.valid_metric, run.log.get("best_epoch"))
+        staged[name] = StagedModel(
+            model=run.published,
+            user_ids=run.user_ids,
+            item_ids=run.item_ids,
+            metrics=run.metrics_json(seed, hyper),
+            files={artifacts.CURVE_FILE: png},
+        )
+        entries[name] = {
+            "metrics": {m: run.test[m] for m in run.headline if m in run.test},
+            "valid_metric": {"name": run.valid_metric, "value": run.valid_value},
+            "protocol": run.protocol,
+            "epochs": run.refit_log.get("epochs", 0) if run.refit else run.log.get("best_epoch", 0),
+            "refit": run.refit,
+            "fit_seconds": round(run.timings["fit_seconds"] + run.timings["refit_seconds"], 3),
+            "overrides": overrides.get(name, {}),
+        }
+    carry_from = {}
+    for name in carried:
+        entries[name] = {**previous_manifest["models"][name], "carried_from": previous_version}
+        carry_from[name] = root / previous_version / previous_manifest["models"][name].get("path", name)
+
+    counts = np.bincount(inter.items, minlength=inter.n_items)
+    order = np.lexsort((np.arange(inter.n_items), -counts))
+    order = order[counts[order] > 0]
+    manifest = {
+        "code_version": code_version(),
+        "source": {**source.describe(), **snapshot(inter), "dataset_name": inter.name},
+        "seed": seed,
+        "models": entries,
+        "timings": {name: run.timings for name, run in runs.items()},
+    }
+    popularity = {"items": np.asarray(inter.item_ids)[order].tolist(), "counts": counts[order].tolist()}
+    return artifacts.publish(root, staged, manifest, popularity=popularity, keep=keep, carry_from=carry_from)
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """Everything one training run needs, so the scheduler can repeat it."""
+
+    source: SourceSpec
+    models: str | tuple[str, ...] = "all"
+    hyper_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    device: str = "auto"
+    seed: int = 0
+    artifacts_dir: Path = Path(".artifacts")
+    keep: int = 5
+    gate: bool = True
+    gate_tolerance: float = DEFAULT_GATE_TOLERANCE
+    refit: bool = True
+    progress: bool = True
+
+    def run(self) -> TrainReport:
+        return train_all(
+            self.source, self.models, self.hyper_overrides, self.device, self.seed, self.artifacts_dir,
+            keep=self.keep, gate=self.gate, gate_tolerance=self.gate_tolerance, refit=self.refit,
+            progress=self.progress,
+        )
