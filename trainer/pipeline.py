@@ -632,6 +632,8 @@ def _publish(
         "code_version": code_version(),
         "source": {**source.describe(), **snapshot(inter), "dataset_name": inter.name},
         "seed": seed,
+        # rankers trained on ratings >= this; the service folds in a new user's history the same way
+        "positive_threshold": positive_threshold(inter),
         "models": entries,
         "timings": {name: run.timings for name, run in runs.items()},
     }

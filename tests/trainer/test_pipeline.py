@@ -15,7 +15,7 @@ import pytest
 from trainer import artifacts
 from trainer.errors import DataError, TrainingError, UserError
 from trainer.gate import GateRefused
-from trainer.pipeline import SourceSpec, TrainingBusy, snapshot, train_all
+from trainer.pipeline import SourceSpec, TrainingBusy, positive_threshold, snapshot, train_all
 from trainer.loader import load_file
 
 FAST = {  # few epochs, small layers: these tests check the plumbing, not the models' quality
@@ -68,6 +68,7 @@ def test_publishes_each_protocol_with_ids_metrics_curve_and_manifest(planted, tm
     assert manifest["source"]["n_interactions"] == len(frame)
     assert manifest["source"]["sha256"] == snapshot(inter)["sha256"]
     assert manifest["code_version"]
+    assert manifest["positive_threshold"] == positive_threshold(inter)  # the service folds in users with it
     assert set(manifest["models"]) == {"ease", "autorec-u", "multdae", "svae"}
 
     protocols = {"ease": "strong", "multdae": "strong", "svae": "temporal", "autorec-u": "rating-random"}
