@@ -163,8 +163,9 @@ def _draw_until_distinct(
         rank_in_user = np.arange(user.size) - np.repeat(run_start, np.diff(np.r_[run_start, user.size]))
         key = key[rank_in_user < need[user]]
         have += np.bincount(key // n_items, minlength=n_users)
-        kept.append(key)
-        seen.append(np.sort(key))
+        if key.size:  # an empty round has nothing to test against (and would index -1)
+            kept.append(key)
+            seen.append(np.sort(key))
     else:
         raise RuntimeError("synthetic sampling did not converge")  # cannot happen: heavy users go elsewhere
     return np.concatenate(kept) if kept else np.empty(0, dtype=np.int64)

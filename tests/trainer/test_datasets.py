@@ -274,3 +274,10 @@ def test_synthetic_refuses_impossible_sizes() -> None:
         synthetic.generate(n_users=10, n_items=10, n_interactions=60)
     with pytest.raises(UserError, match="one interaction per user"):
         synthetic.generate(n_users=10, n_items=10, n_interactions=5)
+
+
+def test_synthetic_dense_catalogue_regression() -> None:
+    # many users asking for a large share of a small catalogue: a sampling round can come back empty
+    log = synthetic.generate(n_users=1500, n_items=300, n_interactions=60000, seed=0)
+    assert len(log) == 60000
+    assert len(np.unique(log.users.astype(np.int64) * log.n_items + log.items)) == 60000
