@@ -1,0 +1,257 @@
+"""Serving throughput and latency on loopback, against a bare FastAPI ceiling measured in the same run.
+
+    python bench/serving.py                          # ml-100k models, embedded + PostgreSQL/Redis
+    python bench/serving.py --backends embedded --seconds 2 --concurrency 1,8
+    python bench/serving.py --scale synthetic --synthetic-interactions 2000000 --train-set multvae.epochs=2
+
+Trains EASE, AutoRec-U and Mult-VAE with ``python -m trainer train`` (gradient models
+capped at ``--epochs``, 10 by default: what is measured here is serving) into a temporary
+registry, seeds a database with ``python -m service seed`` and starts ``python -m service``
+as a subprocess on each backend:
+
+* ``embedded``: SQLite file + the in-process cache (the default settings);
+* ``postgres``: a database created on the PostgreSQL server for this run (dropped after)
+  + Redis (``BENCH_REDIS_URL``, db 5, keys under a namespace of this run, deleted after).
+
+Scenarios, each at 1, 8 and 32 concurrent clients (httpx, keep-alive): recommendations
+with a cache hit (64 users asked again and again), with a cache miss (every request a
+new (user, offset) pair, so a new cache key), ``POST /ratings`` (10 items) and
+``POST /interactions`` (one new interaction per request). The ceiling is
+``bench/_ceiling_app.py`` (same uvicorn settings, a constant list). The load generator
+runs on the same 2 cores as the server: the figures are what one machine does, client
+included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+from sqlalchemy.engine import make_url
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._common import (  # noqa: E402
+    API_KEY, LOAD_COLUMNS, PG_ADMIN_URL, REDIS_URL, BenchError, LoadResult, Request, ServerProcess, machine_info,
+    ml100k_args, postgres_database, print_table, pyplot, redis_namespace, run_cli, run_load, save_figure,
+    seed_database, service_env, train_registry, verdict, write_json,
+)
+
+SCENARIOS = ("rec-hit", "rec-miss", "ratings", "interactions")
+HIT_USERS = 64
+TARGET_HIT, TARGET_MISS, TARGET_P99_MS, TARGET_CLIENTS = 0.60, 0.30, 25.0, 8
+
+
+def served_models(artifacts_dir: Path) -> dict[str, str]:
+    """{model name: task} of the version ``LATEST`` names."""
+    version = (artifacts_dir / "LATEST").read_text().strip()
+    manifest = json.loads((artifacts_dir / version / "manifest.json").read_text())
+    return {name: info["task"] for name, info in manifest["models"].items()}
+
+
+def defaults(artifacts_dir: Path) -> dict[str, str]:
+    """DEFAULT_MODEL / DEFAULT_RATING_MODEL settings: the service's own unless the version lacks them."""
+    models = served_models(artifacts_dir)
+    rankers = [n for n, t in models.items() if t == "ranking"]
+    raters = [n for n, t in models.items() if t == "rating"]
+    env = {"DEFAULT_MODEL": "ease" if "ease" in rankers else rankers[0]}
+    if raters:
+        env["DEFAULT_RATING_MODEL"] = "autorec-u" if "autorec-u" in raters else raters[0]
+    return env
+
+
+def known_ids(artifacts_dir: Path) -> tuple[list[str], list[str]]:
+    """External user and item ids the default ranker was trained with."""
+    version = (artifacts_dir / "LATEST").read_text().strip()
+    ids = json.loads((artifacts_dir / version / defaults(artifacts_dir)["DEFAULT_MODEL"] / "ids.json").read_text())
+    return ids["users"], ids["items"]
+
+
+def request_makers(users: list[str], items: list[str]) -> dict[str, Callable[[int], Request]]:
+    """How each scenario builds its i-th request. Counters live across runs so no key repeats."""
+    miss_counter = itertools.count()
+    write_counter = itertools.count()
+    hit_users = users[:HIT_USERS]
+    rating_items = items[:10]
+    auth = {"X-API-Key": API_KEY}
+    started = int(time.time())
+
+    def rec_hit(i: int) -> Request:
+        return Request("POST", f"/users/{hit_users[i % len(hit_users)]}/recommendations", {"k": 10})
+
+    def rec_miss(_: int) -> Request:
+        n = next(miss_counter)
+        # a (user, offset) pair never asked before: a new cache key, the model runs
+        return Request("POST", f"/users/{users[n % len(users)]}/recommendations", {"k": 10, "offset": n // len(users)})
+
+    def ratings(i: int) -> Request:
+        return Request("POST", "/ratings", {"user_id": users[i % len(users)], "item_ids": rating_items})
+
+    def interactions(_: int) -> Request:
+        n = next(write_counter)
+        body = [{"user_id": users[n % len(users)], "item_id": items[(n * 7) % len(items)], "rating": 4.0,
+                 "timestamp": started + n}]  # a new timestamp: always a new row
+        return Request("POST", "/interactions", body, auth)
+
+    return {"rec-hit": rec_hit, "rec-miss": rec_miss, "ratings": ratings, "interactions": interactions}
+
+
+def measure(base_url: str, makers: dict, scenarios, levels, seconds: float, label: str) -> list[dict]:
+    rows = []
+    for scenario in scenarios:
+        for clients in levels:
+            result: LoadResult = run_load(base_url, makers[scenario], scenario=scenario, concurrency=clients,
+                                          seconds=seconds, warmup_s=min(1.0, seconds / 3))
+            rows.append({"backend": label, **result.summary()})
+    return rows
+
+
+def run_backend(label: str, database_url: str, redis_url: str | None, namespace: str, artifacts: Path,
+                data_args: list[str], makers: dict, args, log_dir: Path) -> list[dict]:
+    print(f"\n== {label}: {database_url.split('@')[-1]}{' + ' + redis_url if redis_url else ' + in-process cache'}", flush=True)
+    print(" ", seed_database(database_url, data_args), flush=True)
+    env = service_env(database_url, artifacts, redis_url, CACHE_NAMESPACE=namespace, RELOAD_INTERVAL_S=60,
+                      **defaults(artifacts))
+    with ServerProcess.service(env, log_dir / f"service-{label}.log") as server:
+        rows = measure(server.base_url, makers, args.scenarios, args.concurrency, args.seconds, label)
+        for row in rows:
+            row["rss_mib"] = round(server.rss() / 2**20, 1)
+    return rows
+
+
+def targets(rows: list[dict]) -> list[dict]:
+    ceiling = {r["concurrency"]: r["rps"] for r in rows if r["scenario"] == "ceiling"}
+    out = []
+    for row in rows:
+        if row["scenario"] == "ceiling" or row["concurrency"] != TARGET_CLIENTS:
+            continue
+        name = f"{row['backend']} {row['scenario']} @{TARGET_CLIENTS}"
+        ratio = row["rps"] / ceiling[TARGET_CLIENTS] if ceiling.get(TARGET_CLIENTS) else float("nan")
+        if row["scenario"] in ("rec-hit", "rec-miss"):
+            need = TARGET_HIT if row["scenario"] == "rec-hit" else TARGET_MISS
+            out.append(verdict(f"{name} throughput", ratio >= need,
+                               f"{row['rps']:,.0f} req/s = {ratio:.0%} of the ceiling (target >= {need:.0%})"))
+        out.append(verdict(f"{name} p99", row["p99_ms"] < TARGET_P99_MS and row["failed"] == 0,
+                           f"p99 {row['p99_ms']:.1f} ms (target < {TARGET_P99_MS:.0f} ms), {row['failed']} failed"))
+    return out
+
+
+def plot(rows: list[dict], name: str, title: str) -> None:
+    plt = pyplot()
+    series = sorted({(r["backend"], r["scenario"]) for r in rows}, key=lambda s: (s[0] != "ceiling", s))
+    levels = sorted({r["concurrency"] for r in rows})
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.5))
+    width = 0.8 / len(series)
+    for j, (backend, scenario) in enumerate(series):
+        by_level = {r["concurrency"]: r for r in rows if (r["backend"], r["scenario"]) == (backend, scenario)}
+        x = [i + j * width for i in range(len(levels))]
+        label = "ceiling" if scenario == "ceiling" else f"{backend} {scenario}"
+        ax1.bar(x, [by_level[c]["rps"] if c in by_level else 0 for c in levels], width, label=label)
+        ax2.bar(x, [by_level[c]["p99_ms"] if c in by_level else 0 for c in levels], width, label=label)
+    for ax, ylabel in ((ax1, "requests / s"), (ax2, "p99 latency (ms, log)")):
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(levels))], [f"{c} clients" for c in levels])
+        ax.set_ylabel(ylabel)
+    ax2.set_yscale("log")
+    ax2.axhline(TARGET_P99_MS, color="red", linestyle="--", linewidth=1)
+    ax1.legend(fontsize="small", ncol=5, loc="upper center", bbox_to_anchor=(1.1, -0.1))
+    ax1.set_title(title, fontsize="small")
+    save_figure(name, fig)
+
+
+def epoch_caps(models: str, epochs: int) -> list[str]:
+    from models import REGISTRY
+
+    names = list(REGISTRY) if models == "all" else models.split(",")
+    return [] if epochs <= 0 else [f"{n}.epochs={epochs}" for n in names if not REGISTRY[n].closed_form]
+
+
+def prepare_data(args, workdir: Path) -> tuple[list[str], str]:
+    """The trainer's and the seeder's data arguments, and a description of the data."""
+    if args.scale == "ml-100k":
+        return ml100k_args(), "ml-100k"
+    path = workdir / "synthetic.parquet"
+    run_cli(["-m", "trainer", "data", "synthetic", "--users", str(args.synthetic_users), "--items",
+             str(args.synthetic_items), "--interactions", str(args.synthetic_interactions), "--out", str(path)],
+            what="synthetic data")
+    return ["--file", str(path)], (f"synthetic {args.synthetic_users:,} users x {args.synthetic_items:,} items, "
+                                    f"{args.synthetic_interactions:,} interactions")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", choices=("ml-100k", "synthetic"), default="ml-100k")
+    parser.add_argument("--synthetic-users", type=int, default=140_000)
+    parser.add_argument("--synthetic-items", type=int, default=20_000)
+    parser.add_argument("--synthetic-interactions", type=int, default=20_000_000)
+    parser.add_argument("--models", default="ease,autorec-u,multvae")
+    parser.add_argument("--epochs", type=int, default=10,
+                        help="epochs of each gradient model (serving cost does not depend on it; 0: the configs' own)")
+    parser.add_argument("--train-set", action="append", default=[], help="passed to the trainer as --set (repeatable)")
+    parser.add_argument("--artifacts-dir", type=Path, default=None, help="serve this registry instead of training one")
+    parser.add_argument("--backends", default="embedded,postgres")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument("--seconds", type=float, default=4.0, help="measured seconds per cell (after a warm-up)")
+    args = parser.parse_args(argv)
+    args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    args.scenarios = [s for s in args.scenarios.split(",") if s]
+    unknown = set(args.scenarios) - set(SCENARIOS) | set(args.backends.split(",")) - {"embedded", "postgres"}
+    if unknown:
+        parser.error(f"unknown scenario/backend: {', '.join(sorted(unknown))}")
+    name = "serving" if args.scale == "ml-100k" else "serving-synthetic"
+    started = time.perf_counter()
+    try:
+        with tempfile.TemporaryDirectory(prefix="aerec-bench-") as tmp:
+            workdir = Path(tmp)
+            data_args, data_desc = prepare_data(args, workdir)
+            artifacts = args.artifacts_dir or workdir / "artifacts"
+            if args.artifacts_dir is None:
+                extra = [a for s in epoch_caps(args.models, args.epochs) + args.train_set for a in ("--set", s)]
+                print("version", train_registry(artifacts, args.models, data_args, extra), flush=True)
+            users, items = known_ids(artifacts)
+            makers = request_makers(users, items)
+            if "DEFAULT_RATING_MODEL" not in defaults(artifacts) and "ratings" in args.scenarios:
+                print("no rating model in this version: the ratings scenario is skipped", flush=True)
+                args.scenarios.remove("ratings")
+            rows = []
+            print("\n== ceiling (bare FastAPI, constant list)", flush=True)
+            with ServerProcess.ceiling(workdir / "ceiling.log") as ceiling:
+                rows += measure(ceiling.base_url, {"ceiling": makers["rec-hit"]}, ["ceiling"], args.concurrency,
+                                args.seconds, "ceiling")
+            for backend in args.backends.split(","):
+                if backend == "embedded":
+                    rows += run_backend("embedded", f"sqlite:///{workdir / 'bench.db'}", None, "bench", artifacts,
+                                        data_args, makers, args, workdir)
+                else:
+                    with postgres_database() as pg_url, redis_namespace() as namespace:
+                        rows += run_backend("postgres", pg_url, REDIS_URL, namespace, artifacts, data_args, makers,
+                                            args, workdir)
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    ceiling = {r["concurrency"]: r["rps"] for r in rows if r["scenario"] == "ceiling"}
+    for row in rows:
+        row["of_ceiling"] = row["rps"] / ceiling[row["concurrency"]] if ceiling.get(row["concurrency"]) else None
+    title = f"serving · {data_desc} · {args.seconds:g}s per cell"
+    print()
+    print_table(rows, [("backend", "backend", "")] + LOAD_COLUMNS + [("of_ceiling", "of ceiling", ".0%")], title=title)
+    print()
+    verdicts = targets(rows)
+    write_json(name, {
+        "bench": "serving", "data": data_desc, "models": args.models, "seconds_per_cell": args.seconds,
+        "machine": machine_info(), "postgres": make_url(PG_ADMIN_URL).render_as_string(hide_password=True),
+        "redis": make_url(REDIS_URL).render_as_string(hide_password=True),
+        "wall_seconds": round(time.perf_counter() - started, 1), "results": rows, "targets": verdicts,
+    })
+    plot(rows, name, title)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

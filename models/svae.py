@@ -1,0 +1,203 @@
+"""SVAE: the sequential variational autoencoder (Sachdeva et al., WSDM 2019).
+
+A user's positives in time order, i_1..i_T, go through an item embedding and a GRU.
+At every step t the GRU state h_t gives a Gaussian posterior q(z_t | i_1..i_t) with
+mean μ_t and log-variance log σ²_t (a tanh layer, then a linear map); a sample
+z_t = μ_t + σ_t ⊙ ε is decoded by a tanh MLP into logits over all items, and the
+multinomial likelihood asks the softmax π_t to put its mass on the NEXT k items
+i_{t+1}..i_{t+k}. Per time step, the negative ELBO is
+
+    -(1/k_t) Σ_{j=1..k_t} log π_t[i_{t+j}]  +  β · ½ Σ_d (μ²_td + σ²_td - 1 - log σ²_td)
+
+with k_t = min(k, T - t) (steps with no item after them carry no loss); the loss is
+the mean over all steps of the batch and β is annealed linearly to a cap.
+
+Scoring runs the whole sequence (its most recent ``max_len`` items) and returns the
+decoder logits of the LAST step, decoded from μ (no sampling), so a new user is folded
+in from their rows alone. Order: by ``timestamps`` (a CSR with the rows' pattern) when
+given, ties broken by item index; without them, each row's stored column order is taken
+as the time order, which is only right if the caller wrote the columns in time order:
+callers should pass timestamps. Item ids are shifted by one in the network so that 0 is
+the padding token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.base import ModelInputError, Recommender, TrainData, as_csr
+
+SCORE_CHUNK_ROWS = 256  # users per GRU pass when scoring: bounds the [rows, max_len, embed] activations
+
+
+@dataclass(frozen=True)
+class SVAEConfig:
+    item_embed_size: int = 256  # paper / authors' code: item embedding of 256
+    rnn_size: int = 200  # GRU state of 200
+    hidden_size: int = 150  # one tanh layer of 150 in the encoder and in the decoder (authors' code)
+    latent_size: int = 64  # z_t of 64 dimensions
+    next_k: int = 4  # the authors' "next_k" loss with k = 4
+    max_len: int = 200  # keep the most recent 200 items per user (GRU steps are sequential: speed)
+    anneal_cap: float = 0.2  # β rises linearly to 0.2 (authors' code, as Mult-VAE)
+    total_anneal_steps: int = 2000  # batches to reach the cap (authors: 200k one-user steps, ~33 ML-1M epochs)
+    epochs: int = 30
+    batch_size: int = 32  # authors trained one user at a time; padded batches are the same loss, faster
+    lr: float = 1e-3  # authors' Adam: lr 0.01 in their config, but not passed on, so Adam's 1e-3 was used
+    weight_decay: float = 0.0  # authors: Adam with L2 5e-3 on ML-1M; see module docs of the tuning
+    patience: int = 5
+    dropout: float = 0.0  # on the item embeddings fed to the GRU; the authors used none
+
+
+def time_ordered(rows: sp.csr_matrix, timestamps: sp.csr_matrix | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's items in time order, as a flat item array and its CSR-style ``indptr``.
+
+    With ``timestamps``: sorted by (row, timestamp, item), so ties go to the lower item index.
+    Without: the rows' stored column order. Explicit zeros are not interactions and are dropped.
+    """
+    rows = sp.csr_matrix(rows)
+    n_rows = rows.shape[0]
+    row_of = np.repeat(np.arange(n_rows), np.diff(rows.indptr))
+    if timestamps is None:
+        keep = rows.data != 0
+        items, row_of = rows.indices[keep], row_of[keep]
+    else:
+        ts = sp.csr_matrix(timestamps, dtype=np.float64)
+        # align the two by (row, item): both canonical, then the patterns must coincide
+        rows_sorted, ts = rows.sorted_indices(), ts.sorted_indices()
+        if ts.shape != rows.shape or not (
+            np.array_equal(ts.indptr, rows_sorted.indptr) and np.array_equal(ts.indices, rows_sorted.indices)
+        ):
+            raise ModelInputError("timestamps must have the same shape and sparsity pattern as rows")
+        keep = rows_sorted.data != 0
+        items, times, row_of = rows_sorted.indices[keep], ts.data[keep], row_of[keep]
+        order = np.lexsort((items, times, row_of))  # last key is the primary one
+        items, row_of = items[order], row_of[order]
+    indptr = np.zeros(n_rows + 1, dtype=np.int64)
+    np.cumsum(np.bincount(row_of, minlength=n_rows), out=indptr[1:])
+    return items.astype(np.int64), indptr
+
+
+def pad_recent(items: np.ndarray, indptr: np.ndarray, max_len: int) -> np.ndarray:
+    """[n_rows, L] int64 of item ids + 1, right-padded with 0, keeping each row's last ``max_len`` items."""
+    lengths = np.diff(indptr)
+    kept = np.minimum(lengths, max_len)
+    width = max(1, int(kept.max(initial=0)))
+    row_of = np.repeat(np.arange(len(lengths)), lengths)
+    position = np.arange(len(items)) - indptr[row_of] - (lengths - kept)[row_of]  # < 0: too old, dropped
+    keep = position >= 0
+    padded = np.zeros((len(lengths), width), dtype=np.int64)
+    padded[row_of[keep], position[keep]] = items[keep] + 1
+    return padded
+
+
+def next_k_targets(seqs: torch.Tensor, k: int) -> torch.Tensor:
+    """[B, L, k]: targets[b, t] = seqs[b, t+1 .. t+k], 0 where the sequence has ended."""
+    length = seqs.shape[1]
+    windows = F.pad(seqs, (0, k)).unfold(1, k, 1)  # [B, L + 1, k], window w = positions w .. w+k-1
+    return windows[:, 1 : length + 1]
+
+
+class SVAE(Recommender):
+    name = "svae"
+    task = "ranking"
+    Config = SVAEConfig
+    can_fold_in = True
+    sequential = True
+
+    def __init__(self, config: SVAEConfig, n_items: int, n_users: int, rating_range: tuple[float, float] = (1.0, 5.0)):
+        super().__init__(config, n_items, n_users, rating_range)
+        c = config
+        self.item_embed = nn.Embedding(self.n_items + 1, c.item_embed_size, padding_idx=0)
+        self.gru = nn.GRU(c.item_embed_size, c.rnn_size, batch_first=True)
+        self.encoder = nn.Linear(c.rnn_size, c.hidden_size)
+        self.to_latent = nn.Linear(c.hidden_size, 2 * c.latent_size)  # [μ, log σ²]
+        self.decoder_hidden = nn.Linear(c.latent_size, c.hidden_size)
+        self.decoder_out = nn.Linear(c.hidden_size, self.n_items)
+        for layer in (self.encoder, self.to_latent, self.decoder_hidden, self.decoder_out):
+            nn.init.xavier_normal_(layer.weight)  # as the authors' code
+            nn.init.zeros_(layer.bias)
+
+    # ---- the network ------------------------------------------------------------------
+    def _gru_states(self, seqs: torch.Tensor, train: bool = False) -> torch.Tensor:
+        """GRU states [B, L, rnn] over right-padded sequences.
+
+        The GRU is causal, so a state at a real step never sees the padding after it;
+        states at padding steps are garbage and every caller masks them out. (Packing
+        would skip them, but is ~3x slower than the padded kernel on CPU.)
+        """
+        embedded = F.dropout(self.item_embed(seqs), self.config.dropout, training=train)
+        states, _ = self.gru(embedded)
+        return states
+
+    def _posterior(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar = self.to_latent(torch.tanh(self.encoder(h))).chunk(2, dim=-1)
+        return mu, logvar
+
+    def _decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder_out(torch.tanh(self.decoder_hidden(z)))
+
+    # ---- training ---------------------------------------------------------------------
+    def training_batches(self, data: TrainData, generator: np.random.Generator) -> Iterator[torch.Tensor]:
+        items, indptr = time_ordered(data.X, data.timestamps)
+        seqs = pad_recent(items, indptr, self.config.max_len)
+        lengths = (seqs > 0).sum(1)
+        users = np.flatnonzero(lengths >= 2)  # a single item has no next item to predict
+        users = users[data.epoch_order(len(users), generator)]  # shuffled; this rank's share under DDP
+        # Batches of users of similar length (random among equal lengths), in random order:
+        # a padded batch costs its longest sequence, and histories range from 5 to max_len.
+        users = users[np.argsort(lengths[users], kind="stable")]
+        starts = np.arange(0, len(users), self.config.batch_size)
+        for start in starts[generator.permutation(len(starts))]:
+            batch = users[start : start + self.config.batch_size]
+            yield torch.from_numpy(seqs[batch, : lengths[batch].max()])
+
+    def schedule(self, step: int, epoch: int) -> dict[str, float]:
+        c = self.config
+        beta = c.anneal_cap if c.total_anneal_steps <= 0 else min(c.anneal_cap, step / c.total_anneal_steps)
+        return {"anneal": float(beta)}
+
+    def loss(self, batch: torch.Tensor, anneal: float = 0.0) -> torch.Tensor:
+        seqs = batch.to(self.device)
+        targets = next_k_targets(seqs, self.config.next_k)  # [B, L, k], item id + 1 or 0
+        n_targets = (targets > 0).sum(-1)
+        has_target = n_targets > 0  # padding and each sequence's last step drop out here
+        states = self._gru_states(seqs, train=self.training)
+        mu, logvar = self._posterior(states[has_target])  # [N, latent], one row per step with targets
+        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+        log_pi = F.log_softmax(self._decode(z), dim=-1)  # [N, n_items]
+        step_targets = targets[has_target]
+        picked = log_pi.gather(1, (step_targets - 1).clamp(min=0)) * (step_targets > 0)
+        nll = -picked.sum(1) / n_targets[has_target]
+        kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(1)
+        return (nll + anneal * kl).mean()
+
+    def configure_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
+
+    # ---- scoring ----------------------------------------------------------------------
+    @torch.no_grad()
+    def scores(
+        self, rows: sp.csr_matrix, users: np.ndarray | None = None, timestamps: sp.csr_matrix | None = None
+    ) -> torch.Tensor:
+        rows = as_csr(rows, self.n_items)
+        items, indptr = time_ordered(rows, timestamps)
+        out = torch.empty(rows.shape[0], self.n_items, device=self.device)
+        for start in range(0, rows.shape[0], SCORE_CHUNK_ROWS):
+            stop = min(start + SCORE_CHUNK_ROWS, rows.shape[0])
+            chunk_ptr = indptr[start : stop + 1]
+            seqs = pad_recent(items[chunk_ptr[0] : chunk_ptr[-1]], chunk_ptr - chunk_ptr[0], self.config.max_len)
+            seqs_t = torch.from_numpy(seqs).to(self.device)
+            last = ((seqs_t > 0).sum(1) - 1).clamp(min=0)  # an empty row reads its one padding step: the prior
+            mu, _ = self._posterior(self._gru_states(seqs_t)[torch.arange(len(seqs_t), device=self.device), last])
+            out[start:stop] = self._decode(mu)
+        return out
+
+    def item_embeddings(self) -> torch.Tensor:
+        return self.decoder_out.weight.detach()  # [n_items, hidden]: the vector each item's logit reads

@@ -1,0 +1,133 @@
+"""SVAE: time-ordered sequences, next-k targets, padding, KL annealing, and a planted order learned."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from models.base import ModelInputError, TrainData
+from models.svae import SVAE, SVAEConfig, next_k_targets, pad_recent, time_ordered
+
+TINY = dict(item_embed_size=16, rnn_size=16, hidden_size=16, latent_size=8)
+
+
+def make(n_items: int = 8, **overrides) -> SVAE:
+    torch.manual_seed(0)
+    return SVAE(SVAEConfig(**{**TINY, **overrides}), n_items=n_items, n_users=4).eval()
+
+
+def rows_from(sequences: list[list[int]], n_items: int) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """Binary rows and timestamps 1, 2, 3, ... in the order each sequence lists its items."""
+    r = np.repeat(np.arange(len(sequences)), [len(s) for s in sequences])
+    c = np.concatenate([np.asarray(s, dtype=np.int64) for s in sequences])
+    t = np.concatenate([np.arange(1, len(s) + 1, dtype=np.float64) for s in sequences])
+    shape = (len(sequences), n_items)
+    return sp.csr_matrix((np.ones(len(c), np.float32), (r, c)), shape=shape), sp.csr_matrix((t, (r, c)), shape=shape)
+
+
+def test_time_ordered_sorts_by_timestamp_then_item():
+    rows = sp.csr_matrix(np.array([[1, 1, 1, 1, 0], [0, 0, 0, 0, 0], [0, 1, 0, 1, 0]], dtype=np.float32))
+    ts = sp.csr_matrix(np.array([[30, 10, 20, 10, 0], [0, 0, 0, 0, 0], [0, 5, 0, 4, 0]], dtype=np.float64))
+    items, indptr = time_ordered(rows, ts)
+    assert indptr.tolist() == [0, 4, 4, 6]
+    assert items.tolist() == [1, 3, 2, 0, 3, 1]  # item 1 and 3 tie at t=10: lower index first
+    stored, _ = time_ordered(rows)  # no timestamps: the stored column order
+    assert stored.tolist() == [0, 1, 2, 3, 1, 3]
+
+
+def test_timestamps_must_match_the_rows_pattern():
+    rows, ts = rows_from([[0, 1, 2]], 5)
+    wrong = ts.tolil()
+    wrong[0, 4] = 9.0
+    with pytest.raises(ModelInputError, match="same shape and sparsity pattern"):
+        time_ordered(rows, wrong.tocsr())
+
+
+def test_pad_recent_keeps_the_latest_items_and_shifts_ids():
+    items, indptr = np.array([4, 0, 2, 7, 5, 1]), np.array([0, 5, 5, 6])
+    padded = pad_recent(items, indptr, max_len=3)
+    assert padded.tolist() == [[3, 8, 6], [0, 0, 0], [2, 0, 0]]  # ids + 1, 0 = padding
+
+
+def test_next_k_targets_by_hand():
+    seq = torch.tensor([[1, 2, 3, 4, 5], [6, 7, 0, 0, 0]])  # A B C D E and a 2-item user, padded
+    targets = next_k_targets(seq, k=2)
+    assert targets.tolist() == [
+        [[2, 3], [3, 4], [4, 5], [5, 0], [0, 0]],
+        [[7, 0], [0, 0], [0, 0], [0, 0], [0, 0]],
+    ]
+
+
+def test_kl_anneal_schedule():
+    model = make(anneal_cap=0.2, total_anneal_steps=1000)
+    assert model.schedule(0, 0) == {"anneal": 0.0}
+    assert model.schedule(100, 3)["anneal"] == pytest.approx(0.1)  # linear: step / total_anneal_steps
+    assert model.schedule(200, 0) == model.schedule(200, 50)  # the step alone decides
+    assert model.schedule(10**6, 0)["anneal"] == pytest.approx(0.2)  # capped
+    assert make(anneal_cap=0.3, total_anneal_steps=0).schedule(0, 0)["anneal"] == pytest.approx(0.3)
+
+
+def test_padding_does_not_leak_into_scores():
+    model = make(n_items=12)
+    rows, ts = rows_from([[3, 1, 4], [1, 5, 9, 2, 6, 11, 7, 0, 8], [], [10]], 12)
+    together = model.scores(rows, timestamps=ts)
+    for u in range(rows.shape[0]):
+        alone = model.scores(rows[u], timestamps=ts[u])
+        torch.testing.assert_close(alone[0], together[u], rtol=1e-5, atol=1e-5)
+    assert torch.isfinite(together).all()
+
+
+def test_scores_are_deterministic_and_read_only_the_last_max_len_items():
+    model = make(n_items=12, max_len=3)
+    rows, ts = rows_from([[1, 5, 9, 2, 6], [9, 2, 6]], 12)
+    torch.testing.assert_close(model.scores(rows, timestamps=ts), model.scores(rows, timestamps=ts))
+    s = model.scores(rows, timestamps=ts)
+    torch.testing.assert_close(s[0], s[1])  # [.., 9, 2, 6] truncated to its 3 latest
+
+
+def test_loss_counts_only_steps_with_a_next_item():
+    model = make(n_items=6).train()
+    batch = torch.tensor([[1, 2, 3], [4, 0, 0]])  # user 2 has one item: no step to predict from
+    torch.manual_seed(1)
+    loss_pair = model.loss(batch, anneal=0.0)
+    torch.manual_seed(1)
+    loss_single = model.loss(batch[:1], anneal=0.0)
+    torch.testing.assert_close(loss_pair, loss_single)
+
+
+def test_training_batches_skip_single_item_users_and_follow_time():
+    model = make(n_items=6, batch_size=10)
+    X, ts = rows_from([[5, 0, 3], [2], [4, 1]], 6)
+    batches = list(model.training_batches(TrainData(X, ts), np.random.default_rng(0)))
+    assert len(batches) == 1
+    assert sorted(map(tuple, batches[0].tolist())) == [(5, 2, 0), (6, 1, 4)]  # ids + 1, time order, padded
+
+
+def test_a_planted_order_is_learned():
+    """Half the users watch A, B, C; the other half B, A, D. After [A, B] comes C; after [B, A], D."""
+    A, B, C, D, n_items = 0, 1, 2, 3, 10
+    rng = np.random.default_rng(0)
+    filler = [[int(i)] for i in rng.integers(4, n_items, 40)]  # unrelated short histories
+    X, ts = rows_from([[A, B, C]] * 60 + [[B, A, D]] * 60 + [[f[0], (f[0] + 1) % 6 + 4] for f in filler], n_items)
+    torch.manual_seed(0)
+    config = SVAEConfig(**TINY, lr=1e-2, batch_size=16, total_anneal_steps=200)
+    model = SVAE(config, n_items=n_items, n_users=X.shape[0])
+    optimizer = model.configure_optimizer()
+    rng, step = np.random.default_rng(0), 0
+    for epoch in range(25):
+        model.train()
+        for batch in model.training_batches(TrainData(X, ts), rng):
+            model.train_step(batch, optimizer, **model.schedule(step, epoch))
+            step += 1
+    model.eval()
+
+    rows = sp.csr_matrix(np.array([[1, 1] + [0] * (n_items - 2)], dtype=np.float32))
+    a_then_b = sp.csr_matrix(np.array([[1.0, 2.0] + [0] * (n_items - 2)]))
+    b_then_a = sp.csr_matrix(np.array([[2.0, 1.0] + [0] * (n_items - 2)]))
+    ids, _ = model.recommend(rows, k=1, timestamps=a_then_b)
+    assert ids[0, 0] == C
+    ids, _ = model.recommend(rows, k=1, timestamps=b_then_a)
+    assert ids[0, 0] == D
+    assert not torch.allclose(model.scores(rows, timestamps=a_then_b), model.scores(rows, timestamps=b_then_a))
