@@ -24,7 +24,7 @@ N_USERS, N_ITEMS, BLOCK = 60, 24, 12
 FAST = {
     "autorec-i": dict(epochs=200, hidden=32, lr=1e-2, weight_decay=0.01),
     "autorec-u": dict(epochs=200, hidden=32, lr=1e-2, weight_decay=0.01),
-    "deeprec": dict(epochs=60, layers=(32, 16), dropout=0.0),
+    "deeprec": dict(epochs=200, layers=(32, 16), dropout=0.0, optimizer="adam", lr=1e-2),
     "cdae": dict(epochs=200, hidden=16, lr=1e-2),
     "multvae": dict(epochs=60, dims=(32, 8), batch_size=16),
     "multdae": dict(epochs=60, dims=(32,), batch_size=16),
