@@ -40,7 +40,7 @@ class MultDAEConfig:
     lr: float = 1e-3  # Adam at 1e-3, as the paper
     batch_size: int = 500  # users per batch, as the paper
     epochs: int = 200  # the authors train 200 epochs and keep the best validation NDCG@100
-    patience: int = 30  # early stopping; on ml-100k the best epoch is 110-185 at batch 500
+    patience: int = 30  # early stopping; on ml-100k the best epoch is 110-200 at batch 500
 
     def __post_init__(self) -> None:
         if not self.dims or min(self.dims) < 1:

@@ -53,7 +53,7 @@ class MultVAEConfig:
     batch_size: int = 500  # users per batch, as the paper
     epochs: int = 200  # the authors train 200 epochs and keep the best validation NDCG@100
     # Early stopping after 30 epochs without a better validation NDCG@100; on ml-100k the
-    # best epoch is 90-170 (batch 100 gets there in ~50 epochs, to the same NDCG@100).
+    # best epoch is 110-180 (batch 100 gets there in ~50 epochs, to the same NDCG@100).
     patience: int = 30
 
     def __post_init__(self) -> None:

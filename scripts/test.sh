@@ -10,6 +10,7 @@ if ! command -v docker-compose >/dev/null 2>&1 && command -v apt-get >/dev/null 
   { apt-get install -y -q docker-compose || { apt-get update -q && apt-get install -y -q docker-compose; }; } >/dev/null 2>&1 \
     || echo "warning: could not install docker-compose" >&2
 fi
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"  # idle OpenMP threads sleep, not spin, on a busy machine
 export TEST_DATABASE_URL="${TEST_DATABASE_URL:-postgresql+psycopg://postgres@127.0.0.1:5432/test}"
 export TEST_REDIS_URL="${TEST_REDIS_URL:-redis://127.0.0.1:6379/0}"
 exec .venv/bin/python -m pytest "$@"
