@@ -45,7 +45,12 @@ def _migrate(database_url: str) -> None:
     from service.db.migrate import upgrade_to_head
     from service.db.session import make_engine
 
-    engine = make_engine(database_url)
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        engine = make_engine(database_url)
+    except (ArgumentError, NoSuchModuleError) as exc:
+        raise CliError(f"DATABASE_URL is not a database URL SQLAlchemy can use: {_first_line(exc)}") from None
     try:
         upgrade_to_head(engine)
     except FileNotFoundError as exc:
@@ -131,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     import click
     from sqlalchemy.exc import OperationalError
 
+    from trainer.errors import click_usage_error
+
     try:
         app(args=argv, standalone_mode=False, prog_name="python -m service")
     except CliError as exc:
@@ -139,12 +146,17 @@ def main(argv: list[str] | None = None) -> int:
     except OperationalError as exc:
         print(f"error: the database cannot be reached: {_first_line(exc)}", file=sys.stderr)
         return 2
-    except click.exceptions.ClickException as exc:
-        exc.show()
-        return 2
     except click.exceptions.Abort:
         print("error: aborted", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+    except typer.Exit as exc:
+        return exc.exit_code
+    except Exception as exc:
+        usage_error = click_usage_error(exc)
+        if usage_error is None:
+            raise
+        usage_error.show()  # click's own usage line
+        return usage_error.exit_code
     return 0

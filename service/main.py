@@ -11,8 +11,10 @@ import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 from starlette.concurrency import run_in_threadpool
 
+from service.api.deps import READ_KEY_SCHEME
 from service.api.main import api_router
 from service.cache import make_cache
 from service.core.config import Settings
@@ -61,4 +63,39 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(api_router)
     app.add_middleware(RequestMetrics, metrics=metrics, max_body_bytes=settings.MAX_BODY_BYTES)
+    app.openapi = lambda: _openapi_for_settings(app, settings)
     return app
+
+
+def _openapi_for_settings(app: FastAPI, settings: Settings) -> dict:
+    """The OpenAPI document as these settings make the service behave.
+
+    Routes and schemas are declared once, at import, but two things depend on settings:
+    whether reads need the key (``READS_REQUIRE_KEY``) and the largest list (``MAX_K``).
+    """
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                if not settings.READS_REQUIRE_KEY:
+                    requirements = [r for r in operation.get("security", []) if READ_KEY_SCHEME not in r]
+                    if requirements:
+                        operation["security"] = requirements
+                    else:
+                        operation.pop("security", None)
+                for parameter in operation.get("parameters", []):
+                    _limit_k(parameter["name"], parameter.get("schema", {}), settings.MAX_K)
+        if not settings.READS_REQUIRE_KEY:
+            schema.get("components", {}).get("securitySchemes", {}).pop(READ_KEY_SCHEME, None)
+        request = schema.get("components", {}).get("schemas", {}).get("RecommendationRequest", {})
+        for name, property_schema in request.get("properties", {}).items():
+            _limit_k(name, property_schema, settings.MAX_K)
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+def _limit_k(name: str, schema: dict, max_k: int) -> None:
+    if name == "k":
+        schema["maximum"] = max_k
+    elif name == "offset":
+        schema["maximum"] = max_k - 1  # k + offset <= MAX_K, and k >= 1

@@ -224,7 +224,12 @@ def registry_lock(root: str | Path) -> FileLock:
     """The cross-process lock on the registry. One instance per path in a process, so it is re-entrant:
     a training run holds it for its whole duration and ``publish`` can take it again inside."""
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
+    if root.exists() and not root.is_dir():
+        raise UserError(f"the artifacts directory {root} is a file, not a folder")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the artifacts directory {root}: {exc.strerror or exc}") from None
     return FileLock(root / LOCK_FILE, is_singleton=True)
 
 

@@ -25,7 +25,7 @@ def _register_commands() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from models.base import ModelInputError
-    from trainer.errors import UserError
+    from trainer.errors import UserError, click_usage_error
 
     _register_commands()
     try:
@@ -39,23 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Exit as exc:
         return exc.exit_code
     except Exception as exc:
-        usage_error = _click_exception(exc)
+        usage_error = click_usage_error(exc)
         if usage_error is None:
             raise
         usage_error.show()  # click's own one-line usage message
         return usage_error.exit_code
     return 0
-
-
-def _click_exception(exc: BaseException):
-    """Usage errors (missing argument, bad option value) from click or typer's vendored click."""
-    import click
-
-    classes: tuple[type, ...] = (click.exceptions.ClickException,)
-    try:  # typer >= 0.25 ships its own copy of click
-        from typer._click.exceptions import ClickException as VendoredClickException
-
-        classes += (VendoredClickException,)
-    except ImportError:
-        pass
-    return exc if isinstance(exc, classes) else None

@@ -11,3 +11,18 @@ class DataError(UserError):
 
 class TrainingError(UserError):
     """Training could not produce a usable model (NaN loss, empty data)."""
+
+
+def click_usage_error(exc: BaseException):
+    """``exc`` if it is a usage error (missing argument, bad option value) from click or from
+    the copy of click that typer >= 0.25 vendors, else None. Its ``show()`` prints click's line."""
+    import click
+
+    classes: tuple[type, ...] = (click.exceptions.ClickException,)
+    try:
+        from typer._click.exceptions import ClickException as VendoredClickException
+
+        classes += (VendoredClickException,)
+    except ImportError:
+        pass
+    return exc if isinstance(exc, classes) else None

@@ -81,6 +81,8 @@ def load_file(
       the others.
     """
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder; give the interaction file inside it")
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     if path.stat().st_size == 0:

@@ -21,6 +21,13 @@ from service.model_store import ModelStore
 
 API_KEY_HEADER = "X-API-Key"
 api_key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="The service's API_KEY.")
+# The same header under its own scheme name, so the OpenAPI document can drop it from the reads
+# when READS_REQUIRE_KEY is false (service.main): the document then says what the service does.
+READ_KEY_SCHEME = "ApiKeyForReads"
+read_key_header = APIKeyHeader(
+    name=API_KEY_HEADER, scheme_name=READ_KEY_SCHEME, auto_error=False,
+    description="The service's API_KEY, on reads only when the service runs with READS_REQUIRE_KEY=true.",
+)
 
 
 def get_db(request: Request) -> Iterator[Session]:
@@ -59,7 +66,7 @@ def require_api_key(settings: SettingsDep, key: Annotated[str | None, Security(a
         raise ApiError(403, "invalid_api_key", f"the {API_KEY_HEADER} header does not hold a valid key")
 
 
-def require_read_access(settings: SettingsDep, key: Annotated[str | None, Security(api_key_header)]) -> None:
+def require_read_access(settings: SettingsDep, key: Annotated[str | None, Security(read_key_header)]) -> None:
     if settings.READS_REQUIRE_KEY:
         require_api_key(settings, key)
 

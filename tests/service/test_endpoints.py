@@ -252,3 +252,8 @@ def test_reads_can_require_the_key(tmp_path, registry):
         assert c.get("/models").status_code == 401
         assert c.get("/models", headers={"X-API-Key": API_KEY}).status_code == 200
         assert c.get("/healthz").status_code == 200  # probes stay open
+        # and the OpenAPI document says so: reads name the key, probes do not
+        paths = c.get("/openapi.json").json()["paths"]
+        assert paths["/users/{user_id}/recommendations"]["post"]["security"] == [{"ApiKeyForReads": []}]
+        assert paths["/models"]["get"]["security"] == [{"ApiKeyForReads": []}]
+        assert "security" not in paths["/healthz"]["get"]

@@ -121,5 +121,8 @@ def train(
         no_gate=no_gate, gate_tolerance=gate_tolerance, refit=refit, progress=progress,
     )
     report = job.run()
-    for line in report.summary_lines():
-        typer.echo(line)
+    from trainer.distributed import context
+
+    if context().is_main:  # under torchrun, one summary, not one per rank
+        for line in report.summary_lines():
+            typer.echo(line)
