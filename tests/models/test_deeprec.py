@@ -1,4 +1,4 @@
-"""DeepRec's math: SELU layers, masked MSE, the constrained decoder, dense re-feeding's second update."""
+"""DeepRec's math: SELU layers, per-row centring, masked MSE, the constrained decoder, dense re-feeding."""
 
 from __future__ import annotations
 
@@ -40,6 +40,7 @@ def first_batch(model: DeepRec) -> tuple[torch.Tensor, torch.Tensor]:
 def test_papers_netflix_setup_builds():
     config = DeepRecConfig(**PAPER_NETFLIX)
     assert config.layers == (512, 512, 1024) and config.dropout == 0.8 and config.refeed
+    assert not config.center and config.last_layer_activation  # the paper's own math
     model = DeepRec(config, n_items=N_ITEMS, n_users=N_USERS)
     optimizer = model.configure_optimizer()
     assert isinstance(optimizer, torch.optim.SGD)
@@ -51,7 +52,7 @@ def test_papers_netflix_setup_builds():
 
 @pytest.mark.parametrize("last_layer_activation", [True, False])
 def test_selu_everywhere(last_layer_activation):
-    model = small(last_layer_activation=last_layer_activation).eval()
+    model = small(last_layer_activation=last_layer_activation, center=False).eval()
     x = torch.randn(5, N_ITEMS)
     h = x
     for layer in model.encoder:
@@ -60,6 +61,24 @@ def test_selu_everywhere(last_layer_activation):
     out = F.linear(h, model.decoder_weights[1], model.decoder_biases[1])
     expected = F.selu(out) if last_layer_activation else out
     torch.testing.assert_close(model.reconstruct(x), expected)
+
+
+def test_centering_predicts_deviations_from_the_rows_mean():
+    """center=True: mu + g(m * (x - mu)), mu the mean of the row's ratings, g the uncentred network."""
+    centred, plain = small().eval(), small(center=False).eval()  # same seed: the same weights
+    assert DeepRecConfig().center and not DeepRecConfig().last_layer_activation
+    x = torch.from_numpy(ratings()[:6].toarray())
+    x[5] = 0.0  # a row without ratings: mu = 0
+    rated = x != 0
+    mu = x.sum(1, keepdim=True) / rated.sum(1, keepdim=True).clamp(min=1)
+    assert torch.all(mu[:5] >= 1) and mu[5] == 0
+    expected = mu + plain.reconstruct(torch.where(rated, x - mu, torch.zeros_like(x)))
+    torch.testing.assert_close(centred.reconstruct(x), expected)
+    # Every rating of a user one star higher: every prediction one star higher, nothing else moves.
+    higher = torch.where(rated, x + 1.0, x)
+    torch.testing.assert_close(centred.reconstruct(higher), expected + rated.any(1, keepdim=True))
+    # The paper's f(x) has no such offset.
+    assert not torch.allclose(plain.reconstruct(x), expected)
 
 
 def test_masked_mse_ignores_unobserved_entries():
@@ -140,10 +159,12 @@ def test_folds_in_new_users():
 
 @pytest.mark.slow
 def test_beats_bias_baseline_on_ml100k(ml100k_dir):
-    """Validation RMSE on ml-100k (rating-random, seed 0) with the default hyper-parameters, epochs capped."""
+    """Validation RMSE on ml-100k (rating-random, seed 0) with the default hyper-parameters, by a margin.
+
+    Measured: 0.933 (28 epochs) against the bias baseline's 0.953."""
     split = make_split("rating-random", read_dataset("ml-100k", ml100k_dir), seed=0)
     bias = fit_baseline("bias", TrainData(split.train, rating_range=split.rating_range))
-    model = trainer.fit("deeprec", split.train, valid=split.valid, seed=0, progress=False, epochs=60)
+    model = trainer.fit("deeprec", split.train, valid=split.valid, seed=0, progress=False, epochs=40)
     model_rmse = evaluate_rating(model, split.train, split.valid, fallback=bias)["rmse"]
     bias_rmse = evaluate_rating(bias, split.train, split.valid, fallback=bias)["rmse"]
-    assert model_rmse < bias_rmse
+    assert model_rmse < bias_rmse - 0.01

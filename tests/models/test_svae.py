@@ -88,13 +88,23 @@ def test_scores_are_deterministic_and_read_only_the_last_max_len_items():
 
 
 def test_loss_counts_only_steps_with_a_next_item():
-    model = make(n_items=6).train()
+    model = make(n_items=6, dropout=0.0).train()  # dropout masks would depend on the batch's shape
     batch = torch.tensor([[1, 2, 3], [4, 0, 0]])  # user 2 has one item: no step to predict from
     torch.manual_seed(1)
     loss_pair = model.loss(batch, anneal=0.0)
     torch.manual_seed(1)
     loss_single = model.loss(batch[:1], anneal=0.0)
     torch.testing.assert_close(loss_pair, loss_single)
+
+
+def test_dropout_acts_in_training_only():
+    model = make(n_items=12, dropout=0.5)
+    rows, ts = rows_from([[3, 1, 4, 0, 5], [9, 2, 6]], 12)
+    seqs = torch.tensor([[4, 2, 5, 6], [10, 3, 7, 0]])
+    torch.testing.assert_close(model._gru_states(seqs), model._gru_states(seqs))
+    assert not torch.allclose(model._gru_states(seqs, train=True), model._gru_states(seqs))
+    evaluated = model.scores(rows, timestamps=ts)
+    torch.testing.assert_close(model.train().scores(rows, timestamps=ts), evaluated)  # scoring never drops
 
 
 def test_training_batches_skip_single_item_users_and_follow_time():
