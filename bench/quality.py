@@ -7,9 +7,13 @@
 Which model runs where (protocols.md):
   * rating models (autorec-i, autorec-u, deeprec) on ``rating-random``: RMSE, MAE;
     baselines global-mean and bias (bias is also every model's fallback for unknown users/items);
-  * rankers (cdae, multvae, multdae, svae, ease) on ``strong``: Recall@20, Recall@50, NDCG@100;
+  * rankers (cdae, multvae, multdae, ease) on ``strong``: Recall@20, Recall@50, NDCG@100;
     and on ``seed-ranking`` when asked (P@100, R@100, NDCG@100); baseline popularity;
   * svae and multvae on ``temporal`` (the SVAE paper's claim: order helps), baseline popularity.
+    svae runs there only: it predicts the items that come NEXT, and the other protocols'
+    targets are a random 20% of a user's history, interleaved in time with its input (on
+    ``strong``, seeds 0-4: NDCG@100 0.273 ± 0.021 against popularity's 0.261; on ``temporal``
+    it beats popularity by a wide margin).
 Each fit goes through ``trainer.fit`` with the split's validation part for early stopping,
 then is scored once on test. The table is mean ± sample std (ddof=1) over seeds, with the
 wall time of each fit, training seconds per epoch, and the nearest published figure (same
@@ -123,6 +127,8 @@ def plan(protocols: list[str], models: list[str]) -> dict[str, list[str]]:
         chosen = [m for m in models if model_class(m).task == task]
         if protocol == "temporal":
             chosen = [m for m in chosen if m in TEMPORAL_MODELS]
+        else:  # a next-items model on random targets: not what it predicts (module docstring)
+            chosen = [m for m in chosen if not model_class(m).sequential]
         if chosen:
             runs[protocol] = [*BASELINES_FOR_TASK[task], *chosen]
     return runs
@@ -230,6 +236,9 @@ def checks(report: dict) -> list[dict]:
               None if pop is None else pop + 0.05, f" (popularity {pop:.4f})" if pop is not None else "")
     check("strong NDCG@100 ease >= 0.44", _mean(report, "strong", "ease", "ndcg@100"), ">=", 0.44)
     check("strong NDCG@100 multvae >= 0.43", _mean(report, "strong", "multvae", "ndcg@100"), ">=", 0.43)
+    temporal_pop = _mean(report, "temporal", "popularity", "ndcg@100")
+    check("temporal NDCG@100 svae >= popularity + 0.05", _mean(report, "temporal", "svae", "ndcg@100"), ">=",
+          None if temporal_pop is None else temporal_pop + 0.05)
     for metric in ("ndcg@100", "recall@10"):
         check(f"temporal {metric} svae > multvae", _mean(report, "temporal", "svae", metric), ">",
               _mean(report, "temporal", "multvae", metric))

@@ -29,7 +29,7 @@ def test_plan_puts_each_model_on_its_protocols():
     runs = plan(["rating-random", "strong", "temporal"], ["autorec-i", "ease", "svae", "multvae"])
     assert runs == {
         "rating-random": ["bias", "global-mean", "autorec-i"],
-        "strong": ["popularity", "ease", "svae", "multvae"],
+        "strong": ["popularity", "ease", "multvae"],  # svae: its own protocol only
         "temporal": ["popularity", "svae", "multvae"],
     }
     assert plan(["temporal"], ["ease"]) == {}  # EASE is no sequential contender: nothing to run
@@ -53,6 +53,7 @@ def test_checks_pass_fail_and_skip_on_the_means():
         ("strong", "popularity", "ndcg@100"): 0.27,
         ("strong", "ease", "ndcg@100"): 0.45,
         ("strong", "cdae", "ndcg@100"): 0.30,  # within 0.05 of popularity
+        ("temporal", "popularity", "ndcg@100"): 0.36,
         ("temporal", "svae", "ndcg@100"): 0.40, ("temporal", "multvae", "ndcg@100"): 0.38,
         ("temporal", "svae", "recall@10"): 0.10, ("temporal", "multvae", "recall@10"): 0.12,
     })
@@ -65,6 +66,7 @@ def test_checks_pass_fail_and_skip_on_the_means():
     assert status["strong NDCG@100 ease >= 0.44"] == "PASS"
     assert status["strong NDCG@100 multvae >= 0.43"] == "SKIP"  # not run
     assert status["temporal ndcg@100 svae > multvae"] == "PASS"
+    assert status["temporal NDCG@100 svae >= popularity + 0.05"] == "FAIL"  # 0.40 vs 0.36
     assert status["temporal recall@10 svae > multvae"] == "FAIL"
     assert checks({**report, "dataset": "ml-1m"}) == []  # targets are for ml-100k only
 
