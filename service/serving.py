@@ -3,10 +3,14 @@
 Order for a recommendation: take the served version once (a swap mid-request cannot
 change it), look in the cache under a key made of version, model, the user's generation
 token and the request, else read the history (one query), score, add titles, cache.
+Cacheable answers leave here as JSON text (``Answer``): a hit is sent as it was stored,
+with no parse and re-serialisation, and a miss is serialised once, for the cache and the
+client alike.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 from sqlalchemy.orm import Session
@@ -25,6 +29,14 @@ from service.schemas import (
     ScoredItem,
     SimilarItemsResponse,
 )
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A response body already serialised, and the model that produced it (for the metrics)."""
+
+    model: str
+    json: str
 
 
 def serving_version(store: ModelStore) -> ServingVersion:
@@ -51,7 +63,8 @@ def _scored_items(pairs: list[tuple[str, float]], first_rank: int, titles: dict[
 
 def recommendations(
     session: Session, cache: Cache, store: ModelStore, settings: Settings, user_id: str, request: RecommendationRequest
-) -> RecommendationResponse:
+) -> Answer:
+    """A ``RecommendationResponse`` as JSON."""
     if request.k + request.offset > settings.MAX_K:
         raise ApiError(
             422, "k_too_large", f"k + offset is {request.k + request.offset}; at most {settings.MAX_K} items can be ranked",
@@ -68,7 +81,7 @@ def recommendations(
         key = list_key("rec", version.version, served.name, user_id, generation, request.model_dump(exclude={"model"}))
         hit = cache.get(key, kind="recommendations")
         if hit is not None:
-            return RecommendationResponse.model_validate_json(hit)
+            return Answer(served.name, hit)
 
     history = crud.user_history(session, user_id)
     scored = inference.recommend(
@@ -81,9 +94,10 @@ def recommendations(
         user_id=user_id, model=served.name, model_version=version.version, source=scored.source,
         items=_scored_items(scored.items, request.offset + 1, titles), unknown_items=scored.unknown_items,
     )
+    body = response.model_dump_json()
     if key is not None:
-        cache.set(key, response.model_dump_json(), settings.CACHE_TTL_S)
-    return response
+        cache.set(key, body, settings.CACHE_TTL_S)
+    return Answer(served.name, body)
 
 
 def ratings(
@@ -110,7 +124,8 @@ def ratings(
 
 def similar(
     session: Session, cache: Cache, store: ModelStore, settings: Settings, item_id: str, k: int, model: str | None
-) -> SimilarItemsResponse:
+) -> Answer:
+    """A ``SimilarItemsResponse`` as JSON."""
     if k > settings.MAX_K:
         raise ApiError(422, "k_too_large", f"k is {k}; at most {settings.MAX_K}", {"k": k, "max_k": settings.MAX_K})
     version = serving_version(store)
@@ -118,14 +133,15 @@ def similar(
     key = list_key("sim", version.version, served.name, item_id, k)
     hit = cache.get(key, kind="similar")
     if hit is not None:
-        return SimilarItemsResponse.model_validate_json(hit)
+        return Answer(served.name, hit)
     pairs = inference.similar_items(served, item_id, k)
     titles = crud.item_titles(session, [i for i, _ in pairs])
     response = SimilarItemsResponse(
         item_id=item_id, model=served.name, model_version=version.version, items=_scored_items(pairs, 1, titles)
     )
-    cache.set(key, response.model_dump_json(), settings.CACHE_TTL_S)
-    return response
+    body = response.model_dump_json()
+    cache.set(key, body, settings.CACHE_TTL_S)
+    return Answer(served.name, body)
 
 
 def models_report(store: ModelStore, settings: Settings) -> dict:

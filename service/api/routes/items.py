@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request, Response
 
 from service import serving
 from service.api.deps import CacheDep, ReadAccess, SessionDep, SettingsDep, StoreDep
@@ -23,8 +23,8 @@ def similar_items(
     settings: SettingsDep,
     k: Annotated[int, Query(ge=1)] = 10,
     model: Annotated[str | None, Query(pattern=MODEL_PATTERN)] = None,
-) -> SimilarItemsResponse:
+) -> Response:
     """The k most similar items (cosine of the model's item embeddings: EASE's weights, AE decoders)."""
-    response = serving.similar(session, cache, store, settings, item_id, k, model)
-    request.state.model = response.model
-    return response
+    answer = serving.similar(session, cache, store, settings, item_id, k, model)
+    request.state.model = answer.model
+    return Response(answer.json, media_type="application/json")  # already the response model's JSON

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Path, Request
+from fastapi import APIRouter, Body, Path, Request, Response
 
 from service import serving
 from service.api.deps import CacheDep, ReadAccess, SessionDep, SettingsDep, StoreDep
@@ -24,9 +24,9 @@ def recommend(
     store: StoreDep,
     settings: SettingsDep,
     body: Annotated[RecommendationRequest | None, Body()] = None,
-) -> RecommendationResponse:
+) -> Response:
     """Top-k items for a user: from the model for users it was trained on, by fold-in from the
     stored history for users who arrived after training, the popularity list for users with none."""
-    response = serving.recommendations(session, cache, store, settings, user_id, body or RecommendationRequest())
-    request.state.model = response.model
-    return response
+    answer = serving.recommendations(session, cache, store, settings, user_id, body or RecommendationRequest())
+    request.state.model = answer.model
+    return Response(answer.json, media_type="application/json")  # already the response model's JSON
