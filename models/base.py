@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Iterator, Literal
@@ -76,6 +77,25 @@ def as_csr(rows: Any, n_items: int) -> sp.csr_matrix:
 def csr_to_dense(rows: sp.csr_matrix, device: torch.device | str) -> torch.Tensor:
     """Densify one batch only (the full matrix stays sparse)."""
     return torch.from_numpy(rows.toarray()).to(device)
+
+
+def binary_csr_to_torch(rows: sp.csr_matrix, device: torch.device | str, dtype: torch.dtype) -> torch.Tensor:
+    """A batch's positives (entries > 0) as a torch sparse CSR tensor of ones.
+
+    ``binary_csr_to_torch(X) @ W`` adds up only the rows of W that the batch's non-zeros
+    select: for one user with 100 items and a 1,682 x 1,682 W, 100 rows are read instead of
+    all of W (which does not fit in a CPU cache), an order of magnitude faster.
+    """
+    positives = sp.csr_matrix(rows > 0)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(
+            torch.from_numpy(positives.indptr.astype(np.int64)),
+            torch.from_numpy(positives.indices.astype(np.int64)),
+            torch.ones(positives.nnz, dtype=dtype),
+            size=positives.shape,
+            check_invariants=False,  # scipy's CSR is already valid
+        ).to(device)
 
 
 class Recommender(nn.Module):

@@ -23,7 +23,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from models.base import ModelInputError, Recommender, TrainData, as_csr, csr_to_dense
+from models.base import ModelInputError, Recommender, TrainData, as_csr, binary_csr_to_torch
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -68,8 +68,8 @@ class EASE(Recommender):
 
     @torch.no_grad()
     def scores(self, rows: sp.csr_matrix, users: np.ndarray | None = None, timestamps: sp.csr_matrix | None = None) -> torch.Tensor:
-        x = csr_to_dense(as_csr(rows, self.n_items), self.device) > 0
-        return (x.to(self.B.dtype) @ self.B).float()
+        x = binary_csr_to_torch(as_csr(rows, self.n_items), self.device, self.B.dtype)
+        return (x @ self.B).float()  # the sum of B's rows over each user's items
 
     def item_embeddings(self) -> torch.Tensor:
         return self.B.T.float().clone()  # item j: column j of B, the weights that predict j

@@ -21,7 +21,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import redis
 from redis.backoff import NoBackoff
@@ -32,6 +32,7 @@ from service.metrics import Metrics
 log = logging.getLogger("service.cache")
 
 BACKOFF_S = 2.0  # after a Redis failure, skip Redis this long (requests go uncached, fast)
+MAX_TITLES = 1_000_000  # item titles kept in process (a catalogue larger than this is refetched)
 
 
 class CacheUnavailable(Exception):
@@ -46,6 +47,7 @@ class Cache(ABC):
     def __init__(self, metrics: Metrics, namespace: str = "aerec") -> None:
         self.metrics = metrics
         self.namespace = namespace
+        self._titles: dict[str, tuple[float, str | None]] = {}  # item id -> (expires, title or None)
 
     def _key(self, key: str) -> str:
         return f"{self.namespace}:{key}"
@@ -113,6 +115,28 @@ class Cache(ABC):
 
     def invalidate_users(self, user_ids: Iterable[str]) -> bool:
         return self.delete_many(f"gen:{u}" for u in set(user_ids))
+
+    def item_titles(
+        self, item_ids: Sequence[str], fetch: Callable[[list[str]], dict[str, str]], ttl_s: float
+    ) -> dict[str, str]:
+        """Titles of ``item_ids``, from ``fetch`` (a query) only for ids not seen in ``ttl_s``.
+
+        Kept in process whatever the backend: titles hardly change (a seed sets them) and a
+        Redis round trip would cost as much as the query it saves. A changed title shows
+        within ``ttl_s``.
+        """
+        now = time.monotonic()
+        known = self._titles
+        titles = {i: entry[1] for i in item_ids if (entry := known.get(i)) is not None and entry[0] > now and entry[1] is not None}
+        missing = [i for i in item_ids if (entry := known.get(i)) is None or entry[0] <= now]
+        if missing:
+            fetched = fetch(missing)
+            if len(known) > MAX_TITLES:
+                known.clear()  # a bound on memory; the catalogue refills it
+            for item_id in missing:
+                known[item_id] = (now + ttl_s, fetched.get(item_id))
+            titles.update(fetched)
+        return titles
 
 
 def list_key(prefix: str, *parts: Any) -> str:

@@ -89,7 +89,7 @@ def recommendations(
         k=request.k, offset=request.offset, exclude_seen=request.exclude_seen,
         exclude_items=request.exclude_items, candidates=request.candidates,
     )
-    titles = crud.item_titles(session, [i for i, _ in scored.items])
+    titles = cache.item_titles([i for i, _ in scored.items], lambda ids: crud.item_titles(session, ids), settings.CACHE_TTL_S)
     response = RecommendationResponse(
         user_id=user_id, model=served.name, model_version=version.version, source=scored.source,
         items=_scored_items(scored.items, request.offset + 1, titles), unknown_items=scored.unknown_items,
@@ -135,7 +135,7 @@ def similar(
     if hit is not None:
         return Answer(served.name, hit)
     pairs = inference.similar_items(served, item_id, k)
-    titles = crud.item_titles(session, [i for i, _ in pairs])
+    titles = cache.item_titles([i for i, _ in pairs], lambda ids: crud.item_titles(session, ids), settings.CACHE_TTL_S)
     response = SimilarItemsResponse(
         item_id=item_id, model=served.name, model_version=version.version, items=_scored_items(pairs, 1, titles)
     )
