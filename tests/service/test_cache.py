@@ -50,6 +50,23 @@ def test_entries_expire(cache):
     assert cache.get("short") is None
 
 
+def test_item_titles_are_fetched_once_per_ttl(cache):
+    catalogue = {"1": "Toy Story (1995)", "2": "GoldenEye (1995)"}  # item "3" has no title
+    asked: list[list[str]] = []
+
+    def fetch(ids):
+        asked.append(list(ids))
+        return {i: catalogue[i] for i in ids if i in catalogue}
+
+    assert cache.item_titles(["1", "3"], fetch, ttl_s=0.3) == {"1": "Toy Story (1995)"}
+    assert cache.item_titles(["3", "1", "2"], fetch, ttl_s=0.3) == catalogue
+    assert asked == [["1", "3"], ["2"]]  # a known id, titled or not, is not asked again
+    catalogue["3"] = "Four Rooms (1995)"
+    time.sleep(0.4)
+    assert cache.item_titles(["3"], fetch, ttl_s=0.3) == {"3": "Four Rooms (1995)"}  # expired: asked again
+    assert asked[-1] == ["3"]
+
+
 def test_invalidating_a_user_changes_their_generation(cache):
     first = cache.user_generation("u1", ttl_s=30)
     assert first and cache.user_generation("u1", ttl_s=30) == first
