@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 from contextlib import asynccontextmanager
 
-import anyio
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from starlette.concurrency import run_in_threadpool
@@ -44,9 +43,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        # Sync routes run on anyio's thread pool (40 threads by default). Their work is mostly
-        # Python holding the GIL, so more threads than a few only queue on the GIL and thrash.
-        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.REQUEST_THREADS
         outcome = await run_in_threadpool(store.reload)  # off the event loop: loading takes a moment
         log.info("startup: %s", outcome.message)
         store.start_watcher()

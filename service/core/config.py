@@ -39,9 +39,6 @@ class Settings(BaseSettings):
     MAX_BATCH: int = Field(default=1000, ge=1)  # most entries of any list in a request (interactions, item ids, ...)
     MAX_K: int = Field(default=1000, ge=1)  # k + offset of one recommendation list
     MAX_BODY_BYTES: int = Field(default=1_000_000, ge=1024)
-    # Requests computed at once (anyio's thread pool). Uncached recommendations on 2 cores, 8
-    # clients: 4 threads serve 10-20% more than anyio's default 40 (bench/RESULTS.md).
-    REQUEST_THREADS: int = Field(default=4, ge=1)
     DEFAULT_MODEL: str = "ease"
     DEFAULT_RATING_MODEL: str = "autorec-u"
 
