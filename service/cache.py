@@ -127,7 +127,8 @@ class Cache(ABC):
         """
         now = time.monotonic()
         known = self._titles
-        titles = {i: entry[1] for i in item_ids if (entry := known.get(i)) is not None and entry[0] > now and entry[1] is not None}
+        titles = {i: entry[1] for i in item_ids
+                  if (entry := known.get(i)) is not None and entry[0] > now and entry[1] is not None}
         missing = [i for i in item_ids if (entry := known.get(i)) is None or entry[0] <= now]
         if missing:
             fetched = fetch(missing)

@@ -57,6 +57,10 @@ def check_list(name: str, values: Sequence | None, settings: Settings) -> None:
         )
 
 
+def _titles(session: Session, cache: Cache, settings: Settings, item_ids: list[str]) -> dict[str, str]:
+    return cache.item_titles(item_ids, lambda ids: crud.item_titles(session, ids), settings.CACHE_TTL_S)
+
+
 def _scored_items(pairs: list[tuple[str, float]], first_rank: int, titles: dict[str, str]) -> list[ScoredItem]:
     return [ScoredItem(item_id=i, score=s, rank=first_rank + n, title=titles.get(i)) for n, (i, s) in enumerate(pairs)]
 
@@ -89,7 +93,7 @@ def recommendations(
         k=request.k, offset=request.offset, exclude_seen=request.exclude_seen,
         exclude_items=request.exclude_items, candidates=request.candidates,
     )
-    titles = cache.item_titles([i for i, _ in scored.items], lambda ids: crud.item_titles(session, ids), settings.CACHE_TTL_S)
+    titles = _titles(session, cache, settings, [i for i, _ in scored.items])
     response = RecommendationResponse(
         user_id=user_id, model=served.name, model_version=version.version, source=scored.source,
         items=_scored_items(scored.items, request.offset + 1, titles), unknown_items=scored.unknown_items,
@@ -135,7 +139,7 @@ def similar(
     if hit is not None:
         return Answer(served.name, hit)
     pairs = inference.similar_items(served, item_id, k)
-    titles = cache.item_titles([i for i, _ in pairs], lambda ids: crud.item_titles(session, ids), settings.CACHE_TTL_S)
+    titles = _titles(session, cache, settings, [i for i, _ in pairs])
     response = SimilarItemsResponse(
         item_id=item_id, model=served.name, model_version=version.version, items=_scored_items(pairs, 1, titles)
     )

@@ -9,7 +9,6 @@ those tests; under ``CI=true`` it fails them.
 
 from __future__ import annotations
 
-import os
 import uuid
 import warnings
 from contextlib import contextmanager
@@ -20,23 +19,13 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from _service_support import API_KEY, Corpus, make_corpus, publish_version, train_models
+from _service_support import API_KEY, PG_URL, REDIS_URL, Corpus, make_corpus, publish_version, train_models, unavailable
 from service.core.config import Settings
 from service.db.migrate import upgrade_to_head
 from service.db.session import make_engine
 
 warnings.filterwarnings("ignore", message=".*httpx.*", category=DeprecationWarning)
 
-PG_URL = os.environ.get("TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-IN_CI = os.environ.get("CI") == "true"
-
-
-def unavailable(what: str, exc: BaseException) -> None:
-    message = f"{what} is unreachable: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-    if IN_CI:
-        pytest.fail(message + " (CI=true: the service tests need it)")
-    pytest.skip(message)
 
 
 @dataclass
@@ -183,6 +172,3 @@ def client(seeded_backend, registry):
 def auth() -> dict[str, str]:
     return {"X-API-Key": API_KEY}
 
-
-def new_user() -> str:
-    return f"late-{uuid.uuid4().hex[:10]}"

@@ -8,8 +8,7 @@ import uuid
 import pytest
 import redis
 
-from _service_support import free_port
-from conftest import REDIS_URL, unavailable
+from _service_support import REDIS_URL, free_port, unavailable
 from service.cache import MemoryCache, RedisCache, list_key
 from service.metrics import Metrics
 

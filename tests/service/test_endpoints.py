@@ -8,7 +8,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from _service_support import API_KEY, POSITIVE, error_body
-from conftest import new_user
+from _service_support import new_user
 from trainer.artifacts import latest_version
 
 KNOWN_USER = "1"

@@ -18,8 +18,7 @@ import redis
 from fastapi.testclient import TestClient
 from sqlalchemy import event
 
-from _service_support import API_KEY, RedisGate, error_body, free_port
-from conftest import REDIS_URL, new_user, unavailable
+from _service_support import API_KEY, REDIS_URL, RedisGate, error_body, free_port, new_user, unavailable
 from service import crud
 from service.core.config import Settings
 from service.db.migrate import upgrade_to_head
