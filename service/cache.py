@@ -127,9 +127,14 @@ class Cache(ABC):
         """
         now = time.monotonic()
         known = self._titles
-        titles = {i: entry[1] for i in item_ids
-                  if (entry := known.get(i)) is not None and entry[0] > now and entry[1] is not None}
-        missing = [i for i in item_ids if (entry := known.get(i)) is None or entry[0] <= now]
+        titles: dict[str, str] = {}
+        missing: list[str] = []
+        for item_id in item_ids:  # one lookup each: fresh (titled or not), or to fetch
+            entry = known.get(item_id)
+            if entry is None or entry[0] <= now:
+                missing.append(item_id)
+            elif entry[1] is not None:
+                titles[item_id] = entry[1]
         if missing:
             fetched = fetch(missing)
             if len(known) > MAX_TITLES:
