@@ -18,24 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pytest
 import scipy.sparse as sp
 
+from _test_servers import PG_URL, REDIS_URL, free_port, unavailable  # noqa: F401 (re-exported to the tests)
 from trainer import artifacts
 from trainer.dataset import Interactions
-
-# Where the real servers are; under CI (CI=true) a test that needs one fails instead of skipping.
-PG_URL = os.environ.get("TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-IN_CI = os.environ.get("CI") == "true"
-
-
-def unavailable(what: str, exc: BaseException) -> None:
-    message = f"{what} is unreachable: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-    if IN_CI:
-        pytest.fail(message + " (CI=true: the service tests need it)")
-    pytest.skip(message)
-
 
 def new_user() -> str:
     return f"late-{uuid.uuid4().hex[:10]}"
@@ -166,12 +153,6 @@ def plant_broken_version(root: Path, damage: str) -> str:
     tmp.write_text(name + "\n")
     os.replace(tmp, root / "LATEST")
     return name
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def error_body(response) -> dict:
