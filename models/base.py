@@ -66,7 +66,8 @@ def as_csr(rows: Any, n_items: int) -> sp.csr_matrix:
     """Check a batch of rows at the door: CSR (or convertible), float32, the model's width."""
     if not sp.issparse(rows):
         raise ModelInputError(f"rows must be a scipy.sparse matrix, got {type(rows).__name__}")
-    rows = sp.csr_matrix(rows, dtype=np.float32)
+    if not (isinstance(rows, sp.csr_matrix) and rows.dtype == np.float32):
+        rows = sp.csr_matrix(rows, dtype=np.float32)  # a copy only when the type or dtype differ
     if rows.ndim != 2 or rows.shape[1] != n_items:
         raise ModelInputError(f"rows have {rows.shape[1]} columns but the model was trained on {n_items} items")
     if rows.nnz and not np.isfinite(rows.data).all():
@@ -86,7 +87,7 @@ def binary_csr_to_torch(rows: sp.csr_matrix, device: torch.device | str, dtype: 
     select: for one user with 100 items and a 1,682 x 1,682 W, 100 rows are read instead of
     all of W (which does not fit in a CPU cache), an order of magnitude faster.
     """
-    positives = sp.csr_matrix(rows > 0)
+    positives = rows if (rows.data > 0).all() else sp.csr_matrix(rows > 0)  # serving rows are all positive
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
         return torch.sparse_csr_tensor(
@@ -233,7 +234,7 @@ class Recommender(nn.Module):
         try:
             for start in range(0, rows.shape[0], SCORE_BATCH_ROWS):
                 stop = min(start + SCORE_BATCH_ROWS, rows.shape[0])
-                batch = rows[start:stop]
+                batch = rows if stop - start == rows.shape[0] else rows[start:stop]  # one request: no slice copy
                 batch_users = None if users is None else users[start:stop]
                 batch_ts = None if timestamps is None else sp.csr_matrix(timestamps)[start:stop]
                 s = self.scores(batch, users=batch_users, timestamps=batch_ts).float()

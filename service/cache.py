@@ -43,6 +43,7 @@ class Cache(ABC):
     """get/set/delete_many/ping; failures of the backend become misses and are counted."""
 
     backend: str
+    blocking: bool  # True: calls do network I/O (keep them off the event loop)
 
     def __init__(self, metrics: Metrics, namespace: str = "aerec") -> None:
         self.metrics = metrics
@@ -155,6 +156,7 @@ class MemoryCache(Cache):
     """In-process TTL + LRU: an OrderedDict in recency order, bounded by ``max_entries``."""
 
     backend = "memory"
+    blocking = False  # a dict behind a lock held for microseconds: safe on the event loop
 
     def __init__(self, metrics: Metrics, namespace: str = "aerec", max_entries: int = 10_000) -> None:
         super().__init__(metrics, namespace)
@@ -200,6 +202,7 @@ class RedisCache(Cache):
     """Redis with short timeouts; any Redis error is a ``CacheUnavailable`` (counted, served uncached)."""
 
     backend = "redis"
+    blocking = True
 
     def __init__(self, url: str, metrics: Metrics, namespace: str = "aerec", timeout_s: float = 0.25) -> None:
         super().__init__(metrics, namespace)

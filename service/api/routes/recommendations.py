@@ -16,7 +16,7 @@ UserIdPath = Annotated[str, Path(min_length=1, max_length=255, pattern=ID_PATTER
 
 
 @router.post("/users/{user_id}/recommendations", response_model=RecommendationResponse)
-def recommend(
+async def recommend(
     request: Request,
     user_id: UserIdPath,
     session: SessionDep,
@@ -27,6 +27,6 @@ def recommend(
 ) -> Response:
     """Top-k items for a user: from the model for users it was trained on, by fold-in from the
     stored history for users who arrived after training, the popularity list for users with none."""
-    answer = serving.recommendations(session, cache, store, settings, user_id, body or RecommendationRequest())
+    answer = await serving.recommendations(session, cache, store, settings, user_id, body or RecommendationRequest())
     request.state.model = answer.model
     return Response(answer.json, media_type="application/json")  # already the response model's JSON
