@@ -8,9 +8,11 @@ if any statement fails.
 
 from __future__ import annotations
 
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 from sqlalchemy import Select, bindparam, func, select
@@ -146,6 +148,40 @@ def store_interactions(
     """
     now = int(time.time())
     item_info = item_info or {}
+    with _one_writer(session):
+        return _store_interactions(session, user_ids, item_ids, ratings, timestamps, item_info, now)
+
+
+# SQLite takes one writer at a time, and a writer that finds the lock taken sleeps in growing
+# steps (up to 100 ms) before it retries: at 8 concurrent writers that made the p99 of a write
+# 372 ms. Writers of this process wait their turn on a lock instead (other processes still
+# meet SQLite's busy timeout). PostgreSQL locks rows, not the database: no lock there.
+_SQLITE_WRITER = threading.Lock()
+WRITER_WAIT_S = 5.0
+
+
+@contextmanager
+def _one_writer(session: Session) -> Iterator[None]:
+    if session.get_bind().dialect.name != "sqlite":
+        yield
+        return
+    queued = _SQLITE_WRITER.acquire(timeout=WRITER_WAIT_S)  # past that, SQLite's own busy wait decides
+    try:
+        yield
+    finally:
+        if queued:
+            _SQLITE_WRITER.release()
+
+
+def _store_interactions(
+    session: Session,
+    user_ids: Sequence[str],
+    item_ids: Sequence[str],
+    ratings: Sequence[float | None],
+    timestamps: Sequence[int | None],
+    item_info: dict[str, dict[str, Any]],
+    now: int,
+) -> dict[str, int]:
     try:
         user_map, new_users = _ensure(session, User, [{"external_id": u} for u in user_ids])
         item_rows = [{"external_id": i, "title": None, "metadata": None} for i in item_ids]

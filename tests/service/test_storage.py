@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 from alembic import command
 from alembic.autogenerate import compare_metadata
@@ -62,5 +63,26 @@ def test_history_is_one_query_and_upserts_are_idempotent(seeded_backend):
             assert again == {"received": 2, "inserted": 1, "duplicates": 1, "new_users": 0, "new_items": 0}
             many = crud.user_histories(session, [user, "1", "no-such-user"])
             assert set(many.user_ids.tolist()) == {user, "1"}
+    finally:
+        engine.dispose()
+
+
+def test_concurrent_writers_are_all_acknowledged_and_stored(seeded_backend):
+    """Eight threads writing at once (SQLite: one writer at a time): every batch commits, none is lost."""
+    engine = make_engine(seeded_backend.database_url)
+    factory = make_session_factory(engine)
+    run = uuid.uuid4().hex[:8]
+
+    def write(n: int) -> dict[str, int]:
+        with factory() as session:  # each batch: a new user, a new item and a known one
+            return crud.store_interactions(session, [f"w{run}-{n}"] * 2, [f"wi{run}-{n}", "50"], [4.0, 5.0], [n, n])
+
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(write, range(40)))
+        assert all(r == {"received": 2, "inserted": 2, "duplicates": 0, "new_users": 1, "new_items": 1} for r in results)
+        with factory() as session:
+            stored = crud.user_histories(session, [f"w{run}-{n}" for n in range(40)])
+        assert len(stored) == 80 and set(stored.item_ids.tolist()) == {f"wi{run}-{n}" for n in range(40)} | {"50"}
     finally:
         engine.dispose()
