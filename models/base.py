@@ -99,6 +99,30 @@ def binary_csr_to_torch(rows: sp.csr_matrix, device: torch.device | str, dtype: 
         ).to(device)
 
 
+# ---- training helpers: the first layer of the autoencoders reads a batch's non-zeros only ----
+def sparse_rows(x: torch.Tensor, dropout: nn.Module, normalize: bool = False) -> torch.Tensor:
+    """``dropout(F.normalize(x, dim=1))`` (``normalize=False``: ``dropout(x)``) as a sparse CSR tensor.
+
+    Both act on the non-zeros alone (a zero stays zero, whatever the mask), so no dense batch
+    is made and ``linear`` then reads only the rows of W^T that the batch's items select.
+    ``x``: a sparse CSR tensor (``binary_csr_to_torch``) or dense rows.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        x = x if x.layout == torch.sparse_csr else x.to_sparse_csr()
+        crow, col, values = x.crow_indices(), x.col_indices(), x.values()
+        if normalize:
+            per_row = crow.diff()
+            norms = torch.segment_reduce(values.square(), "sum", lengths=per_row).sqrt()
+            values = values / norms.clamp_min(1e-12).repeat_interleave(per_row)  # F.normalize's eps
+        return torch.sparse_csr_tensor(crow, col, dropout(values), x.shape, check_invariants=False)  # valid: x's own
+
+
+def linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
+    """``layer(x)`` for dense or sparse CSR ``x``: sparse, it costs (and so does W's gradient) per non-zero."""
+    return torch.addmm(layer.bias, x, layer.weight.t())
+
+
 class Recommender(nn.Module):
     """Base of every model. Subclasses set the class attributes and implement ``scores``."""
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import ModelInputError, Recommender, TrainData, as_csr, csr_to_dense
+from models.base import ModelInputError, Recommender, TrainData, as_csr, binary_csr_to_torch, csr_to_dense, sparse_rows
 
 
 @dataclass(frozen=True)
@@ -93,24 +93,28 @@ class CDAE(Recommender):
         return nodes
 
     def network(self, y: torch.Tensor, user_vectors: torch.Tensor) -> torch.Tensor:
-        """Output pre-activation W'^T z + b' (the corruption acts only in training mode)."""
-        z = torch.sigmoid(self.encoder(self.corrupt(y)) + user_vectors)
+        """Output pre-activation W'^T z + b' of sparse CSR (or dense) rows y (corrupted only in training mode)."""
+        # Drop-out of the positives only (a zero stays zero anyway): a few thousand random draws
+        # per batch instead of one per item. (At K = 50, W^T y~ is cheaper dense than sparse.)
+        y = sparse_rows(y, self.corrupt).to_dense()
+        z = torch.sigmoid(self.encoder(y) + user_vectors)
         return self.decoder(z)
 
-    def training_batches(self, data: TrainData, generator: np.random.Generator) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def training_batches(self, data: TrainData, generator: np.random.Generator) -> Iterator[tuple[np.ndarray, sp.csr_matrix]]:
         Y = sp.csr_matrix(as_csr(data.X, self.n_items) > 0, dtype=np.float32)
         if Y.shape[0] != self.n_users:
             raise ModelInputError(f"training matrix has {Y.shape[0]} users, the model was built for {self.n_users}")
         order = data.epoch_order(Y.shape[0], generator)
         for start in range(0, len(order), self.config.batch_size):
             users = order[start : start + self.config.batch_size]
-            yield users, Y[users].toarray()
+            yield users, Y[users]  # stays sparse until the loss needs every item's target
 
-    def loss(self, batch: tuple[np.ndarray, np.ndarray], **schedule: float) -> torch.Tensor:
-        users, y = batch
-        y = torch.as_tensor(y, device=self.device)
+    def loss(self, batch: tuple[np.ndarray, sp.csr_matrix | np.ndarray], **schedule: float) -> torch.Tensor:
+        users, rows = batch
+        rows = sp.csr_matrix(rows)  # binary
         v = self.user_nodes(torch.as_tensor(users, device=self.device))
-        out = self.network(y, v)
+        out = self.network(binary_csr_to_torch(rows, self.device, torch.float32), v)
+        y = csr_to_dense(rows, self.device)
         if self.config.loss == "bce":
             per_entry = F.binary_cross_entropy_with_logits(out, y, reduction="none")
         else:
@@ -123,19 +127,24 @@ class CDAE(Recommender):
             per_entry = per_entry * ((y > 0) | keep_zero)
         # The paper's objective sums over users; the minibatch mean per user estimates it divided
         # by n_users. So the L2 term of the weights every user shares (W, W', b, b') is scaled by
-        # 1/n_users, and each V_u is penalised with its own user's term (the batch mean of ||V_u||^2).
-        shared = sum(p.pow(2).sum() for p in (*self.encoder.parameters(), *self.decoder.parameters()))
+        # 1/n_users (see configure_optimizer), and each V_u is penalised with its own user's term
+        # (the batch mean of ||V_u||^2).
         own = v.pow(2).sum(dim=1).mean()
-        return per_entry.sum(dim=1).mean() + self.config.weight_decay / 2 * (shared / self.n_users + own)
+        return per_entry.sum(dim=1).mean() + self.config.weight_decay / 2 * own
 
     def configure_optimizer(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.config.lr)
+        # lambda/2 * ||p||^2 / n_users for the shared weights is Adam's weight_decay = lambda / n_users:
+        # the same gradient, added in the optimiser's one fused pass instead of two passes per step.
+        shared = [*self.encoder.parameters(), *self.decoder.parameters()]
+        groups = [{"params": shared, "weight_decay": self.config.weight_decay / self.n_users},
+                  {"params": list(self.user_nodes.parameters()), "weight_decay": 0.0}]
+        return torch.optim.Adam(groups, lr=self.config.lr, fused=True)  # fused: one pass over the weights, not ~10
 
     @torch.no_grad()
     def scores(self, rows: sp.csr_matrix, users: np.ndarray | None = None, timestamps: sp.csr_matrix | None = None) -> torch.Tensor:
         rows = as_csr(rows, self.n_items)
         users = self._check_users(users, rows.shape[0])
-        y = (csr_to_dense(rows, self.device) > 0).float()
+        y = binary_csr_to_torch(rows, self.device, torch.float32)
         out = self.network(y, self._user_vectors(users, rows.shape[0]))
         return torch.sigmoid(out) if self.config.output == "sigmoid" else out
 

@@ -28,7 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import ModelInputError, Recommender, TrainData, as_csr, csr_to_dense
+from models.base import (
+    ModelInputError, Recommender, TrainData, as_csr, binary_csr_to_torch, csr_to_dense, linear, sparse_rows,
+)
 
 
 @dataclass(frozen=True)
@@ -90,11 +92,11 @@ class MultVAE(Recommender):
         return [*self.encoder, self.to_posterior, *self.decoder]
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mu, logvar) of q(z|x); the input is L2-normalised, then dropped out in training."""
-        h = self.input_dropout(F.normalize(x, dim=1))
+        """(mu, logvar) of q(z|x) for sparse CSR (or dense) rows: L2-normalised, then dropped out in training."""
+        h = sparse_rows(x, self.input_dropout, normalize=True)  # the first layer costs per click, not per item
         for layer in self.encoder:
-            h = torch.tanh(layer(h))
-        mu, logvar = self.to_posterior(h).chunk(2, dim=1)
+            h = torch.tanh(linear(h, layer))
+        mu, logvar = linear(h, self.to_posterior).chunk(2, dim=1)
         return mu, logvar
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -113,29 +115,32 @@ class MultVAE(Recommender):
     def schedule(self, step: int, epoch: int) -> dict[str, float]:
         return {"anneal": min(self.config.anneal_cap, step / self.config.total_anneal_steps)}
 
-    def training_batches(self, data: TrainData, generator: np.random.Generator) -> Iterator[np.ndarray]:
+    def training_batches(self, data: TrainData, generator: np.random.Generator) -> Iterator[sp.csr_matrix]:
         X = sp.csr_matrix(as_csr(data.X, self.n_items) > 0, dtype=np.float32)
         order = data.epoch_order(X.shape[0], generator)
         for start in range(0, len(order), self.config.batch_size):
-            yield X[order[start : start + self.config.batch_size]].toarray()
+            yield X[order[start : start + self.config.batch_size]]  # stays sparse: see encode
 
-    def loss(self, batch: np.ndarray, anneal: float | None = None) -> torch.Tensor:
-        """The annealed negative ELBO (per-user mean); ``anneal`` defaults to the cap (fully annealed)."""
+    def loss(self, batch: sp.csr_matrix | np.ndarray, anneal: float | None = None) -> torch.Tensor:
+        """The annealed negative ELBO (per-user mean) of a batch of binary rows; ``anneal`` defaults
+        to the cap (fully annealed)."""
         beta = self.config.anneal_cap if anneal is None else anneal
-        x = torch.as_tensor(batch, device=self.device)
-        logits, mu, logvar = self.network(x)
+        rows = sp.csr_matrix(batch)
+        logits, mu, logvar = self.network(binary_csr_to_torch(rows, self.device, torch.float32))
+        x = csr_to_dense(rows, self.device)
         neg_ll = -(F.log_softmax(logits, dim=1) * x).sum(dim=1).mean()
         kl = (0.5 * (-logvar + logvar.exp() + mu.pow(2) - 1)).sum(dim=1).mean()
+        if not self.config.weight_decay:
+            return neg_ll + beta * kl  # lambda = 0 (the default): no pass over the weights for nothing
         l2 = sum(layer.weight.pow(2).sum() for layer in self._layers())
         return neg_ll + beta * kl + self.config.weight_decay * l2
 
     def configure_optimizer(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.config.lr)
+        return torch.optim.Adam(self.parameters(), lr=self.config.lr, fused=True)  # one pass over the weights, not ~10
 
     @torch.no_grad()
     def scores(self, rows: sp.csr_matrix, users: np.ndarray | None = None, timestamps: sp.csr_matrix | None = None) -> torch.Tensor:
-        x = (csr_to_dense(as_csr(rows, self.n_items), self.device) > 0).float()
-        logits, _, _ = self.network(x)
+        logits, _, _ = self.network(binary_csr_to_torch(as_csr(rows, self.n_items), self.device, torch.float32))
         return logits  # log pi(z) up to a per-row constant: same ranking
 
     def item_embeddings(self) -> torch.Tensor:
