@@ -11,7 +11,6 @@ import gc
 import logging
 from contextlib import asynccontextmanager
 
-import torch
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from starlette.concurrency import run_in_threadpool
@@ -41,11 +40,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.REDIS_URL, metrics, namespace=settings.CACHE_NAMESPACE,
         max_entries=settings.CACHE_MAX_ENTRIES, timeout_s=settings.REDIS_TIMEOUT_S,
     )
-    store = ModelStore(settings.ARTIFACTS_DIR, metrics, settings.RELOAD_INTERVAL_S)
+    store = ModelStore(settings.ARTIFACTS_DIR, metrics, settings.RELOAD_INTERVAL_S, torch_threads=settings.TORCH_THREADS)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        torch.set_num_threads(settings.TORCH_THREADS)  # process-wide: set when the app starts serving
         outcome = await run_in_threadpool(store.reload)  # off the event loop: loading takes a moment
         log.info("startup: %s", outcome.message)
         # What is alive now (imported libraries, the first model version: ~300k objects at

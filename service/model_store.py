@@ -156,8 +156,9 @@ def prepare_version(root: Path, version: str) -> ServingVersion:
 class ModelStore:
     """Holds the served version and the watcher thread that polls ``LATEST``."""
 
-    def __init__(self, root: Path, metrics: Metrics, interval_s: float) -> None:
+    def __init__(self, root: Path, metrics: Metrics, interval_s: float, torch_threads: int | None = None) -> None:
         self.root = Path(root)
+        self.torch_threads = torch_threads  # scoring threads, set when a version loads (torch comes in with it)
         self.metrics = metrics
         self.interval_s = interval_s
         self.current: ServingVersion | None = None  # replaced in one assignment; readers grab it once
@@ -183,6 +184,7 @@ class ModelStore:
             if target in self.refused and not retry_refused:
                 return ReloadOutcome(previous, previous, False, f"version {target} was refused: {self.refused[target]}", True)
             started = time.perf_counter()
+            self._set_torch_threads()
             try:
                 serving = prepare_version(self.root, target)
             except Exception as exc:  # any failure to load means "do not serve this version"
@@ -195,6 +197,14 @@ class ModelStore:
             self.metrics.served_version(target)
             log.info("serving version %s (was %s), loaded in %.2fs", target, previous, time.perf_counter() - started)
             return ReloadOutcome(target, previous, True, f"now serving version {target}")
+
+    def _set_torch_threads(self) -> None:
+        if self.torch_threads is None:
+            return
+        import torch  # not at import: an API with no version to serve stays without torch (~180 MiB)
+
+        if torch.get_num_threads() != self.torch_threads:
+            torch.set_num_threads(self.torch_threads)  # process-wide
 
     def _refuse(self, target: str | None, previous: str | None, reason: str) -> ReloadOutcome:
         if reason != self.last_error:  # the watcher meets the same failure every poll: report it once

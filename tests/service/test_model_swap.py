@@ -148,3 +148,18 @@ def test_requests_keep_the_version_they_started_with(tmp_path, registry, trained
     assert store.current is not grabbed
     ids, _ = grabbed.models["ease"].model.recommend(sp.csr_matrix((1, 600)), 3)
     assert (ids >= 0).all()  # the old object is intact for whoever still holds it
+
+
+def test_loading_a_version_sets_the_scoring_threads(registry):
+    import torch
+
+    from service.metrics import Metrics
+    from service.model_store import ModelStore
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        store = ModelStore(registry, Metrics(), interval_s=60, torch_threads=1)
+        assert store.reload().swapped and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
