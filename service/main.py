@@ -35,7 +35,7 @@ User and item ids are the dataset's own ids (strings or integers). Errors are
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics = Metrics()
-    engine = make_engine(settings.DATABASE_URL, timeout_s=settings.DB_TIMEOUT_S)
+    engine = make_engine(settings.DATABASE_URL, timeout_s=settings.DB_TIMEOUT_S, pool_size=settings.DB_POOL_SIZE)
     cache = make_cache(
         settings.REDIS_URL, metrics, namespace=settings.CACHE_NAMESPACE,
         max_entries=settings.CACHE_MAX_ENTRIES, timeout_s=settings.REDIS_TIMEOUT_S,

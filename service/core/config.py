@@ -36,6 +36,10 @@ class Settings(BaseSettings):
     REDIS_TIMEOUT_S: float = Field(default=0.25, gt=0)  # connect and socket timeout: a slow cache is a miss
     RELOAD_INTERVAL_S: float = Field(default=5.0, gt=0)  # how often the watcher polls LATEST
     DB_TIMEOUT_S: int = Field(default=5, ge=1)  # connect timeout; a dead database answers 503 after this
+    # Connections each API process keeps open. Requests run on up to 40 threads; past the pool,
+    # extra connections are opened and closed per request (SQLAlchemy's default pool of 5 did
+    # that at 8 concurrent requests: a PostgreSQL connect, or SQLite's PRAGMAs, per request).
+    DB_POOL_SIZE: int = Field(default=20, ge=1)
     MAX_BATCH: int = Field(default=1000, ge=1)  # most entries of any list in a request (interactions, item ids, ...)
     MAX_K: int = Field(default=1000, ge=1)  # k + offset of one recommendation list
     MAX_BODY_BYTES: int = Field(default=1_000_000, ge=1024)

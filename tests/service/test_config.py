@@ -34,3 +34,12 @@ def test_apps_do_not_share_state(tmp_path):
     second = create_app(Settings(DATABASE_URL=f"sqlite:///{tmp_path / 'b.db'}", ARTIFACTS_DIR=tmp_path))
     assert first.state.engine is not second.state.engine
     assert first.state.metrics.registry is not second.state.metrics.registry
+
+
+
+def test_the_app_keeps_db_pool_size_connections(tmp_path):
+    from service.main import create_app
+
+    app = create_app(Settings(DATABASE_URL=f"sqlite:///{tmp_path / 'p.db'}", ARTIFACTS_DIR=tmp_path, DB_POOL_SIZE=12))
+    assert app.state.engine.pool.size() == 12
+    assert create_app(Settings(DATABASE_URL=f"sqlite:///{tmp_path / 'q.db'}", ARTIFACTS_DIR=tmp_path)).state.engine.pool.size() == 20
