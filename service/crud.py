@@ -149,7 +149,27 @@ def store_interactions(
     now = int(time.time())
     item_info = item_info or {}
     with _one_writer(session):
-        return _store_interactions(session, user_ids, item_ids, ratings, timestamps, item_info, now)
+        try:
+            user_map, new_users = _ensure(session, User, [{"external_id": u} for u in user_ids])
+            item_rows = [{"external_id": i, "title": None, "metadata": None} for i in item_ids]
+            item_rows += [{"external_id": i, "title": v.get("title"), "metadata": v.get("metadata")} for i, v in item_info.items()]
+            item_map, new_items = _ensure(session, Item, item_rows)
+            rows = sorted((  # one lock order for concurrent batches: no deadlocks
+                (user_map[u], item_map[i], r, now if t is None else int(t))
+                for u, i, r, t in zip(user_ids, item_ids, ratings, timestamps)
+            ), key=lambda row: (row[0], row[1], row[3]))
+            inserted = _insert_new_interactions(session, rows)
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+    return {
+        "received": len(rows),
+        "inserted": inserted,
+        "duplicates": len(rows) - inserted,
+        "new_users": new_users,
+        "new_items": new_items,
+    }
 
 
 # SQLite takes one writer at a time, and a writer that finds the lock taken sleeps in growing
@@ -171,38 +191,6 @@ def _one_writer(session: Session) -> Iterator[None]:
     finally:
         if queued:
             _SQLITE_WRITER.release()
-
-
-def _store_interactions(
-    session: Session,
-    user_ids: Sequence[str],
-    item_ids: Sequence[str],
-    ratings: Sequence[float | None],
-    timestamps: Sequence[int | None],
-    item_info: dict[str, dict[str, Any]],
-    now: int,
-) -> dict[str, int]:
-    try:
-        user_map, new_users = _ensure(session, User, [{"external_id": u} for u in user_ids])
-        item_rows = [{"external_id": i, "title": None, "metadata": None} for i in item_ids]
-        item_rows += [{"external_id": i, "title": v.get("title"), "metadata": v.get("metadata")} for i, v in item_info.items()]
-        item_map, new_items = _ensure(session, Item, item_rows)
-        rows = sorted((  # one lock order for concurrent batches: no deadlocks
-            (user_map[u], item_map[i], r, now if t is None else int(t))
-            for u, i, r, t in zip(user_ids, item_ids, ratings, timestamps)
-        ), key=lambda row: (row[0], row[1], row[3]))
-        inserted = _insert_new_interactions(session, rows)
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    return {
-        "received": len(rows),
-        "inserted": inserted,
-        "duplicates": len(rows) - inserted,
-        "new_users": new_users,
-        "new_items": new_items,
-    }
 
 
 def _insert_new_interactions(session: Session, rows: list[tuple[int, int, float | None, int]]) -> int:

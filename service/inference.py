@@ -218,7 +218,7 @@ def predict_ratings(queries: Sequence[RatingQuery], histories: History) -> list[
             pair_row.append(np.full(known.sum(), row_of.get(q.user_id)))
             pair_col.append(cols[known])
             spans.append(np.asarray(q.item_ids, dtype=object)[known])
-            unknown.append(_unique([i for i, k in zip(q.item_ids, known) if not k]))
+            unknown.append(_unique([item for item, k in zip(q.item_ids, known) if not k]))
         pr, pc = np.concatenate(pair_row).astype(np.int64), np.concatenate(pair_col).astype(np.int64)
         predictions = np.empty(len(pr), dtype=np.float32)
         trained = user_rows[pr] >= 0

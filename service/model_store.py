@@ -42,6 +42,13 @@ class IdIndex:
         self.positions = {i: n for n, i in enumerate(ids)}
         self.is_unique = len(self.positions) == len(ids)
 
+    @classmethod
+    def from_positions(cls, positions: dict[str, int], n_ids: int) -> IdIndex:
+        """Wrap a map already built (the artifact's ``ids.json`` maps), not a second copy of it."""
+        index = cls.__new__(cls)
+        index.positions, index.is_unique = positions, len(positions) == n_ids
+        return index
+
     def get_indexer(self, ids: Sequence[str]) -> np.ndarray:
         get = self.positions.get
         return np.fromiter((get(i, -1) for i in ids), dtype=np.int64, count=len(ids))
@@ -107,13 +114,13 @@ def _item_vectors(loaded: LoadedModel) -> np.ndarray | None:
 
 def _serving_model(name: str, loaded: LoadedModel, popular: np.ndarray, manifest: dict) -> ServingModel:
     model = loaded.model
-    items = IdIndex(loaded.item_ids)
+    items = IdIndex.from_positions(loaded.item_index, len(loaded.item_ids))
     threshold = (loaded.info or {}).get("positive_threshold", manifest.get("positive_threshold"))
     served = ServingModel(
         name=name,
         loaded=loaded,
         item_index=items,
-        user_index=IdIndex(loaded.user_ids),
+        user_index=IdIndex.from_positions(loaded.user_index, len(loaded.user_ids)),
         item_ids=np.asarray(loaded.item_ids, dtype=object),
         item_vectors=_item_vectors(loaded),
         positive_threshold=float(threshold) if threshold is not None and model.task == "ranking" else None,
