@@ -40,7 +40,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.REDIS_URL, metrics, namespace=settings.CACHE_NAMESPACE,
         max_entries=settings.CACHE_MAX_ENTRIES, timeout_s=settings.REDIS_TIMEOUT_S,
     )
-    store = ModelStore(settings.ARTIFACTS_DIR, metrics, settings.RELOAD_INTERVAL_S, torch_threads=settings.TORCH_THREADS)
+    store = ModelStore(
+        settings.ARTIFACTS_DIR, metrics, settings.RELOAD_INTERVAL_S,
+        torch_threads=settings.TORCH_THREADS, scoring_concurrency=settings.SCORING_CONCURRENCY,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -18,8 +18,9 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence, TypeVar
 
+import anyio
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -28,6 +29,8 @@ from service.metrics import Metrics
 from trainer.artifacts import ArtifactError, LoadedModel, latest_version, load_version
 
 log = logging.getLogger("service.model_store")
+
+T = TypeVar("T")
 
 
 class IdIndex:
@@ -163,9 +166,11 @@ def prepare_version(root: Path, version: str) -> ServingVersion:
 class ModelStore:
     """Holds the served version and the watcher thread that polls ``LATEST``."""
 
-    def __init__(self, root: Path, metrics: Metrics, interval_s: float, torch_threads: int | None = None) -> None:
+    def __init__(self, root: Path, metrics: Metrics, interval_s: float, torch_threads: int | None = None,
+                 scoring_concurrency: int = 1) -> None:
         self.root = Path(root)
         self.torch_threads = torch_threads  # scoring threads, set when a version loads (torch comes in with it)
+        self.scoring_slots = anyio.CapacityLimiter(scoring_concurrency)
         self.metrics = metrics
         self.interval_s = interval_s
         self.current: ServingVersion | None = None  # replaced in one assignment; readers grab it once
@@ -204,6 +209,16 @@ class ModelStore:
             self.metrics.served_version(target)
             log.info("serving version %s (was %s), loaded in %.2fs", target, previous, time.perf_counter() - started)
             return ReloadOutcome(target, previous, True, f"now serving version {target}")
+
+    async def run(self, work: Callable[..., T], *args) -> T:
+        """``work(*args)`` in a worker thread, at most ``scoring_concurrency`` at once.
+
+        For a request's model work (its history query, scoring, serialising the answer). The
+        rest wait their turn on the event loop, not in threads: threads running Python only
+        take turns on the GIL, and 8 of them at once served a third fewer uncached
+        recommendations than one at a time (ml-100k, 8 clients: 360 against 530 req/s).
+        """
+        return await anyio.to_thread.run_sync(work, *args, limiter=self.scoring_slots)
 
     def _set_torch_threads(self) -> None:
         if self.torch_threads is None:

@@ -6,7 +6,7 @@ token and the request, else read the history (one query), score, add titles, cac
 Cacheable answers leave here as JSON text (``Answer``): a hit is sent as it was stored,
 with no parse and re-serialisation, and a miss is serialised once, for the cache and the
 client alike. The cached endpoints are coroutines that send only blocking work (queries,
-scoring, Redis) to the thread pool, so an in-process cache hit costs no thread hop.
+scoring, Redis) to worker threads, so an in-process cache hit costs no thread hop.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -63,8 +64,16 @@ def check_list(name: str, values: Sequence | None, settings: Settings) -> None:
         )
 
 
-def _titles(session: Session, cache: Cache, settings: Settings, item_ids: list[str]) -> dict[str, str]:
-    return cache.item_titles(item_ids, lambda ids: crud.item_titles(session, ids), settings.CACHE_TTL_S)
+def _titles(db: Connection | Session, cache: Cache, settings: Settings, item_ids: list[str]) -> dict[str, str]:
+    """Titles from the cache; the ones it lacks from ``db`` (a session opens a connection only for those)."""
+    return cache.item_titles(item_ids, lambda missing: _read_titles(db, missing), settings.CACHE_TTL_S)
+
+
+def _read_titles(db: Connection | Session, item_ids: list[str]) -> dict[str, str]:
+    if isinstance(db, Connection):
+        return crud.item_titles(db, item_ids)
+    with crud.reads(db) as connection:
+        return crud.item_titles(connection, item_ids)
 
 
 def _scored_items(pairs: list[tuple[str, float]], first_rank: int, titles: dict[str, str]) -> list[ScoredItem]:
@@ -93,37 +102,35 @@ async def recommendations(
         return key, cache.get(key, kind="recommendations")
 
     def compute(key: str | None) -> str:
-        history = crud.user_history(session, user_id)
-        scored = inference.recommend(
-            version, served, user_id, history,
-            k=request.k, offset=request.offset, exclude_seen=request.exclude_seen,
-            exclude_items=request.exclude_items, candidates=request.candidates,
-        )
-        titles = _titles(session, cache, settings, [i for i, _ in scored.items])
+        with crud.reads(session) as db:
+            history = crud.user_history(db, user_id)
+            scored = inference.recommend(
+                version, served, user_id, history,
+                k=request.k, offset=request.offset, exclude_seen=request.exclude_seen,
+                exclude_items=request.exclude_items, candidates=request.candidates,
+            )
+            titles = _titles(db, cache, settings, [i for i, _ in scored.items])
         response = RecommendationResponse(
             user_id=user_id, model=served.name, model_version=version.version, source=scored.source,
             items=_scored_items(scored.items, request.offset + 1, titles), unknown_items=scored.unknown_items,
         )
         return _stored(cache, key, response.model_dump_json(), settings)
 
-    return Answer(served.name, await _cached_or_computed(cache, lookup, compute))
+    return Answer(served.name, await _cached_or_computed(cache, store, lookup, compute))
 
 
-async def _cached_or_computed(cache: Cache, lookup: Lookup, compute: Compute) -> str:
+async def _cached_or_computed(cache: Cache, store: ModelStore, lookup: Lookup, compute: Compute) -> str:
     """The cached JSON under ``lookup``'s key, else ``compute(key)`` (which stores it).
 
     Only I/O and scoring leave the event loop: an in-process hit is answered on the loop
-    with no thread hop; with Redis, the lookup and a miss's scoring share one worker thread.
+    with no thread hop, a Redis lookup takes one, and a miss's compute waits for a scoring
+    slot (``ModelStore.run``), so a hit never queues behind other requests' scoring. The
+    history query stays inside the slot: moving it out (a thread hop more, and more threads
+    taking turns on the GIL) served fewer misses on both backends (ml-100k, 8 clients:
+    SQLite 490 against 600 req/s, PostgreSQL 285 against 350).
     """
-    if cache.blocking:
-        return await run_in_threadpool(_hit_or_computed, lookup, compute)
-    key, hit = lookup()
-    return hit if hit is not None else await run_in_threadpool(compute, key)
-
-
-def _hit_or_computed(lookup: Lookup, compute: Compute) -> str:
-    key, hit = lookup()
-    return hit if hit is not None else compute(key)
+    key, hit = await run_in_threadpool(lookup) if cache.blocking else lookup()
+    return hit if hit is not None else await store.run(compute, key)
 
 
 def _stored(cache: Cache, key: str | None, body: str, settings: Settings) -> str:
@@ -132,7 +139,7 @@ def _stored(cache: Cache, key: str | None, body: str, settings: Settings) -> str
     return body
 
 
-def ratings(
+async def ratings(
     session: Session, store: ModelStore, settings: Settings, requests: list[RatingRequest]
 ) -> list[RatingResponse]:
     check_list("ratings requests", requests, settings)
@@ -143,8 +150,13 @@ def ratings(
         inference.RatingQuery(r.user_id, r.item_ids, inference.resolve_model(version, r.model, settings.DEFAULT_RATING_MODEL, rating=True))
         for r in requests
     ]
-    histories = crud.user_histories(session, [r.user_id for r in requests])
-    rated = inference.predict_ratings(queries, histories)
+
+    def predicted() -> list[inference.Rated]:
+        with crud.reads(session) as db:
+            histories = crud.user_histories(db, [r.user_id for r in requests])
+        return inference.predict_ratings(queries, histories)
+
+    rated = await store.run(predicted)
     return [
         RatingResponse(
             user_id=q.user_id, model=q.model.name, model_version=version.version, source=r.source,
@@ -175,7 +187,7 @@ async def similar(
         )
         return _stored(cache, key, response.model_dump_json(), settings)
 
-    return Answer(served.name, await _cached_or_computed(cache, lookup, compute))
+    return Answer(served.name, await _cached_or_computed(cache, store, lookup, compute))
 
 
 def models_report(store: ModelStore, settings: Settings) -> dict:

@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     # second torch thread per request fights them and the event loop for the same cores (on
     # 2 busy cores one EASE score went from 0.6 ms to 8 ms with 2 threads).
     TORCH_THREADS: int = Field(default=1, ge=1)
+    # Requests whose model work (history query, scoring) runs at once; the others queue on the
+    # event loop. Python-bound scoring holds the GIL, so more threads only take turns on it.
+    SCORING_CONCURRENCY: int = Field(default=1, ge=1)
     DEFAULT_MODEL: str = "ease"
     DEFAULT_RATING_MODEL: str = "autorec-u"
 

@@ -43,3 +43,13 @@ def test_the_app_keeps_db_pool_size_connections(tmp_path):
     app = create_app(Settings(DATABASE_URL=f"sqlite:///{tmp_path / 'p.db'}", ARTIFACTS_DIR=tmp_path, DB_POOL_SIZE=12))
     assert app.state.engine.pool.size() == 12
     assert create_app(Settings(DATABASE_URL=f"sqlite:///{tmp_path / 'q.db'}", ARTIFACTS_DIR=tmp_path)).state.engine.pool.size() == 20
+
+
+def test_scoring_concurrency_sets_the_model_stores_slots(tmp_path):
+    from service.main import create_app
+
+    app = create_app(Settings(DATABASE_URL=f"sqlite:///{tmp_path / 's.db'}", ARTIFACTS_DIR=tmp_path, SCORING_CONCURRENCY=3))
+    assert app.state.store.scoring_slots.total_tokens == 3
+    assert create_app(Settings(DATABASE_URL=f"sqlite:///{tmp_path / 't.db'}", ARTIFACTS_DIR=tmp_path)).state.store.scoring_slots.total_tokens == 1
+    with pytest.raises(ValidationError, match="SCORING_CONCURRENCY"):
+        Settings(DATABASE_URL=f"sqlite:///{tmp_path / 'u.db'}", ARTIFACTS_DIR=tmp_path, SCORING_CONCURRENCY=0)

@@ -163,3 +163,39 @@ def test_loading_a_version_sets_the_scoring_threads(registry):
         assert store.reload().swapped and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_model_work_runs_at_most_scoring_concurrency_at_once(tmp_path):
+    """``ModelStore.run``: with 2 slots, 6 requests' work runs 2 at a time, and all of it runs."""
+    import threading
+    import time
+
+    import anyio
+
+    from service.metrics import Metrics
+    from service.model_store import ModelStore
+
+    for slots in (1, 2):
+        store = ModelStore(tmp_path, Metrics(), interval_s=60, scoring_concurrency=slots)
+        lock, running, most, done = threading.Lock(), [0], [0], []
+
+        def work(n: int) -> int:
+            with lock:
+                running[0] += 1
+                most[0] = max(most[0], running[0])
+            time.sleep(0.02)  # long enough for the others to pile up if nothing held them back
+            with lock:
+                running[0] -= 1
+            return n
+
+        async def six_requests() -> None:
+            async with anyio.create_task_group() as group:
+                for n in range(6):
+                    group.start_soon(lambda n=n: _append(done, store.run(work, n)))
+
+        anyio.run(six_requests)
+        assert most[0] == slots and sorted(done) == list(range(6))
+
+
+async def _append(out: list, awaitable) -> None:
+    out.append(await awaitable)

@@ -86,3 +86,39 @@ def test_concurrent_writers_are_all_acknowledged_and_stored(seeded_backend):
         assert len(stored) == 80 and set(stored.item_ids.tolist()) == {f"wi{run}-{n}" for n in range(40)} | {"50"}
     finally:
         engine.dispose()
+
+
+def test_reads_run_outside_a_transaction_and_leave_none_behind(seeded_backend):
+    """``crud.reads``: on PostgreSQL the reads leave no transaction open on the server (no BEGIN,
+    no ROLLBACK round trips); the connection goes back to the pool at the end of the block,
+    and a write after it is still all or nothing."""
+    from sqlalchemy import select
+
+    from service.db.tables import User
+
+    engine = make_engine(seeded_backend.database_url)
+    factory = make_session_factory(engine)
+    user, newcomer = f"r-{uuid.uuid4().hex[:8]}", f"n-{uuid.uuid4().hex[:8]}"
+    try:
+        with factory() as session:
+            crud.store_interactions(session, [user], ["50"], [4.0], [1])
+            with crud.reads(session) as db:
+                history = crud.user_history(db, user)
+                titles = crud.item_titles(db, ["50"])
+                if engine.dialect.name == "postgresql":
+                    from psycopg.pq import TransactionStatus
+
+                    assert db.connection.dbapi_connection.info.transaction_status == TransactionStatus.IDLE
+            assert history.item_ids.tolist() == ["50"] and titles == {"50": "Star Wars (1977)"}
+            assert engine.pool.checkedout() == 0 and not session.in_transaction()
+            # A batch that fails after its first INSERT (the new user), on a pooled connection
+            # the reads used: nothing of it stays, so that connection left autocommit behind.
+            try:
+                crud.store_interactions(session, [newcomer], ["50"], [4.0], ["not a time"])
+            except ValueError:
+                pass
+            else:
+                raise AssertionError("a batch with a bad timestamp was stored")
+            assert session.execute(select(User.id).where(User.external_id == newcomer)).first() is None
+    finally:
+        engine.dispose()

@@ -14,7 +14,7 @@ router = APIRouter(tags=["ratings"], dependencies=[ReadAccess])
 
 
 @router.post("/ratings", response_model=RatingResponse | list[RatingResponse])
-def predict_ratings(
+async def predict_ratings(
     request: Request,
     session: SessionDep,
     store: StoreDep,
@@ -23,6 +23,6 @@ def predict_ratings(
 ) -> RatingResponse | list[RatingResponse]:
     """Ratings clipped to the model's rating range; a list of requests gets a list back, in order."""
     many = isinstance(body, list)
-    responses = serving.ratings(session, store, settings, body if many else [body])
+    responses = await serving.ratings(session, store, settings, body if many else [body])
     request.state.model = ",".join(sorted({r.model for r in responses}))
     return responses if many else responses[0]
