@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
-from sqlalchemy import Connection, Select, bindparam, func, select
+from sqlalchemy import Connection, Select, bindparam, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -210,6 +210,16 @@ def _one_writer(session: Session) -> Iterator[None]:
     finally:
         if queued:
             _SQLITE_WRITER.release()
+
+
+def refresh_statistics(session: Session) -> None:
+    """Refresh the query planner's statistics after a bulk load (``ANALYZE``).
+
+    Right after a seed PostgreSQL has none, and plans a history read with a hash of the
+    whole items table (0.28 ms for 1,682 items, per request) until autovacuum gets to it.
+    """
+    session.execute(text("ANALYZE"))  # the whole database: the service's own tables (SQLite and PostgreSQL alike)
+    session.commit()
 
 
 def _insert_new_interactions(session: Session, rows: list[tuple[int, int, float | None, int]]) -> int:

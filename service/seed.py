@@ -19,6 +19,8 @@ def seed_interactions(database_url: str, inter: Interactions) -> dict[str, int]:
     engine = make_engine(database_url)
     try:
         with make_session_factory(engine)() as session:
-            return crud.store_interactions(session, user_ids.tolist(), item_ids.tolist(), ratings, timestamps, titles)
+            result = crud.store_interactions(session, user_ids.tolist(), item_ids.tolist(), ratings, timestamps, titles)
+            crud.refresh_statistics(session)
+            return result
     finally:
         engine.dispose()

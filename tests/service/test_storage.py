@@ -122,3 +122,21 @@ def test_reads_run_outside_a_transaction_and_leave_none_behind(seeded_backend):
             assert session.execute(select(User.id).where(User.external_id == newcomer)).first() is None
     finally:
         engine.dispose()
+
+
+def test_statistics_are_refreshed_for_the_planner(seeded_backend):
+    from sqlalchemy import text
+
+    engine = make_engine(seeded_backend.database_url)
+    try:
+        with make_session_factory(engine)() as session:
+            crud.refresh_statistics(session)
+            if engine.dialect.name == "postgresql":
+                analyzed = session.scalar(text(
+                    "SELECT last_analyze FROM pg_stat_user_tables WHERE relname = 'interactions' AND schemaname = current_schema()"
+                ))
+                assert analyzed is not None
+            else:
+                assert "interactions" in set(session.scalars(text("SELECT tbl FROM sqlite_stat1")))
+    finally:
+        engine.dispose()
