@@ -95,11 +95,9 @@ async def recommendations(
     served = inference.resolve_model(version, request.model, settings.DEFAULT_MODEL)
 
     def lookup() -> tuple[str | None, str | None]:
-        generation = cache.user_generation(user_id, ttl_s=2 * settings.CACHE_TTL_S)
-        if generation is None:  # the cache is down: compute, do not store
-            return None, None
-        key = list_key("rec", version.version, served.name, user_id, generation, request.model_dump(exclude={"model"}))
-        return key, cache.get(key, kind="recommendations")
+        # the key ends in the user's generation token: a write for the user moves it on
+        key = list_key("rec", version.version, served.name, user_id, request.model_dump(exclude={"model"}))
+        return cache.user_entry(user_id, key, 2 * settings.CACHE_TTL_S, kind="recommendations")
 
     def compute(key: str | None) -> str:
         with crud.reads(session) as db:

@@ -76,6 +76,20 @@ def test_invalidating_a_user_changes_their_generation(cache):
     assert cache.user_generation("u2", ttl_s=30) == other
 
 
+def test_a_users_entry_follows_their_generation(cache):
+    key, value = cache.user_entry("u1", "rec:abc", 30, kind="recommendations")
+    assert value is None and key == f"rec:abc:{cache.user_generation('u1', 30)}"  # a token drawn on first use
+    assert cache.set(key, "[1, 2]", 30)
+    assert cache.user_entry("u1", "rec:abc", 30, kind="recommendations") == (key, "[1, 2]")
+    assert cache.user_entry("u2", "rec:abc", 30, kind="recommendations")[1] is None  # another user: another token
+    cache.invalidate_users(["u1"])
+    moved, value = cache.user_entry("u1", "rec:abc", 30, kind="recommendations")
+    assert value is None and moved != key and moved.startswith("rec:abc:")
+    hits = cache.metrics.cache_hits.labels("recommendations")._value.get()
+    misses = cache.metrics.cache_misses.labels("recommendations")._value.get()
+    assert (hits, misses) == (1, 3)
+
+
 def test_keys_depend_on_every_part():
     base = list_key("rec", "v1", "ease", "u", "g", {"k": 10})
     assert base == list_key("rec", "v1", "ease", "u", "g", {"k": 10})
@@ -102,5 +116,6 @@ def test_unreachable_redis_is_a_counted_miss_and_fails_fast():
         assert cache.set("k", "v", 10) is False
     assert time.perf_counter() - started < 2  # after the first failure Redis is skipped, not retried per call
     assert not cache.ping() and cache.user_generation("u", 10) is None
+    assert cache.user_entry("u", "rec:x", 10, kind="recommendations") == (None, None)
     errors = sum(s.value for m in metrics.cache_errors.collect() for s in m.samples if s.name.endswith("_total"))
     assert errors >= 100
