@@ -439,7 +439,7 @@ LOAD_COLUMNS = [
 
 
 def run_load(
-    base_url: str,
+    base_url: str | Sequence[str],
     make_request: Callable[[int], Request],
     *,
     scenario: str,
@@ -456,6 +456,9 @@ def run_load(
 ) -> LoadResult:
     """Drive ``base_url`` with ``concurrency`` clients for ``seconds`` (or ``max_requests``), after a warm-up.
 
+    Several base URLs (replicas of one server): client ``c`` keeps to ``base_url[c % n]``, so
+    the clients spread evenly, as a proxy's round robin over keep-alive connections does.
+
     ``make_request(i)`` builds the i-th request (i counts from 0 over the warm-up and the run,
     so each request can be distinct). With ``rate``, request i starts at ``i / rate`` seconds
     (open loop, the clients only bound how many are in flight). ``on_tick(elapsed_s)`` is
@@ -471,15 +474,16 @@ async def _load(base_url, make_request, scenario, concurrency, seconds, max_requ
                 on_response, stop_when, timeout_s) -> LoadResult:
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     counter = iter(range(10**12))
-    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=timeout_s) as client:
+    bases = [base_url] if isinstance(base_url, str) else list(base_url)
+    async with httpx.AsyncClient(limits=limits, timeout=timeout_s) as client:
         if warmup_s > 0:
-            await _phase(client, make_request, counter, concurrency, warmup_s, 10**9, ok, None, None, None, None)
-        return await _phase(client, make_request, counter, concurrency, seconds, max_requests, ok, rate, on_tick,
-                            on_response, stop_when, scenario=scenario)
+            await _phase(client, bases, make_request, counter, concurrency, warmup_s, 10**9, ok, None, None, None, None)
+        return await _phase(client, bases, make_request, counter, concurrency, seconds, max_requests, ok, rate,
+                            on_tick, on_response, stop_when, scenario=scenario)
 
 
-async def _phase(client, make_request, counter, concurrency, seconds, max_requests, ok, rate, on_tick, on_response,
-                 stop_when, scenario: str = "warm-up") -> LoadResult:
+async def _phase(client, bases, make_request, counter, concurrency, seconds, max_requests, ok, rate, on_tick,
+                 on_response, stop_when, scenario: str = "warm-up") -> LoadResult:
     latencies: list[float] = []
     statuses: Counter[str] = Counter()
     failures: list[str] = []
@@ -487,7 +491,7 @@ async def _phase(client, make_request, counter, concurrency, seconds, max_reques
     started = time.perf_counter()
     deadline = started + seconds
 
-    async def client_loop() -> None:
+    async def client_loop(base: str) -> None:
         nonlocal sent
         while sent < max_requests and time.perf_counter() < deadline and not (stop_when and stop_when()):
             n = sent
@@ -503,7 +507,7 @@ async def _phase(client, make_request, counter, concurrency, seconds, max_reques
             req = make_request(i)
             t0 = time.perf_counter()
             try:
-                response = await client.request(req.method, req.path, json=req.json, headers=req.headers)
+                response = await client.request(req.method, base + req.path, json=req.json, headers=req.headers)
                 status = response.status_code
                 await response.aread()
             except httpx.HTTPError as exc:
@@ -525,7 +529,7 @@ async def _phase(client, make_request, counter, concurrency, seconds, max_reques
             await asyncio.sleep(1.0)
             on_tick(time.perf_counter() - started)
 
-    tasks = [asyncio.create_task(client_loop()) for _ in range(concurrency)]
+    tasks = [asyncio.create_task(client_loop(bases[c % len(bases)])) for c in range(concurrency)]
     tick = asyncio.create_task(ticker()) if on_tick else None
     await asyncio.gather(*tasks)
     elapsed = time.perf_counter() - started

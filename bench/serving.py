@@ -30,6 +30,7 @@ import json
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Callable
 
@@ -107,9 +108,14 @@ SCENARIO_ROUTES = {"rec-hit": "/users/{user_id}/recommendations", "rec-miss": "/
                    "ratings": "/ratings", "interactions": "/interactions"}
 
 
-def server_histogram(base_url: str, route: str) -> dict[float, float]:
-    """The service's own request-duration histogram for ``route``: {bucket upper edge in s: cumulative count}."""
-    return histogram_from_text(httpx.get(f"{base_url}/metrics", timeout=10).text, route)
+def server_histogram(base_urls: list[str], route: str) -> dict[float, float]:
+    """The service's own request-duration histogram for ``route``, summed over its replicas:
+    {bucket upper edge in s: cumulative count}."""
+    total: dict[float, float] = {}
+    for base_url in base_urls:
+        for edge, count in histogram_from_text(httpx.get(f"{base_url}/metrics", timeout=10).text, route).items():
+            total[edge] = total.get(edge, 0.0) + count
+    return total
 
 
 def histogram_from_text(exposition: str, route: str) -> dict[float, float]:
@@ -134,42 +140,60 @@ def server_p99_bound_ms(before: dict[float, float], after: dict[float, float]) -
     return next(edge * 1000 for edge in sorted(served) if served[edge] >= 0.99 * total)
 
 
-def measure(base_url: str, makers: dict, scenarios, levels, seconds: float, label: str) -> list[dict]:
+def measure(base_urls: list[str], makers: dict, scenarios, levels, seconds: float, label: str) -> list[dict]:
     rows = []
     for scenario in scenarios:
         for clients in levels:
             route = SCENARIO_ROUTES.get(scenario)  # the ceiling has no metrics
-            before = server_histogram(base_url, route) if route else {}
-            result: LoadResult = run_load(base_url, makers[scenario], scenario=scenario, concurrency=clients,
+            before = server_histogram(base_urls, route) if route else {}
+            result: LoadResult = run_load(base_urls, makers[scenario], scenario=scenario, concurrency=clients,
                                           seconds=seconds, warmup_s=min(1.0, seconds / 3))
             # The service's own view of the same requests (warm-up included: an upper bound), to
             # tell its time from the queueing and scheduling the load generator also sees.
-            server_p99 = server_p99_bound_ms(before, server_histogram(base_url, route)) if route else None
-            rows.append({"backend": label, **result.summary(), "server_p99_ms": server_p99})
+            server_p99 = server_p99_bound_ms(before, server_histogram(base_urls, route)) if route else None
+            rows.append({"backend": label, "replicas": len(base_urls), **result.summary(), "server_p99_ms": server_p99})
     return rows
 
 
+def replica_label(name: str, replicas: int) -> str:
+    return name if replicas == 1 else f"{name} x{replicas}"
+
+
 def run_backend(label: str, database_url: str, redis_url: str | None, namespace: str, artifacts: Path,
-                data_args: list[str], makers: dict, args, log_dir: Path) -> list[dict]:
+                data_args: list[str], makers: dict, args, log_dir: Path, replica_counts: list[int]) -> list[dict]:
+    """Seed once, then serve with each number of replicas (processes on their own ports, one database and cache)."""
     print(f"\n== {label}: {database_url.split('@')[-1]}{' + ' + redis_url if redis_url else ' + in-process cache'}", flush=True)
     print(" ", seed_database(database_url, data_args), flush=True)
     env = service_env(database_url, artifacts, redis_url, CACHE_NAMESPACE=namespace, RELOAD_INTERVAL_S=60,
                       **defaults(artifacts))
-    with ServerProcess.service(env, log_dir / f"service-{label}.log") as server:
-        rows = measure(server.base_url, makers, args.scenarios, args.concurrency, args.seconds, label)
-        for row in rows:
-            row["rss_mib"] = round(server.rss() / 2**20, 1)
+    rows = []
+    for replicas in replica_counts:
+        name = replica_label(label, replicas)
+        with ExitStack() as stack:
+            servers = [stack.enter_context(ServerProcess.service(env, log_dir / f"service-{label}-{n}.log"))
+                       for n in range(replicas)]
+            measured = measure([s.base_url for s in servers], makers, args.scenarios, args.concurrency,
+                               args.seconds, name)
+            for row in measured:
+                row["rss_mib"] = round(sum(s.rss() for s in servers) / 2**20, 1)
+            rows += measured
     return rows
 
 
+def ceilings(rows: list[dict]) -> dict[tuple[int, int], float]:
+    """{(replicas, clients): the ceiling's req/s}: each row is compared with the ceiling run as it was."""
+    return {(r["replicas"], r["concurrency"]): r["rps"] for r in rows if r["scenario"] == "ceiling"}
+
+
 def targets(rows: list[dict]) -> list[dict]:
-    ceiling = {r["concurrency"]: r["rps"] for r in rows if r["scenario"] == "ceiling"}
+    ceiling = ceilings(rows)
     out = []
     for row in rows:
         if row["scenario"] == "ceiling" or row["concurrency"] != TARGET_CLIENTS:
             continue
         name = f"{row['backend']} {row['scenario']} @{TARGET_CLIENTS}"
-        ratio = row["rps"] / ceiling[TARGET_CLIENTS] if ceiling.get(TARGET_CLIENTS) else float("nan")
+        top = ceiling.get((row["replicas"], TARGET_CLIENTS))
+        ratio = row["rps"] / top if top else float("nan")
         if row["scenario"] in ("rec-hit", "rec-miss"):
             need = TARGET_HIT if row["scenario"] == "rec-hit" else TARGET_MISS
             out.append(verdict(f"{name} throughput", ratio >= need,
@@ -182,14 +206,14 @@ def targets(rows: list[dict]) -> list[dict]:
 
 def plot(rows: list[dict], name: str, title: str) -> None:
     plt = pyplot()
-    series = sorted({(r["backend"], r["scenario"]) for r in rows}, key=lambda s: (s[0] != "ceiling", s))
+    series = sorted({(r["backend"], r["scenario"]) for r in rows}, key=lambda s: (s[1] != "ceiling", s))
     levels = sorted({r["concurrency"] for r in rows})
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.5))
     width = 0.8 / len(series)
     for j, (backend, scenario) in enumerate(series):
         by_level = {r["concurrency"]: r for r in rows if (r["backend"], r["scenario"]) == (backend, scenario)}
         x = [i + j * width for i in range(len(levels))]
-        label = "ceiling" if scenario == "ceiling" else f"{backend} {scenario}"
+        label = backend if scenario == "ceiling" else f"{backend} {scenario}"
         ax1.bar(x, [by_level[c]["rps"] if c in by_level else 0 for c in levels], width, label=label)
         ax2.bar(x, [by_level[c]["p99_ms"] if c in by_level else 0 for c in levels], width, label=label)
     for ax, ylabel in ((ax1, "requests / s"), (ax2, "p99 latency (ms, log)")):
@@ -236,8 +260,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--seconds", type=float, default=4.0, help="measured seconds per cell (after a warm-up)")
+    parser.add_argument("--replicas", default="1",
+                        help="API processes behind one PostgreSQL + Redis, e.g. 1,2 (the ceiling gets as many; "
+                             "the embedded default is one process: its in-process cache is not shared)")
     args = parser.parse_args(argv)
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    try:
+        args.replicas = sorted({int(r) for r in args.replicas.split(",")})
+    except ValueError:
+        parser.error(f"--replicas takes counts like 1,2, got {args.replicas!r}")
+    if min(args.replicas) < 1:
+        parser.error("--replicas counts must be at least 1")
     args.scenarios = [s for s in args.scenarios.split(",") if s]
     unknown = set(args.scenarios) - set(SCENARIOS) | set(args.backends.split(",")) - {"embedded", "postgres"}
     if unknown:
@@ -258,24 +291,31 @@ def main(argv: list[str] | None = None) -> int:
                 print("no rating model in this version: the ratings scenario is skipped", flush=True)
                 args.scenarios.remove("ratings")
             rows = []
-            print("\n== ceiling (bare FastAPI, constant list)", flush=True)
-            with ServerProcess.ceiling(workdir / "ceiling.log") as ceiling:
-                rows += measure(ceiling.base_url, {"ceiling": makers["rec-hit"]}, ["ceiling"], args.concurrency,
-                                args.seconds, "ceiling")
-            for backend in args.backends.split(","):
+            backends = args.backends.split(",")
+            # the ceiling as many times as the service runs: once per replica count measured
+            ceiling_replicas = ({1} if "embedded" in backends else set()) | (set(args.replicas) if "postgres" in backends else set())
+            for replicas in sorted(ceiling_replicas):
+                print(f"\n== {replica_label('ceiling', replicas)} (bare FastAPI, constant list)", flush=True)
+                with ExitStack() as stack:
+                    ceiling = [stack.enter_context(ServerProcess.ceiling(workdir / f"ceiling-{n}.log"))
+                               for n in range(replicas)]
+                    rows += measure([c.base_url for c in ceiling], {"ceiling": makers["rec-hit"]}, ["ceiling"],
+                                    args.concurrency, args.seconds, replica_label("ceiling", replicas))
+            for backend in backends:
                 if backend == "embedded":
                     rows += run_backend("embedded", f"sqlite:///{workdir / 'bench.db'}", None, "bench", artifacts,
-                                        data_args, makers, args, workdir)
+                                        data_args, makers, args, workdir, [1])
                 else:
                     with postgres_database() as pg_url, redis_namespace() as namespace:
                         rows += run_backend("postgres", pg_url, REDIS_URL, namespace, artifacts, data_args, makers,
-                                            args, workdir)
+                                            args, workdir, args.replicas)
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    ceiling = {r["concurrency"]: r["rps"] for r in rows if r["scenario"] == "ceiling"}
+    ceiling = ceilings(rows)
     for row in rows:
-        row["of_ceiling"] = row["rps"] / ceiling[row["concurrency"]] if ceiling.get(row["concurrency"]) else None
+        top = ceiling.get((row["replicas"], row["concurrency"]))
+        row["of_ceiling"] = row["rps"] / top if top else None
     title = f"serving · {data_desc} · {args.seconds:g}s per cell"
     print()
     print_table(rows, [("backend", "backend", "")] + LOAD_COLUMNS + [("of_ceiling", "of ceiling", ".0%"),

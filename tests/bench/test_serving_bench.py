@@ -30,3 +30,29 @@ def test_requests_of_several_models_add_up():
     metrics.latency.labels("POST", ROUTE, "multvae").observe(0.03)
     counts = histogram_from_text(generate_latest(metrics.registry).decode(), ROUTE)
     assert counts[0.001] == 1 and counts[0.05] == 2 and server_p99_bound_ms({}, counts) == 50.0
+
+
+def test_each_row_is_compared_with_the_ceiling_of_as_many_replicas():
+    from bench.serving import ceilings, targets
+
+    def row(backend, scenario, replicas, rps):
+        return {"backend": backend, "scenario": scenario, "replicas": replicas, "concurrency": 8, "rps": rps,
+                "p99_ms": 10.0, "failed": 0, "server_p99_ms": None}
+
+    rows = [row("ceiling", "ceiling", 1, 1000.0), row("ceiling x2", "ceiling", 2, 1500.0),
+            row("postgres", "rec-miss", 1, 250.0), row("postgres x2", "rec-miss", 2, 480.0)]
+    assert ceilings(rows) == {(1, 8): 1000.0, (2, 8): 1500.0}
+    verdicts = {v["target"]: v for v in targets(rows)}
+    assert not verdicts["postgres rec-miss @8 throughput"]["passed"]  # 25% of one process's ceiling
+    assert verdicts["postgres x2 rec-miss @8 throughput"]["passed"]  # 32% of two processes' ceiling
+    assert "32% of the ceiling" in verdicts["postgres x2 rec-miss @8 throughput"]["detail"]
+
+
+def test_load_over_replicas_keeps_each_client_on_one_of_them(tmp_path):
+    from bench._common import Request, ServerProcess, free_port, run_load
+
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens: the client kept on it fails every time
+    with ServerProcess.ceiling(tmp_path / "ceiling.log") as live:
+        result = run_load([live.base_url, dead], lambda i: Request("POST", "/users/1/recommendations", {"k": 10}),
+                          scenario="spread", concurrency=2, seconds=0.5, warmup_s=0)
+    assert result.statuses.get("200", 0) > 0 and result.statuses.get("ConnectError", 0) > 0
