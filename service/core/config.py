@@ -43,9 +43,9 @@ class Settings(BaseSettings):
     MAX_BATCH: int = Field(default=1000, ge=1)  # most entries of any list in a request (interactions, item ids, ...)
     MAX_K: int = Field(default=1000, ge=1)  # k + offset of one recommendation list
     MAX_BODY_BYTES: int = Field(default=1_000_000, ge=1024)
-    # Scoring threads per request. Requests already run in parallel in the thread pool; a
-    # second torch thread per request fights them and the event loop for the same cores (on
-    # 2 busy cores one EASE score went from 0.6 ms to 8 ms with 2 threads).
+    # torch threads per request's scoring. A second one fights the event loop and the other
+    # requests' threads for the same cores (on 2 busy cores one EASE score went from 0.6 ms
+    # to 8 ms with 2 threads); a large model on many cores may want more.
     TORCH_THREADS: int = Field(default=1, ge=1)
     # Requests whose model work (history query, scoring) runs at once; the others queue on the
     # event loop. Python-bound scoring holds the GIL, so more threads only take turns on it.
