@@ -199,3 +199,26 @@ def test_model_work_runs_at_most_scoring_concurrency_at_once(tmp_path):
 
 async def _append(out: list, awaitable) -> None:
     out.append(await awaitable)
+
+
+def test_models_are_served_in_float32_with_the_same_scores(registry):
+    """EASE solves in float64; the served copy is float32 (half the memory), scoring as before."""
+    import numpy as np
+    import scipy.sparse as sp
+    import torch
+
+    from service.metrics import Metrics
+    from service.model_store import ModelStore
+    from trainer.artifacts import latest_version, load_version
+
+    store = ModelStore(registry, Metrics(), interval_s=60)
+    assert store.reload().swapped
+    served = store.current.models["ease"].model
+    solved = load_version(registry, latest_version(registry)).models["ease"].model
+    assert solved.B.dtype == torch.float64 and served.B.dtype == torch.float32
+    assert all(p.dtype == torch.float32 for m in store.current.models.values()
+               for p in [*m.model.parameters(), *m.model.buffers()] if p.is_floating_point())
+    rng = np.random.default_rng(0)
+    rows = sp.random(20, served.n_items, density=0.03, format="csr", random_state=rng, dtype=np.float32)
+    rows.data[:] = 1.0
+    np.testing.assert_allclose(served.scores(rows).numpy(), solved.scores(rows).numpy(), rtol=1e-4, atol=1e-5)
