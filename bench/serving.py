@@ -30,9 +30,9 @@ import json
 import sys
 import tempfile
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import httpx
 from sqlalchemy.engine import make_url
@@ -159,6 +159,13 @@ def replica_label(name: str, replicas: int) -> str:
     return name if replicas == 1 else f"{name} x{replicas}"
 
 
+@contextmanager
+def running(start: Callable[[int], ServerProcess], replicas: int) -> Iterator[list[ServerProcess]]:
+    """``replicas`` servers from ``start(n)``, all stopped on leaving."""
+    with ExitStack() as stack:
+        yield [stack.enter_context(start(n)) for n in range(replicas)]
+
+
 def run_backend(label: str, database_url: str, redis_url: str | None, namespace: str, artifacts: Path,
                 data_args: list[str], makers: dict, args, log_dir: Path, replica_counts: list[int]) -> list[dict]:
     """Seed once, then serve with each number of replicas (processes on their own ports, one database and cache)."""
@@ -169,9 +176,7 @@ def run_backend(label: str, database_url: str, redis_url: str | None, namespace:
     rows = []
     for replicas in replica_counts:
         name = replica_label(label, replicas)
-        with ExitStack() as stack:
-            servers = [stack.enter_context(ServerProcess.service(env, log_dir / f"service-{label}-{n}.log"))
-                       for n in range(replicas)]
+        with running(lambda n: ServerProcess.service(env, log_dir / f"service-{label}-{n}.log"), replicas) as servers:
             measured = measure([s.base_url for s in servers], makers, args.scenarios, args.concurrency,
                                args.seconds, name)
             for row in measured:
@@ -185,6 +190,11 @@ def ceilings(rows: list[dict]) -> dict[tuple[int, int], float]:
     return {(r["replicas"], r["concurrency"]): r["rps"] for r in rows if r["scenario"] == "ceiling"}
 
 
+def of_ceiling(row: dict, ceiling: dict[tuple[int, int], float]) -> float | None:
+    top = ceiling.get((row["replicas"], row["concurrency"]))
+    return row["rps"] / top if top else None
+
+
 def targets(rows: list[dict]) -> list[dict]:
     ceiling = ceilings(rows)
     out = []
@@ -192,8 +202,8 @@ def targets(rows: list[dict]) -> list[dict]:
         if row["scenario"] == "ceiling" or row["concurrency"] != TARGET_CLIENTS:
             continue
         name = f"{row['backend']} {row['scenario']} @{TARGET_CLIENTS}"
-        top = ceiling.get((row["replicas"], TARGET_CLIENTS))
-        ratio = row["rps"] / top if top else float("nan")
+        ratio = of_ceiling(row, ceiling)
+        ratio = float("nan") if ratio is None else ratio
         if row["scenario"] in ("rec-hit", "rec-miss"):
             need = TARGET_HIT if row["scenario"] == "rec-hit" else TARGET_MISS
             out.append(verdict(f"{name} throughput", ratio >= need,
@@ -296,9 +306,7 @@ def main(argv: list[str] | None = None) -> int:
             ceiling_replicas = ({1} if "embedded" in backends else set()) | (set(args.replicas) if "postgres" in backends else set())
             for replicas in sorted(ceiling_replicas):
                 print(f"\n== {replica_label('ceiling', replicas)} (bare FastAPI, constant list)", flush=True)
-                with ExitStack() as stack:
-                    ceiling = [stack.enter_context(ServerProcess.ceiling(workdir / f"ceiling-{n}.log"))
-                               for n in range(replicas)]
+                with running(lambda n: ServerProcess.ceiling(workdir / f"ceiling-{n}.log"), replicas) as ceiling:
                     rows += measure([c.base_url for c in ceiling], {"ceiling": makers["rec-hit"]}, ["ceiling"],
                                     args.concurrency, args.seconds, replica_label("ceiling", replicas))
             for backend in backends:
@@ -314,8 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     ceiling = ceilings(rows)
     for row in rows:
-        top = ceiling.get((row["replicas"], row["concurrency"]))
-        row["of_ceiling"] = row["rps"] / top if top else None
+        row["of_ceiling"] = of_ceiling(row, ceiling)
     title = f"serving · {data_desc} · {args.seconds:g}s per cell"
     print()
     print_table(rows, [("backend", "backend", "")] + LOAD_COLUMNS + [("of_ceiling", "of ceiling", ".0%"),

@@ -251,10 +251,7 @@ class RedisCache(Cache):
             self.metrics.cache_errors.labels("get").inc()
             return None, None
         (self.metrics.cache_hits if known else self.metrics.cache_misses).labels("generation").inc()
-        if known:
-            (self.metrics.cache_hits if value is not None else self.metrics.cache_misses).labels(kind).inc()
-        else:
-            self.metrics.cache_misses.labels(kind).inc()
+        (self.metrics.cache_hits if value is not None else self.metrics.cache_misses).labels(kind).inc()  # a new token finds nothing
         return f"{key}:{generation}", value
 
     def _call(self, fn, *args, force: bool = False, **kwargs):

@@ -36,7 +36,6 @@ def test_apps_do_not_share_state(tmp_path):
     assert first.state.metrics.registry is not second.state.metrics.registry
 
 
-
 def test_the_app_keeps_db_pool_size_connections(tmp_path):
     from service.main import create_app
 
