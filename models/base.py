@@ -283,27 +283,56 @@ class Recommender(nn.Module):
 
     @torch.no_grad()
     def predict(
-        self, rows: sp.csr_matrix, items: np.ndarray, *, users: np.ndarray | None = None
+        self,
+        rows: sp.csr_matrix,
+        items: np.ndarray,
+        *,
+        users: np.ndarray | None = None,
+        pair_rows: np.ndarray | None = None,
+        batch_rows: int = SCORE_BATCH_ROWS,
     ) -> np.ndarray:
-        """Pairwise rating predictions: row i's predicted rating of ``items[i]``, clipped to the rating range."""
+        """Rating predictions for pairs, clipped to the rating range: pair j is row ``pair_rows[j]``
+        of ``rows`` (row j without ``pair_rows``) and item ``items[j]``.
+
+        Each distinct row is scored once, however many of its items are asked for: a user's
+        whole score row costs the same for one item as for all of them. ``users`` are the
+        training-row indices of ``rows`` (one per row), for models that need them.
+        """
         if self.task != "rating":
             raise ModelInputError(f"{self.name} ranks items; it does not predict ratings")
         rows = as_csr(rows, self.n_items)
         items = np.asarray(items, dtype=np.int64).reshape(-1)
-        if items.shape[0] != rows.shape[0]:
-            raise ModelInputError(f"items has {items.shape[0]} entries for {rows.shape[0]} rows")
+        if pair_rows is None:
+            if items.shape[0] != rows.shape[0]:
+                raise ModelInputError(f"items has {items.shape[0]} entries for {rows.shape[0]} rows")
+            pair_rows = np.arange(rows.shape[0])
+        pair_rows = np.asarray(pair_rows, dtype=np.int64).reshape(-1)
+        if pair_rows.shape[0] != items.shape[0]:
+            raise ModelInputError(f"items has {items.shape[0]} entries for {pair_rows.shape[0]} pair_rows")
+        if ((pair_rows < 0) | (pair_rows >= rows.shape[0])).any():
+            raise ModelInputError(f"pair_rows contain indices outside the {rows.shape[0]} rows")
         if ((items < 0) | (items >= self.n_items)).any():
             raise ModelInputError("items contain indices outside the model's items")
-        users = self._check_users(users, rows.shape[0])
-        out = np.empty(rows.shape[0], dtype=np.float32)
+        if users is not None and np.asarray(users).reshape(-1).shape[0] != rows.shape[0]:
+            raise ModelInputError(f"users has {np.asarray(users).reshape(-1).shape[0]} entries for {rows.shape[0]} rows")
+        # only the rows some pair asks about are scored, in blocks of batch_rows
+        distinct, pair_block_row = np.unique(pair_rows, return_inverse=True)
+        users = self._check_users(None if users is None else np.asarray(users).reshape(-1)[distinct], distinct.size)
+        rows = rows[distinct]
+        order = np.argsort(pair_block_row, kind="stable")
+        sorted_rows = pair_block_row[order]
+        out = np.empty(items.shape[0], dtype=np.float32)
         was_training = self.training
         self.eval()
         try:
-            for start in range(0, rows.shape[0], SCORE_BATCH_ROWS):
-                stop = min(start + SCORE_BATCH_ROWS, rows.shape[0])
+            for start in range(0, distinct.size, batch_rows):
+                stop = min(start + batch_rows, distinct.size)
+                lo, hi = np.searchsorted(sorted_rows, [start, stop])
+                pairs = order[lo:hi]
                 s = self.scores(rows[start:stop], users=None if users is None else users[start:stop])
-                idx = torch.from_numpy(items[start:stop]).to(s.device)
-                out[start:stop] = s.gather(1, idx[:, None]).squeeze(1).float().cpu().numpy()
+                r = torch.from_numpy(pair_block_row[pairs] - start).to(s.device)
+                c = torch.from_numpy(items[pairs]).to(s.device)
+                out[pairs] = s[r, c].float().cpu().numpy()
         finally:
             self.train(was_training)
         return np.clip(out, *self.rating_range)

@@ -222,9 +222,9 @@ def predict_ratings(queries: Sequence[RatingQuery], histories: History) -> list[
         pr, pc = np.concatenate(pair_row).astype(np.int64), np.concatenate(pair_col).astype(np.int64)
         predictions = np.empty(len(pr), dtype=np.float32)
         trained = user_rows[pr] >= 0
-        for mask, users_arg in ((trained, user_rows[pr][trained]), (~trained, None)):
+        for mask, users_arg in ((trained, user_rows), (~trained, None)):
             if mask.any():  # users it was trained on by their row index; the rest folded in from their history
-                predictions[mask] = served.model.predict(rows.X[pr[mask]], pc[mask], users=users_arg)
+                predictions[mask] = served.model.predict(rows.X, pc[mask], users=users_arg, pair_rows=pr[mask])
         start = 0
         for j, i in enumerate(indices):
             n = len(spans[j])

@@ -18,7 +18,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import scipy.sparse as sp
-import torch
 
 from models.base import ModelInputError, Recommender, TrainData, as_csr
 from models.baselines import BASELINES, fit_baseline
@@ -76,35 +75,6 @@ def evaluate_ranking(
 
 
 # ---- ratings ------------------------------------------------------------------------------
-@torch.no_grad()
-def _predict_pairs(
-    model: Recommender, train: sp.csr_matrix, users: np.ndarray, items: np.ndarray, batch_rows: int
-) -> np.ndarray:
-    """Rating of (users[j], items[j]) from the user's train row, clipped: one forward pass per user, not per rating."""
-    if model.task != "rating":
-        raise ModelInputError(f"{model.name} ranks items; it does not predict ratings")
-    if not model.can_fold_in and users.size and users.max() >= model.n_users:
-        raise ModelInputError(f"{model.name} was trained on {model.n_users} users; train row {users.max()} is not one")
-    predicted = np.empty(users.size, dtype=np.float64)
-    order = np.argsort(users, kind="stable")
-    batch_users, first = np.unique(users[order], return_index=True)
-    bounds = np.append(first, order.size)
-    was_training = model.training
-    model.eval()
-    try:
-        for start in range(0, batch_users.size, batch_rows):
-            stop = min(start + batch_rows, batch_users.size)
-            block = batch_users[start:stop]
-            pairs = order[bounds[start] : bounds[stop]]
-            scores = model.scores(train[block], users=block)
-            row = torch.from_numpy(np.searchsorted(block, users[pairs])).to(scores.device)
-            col = torch.from_numpy(items[pairs]).to(scores.device)
-            predicted[pairs] = scores[row, col].double().cpu().numpy()
-    finally:
-        model.train(was_training)
-    return np.clip(predicted, *model.rating_range)
-
-
 def evaluate_rating(
     model: Recommender,
     train: sp.csr_matrix,
@@ -132,9 +102,12 @@ def evaluate_rating(
     if fallback is None:
         known[:] = True
     predicted = np.empty(actual.size, dtype=np.float64)
-    predicted[known] = _predict_pairs(model, train, users[known], items[known], batch_rows)
-    if not known.all():
-        predicted[~known] = _predict_pairs(fallback, train, users[~known], items[~known], batch_rows)
+    every_row = np.arange(train.shape[0])  # a model that needs training-row indices gets them
+    for predictor, mask in ((model, known), (fallback, ~known)):
+        if mask.any():  # one forward pass per user, not per rating
+            predicted[mask] = predictor.predict(
+                train, items[mask], users=every_row, pair_rows=users[mask], batch_rows=batch_rows
+            )
     return {
         "rmse": rmse(predicted, actual, model.rating_range),
         "mae": mae(predicted, actual, model.rating_range),

@@ -175,6 +175,27 @@ def test_rating_predictions_clipped(fitted):
     assert liked.mean() > 4.0, f"{name}: withheld block item predicted {liked.mean():.2f}"
 
 
+def test_rating_pairs_score_each_row_once(fitted, monkeypatch):
+    name, model, X, ts, withheld = fitted
+    if model.task != "rating":
+        return
+    # pairs in a scrambled order, several items per row, two rows asked about and one not
+    pair_rows = np.array([3, 1, 3, 3, 1, 3])
+    items = np.array([0, 4, 2, 7, 1, 5]) % N_ITEMS
+    users = np.arange(N_USERS)
+    one_per_pair = model.predict(X[pair_rows], items, users=pair_rows)
+    scored_rows = []
+    scores = type(model).scores
+    monkeypatch.setattr(type(model), "scores", lambda self, rows, **kw: scored_rows.append(rows.shape[0]) or scores(self, rows, **kw))
+    grouped = model.predict(X, items, users=users, pair_rows=pair_rows, batch_rows=1)
+    np.testing.assert_allclose(grouped, one_per_pair, rtol=1e-6)
+    assert scored_rows == [1, 1], "each distinct row is scored once, in blocks of batch_rows"
+    with pytest.raises(ModelInputError, match="outside the"):
+        model.predict(X, items, users=users, pair_rows=pair_rows + N_USERS)
+    with pytest.raises(ModelInputError, match="pair_rows"):
+        model.predict(X, items, users=users, pair_rows=pair_rows[:2])
+
+
 def test_wrong_width_rows_rejected(fitted):
     name, model, X, ts, _ = fitted
     bad = sp.csr_matrix((2, N_ITEMS + 3), dtype=np.float32)
