@@ -42,9 +42,9 @@ class History:
         return History(self.user_ids[keep], self.item_ids[keep], self.ratings[keep], self.timestamps[keep])
 
 
-def _insert(session: Session, table):
+def _insert(connection: Connection, table):
     """The dialect's INSERT, which has ``on_conflict_do_nothing``."""
-    dialect = session.get_bind().dialect.name
+    dialect = connection.dialect.name
     if dialect == "postgresql":
         return postgresql.insert(table)
     if dialect == "sqlite":
@@ -135,20 +135,47 @@ def counts(session: Session) -> dict[str, int]:
 
 
 # ---- writes --------------------------------------------------------------------------------
-def _ensure(session: Session, table, rows: list[dict[str, Any]]) -> tuple[dict[str, int], int]:
-    """Create the rows whose external_id is new; return external_id -> id for all, and how many were new."""
+def _ensure(connection: Connection, table, rows: list[dict[str, Any]]) -> tuple[dict[str, int], set[str]]:
+    """Create the rows whose external_id is new; return external_id -> id for all, and the new external_ids.
+
+    Looks the ids up first and inserts only what is missing: a write for known users and items
+    (the usual case) costs one statement per table, not an insert and a lookup.
+    """
     if not rows:
-        return {}, 0
+        return {}, set()
     rows = sorted({r["external_id"]: r for r in rows}.values(), key=lambda r: r["external_id"])  # one lock order
-    stmt = _insert(session, table.__table__).on_conflict_do_nothing(index_elements=["external_id"])
-    created = 0
-    for chunk in _chunks(rows):
-        created += len(session.execute(stmt.returning(table.id), list(chunk)).all())
+    ids = _ids(connection, table, [r["external_id"] for r in rows])
+    missing = [r for r in rows if r["external_id"] not in ids]
+    if not missing:
+        return ids, set()
+    stmt = _insert(connection, table.__table__).on_conflict_do_nothing(index_elements=["external_id"])
+    created: dict[str, int] = {}
+    for chunk in _chunks(missing):
+        created.update(connection.execute(stmt.returning(table.external_id, table.id), list(chunk)).all())
+    ids.update(created)
+    # created meanwhile by a concurrent transaction (ON CONFLICT DO NOTHING returned nothing for them)
+    ids.update(_ids(connection, table, [r["external_id"] for r in missing if r["external_id"] not in created]))
+    return ids, set(created)
+
+
+def _ids(connection: Connection, table, external_ids: list[str]) -> dict[str, int]:
     ids: dict[str, int] = {}
-    external = [r["external_id"] for r in rows]
-    for chunk in _chunks(external):
-        ids.update(session.execute(select(table.external_id, table.id).where(table.external_id.in_(chunk))).all())
-    return ids, created
+    for chunk in _chunks(external_ids):
+        ids.update(connection.execute(select(table.external_id, table.id).where(table.external_id.in_(chunk))).all())
+    return ids
+
+
+@dataclass(frozen=True)
+class InteractionBatch:
+    """One request's interactions, as parallel lists."""
+
+    user_ids: Sequence[str]
+    item_ids: Sequence[str]
+    ratings: Sequence[float | None]
+    timestamps: Sequence[int | None]
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
 
 
 def store_interactions(
@@ -165,29 +192,63 @@ def store_interactions(
     New users and items are created in the same transaction. ``item_info`` may carry a
     title/metadata for items (the seed command); existing items are left as they are.
     """
+    return store_interaction_batches(session, [InteractionBatch(user_ids, item_ids, ratings, timestamps)], item_info)[0]
+
+
+def store_interaction_batches(
+    session: Session, batches: Sequence[InteractionBatch], item_info: dict[str, dict[str, Any]] | None = None
+) -> list[dict[str, int]]:
+    """Several batches in one transaction (a group commit: one set of statements, one commit).
+
+    Each batch gets the counts it would have got stored on its own, the batches one after
+    another in the order given: a user, item or interaction that two batches bring is new
+    for the first and already there for the second.
+    """
     now = int(time.time())
     item_info = item_info or {}
+    user_ids = [u for b in batches for u in b.user_ids]
+    item_ids = [i for b in batches for i in b.item_ids]
     with _one_writer(session):
         try:
-            user_map, new_users = _ensure(session, User, [{"external_id": u} for u in user_ids])
+            connection = session.connection()  # Core statements: the ORM's execute path costs more than they do
+            user_map, new_users = _ensure(connection, User, [{"external_id": u} for u in user_ids])
             item_rows = [{"external_id": i, "title": None, "metadata": None} for i in item_ids]
             item_rows += [{"external_id": i, "title": v.get("title"), "metadata": v.get("metadata")} for i, v in item_info.items()]
-            item_map, new_items = _ensure(session, Item, item_rows)
-            rows = sorted((  # one lock order for concurrent batches: no deadlocks
-                (user_map[u], item_map[i], r, now if t is None else int(t))
-                for u, i, r, t in zip(user_ids, item_ids, ratings, timestamps)
-            ), key=lambda row: (row[0], row[1], row[3]))
-            inserted = _insert_new_interactions(session, rows)
+            item_map, new_items = _ensure(connection, Item, item_rows)
+            keys = [  # (user, item, timestamp) per interaction, in batch order
+                (user_map[u], item_map[i], now if t is None else int(t))
+                for b in batches for u, i, t in zip(b.user_ids, b.item_ids, b.timestamps)
+            ]
+            ratings = [r for b in batches for r in b.ratings]
+            rows = sorted(  # one lock order for concurrent transactions: no deadlocks
+                ((u, i, r, t) for (u, i, t), r in zip(keys, ratings)), key=lambda row: (row[0], row[1], row[3])
+            )
+            inserted = _insert_new_interactions(connection, rows, with_keys=len(batches) > 1)
             session.commit()
         except BaseException:
             session.rollback()
             raise
+    if len(batches) == 1:
+        return [_counts(len(keys), inserted, len(new_users), len(new_items))]
+    # Each new user, item and row is credited to the first batch that brought it.
+    credited_users, credited_items, credited_rows = set(), set(), set()
+    results, start = [], 0
+    for b in batches:
+        users = {u for u in b.user_ids if u in new_users} - credited_users
+        items = {i for i in b.item_ids if i in new_items} - credited_items
+        rows_new = {k for k in keys[start : start + len(b)] if k in inserted} - credited_rows
+        credited_users |= users
+        credited_items |= items
+        credited_rows |= rows_new
+        results.append(_counts(len(b), len(rows_new), len(users), len(items)))
+        start += len(b)
+    return results
+
+
+def _counts(received: int, inserted: int, new_users: int, new_items: int) -> dict[str, int]:
     return {
-        "received": len(rows),
-        "inserted": inserted,
-        "duplicates": len(rows) - inserted,
-        "new_users": new_users,
-        "new_items": new_items,
+        "received": received, "inserted": inserted, "duplicates": received - inserted,
+        "new_users": new_users, "new_items": new_items,
     }
 
 
@@ -222,13 +283,19 @@ def refresh_statistics(session: Session) -> None:
     session.commit()
 
 
-def _insert_new_interactions(session: Session, rows: list[tuple[int, int, float | None, int]]) -> int:
-    """INSERT ... ON CONFLICT (user_id, item_id, timestamp) DO NOTHING; returns how many rows were new."""
+def _insert_new_interactions(
+    connection: Connection, rows: list[tuple[int, int, float | None, int]], with_keys: bool = False
+) -> int | set[tuple[int, int, int]]:
+    """INSERT ... ON CONFLICT (user_id, item_id, timestamp) DO NOTHING.
+
+    Returns how many rows were new, or with ``with_keys`` their (user_id, item_id, timestamp).
+    """
     table = Interaction.__table__
     columns = ["user_id", "item_id", "rating", "timestamp"]
     conflict = {"index_elements": ["user_id", "item_id", "timestamp"]}
-    inserted = 0
-    if session.get_bind().dialect.name == "postgresql":
+    returned = (table.c.user_id, table.c.item_id, table.c.timestamp) if with_keys else (table.c.id,)
+    new_rows: list[Any] = []
+    if connection.dialect.name == "postgresql":
         # The rows travel as four arrays unnested by the server: one statement per 50k rows.
         # (An executemany of thousands of placeholders spends most of its time in the driver.)
         arrays = func.unnest(*[bindparam(c, type_=postgresql.ARRAY(table.c[c].type)) for c in columns])
@@ -237,13 +304,15 @@ def _insert_new_interactions(session: Session, rows: list[tuple[int, int, float 
             postgresql.insert(table)
             .from_select(columns, select(*source.c))
             .on_conflict_do_nothing(**conflict)
-            .returning(table.c.id)
+            .returning(*returned)
         )
         for chunk in _chunks(rows, ARRAY_CHUNK):
             values = dict(zip(columns, map(list, zip(*chunk))))
-            inserted += len(session.execute(stmt, values).all())
-        return inserted
-    stmt = _insert(session, table).on_conflict_do_nothing(**conflict).returning(table.c.id)
-    for chunk in _chunks(rows):
-        inserted += len(session.execute(stmt, [dict(zip(columns, row)) for row in chunk]).all())
-    return inserted
+            found = connection.execute(stmt, values).all()
+            new_rows += found if with_keys else [len(found)]
+    else:
+        stmt = _insert(connection, table).on_conflict_do_nothing(**conflict).returning(*returned)
+        for chunk in _chunks(rows):
+            found = connection.execute(stmt, [dict(zip(columns, row)) for row in chunk]).all()
+            new_rows += found if with_keys else [len(found)]
+    return {tuple(row) for row in new_rows} if with_keys else sum(new_rows)

@@ -23,6 +23,7 @@ from service.db.session import make_engine, make_session_factory
 from service.errors import install_error_handlers
 from service.metrics import Metrics, RequestMetrics
 from service.model_store import ModelStore
+from service.writes import InteractionWriter
 
 log = logging.getLogger("service")
 
@@ -67,6 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.engine = engine
     app.state.session_factory = make_session_factory(engine)
+    app.state.writer = InteractionWriter(app.state.session_factory, cache, metrics, max_rows=settings.MAX_BATCH)
     app.state.cache = cache
     app.state.store = store
     install_error_handlers(app)

@@ -38,6 +38,10 @@ class Metrics:
         self.model_swaps = Counter("aerec_model_swaps", "Model versions swapped in", registry=r)
         self.model_refused = Counter("aerec_model_versions_refused", "Model versions that failed validation", registry=r)
         self.model_loaded_at = Gauge("aerec_model_loaded_timestamp_seconds", "When the served version was loaded", registry=r)
+        self.write_group = Histogram(
+            "aerec_interaction_batches_per_commit", "Interaction batches (requests) written by one transaction",
+            buckets=(1, 2, 4, 8, 16, 32, 64), registry=r,
+        )
 
     def served_version(self, version: str) -> None:
         self.model_info.clear()

@@ -24,6 +24,7 @@ from service.core.config import Settings
 from service.errors import ApiError
 from service.metrics import Metrics
 from service.model_store import ModelStore
+from service.writes import InteractionWriter
 
 API_KEY_HEADER = "X-API-Key"
 api_key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="The service's API_KEY.")
@@ -63,11 +64,16 @@ async def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
+async def get_writer(request: Request) -> InteractionWriter:
+    return request.app.state.writer
+
+
 SessionDep = Annotated[Session, Depends(get_db)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 CacheDep = Annotated[Cache, Depends(get_cache)]
 StoreDep = Annotated[ModelStore, Depends(get_store)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+WriterDep = Annotated[InteractionWriter, Depends(get_writer)]
 
 
 async def require_api_key(settings: SettingsDep, key: Annotated[str | None, Security(api_key_header)]) -> None:

@@ -1,0 +1,95 @@
+"""Group commit for ``POST /interactions``: the batches of concurrent requests share one transaction.
+
+A small write's cost is mostly fixed: the statements that create users and items and
+insert the rows, and the commit's flush to disk. One writer per process writes every batch
+that arrived while the previous transaction was being written, in one transaction, then
+answers each request with its own counts (``crud.store_interaction_batches``). Nothing
+waits on a timer: a lone request is written at once, and under load the groups grow by
+themselves. A request is answered only after the commit that holds its rows, as before.
+
+If a group's transaction fails because of what one batch holds, each batch is written on
+its own again, so only that request fails; if the database is unreachable, every request
+of the group gets that error (a 503) without retrying.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable
+
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from service import crud
+from service.cache import Cache
+from service.errors import DATABASE_UNAVAILABLE
+from service.metrics import Metrics
+
+Outcome = dict[str, int] | BaseException
+
+
+@dataclass
+class _Waiting:
+    batch: crud.InteractionBatch
+    answer: asyncio.Future
+
+
+class InteractionWriter:
+    """Stores interaction batches, writing those that wait together in one transaction."""
+
+    def __init__(self, session_factory: Callable[[], Session], cache: Cache, metrics: Metrics, max_rows: int) -> None:
+        self._session_factory = session_factory
+        self._cache = cache
+        self._metrics = metrics
+        self.max_rows = max_rows  # most rows in one group (a bigger batch is written alone)
+        self._waiting: deque[_Waiting] = deque()
+        self._writing: asyncio.Task | None = None
+
+    async def store(self, batch: crud.InteractionBatch) -> dict[str, int]:
+        """The batch's counts once it is committed (and its users' cached lists invalidated)."""
+        loop = asyncio.get_running_loop()
+        waiting = _Waiting(batch, loop.create_future())
+        self._waiting.append(waiting)
+        if self._writing is None or self._writing.done():
+            self._writing = loop.create_task(self._write_waiting())
+        # A request that goes away cancels only its answer: the write goes on in the writer's task.
+        return await waiting.answer
+
+    async def _write_waiting(self) -> None:
+        while self._waiting:
+            group = [self._waiting.popleft()]
+            rows = len(group[0].batch)
+            while self._waiting and rows + len(self._waiting[0].batch) <= self.max_rows:
+                rows += len(self._waiting[0].batch)
+                group.append(self._waiting.popleft())
+            try:
+                outcomes = await run_in_threadpool(self._write, [w.batch for w in group])
+            except BaseException:  # the writer was cancelled (the loop is closing): nobody waits forever
+                for waiting in [*group, *self._waiting]:
+                    waiting.answer.cancel()
+                self._waiting.clear()
+                raise
+            for waiting, outcome in zip(group, outcomes):
+                if waiting.answer.done():
+                    continue
+                if isinstance(outcome, BaseException):
+                    waiting.answer.set_exception(outcome)
+                else:
+                    waiting.answer.set_result(outcome)
+
+    def _write(self, batches: list[crud.InteractionBatch]) -> list[Outcome]:
+        """In a worker thread: one transaction for all, else (bad data) one per batch."""
+        try:
+            with self._session_factory() as session:
+                counts: list[Outcome] = list(crud.store_interaction_batches(session, batches))
+        except DATABASE_UNAVAILABLE as exc:
+            return [exc] * len(batches)
+        except Exception as exc:
+            if len(batches) == 1:
+                return [exc]
+            return [outcome for batch in batches for outcome in self._write([batch])]
+        self._metrics.write_group.observe(len(batches))
+        self._cache.invalidate_users({u for batch in batches for u in batch.user_ids})
+        return counts
