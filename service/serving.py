@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+from pydantic import TypeAdapter
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -34,6 +35,7 @@ from service.schemas import (
 )
 
 
+_RATING_LIST = TypeAdapter(list[RatingResponse])
 Lookup = Callable[[], tuple[str | None, str | None]]  # () -> (cache key or None if uncachable, cached JSON)
 Compute = Callable[[str | None], str]  # cache key -> the answer's JSON, stored under the key
 
@@ -138,8 +140,9 @@ def _stored(cache: Cache, key: str | None, body: str, settings: Settings) -> str
 
 
 async def ratings(
-    session: Session, store: ModelStore, settings: Settings, requests: list[RatingRequest]
-) -> list[RatingResponse]:
+    session: Session, store: ModelStore, settings: Settings, requests: list[RatingRequest], many: bool
+) -> Answer:
+    """A ``RatingResponse`` per request as JSON: a list of them if ``many``, else the one."""
     check_list("ratings requests", requests, settings)
     for r in requests:
         check_list("item_ids", r.item_ids, settings)
@@ -149,19 +152,20 @@ async def ratings(
         for r in requests
     ]
 
-    def predicted() -> list[inference.Rated]:
+    def predicted() -> str:
         with crud.reads(session) as db:
             histories = crud.user_histories(db, [r.user_id for r in requests])
-        return inference.predict_ratings(queries, histories)
+        responses = [
+            RatingResponse(
+                user_id=q.user_id, model=q.model.name, model_version=version.version, source=r.source,
+                ratings=[PredictedRating(item_id=i, rating=v) for i, v in r.ratings], unknown_items=r.unknown_items,
+            )
+            for q, r in zip(queries, inference.predict_ratings(queries, histories))
+        ]
+        return _RATING_LIST.dump_json(responses).decode() if many else responses[0].model_dump_json()
 
-    rated = await store.run(predicted)
-    return [
-        RatingResponse(
-            user_id=q.user_id, model=q.model.name, model_version=version.version, source=r.source,
-            ratings=[PredictedRating(item_id=i, rating=v) for i, v in r.ratings], unknown_items=r.unknown_items,
-        )
-        for q, r in zip(queries, rated)
-    ]
+    models = ",".join(sorted({q.model.name for q in queries}))
+    return Answer(models, await store.run(predicted))
 
 
 async def similar(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Request
+from fastapi import APIRouter, Body, Request, Response
 
 from service import serving
 from service.api.deps import ReadAccess, SessionDep, SettingsDep, StoreDep
@@ -20,9 +20,9 @@ async def predict_ratings(
     store: StoreDep,
     settings: SettingsDep,
     body: Annotated[RatingRequest | list[RatingRequest], Body()],
-) -> RatingResponse | list[RatingResponse]:
+) -> Response:
     """Ratings clipped to the model's rating range; a list of requests gets a list back, in order."""
     many = isinstance(body, list)
-    responses = await serving.ratings(session, store, settings, body if many else [body])
-    request.state.model = ",".join(sorted({r.model for r in responses}))
-    return responses if many else responses[0]
+    answer = await serving.ratings(session, store, settings, body if many else [body], many)
+    request.state.model = answer.model
+    return Response(answer.json, media_type="application/json")  # already the response model's JSON
