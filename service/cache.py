@@ -10,6 +10,8 @@ list's key (``user_generation``). POST /interactions deletes the users' tokens; 
 read draws a fresh random token, so every list cached before, including one computed
 from a history read before the write committed, can never be found again. ``user_entry``
 reads the token and the list together: on Redis, one round trip (a Lua script).
+Requests look up on the event loop (``user_entry_async``, ``get_async``: Redis's asyncio
+client, with the same timeouts and backoff); the rest runs in worker threads.
 """
 
 from __future__ import annotations
@@ -24,7 +26,10 @@ from abc import ABC, abstractmethod
 from collections import OrderedDict
 from typing import Any, Callable, Iterable, Sequence
 
+import asyncio
+
 import redis
+import redis.asyncio
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -44,7 +49,6 @@ class Cache(ABC):
     """get/set/delete_many/ping; failures of the backend become misses and are counted."""
 
     backend: str
-    blocking: bool  # True: calls do network I/O (keep them off the event loop)
 
     def __init__(self, metrics: Metrics, namespace: str = "aerec") -> None:
         self.metrics = metrics
@@ -91,6 +95,9 @@ class Cache(ABC):
     def close(self) -> None:
         pass
 
+    async def aclose(self) -> None:
+        """Close what belongs to the running event loop (before ``close``, at shutdown)."""
+
     @abstractmethod
     def _get(self, key: str) -> str | None: ...
 
@@ -123,6 +130,16 @@ class Cache(ABC):
             return None, None
         entry_key = f"{key}:{generation}"
         return entry_key, self.get(entry_key, kind=kind)
+
+    # The lookups a request makes on the event loop. In process they are the calls above (no
+    # I/O); Redis answers them through its asyncio client, so a hit costs no thread hop.
+    async def get_async(self, key: str, kind: str = "other") -> str | None:
+        return self.get(key, kind)
+
+    async def user_entry_async(
+        self, user_id: str, key: str, generation_ttl_s: float, kind: str
+    ) -> tuple[str | None, str | None]:
+        return self.user_entry(user_id, key, generation_ttl_s, kind)
 
     def invalidate_users(self, user_ids: Iterable[str]) -> bool:
         return self.delete_many(f"gen:{u}" for u in set(user_ids))
@@ -166,7 +183,6 @@ class MemoryCache(Cache):
     """In-process TTL + LRU: an OrderedDict in recency order, bounded by ``max_entries``."""
 
     backend = "memory"
-    blocking = False  # a dict behind a lock held for microseconds: safe on the event loop
 
     def __init__(self, metrics: Metrics, namespace: str = "aerec", max_entries: int = 10_000) -> None:
         super().__init__(metrics, namespace)
@@ -225,7 +241,6 @@ class RedisCache(Cache):
     """Redis with short timeouts; any Redis error is a ``CacheUnavailable`` (counted, served uncached)."""
 
     backend = "redis"
-    blocking = True
 
     def __init__(self, url: str, metrics: Metrics, namespace: str = "aerec", timeout_s: float = 0.25) -> None:
         super().__init__(metrics, namespace)
@@ -240,16 +255,69 @@ class RedisCache(Cache):
         )
         self._down_until = 0.0
         self._user_entry = self.client.register_script(_USER_ENTRY_LUA)  # EVALSHA, loaded again after a restart
+        self._client_options = dict(url=url, timeout_s=timeout_s)
+        self._async: tuple[asyncio.AbstractEventLoop, redis.asyncio.Redis, Any] | None = None
 
-    def user_entry(self, user_id: str, key: str, generation_ttl_s: float, kind: str) -> tuple[str | None, str | None]:
-        try:
-            generation, value, known = self._call(
-                self._user_entry, keys=[self._key(f"gen:{user_id}")],
-                args=[secrets.token_hex(8), max(1, int(generation_ttl_s * 1000)), self._key(key)],
+    def _async_client(self) -> tuple[redis.asyncio.Redis, Any]:
+        """The asyncio client of the running loop (its connections belong to that loop), and its script."""
+        loop = asyncio.get_running_loop()
+        if self._async is None or self._async[0] is not loop:
+            options = self._client_options
+            client = redis.asyncio.Redis.from_url(
+                options["url"], socket_timeout=options["timeout_s"], socket_connect_timeout=options["timeout_s"],
+                retry_on_timeout=False, retry=redis.asyncio.retry.Retry(NoBackoff(), 0),
+                health_check_interval=30, decode_responses=True,
             )
+            self._async = (loop, client, client.register_script(_USER_ENTRY_LUA))
+        return self._async[1], self._async[2]
+
+    async def _acall(self, fn, *args, **kwargs):
+        if time.monotonic() < self._down_until:
+            raise CacheUnavailable("redis is backing off after a failure")
+        try:
+            return await fn(*args, **kwargs)
+        except (redis.RedisError, OSError, asyncio.TimeoutError) as exc:
+            self._failed(exc)
+            raise CacheUnavailable(str(exc)) from exc
+
+    def _failed(self, exc: BaseException) -> None:
+        if self._down_until == 0.0 or time.monotonic() >= self._down_until + BACKOFF_S:
+            log.warning("redis unavailable, serving uncached: %s", exc)
+        self._down_until = time.monotonic() + BACKOFF_S
+
+    async def get_async(self, key: str, kind: str = "other") -> str | None:
+        client, _ = self._async_client()
+        try:
+            value = await self._acall(client.get, self._key(key))
+        except CacheUnavailable:
+            self.metrics.cache_errors.labels("get").inc()
+            return None
+        (self.metrics.cache_hits if value is not None else self.metrics.cache_misses).labels(kind).inc()
+        return value
+
+    async def user_entry_async(
+        self, user_id: str, key: str, generation_ttl_s: float, kind: str
+    ) -> tuple[str | None, str | None]:
+        _, script = self._async_client()
+        try:
+            found = await self._acall(script, keys=[self._key(f"gen:{user_id}")], args=self._user_entry_args(key, generation_ttl_s))
         except CacheUnavailable:
             self.metrics.cache_errors.labels("get").inc()
             return None, None
+        return self._user_entry_found(key, kind, *found)
+
+    def user_entry(self, user_id: str, key: str, generation_ttl_s: float, kind: str) -> tuple[str | None, str | None]:
+        try:
+            found = self._call(self._user_entry, keys=[self._key(f"gen:{user_id}")], args=self._user_entry_args(key, generation_ttl_s))
+        except CacheUnavailable:
+            self.metrics.cache_errors.labels("get").inc()
+            return None, None
+        return self._user_entry_found(key, kind, *found)
+
+    def _user_entry_args(self, key: str, generation_ttl_s: float) -> list:
+        return [secrets.token_hex(8), max(1, int(generation_ttl_s * 1000)), self._key(key)]
+
+    def _user_entry_found(self, key: str, kind: str, generation: str, value: str | None, known: int) -> tuple[str, str | None]:
         (self.metrics.cache_hits if known else self.metrics.cache_misses).labels("generation").inc()
         (self.metrics.cache_hits if value is not None else self.metrics.cache_misses).labels(kind).inc()  # a new token finds nothing
         return f"{key}:{generation}", value
@@ -260,9 +328,7 @@ class RedisCache(Cache):
         try:
             return fn(*args, **kwargs)
         except (redis.RedisError, OSError) as exc:
-            if self._down_until == 0.0 or time.monotonic() >= self._down_until + BACKOFF_S:
-                log.warning("redis unavailable, serving uncached: %s", exc)
-            self._down_until = time.monotonic() + BACKOFF_S
+            self._failed(exc)
             raise CacheUnavailable(str(exc)) from exc
 
     def _get(self, key: str) -> str | None:
@@ -281,6 +347,11 @@ class RedisCache(Cache):
             return bool(self.client.ping())
         except (redis.RedisError, OSError):
             return False
+
+    async def aclose(self) -> None:
+        if self._async is not None and self._async[0] is asyncio.get_running_loop():
+            await self._async[1].aclose()
+            self._async = None
 
     def close(self) -> None:
         self.client.close()

@@ -60,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             store.stop_watcher()
+            await cache.aclose()
             cache.close()
             engine.dispose()
 

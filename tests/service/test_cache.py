@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 
@@ -90,6 +91,27 @@ def test_a_users_entry_follows_their_generation(cache):
     assert (hits, misses) == (1, 3)
 
 
+def test_the_event_loop_lookups_agree_with_the_blocking_ones(cache):
+    """``user_entry_async`` and ``get_async`` (Redis: its asyncio client) see what the blocking calls wrote."""
+    key, _ = cache.user_entry("u1", "rec:abc", 30, kind="recommendations")
+    cache.set(key, "[1, 2]", 30)
+    cache.set("sim:x", "[3]", 30)
+
+    async def lookups():
+        found = [await cache.user_entry_async("u1", "rec:abc", 30, kind="recommendations"),
+                 await cache.get_async("sim:x", kind="similar"), await cache.get_async("sim:y", kind="similar")]
+        fresh_key, fresh = await cache.user_entry_async("u9", "rec:abc", 30, kind="recommendations")
+        await cache.aclose()
+        return found, fresh_key, fresh
+
+    found, fresh_key, fresh = asyncio.run(lookups())
+    assert found == [(key, "[1, 2]"), "[3]", None]
+    # a token drawn by the asyncio lookup is the one the blocking calls see next
+    assert fresh is None and fresh_key == f"rec:abc:{cache.user_generation('u9', 30)}"
+    assert cache.metrics.cache_hits.labels("similar")._value.get() == 1
+    assert cache.metrics.cache_misses.labels("similar")._value.get() == 1
+
+
 def test_keys_depend_on_every_part():
     base = list_key("rec", "v1", "ease", "u", "g", {"k": 10})
     assert base == list_key("rec", "v1", "ease", "u", "g", {"k": 10})
@@ -117,5 +139,13 @@ def test_unreachable_redis_is_a_counted_miss_and_fails_fast():
     assert time.perf_counter() - started < 2  # after the first failure Redis is skipped, not retried per call
     assert not cache.ping() and cache.user_generation("u", 10) is None
     assert cache.user_entry("u", "rec:x", 10, kind="recommendations") == (None, None)
+
+    async def lookups():
+        return await cache.user_entry_async("u", "rec:x", 10, kind="recommendations"), await cache.get_async("k")
+
+    assert asyncio.run(lookups()) == ((None, None), None)  # backing off: no connection attempt
+    cache._down_until = 0.0  # the backoff over: the asyncio client meets the refused connection itself
+    assert asyncio.run(lookups()) == ((None, None), None)
+    assert cache._down_until > time.monotonic()  # and backs off again
     errors = sum(s.value for m in metrics.cache_errors.collect() for s in m.samples if s.name.endswith("_total"))
     assert errors >= 100
