@@ -136,6 +136,9 @@ class Cache(ABC):
     async def get_async(self, key: str, kind: str = "other") -> str | None:
         return self.get(key, kind)
 
+    async def set_async(self, key: str, value: str, ttl_s: float) -> bool:
+        return self.set(key, value, ttl_s)
+
     async def user_entry_async(
         self, user_id: str, key: str, generation_ttl_s: float, kind: str
     ) -> tuple[str | None, str | None]:
@@ -294,6 +297,14 @@ class RedisCache(Cache):
             return None
         (self.metrics.cache_hits if value is not None else self.metrics.cache_misses).labels(kind).inc()
         return value
+
+    async def set_async(self, key: str, value: str, ttl_s: float) -> bool:
+        client, _ = self._async_client()
+        try:
+            return bool(await self._acall(client.set, self._key(key), value, px=max(1, int(ttl_s * 1000))))
+        except CacheUnavailable:
+            self.metrics.cache_errors.labels("set").inc()
+            return False
 
     async def user_entry_async(
         self, user_id: str, key: str, generation_ttl_s: float, kind: str

@@ -37,7 +37,7 @@ from service.schemas import (
 
 _RATING_LIST = TypeAdapter(list[RatingResponse])
 Lookup = Callable[[], Awaitable[tuple[str | None, str | None]]]  # () -> (cache key or None if uncachable, cached JSON)
-Compute = Callable[[str | None], str]  # cache key -> the answer's JSON, stored under the key
+Compute = Callable[[], str]  # () -> the answer's JSON
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ async def recommendations(
         key = list_key("rec", version.version, served.name, user_id, request.model_dump(exclude={"model"}))
         return await cache.user_entry_async(user_id, key, 2 * settings.CACHE_TTL_S, kind="recommendations")
 
-    def compute(key: str | None) -> str:
+    def compute() -> str:
         with crud.reads(session) as db:
             history = crud.user_history(db, user_id)
             scored = inference.recommend(
@@ -114,29 +114,29 @@ async def recommendations(
             user_id=user_id, model=served.name, model_version=version.version, source=scored.source,
             items=_scored_items(scored.items, request.offset + 1, titles), unknown_items=scored.unknown_items,
         )
-        return _stored(cache, key, response.model_dump_json(), settings)
+        return response.model_dump_json()
 
-    return Answer(served.name, await _cached_or_computed(store, lookup, compute))
+    return Answer(served.name, await _cached_or_computed(cache, store, settings, lookup, compute))
 
 
-async def _cached_or_computed(store: ModelStore, lookup: Lookup, compute: Compute) -> str:
-    """The cached JSON under ``lookup``'s key, else ``compute(key)`` (which stores it).
+async def _cached_or_computed(cache: Cache, store: ModelStore, settings: Settings, lookup: Lookup, compute: Compute) -> str:
+    """The cached JSON under ``lookup``'s key, else ``compute()``'s, stored under the key.
 
-    A hit is answered on the loop with no thread hop (a Redis lookup awaits its asyncio
-    client: 525-637 hits/s at 8 clients against 495-555 from a worker thread, ml-100k), and
-    a miss's compute waits for a scoring
-    slot (``ModelStore.run``), so a hit never queues behind other requests' scoring. The
-    history query stays inside the slot: moving it out (a thread hop more, and more threads
-    taking turns on the GIL) served fewer misses on both backends (ml-100k, 8 clients:
-    SQLite 490 against 600 req/s, PostgreSQL 285 against 350).
+    The cache is used from the event loop (in process, or Redis's asyncio client): a hit
+    costs no thread hop (PostgreSQL + Redis, ml-100k, 8 clients: 525-637 hits/s against
+    495-555 with the lookup in a worker thread), and a miss holds its scoring slot
+    (``ModelStore.run``) only for the query, scoring and serialising, not for the store
+    of its answer. A hit never queues behind other requests' scoring. The history query
+    stays inside the slot: moving it out (a thread hop more, and more threads taking turns
+    on the GIL) served fewer misses on both backends (ml-100k, 8 clients: SQLite 490
+    against 600 req/s, PostgreSQL 285 against 350).
     """
     key, hit = await lookup()
-    return hit if hit is not None else await store.run(compute, key)
-
-
-def _stored(cache: Cache, key: str | None, body: str, settings: Settings) -> str:
-    if key is not None:
-        cache.set(key, body, settings.CACHE_TTL_S)
+    if hit is not None:
+        return hit
+    body = await store.run(compute)
+    if key is not None:  # stored from the loop too, after the slot is free for the next miss
+        await cache.set_async(key, body, settings.CACHE_TTL_S)
     return body
 
 
@@ -182,15 +182,15 @@ async def similar(
         key = list_key("sim", version.version, served.name, item_id, k)
         return key, await cache.get_async(key, kind="similar")
 
-    def compute(key: str | None) -> str:
+    def compute() -> str:
         pairs = inference.similar_items(served, item_id, k)
         titles = _titles(session, cache, settings, [i for i, _ in pairs])
         response = SimilarItemsResponse(
             item_id=item_id, model=served.name, model_version=version.version, items=_scored_items(pairs, 1, titles)
         )
-        return _stored(cache, key, response.model_dump_json(), settings)
+        return response.model_dump_json()
 
-    return Answer(served.name, await _cached_or_computed(store, lookup, compute))
+    return Answer(served.name, await _cached_or_computed(cache, store, settings, lookup, compute))
 
 
 def models_report(store: ModelStore, settings: Settings) -> dict:

@@ -101,6 +101,7 @@ def test_the_event_loop_lookups_agree_with_the_blocking_ones(cache):
         found = [await cache.user_entry_async("u1", "rec:abc", 30, kind="recommendations"),
                  await cache.get_async("sim:x", kind="similar"), await cache.get_async("sim:y", kind="similar")]
         fresh_key, fresh = await cache.user_entry_async("u9", "rec:abc", 30, kind="recommendations")
+        assert await cache.set_async(fresh_key, "[4]", 30)
         await cache.aclose()
         return found, fresh_key, fresh
 
@@ -108,6 +109,7 @@ def test_the_event_loop_lookups_agree_with_the_blocking_ones(cache):
     assert found == [(key, "[1, 2]"), "[3]", None]
     # a token drawn by the asyncio lookup is the one the blocking calls see next
     assert fresh is None and fresh_key == f"rec:abc:{cache.user_generation('u9', 30)}"
+    assert cache.user_entry("u9", "rec:abc", 30, kind="recommendations") == (fresh_key, "[4]")
     assert cache.metrics.cache_hits.labels("similar")._value.get() == 1
     assert cache.metrics.cache_misses.labels("similar")._value.get() == 1
 
@@ -141,11 +143,12 @@ def test_unreachable_redis_is_a_counted_miss_and_fails_fast():
     assert cache.user_entry("u", "rec:x", 10, kind="recommendations") == (None, None)
 
     async def lookups():
-        return await cache.user_entry_async("u", "rec:x", 10, kind="recommendations"), await cache.get_async("k")
+        return (await cache.user_entry_async("u", "rec:x", 10, kind="recommendations"), await cache.get_async("k"),
+                await cache.set_async("k", "v", 10))
 
-    assert asyncio.run(lookups()) == ((None, None), None)  # backing off: no connection attempt
+    assert asyncio.run(lookups()) == ((None, None), None, False)  # backing off: no connection attempt
     cache._down_until = 0.0  # the backoff over: the asyncio client meets the refused connection itself
-    assert asyncio.run(lookups()) == ((None, None), None)
+    assert asyncio.run(lookups()) == ((None, None), None, False)
     assert cache._down_until > time.monotonic()  # and backs off again
     errors = sum(s.value for m in metrics.cache_errors.collect() for s in m.samples if s.name.endswith("_total"))
     assert errors >= 100
