@@ -7,7 +7,7 @@ Cacheable answers leave here as JSON text (``Answer``): a hit is sent as it was 
 with no parse and re-serialisation, and a miss is serialised once, for the cache and the
 client alike. The cached endpoints are coroutines: the cache lookup runs on the event loop
 (in process, or through Redis's asyncio client), so a hit costs no thread hop; only a
-miss's work (query, scoring, storing the answer) goes to a worker thread.
+miss's work (query, scoring, serialising) goes to a worker thread.
 """
 
 from __future__ import annotations
