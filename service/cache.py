@@ -16,6 +16,7 @@ client, with the same timeouts and backoff); the rest runs in worker threads.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -26,10 +27,9 @@ from abc import ABC, abstractmethod
 from collections import OrderedDict
 from typing import Any, Callable, Iterable, Sequence
 
-import asyncio
-
 import redis
 import redis.asyncio
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -43,6 +43,10 @@ MAX_TITLES = 1_000_000  # item titles kept in process (a catalogue larger than t
 
 class CacheUnavailable(Exception):
     pass
+
+
+def _ms(ttl_s: float) -> int:
+    return max(1, int(ttl_s * 1000))  # Redis TTLs in whole milliseconds, at least one
 
 
 class Cache(ABC):
@@ -64,6 +68,9 @@ class Cache(ABC):
         except CacheUnavailable:
             self.metrics.cache_errors.labels("get").inc()
             return None
+        return self._counted(value, kind)
+
+    def _counted(self, value: str | None, kind: str) -> str | None:
         (self.metrics.cache_hits if value is not None else self.metrics.cache_misses).labels(kind).inc()
         return value
 
@@ -110,6 +117,13 @@ class Cache(ABC):
     @abstractmethod
     def _ping(self) -> bool: ...
 
+    # In process the asyncio hooks are the blocking ones (no I/O); Redis overrides them.
+    async def _get_async(self, key: str) -> str | None:
+        return self._get(key)
+
+    async def _set_async(self, key: str, value: str, ttl_s: float) -> bool:
+        return self._set(key, value, ttl_s, False)
+
     # ---- what the service caches -----------------------------------------------------
     def user_generation(self, user_id: str, ttl_s: float) -> str | None:
         """The user's current generation token (None when the cache cannot be used now)."""
@@ -131,13 +145,22 @@ class Cache(ABC):
         entry_key = f"{key}:{generation}"
         return entry_key, self.get(entry_key, kind=kind)
 
-    # The lookups a request makes on the event loop. In process they are the calls above (no
-    # I/O); Redis answers them through its asyncio client, so a hit costs no thread hop.
+    # What a request does on the event loop. Redis answers through its asyncio client, so a
+    # hit costs no thread hop; errors and metrics as in ``get`` and ``set``.
     async def get_async(self, key: str, kind: str = "other") -> str | None:
-        return self.get(key, kind)
+        try:
+            value = await self._get_async(self._key(key))
+        except CacheUnavailable:
+            self.metrics.cache_errors.labels("get").inc()
+            return None
+        return self._counted(value, kind)
 
     async def set_async(self, key: str, value: str, ttl_s: float) -> bool:
-        return self.set(key, value, ttl_s)
+        try:
+            return await self._set_async(self._key(key), value, ttl_s)
+        except CacheUnavailable:
+            self.metrics.cache_errors.labels("set").inc()
+            return False
 
     async def user_entry_async(
         self, user_id: str, key: str, generation_ttl_s: float, kind: str
@@ -247,30 +270,21 @@ class RedisCache(Cache):
 
     def __init__(self, url: str, metrics: Metrics, namespace: str = "aerec", timeout_s: float = 0.25) -> None:
         super().__init__(metrics, namespace)
-        self.client = redis.Redis.from_url(
-            url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry_on_timeout=False,
-            retry=Retry(NoBackoff(), 0),  # no client-side retries: a failure is a miss at once
-            health_check_interval=30,
-            decode_responses=True,
+        # the blocking client and the asyncio one alike; no client-side retries: a failure is a miss at once
+        self._url, self._options = url, dict(
+            socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry_on_timeout=False,
+            health_check_interval=30, decode_responses=True,
         )
+        self.client = redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **self._options)
         self._down_until = 0.0
         self._user_entry = self.client.register_script(_USER_ENTRY_LUA)  # EVALSHA, loaded again after a restart
-        self._client_options = dict(url=url, timeout_s=timeout_s)
         self._async: tuple[asyncio.AbstractEventLoop, redis.asyncio.Redis, Any] | None = None
 
     def _async_client(self) -> tuple[redis.asyncio.Redis, Any]:
         """The asyncio client of the running loop (its connections belong to that loop), and its script."""
         loop = asyncio.get_running_loop()
         if self._async is None or self._async[0] is not loop:
-            options = self._client_options
-            client = redis.asyncio.Redis.from_url(
-                options["url"], socket_timeout=options["timeout_s"], socket_connect_timeout=options["timeout_s"],
-                retry_on_timeout=False, retry=redis.asyncio.retry.Retry(NoBackoff(), 0),
-                health_check_interval=30, decode_responses=True,
-            )
+            client = redis.asyncio.Redis.from_url(self._url, retry=AsyncRetry(NoBackoff(), 0), **self._options)
             self._async = (loop, client, client.register_script(_USER_ENTRY_LUA))
         return self._async[1], self._async[2]
 
@@ -288,23 +302,11 @@ class RedisCache(Cache):
             log.warning("redis unavailable, serving uncached: %s", exc)
         self._down_until = time.monotonic() + BACKOFF_S
 
-    async def get_async(self, key: str, kind: str = "other") -> str | None:
-        client, _ = self._async_client()
-        try:
-            value = await self._acall(client.get, self._key(key))
-        except CacheUnavailable:
-            self.metrics.cache_errors.labels("get").inc()
-            return None
-        (self.metrics.cache_hits if value is not None else self.metrics.cache_misses).labels(kind).inc()
-        return value
+    async def _get_async(self, key: str) -> str | None:
+        return await self._acall(self._async_client()[0].get, key)
 
-    async def set_async(self, key: str, value: str, ttl_s: float) -> bool:
-        client, _ = self._async_client()
-        try:
-            return bool(await self._acall(client.set, self._key(key), value, px=max(1, int(ttl_s * 1000))))
-        except CacheUnavailable:
-            self.metrics.cache_errors.labels("set").inc()
-            return False
+    async def _set_async(self, key: str, value: str, ttl_s: float) -> bool:
+        return bool(await self._acall(self._async_client()[0].set, key, value, px=_ms(ttl_s)))
 
     async def user_entry_async(
         self, user_id: str, key: str, generation_ttl_s: float, kind: str
@@ -326,12 +328,11 @@ class RedisCache(Cache):
         return self._user_entry_found(key, kind, *found)
 
     def _user_entry_args(self, key: str, generation_ttl_s: float) -> list:
-        return [secrets.token_hex(8), max(1, int(generation_ttl_s * 1000)), self._key(key)]
+        return [secrets.token_hex(8), _ms(generation_ttl_s), self._key(key)]
 
     def _user_entry_found(self, key: str, kind: str, generation: str, value: str | None, known: int) -> tuple[str, str | None]:
         (self.metrics.cache_hits if known else self.metrics.cache_misses).labels("generation").inc()
-        (self.metrics.cache_hits if value is not None else self.metrics.cache_misses).labels(kind).inc()  # a new token finds nothing
-        return f"{key}:{generation}", value
+        return f"{key}:{generation}", self._counted(value, kind)  # a new token finds nothing
 
     def _call(self, fn, *args, force: bool = False, **kwargs):
         if not force and time.monotonic() < self._down_until:
@@ -346,7 +347,7 @@ class RedisCache(Cache):
         return self._call(self.client.get, key)
 
     def _set(self, key: str, value: str, ttl_s: float, only_if_absent: bool) -> bool:
-        return bool(self._call(self.client.set, key, value, px=max(1, int(ttl_s * 1000)), nx=only_if_absent))
+        return bool(self._call(self.client.set, key, value, px=_ms(ttl_s), nx=only_if_absent))
 
     def _delete_many(self, keys: list[str]) -> None:
         # Invalidation is tried even while backing off: a missed delete could serve a stale list.

@@ -223,6 +223,7 @@ def store_interaction_batches(
             rows = sorted(  # one lock order for concurrent transactions: no deadlocks
                 ((u, i, r, t) for (u, i, t), r in zip(keys, ratings)), key=lambda row: (row[0], row[1], row[3])
             )
+            # which rows were new only matters to share them out; one batch (a seed's millions of rows) needs the count
             inserted = _insert_new_interactions(connection, rows, with_keys=len(batches) > 1)
             session.commit()
         except BaseException:
