@@ -123,7 +123,8 @@ def item_titles(db: Session | Connection, item_ids: Sequence[str]) -> dict[str, 
 
 
 def ping(session: Session) -> None:
-    session.execute(select(1)).scalar_one()
+    with reads(session) as connection:  # a connection of its own each call: ``retry_if_dropped`` can repeat it
+        connection.execute(select(1)).scalar_one()
 
 
 def counts(session: Session) -> dict[str, int]:

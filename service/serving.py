@@ -13,6 +13,7 @@ miss's work (query, scoring, serialising) goes to a worker thread.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Awaitable, Callable, Sequence
 
 from pydantic import TypeAdapter
@@ -22,6 +23,7 @@ from sqlalchemy.orm import Session
 from service import crud, inference
 from service.cache import Cache, list_key
 from service.core.config import Settings
+from service.db.session import retry_if_dropped
 from service.errors import ApiError
 from service.model_store import ModelStore, ServingVersion
 from service.schemas import (
@@ -134,7 +136,7 @@ async def _cached_or_computed(cache: Cache, store: ModelStore, settings: Setting
     key, hit = await lookup()
     if hit is not None:
         return hit
-    body = await store.run(compute)
+    body = await store.run(partial(retry_if_dropped, compute))
     if key is not None:  # stored from the loop too, after the slot is free for the next miss
         await cache.set_async(key, body, settings.CACHE_TTL_S)
     return body
@@ -166,7 +168,7 @@ async def ratings(
         return _RATING_LIST.dump_json(responses).decode() if many else responses[0].model_dump_json()
 
     models = ",".join(sorted({q.model.name for q in queries}))
-    return Answer(models, await store.run(predicted))
+    return Answer(models, await store.run(partial(retry_if_dropped, predicted)))
 
 
 async def similar(

@@ -9,7 +9,8 @@ themselves. A request is answered only after the commit that holds its rows, as 
 
 If a group's transaction fails because of what one batch holds, each batch is written on
 its own again, so only that request fails; if the database is unreachable, every request
-of the group gets that error (a 503) without retrying.
+of the group gets that error (a 503) without retrying (but for the one new try on a new
+connection that any request gets when its pooled connection had been dropped).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service import crud
 from service.cache import Cache
+from service.db.session import retry_if_dropped
 from service.errors import DATABASE_UNAVAILABLE
 from service.metrics import Metrics
 
@@ -82,8 +84,7 @@ class InteractionWriter:
     def _write(self, batches: list[crud.InteractionBatch]) -> list[Outcome]:
         """In a worker thread: one transaction for all, else (bad data) one per batch."""
         try:
-            with self._session_factory() as session:
-                counts: list[Outcome] = list(crud.store_interaction_batches(session, batches))
+            counts: list[Outcome] = retry_if_dropped(lambda: self._store(batches))
         except DATABASE_UNAVAILABLE as exc:
             return [exc] * len(batches)
         except Exception as exc:
@@ -93,3 +94,7 @@ class InteractionWriter:
         self._metrics.write_group.observe(len(batches))
         self._cache.invalidate_users({u for batch in batches for u in batch.user_ids})
         return counts
+
+    def _store(self, batches: list[crud.InteractionBatch]) -> list[Outcome]:
+        with self._session_factory() as session:  # a session per try: see retry_if_dropped
+            return list(crud.store_interaction_batches(session, batches))

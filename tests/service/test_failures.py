@@ -7,6 +7,7 @@ shared one that it shuts): requests keep succeeding, uncached, and the errors ar
 
 from __future__ import annotations
 
+import logging
 import shutil
 import sqlite3
 import subprocess
@@ -16,9 +17,10 @@ import uuid
 import pytest
 import redis
 from fastapi.testclient import TestClient
-from sqlalchemy import event
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.pool import NullPool
 
-from _service_support import API_KEY, REDIS_URL, RedisGate, error_body, free_port, new_user, unavailable
+from _service_support import API_KEY, PG_URL, REDIS_URL, RedisGate, error_body, free_port, new_user, unavailable
 from service import crud
 from service.core.config import Settings
 from service.db.migrate import upgrade_to_head
@@ -81,6 +83,52 @@ def test_database_dying_mid_batch_leaves_nothing_half_written(client):
     assert counts() == before  # the new user and item were rolled back with the batch
     again = client.post("/interactions", json=batch, headers=KEY)  # the pool recovers
     assert again.status_code == 201 and again.json()["new_users"] == 1 and again.json()["inserted"] == 2
+
+
+def _drop_pooled_connections(engine, count: int = 3) -> list[int]:
+    """Fill the pool with ``count`` connections, then have the server end them, as a restart would.
+    Returns their backend pids."""
+    connections = [engine.connect() for _ in range(count)]
+    pids = [c.exec_driver_sql("SELECT pg_backend_pid()").scalar_one() for c in connections]
+    for connection in connections:
+        connection.close()  # back to the pool, still open as far as the pool knows
+    admin = create_engine(PG_URL, poolclass=NullPool)
+    try:
+        with admin.connect() as connection:
+            for pid in pids:
+                assert connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar_one()
+    finally:
+        admin.dispose()
+    return pids
+
+
+def test_connections_a_database_restart_dropped_cost_no_failed_request(client, auth, caplog):
+    """Pooled connections are not pinged before use: the first statement on a dropped one fails,
+    and the request's work runs again on a new connection instead of answering 503."""
+    engine = client.app.state.engine
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has no server that could drop a connection")
+    user = new_user()
+    calls = {
+        # a new cache key (an item excluded that no other request names): the history is read
+        "recommendations": lambda: client.post("/users/1/recommendations",
+                                               json={"k": 3, "exclude_items": [f"x-{uuid.uuid4().hex}"]}),
+        "ratings": lambda: client.post("/ratings", json={"user_id": 1, "item_ids": ["50", "172"]}),
+        "interactions": lambda: client.post("/interactions", json=[{"user_id": user, "item_id": "50", "rating": 5}],
+                                            headers=auth),
+        "readyz": lambda: client.get("/readyz"),
+    }
+    for name, call in calls.items():
+        pids = _drop_pooled_connections(engine)
+        with caplog.at_level(logging.WARNING, logger="service.db"):
+            caplog.clear()
+            response = call()
+        assert response.status_code in (200, 201), (name, response.text)
+        assert any("dropped" in r.getMessage() for r in caplog.records), f"{name} never met a dropped connection"
+        with engine.connect() as connection:  # the pool now hands out new connections
+            assert connection.exec_driver_sql("SELECT pg_backend_pid()").scalar_one() not in pids
+    with engine.connect() as connection:
+        assert list(crud.user_history(connection, user).item_ids) == ["50"]  # written once
 
 
 class RedisServer:

@@ -8,6 +8,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from service import crud
 from service.api.deps import CacheDep, MetricsDep, SessionDep, StoreDep
+from service.db.session import retry_if_dropped
 from service.errors import ApiError
 from service.schemas import ErrorBody, Health, Readiness
 
@@ -31,7 +32,7 @@ def readyz(session: SessionDep, cache: CacheDep, store: StoreDep) -> Readiness:
         else {"ok": False, "detail": f"no version loaded ({store.last_error or 'nothing published in ' + str(store.root)})"}
     )
     try:
-        crud.ping(session)
+        retry_if_dropped(lambda: crud.ping(session))
         checks["database"] = {"ok": True, "detail": "reachable"}
     except SQLAlchemyError as exc:
         checks["database"] = {"ok": False, "detail": f"unreachable: {type(getattr(exc, 'orig', None) or exc).__name__}"}
