@@ -18,6 +18,7 @@ history, for our metric code to evaluate.
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import sys
@@ -71,6 +72,8 @@ def main(job_path: str) -> int:
     dataset = create_dataset(config)
     train_data, valid_data, test_data = data_preparation(config, dataset)
     setup_seconds = time.perf_counter() - setup_started
+
+    importlib.import_module("torch._dynamo")  # the first optimiser imports it (~0.8 s): before the clock, as on our side
 
     fit_started = time.perf_counter()
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])

@@ -142,14 +142,16 @@ def timings(log: dict) -> dict:
             "epochs": epochs, "best_epoch": best, "seconds_to_best": to_best}
 
 
-def fit_ours(name: str, split, seed: int, epochs: int | None, patience: int | None) -> tuple[object, dict]:
+def fit_ours(name: str, split, seed: int, epochs: int | None, patience: int | None,
+             precision: str = "fp32") -> tuple[object, dict]:
     import trainer
     from models import REGISTRY
 
     cls = REGISTRY[name]
     hyper = {} if cls.closed_form else {k: v for k, v in (("epochs", epochs), ("patience", patience)) if v is not None}
     timestamps = split.train_timestamps if cls.sequential else None
-    model = trainer.fit(name, split.train, timestamps=timestamps, valid=split.valid, seed=seed, progress=False, **hyper)
+    model = trainer.fit(name, split.train, timestamps=timestamps, valid=split.valid, seed=seed, progress=False,
+                        precision=precision, **hyper)
     return model, timings(model.training_log)
 
 
@@ -177,7 +179,7 @@ def plot(rows: list[dict], title: str) -> None:
     ax2.bar(x + 0.2, [r.get("recbole_ndcg100") or 0 for r in ranked], 0.4, label="RecBole 1.2.1")
     ax2.set_ylabel("test NDCG@100 (same split, same code)")
     for ax in (ax1, ax2):
-        ax.set_xticks(x, [r["model"] for r in ranked], rotation=30)
+        ax.set_xticks(x, [f"{r['model']} {r['precision']}" for r in ranked], rotation=30)
         ax.legend(fontsize="small")
     ax1.set_title(title, fontsize="small")
     save_figure("training", fig)
@@ -190,7 +192,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--patience", type=int, default=None, help="early-stopping patience of both sides")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-recbole", action="store_true", help="time our models only")
+    parser.add_argument("--precision", default="fp32,bf16",
+                        help="our training precisions, each a row of its own (bf16: models that allow it; RecBole: fp32)")
     args = parser.parse_args(argv)
+    precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
+    if not precisions or set(precisions) - {"fp32", "bf16"}:
+        parser.error(f"--precision takes fp32 and/or bf16, got {args.precision!r}")
+    # torch imports its compiler stack (~0.7 s) the first time an optimiser is built; RecBole's
+    # runner does this import before its clock too, so neither side's first fit pays for it.
+    import torch._dynamo  # noqa: F401
 
     from models import REGISTRY
     from trainer.datasets import get_dataset
@@ -219,38 +229,43 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {name} (rating-random) ...", flush=True)
                 rows.append(rating_row(name, rating, args.seed, args.epochs, args.patience))
                 continue
-            print(f"  {name} ...", flush=True)
-            model, ours = fit_ours(name, ranking, args.seed, args.epochs, args.patience)
-            row = {"model": name, "protocol": "seed-ranking", "ours": ours,
-                   "ours_ndcg100": same_footing_report(ranking, our_ranked(model, ranking))["ndcg@100"],
-                   "ours_ndcg100_foldin": float(evaluate_ranking(model, ranking.test, ks=(100,))["ndcg@100"])}
-            row.update({f"ours_{k}": v for k, v in ours.items()})
-            if python is not None and name in RECBOLE:
-                cfg = cls.Config()
-                epochs = args.epochs or int(getattr(cfg, "epochs", 1))
-                patience = args.patience or int(getattr(cfg, "patience", 10) or 10)
-                print(f"  RecBole {RECBOLE[name]} ...", flush=True)
-                try:
-                    rb = run_recbole(python, RECBOLE[name], ranking, Path(tmp), epochs, patience, args.seed)
-                except BenchError as exc:
-                    print(f"error: {exc}", file=sys.stderr)
-                    return 2
-                scores = rb.pop("scores")
-                excluded = (ranking.train + ranking.valid.targets).tocsr()
-                report = same_footing_report(ranking, top_k_from_scores(scores, excluded, max(KS)))
-                row.update(recbole=rb, recbole_ndcg100=float(report["ndcg@100"]),
-                           recbole_own_ndcg100=rb["recbole_test"].get("ndcg@100"),
-                           rb_fit_seconds=rb["fit_seconds"], rb_train_seconds_per_epoch=rb["train_seconds_per_epoch"],
-                           rb_epochs=rb["epochs"], rb_best_epoch=rb["best_epoch"], rb_setup_seconds=rb["setup_seconds"],
-                           speedup=rb["fit_seconds"] / max(ours["fit_seconds"], 1e-9),
-                           speedup_to_best=rb["seconds_to_best"] / max(ours["seconds_to_best"], 1e-9))
-            rows.append(row)
+            rb_row: dict = {}
+            for precision in precisions if cls.reduced_precision else ["fp32"]:
+                print(f"  {name} ({precision}) ...", flush=True)
+                model, ours = fit_ours(name, ranking, args.seed, args.epochs, args.patience, precision)
+                row = {"model": name, "precision": precision, "protocol": "seed-ranking", "ours": ours,
+                       "ours_ndcg100": same_footing_report(ranking, our_ranked(model, ranking))["ndcg@100"],
+                       "ours_ndcg100_foldin": float(evaluate_ranking(model, ranking.test, ks=(100,))["ndcg@100"])}
+                row.update({f"ours_{k}": v for k, v in ours.items()})
+                if python is not None and name in RECBOLE and not rb_row:  # once per model, beside the first row
+                    cfg = cls.Config()
+                    epochs = args.epochs or int(getattr(cfg, "epochs", 1))
+                    patience = args.patience or int(getattr(cfg, "patience", 10) or 10)
+                    print(f"  RecBole {RECBOLE[name]} ...", flush=True)
+                    try:
+                        rb = run_recbole(python, RECBOLE[name], ranking, Path(tmp), epochs, patience, args.seed)
+                    except BenchError as exc:
+                        print(f"error: {exc}", file=sys.stderr)
+                        return 2
+                    scores = rb.pop("scores")
+                    excluded = (ranking.train + ranking.valid.targets).tocsr()
+                    report = same_footing_report(ranking, top_k_from_scores(scores, excluded, max(KS)))
+                    rb_row = dict(recbole=rb, recbole_ndcg100=float(report["ndcg@100"]),
+                                  recbole_own_ndcg100=rb["recbole_test"].get("ndcg@100"),
+                                  rb_fit_seconds=rb["fit_seconds"], rb_train_seconds_per_epoch=rb["train_seconds_per_epoch"],
+                                  rb_epochs=rb["epochs"], rb_best_epoch=rb["best_epoch"], rb_setup_seconds=rb["setup_seconds"])
+                if rb_row:
+                    rb = rb_row["recbole"]
+                    row.update(rb_row, speedup=rb["fit_seconds"] / max(ours["fit_seconds"], 1e-9),
+                               speedup_to_best=rb["seconds_to_best"] / max(ours["seconds_to_best"], 1e-9))
+                rows.append(row)
 
     title = (f"ml-100k · seed-ranking seed {args.seed}" + (f" · epochs <= {args.epochs}" if args.epochs else "")
              + (f" · patience {args.patience}" if args.patience else ""))
     print()
     print_table([r for r in rows if r["protocol"] == "seed-ranking"], [
-        ("model", "model", ""), ("ours_train_seconds_per_epoch", "s/epoch", ".3f"), ("ours_epochs", "epochs", "d"),
+        ("model", "model", ""), ("precision", "precision", ""), ("ours_train_seconds_per_epoch", "s/epoch", ".3f"),
+        ("ours_epochs", "epochs", "d"),
         ("ours_best_epoch", "best", "d"), ("ours_fit_seconds", "fit s", ".1f"), ("ours_ndcg100", "NDCG@100", ".4f"),
         ("ours_ndcg100_foldin", "fold-in", ".4f"),
         ("rb_train_seconds_per_epoch", "RB s/epoch", ".3f"), ("rb_epochs", "RB epochs", "d"), ("rb_best_epoch", "RB best", "d"),
@@ -266,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         ], title=f"rating models · ml-100k · rating-random seed {args.seed} (no RecBole counterpart)")
     print()
     verdicts = [
-        verdict(f"{r['model']} vs RecBole {RECBOLE[r['model']]}",
+        verdict(f"{r['model']} ({r['precision']}) vs RecBole {RECBOLE[r['model']]}",
                 r["speedup"] >= SPEEDUP_TARGET and round(r["ours_ndcg100"], 4) >= round(r["recbole_ndcg100"], 4),
                 f"{r['speedup']:.1f}x faster (target >= {SPEEDUP_TARGET:g}x), NDCG@100 {r['ours_ndcg100']:.4f} vs "
                 f"{r['recbole_ndcg100']:.4f} (target: equal or better)")
@@ -274,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     write_json("training", {
         "bench": "training", "dataset": "ml-100k", "protocol": "seed-ranking", "seed": args.seed,
-        "epochs_cap": args.epochs, "patience": args.patience, "machine": machine_info(), "wall_seconds": round(time.perf_counter() - started, 1),
+        "epochs_cap": args.epochs, "patience": args.patience, "precisions": precisions, "machine": machine_info(), "wall_seconds": round(time.perf_counter() - started, 1),
         "results": rows, "targets": verdicts,
     })
     plot(rows, title)

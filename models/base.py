@@ -120,7 +120,10 @@ def sparse_rows(x: torch.Tensor, dropout: nn.Module, normalize: bool = False) ->
 
 def linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
     """``layer(x)`` for dense or sparse CSR ``x``: sparse, it costs (and so does W's gradient) per non-zero."""
-    return torch.addmm(layer.bias, x, layer.weight.t())
+    if x.layout == torch.strided:
+        return torch.addmm(layer.bias, x, layer.weight.t())
+    with torch.autocast(x.device.type, enabled=False):  # sparse x dense has no bfloat16 kernel: float32 always
+        return torch.addmm(layer.bias, x, layer.weight.t())
 
 
 class Recommender(nn.Module):
@@ -132,6 +135,9 @@ class Recommender(nn.Module):
     can_fold_in: ClassVar[bool] = True  # False: serves only the users it was trained on
     sequential: ClassVar[bool] = False  # True: needs interaction order (timestamps)
     closed_form: ClassVar[bool] = False  # True: trained by ``solve``, not by gradient steps
+    # True: the loss may run its dense layers in bfloat16 under autocast (the trainer's
+    # ``precision="bf16"``); it takes its softmax and error terms in float32 itself.
+    reduced_precision: ClassVar[bool] = False
 
     def __init__(self, config: Any, n_items: int, n_users: int, rating_range: tuple[float, float] = (1.0, 5.0)):
         super().__init__()

@@ -73,6 +73,7 @@ class CDAE(Recommender):
     name = "cdae"
     task = "ranking"
     Config: ClassVar[type] = CDAEConfig
+    reduced_precision = True
 
     def __init__(self, config: CDAEConfig, n_items: int, n_users: int, rating_range=(1.0, 5.0)):
         super().__init__(config, n_items, n_users, rating_range)
@@ -113,7 +114,7 @@ class CDAE(Recommender):
         users, rows = batch
         rows = sp.csr_matrix(rows)  # binary
         v = self.user_nodes(torch.as_tensor(users, device=self.device))
-        out = self.network(binary_csr_to_torch(rows, self.device, torch.float32), v)
+        out = self.network(binary_csr_to_torch(rows, self.device, torch.float32), v).float()  # errors in float32
         y = csr_to_dense(rows, self.device)
         if self.config.loss == "bce":
             per_entry = F.binary_cross_entropy_with_logits(out, y, reduction="none")

@@ -57,6 +57,7 @@ class MultDAE(Recommender):
     name = "multdae"
     task = "ranking"
     Config: ClassVar[type] = MultDAEConfig
+    reduced_precision = True
 
     def __init__(self, config: MultDAEConfig, n_items: int, n_users: int, rating_range=(1.0, 5.0)):
         super().__init__(config, n_items, n_users, rating_range)
@@ -84,7 +85,7 @@ class MultDAE(Recommender):
     def loss(self, batch: sp.csr_matrix | np.ndarray, **schedule: float) -> torch.Tensor:
         """The multinomial negative log-likelihood (per-user mean) plus L2, of a batch of binary rows."""
         rows = sp.csr_matrix(batch)
-        logits = self.network(binary_csr_to_torch(rows, self.device, torch.float32))
+        logits = self.network(binary_csr_to_torch(rows, self.device, torch.float32)).float()  # see Mult-VAE's loss
         x = csr_to_dense(rows, self.device)
         neg_ll = -(F.log_softmax(logits, dim=1) * x).sum(dim=1).mean()
         if not self.config.weight_decay:

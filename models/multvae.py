@@ -73,6 +73,7 @@ class MultVAE(Recommender):
     name = "multvae"
     task = "ranking"
     Config: ClassVar[type] = MultVAEConfig
+    reduced_precision = True
 
     def __init__(self, config: MultVAEConfig, n_items: int, n_users: int, rating_range=(1.0, 5.0)):
         super().__init__(config, n_items, n_users, rating_range)
@@ -126,7 +127,8 @@ class MultVAE(Recommender):
         to the cap (fully annealed)."""
         beta = self.config.anneal_cap if anneal is None else anneal
         rows = sp.csr_matrix(batch)
-        logits, mu, logvar = self.network(binary_csr_to_torch(rows, self.device, torch.float32))
+        # float32 from here whatever the layers ran in (bfloat16 under autocast): a softmax over every item
+        logits, mu, logvar = (t.float() for t in self.network(binary_csr_to_torch(rows, self.device, torch.float32)))
         x = csr_to_dense(rows, self.device)
         neg_ll = -(F.log_softmax(logits, dim=1) * x).sum(dim=1).mean()
         kl = (0.5 * (-logvar + logvar.exp() + mu.pow(2) - 1)).sum(dim=1).mean()

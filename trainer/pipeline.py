@@ -358,6 +358,7 @@ def train_model(
     progress: bool,
     split_cache: dict[str, RatingSplit | RankingSplit],
     refit: bool = True,
+    precision: str = "fp32",
 ) -> ModelRun:
     """Split, fit with early stopping, test; then refit on everything, or not (see the module docstring)."""
     from models import REGISTRY
@@ -378,10 +379,11 @@ def train_model(
     t0 = time.perf_counter()
     if isinstance(split, RatingSplit):
         model = fit(name, split.train, valid=split.valid, seed=seed, device=device, progress=progress,
-                    rating_range=split.rating_range, **hyper)
+                    rating_range=split.rating_range, precision=precision, **hyper)
     else:
         model = fit(name, split.train, timestamps=split.train_timestamps if cls.sequential else None,
-                    valid=split.valid, seed=seed, device=device, progress=progress, rating_range=(0.0, 1.0), **hyper)
+                    valid=split.valid, seed=seed, device=device, progress=progress, rating_range=(0.0, 1.0),
+                    precision=precision, **hyper)
     fit_seconds = time.perf_counter() - t0
     log = dict(model.training_log)
     if not math.isfinite(float(log.get("valid_value", float("nan")))):
@@ -399,7 +401,8 @@ def train_model(
 
     t0 = time.perf_counter()
     if refit:
-        published, train_matrix = _refit(name, inter, threshold, hyper, log, seed=seed, device=device, progress=progress)
+        published, train_matrix = _refit(name, inter, threshold, hyper, log, seed=seed, device=device, progress=progress,
+                                         precision=precision)
         user_ids, item_ids = inter.user_ids, inter.item_ids
     elif isinstance(split, RatingSplit):  # the split's matrices span every user and item
         published, train_matrix, user_ids, item_ids = model, split.train, inter.user_ids, inter.item_ids
@@ -521,11 +524,12 @@ def train_all(
     gate_tolerance: float = DEFAULT_GATE_TOLERANCE,
     refit: bool = True,
     progress: bool = True,
+    precision: str = "fp32",
 ) -> TrainReport:
     """Train ``models`` on ``source`` and publish one version to ``artifacts_dir`` (see the module docstring)."""
     from models import REGISTRY
     from trainer.hparams import validate
-    from trainer.training import resolve_device
+    from trainer.training import resolve_device, resolve_precision
 
     if keep < 1:
         raise UserError(f"--keep must be at least 1, got {keep}")
@@ -534,6 +538,7 @@ def train_all(
     resolve_models(models)  # unknown names fail before any data is read
     overrides = validate(hyper_overrides or {}, {name: cls.Config for name, cls in REGISTRY.items()})
     torch_device = resolve_device(device)
+    resolve_precision(precision, torch_device)  # a bad value fails before any data is read
     root = Path(artifacts_dir)
     dist_ctx = distributed.context()
     progress = progress and dist_ctx.is_main
@@ -560,7 +565,7 @@ def train_all(
         split_cache: dict[str, RatingSplit | RankingSplit] = {}
         for name in tqdm(names, desc="models", unit="model", disable=not progress):
             run = train_model(name, inter, hyper=overrides.get(name, {}), seed=seed, device=torch_device,
-                              progress=progress, split_cache=split_cache, refit=refit)
+                              progress=progress, split_cache=split_cache, refit=refit, precision=precision)
             if gate and previous_manifest and name in previous_manifest["models"]:
                 if previous_loaded is None:
                     previous_loaded = artifacts.load_version(root, previous_version, map_location=str(torch_device)).models
@@ -656,10 +661,11 @@ class TrainJob:
     gate_tolerance: float = DEFAULT_GATE_TOLERANCE
     refit: bool = True
     progress: bool = True
+    precision: str = "fp32"
 
     def run(self) -> TrainReport:
         return train_all(
             self.source, self.models, self.hyper_overrides, self.device, self.seed, self.artifacts_dir,
             keep=self.keep, gate=self.gate, gate_tolerance=self.gate_tolerance, refit=self.refit,
-            progress=self.progress,
+            progress=self.progress, precision=self.precision,
         )

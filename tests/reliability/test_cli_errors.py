@@ -64,6 +64,8 @@ CASES = [
     Case("artifacts-dir-is-a-file", "trainer", ("train", "--file", "{tmp}/ok.csv", "--artifacts-dir", "{tmp}/a-file"),
          ("a-file", "is a file")),
     Case("models-empty", "trainer", (*TRAIN, "--file", "{tmp}/ok.csv", "--models", ""), ("--models is empty",)),
+    Case("precision-unknown", "trainer", (*TRAIN, "--file", "{tmp}/ok.csv", "--precision", "fp16"),
+         ("--precision must be fp32 or bf16", "fp16")),
     # ---- trainer: databases
     Case("database-url-unparsable", "trainer", (*TRAIN, "--from-db", "--database-url", "not a url"),
          ("not a usable database URL",)),

@@ -19,6 +19,7 @@ from trainer.commands.train import (
     KeepOpt,
     ModelsOpt,
     NoGateOpt,
+    PrecisionOpt,
     RefitOpt,
     SeedOpt,
     SetOpt,
@@ -43,6 +44,7 @@ def schedule(
     set_: SetOpt = None,
     config: ConfigOpt = None,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
     seed: SeedOpt = 0,
     artifacts_dir: ArtifactsOpt = None,
     keep: KeepOpt = None,
@@ -60,5 +62,6 @@ def schedule(
         dataset=dataset, source=source, file=file, from_db=from_db, database_url=database_url, models=models,
         set_=set_, config=config, device=device, seed=seed, artifacts_dir=artifacts_dir, keep=keep,
         no_gate=no_gate, gate_tolerance=gate_tolerance, refit=refit, progress=False,  # no bars in a log
+        precision=precision,
     )
     run_schedule(job, trigger, max_runs=max_runs, run_now=run_now)
