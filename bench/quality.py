@@ -134,15 +134,18 @@ def plan(protocols: list[str], models: list[str]) -> dict[str, list[str]]:
     return runs
 
 
-def fit_and_score(name: str, split: Any, protocol: str, seed: int, fallback: Any) -> tuple[dict, Any]:
+def fit_and_score(name: str, split: Any, protocol: str, seed: int, fallback: Any,
+                  precision: str = "fp32") -> tuple[dict, Any]:
     """Fit ``name`` on the split's train part (validation for early stopping), score it on test."""
     started = time.perf_counter()
     if PROTOCOL_TASK[protocol] == "rating":
-        model = fit(name, split.train, valid=split.valid, seed=seed, progress=False, rating_range=split.rating_range)
+        model = fit(name, split.train, valid=split.valid, seed=seed, progress=False, rating_range=split.rating_range,
+                    precision=precision)
         wall = time.perf_counter() - started
         metrics = evaluate_rating(model, split.train, split.test, fallback=model if fallback is None else fallback)
     else:
-        model = fit(name, split.train, valid=split.valid, timestamps=split.train_timestamps, seed=seed, progress=False)
+        model = fit(name, split.train, valid=split.valid, timestamps=split.train_timestamps, seed=seed, progress=False,
+                    precision=precision)
         wall = time.perf_counter() - started
         metrics = evaluate_ranking(model, split.test, ks=protocol_ks(protocol))
     log = model.training_log
@@ -156,12 +159,13 @@ def fit_and_score(name: str, split: Any, protocol: str, seed: int, fallback: Any
     return {"metrics": metrics, **timing}, model
 
 
-def run_seed(interactions: Interactions, protocol: str, names: list[str], seed: int) -> dict[str, dict]:
+def run_seed(interactions: Interactions, protocol: str, names: list[str], seed: int,
+             precision: str = "fp32") -> dict[str, dict]:
     """{model: outcome} of every model on one seed's split of ``protocol``."""
     split = make_split(protocol, interactions, seed)
     fallback, outcomes = None, {}
     for name in names:  # baselines first, so the bias model is the raters' fallback
-        outcome, model = fit_and_score(name, split, protocol, seed, fallback)
+        outcome, model = fit_and_score(name, split, protocol, seed, fallback, precision)
         if name == FALLBACK_BASELINE and PROTOCOL_TASK[protocol] == "rating":
             fallback = model
         outcomes[name] = outcome
@@ -334,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--protocols", default=",".join(DEFAULT_PROTOCOLS), help=f"from {', '.join(PROTOCOLS)}")
     parser.add_argument("--out", type=Path, default=Path("bench/out/quality.json"), help="JSON to write (.png beside)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice)")
+    parser.add_argument("--precision", default="fp32", help="training precision: fp32, or bf16 (trainer --precision)")
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(max(1, args.threads))  # on a shared machine, fewer threads thrash less
@@ -351,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
             "environment": {
                 "torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version(),
                 "device": "cuda" if torch.cuda.is_available() else "cpu", "cpus": os.cpu_count(),
+                "precision": args.precision,
             },
             "published": [asdict(p) | {"source_text": SOURCES[p.source]} for p in PUBLISHED],
             "protocols": {},
@@ -365,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
             for protocol, names in runs.items():
                 print(f"{args.dataset} · {protocol} · seed {seed}: {', '.join(names)}", file=sys.stderr, flush=True)
                 protocol_started = time.perf_counter()
-                for name, outcome in run_seed(interactions, protocol, names, seed).items():
+                for name, outcome in run_seed(interactions, protocol, names, seed, args.precision).items():
                     outcomes[protocol][name].append(outcome)
                 block = report["protocols"].setdefault(
                     protocol, {"metrics": list(PROTOCOL_METRICS[protocol]), "seeds_done": [], "seconds": 0.0}
