@@ -10,6 +10,9 @@ list's key (``user_generation``). POST /interactions deletes the users' tokens; 
 read draws a fresh random token, so every list cached before, including one computed
 from a history read before the write committed, can never be found again. ``user_entry``
 reads the token and the list together: on Redis, one round trip (a Lua script).
+A user's history is kept in process under the token it was read with
+(``user_history``): a request for another list of the same user (another page, another
+``k``) reuses it while no write for that user has moved the token on.
 Requests look up on the event loop (``user_entry_async``, ``get_async``: Redis's asyncio
 client, with the same timeouts and backoff); the rest runs in worker threads.
 """
@@ -25,7 +28,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, NamedTuple, Protocol, Sequence, TypeVar
 
 import redis
 import redis.asyncio
@@ -45,6 +48,22 @@ class CacheUnavailable(Exception):
     pass
 
 
+class UserEntry(NamedTuple):
+    """A user's cached entry: its key under the user's current generation, the cached value
+    (None: a miss) and that generation; all None when the cache cannot be used now."""
+
+    key: str | None
+    value: str | None
+    generation: str | None
+
+
+class Sized(Protocol):
+    def __len__(self) -> int: ...
+
+
+H = TypeVar("H", bound=Sized)
+
+
 def _ms(ttl_s: float) -> int:
     return max(1, int(ttl_s * 1000))  # Redis TTLs in whole milliseconds, at least one
 
@@ -54,10 +73,16 @@ class Cache(ABC):
 
     backend: str
 
-    def __init__(self, metrics: Metrics, namespace: str = "aerec") -> None:
+    def __init__(self, metrics: Metrics, namespace: str = "aerec", history_rows: int = 0) -> None:
         self.metrics = metrics
         self.namespace = namespace
         self._titles: dict[str, tuple[float, str | None]] = {}  # item id -> (expires, title or None)
+        # user id -> (generation, expires, history), least recently used first; at most
+        # ``history_rows`` interactions in all (0: histories are not kept)
+        self.history_rows = history_rows
+        self._histories: OrderedDict[str, tuple[str, float, Any]] = OrderedDict()
+        self._history_rows_held = 0
+        self._histories_lock = threading.Lock()
 
     def _key(self, key: str) -> str:
         return f"{self.namespace}:{key}"
@@ -136,14 +161,49 @@ class Cache(ABC):
             return fresh
         return self.get(key, kind="generation")  # another request drew one first (or the cache is down: None)
 
-    def user_entry(self, user_id: str, key: str, generation_ttl_s: float, kind: str) -> tuple[str | None, str | None]:
-        """(``key`` under the user's current generation, its cached value or None); (None, None)
-        when the cache cannot be used now (compute, do not store)."""
+    def user_entry(self, user_id: str, key: str, generation_ttl_s: float, kind: str) -> UserEntry:
+        """``key`` under the user's current generation and its cached value (None: a miss); all
+        None when the cache cannot be used now (compute, do not store)."""
         generation = self.user_generation(user_id, generation_ttl_s)
         if generation is None:
-            return None, None
+            return UserEntry(None, None, None)
         entry_key = f"{key}:{generation}"
-        return entry_key, self.get(entry_key, kind=kind)
+        return UserEntry(entry_key, self.get(entry_key, kind=kind), generation)
+
+    def user_history(self, user_id: str, generation: str | None, fetch: Callable[[], H], ttl_s: float) -> H:
+        """The user's history: kept from an earlier ``fetch`` (a query) under the same generation
+        token, else fetched now and kept under ``generation``.
+
+        In process whatever the backend, as titles are: on Redis a history would cost a round
+        trip like the query it saves. The token is read before ``fetch`` runs, and a write deletes
+        it after its commit, so a history kept under a token holds every write made before that
+        token was drawn; one kept across a write can only be found again until the write's
+        invalidation runs, as the lists can. ``generation`` None (the cache is down): fetched, not kept.
+        """
+        if generation is None or self.history_rows <= 0:
+            return fetch()
+        now = time.monotonic()
+        with self._histories_lock:
+            entry = self._histories.get(user_id)
+            if entry is not None and entry[0] == generation and entry[1] > now:
+                self._histories.move_to_end(user_id)
+                self.metrics.cache_hits.labels("history").inc()
+                return entry[2]
+        self.metrics.cache_misses.labels("history").inc()
+        history = fetch()
+        rows = len(history)
+        if rows > self.history_rows:
+            return history  # larger than the whole budget: not kept
+        with self._histories_lock:
+            old = self._histories.pop(user_id, None)
+            if old is not None:
+                self._history_rows_held -= len(old[2])
+            self._histories[user_id] = (generation, now + ttl_s, history)
+            self._history_rows_held += rows
+            while self._history_rows_held > self.history_rows:
+                _, (_, _, evicted) = self._histories.popitem(last=False)  # least recently used
+                self._history_rows_held -= len(evicted)
+        return history
 
     # What a request does on the event loop. Redis answers through its asyncio client, so a
     # hit costs no thread hop; errors and metrics as in ``get`` and ``set``.
@@ -162,9 +222,7 @@ class Cache(ABC):
             self.metrics.cache_errors.labels("set").inc()
             return False
 
-    async def user_entry_async(
-        self, user_id: str, key: str, generation_ttl_s: float, kind: str
-    ) -> tuple[str | None, str | None]:
+    async def user_entry_async(self, user_id: str, key: str, generation_ttl_s: float, kind: str) -> UserEntry:
         return self.user_entry(user_id, key, generation_ttl_s, kind)
 
     def invalidate_users(self, user_ids: Iterable[str]) -> bool:
@@ -210,8 +268,8 @@ class MemoryCache(Cache):
 
     backend = "memory"
 
-    def __init__(self, metrics: Metrics, namespace: str = "aerec", max_entries: int = 10_000) -> None:
-        super().__init__(metrics, namespace)
+    def __init__(self, metrics: Metrics, namespace: str = "aerec", max_entries: int = 10_000, history_rows: int = 0) -> None:
+        super().__init__(metrics, namespace, history_rows)
         self.max_entries = max_entries
         self._entries: OrderedDict[str, tuple[float, str]] = OrderedDict()
         self._lock = threading.Lock()
@@ -268,8 +326,9 @@ class RedisCache(Cache):
 
     backend = "redis"
 
-    def __init__(self, url: str, metrics: Metrics, namespace: str = "aerec", timeout_s: float = 0.25) -> None:
-        super().__init__(metrics, namespace)
+    def __init__(self, url: str, metrics: Metrics, namespace: str = "aerec", timeout_s: float = 0.25,
+                 history_rows: int = 0) -> None:
+        super().__init__(metrics, namespace, history_rows)
         # the blocking client and the asyncio one alike; no client-side retries: a failure is a miss at once
         self._url, self._options = url, dict(
             socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry_on_timeout=False,
@@ -308,31 +367,29 @@ class RedisCache(Cache):
     async def _set_async(self, key: str, value: str, ttl_s: float) -> bool:
         return bool(await self._acall(self._async_client()[0].set, key, value, px=_ms(ttl_s)))
 
-    async def user_entry_async(
-        self, user_id: str, key: str, generation_ttl_s: float, kind: str
-    ) -> tuple[str | None, str | None]:
+    async def user_entry_async(self, user_id: str, key: str, generation_ttl_s: float, kind: str) -> UserEntry:
         _, script = self._async_client()
         try:
             found = await self._acall(script, keys=[self._key(f"gen:{user_id}")], args=self._user_entry_args(key, generation_ttl_s))
         except CacheUnavailable:
             self.metrics.cache_errors.labels("get").inc()
-            return None, None
+            return UserEntry(None, None, None)
         return self._user_entry_found(key, kind, *found)
 
-    def user_entry(self, user_id: str, key: str, generation_ttl_s: float, kind: str) -> tuple[str | None, str | None]:
+    def user_entry(self, user_id: str, key: str, generation_ttl_s: float, kind: str) -> UserEntry:
         try:
             found = self._call(self._user_entry, keys=[self._key(f"gen:{user_id}")], args=self._user_entry_args(key, generation_ttl_s))
         except CacheUnavailable:
             self.metrics.cache_errors.labels("get").inc()
-            return None, None
+            return UserEntry(None, None, None)
         return self._user_entry_found(key, kind, *found)
 
     def _user_entry_args(self, key: str, generation_ttl_s: float) -> list:
         return [secrets.token_hex(8), _ms(generation_ttl_s), self._key(key)]
 
-    def _user_entry_found(self, key: str, kind: str, generation: str, value: str | None, known: int) -> tuple[str, str | None]:
+    def _user_entry_found(self, key: str, kind: str, generation: str, value: str | None, known: int) -> UserEntry:
         (self.metrics.cache_hits if known else self.metrics.cache_misses).labels("generation").inc()
-        return f"{key}:{generation}", self._counted(value, kind)  # a new token finds nothing
+        return UserEntry(f"{key}:{generation}", self._counted(value, kind), generation)  # a new token finds nothing
 
     def _call(self, fn, *args, force: bool = False, **kwargs):
         if not force and time.monotonic() < self._down_until:
@@ -369,7 +426,8 @@ class RedisCache(Cache):
         self.client.close()
 
 
-def make_cache(redis_url: str | None, metrics: Metrics, *, namespace: str, max_entries: int, timeout_s: float) -> Cache:
+def make_cache(redis_url: str | None, metrics: Metrics, *, namespace: str, max_entries: int, timeout_s: float,
+               history_rows: int = 0) -> Cache:
     if redis_url:
-        return RedisCache(redis_url, metrics, namespace=namespace, timeout_s=timeout_s)
-    return MemoryCache(metrics, namespace=namespace, max_entries=max_entries)
+        return RedisCache(redis_url, metrics, namespace=namespace, timeout_s=timeout_s, history_rows=history_rows)
+    return MemoryCache(metrics, namespace=namespace, max_entries=max_entries, history_rows=history_rows)

@@ -40,6 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     cache = make_cache(
         settings.REDIS_URL, metrics, namespace=settings.CACHE_NAMESPACE,
         max_entries=settings.CACHE_MAX_ENTRIES, timeout_s=settings.REDIS_TIMEOUT_S,
+        history_rows=settings.HISTORY_CACHE_ROWS,
     )
     store = ModelStore(
         settings.ARTIFACTS_DIR, metrics, settings.RELOAD_INTERVAL_S,

@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     READS_REQUIRE_KEY: bool = False
     CACHE_TTL_S: float = Field(default=300.0, gt=0)
     CACHE_MAX_ENTRIES: int = Field(default=10_000, ge=1)  # in-process cache only
+    # Interactions of recently served users kept in each API process (0: none), so another list
+    # for the same user skips the history query; a write for the user makes them read again.
+    HISTORY_CACHE_ROWS: int = Field(default=200_000, ge=0)
     REDIS_TIMEOUT_S: float = Field(default=0.25, gt=0)  # connect and socket timeout: a slow cache is a miss
     RELOAD_INTERVAL_S: float = Field(default=5.0, gt=0)  # how often the watcher polls LATEST
     DB_TIMEOUT_S: int = Field(default=5, ge=1)  # connect timeout; a dead database answers 503 after this

@@ -78,14 +78,15 @@ def test_invalidating_a_user_changes_their_generation(cache):
 
 
 def test_a_users_entry_follows_their_generation(cache):
-    key, value = cache.user_entry("u1", "rec:abc", 30, kind="recommendations")
-    assert value is None and key == f"rec:abc:{cache.user_generation('u1', 30)}"  # a token drawn on first use
+    key, value, generation = cache.user_entry("u1", "rec:abc", 30, kind="recommendations")
+    assert generation == cache.user_generation("u1", 30)  # a token drawn on first use
+    assert value is None and key == f"rec:abc:{generation}"
     assert cache.set(key, "[1, 2]", 30)
-    assert cache.user_entry("u1", "rec:abc", 30, kind="recommendations") == (key, "[1, 2]")
-    assert cache.user_entry("u2", "rec:abc", 30, kind="recommendations")[1] is None  # another user: another token
+    assert cache.user_entry("u1", "rec:abc", 30, kind="recommendations") == (key, "[1, 2]", generation)
+    assert cache.user_entry("u2", "rec:abc", 30, kind="recommendations").value is None  # another user: another token
     cache.invalidate_users(["u1"])
-    moved, value = cache.user_entry("u1", "rec:abc", 30, kind="recommendations")
-    assert value is None and moved != key and moved.startswith("rec:abc:")
+    moved, value, moved_generation = cache.user_entry("u1", "rec:abc", 30, kind="recommendations")
+    assert value is None and moved != key and moved == f"rec:abc:{moved_generation}"
     hits = cache.metrics.cache_hits.labels("recommendations")._value.get()
     misses = cache.metrics.cache_misses.labels("recommendations")._value.get()
     assert (hits, misses) == (1, 3)
@@ -93,25 +94,74 @@ def test_a_users_entry_follows_their_generation(cache):
 
 def test_the_event_loop_lookups_agree_with_the_blocking_ones(cache):
     """``user_entry_async`` and ``get_async`` (Redis: its asyncio client) see what the blocking calls wrote."""
-    key, _ = cache.user_entry("u1", "rec:abc", 30, kind="recommendations")
+    key, _, generation = cache.user_entry("u1", "rec:abc", 30, kind="recommendations")
     cache.set(key, "[1, 2]", 30)
     cache.set("sim:x", "[3]", 30)
 
     async def lookups():
         found = [await cache.user_entry_async("u1", "rec:abc", 30, kind="recommendations"),
                  await cache.get_async("sim:x", kind="similar"), await cache.get_async("sim:y", kind="similar")]
-        fresh_key, fresh = await cache.user_entry_async("u9", "rec:abc", 30, kind="recommendations")
+        fresh_key, fresh, _ = await cache.user_entry_async("u9", "rec:abc", 30, kind="recommendations")
         assert await cache.set_async(fresh_key, "[4]", 30)
         await cache.aclose()
         return found, fresh_key, fresh
 
     found, fresh_key, fresh = asyncio.run(lookups())
-    assert found == [(key, "[1, 2]"), "[3]", None]
+    assert found == [(key, "[1, 2]", generation), "[3]", None]
     # a token drawn by the asyncio lookup is the one the blocking calls see next
     assert fresh is None and fresh_key == f"rec:abc:{cache.user_generation('u9', 30)}"
-    assert cache.user_entry("u9", "rec:abc", 30, kind="recommendations") == (fresh_key, "[4]")
+    assert cache.user_entry("u9", "rec:abc", 30, kind="recommendations")[:2] == (fresh_key, "[4]")
     assert cache.metrics.cache_hits.labels("similar")._value.get() == 1
     assert cache.metrics.cache_misses.labels("similar")._value.get() == 1
+
+
+class History(list):
+    """Stands for ``crud.History``: the cache only needs its length."""
+
+
+def test_a_users_history_is_kept_under_their_generation(cache):
+    cache.history_rows = 10
+    reads: list[str] = []
+
+    def fetch(user: str, rows: int):
+        def read() -> History:
+            reads.append(user)
+            return History(range(rows))
+        return read
+
+    g1 = cache.user_entry("u1", "rec:a", 30, kind="recommendations").generation
+    first = cache.user_history("u1", g1, fetch("u1", 3), ttl_s=30)
+    assert cache.user_history("u1", g1, fetch("u1", 3), ttl_s=30) is first  # another list, same token: kept
+    assert reads == ["u1"]
+    cache.invalidate_users(["u1"])  # a write for u1
+    g2 = cache.user_entry("u1", "rec:b", 30, kind="recommendations").generation
+    assert g2 != g1 and cache.user_history("u1", g2, fetch("u1", 4), ttl_s=30) == History(range(4))
+    assert reads == ["u1", "u1"]  # the write made it read again
+    assert cache.user_history("u1", None, fetch("u1", 4), ttl_s=30) is not None and reads[-1] == "u1"  # cache down: read
+    assert len(reads) == 3
+    # at most history_rows interactions are kept: u2 (5) and u3 (4) push u1 (4) out, least recently used first
+    cache.user_history("u2", "t", fetch("u2", 5), ttl_s=30)
+    cache.user_history("u3", "t", fetch("u3", 4), ttl_s=30)
+    cache.user_history("u1", g2, fetch("u1", 4), ttl_s=30)
+    assert reads[-3:] == ["u2", "u3", "u1"] and cache._history_rows_held <= 10
+    cache.user_history("u1", g2, fetch("u1", 4), ttl_s=30)
+    assert reads[-1] == "u1" and len(reads) == 6  # now kept again
+    cache.user_history("big", "t", fetch("big", 11), ttl_s=30)  # more than the whole budget: read, not kept
+    cache.user_history("big", "t", fetch("big", 11), ttl_s=30)
+    assert reads[-2:] == ["big", "big"]
+    cache.user_history("u4", "t", fetch("u4", 1), ttl_s=0.01)
+    time.sleep(0.02)
+    cache.user_history("u4", "t", fetch("u4", 1), ttl_s=0.01)
+    assert reads[-2:] == ["u4", "u4"]  # expired
+    assert cache.metrics.cache_hits.labels("history")._value.get() == 2
+
+
+def test_histories_are_not_kept_when_the_budget_is_zero(cache):
+    cache.history_rows = 0
+    reads = []
+    for _ in range(2):
+        cache.user_history("u1", "t", lambda: reads.append(1) or History([1]), ttl_s=30)
+    assert reads == [1, 1]
 
 
 def test_keys_depend_on_every_part():
@@ -140,15 +190,15 @@ def test_unreachable_redis_is_a_counted_miss_and_fails_fast():
         assert cache.set("k", "v", 10) is False
     assert time.perf_counter() - started < 2  # after the first failure Redis is skipped, not retried per call
     assert not cache.ping() and cache.user_generation("u", 10) is None
-    assert cache.user_entry("u", "rec:x", 10, kind="recommendations") == (None, None)
+    assert cache.user_entry("u", "rec:x", 10, kind="recommendations") == (None, None, None)
 
     async def lookups():
         return (await cache.user_entry_async("u", "rec:x", 10, kind="recommendations"), await cache.get_async("k"),
                 await cache.set_async("k", "v", 10))
 
-    assert asyncio.run(lookups()) == ((None, None), None, False)  # backing off: no connection attempt
+    assert asyncio.run(lookups()) == ((None, None, None), None, False)  # backing off: no connection attempt
     cache._down_until = 0.0  # the backoff over: the asyncio client meets the refused connection itself
-    assert asyncio.run(lookups()) == ((None, None), None, False)
+    assert asyncio.run(lookups()) == ((None, None, None), None, False)
     assert cache._down_until > time.monotonic()  # and backs off again
     errors = sum(s.value for m in metrics.cache_errors.collect() for s in m.samples if s.name.endswith("_total"))
     assert errors >= 100

@@ -114,6 +114,36 @@ def test_posting_interactions_invalidates_the_users_cached_list(client, corpus, 
     assert top not in item_list(after)  # the new interaction is seen, so it is excluded
 
 
+def _metric(client, series: str) -> float:
+    text = client.get("/metrics").text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(series))
+
+
+def test_a_users_history_serves_their_other_lists_until_they_write(client, auth):
+    """Another page of the same user's list reads no history again; after a write for the user
+    the next list reads it again, and sees the new interaction."""
+    user = new_user()
+    history = [{"user_id": user, "item_id": i, "rating": 5, "timestamp": 1_000 + n} for n, i in enumerate(["50", "181"])]
+    assert client.post("/interactions", json=history, headers=auth).status_code == 201
+
+    def reads() -> tuple[float, float]:
+        return (_metric(client, 'aerec_cache_misses_total{kind="history"}'),
+                _metric(client, 'aerec_cache_hits_total{kind="history"}'))
+
+    misses, hits = reads()
+    first = recommend(client, user, k=5)
+    assert reads() == (misses + 1, hits)
+    second = recommend(client, user, k=5, offset=5)  # another list: not cached, its history is
+    assert reads() == (misses + 1, hits + 1)
+    assert [i["rank"] for i in second["items"]] == [6, 7, 8, 9, 10]
+    top = first["items"][0]["item_id"]
+    more = [{"user_id": user, "item_id": top, "rating": 5, "timestamp": 2_000}]
+    assert client.post("/interactions", json=more, headers=auth).status_code == 201
+    recommend(client, user, k=5, offset=5)
+    assert reads() == (misses + 2, hits + 1)  # read again after the write
+    assert top not in item_list(recommend(client, user, k=10))  # ... and the new interaction counts
+
+
 def test_repeated_request_is_a_cache_hit(client):
     def hits() -> float:
         text = client.get("/metrics").text
