@@ -294,6 +294,7 @@ class ModelRun:
             "timings": self.timings,
             "hyper": hyper,
             "device": self.log.get("device"),
+            "precision": self.log.get("precision", "fp32"),  # the one it trained in (fit's training_log)
             "world_size": self.log.get("world_size", 1),  # processes under torchrun (data-parallel)
             "published_weights": "refit on all interactions for best_epoch epochs" if self.refit
             else "best-on-validation weights of the split run (--no-refit)",

@@ -230,3 +230,13 @@ def test_no_refit_publishes_the_split_models_weights_and_their_ids(planted, tmp_
     assert len(loaded.models["ease"].user_ids) == 240 - 2 * 24
     assert set(loaded.models["ease"].user_ids) < set(inter.user_ids.tolist())
     assert loaded.models["autorec-u"].user_ids == inter.user_ids.tolist()
+
+
+def test_the_training_precision_reaches_the_published_metrics(planted, tmp_path):
+    root = tmp_path / "registry"
+    version = run(planted, root, ["multdae", "autorec-u"], precision="bf16").version
+    recorded = {name: json.loads((root / version / name / "metrics.json").read_text())["precision"]
+                for name in ("multdae", "autorec-u")}
+    assert recorded == {"multdae": "bf16", "autorec-u": "fp32"}  # AutoRec does not allow bf16: float32
+    with pytest.raises(UserError, match="--precision must be fp32 or bf16"):
+        run(planted, tmp_path / "other", ["multdae"], precision="fp16")
