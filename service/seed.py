@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 
 from service import crud
@@ -17,10 +19,18 @@ def seed_interactions(database_url: str, inter: Interactions) -> dict[str, int]:
     ratings = inter.ratings.astype(float).tolist()
     timestamps = inter.timestamps.tolist() if inter.timestamps is not None else [None] * len(inter)
     engine = make_engine(database_url)
+    # A load is millions of tuples and dicts alive until its commit, and with the cyclic
+    # collector on every full collection walks all of them again: 2M rows into SQLite took
+    # 36.7 s against 15.4 s with it paused, and the gap grows with the load (20M rows: over
+    # 20 minutes). The load makes no reference cycles; reference counting frees it all.
+    collecting = gc.isenabled()
+    gc.disable()
     try:
         with make_session_factory(engine)() as session:
             result = crud.store_interactions(session, user_ids.tolist(), item_ids.tolist(), ratings, timestamps, titles)
             crud.refresh_statistics(session)
             return result
     finally:
+        if collecting:
+            gc.enable()
         engine.dispose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -68,6 +69,7 @@ def test_seed_a_users_file(env, tmp_path):
     log.write_text("user,item,timestamp\nalice,book-1,100\nalice,book-2,200\nbob,book-1,300\n")
     assert main(["seed", "--file", str(log)]) == 0
     assert counts(env) == {"users": 2, "items": 2, "interactions": 3}
+    assert gc.isenabled()  # paused for the bulk load only
 
 
 @pytest.mark.parametrize("argv, needle", [
