@@ -155,6 +155,24 @@ def fit_ours(name: str, split, seed: int, epochs: int | None, patience: int | No
     return model, timings(model.training_log)
 
 
+def recbole_columns(python: Path, name: str, split, workdir: Path, args) -> dict:
+    """RecBole's counterpart of our ``name`` on the same split, with the same stopping rule:
+    its run and its test lists scored by our metric code, as the table's RecBole columns."""
+    from models import REGISTRY
+
+    cfg = REGISTRY[name].Config()
+    epochs = args.epochs or int(getattr(cfg, "epochs", 1))
+    patience = args.patience or int(getattr(cfg, "patience", 10) or 10)
+    print(f"  RecBole {RECBOLE[name]} ...", flush=True)
+    rb = run_recbole(python, RECBOLE[name], split, workdir, epochs, patience, args.seed)
+    scores = rb.pop("scores")
+    excluded = (split.train + split.valid.targets).tocsr()
+    report = same_footing_report(split, top_k_from_scores(scores, excluded, max(KS)))
+    return dict(recbole=rb, recbole_ndcg100=float(report["ndcg@100"]), recbole_own_ndcg100=rb["recbole_test"].get("ndcg@100"),
+                rb_fit_seconds=rb["fit_seconds"], rb_train_seconds_per_epoch=rb["train_seconds_per_epoch"],
+                rb_epochs=rb["epochs"], rb_best_epoch=rb["best_epoch"], rb_setup_seconds=rb["setup_seconds"])
+
+
 def rating_row(name: str, split, seed: int, epochs: int | None, patience: int | None) -> dict:
     import trainer
     from trainer.evaluation import evaluate_rating
@@ -195,9 +213,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", default="fp32,bf16",
                         help="our training precisions, each a row of its own (bf16: models that allow it; RecBole: fp32)")
     args = parser.parse_args(argv)
+    from trainer.training import PRECISIONS
+
     precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
-    if not precisions or set(precisions) - {"fp32", "bf16"}:
-        parser.error(f"--precision takes fp32 and/or bf16, got {args.precision!r}")
+    if not precisions or set(precisions) - set(PRECISIONS):
+        parser.error(f"--precision takes {' and/or '.join(PRECISIONS)}, got {args.precision!r}")
     # torch imports its compiler stack (~0.7 s) the first time an optimiser is built; RecBole's
     # runner does this import before its clock too, so neither side's first fit pays for it.
     import torch._dynamo  # noqa: F401
@@ -229,7 +249,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {name} (rating-random) ...", flush=True)
                 rows.append(rating_row(name, rating, args.seed, args.epochs, args.patience))
                 continue
-            rb_row: dict = {}
+            rb_row: dict = {}  # RecBole's columns, the same beside each of our rows for this model
+            if python is not None and name in RECBOLE:
+                try:
+                    rb_row = recbole_columns(python, name, ranking, Path(tmp), args)
+                except BenchError as exc:
+                    print(f"error: {exc}", file=sys.stderr)
+                    return 2
             for precision in precisions if cls.reduced_precision else ["fp32"]:
                 print(f"  {name} ({precision}) ...", flush=True)
                 model, ours = fit_ours(name, ranking, args.seed, args.epochs, args.patience, precision)
@@ -237,23 +263,6 @@ def main(argv: list[str] | None = None) -> int:
                        "ours_ndcg100": same_footing_report(ranking, our_ranked(model, ranking))["ndcg@100"],
                        "ours_ndcg100_foldin": float(evaluate_ranking(model, ranking.test, ks=(100,))["ndcg@100"])}
                 row.update({f"ours_{k}": v for k, v in ours.items()})
-                if python is not None and name in RECBOLE and not rb_row:  # once per model, beside the first row
-                    cfg = cls.Config()
-                    epochs = args.epochs or int(getattr(cfg, "epochs", 1))
-                    patience = args.patience or int(getattr(cfg, "patience", 10) or 10)
-                    print(f"  RecBole {RECBOLE[name]} ...", flush=True)
-                    try:
-                        rb = run_recbole(python, RECBOLE[name], ranking, Path(tmp), epochs, patience, args.seed)
-                    except BenchError as exc:
-                        print(f"error: {exc}", file=sys.stderr)
-                        return 2
-                    scores = rb.pop("scores")
-                    excluded = (ranking.train + ranking.valid.targets).tocsr()
-                    report = same_footing_report(ranking, top_k_from_scores(scores, excluded, max(KS)))
-                    rb_row = dict(recbole=rb, recbole_ndcg100=float(report["ndcg@100"]),
-                                  recbole_own_ndcg100=rb["recbole_test"].get("ndcg@100"),
-                                  rb_fit_seconds=rb["fit_seconds"], rb_train_seconds_per_epoch=rb["train_seconds_per_epoch"],
-                                  rb_epochs=rb["epochs"], rb_best_epoch=rb["best_epoch"], rb_setup_seconds=rb["setup_seconds"])
                 if rb_row:
                     rb = rb_row["recbole"]
                     row.update(rb_row, speedup=rb["fit_seconds"] / max(ours["fit_seconds"], 1e-9),

@@ -319,11 +319,13 @@ class Recommender(nn.Module):
             raise ModelInputError(f"pair_rows contain indices outside the {rows.shape[0]} rows")
         if ((items < 0) | (items >= self.n_items)).any():
             raise ModelInputError("items contain indices outside the model's items")
-        if users is not None and np.asarray(users).reshape(-1).shape[0] != rows.shape[0]:
-            raise ModelInputError(f"users has {np.asarray(users).reshape(-1).shape[0]} entries for {rows.shape[0]} rows")
+        if users is not None:
+            users = np.asarray(users).reshape(-1)
+            if users.shape[0] != rows.shape[0]:
+                raise ModelInputError(f"users has {users.shape[0]} entries for {rows.shape[0]} rows")
         # only the rows some pair asks about are scored, in blocks of batch_rows
         distinct, pair_block_row = np.unique(pair_rows, return_inverse=True)
-        users = self._check_users(None if users is None else np.asarray(users).reshape(-1)[distinct], distinct.size)
+        users = self._check_users(None if users is None else users[distinct], distinct.size)
         rows = rows[distinct]
         order = np.argsort(pair_block_row, kind="stable")
         sorted_rows = pair_block_row[order]

@@ -28,7 +28,8 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from typing import Any, Callable, Iterable, NamedTuple, Protocol, Sequence, TypeVar
+from collections.abc import Sized
+from typing import Any, Callable, Iterable, NamedTuple, Sequence, TypeVar
 
 import redis
 import redis.asyncio
@@ -48,17 +49,14 @@ class CacheUnavailable(Exception):
     pass
 
 
-class UserEntry(NamedTuple):
-    """A user's cached entry: its key under the user's current generation, the cached value
-    (None: a miss) and that generation; all None when the cache cannot be used now."""
+class CacheEntry(NamedTuple):
+    """A cached entry: its key (a user's: under their current generation), the cached value
+    (None: a miss) and that generation (None for entries of no user); all None when the
+    cache cannot be used now."""
 
     key: str | None
     value: str | None
     generation: str | None
-
-
-class Sized(Protocol):
-    def __len__(self) -> int: ...
 
 
 H = TypeVar("H", bound=Sized)
@@ -161,14 +159,14 @@ class Cache(ABC):
             return fresh
         return self.get(key, kind="generation")  # another request drew one first (or the cache is down: None)
 
-    def user_entry(self, user_id: str, key: str, generation_ttl_s: float, kind: str) -> UserEntry:
+    def user_entry(self, user_id: str, key: str, generation_ttl_s: float, kind: str) -> CacheEntry:
         """``key`` under the user's current generation and its cached value (None: a miss); all
         None when the cache cannot be used now (compute, do not store)."""
         generation = self.user_generation(user_id, generation_ttl_s)
         if generation is None:
-            return UserEntry(None, None, None)
+            return CacheEntry(None, None, None)
         entry_key = f"{key}:{generation}"
-        return UserEntry(entry_key, self.get(entry_key, kind=kind), generation)
+        return CacheEntry(entry_key, self.get(entry_key, kind=kind), generation)
 
     def user_history(self, user_id: str, generation: str | None, fetch: Callable[[], H], ttl_s: float) -> H:
         """The user's history: kept from an earlier ``fetch`` (a query) under the same generation
@@ -222,7 +220,7 @@ class Cache(ABC):
             self.metrics.cache_errors.labels("set").inc()
             return False
 
-    async def user_entry_async(self, user_id: str, key: str, generation_ttl_s: float, kind: str) -> UserEntry:
+    async def user_entry_async(self, user_id: str, key: str, generation_ttl_s: float, kind: str) -> CacheEntry:
         return self.user_entry(user_id, key, generation_ttl_s, kind)
 
     def invalidate_users(self, user_ids: Iterable[str]) -> bool:
@@ -367,29 +365,29 @@ class RedisCache(Cache):
     async def _set_async(self, key: str, value: str, ttl_s: float) -> bool:
         return bool(await self._acall(self._async_client()[0].set, key, value, px=_ms(ttl_s)))
 
-    async def user_entry_async(self, user_id: str, key: str, generation_ttl_s: float, kind: str) -> UserEntry:
+    async def user_entry_async(self, user_id: str, key: str, generation_ttl_s: float, kind: str) -> CacheEntry:
         _, script = self._async_client()
         try:
             found = await self._acall(script, keys=[self._key(f"gen:{user_id}")], args=self._user_entry_args(key, generation_ttl_s))
         except CacheUnavailable:
             self.metrics.cache_errors.labels("get").inc()
-            return UserEntry(None, None, None)
+            return CacheEntry(None, None, None)
         return self._user_entry_found(key, kind, *found)
 
-    def user_entry(self, user_id: str, key: str, generation_ttl_s: float, kind: str) -> UserEntry:
+    def user_entry(self, user_id: str, key: str, generation_ttl_s: float, kind: str) -> CacheEntry:
         try:
             found = self._call(self._user_entry, keys=[self._key(f"gen:{user_id}")], args=self._user_entry_args(key, generation_ttl_s))
         except CacheUnavailable:
             self.metrics.cache_errors.labels("get").inc()
-            return UserEntry(None, None, None)
+            return CacheEntry(None, None, None)
         return self._user_entry_found(key, kind, *found)
 
     def _user_entry_args(self, key: str, generation_ttl_s: float) -> list:
         return [secrets.token_hex(8), _ms(generation_ttl_s), self._key(key)]
 
-    def _user_entry_found(self, key: str, kind: str, generation: str, value: str | None, known: int) -> UserEntry:
+    def _user_entry_found(self, key: str, kind: str, generation: str, value: str | None, known: int) -> CacheEntry:
         (self.metrics.cache_hits if known else self.metrics.cache_misses).labels("generation").inc()
-        return UserEntry(f"{key}:{generation}", self._counted(value, kind), generation)  # a new token finds nothing
+        return CacheEntry(f"{key}:{generation}", self._counted(value, kind), generation)  # a new token finds nothing
 
     def _call(self, fn, *args, force: bool = False, **kwargs):
         if not force and time.monotonic() < self._down_until:

@@ -21,7 +21,7 @@ from pydantic import TypeAdapter
 from sqlalchemy.orm import Session
 
 from service import crud, inference
-from service.cache import Cache, UserEntry, list_key
+from service.cache import Cache, CacheEntry, list_key
 from service.core.config import Settings
 from service.db.session import retry_if_dropped
 from service.errors import ApiError
@@ -38,7 +38,7 @@ from service.schemas import (
 
 
 _RATING_LIST = TypeAdapter(list[RatingResponse])
-Lookup = Callable[[], Awaitable[UserEntry]]  # () -> cache key (None: uncachable), cached JSON, user's generation
+Lookup = Callable[[], Awaitable[CacheEntry]]  # () -> cache key (None: uncachable), cached JSON, user's generation
 Compute = Callable[[str | None], str]  # (the user's generation token or None) -> the answer's JSON
 
 
@@ -101,7 +101,7 @@ async def recommendations(
     version = serving_version(store)
     served = inference.resolve_model(version, request.model, settings.DEFAULT_MODEL)
 
-    async def lookup() -> UserEntry:
+    async def lookup() -> CacheEntry:
         # the key ends in the user's generation token: a write for the user moves it on
         key = list_key("rec", version.version, served.name, user_id, request.model_dump(exclude={"model"}))
         return await cache.user_entry_async(user_id, key, 2 * settings.CACHE_TTL_S, kind="recommendations")
@@ -184,9 +184,9 @@ async def similar(
     version = serving_version(store)
     served = inference.resolve_model(version, model, settings.DEFAULT_MODEL)
 
-    async def lookup() -> UserEntry:
+    async def lookup() -> CacheEntry:
         key = list_key("sim", version.version, served.name, item_id, k)
-        return UserEntry(key, await cache.get_async(key, kind="similar"), None)
+        return CacheEntry(key, await cache.get_async(key, kind="similar"), None)
 
     def compute(_: str | None) -> str:
         pairs = inference.similar_items(served, item_id, k)

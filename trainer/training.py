@@ -43,12 +43,16 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return device
 
 
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision must be {' or '.join(PRECISIONS)}, got {precision!r}")
+    return precision
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``fp32``, or ``bf16``: mixed precision, the dense layers of the models that allow it
     (``Recommender.reduced_precision``) in bfloat16, weights, gradients and optimiser in float32."""
-    if precision not in PRECISIONS:
-        raise UserError(f"--precision must be {' or '.join(PRECISIONS)}, got {precision!r}")
-    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+    if check_precision(precision) == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise UserError("--precision bf16 was asked for but this GPU has no bfloat16 support (use fp32)")
     return precision
 

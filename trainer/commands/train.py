@@ -70,13 +70,12 @@ def job_from_options(
     from trainer.hparams import resolve
     from trainer.pipeline import SourceSpec, TrainJob, resolve_models
     from trainer.settings import get_settings
-    from trainer.training import PRECISIONS
+    from trainer.training import check_precision
 
     settings = get_settings()
     if device not in ("auto", "cpu", "cuda"):
         raise UserError(f"--device must be auto, cpu or cuda, got {device!r}")
-    if precision not in PRECISIONS:
-        raise UserError(f"--precision must be {' or '.join(PRECISIONS)}, got {precision!r}")
+    check_precision(precision)
     if database_url is not None and not from_db:
         raise UserError("--database-url goes with --from-db")
     source_spec = SourceSpec(
