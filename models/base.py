@@ -28,6 +28,7 @@ from typing import Any, ClassVar, Iterator, Literal
 import numpy as np
 import scipy.sparse as sp
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 WEIGHTS_FILE = "weights.safetensors"
@@ -118,8 +119,47 @@ def sparse_rows(x: torch.Tensor, dropout: nn.Module, normalize: bool = False) ->
         return torch.sparse_csr_tensor(crow, col, dropout(values), x.shape, check_invariants=False)  # valid: x's own
 
 
-def linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
+class InputLayer(nn.Module):
+    """An autoencoder's first layer, ``x W^T + b`` on click rows, with W stored one row per item.
+
+    ``nn.Linear`` stores W as [out, n_items]; here it is ``item_weight`` [n_items, out], so a
+    sparse batch's product is a sum of its items' rows (``embedding_bag``), and so is W's
+    gradient. Training Mult-VAE on ml-100k in bfloat16 took 46 ms an epoch against 54 ms with
+    a sparse x dense product through ``nn.Linear``'s layout (bench/RESULTS.md, round F).
+    """
+
+    def __init__(self, layer: nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = layer.in_features, layer.out_features
+        self.item_weight = nn.Parameter(layer.weight.detach().t().contiguous())  # same values as layer's
+        self.bias = nn.Parameter(layer.bias.detach().clone())
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """W as ``nn.Linear`` has it, [out, n_items] (a view: for the L2 term and tests)."""
+        return self.item_weight.t()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.layout == torch.strided:
+            return torch.addmm(self.bias, x, self.item_weight)
+        # float32 whatever the autocast: a sum of a few rows gains nothing from bfloat16
+        with torch.autocast(x.device.type, enabled=False):
+            return F.embedding_bag(
+                x.col_indices(), self.item_weight, x.crow_indices(), mode="sum", per_sample_weights=x.values(),
+                include_last_offset=True,
+            ) + self.bias
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
+        # Weights saved before this layer existed hold nn.Linear's ``weight`` [out, n_items]
+        if prefix + "weight" in state_dict and prefix + "item_weight" not in state_dict:
+            state_dict[prefix + "item_weight"] = state_dict.pop(prefix + "weight").t()
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+
+def linear(x: torch.Tensor, layer: nn.Linear | InputLayer) -> torch.Tensor:
     """``layer(x)`` for dense or sparse CSR ``x``: sparse, it costs (and so does W's gradient) per non-zero."""
+    if isinstance(layer, InputLayer):
+        return layer(x)
     if x.layout == torch.strided:
         return torch.addmm(layer.bias, x, layer.weight.t())
     with torch.autocast(x.device.type, enabled=False):  # sparse x dense has no bfloat16 kernel: float32 always

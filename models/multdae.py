@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.base import (
-    ModelInputError, Recommender, TrainData, as_csr, binary_csr_to_torch, csr_to_dense, linear, sparse_rows,
+    InputLayer, ModelInputError, Recommender, TrainData, as_csr, binary_csr_to_torch, csr_to_dense, linear, sparse_rows,
 )
 
 
@@ -68,6 +68,7 @@ class MultDAE(Recommender):
             # The authors' initialisation: Xavier weights, biases ~ N(0, 0.001^2)
             nn.init.xavier_uniform_(layer.weight)
             nn.init.normal_(layer.bias, std=0.001)
+        self.layers[0] = InputLayer(self.layers[0])  # reads clicks: the same initial values, one row per item
 
     def network(self, x: torch.Tensor) -> torch.Tensor:
         """Unnormalised log-probabilities over items of sparse CSR (or dense) rows; dropout only in training."""

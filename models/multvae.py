@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.base import (
-    ModelInputError, Recommender, TrainData, as_csr, binary_csr_to_torch, csr_to_dense, linear, sparse_rows,
+    InputLayer, ModelInputError, Recommender, TrainData, as_csr, binary_csr_to_torch, csr_to_dense, linear, sparse_rows,
 )
 
 
@@ -88,6 +88,11 @@ class MultVAE(Recommender):
             # The authors' initialisation: Xavier weights, biases ~ N(0, 0.001^2)
             nn.init.xavier_uniform_(layer.weight)
             nn.init.normal_(layer.bias, std=0.001)
+        # The first layer reads clicks: the same initial values, stored one row per item (InputLayer)
+        if hidden:
+            self.encoder[0] = InputLayer(self.encoder[0])
+        else:
+            self.to_posterior = InputLayer(self.to_posterior)
 
     def _layers(self) -> list[nn.Linear]:
         return [*self.encoder, self.to_posterior, *self.decoder]

@@ -1,0 +1,81 @@
+"""InputLayer: the first layer of the click autoencoders, stored one weight row per item."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+from torch import nn
+
+import models
+from models.base import InputLayer, binary_csr_to_torch, linear
+from models.multdae import MultDAE, MultDAEConfig
+from models.multvae import MultVAE, MultVAEConfig
+
+
+def clicks(n_rows: int = 7, n_items: int = 11, seed: int = 0) -> sp.csr_matrix:
+    rng = np.random.default_rng(seed)
+    dense = (rng.random((n_rows, n_items)) < 0.3).astype(np.float32) * rng.uniform(0.5, 2.0, (n_rows, n_items))
+    dense[3] = 0.0  # a row without clicks sums no rows: the bias alone
+    return sp.csr_matrix(dense.astype(np.float32))
+
+
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
+def test_sparse_and_dense_rows_give_nn_linears_output_and_gradients():
+    torch.manual_seed(0)
+    reference = nn.Linear(11, 5)
+    layer = InputLayer(reference)
+    rows = clicks()
+    dense = torch.from_numpy(rows.toarray())
+    values = torch.from_numpy(rows.data)
+    sparse = torch.sparse_csr_tensor(
+        torch.from_numpy(rows.indptr.astype(np.int64)), torch.from_numpy(rows.indices.astype(np.int64)), values,
+        size=rows.shape, check_invariants=True,
+    )
+    upstream = torch.randn(7, 5)
+
+    expected = reference(dense)
+    expected.backward(upstream)
+    for x in (sparse, dense):
+        layer.zero_grad()
+        out = layer(x)
+        torch.testing.assert_close(out, expected)
+        out.backward(upstream)
+        torch.testing.assert_close(layer.item_weight.grad, reference.weight.grad.t())
+        torch.testing.assert_close(layer.bias.grad, reference.bias.grad)
+    torch.testing.assert_close(out[3], reference.bias.detach())  # the empty row
+    assert layer.weight.shape == reference.weight.shape and layer.item_weight.is_contiguous()
+
+
+def test_stays_float32_under_bfloat16_autocast():
+    torch.manual_seed(0)
+    reference = nn.Linear(11, 5)
+    layer = InputLayer(reference)
+    x = binary_csr_to_torch(clicks(), "cpu", torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = linear(x, layer)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, reference(torch.from_numpy((clicks().toarray() > 0).astype(np.float32))))
+
+
+def test_weights_saved_in_nn_linears_layout_still_load(tmp_path):
+    """Artifacts written before InputLayer hold the first layer as ``weight`` [out, n_items]."""
+    rows = clicks(n_items=11)
+    for model in (MultVAE(MultVAEConfig(dims=(6, 3)), n_items=11, n_users=7),
+                  MultVAE(MultVAEConfig(dims=(3,)), n_items=11, n_users=7),  # no hidden layer: to_posterior reads clicks
+                  MultDAE(MultDAEConfig(dims=(4,)), n_items=11, n_users=7)):
+        model.eval()
+        expected = model.scores(rows)
+        model.save(tmp_path / model.name)
+        old_layout = {}
+        for key, tensor in model.state_dict().items():
+            if key.endswith("item_weight"):
+                key, tensor = key.replace("item_weight", "weight"), tensor.t()
+            old_layout[key] = tensor.contiguous()
+        from safetensors.torch import save_file
+
+        save_file(old_layout, str(tmp_path / model.name / "weights.safetensors"))
+        loaded = models.load(tmp_path / model.name)
+        torch.testing.assert_close(loaded.scores(rows), expected)
+        assert any(isinstance(m, InputLayer) for m in loaded.modules())
