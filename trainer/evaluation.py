@@ -42,13 +42,8 @@ def _users_for(model: Recommender, train_rows: np.ndarray) -> np.ndarray | None:
     return None
 
 
-def evaluate_ranking(
-    model: Recommender, heldout: HeldOut, ks: Sequence[int] = (20, 50, 100), batch_rows: int = 2048
-) -> dict[str, float]:
-    """``ranking_report`` of the model's top-max(ks) lists for the held-out users with targets, plus ``n`` users."""
-    ks = tuple(int(k) for k in ks)
-    if not ks or min(ks) < 1:
-        raise UserError(f"ks must be positive cut-offs, got {ks!r}")
+def ranked_lists(model: Recommender, heldout: HeldOut, k: int, batch_rows: int = 2048) -> tuple[np.ndarray, sp.csr_matrix]:
+    """(the model's top-k [n, k] for the held-out users with targets, seen items excluded; their targets)."""
     inputs = as_csr(heldout.inputs, model.n_items)
     targets = as_csr(heldout.targets, model.n_items)
     if inputs.shape != targets.shape:
@@ -59,18 +54,29 @@ def evaluate_ranking(
     users = _users_for(model, np.asarray(heldout.train_rows, dtype=np.int64)[evaluated])
     timestamps = None if heldout.input_timestamps is None else sp.csr_matrix(heldout.input_timestamps)
 
-    ranked = np.empty((evaluated.size, max(ks)), dtype=np.int64)
+    ranked = np.empty((evaluated.size, k), dtype=np.int64)
     for start in range(0, evaluated.size, batch_rows):
         rows = evaluated[start : start + batch_rows]
         ranked[start : start + rows.size], _ = model.recommend(
             inputs[rows],
-            k=max(ks),
+            k=k,
             users=None if users is None else users[start : start + rows.size],
             exclude_seen=True,
             timestamps=None if timestamps is None else timestamps[rows],
         )
-    report = ranking_report(ranked, targets[evaluated], ks=ks, n_items=model.n_items)
-    report["n"] = int(evaluated.size)
+    return ranked, targets[evaluated]
+
+
+def evaluate_ranking(
+    model: Recommender, heldout: HeldOut, ks: Sequence[int] = (20, 50, 100), batch_rows: int = 2048
+) -> dict[str, float]:
+    """``ranking_report`` of the model's top-max(ks) lists for the held-out users with targets, plus ``n`` users."""
+    ks = tuple(int(k) for k in ks)
+    if not ks or min(ks) < 1:
+        raise UserError(f"ks must be positive cut-offs, got {ks!r}")
+    ranked, targets = ranked_lists(model, heldout, max(ks), batch_rows)
+    report = ranking_report(ranked, targets, ks=ks, n_items=model.n_items)
+    report["n"] = int(ranked.shape[0])
     return report
 
 
