@@ -35,7 +35,7 @@ def solved(X: sp.csr_matrix, **overrides) -> EASE:
 
 def test_closed_form_matches_direct_solve_in_float64():
     X = random_clicks()
-    model = solved(X, lam=5.0)
+    model = solved(X, lam=5.0, dtype="float64")
     assert model.B.dtype == torch.float64
     expected = numpy_ease(X.toarray().astype(np.float64), 5.0)
     np.testing.assert_allclose(model.B.numpy(), expected, rtol=1e-10, atol=1e-12)
@@ -48,6 +48,26 @@ def test_float32_solve_is_close_and_keeps_zero_diagonal():
     assert model.B.dtype == torch.float32
     np.testing.assert_allclose(model.B.numpy(), numpy_ease(X.toarray().astype(np.float64), 5.0), atol=1e-5)
     assert torch.all(model.B.diagonal() == 0)
+
+
+def test_auto_dtype_follows_the_condition_bound(tmp_path):
+    """"auto" solves in float32 only when the Gershgorin bound on cond(G) is small, and the bound holds."""
+    import models
+    from models.ease import FLOAT32_MAX_CONDITION
+
+    X = random_clicks(n_users=200, density=0.5, seed=6)
+    dense = X.toarray().astype(np.float64)
+    row_sums = (dense.T @ dense).sum(axis=1).max()
+    for lam, dtype in ((row_sums, torch.float32), (row_sums / (2 * FLOAT32_MAX_CONDITION), torch.float64)):
+        model = solved(X, lam=lam)
+        assert model.B.dtype == dtype
+        eigenvalues = np.linalg.eigvalsh(dense.T @ dense + lam * np.eye(X.shape[1]))
+        assert eigenvalues.max() / eigenvalues.min() <= 1 + row_sums / lam + 1e-9
+        np.testing.assert_allclose(model.B.double().numpy(), numpy_ease(dense, lam), atol=1e-5 if dtype == torch.float32 else 1e-10)
+        model.save(tmp_path / str(lam))
+        loaded = models.load(tmp_path / str(lam))
+        assert loaded.B.dtype == dtype  # the precision it was solved in, though the config says "auto"
+        torch.testing.assert_close(loaded.B, model.B, rtol=0, atol=0)
 
 
 def test_scores_are_rows_times_B_with_values_as_positives():
