@@ -83,7 +83,8 @@ def train_models(corpus: Corpus) -> dict:
     torch.set_num_threads(1)  # tiny matrices: one thread is faster than two fighting over a shared machine
     try:
         return {
-            "ease": fit("ease", positives, progress=False, lam=50.0),
+            # float64 on purpose ("auto" would take float32 here): the served copy's cast is tested
+            "ease": fit("ease", positives, progress=False, lam=50.0, dtype="float64"),
             "autorec-u": fit("autorec-u", corpus.X, progress=False, epochs=20, hidden=40, lr=1e-2, seed=0),
             "autorec-i": fit("autorec-i", corpus.X, progress=False, epochs=20, hidden=40, lr=1e-2, seed=0),
         }
