@@ -117,9 +117,10 @@ def _item_vectors(loaded: LoadedModel) -> np.ndarray | None:
 
 def _serving_model(name: str, loaded: LoadedModel, popular: np.ndarray, manifest: dict) -> ServingModel:
     model = loaded.model
-    # Served in float32: a ranking or a clipped rating needs no more. EASE's B is float64 for
-    # the solve; in float32 it takes half the memory (1.6 GB at 20,000 items, per replica) and
-    # a 140-item user's scores read it in half the time (1.4 -> 0.7 ms at 20,000 items).
+    # Served in float32: a ranking or a clipped rating needs no more. EASE's B can be float64
+    # from the solve (ease.dtype, models/ease.py); in float32 it takes half the memory (1.6 GB
+    # at 20,000 items, per replica) and a 140-item user's scores read it in half the time
+    # (1.4 -> 0.7 ms at 20,000 items).
     model.float()
     items = IdIndex.from_positions(loaded.item_index, len(loaded.item_ids))
     threshold = (loaded.info or {}).get("positive_threshold", manifest.get("positive_threshold"))
