@@ -105,7 +105,7 @@ def sparse_rows(x: torch.Tensor, dropout: nn.Module, normalize: bool = False) ->
     """``dropout(F.normalize(x, dim=1))`` (``normalize=False``: ``dropout(x)``) as a sparse CSR tensor.
 
     Both act on the non-zeros alone (a zero stays zero, whatever the mask), so no dense batch
-    is made and ``linear`` then reads only the rows of W^T that the batch's items select.
+    is made and ``InputLayer`` then reads only the weight rows of the batch's items.
     ``x``: a sparse CSR tensor (``binary_csr_to_torch``) or dense rows.
     """
     with warnings.catch_warnings():
@@ -154,16 +154,6 @@ class InputLayer(nn.Module):
         if prefix + "weight" in state_dict and prefix + "item_weight" not in state_dict:
             state_dict[prefix + "item_weight"] = state_dict.pop(prefix + "weight").t()
         super()._load_from_state_dict(state_dict, prefix, *args)
-
-
-def linear(x: torch.Tensor, layer: nn.Linear | InputLayer) -> torch.Tensor:
-    """``layer(x)`` for dense or sparse CSR ``x``: sparse, it costs (and so does W's gradient) per non-zero."""
-    if isinstance(layer, InputLayer):
-        return layer(x)
-    if x.layout == torch.strided:
-        return torch.addmm(layer.bias, x, layer.weight.t())
-    with torch.autocast(x.device.type, enabled=False):  # sparse x dense has no bfloat16 kernel: float32 always
-        return torch.addmm(layer.bias, x, layer.weight.t())
 
 
 class Recommender(nn.Module):

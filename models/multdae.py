@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.base import (
-    InputLayer, ModelInputError, Recommender, TrainData, as_csr, binary_csr_to_torch, csr_to_dense, linear, sparse_rows,
+    InputLayer, ModelInputError, Recommender, TrainData, as_csr, binary_csr_to_torch, csr_to_dense, sparse_rows,
 )
 
 
@@ -74,8 +74,8 @@ class MultDAE(Recommender):
         """Unnormalised log-probabilities over items of sparse CSR (or dense) rows; dropout only in training."""
         h = sparse_rows(x, self.input_dropout, normalize=True)  # the first layer costs per click, not per item
         for layer in self.layers[:-1]:
-            h = torch.tanh(linear(h, layer))
-        return linear(h, self.layers[-1])
+            h = torch.tanh(layer(h))
+        return self.layers[-1](h)
 
     def training_batches(self, data: TrainData, generator: np.random.Generator) -> Iterator[sp.csr_matrix]:
         X = sp.csr_matrix(as_csr(data.X, self.n_items) > 0, dtype=np.float32)

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.base import (
-    InputLayer, ModelInputError, Recommender, TrainData, as_csr, binary_csr_to_torch, csr_to_dense, linear, sparse_rows,
+    InputLayer, ModelInputError, Recommender, TrainData, as_csr, binary_csr_to_torch, csr_to_dense, sparse_rows,
 )
 
 
@@ -101,8 +101,8 @@ class MultVAE(Recommender):
         """(mu, logvar) of q(z|x) for sparse CSR (or dense) rows: L2-normalised, then dropped out in training."""
         h = sparse_rows(x, self.input_dropout, normalize=True)  # the first layer costs per click, not per item
         for layer in self.encoder:
-            h = torch.tanh(linear(h, layer))
-        mu, logvar = linear(h, self.to_posterior).chunk(2, dim=1)
+            h = torch.tanh(layer(h))
+        mu, logvar = self.to_posterior(h).chunk(2, dim=1)
         return mu, logvar
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
