@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -112,3 +117,42 @@ def test_precision_is_checked_and_recorded():
     ratings.data[:] = 4.0
     autorec = trainer.fit("autorec-u", ratings, progress=False, epochs=1, precision="bf16")
     assert autorec.training_log["precision"] == "fp32"  # a model that does not allow bf16 trains in float32
+
+
+_MALLOC_OF_A_16_MIB_BLOCK = """
+import ctypes, sys
+from trainer.training import reuse_freed_memory
+
+class MallInfo2(ctypes.Structure):  # glibc's struct mallinfo2
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
+if sys.argv[1] == "reuse":
+    assert reuse_freed_memory()
+before = libc.mallinfo2()
+block = libc.malloc(16 << 20)
+allocated = libc.mallinfo2()
+libc.free(block)
+freed = libc.mallinfo2()
+# MiB mapped for the block on its own; MiB of freed memory the process kept
+print((allocated.hblkhd - before.hblkhd) >> 20, (freed.fordblks - before.fordblks) >> 20)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_training_keeps_freed_blocks_instead_of_returning_them_to_the_kernel():
+    def mapped_and_kept(mode: str) -> tuple[int, int]:
+        out = subprocess.run([sys.executable, "-c", _MALLOC_OF_A_16_MIB_BLOCK, mode], capture_output=True, text=True,
+                             check=True, cwd=Path(__file__).resolve().parents[2])
+        mapped, kept = out.stdout.split()
+        return int(mapped), int(kept)
+
+    # glibc's default: a 16 MiB block is mapped for itself and unmapped when freed, so the next
+    # one is page-faulted in again (a bfloat16 step's weight copies and gradients, every batch)
+    assert mapped_and_kept("default") == (16, 0)
+    # after reuse_freed_memory (fit calls it): the block comes from the heap and stays there
+    mapped, kept = mapped_and_kept("reuse")
+    assert mapped == 0 and kept >= 15
