@@ -119,6 +119,18 @@ def sparse_rows(x: torch.Tensor, dropout: nn.Module, normalize: bool = False) ->
         return torch.sparse_csr_tensor(crow, col, dropout(values), x.shape, check_invariants=False)  # valid: x's own
 
 
+def cpu_has_amx_bf16() -> bool:
+    """Whether this CPU has AMX tiles for bfloat16 (Intel Sapphire Rapids and later)."""
+    return bool(torch.cpu.get_capabilities().get("amx_bf16", False))
+
+
+def _bfloat16_matrix_units(device: torch.device) -> bool:
+    """A bfloat16 autocast is on for ``device`` and the device multiplies bfloat16 matrices in
+    hardware built for it (measured: AMX; a CPU with only AVX512-BF16 was faster sparse)."""
+    return (device.type == "cpu" and torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") == torch.bfloat16 and cpu_has_amx_bf16())
+
+
 class InputLayer(nn.Module):
     """An autoencoder's first layer, ``x W^T + b`` on click rows, with W stored one row per item.
 
@@ -142,6 +154,11 @@ class InputLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.layout == torch.strided:
             return torch.addmm(self.bias, x, self.item_weight)
+        if _bfloat16_matrix_units(x.device):
+            # A CPU with AMX multiplies bfloat16 matrices ~5x faster than float32 ones: there the
+            # dense batch x W beats the sparse sum, whose backward pass sorts the batch's items.
+            # Paired on ml-100k, bf16 epochs: Mult-VAE 37.4 ms against 38.8, Mult-DAE 17.9 against 19.8.
+            return torch.addmm(self.bias, x.to_dense(), self.item_weight)
         # float32 whatever the autocast: a sum of a few rows gains nothing from bfloat16
         with torch.autocast(x.device.type, enabled=False):
             return F.embedding_bag(

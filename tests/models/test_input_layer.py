@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import models
+from models import base
 from models.base import InputLayer, binary_csr_to_torch
 from models.multdae import MultDAE, MultDAEConfig
 from models.multvae import MultVAE, MultVAEConfig
@@ -48,7 +49,8 @@ def test_sparse_and_dense_rows_give_nn_linears_output_and_gradients():
     assert layer.weight.shape == reference.weight.shape and layer.item_weight.is_contiguous()
 
 
-def test_stays_float32_under_bfloat16_autocast():
+def test_stays_float32_under_bfloat16_autocast_without_amx(monkeypatch):
+    monkeypatch.setattr(base, "cpu_has_amx_bf16", lambda: False)
     torch.manual_seed(0)
     reference = nn.Linear(11, 5)
     layer = InputLayer(reference)
@@ -57,6 +59,28 @@ def test_stays_float32_under_bfloat16_autocast():
         out = layer(x)
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, reference(torch.from_numpy((clicks().toarray() > 0).astype(np.float32))))
+
+
+def test_multiplies_the_dense_batch_in_bfloat16_on_a_cpu_with_amx(monkeypatch):
+    # bfloat16 matmuls run on any CPU (AMX only makes them fast), so the path is tested everywhere
+    monkeypatch.setattr(base, "cpu_has_amx_bf16", lambda: True)
+    torch.manual_seed(0)
+    reference = nn.Linear(11, 5)
+    layer = InputLayer(reference)
+    x = binary_csr_to_torch(clicks(), "cpu", torch.float32)
+    dense = torch.from_numpy((clicks().toarray() > 0).astype(np.float32))
+    upstream = torch.randn(7, 5)
+    expected = reference(dense)
+    expected.backward(upstream)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), expected, atol=2e-2, rtol=2e-2)  # bfloat16: 8 significant bits
+    out.float().backward(upstream)
+    assert layer.item_weight.grad.dtype == torch.float32  # the weights and their gradients stay float32
+    torch.testing.assert_close(layer.item_weight.grad, reference.weight.grad.t(), atol=2e-2, rtol=2e-2)
+    with torch.autocast("cpu", enabled=False):
+        assert layer(x).dtype == torch.float32  # outside an autocast (validation, serving): the sparse sum
 
 
 def test_weights_saved_in_nn_linears_layout_still_load(tmp_path):
