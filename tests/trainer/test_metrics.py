@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from trainer import metrics
 from trainer.metrics import (
     coverage_at_k,
     hitrate_at_k,
@@ -156,7 +157,10 @@ def reference(ranked: np.ndarray, targets: sp.csr_matrix, k: int) -> dict[str, l
     return out
 
 
-def test_randomised_against_the_per_user_reference():
+# the hit lookup's mask taken a row at a time, 7 rows (blocks ending mid-way) and all 80 at once
+@pytest.mark.parametrize("mask_cells", [40, 7 * 40, 1 << 24])
+def test_randomised_against_the_per_user_reference(monkeypatch, mask_cells):
+    monkeypatch.setattr(metrics, "HIT_LOOKUP_CELLS", mask_cells)
     rng = np.random.default_rng(3)
     n_users, n_items, length = 80, 40, 15
     ranked = np.stack([rng.permutation(n_items)[:length] for _ in range(n_users)])
