@@ -146,8 +146,21 @@ async def _cached_or_computed(cache: Cache, store: ModelStore, settings: Setting
     return body
 
 
+def _rating_histories(session: Session, cache: Cache, settings: Settings, user_ids: list[str]) -> crud.History:
+    """The histories a ratings request needs. One user (a single request object, the usual
+    call): kept in process under the user's generation token, as a recommendation miss
+    reads it, else one query. Several users: one query for them all (a token each would
+    cost a Redis round trip per user)."""
+    if len(set(user_ids)) == 1:
+        user_id = user_ids[0]
+        generation = cache.user_generation(user_id, 2 * settings.CACHE_TTL_S)
+        return cache.user_history(user_id, generation, partial(_read_history, session, user_id), settings.CACHE_TTL_S)
+    with crud.reads(session) as db:
+        return crud.user_histories(db, user_ids)
+
+
 async def ratings(
-    session: Session, store: ModelStore, settings: Settings, requests: list[RatingRequest], many: bool
+    session: Session, cache: Cache, store: ModelStore, settings: Settings, requests: list[RatingRequest], many: bool
 ) -> Answer:
     """A ``RatingResponse`` per request as JSON: a list of them if ``many``, else the one."""
     check_list("ratings requests", requests, settings)
@@ -160,8 +173,7 @@ async def ratings(
     ]
 
     def predicted() -> str:
-        with crud.reads(session) as db:
-            histories = crud.user_histories(db, [r.user_id for r in requests])
+        histories = _rating_histories(session, cache, settings, [r.user_id for r in requests])
         responses = [
             RatingResponse(
                 user_id=q.user_id, model=q.model.name, model_version=version.version, source=r.source,

@@ -193,6 +193,42 @@ def test_ratings_single_and_batch(client, corpus, trained):
         assert all(1.0 <= r["rating"] <= 5.0 for r in b["ratings"])  # clipped to the rating range
 
 
+def test_a_single_ratings_request_keeps_the_users_history_until_they_write(client, auth, corpus, trained):
+    """Ratings for one user read the history once under the user's generation, as lists do;
+    a write for the user makes the next request read it again, and the prediction follows it."""
+    user = new_user()
+    rated = {"50": 5, "181": 4}
+    history = [{"user_id": user, "item_id": i, "rating": r, "timestamp": 1_000 + n} for n, (i, r) in enumerate(rated.items())]
+    assert client.post("/interactions", json=history, headers=auth).status_code == 201
+
+    def reads() -> tuple[float, float]:
+        return (_metric(client, 'aerec_cache_misses_total{kind="history"}'),
+                _metric(client, 'aerec_cache_hits_total{kind="history"}'))
+
+    def predicted() -> list[float]:
+        response = client.post("/ratings", json={"user_id": user, "item_ids": ["1", "2"]})
+        assert response.status_code == 200, response.text
+        return [r["rating"] for r in response.json()["ratings"]]
+
+    def expected() -> np.ndarray:  # the model's prediction from the row the user has now
+        row = sp.csr_matrix(([float(v) for v in rated.values()], ([0] * len(rated), [corpus.item_ids.index(i) for i in rated])),
+                            shape=(1, len(corpus.item_ids)))
+        return trained["autorec-u"].predict(sp.vstack([row, row]), np.array([corpus.item_ids.index("1"), corpus.item_ids.index("2")]))
+
+    misses, hits = reads()
+    first = predicted()
+    assert reads() == (misses + 1, hits)
+    assert predicted() == first and reads() == (misses + 1, hits + 1)
+    np.testing.assert_allclose(first, expected(), atol=1e-5)
+    rated["100"] = 1
+    assert client.post("/interactions", json=[{"user_id": user, "item_id": "100", "rating": 1, "timestamp": 2_000}],
+                       headers=auth).status_code == 201
+    after = predicted()
+    assert reads() == (misses + 2, hits + 1)  # read again after the write ...
+    np.testing.assert_allclose(after, expected(), atol=1e-5)  # ... and the new rating counts
+    assert after != first
+
+
 def test_ratings_from_a_ranking_model_are_refused(client):
     response = client.post("/ratings", json={"user_id": 1, "item_ids": [1], "model": "ease"})
     assert response.status_code == 422
