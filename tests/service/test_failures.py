@@ -112,7 +112,7 @@ def test_connections_a_database_restart_dropped_cost_no_failed_request(client, a
     calls = {
         # a user never asked for: no list or history of theirs is cached, so the history is read
         "recommendations": lambda: client.post(f"/users/{new_user()}/recommendations", json={"k": 3}),
-        "ratings": lambda: client.post("/ratings", json={"user_id": 1, "item_ids": ["50", "172"]}),
+        "ratings": lambda: client.post("/ratings", json={"user_id": new_user(), "item_ids": ["50", "172"]}),
         "interactions": lambda: client.post("/interactions", json=[{"user_id": user, "item_id": "50", "rating": 5}],
                                             headers=auth),
         "readyz": lambda: client.get("/readyz"),
