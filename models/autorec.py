@@ -146,6 +146,15 @@ class AutoRecI(_AutoRec):
         # prediction(u, i) = W[u] · h_i + b[u], for all items at once
         return self.decoder.weight[u] @ self.item_codes.T + self.decoder.bias[u, None]
 
+    @torch.no_grad()
+    def pair_scores(
+        self, rows: sp.csr_matrix, pair_rows: torch.Tensor, items: torch.Tensor, users: np.ndarray | None = None
+    ) -> torch.Tensor:
+        users = self._check_users(users, as_csr(rows, self.n_items).shape[0])
+        u = torch.from_numpy(users).to(self.device)[pair_rows]
+        # W[u] · h_i + b[u] for the asked pairs only, not for every item
+        return (self.decoder.weight[u] * self.item_codes[items]).sum(dim=1) + self.decoder.bias[u]
+
     def item_embeddings(self) -> torch.Tensor:
         return self.item_codes.detach().clone()
 
@@ -163,6 +172,15 @@ class AutoRecU(_AutoRec):
     ) -> torch.Tensor:
         rows = as_csr(rows, self.n_items)
         return self.reconstruct(csr_to_dense(rows, self.device))
+
+    @torch.no_grad()
+    def pair_scores(
+        self, rows: sp.csr_matrix, pair_rows: torch.Tensor, items: torch.Tensor, users: np.ndarray | None = None
+    ) -> torch.Tensor:
+        # h(r) = W sigmoid(V r + mu) + b read at the asked items only: rows W_i of the decoder,
+        # not all n_items of them (predict for one user's 10 items, paired: 359 us against 459)
+        code = torch.sigmoid(self.encoder(csr_to_dense(as_csr(rows, self.n_items), self.device)))
+        return (self.decoder.weight[items] * code[pair_rows]).sum(dim=1) + self.decoder.bias[items]
 
     def item_embeddings(self) -> torch.Tensor:
         return self.decoder.weight.detach().clone()  # W's row i produces item i's rating

@@ -200,6 +200,13 @@ class Recommender(nn.Module):
         """Scores for every item, shape [n_rows, n_items], on ``self.device``; no grad."""
         raise NotImplementedError
 
+    def pair_scores(
+        self, rows: sp.csr_matrix, pair_rows: torch.Tensor, items: torch.Tensor, users: np.ndarray | None = None
+    ) -> torch.Tensor:
+        """``scores(rows, users)[pair_rows, items]``, [n_pairs]: what ``predict`` reads. A model
+        whose last layer is one vector per item overrides it to compute the asked items alone."""
+        return self.scores(rows, users=users)[pair_rows, items]
+
     def training_batches(self, data: TrainData, generator: np.random.Generator) -> Iterator[Any]:
         raise NotImplementedError(f"{self.name} is not trained by gradient steps")
 
@@ -389,10 +396,10 @@ class Recommender(nn.Module):
                 lo, hi = np.searchsorted(sorted_rows, [start, stop])
                 pairs = order[lo:hi]
                 block = rows if stop - start == rows.shape[0] else rows[start:stop]  # one request: no slice copy
-                s = self.scores(block, users=None if users is None else users[start:stop])
-                r = torch.from_numpy(pair_block_row[pairs] - start).to(s.device)
-                c = torch.from_numpy(items[pairs]).to(s.device)
-                out[pairs] = s[r, c].float().cpu().numpy()
+                r = torch.from_numpy(pair_block_row[pairs] - start).to(self.device)
+                c = torch.from_numpy(items[pairs]).to(self.device)
+                predicted = self.pair_scores(block, r, c, users=None if users is None else users[start:stop])
+                out[pairs] = predicted.float().cpu().numpy()
         finally:
             if was_training:
                 self.train()

@@ -185,8 +185,9 @@ def test_rating_pairs_score_each_row_once(fitted, monkeypatch):
     users = np.arange(N_USERS)
     one_per_pair = model.predict(X[pair_rows], items, users=pair_rows)
     scored_rows = []
-    scores = type(model).scores
-    monkeypatch.setattr(type(model), "scores", lambda self, rows, **kw: scored_rows.append(rows.shape[0]) or scores(self, rows, **kw))
+    pair_scores = type(model).pair_scores
+    monkeypatch.setattr(type(model), "pair_scores",
+                        lambda self, rows, *a, **kw: scored_rows.append(rows.shape[0]) or pair_scores(self, rows, *a, **kw))
     grouped = model.predict(X, items, users=users, pair_rows=pair_rows, batch_rows=1)
     np.testing.assert_allclose(grouped, one_per_pair, rtol=1e-6)
     assert scored_rows == [1, 1], "each distinct row is scored once, in blocks of batch_rows"
@@ -194,6 +195,16 @@ def test_rating_pairs_score_each_row_once(fitted, monkeypatch):
         model.predict(X, items, users=users, pair_rows=pair_rows + N_USERS)
     with pytest.raises(ModelInputError, match="pair_rows"):
         model.predict(X, items, users=users, pair_rows=pair_rows[:2])
+
+
+def test_pair_scores_are_the_score_matrix_read_at_the_pairs(fitted):
+    name, model, X, ts, withheld = fitted
+    if model.task != "rating":
+        return
+    users = np.array([7, 2, 9, 0, 4])
+    pair_rows, items = torch.tensor([0, 0, 3, 4, 2, 1]), torch.tensor([1, 5, 0, N_ITEMS - 1, 7, 1])
+    expected = model.scores(X[users], users=users)[pair_rows, items]
+    torch.testing.assert_close(model.pair_scores(X[users], pair_rows, items, users=users), expected)
 
 
 def test_wrong_width_rows_rejected(fitted):
