@@ -10,7 +10,8 @@ A model file implements four things:
   * ``scores(rows, users=None, timestamps=None) -> Tensor[n, n_items]``;
   * ``training_batches(data, generator)`` and ``loss(batch, **schedule)`` for
     gradient-trained models, or ``solve(data)`` for closed-form ones (EASE);
-  * ``configure_optimizer()``: the optimiser the paper used.
+  * ``configure_optimizer()``: the optimiser the paper used;
+  * optionally ``pair_scores``: a rating model's scores at given (row, item) pairs only.
 Gradient-trained configs carry ``epochs``, ``batch_size``, ``lr`` and ``patience``
 (early-stopping patience in epochs, on the validation metric).
 Training-loop state (optimiser, annealing, early stopping) lives in the trainer.
