@@ -49,26 +49,27 @@ def test_sparse_and_dense_rows_give_nn_linears_output_and_gradients():
     assert layer.weight.shape == reference.weight.shape and layer.item_weight.is_contiguous()
 
 
-def test_stays_float32_under_bfloat16_autocast_without_amx(monkeypatch):
-    monkeypatch.setattr(base, "cpu_has_amx_bf16", lambda: False)
+def layer_under_autocast(monkeypatch, amx: bool) -> tuple[nn.Linear, InputLayer, torch.Tensor, torch.Tensor]:
+    """(nn.Linear, the InputLayer made from it, clicks as sparse CSR, the same clicks dense) on a CPU
+    with or without AMX as far as the layer can tell."""
+    monkeypatch.setattr(base, "cpu_has_amx_bf16", lambda: amx)
     torch.manual_seed(0)
     reference = nn.Linear(11, 5)
-    layer = InputLayer(reference)
-    x = binary_csr_to_torch(clicks(), "cpu", torch.float32)
+    dense = torch.from_numpy((clicks().toarray() > 0).astype(np.float32))
+    return reference, InputLayer(reference), binary_csr_to_torch(clicks(), "cpu", torch.float32), dense
+
+
+def test_stays_float32_under_bfloat16_autocast_without_amx(monkeypatch):
+    reference, layer, x, dense = layer_under_autocast(monkeypatch, amx=False)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = layer(x)
     assert out.dtype == torch.float32
-    torch.testing.assert_close(out, reference(torch.from_numpy((clicks().toarray() > 0).astype(np.float32))))
+    torch.testing.assert_close(out, reference(dense))
 
 
 def test_multiplies_the_dense_batch_in_bfloat16_on_a_cpu_with_amx(monkeypatch):
     # bfloat16 matmuls run on any CPU (AMX only makes them fast), so the path is tested everywhere
-    monkeypatch.setattr(base, "cpu_has_amx_bf16", lambda: True)
-    torch.manual_seed(0)
-    reference = nn.Linear(11, 5)
-    layer = InputLayer(reference)
-    x = binary_csr_to_torch(clicks(), "cpu", torch.float32)
-    dense = torch.from_numpy((clicks().toarray() > 0).astype(np.float32))
+    reference, layer, x, dense = layer_under_autocast(monkeypatch, amx=True)
     upstream = torch.randn(7, 5)
     expected = reference(dense)
     expected.backward(upstream)
