@@ -21,6 +21,7 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from models.base import ModelInputError, build_config
 from trainer.errors import UserError
 
 Overrides = dict[str, dict[str, Any]]  # model name -> {field: value}
@@ -103,6 +104,10 @@ def validate(overrides: Mapping[str, Mapping[str, Any]], configs: Mapping[str, t
             if key not in fields:
                 raise UserError(f"unknown hyper-parameter {model}.{key}; {model} has: {', '.join(fields)}")
             out.setdefault(model, {})[key] = _coerce(model, fields[key], value)
+        try:  # the Config's own checks (a known dtype, a positive rate...) before any model trains
+            build_config(configs[model], out.get(model, {}))
+        except (ModelInputError, TypeError, ValueError) as exc:
+            raise UserError(f"hyper-parameters of {model}: {exc}") from None
     return out
 
 

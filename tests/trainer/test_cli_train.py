@@ -100,6 +100,15 @@ def test_unknown_key_in_a_config_file(capsys, planted, tmp_path):
     assert_one_line_error(code, err, "unknown hyper-parameter ease.lamda")
 
 
+def test_a_value_the_models_config_refuses_stops_before_any_model_trains(capsys, planted, tmp_path):
+    root = tmp_path / "registry"
+    code, out, err = train(capsys, "--file", str(planted), "--models", "multdae,ease", "--set", "multdae.epochs=2",
+                           "--set", "ease.dtype=float8", "--artifacts-dir", str(root))
+    assert_one_line_error(code, err, "hyper-parameters of ease", "dtype", "'float8'")
+    assert out == ""  # Mult-DAE, first in line, did not train for nothing
+    assert artifacts.latest_version(root) is None
+
+
 def test_missing_sources_are_one_line_errors(capsys, tmp_path):
     root = tmp_path / "registry"
     code, _, err = train(capsys, "--file", str(tmp_path / "missing.csv"), "--artifacts-dir", str(root))
