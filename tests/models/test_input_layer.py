@@ -84,6 +84,19 @@ def test_multiplies_the_dense_batch_in_bfloat16_on_a_cpu_with_amx(monkeypatch):
         assert layer(x).dtype == torch.float32  # outside an autocast (validation, serving): the sparse sum
 
 
+def test_a_mostly_empty_batch_stays_a_sparse_float32_sum_even_with_amx(monkeypatch):
+    monkeypatch.setattr(base, "cpu_has_amx_bf16", lambda: True)
+    torch.manual_seed(0)
+    reference = nn.Linear(400, 5)
+    layer = InputLayer(reference)
+    rows = sp.random(7, 400, density=base.DENSE_MIN_DENSITY / 2, format="csr", dtype=np.float32, random_state=0)
+    x = binary_csr_to_torch(rows, "cpu", torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+    assert out.dtype == torch.float32  # ml-20m's density: the sparse sum was twice as fast there
+    torch.testing.assert_close(out, reference(torch.from_numpy((rows.toarray() > 0).astype(np.float32))))
+
+
 def test_weights_saved_in_nn_linears_layout_still_load(tmp_path):
     """Artifacts written before InputLayer hold the first layer as ``weight`` [out, n_items]."""
     rows = clicks(n_items=11)
