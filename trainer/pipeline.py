@@ -577,7 +577,7 @@ def train_all(
                 if dist_ctx.is_main:
                     tqdm.write(f"gate: {run.gate.message}", file=sys.stderr)
             runs[name] = run
-            if dist_ctx.is_main:
+            if progress:  # each model's line as it finishes; the command prints them all at the end too
                 tqdm.write(run.summary(), file=sys.stderr)
 
         carried = [] if previous_manifest is None else [n for n in previous_manifest["models"] if n not in runs]

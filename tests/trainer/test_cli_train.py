@@ -53,6 +53,13 @@ def test_train_from_a_file_prints_a_summary_per_model(capsys, planted, tmp_path)
     assert lines[-1].startswith(f"published version {artifacts.latest_version(root)}")
 
 
+def test_no_progress_prints_each_models_line_once(capsys, planted, tmp_path):
+    code, out, err = train(capsys, "--file", str(planted), "--models", "ease", "--artifacts-dir", str(tmp_path / "r"))
+    assert code == 0, err
+    assert [line.split()[0] for line in out.strip().splitlines()] == ["ease", "published"]
+    assert "ease " not in err  # the running lines are progress: --no-progress leaves them out
+
+
 def test_overrides_from_toml_yaml_and_set_reach_the_model(capsys, planted, tmp_path):
     toml = tmp_path / "hp.toml"
     toml.write_text("[ease]\nlam = 50\n\n[multdae]\nepochs = 1\ndims = [32]\n")
