@@ -83,6 +83,11 @@ def _read_history(session: Session, user_id: str) -> crud.History:
         return crud.user_history(db, user_id)
 
 
+def _kept_history(session: Session, cache: Cache, settings: Settings, user_id: str, generation: str | None) -> crud.History:
+    """The user's history kept in process under ``generation``, else one query (``Cache.user_history``)."""
+    return cache.user_history(user_id, generation, partial(_read_history, session, user_id), settings.CACHE_TTL_S)
+
+
 def _scored_items(pairs: list[tuple[str, float]], first_rank: int, titles: dict[str, str]) -> list[ScoredItem]:
     return [ScoredItem(item_id=i, score=s, rank=first_rank + n, title=titles.get(i)) for n, (i, s) in enumerate(pairs)]
 
@@ -109,7 +114,7 @@ async def recommendations(
     def compute(generation: str | None) -> str:
         # the history kept under the user's generation, else one query; titles likewise: a
         # connection is taken from the pool only for what the cache lacks
-        history = cache.user_history(user_id, generation, partial(_read_history, session, user_id), settings.CACHE_TTL_S)
+        history = _kept_history(session, cache, settings, user_id, generation)
         scored = inference.recommend(
             version, served, user_id, history,
             k=request.k, offset=request.offset, exclude_seen=request.exclude_seen,
@@ -153,8 +158,7 @@ def _rating_histories(session: Session, cache: Cache, settings: Settings, user_i
     cost a Redis round trip per user)."""
     if len(set(user_ids)) == 1:
         user_id = user_ids[0]
-        generation = cache.user_generation(user_id, 2 * settings.CACHE_TTL_S)
-        return cache.user_history(user_id, generation, partial(_read_history, session, user_id), settings.CACHE_TTL_S)
+        return _kept_history(session, cache, settings, user_id, cache.user_generation(user_id, 2 * settings.CACHE_TTL_S))
     with crud.reads(session) as db:
         return crud.user_histories(db, user_ids)
 
