@@ -395,6 +395,7 @@ class Recommender(nn.Module):
         order = np.argsort(pair_block_row, kind="stable")
         sorted_rows = pair_block_row[order]
         out = np.empty(items.shape[0], dtype=np.float32)
+        device = self.device
         was_training = self.training
         if was_training:
             self.eval()
@@ -404,8 +405,8 @@ class Recommender(nn.Module):
                 lo, hi = np.searchsorted(sorted_rows, [start, stop])
                 pairs = order[lo:hi]
                 block = rows if stop - start == rows.shape[0] else rows[start:stop]  # one request: no slice copy
-                r = torch.from_numpy(pair_block_row[pairs] - start).to(self.device)
-                c = torch.from_numpy(items[pairs]).to(self.device)
+                r = torch.from_numpy(pair_block_row[pairs] - start).to(device)
+                c = torch.from_numpy(items[pairs]).to(device)
                 predicted = self.pair_scores(block, r, c, users=None if users is None else users[start:stop])
                 out[pairs] = predicted.float().cpu().numpy()
         finally:
