@@ -156,7 +156,7 @@ class AutoRecI(_AutoRec):
         return (self.decoder.weight[u] * self.item_codes[items]).sum(dim=1) + self.decoder.bias[u]
 
     def item_embeddings(self) -> torch.Tensor:
-        return self.item_codes.detach().clone()
+        return self.item_codes.detach()
 
 
 class AutoRecU(_AutoRec):
@@ -183,4 +183,4 @@ class AutoRecU(_AutoRec):
         return (self.decoder.weight[items] * code[pair_rows]).sum(dim=1) + self.decoder.bias[items]
 
     def item_embeddings(self) -> torch.Tensor:
-        return self.decoder.weight.detach().clone()  # W's row i produces item i's rating
+        return self.decoder.weight.detach()  # W's row i produces item i's rating

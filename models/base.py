@@ -228,7 +228,9 @@ class Recommender(nn.Module):
         raise NotImplementedError(f"{self.name} is not trained by gradient steps")
 
     def item_embeddings(self) -> torch.Tensor:
-        """One vector per item, [n_items, d], for item-to-item similarity (cosine)."""
+        """One vector per item, [n_items, d], for item-to-item similarity (cosine): a view of
+        the model's weights where it has them as such (the service reads them in place), so
+        read-only."""
         raise NotImplementedError(f"{self.name} has no item embeddings")
 
     def prepare_scoring(self, data: TrainData) -> None:

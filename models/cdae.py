@@ -150,4 +150,4 @@ class CDAE(Recommender):
         return torch.sigmoid(out) if self.config.output == "sigmoid" else out
 
     def item_embeddings(self) -> torch.Tensor:
-        return self.decoder.weight.detach().clone()  # row i produces item i's output
+        return self.decoder.weight.detach()  # row i produces item i's output

@@ -199,4 +199,4 @@ class DeepRec(Recommender):
         return self.reconstruct(csr_to_dense(as_csr(rows, self.n_items), self.device))
 
     def item_embeddings(self) -> torch.Tensor:
-        return self.decoder_weight(len(self.decoder_biases) - 1).detach().clone()  # [n_items, layers[0]]
+        return self.decoder_weight(len(self.decoder_biases) - 1).detach()  # [n_items, layers[0]]

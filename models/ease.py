@@ -101,4 +101,4 @@ class EASE(Recommender):
         return (x @ self.B).float()  # the sum of B's rows over each user's items
 
     def item_embeddings(self) -> torch.Tensor:
-        return self.B.T.float().clone()  # item j: column j of B, the weights that predict j
+        return self.B.T.float()  # item j: column j of B, the weights that predict j

@@ -103,4 +103,4 @@ class MultDAE(Recommender):
         return self.network(x)  # log pi up to a per-row constant: same ranking
 
     def item_embeddings(self) -> torch.Tensor:
-        return self.layers[-1].weight.detach().clone()  # row i produces item i's logit
+        return self.layers[-1].weight.detach()  # row i produces item i's logit

@@ -151,4 +151,4 @@ class MultVAE(Recommender):
         return logits  # log pi(z) up to a per-row constant: same ranking
 
     def item_embeddings(self) -> torch.Tensor:
-        return self.decoder[-1].weight.detach().clone()  # row i produces item i's logit
+        return self.decoder[-1].weight.detach()  # row i produces item i's logit

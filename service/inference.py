@@ -245,7 +245,7 @@ def similar_items(served: ServingModel, item_id: str, k: int) -> list[tuple[str,
         raise ApiError(404, "unknown_item", f"model {served.name} does not know item {item_id!r}", {"item_id": item_id})
     if served.item_vectors is None:
         raise ApiError(422, "no_item_embeddings", f"model {served.name} has no item embeddings", {"model": served.name})
-    similarity = served.item_vectors @ served.item_vectors[col]
+    similarity = served.item_vectors.cosine_to(col)
     similarity[col] = -np.inf  # an item is not similar to itself for this purpose
     k = min(k, len(similarity) - 1)
     if k <= 0:

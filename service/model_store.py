@@ -60,6 +60,29 @@ class IdIndex:
         return self.positions.get(id_, -1)
 
 
+class ItemVectors:
+    """Item embeddings for cosine similarity: the model's own weights, read in place, and each
+    vector's inverse L2 norm. Not a normalised copy: EASE's vectors are B's columns, a second
+    1.6 GB per replica at 20,000 items (bench/RESULTS.md, "Memory")."""
+
+    NORM_BLOCK_ROWS = 256  # rows widened to float64 at a time: ~40 MB at 20,000 dimensions
+
+    def __init__(self, vectors: np.ndarray) -> None:
+        self.vectors = vectors.view()
+        self.vectors.flags.writeable = False  # the served model's weights: never written through here
+        norms = np.empty(len(vectors), dtype=np.float64)
+        for start in range(0, len(vectors), self.NORM_BLOCK_ROWS):
+            # float64, so a norm is non-finite only if a value is (float32 squares overflow at 1.8e19)
+            norms[start : start + self.NORM_BLOCK_ROWS] = np.linalg.norm(
+                vectors[start : start + self.NORM_BLOCK_ROWS].astype(np.float64), axis=1)
+        self.finite = bool(np.isfinite(norms).all())
+        self.inverse_norms = (1.0 / np.maximum(norms, 1e-12)).astype(np.float32)
+
+    def cosine_to(self, col: int) -> np.ndarray:
+        """Cosine similarity of every item to item ``col`` (a new array)."""
+        return (self.vectors @ self.vectors[col]) * (self.inverse_norms * self.inverse_norms[col])
+
+
 @dataclass(frozen=True)
 class ServingModel:
     """A loaded model plus the vectorised id maps the service needs."""
@@ -69,7 +92,7 @@ class ServingModel:
     item_index: IdIndex  # external item id -> column
     user_index: IdIndex  # external user id -> training row
     item_ids: np.ndarray  # column -> external item id
-    item_vectors: np.ndarray | None  # L2-normalised item embeddings for similar items; None if the model has none
+    item_vectors: ItemVectors | None  # for similar items; None if the model has no item embeddings
     # Rankers are trained on positives (protocols.md: rating >= 4 on 1-5). When the manifest says
     # where that line was, only those ratings (and implicit feedback) are fed to the model.
     positive_threshold: float | None = None
@@ -106,13 +129,12 @@ class ReloadOutcome:
     refused: bool = False
 
 
-def _item_vectors(loaded: LoadedModel) -> np.ndarray | None:
+def _item_vectors(loaded: LoadedModel) -> ItemVectors | None:
     try:
-        vectors = loaded.model.item_embeddings().detach().float().cpu().numpy()
+        embeddings = loaded.model.item_embeddings()  # a view of the weights (float32 by now)
     except NotImplementedError:
         return None
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)  # cosine similarity = dot product
+    return ItemVectors(embeddings.detach().float().cpu().numpy())
 
 
 def _serving_model(name: str, loaded: LoadedModel, popular: np.ndarray, manifest: dict) -> ServingModel:
@@ -147,7 +169,7 @@ def _serving_model(name: str, loaded: LoadedModel, popular: np.ndarray, manifest
         ratings = model.predict(row, np.zeros(1, dtype=np.int64), users=users)
         if not np.isfinite(ratings).all():
             raise ArtifactError(f"model {name} predicts non-finite ratings")
-    if served.item_vectors is not None and not np.isfinite(served.item_vectors).all():
+    if served.item_vectors is not None and not served.item_vectors.finite:
         raise ArtifactError(f"model {name} has non-finite item embeddings")
     return served
 

@@ -222,3 +222,34 @@ def test_models_are_served_in_float32_with_the_same_scores(registry):
     rows = sp.random(20, served.n_items, density=0.03, format="csr", random_state=rng, dtype=np.float32)
     rows.data[:] = 1.0
     np.testing.assert_allclose(served.scores(rows).numpy(), solved.scores(rows).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_similar_items_read_the_served_weights_in_place(registry):
+    """Item vectors are the served model's own weights (EASE's B is 1.6 GB at 20,000 items: no
+    second, normalised copy), and give the cosine similarity of the vectors."""
+    import numpy as np
+    import torch
+
+    from service.metrics import Metrics
+    from service.model_store import ItemVectors, ModelStore
+
+    store = ModelStore(registry, Metrics(), interval_s=60)
+    assert store.reload().swapped
+    ease = store.current.models["ease"]
+    vectors = ease.item_vectors.vectors
+    assert np.shares_memory(vectors, ease.model.B.numpy()) and not vectors.flags.writeable
+    with_vectors = [m for m in store.current.models.values() if m.item_vectors is not None]
+    assert len(with_vectors) == len(store.current.models)  # every model of this registry has them
+    for served in with_vectors:
+        weights = [p.detach().numpy() for p in [*served.model.parameters(), *served.model.buffers()]]
+        assert any(np.shares_memory(served.item_vectors.vectors, w) for w in weights), served.name
+        reference = torch.nn.functional.normalize(served.model.item_embeddings().double(), dim=1).numpy()
+        for col in (0, 7, served.model.n_items - 1):
+            np.testing.assert_allclose(served.item_vectors.cosine_to(col), reference @ reference[col], rtol=1e-5, atol=1e-6)
+
+    broken = np.ones((3, 4), dtype=np.float32)
+    assert ItemVectors(broken).finite
+    broken[2, 1] = np.nan
+    assert not ItemVectors(broken).finite
+    huge = np.full((2, 3), 3e38, dtype=np.float32)  # finite, though its float32 squares are not
+    assert ItemVectors(huge).finite
