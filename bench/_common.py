@@ -68,6 +68,18 @@ def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str
     return text
 
 
+def registry_dir(value: str) -> Path:
+    """argparse type of ``--artifacts-dir``: an absolute path to a registry with a published
+    version. The servers run from the repository root, so a relative path would name another
+    directory there, and a registry without ``LATEST`` would leave them never ready."""
+    import argparse
+
+    path = Path(value).expanduser().resolve()
+    if not (path / "LATEST").is_file():
+        raise argparse.ArgumentTypeError(f"{value!r} is not a model registry with a published version (no {path / 'LATEST'})")
+    return path
+
+
 def verdict(name: str, passed: bool, detail: str) -> dict[str, Any]:
     """Print one ``PASS``/``FAIL`` line and return it as a record for the JSON."""
     print(f"{'PASS' if passed else 'FAIL'}  {name}: {detail}", flush=True)

@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import (  # noqa: E402
     API_KEY, ML100K, BenchError, Request, RedisServer, Schedule, ServerProcess, TcpProxy, machine_info, ml100k_args,
-    postgres_database, print_table, pyplot, run_load, save_figure, service_env, train_registry, verdict,
+    postgres_database, print_table, pyplot, registry_dir, run_load, save_figure, service_env, train_registry, verdict,
     write_json,
 )
 
@@ -416,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="load duration of each fault run")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--faults", default=",".join(SCENARIOS))
-    parser.add_argument("--artifacts-dir", type=Path, default=None, help="a registry to copy instead of training one")
+    parser.add_argument("--artifacts-dir", type=registry_dir, default=None, help="a registry to copy instead of training one")
     args = parser.parse_args(argv)
     chosen = [f for f in args.faults.split(",") if f]
     if set(chosen) - set(SCENARIOS):

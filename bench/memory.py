@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import (  # noqa: E402
     PYTHON, REPO, BenchError, ServerProcess, machine_info, ml100k_args, print_table, pyplot, run_cli, save_figure,
-    seed_database, service_env, write_json,
+    registry_dir, seed_database, service_env, write_json,
 )
 
 MIB = 2**20
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--synthetic-items", type=int, default=20_000)
     parser.add_argument("--synthetic-interactions", type=int, default=20_000_000)
     parser.add_argument("--models", default="all")
-    parser.add_argument("--artifacts-dir", type=Path, default=None, help="serve this registry (no training run)")
+    parser.add_argument("--artifacts-dir", type=registry_dir, default=None, help="serve this registry (no training run)")
     args = parser.parse_args(argv)
     rows = []
     try:

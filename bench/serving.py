@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import (  # noqa: E402
     API_KEY, LOAD_COLUMNS, PG_ADMIN_URL, REDIS_URL, BenchError, LoadResult, Request, ServerProcess, machine_info,
-    ml100k_args, postgres_database, print_table, pyplot, redis_namespace, run_cli, run_load, save_figure,
+    ml100k_args, postgres_database, print_table, pyplot, redis_namespace, registry_dir, run_cli, run_load, save_figure,
     seed_database, service_env, train_registry, verdict, write_json,
 )
 
@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=10,
                         help="epochs of each gradient model (serving cost does not depend on it; 0: the configs' own)")
     parser.add_argument("--train-set", action="append", default=[], help="passed to the trainer as --set (repeatable)")
-    parser.add_argument("--artifacts-dir", type=Path, default=None, help="serve this registry instead of training one")
+    parser.add_argument("--artifacts-dir", type=registry_dir, default=None, help="serve this registry instead of training one")
     parser.add_argument("--backends", default="embedded,postgres")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--concurrency", default="1,8,32")

@@ -31,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import (  # noqa: E402
     API_KEY, REDIS_URL, BenchError, Request, ServerProcess, machine_info, ml100k_args, postgres_database, print_table,
-    pyplot, redis_namespace, run_load, save_figure, seed_database, service_env, train_registry, verdict, write_json,
+    pyplot, redis_namespace, registry_dir, run_load, save_figure, seed_database, service_env, train_registry, verdict,
+    write_json,
 )
 from bench.serving import defaults, known_ids  # noqa: E402
 
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-slope", type=float, default=1.0, help="MiB per minute allowed after warm-up")
     parser.add_argument("--noise-mib", type=float, default=5.0,
                         help="allocator step noise: short runs may grow this much over the measured window")
-    parser.add_argument("--artifacts-dir", type=Path, default=None)
+    parser.add_argument("--artifacts-dir", type=registry_dir, default=None)
     args = parser.parse_args(argv)
     samples: list[tuple[float, int]] = []
     try:
