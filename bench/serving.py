@@ -13,7 +13,7 @@ as a subprocess on each backend:
 * ``postgres``: a database created on the PostgreSQL server for this run (dropped after)
   + Redis (``BENCH_REDIS_URL``, db 5, keys under a namespace of this run, deleted after).
 
-Scenarios, each at 1, 8 and 32 concurrent clients (httpx, keep-alive): recommendations
+Scenarios, each at 1, 8 and 32 concurrent clients (asyncio, keep-alive HTTP/1.1): recommendations
 with a cache hit (64 users asked again and again), with a cache miss (every request a
 new (user, offset) pair, so a new cache key), ``POST /ratings`` (10 items) and
 ``POST /interactions`` (one new interaction per request). The ceiling is

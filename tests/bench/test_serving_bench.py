@@ -56,3 +56,79 @@ def test_load_over_replicas_keeps_each_client_on_one_of_them(tmp_path):
         result = run_load([live.base_url, dead], lambda i: Request("POST", "/users/1/recommendations", {"k": 10}),
                           scenario="spread", concurrency=2, seconds=0.5, warmup_s=0)
     assert result.statuses.get("200", 0) > 0 and result.statuses.get("ConnectError", 0) > 0
+
+
+def _canned_server(answers: list[bytes], delay_s: float = 0.0):
+    """A one-connection-at-a-time asyncio server answering each request with the next canned bytes."""
+    import asyncio
+
+    requests: list[bytes] = []
+
+    async def handle(reader, writer):
+        while answers:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")), 0)
+            requests.append(head + await reader.readexactly(length))
+            await asyncio.sleep(delay_s)
+            answer = answers.pop(0)
+            writer.write(answer)
+            await writer.drain()
+            if b"connection: close" in answer.lower():
+                break
+        writer.close()
+
+    return handle, requests
+
+
+def test_http_connection_reads_lengths_chunks_and_reconnects_after_close():
+    import asyncio
+
+    from bench._common import HttpConnection, Request
+
+    answers = [
+        b'HTTP/1.1 200 OK\r\ncontent-length: 12\r\ncontent-type: application/json\r\n\r\n{"a": [1,2]}',
+        b"HTTP/1.1 201 Created\r\ntransfer-encoding: chunked\r\n\r\n4\r\nabcd\r\n3;ext=1\r\nefg\r\n0\r\n\r\n",
+        b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 2\r\nconnection: close\r\n\r\nno",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+    ]
+    handle, seen = _canned_server(answers)
+
+    async def run():
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        connection = HttpConnection(f"http://127.0.0.1:{port}", timeout_s=5)
+        out = [await connection.request(Request("POST", "/x", {"k": 1}, {"X-API-Key": "s"})),
+               await connection.request(Request("GET", "/y")),
+               await connection.request(Request("POST", "/z", [1])),
+               await connection.request(Request("GET", "/again"))]  # on a new connection: the last was closed
+        connection.close()
+        server.close()
+        return out
+
+    assert asyncio.run(run()) == [(200, b'{"a": [1,2]}'), (201, b"abcdefg"), (503, b"no"), (200, b"")]
+    first = seen[0].decode()
+    assert first.startswith("POST /x HTTP/1.1\r\n") and "content-length: 8\r\n" in first and first.endswith('\r\n\r\n{"k": 1}')
+    assert "content-type: application/json" in first and "X-API-Key: s" in first
+    assert seen[1].startswith(b"GET /y HTTP/1.1\r\n") and b"content-type" not in seen[1] and seen[3].startswith(b"GET /again ")
+
+
+def test_http_connection_names_timeouts_and_refusals():
+    import asyncio
+
+    from bench._common import HttpConnection, Request, TransportError, free_port
+
+    handle, _ = _canned_server([b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"], delay_s=1.0)
+
+    async def run():
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        slow = HttpConnection(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", timeout_s=0.2)
+        kinds = []
+        for connection in (slow, HttpConnection(f"http://127.0.0.1:{free_port()}", timeout_s=1)):
+            try:
+                await connection.request(Request("GET", "/"))
+            except TransportError as exc:
+                kinds.append(exc.kind)
+        server.close()
+        return kinds
+
+    assert asyncio.run(run()) == ["ReadTimeout", "ConnectError"]
