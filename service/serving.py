@@ -25,7 +25,7 @@ from service.cache import Cache, CacheEntry, list_key
 from service.core.config import Settings
 from service.db.session import retry_if_dropped
 from service.errors import ApiError
-from service.model_store import ModelStore, ServingVersion
+from service.model_store import ModelStore, ServingModel, ServingVersion
 from service.schemas import (
     PredictedRating,
     RatingRequest,
@@ -92,10 +92,32 @@ def _scored_items(pairs: list[tuple[str, float]], first_rank: int, titles: dict[
     return [ScoredItem(item_id=i, score=s, rank=first_rank + n, title=titles.get(i)) for n, (i, s) in enumerate(pairs)]
 
 
-async def recommendations(
-    session: Session, cache: Cache, store: ModelStore, settings: Settings, user_id: str, request: RecommendationRequest
-) -> Answer:
-    """A ``RecommendationResponse`` as JSON."""
+@dataclass(frozen=True)
+class RecommendationLookup:
+    """A recommendations request's place in the cache: the served version and model, and the
+    key, which ends in the user's generation token (a write for the user moves it on).
+    Calling it looks the key up."""
+
+    version: ServingVersion
+    served: ServingModel
+    user_id: str
+    key: str
+    cache: Cache
+    generation_ttl_s: float
+
+    @property
+    def model(self) -> str:
+        return self.served.name
+
+    async def __call__(self) -> CacheEntry:
+        return await self.cache.user_entry_async(self.user_id, self.key, self.generation_ttl_s, kind="recommendations")
+
+
+def recommendation_lookup(
+    cache: Cache, store: ModelStore, settings: Settings, user_id: str, request: RecommendationRequest
+) -> RecommendationLookup:
+    """The request's lookup, after its limits are checked and its model resolved (``ApiError`` if not).
+    Also used before the routing for cache hits (``service.cached_answers``)."""
     if request.k + request.offset > settings.MAX_K:
         raise ApiError(
             422, "k_too_large", f"k + offset is {request.k + request.offset}; at most {settings.MAX_K} items can be ranked",
@@ -105,11 +127,23 @@ async def recommendations(
     check_list("candidates", request.candidates, settings)
     version = serving_version(store)
     served = inference.resolve_model(version, request.model, settings.DEFAULT_MODEL)
+    key = list_key("rec", version.version, served.name, user_id, request.model_dump(exclude={"model"}))
+    return RecommendationLookup(version, served, user_id, key, cache, 2 * settings.CACHE_TTL_S)
 
-    async def lookup() -> CacheEntry:
-        # the key ends in the user's generation token: a write for the user moves it on
-        key = list_key("rec", version.version, served.name, user_id, request.model_dump(exclude={"model"}))
-        return await cache.user_entry_async(user_id, key, 2 * settings.CACHE_TTL_S, kind="recommendations")
+
+async def recommendations(
+    session: Session, cache: Cache, store: ModelStore, settings: Settings, user_id: str, request: RecommendationRequest,
+    looked_up: tuple[str, CacheEntry] | None = None,
+) -> Answer:
+    """A ``RecommendationResponse`` as JSON. ``looked_up``: (key, entry) of a lookup already
+    made for this request (a miss seen before the routing); used if the key is still the same."""
+    lookup = recommendation_lookup(cache, store, settings, user_id, request)
+    version, served = lookup.version, lookup.served
+
+    async def lookup_once() -> CacheEntry:
+        if looked_up is not None and looked_up[0] == lookup.key:
+            return looked_up[1]
+        return await lookup()
 
     def compute(generation: str | None) -> str:
         # the history kept under the user's generation, else one query; titles likewise: a
@@ -127,7 +161,7 @@ async def recommendations(
         )
         return response.model_dump_json()
 
-    return Answer(served.name, await _cached_or_computed(cache, store, settings, lookup, compute))
+    return Answer(served.name, await _cached_or_computed(cache, store, settings, lookup_once, compute))
 
 
 async def _cached_or_computed(cache: Cache, store: ModelStore, settings: Settings, lookup: Lookup, compute: Compute) -> str:

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Body, Path, Request, Response
 
 from service import serving
 from service.api.deps import CacheDep, ReadAccess, SessionDep, SettingsDep, StoreDep
+from service.cached_answers import ENTRY_STATE
 from service.schemas import ID_PATTERN, RecommendationRequest, RecommendationResponse
 
 router = APIRouter(tags=["recommendations"], dependencies=[ReadAccess])
@@ -27,6 +28,7 @@ async def recommend(
 ) -> Response:
     """Top-k items for a user: from the model for users it was trained on, by fold-in from the
     stored history for users who arrived after training, the popularity list for users with none."""
-    answer = await serving.recommendations(session, cache, store, settings, user_id, body or RecommendationRequest())
+    looked_up = getattr(request.state, ENTRY_STATE, None)  # a miss already looked up before the routing
+    answer = await serving.recommendations(session, cache, store, settings, user_id, body or RecommendationRequest(), looked_up)
     request.state.model = answer.model
     return Response(answer.json, media_type="application/json")  # already the response model's JSON

@@ -1,0 +1,126 @@
+"""Cache hits of ``POST /users/{user_id}/recommendations``, answered before FastAPI's routing.
+
+A hit is one cache lookup and stored JSON, yet through the router it also paid for the
+routing, the route's dependencies (session, settings, cache, store, the read-key check) and
+FastAPI's body handling: about two thirds of its time (py-spy, ml-100k, 8 clients; the
+bench's ceiling, a bare FastAPI route, answered 8,700 req/s where hits reached 2,600).
+This middleware answers a hit itself: the same validation of the body (the route's pydantic
+model), the same key and lookup (``serving.recommendation_lookup``), the same JSON, and the
+route's labels in the request metrics.
+
+Anything else goes on to the route unchanged, its body replayed: a miss (with its lookup
+handed over, so a miss still costs one lookup), a body that does not validate, a missing or
+wrong API key where reads need one, an unknown model, no loaded version, a body sent in
+chunks or larger than a request needs. The route then answers, or gives its error, as it
+always did; nothing is answered here that the route would refuse.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+
+from pydantic import ValidationError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service import serving
+from service.cache import Cache
+from service.core.config import Settings
+from service.errors import ApiError
+from service.model_store import ModelStore
+from service.schemas import ID_PATTERN, RecommendationRequest
+
+log = logging.getLogger("service.cached_answers")
+
+ROUTE_PATH = "/users/{user_id}/recommendations"
+_PATH = re.compile(r"/users/([^/]+)/recommendations")  # {user_id}: Starlette's default, one path segment
+_USER_ID = re.compile(ID_PATTERN)
+MAX_USER_ID_CHARS = 255  # the route's Path(max_length=...)
+MAX_BODY_BYTES = 64 << 10  # a recommendation request is a few hundred bytes; more goes to the route
+ENTRY_STATE = "recommendation_entry"  # scope state: a miss's lookup, for the route to reuse
+
+
+class CachedRecommendations:
+    """ASGI middleware: answers cache hits of the recommendations route, passes on the rest."""
+
+    def __init__(self, app: ASGIApp, settings: Settings, cache: Cache, store: ModelStore, route: object) -> None:
+        self.app, self.settings, self.cache, self.store = app, settings, cache, store
+        self.route = route  # the APIRoute: what the request metrics label the request with
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        match = _PATH.fullmatch(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
+        if match is None:
+            await self.app(scope, receive, send)
+            return
+        headers: dict[bytes, bytes] = {}
+        for name, value in scope["headers"]:
+            headers.setdefault(name, value)  # the first of repeated headers, as Starlette reads them
+        declared = headers.get(b"content-length")
+        if declared is None or not declared.isdigit() or int(declared) > MAX_BODY_BYTES:
+            await self.app(scope, receive, send)  # chunked or large: the route reads it
+            return
+        messages, body = await _read_body(receive)
+        answer = None
+        try:
+            answer = await self._cached(scope, headers, match.group(1), body)
+        except Exception:  # the route will meet the same trouble and answer it properly
+            log.exception("cached answer failed; the route answers instead")
+        if answer is None:
+            await self.app(scope, _replay(messages, receive), send)
+            return
+        payload = answer.encode()
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-length", str(len(payload)).encode()), (b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": payload})
+
+    async def _cached(self, scope: Scope, headers: dict[bytes, bytes], user_id: str, body: bytes) -> str | None:
+        """The stored JSON for this request, or None for the route to answer."""
+        if len(user_id) > MAX_USER_ID_CHARS or not _USER_ID.match(user_id):
+            return None
+        if self.settings.READS_REQUIRE_KEY:
+            key = headers.get(b"x-api-key")
+            if key is None or not secrets.compare_digest(key, self.settings.API_KEY.encode()):
+                return None
+        if body.strip():
+            if not headers.get(b"content-type", b"").startswith(b"application/json"):
+                return None
+            try:
+                request = RecommendationRequest.model_validate_json(body)
+            except ValidationError:
+                return None
+        else:
+            request = RecommendationRequest()
+        try:
+            lookup = serving.recommendation_lookup(self.cache, self.store, self.settings, user_id, request)
+        except ApiError:
+            return None
+        entry = await lookup()
+        if entry.value is None:
+            scope.setdefault("state", {})[ENTRY_STATE] = (lookup.key, entry)
+            return None
+        scope["route"] = self.route
+        scope.setdefault("state", {})["model"] = lookup.model
+        return entry.value
+
+
+async def _read_body(receive: Receive) -> tuple[list[Message], bytes]:
+    messages, chunks = [], []
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request":
+            return messages, b""  # the client went away: the route's receive sees the same
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return messages, b"".join(chunks)
+
+
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    """``receive`` that first gives back the messages already read."""
+    pending = list(messages)
+
+    async def replayed() -> Message:
+        return pending.pop(0) if pending else await receive()
+
+    return replayed

@@ -1,0 +1,127 @@
+"""Cache hits of the recommendations route are answered before the routing (service.cached_answers):
+the same JSON and metrics as the route's, and nothing the route would refuse."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from _service_support import API_KEY, error_body, new_user
+from service import serving
+
+ROUTE_LABEL = 'route="/users/{user_id}/recommendations"'
+
+
+@pytest.fixture
+def route_calls(monkeypatch):
+    """How many requests reached the route's serving code (a hit answered before the routing does not)."""
+    calls = []
+    original = serving.recommendations
+
+    async def counted(*args, **kwargs):
+        calls.append(kwargs.get("looked_up", args[6] if len(args) > 6 else None))
+        return await original(*args, **kwargs)
+
+    monkeypatch.setattr(serving, "recommendations", counted)
+    return calls
+
+
+def counter(text: str, name: str, **labels: str) -> float:
+    """A Prometheus sample's value (0 if absent) from /metrics text."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_a_hit_skips_the_route_with_the_same_json_and_a_miss_is_looked_up_once(client, route_calls):
+    user, body = "3", {"k": 7, "offset": 2}
+    before = client.get("/metrics").text
+    first = client.post(f"/users/{user}/recommendations", json=body)
+    assert first.status_code == 200 and len(route_calls) == 1
+    assert route_calls[0] is not None  # the miss's lookup, made before the routing, handed to the route
+    middle = client.get("/metrics").text
+    # one lookup for the miss, not one before the routing and another in the route
+    assert counter(middle, "aerec_cache_misses_total", kind="recommendations") == counter(
+        before, "aerec_cache_misses_total", kind="recommendations") + 1
+
+    second = client.post(f"/users/{user}/recommendations", json=body)
+    assert second.status_code == 200 and len(route_calls) == 1  # answered before the routing
+    assert second.content == first.content and second.headers["content-type"] == "application/json"
+    after = client.get("/metrics").text
+    assert counter(after, "aerec_cache_hits_total", kind="recommendations") == counter(
+        middle, "aerec_cache_hits_total", kind="recommendations") + 1
+    # labelled as the route labels it: route template, status and model
+    model = first.json()["model"]
+    labels = dict(method="POST", status="200", model=model)
+    assert counter(after, "aerec_http_requests_total", **labels) == counter(middle, "aerec_http_requests_total", **labels) + 1
+    assert re.search(r'aerec_http_requests_total\{[^}]*' + re.escape(ROUTE_LABEL), after)
+
+
+def test_what_the_route_refuses_is_refused_as_before(client, route_calls):
+    client.post("/users/3/recommendations", json={"k": 5})  # cached now
+    bad = [
+        ({"k": 0}, 422, "validation_error"),
+        ({"k": 5, "colour": "red"}, 422, "validation_error"),  # a misspelt field
+        ({"k": 5, "model": "no-such-model"}, 404, "unknown_model"),
+        ({"k": 10_000}, 422, "k_too_large"),
+    ]
+    for body, status, code in bad:
+        response = client.post("/users/3/recommendations", json=body)
+        assert response.status_code == status and error_body(response)["code"] == code, (body, response.text)
+    broken = client.post("/users/3/recommendations", content=b'{"k": 5', headers={"content-type": "application/json"})
+    assert broken.status_code in (400, 422) and "error" in broken.json()
+    # the model and k refusals came from the route's serving code; the others from FastAPI's
+    # validation before it, with the service's error body: none was answered before the routing
+    assert len(route_calls) == 1 + 2
+
+
+def test_an_empty_body_and_a_json_body_share_the_default_entry(client, route_calls):
+    user = "5"
+    first = client.post(f"/users/{user}/recommendations")  # no body: the defaults
+    assert first.status_code == 200 and len(route_calls) == 1
+    again = client.post(f"/users/{user}/recommendations", json={"k": 10, "offset": 0})  # the defaults, spelt out
+    assert again.content == first.content and len(route_calls) == 1
+
+
+def test_a_write_moves_the_user_past_the_cached_answer(client, auth, route_calls):
+    user = new_user()
+    first_write = [{"user_id": user, "item_id": i, "rating": 5} for i in ("50", "172", "181")]
+    assert client.post("/interactions", json=first_write, headers=auth).status_code == 201
+    first = client.post(f"/users/{user}/recommendations", json={"k": 5})
+    assert client.post(f"/users/{user}/recommendations", json={"k": 5}).content == first.content
+    assert len(route_calls) == 1
+    top = first.json()["items"][0]["item_id"]
+    assert client.post("/interactions", json=[{"user_id": user, "item_id": top, "rating": 5}], headers=auth).status_code == 201
+    after = client.post(f"/users/{user}/recommendations", json={"k": 5})
+    assert len(route_calls) == 2 and top not in [i["item_id"] for i in after.json()["items"]]
+
+
+def test_a_hit_still_needs_the_key_where_reads_do(tmp_path, registry, route_calls):
+    from fastapi.testclient import TestClient
+
+    from service.core.config import Settings
+    from service.main import create_app
+
+    from service.db.migrate import upgrade_to_head
+    from service.db.session import make_engine
+
+    settings = Settings(DATABASE_URL=f"sqlite:///{tmp_path / 'k.db'}", ARTIFACTS_DIR=registry, API_KEY=API_KEY,
+                        READS_REQUIRE_KEY=True)
+    engine = make_engine(settings.DATABASE_URL)
+    upgrade_to_head(engine)
+    engine.dispose()
+    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        ok = c.post("/users/1/recommendations", json={"k": 3}, headers={"X-API-Key": API_KEY})
+        assert ok.status_code == 200
+        hit = c.post("/users/1/recommendations", json={"k": 3}, headers={"X-API-Key": API_KEY})
+        assert hit.content == ok.content and len(route_calls) == 1
+        missing = c.post("/users/1/recommendations", json={"k": 3})
+        wrong = c.post("/users/1/recommendations", json={"k": 3}, headers={"X-API-Key": API_KEY + "x"})
+        assert missing.status_code == 401 and error_body(missing)["code"] == "missing_api_key"
+        assert wrong.status_code == 403 and error_body(wrong)["code"] == "invalid_api_key"
+        # a repeated header: the route reads the first, and so must the answer before the routing
+        twice = c.post("/users/1/recommendations", json={"k": 3}, headers=[("X-API-Key", "wrong"), ("X-API-Key", API_KEY)])
+        assert twice.status_code == 403 and error_body(twice)["code"] == "invalid_api_key"
