@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import logging
 import re
-import secrets
 
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import serving
+from service.api.deps import API_KEY_HEADER, api_key_accepted
 from service.cache import Cache
 from service.core.config import Settings
 from service.errors import ApiError
@@ -79,8 +79,8 @@ class CachedRecommendations:
         if len(user_id) > MAX_USER_ID_CHARS or not _USER_ID.match(user_id):
             return None
         if self.settings.READS_REQUIRE_KEY:
-            key = headers.get(b"x-api-key")
-            if key is None or not secrets.compare_digest(key, self.settings.API_KEY.encode()):
+            key = headers.get(API_KEY_HEADER.lower().encode())
+            if not api_key_accepted(None if key is None else key.decode("latin-1"), self.settings):
                 return None
         if body.strip():
             if not headers.get(b"content-type", b"").startswith(b"application/json"):

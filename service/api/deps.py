@@ -76,11 +76,17 @@ MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 WriterDep = Annotated[InteractionWriter, Depends(get_writer)]
 
 
+def api_key_accepted(key: str | None, settings: Settings) -> bool:
+    """Whether ``key`` (the header's value as Starlette decodes it, latin-1) is the service's
+    API key. Also checked before the routing for cache hits (``service.cached_answers``)."""
+    # constant time: the comparison must not leak how much of the key was right
+    return bool(key) and secrets.compare_digest(key.encode(), settings.API_KEY.encode())
+
+
 async def require_api_key(settings: SettingsDep, key: Annotated[str | None, Security(api_key_header)]) -> None:
     if not key:
         raise ApiError(401, "missing_api_key", f"this endpoint needs the {API_KEY_HEADER} header", headers={"WWW-Authenticate": "ApiKey"})
-    # constant time: the comparison must not leak how much of the key was right
-    if not secrets.compare_digest(key.encode(), settings.API_KEY.encode()):
+    if not api_key_accepted(key, settings):
         raise ApiError(403, "invalid_api_key", f"the {API_KEY_HEADER} header does not hold a valid key")
 
 

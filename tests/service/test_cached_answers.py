@@ -125,3 +125,30 @@ def test_a_hit_still_needs_the_key_where_reads_do(tmp_path, registry, route_call
         # a repeated header: the route reads the first, and so must the answer before the routing
         twice = c.post("/users/1/recommendations", json={"k": 3}, headers=[("X-API-Key", "wrong"), ("X-API-Key", API_KEY)])
         assert twice.status_code == 403 and error_body(twice)["code"] == "invalid_api_key"
+
+
+def test_a_hit_reads_the_key_as_the_route_does(tmp_path, registry, route_calls):
+    """Starlette decodes header bytes as latin-1 before the route compares the key, so the
+    UTF-8 bytes of a key with non-ASCII letters are refused by the route (403): a cached
+    answer to the same request must be refused the same way, not compared as raw bytes."""
+    import asyncio
+
+    from fastapi.testclient import TestClient
+
+    from service.core.config import Settings
+    from service.main import create_app
+    from service.schemas import RecommendationRequest
+
+    key = "clé-" + API_KEY
+    settings = Settings(DATABASE_URL=f"sqlite:///{tmp_path / 'k.db'}", ARTIFACTS_DIR=registry, API_KEY=key,
+                        READS_REQUIRE_KEY=True)
+    app = create_app(settings)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        state = app.state
+        lookup = serving.recommendation_lookup(state.cache, state.store, settings, "1", RecommendationRequest(k=3))
+        entry = asyncio.run(lookup())
+        assert entry.value is None and state.cache.set(entry.key, '{"cached": true}', 60)  # an answer is cached
+        utf8 = c.post("/users/1/recommendations", json={"k": 3}, headers={"X-API-Key": key.encode("utf-8")})
+        assert utf8.status_code == 403 and error_body(utf8)["code"] == "invalid_api_key"
+        assert c.post("/users/1/recommendations", json={"k": 3}).status_code == 401
+        assert route_calls == []  # both refused by the route's own key check
