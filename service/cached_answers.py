@@ -63,7 +63,8 @@ class CachedRecommendations:
         messages, body = await _read_body(receive)
         answer = None
         try:
-            answer = await self._cached(scope, headers, match.group(1), body)
+            if body is not None:  # None: the client went away, which the route's receive sees too
+                answer = await self._cached(scope, headers, match.group(1), body)
         except Exception:  # the route will meet the same trouble and answer it properly
             log.exception("cached answer failed; the route answers instead")
         if answer is None:
@@ -76,7 +77,7 @@ class CachedRecommendations:
 
     async def _cached(self, scope: Scope, headers: dict[bytes, bytes], user_id: str, body: bytes) -> str | None:
         """The stored JSON for this request, or None for the route to answer."""
-        if len(user_id) > MAX_USER_ID_CHARS or not _USER_ID.match(user_id):
+        if len(user_id) > MAX_USER_ID_CHARS or not _USER_ID.fullmatch(user_id):  # "$" alone allows a final newline
             return None
         if self.settings.READS_REQUIRE_KEY:
             key = headers.get(API_KEY_HEADER.lower().encode())
@@ -104,13 +105,14 @@ class CachedRecommendations:
         return entry.value
 
 
-async def _read_body(receive: Receive) -> tuple[list[Message], bytes]:
+async def _read_body(receive: Receive) -> tuple[list[Message], bytes | None]:
+    """The messages read and the whole body (None if the client disconnected first)."""
     messages, chunks = [], []
     while True:
         message = await receive()
         messages.append(message)
         if message["type"] != "http.request":
-            return messages, b""  # the client went away: the route's receive sees the same
+            return messages, None
         chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
             return messages, b"".join(chunks)

@@ -18,9 +18,8 @@ from starlette.concurrency import run_in_threadpool
 from service.api.deps import READ_KEY_SCHEME
 from service.api.main import api_router
 from service.api.routes import recommendations
-from service import cached_answers
 from service.cache import make_cache
-from service.cached_answers import CachedRecommendations
+from service.cached_answers import ROUTE_PATH, CachedRecommendations
 from service.core.config import Settings
 from service.db.session import make_engine, make_session_factory
 from service.errors import install_error_handlers
@@ -79,7 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(api_router)
     # Cache hits of recommendations are answered before the routing, inside the request metrics
-    recommendations_route = next(r for r in recommendations.router.routes if r.path == cached_answers.ROUTE_PATH)
+    recommendations_route = next(r for r in recommendations.router.routes if r.path == ROUTE_PATH)
     app.add_middleware(CachedRecommendations, settings=settings, cache=cache, store=store, route=recommendations_route)
     app.add_middleware(RequestMetrics, metrics=metrics, max_body_bytes=settings.MAX_BODY_BYTES)
     app.openapi = lambda: _openapi_for_settings(app, settings)

@@ -152,3 +152,18 @@ def test_a_hit_reads_the_key_as_the_route_does(tmp_path, registry, route_calls):
         assert utf8.status_code == 403 and error_body(utf8)["code"] == "invalid_api_key"
         assert c.post("/users/1/recommendations", json={"k": 3}).status_code == 401
         assert route_calls == []  # both refused by the route's own key check
+
+
+def test_a_user_id_the_route_refuses_gets_no_cached_answer(client, route_calls):
+    """"1\n" (a final newline, %0A in the path) fails the route's id pattern: even with an
+    answer cached under it, the answer is the route's 422."""
+    import asyncio
+
+    from service.schemas import RecommendationRequest
+
+    state = client.app.state
+    lookup = serving.recommendation_lookup(state.cache, state.store, state.settings, "1\n", RecommendationRequest(k=3))
+    entry = asyncio.run(lookup()) if state.cache.backend == "memory" else client.portal.call(lookup)
+    assert state.cache.set(entry.key, '{"cached": true}', 60)
+    response = client.post("/users/1%0A/recommendations", json={"k": 3})
+    assert response.status_code == 422 and error_body(response)["code"] == "validation_error"
