@@ -128,9 +128,15 @@ def train(
         set_=set_, config=config, device=device, seed=seed, artifacts_dir=artifacts_dir, keep=keep,
         no_gate=no_gate, gate_tolerance=gate_tolerance, refit=refit, progress=progress, precision=precision,
     )
-    report = job.run()
-    from trainer.distributed import context
+    from trainer.distributed import context, shutdown
 
-    if context().is_main:  # under torchrun, one summary, not one per rank
-        for line in report.summary_lines():
-            typer.echo(line)
+    try:
+        report = job.run()
+        if context().is_main:  # under torchrun, one summary, not one per rank
+            for line in report.summary_lines():
+                typer.echo(line)
+    finally:
+        # Under torchrun, the process group is torn down here, not by the interpreter's exit:
+        # left to the exit, a rank once aborted after publishing ("terminate called without an
+        # active exception", exit -6) and failed the job.
+        shutdown()
