@@ -29,13 +29,19 @@ def test_models_import_neither_trainer_nor_service():
     assert not {k: v for k, v in offenders.items() if v}
 
 
+def test_the_rating_scale_is_below_trainer_and_service():
+    imported = set().union(*(_imported_top_levels(path) for path in (ROOT / "rating_scale").rglob("*.py")))
+    assert not imported & {"models", "trainer", "service"}
+
+
 def test_layout_and_packages():
-    for name in ("models", "trainer", "service", "migrations", "docker", "tests", "bench"):
+    for name in ("models", "rating_scale", "trainer", "service", "migrations", "docker", "tests", "bench"):
         assert (ROOT / name).is_dir(), name
     for name in ("docker-compose.yml", "pyproject.toml", "README.md", ".ci/run"):
         assert (ROOT / name).is_file(), name
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert pyproject["tool"]["setuptools"]["packages"]["find"]["include"] == ["models*", "trainer*", "service*"]
+    assert pyproject["tool"]["setuptools"]["packages"]["find"]["include"] == [
+        "models*", "rating_scale*", "trainer*", "service*"]
     deps = pyproject["project"]["dependencies"]
     assert "torch==2.13.0" in deps, "a looser torch pin pulls a multi-GB CUDA build"
     unpinned = [d for d in deps if not re.search(r"[<=]", d)]
