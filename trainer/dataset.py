@@ -7,6 +7,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
+from rating_scale import RatingScale
+
+STARS = RatingScale.parse("1:5:1")
+
 
 @dataclass
 class Interactions:
@@ -23,13 +27,17 @@ class Interactions:
     user_ids: np.ndarray  # [n_users] external ids
     item_ids: np.ndarray  # [n_items] external ids
     name: str = "interactions"
-    rating_range: tuple[float, float] = (1.0, 5.0)
+    rating_scale: RatingScale = STARS  # declared by the source, never taken from the ratings' min and max
     item_titles: dict | None = field(default=None, repr=False)  # external item id -> title, where known
 
     def __post_init__(self) -> None:
         n = len(self.users)
         if len(self.items) != n or len(self.ratings) != n or (self.timestamps is not None and len(self.timestamps) != n):
             raise ValueError("users, items, ratings and timestamps must have the same length")
+
+    @property
+    def rating_range(self) -> tuple[float, float]:
+        return self.rating_scale.range
 
     @property
     def n_users(self) -> int:

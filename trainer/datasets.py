@@ -32,9 +32,10 @@ import pandas as pd
 from filelock import FileLock
 from tqdm import tqdm
 
-from trainer.dataset import Interactions
+from rating_scale import RatingScale
+from trainer.dataset import STARS, Interactions
 from trainer.errors import DataError, UserError
-from trainer.loader import interactions_from_columns, load_file
+from trainer.loader import FileColumns, interactions_from_columns, load_file
 from trainer.settings import get_settings
 
 MARKER = ".verified.json"
@@ -50,24 +51,25 @@ class DatasetSpec:
     ratings_file: str
     titles_file: str
     layout: str  # "ml-100k" (tab, headerless), "dat" ("::"), "csv" (header)
-    rating_range: tuple[float, float]
+    rating_scale: RatingScale
     shape: tuple[int, int, int] | None  # published (users, items, ratings); None where GroupLens updates it
     sha256: dict[str, str] = field(default_factory=dict)  # pinned checksums of files we know byte for byte
 
 
+HALF_STARS = RatingScale.parse("0.5:5:0.5")  # ml-10m and later (protocols.md, "Datasets")
 DATASETS: dict[str, DatasetSpec] = {
     spec.name: spec
     for spec in (
         DatasetSpec(
-            "ml-100k", "u.data", "u.item", "ml-100k", (1.0, 5.0), (943, 1_682, 100_000),
+            "ml-100k", "u.data", "u.item", "ml-100k", STARS, (943, 1_682, 100_000),
             {"u.data": "06416e597f82b7342361e41163890c81036900f418ad91315590814211dca490"},
         ),
-        DatasetSpec("ml-1m", "ratings.dat", "movies.dat", "dat", (1.0, 5.0), (6_040, 3_706, 1_000_209)),
-        DatasetSpec("ml-10m", "ratings.dat", "movies.dat", "dat", (0.5, 5.0), (69_878, 10_677, 10_000_054)),
-        DatasetSpec("ml-20m", "ratings.csv", "movies.csv", "csv", (0.5, 5.0), (138_493, 26_744, 20_000_263)),
-        DatasetSpec("ml-25m", "ratings.csv", "movies.csv", "csv", (0.5, 5.0), (162_541, 59_047, 25_000_095)),
+        DatasetSpec("ml-1m", "ratings.dat", "movies.dat", "dat", STARS, (6_040, 3_706, 1_000_209)),
+        DatasetSpec("ml-10m", "ratings.dat", "movies.dat", "dat", HALF_STARS, (69_878, 10_677, 10_000_054)),
+        DatasetSpec("ml-20m", "ratings.csv", "movies.csv", "csv", HALF_STARS, (138_493, 26_744, 20_000_263)),
+        DatasetSpec("ml-25m", "ratings.csv", "movies.csv", "csv", HALF_STARS, (162_541, 59_047, 25_000_095)),
         # "latest" is re-issued by GroupLens from time to time, so its shape is not pinned.
-        DatasetSpec("ml-latest-small", "ratings.csv", "movies.csv", "csv", (0.5, 5.0), None),
+        DatasetSpec("ml-latest-small", "ratings.csv", "movies.csv", "csv", HALF_STARS, None),
     )
 }
 
@@ -97,7 +99,7 @@ def read_dataset(name: str, folder: str | Path) -> Interactions:
     titles = _read_titles(spec, titles_path) if titles_path.is_file() else None
     return interactions_from_columns(
         frame["user"].to_numpy(), frame["item"].to_numpy(), frame["rating"].to_numpy(), frame["timestamp"].to_numpy(),
-        name=name, rating_range=spec.rating_range, item_titles=titles,
+        name=name, rating_scale=spec.rating_scale, item_titles=titles,
     )
 
 
@@ -122,11 +124,9 @@ def _read_ratings(spec: DatasetSpec, path: Path) -> pd.DataFrame:
             dtypes = {column: _RATING_DTYPES[role] for column, role in columns.items()}
             frame = pd.read_csv(path, usecols=list(columns), dtype=dtypes, engine="c")
             frame = frame.rename(columns=columns)[names]
-        low, high = spec.rating_range
-        ratings = frame["rating"].to_numpy()
-        if len(frame) and ratings.min() >= low and ratings.max() <= high:
+        if len(frame) and spec.rating_scale.allows(frame["rating"].to_numpy()).all():
             return frame
-        problem = "no rows" if not len(frame) else f"ratings outside {low:g}-{high:g}"
+        problem = "no rows" if not len(frame) else f"ratings off the rating scale {spec.rating_scale}"
     except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         problem = " ".join(str(exc).split())[:200]
     _diagnose(spec, path)  # names the first bad row, if the careful reader finds one
@@ -136,10 +136,11 @@ def _read_ratings(spec: DatasetSpec, path: Path) -> pd.DataFrame:
 def _diagnose(spec: DatasetSpec, path: Path) -> None:
     """Raise the loader's one-line ``DataError`` for the first bad row of ``path``."""
     if spec.layout == "csv":
-        load_file(path, user_col="userId", item_col="movieId", sep=",", header=True, rating_range=spec.rating_range)
+        columns = FileColumns(user="userId", item="movieId", rating="rating", timestamp="timestamp", sep=",")
+        load_file(path, columns, header=True, rating_scale=spec.rating_scale)
     else:
-        sep = "\t" if spec.layout == "ml-100k" else "::"
-        load_file(path, sep=sep, header=False, rating_range=spec.rating_range)
+        load_file(path, FileColumns(sep="\t" if spec.layout == "ml-100k" else "::"), header=False,
+                  rating_scale=spec.rating_scale)
 
 
 def _read_titles(spec: DatasetSpec, path: Path) -> dict[str, str]:

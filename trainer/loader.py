@@ -16,13 +16,35 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from rating_scale import RatingScale
 from trainer.dataset import Interactions
 from trainer.errors import DataError
 
+IMPLICIT = RatingScale.parse("implicit")
+ROLES = ("user", "item", "rating", "timestamp")  # also the order of a headerless file's columns
+# Header names each role is recognised by, compared lower-case without "_", "-" or spaces
+# (userId, user_id, USER ID are all "userid"): MovieLens, RecBole and common exports.
+RECOGNISED = {
+    "user": ("user", "userid", "uid", "users"),
+    "item": ("item", "itemid", "iid", "items", "movie", "movieid", "product", "productid"),
+    "rating": ("rating", "ratings", "score", "stars"),
+    "timestamp": ("timestamp", "time", "ts", "datetime", "date"),
+}
 PARQUET_SUFFIXES = {".parquet", ".pq"}
 SEPARATORS = ("\t", ",", ";", "|")  # candidates when sniffing a text file's first line
 _SEP_BY_SUFFIX = {".tsv": "\t", ".tab": "\t", ".csv": ","}
 _UNIT_SEP = "\x1f"  # stands in for MovieLens' two-character "::" so the fast C parser applies
+
+
+@dataclass(frozen=True)
+class FileColumns:
+    """Which column holds what, and the separator; None: recognised by name (``RECOGNISED``) or sniffed."""
+
+    user: str | None = None
+    item: str | None = None
+    rating: str | None = None
+    timestamp: str | None = None
+    sep: str | None = None
 
 
 @dataclass
@@ -32,21 +54,35 @@ class LoadReport:
     path: Path
     rows: int  # data rows in the file
     duplicates_dropped: int  # repeated (user, item) rows removed, keeping the latest
-    implicit: bool  # no rating column: every row counts 1.0
+    implicit: bool  # no rating column (or an implicit scale): every row counts 1.0
     has_timestamps: bool
     separator: str | None  # None for Parquet
     header: bool
+    columns: dict[str, str | None]  # role -> the file's column holding it
+    rating_scale: RatingScale
+    scale_inferred: bool  # no scale was declared: it was inferred from the ratings
+
+    def scale_note(self) -> str:
+        """The rating scale used and where it came from: printed on every load, since it decides the positives."""
+        origin = f"inferred from {self.path.name}; --rating-scale declares it" if self.scale_inferred else "declared"
+        return f"rating scale {self.rating_scale.summary} ({origin})"
+
+    def columns_note(self) -> str:
+        return "columns: " + ", ".join(f"{role}={column}" for role, column in self.columns.items() if column is not None)
 
     def notes(self) -> list[str]:
         """Human-readable lines for the CLI."""
-        lines = []
+        lines = [self.columns_note(), self.scale_note()]
         if self.duplicates_dropped:
             rule = "latest by timestamp" if self.has_timestamps else "last in file"
             lines.append(f"duplicates dropped: {self.duplicates_dropped:,} repeated (user, item) rows, kept the {rule}")
         else:
             lines.append("duplicates dropped: 0")
-        if self.implicit:
+        if self.implicit and self.columns["rating"] is None:
             lines.append("no rating column: every row counts as an implicit 1.0")
+        elif self.implicit:
+            lines.append(f"rating column {self.columns['rating']!r}: every row counts as an implicit 1.0 "
+                         "(the rating scale is implicit)")
         if not self.has_timestamps:
             lines.append("no timestamp column: temporal protocols are unavailable")
         return lines
@@ -54,27 +90,26 @@ class LoadReport:
 
 def load_file(
     path: str | Path,
+    columns: FileColumns = FileColumns(),
     *,
-    user_col: str = "user",
-    item_col: str = "item",
-    rating_col: str = "rating",
-    timestamp_col: str = "timestamp",
-    sep: str | None = None,
-    rating_range: tuple[float, float] | None = None,
+    rating_scale: RatingScale | None = None,
     header: bool | None = None,
 ) -> tuple[Interactions, LoadReport]:
     """Read ``path`` and return its interactions plus a ``LoadReport``.
 
     - Format: Parquet by suffix (``.parquet``/``.pq``); otherwise delimited text whose
-      separator is ``sep``, else the suffix's (``.csv`` ``,``; ``.tsv`` tab) when the first
-      line contains it, else sniffed from the first line (tab, ``,``, ``;``, ``|``, ``::``).
+      separator is ``columns.sep``, else the suffix's (``.csv`` ``,``; ``.tsv`` tab) when the
+      first line contains it, else sniffed from the first line (tab, ``,``, ``;``, ``|``, ``::``).
     - Header: detected unless ``header`` is given. A first line of numbers only is data,
       read positionally as user, item[, rating[, timestamp]] (GroupLens ``u.data``).
+    - Columns: those ``columns`` names, else the header's column recognised for each role
+      (``RECOGNISED``: ``userId``, ``movieId``, ``item_id``, ...).
     - Ids: any text or integers; kept as strings, indexed contiguously in numeric order
       when every id is a number, else in text order. Both maps are on ``Interactions``.
-    - Rating column optional: when the file has none, every row is an implicit 1.0 and the
-      range is (0, 1). Ratings must be finite numbers, inside ``rating_range`` when given,
-      else non-negative; without a range it is inferred as (min, max).
+    - Rating column optional: when the file has none (or ``rating_scale`` is implicit),
+      every row is an implicit 1.0. Ratings must be finite numbers on ``rating_scale``; when
+      none is declared, the scale is inferred from them (``RatingScale.infer``) and must not
+      go below 0.
     - Timestamp column optional: integer epoch seconds or ISO-8601 strings (naive = UTC).
     - Duplicate (user, item) rows: the latest by timestamp is kept (the last in the file
       when there are no timestamps, or on ties); ``LoadReport.duplicates_dropped`` counts
@@ -87,22 +122,30 @@ def load_file(
         raise DataError(f"{path}: no such file")
     if path.stat().st_size == 0:
         raise DataError(f"{path}: the file is empty")
-    wanted = {"user": user_col, "item": item_col, "rating": rating_col, "timestamp": timestamp_col}
 
     if path.suffix.lower() in PARQUET_SUFFIXES:
         frame, used_sep, has_header = _read_parquet(path), None, True
+        wanted = resolve_columns(path, [str(c) for c in frame.columns], columns)
     else:
-        frame, used_sep, has_header = _read_text(path, sep, header, list(wanted.values()))
+        frame, used_sep, has_header, wanted = _read_text(path, columns, header)
     if len(frame) == 0:
         raise DataError(f"{path}: the file has no data rows")
-    for role in ("user", "item"):
-        if wanted[role] not in frame.columns:
-            found = ", ".join(map(str, frame.columns))
-            raise DataError(
-                f"{path}: no {role} column {wanted[role]!r} (columns found: {found}); name it with --{role}-col"
-            )
+    if rating_scale is not None and rating_scale.implicit:
+        wanted_ratings = {**wanted, "rating": None}
+    else:
+        wanted_ratings = wanted
 
-    users, items, ratings, timestamps = _validated_columns(path, frame, wanted, rating_range, used_sep, has_header)
+    users, items, ratings, timestamps = _validated_columns(
+        path, frame, wanted_ratings, inferring=rating_scale is None, sep=used_sep, header=has_header
+    )
+    implicit = wanted_ratings["rating"] is None
+    scale = IMPLICIT if implicit else rating_scale or RatingScale.infer(ratings)
+    if scale.implicit:
+        ratings = np.ones(len(ratings), dtype=np.float32)
+    else:
+        refusal = scale.refusal(ratings, str(path), lambda row: f"row {row + 1}: rating {ratings[row]:g}")
+        if refusal:
+            raise DataError(refusal)
     user_index, user_ids = index_ids(users)
     item_index, item_ids = index_ids(items)
     keep, dropped = keep_latest_pairs(user_index, item_index, timestamps)
@@ -110,16 +153,46 @@ def load_file(
         user_index, item_index, ratings = user_index[keep], item_index[keep], ratings[keep]
         timestamps = None if timestamps is None else timestamps[keep]
 
-    implicit = rating_col not in frame.columns
-    if rating_range is None:
-        rating_range = (0.0, 1.0) if implicit else (float(ratings.min()), float(ratings.max()))
     interactions = Interactions(
         users=user_index, items=item_index, ratings=ratings, timestamps=timestamps,
-        user_ids=user_ids, item_ids=item_ids, name=path.stem,
-        rating_range=(float(rating_range[0]), float(rating_range[1])),
+        user_ids=user_ids, item_ids=item_ids, name=path.stem, rating_scale=scale,
     )
-    report = LoadReport(path, len(frame), dropped, implicit, timestamps is not None, used_sep, has_header)
+    report = LoadReport(path, len(frame), dropped, scale.implicit, timestamps is not None, used_sep, has_header,
+                        wanted, scale, scale_inferred=rating_scale is None and not implicit)
     return interactions, report
+
+
+def resolve_columns(path: Path, found: list[str], columns: FileColumns) -> dict[str, str | None]:
+    """Role -> column of ``found``: the one ``columns`` names, else the one recognised by name (``RECOGNISED``).
+    User and item are required; a named column that is absent, or two that could fill one role, is an error."""
+    listed = ", ".join(found)
+    roles: dict[str, str | None] = {}
+    for role in ROLES:
+        given = getattr(columns, role)
+        if given is not None:
+            if given not in found:
+                raise DataError(f"{path}: no {role} column {given!r} (columns found: {listed})")
+            roles[role] = given
+    for role in ROLES:
+        if role in roles:
+            continue
+        matches = [c for c in found if _plain(c) in RECOGNISED[role] and c not in roles.values()]
+        if len(matches) > 1:
+            raise DataError(f"{path}: columns {matches[0]!r} and {matches[1]!r} could both hold the {role}s; "
+                            f"choose one with --{role}-col")
+        roles[role] = matches[0] if matches else None
+    for role in ("user", "item"):
+        if roles[role] is None:
+            raise DataError(f"{path}: no {role} column (columns found: {listed}; recognised names: "
+                            f"{', '.join(RECOGNISED[role])}); name it with --{role}-col")
+    named = [c for c in roles.values() if c is not None]
+    if len(set(named)) < len(named):
+        raise DataError(f"{path}: one column cannot hold two roles ({', '.join(f'{r}={c}' for r, c in roles.items() if c)})")
+    return roles
+
+
+def _plain(name: str) -> str:
+    return re.sub(r"[\s_-]", "", name).lower()
 
 
 def interactions_from_columns(
@@ -129,7 +202,7 @@ def interactions_from_columns(
     timestamps: np.ndarray | None,
     *,
     name: str,
-    rating_range: tuple[float, float],
+    rating_scale: RatingScale,
     item_titles: dict | None = None,
 ) -> Interactions:
     """Index raw user/item ids contiguously and build ``Interactions`` (rows as given)."""
@@ -143,7 +216,7 @@ def interactions_from_columns(
         user_ids=user_ids,
         item_ids=item_ids,
         name=name,
-        rating_range=(float(rating_range[0]), float(rating_range[1])),
+        rating_scale=rating_scale,
         item_titles=item_titles,
     )
 
@@ -191,25 +264,30 @@ def _read_parquet(path: Path) -> pd.DataFrame:
         raise DataError(f"{path}: not a readable Parquet file ({_one_line(exc)})") from None
 
 
-def _read_text(path: Path, sep: str | None, header: bool | None, names: list[str]) -> tuple[pd.DataFrame, str, bool]:
+def _read_text(
+    path: Path, columns: FileColumns, header: bool | None
+) -> tuple[pd.DataFrame, str, bool, dict[str, str | None]]:
     with open(path, "rb") as fh:
         head = fh.read(1 << 16)
     first_line = head.decode("utf-8", errors="replace").lstrip("\ufeff").splitlines()[0] if head.strip() else ""
     if not first_line.strip():
         raise DataError(f"{path}: the file is empty")
-    sep = sep or _sniff_separator(path, first_line)
+    sep = columns.sep or _sniff_separator(path, first_line)
     fields = [f.strip().strip('"') for f in first_line.split(sep)]
     if header is None:
-        # A header names at least one wanted column, or is not all numbers.
-        header = any(f in names for f in fields) or pd.to_numeric(pd.Series(fields), errors="coerce").isna().any()
-    positional = None if header else names[: len(fields)] + [f"column {k + 1}" for k in range(len(names), len(fields))]
+        # A header names at least one column asked for, or is not all numbers (recognised names are not).
+        named = {getattr(columns, role) for role in ROLES}
+        header = any(f in named for f in fields) or bool(pd.to_numeric(pd.Series(fields), errors="coerce").isna().any())
+    names = list(ROLES[: len(fields)]) + [f"column {k + 1}" for k in range(len(ROLES), len(fields))]
+    wanted = resolve_columns(path, fields if header else names, columns)
+    positional = None if header else names
 
     source: Path | io.BytesIO = path
     c_sep = sep
     if len(sep) > 1:  # pandas' fast parser takes one character; "::" files are small enough to rewrite
         source = io.BytesIO(path.read_bytes().replace(sep.encode(), _UNIT_SEP.encode()))
         c_sep = _UNIT_SEP
-    id_columns = {names[0]: str, names[1]: str}  # ids stay text ("007" is not 7)
+    id_columns = {wanted["user"]: str, wanted["item"]: str}  # ids stay text ("007" is not 7)
     try:
         frame = pd.read_csv(
             source, sep=c_sep, header=0 if header else None, names=positional, dtype=id_columns,
@@ -221,7 +299,7 @@ def _read_text(path: Path, sep: str | None, header: bool | None, names: list[str
     except pd.errors.ParserError as exc:
         raise DataError(f"{path}: {_parser_problem(exc, bool(header))}") from None
     frame.columns = [str(c).strip() for c in frame.columns]
-    return frame, sep, bool(header)
+    return frame, sep, bool(header), wanted
 
 
 def _sniff_separator(path: Path, first_line: str) -> str:
@@ -254,29 +332,27 @@ def _parser_problem(exc: Exception, header: bool) -> str:
 def _validated_columns(
     path: Path,
     frame: pd.DataFrame,
-    wanted: dict[str, str],
-    rating_range: tuple[float, float] | None,
+    wanted: dict[str, str | None],
+    *,
+    inferring: bool,
     sep: str | None,
     header: bool,
 ) -> tuple[pd.Series, pd.Series, np.ndarray, np.ndarray | None]:
-    """Vectorised checks; on the first bad row raise one ``DataError`` describing it."""
+    """Vectorised checks; on the first bad row raise one ``DataError`` describing it. Whether a rating
+    is on a declared scale is checked by the caller; an inferred scale may not go below 0."""
     users, items = frame[wanted["user"]], frame[wanted["item"]]
     bad = _blank(users) | _blank(items)
 
-    has_rating = wanted["rating"] in frame.columns
-    if has_rating:
+    if wanted["rating"] is not None:
         raw_rating = frame[wanted["rating"]]
         rating = pd.to_numeric(raw_rating, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
         bad |= ~np.isfinite(rating)
-        if rating_range is not None:
-            bad |= (rating < rating_range[0]) | (rating > rating_range[1])
-        else:
+        if inferring:
             bad |= rating < 0
     else:
         raw_rating, rating = None, np.ones(len(frame), dtype=np.float64)
 
-    has_time = wanted["timestamp"] in frame.columns
-    if has_time:
+    if wanted["timestamp"] is not None:
         raw_time = frame[wanted["timestamp"]]
         seconds, time_ok = _epoch_seconds(raw_time)
         bad |= ~time_ok
@@ -286,7 +362,7 @@ def _validated_columns(
     if bad.any():
         row = int(np.argmax(bad))
         fields = None if sep is None else _fields_in_row(path, sep, header, row)
-        what = _describe_row(frame, row, wanted, raw_rating, rating, raw_time, rating_range, fields)
+        what = _describe_row(frame, row, wanted, raw_rating, rating, raw_time, fields)
         raise DataError(f"{path}: row {row + 1}: {what}")
     return users, items, rating.astype(np.float32), seconds
 
@@ -320,16 +396,15 @@ def _epoch_seconds(raw: pd.Series) -> tuple[np.ndarray, np.ndarray]:
 def _describe_row(
     frame: pd.DataFrame,
     row: int,
-    wanted: dict[str, str],
+    wanted: dict[str, str | None],
     raw_rating: pd.Series | None,
     rating: np.ndarray,
     raw_time: pd.Series | None,
-    rating_range: tuple[float, float] | None,
     fields: int | None,
 ) -> str:
     """Word what is wrong with one row (only the first bad row ever gets here)."""
     values = frame.iloc[row]
-    used = [wanted[r] for r in ("user", "item", "rating", "timestamp") if wanted[r] in frame.columns]
+    used = [wanted[r] for r in ROLES if wanted[r] is not None]
     missing = [c for c in used if pd.isna(values[c]) or str(values[c]).strip() == ""]
     if missing:
         if fields is not None and fields < len(frame.columns):
@@ -341,10 +416,8 @@ def _describe_row(
             return f"rating {_shown(raw_rating.iloc[row])} is not a number"
         if not np.isfinite(value):
             return f"rating {value} is not finite"
-        if rating_range is not None and not rating_range[0] <= value <= rating_range[1]:
-            return f"rating {value:g} is outside the rating range {rating_range[0]:g}-{rating_range[1]:g}"
-        if rating_range is None and value < 0:
-            return f"rating {value:g} is negative"
+        if value < 0:
+            return f"rating {value:g} is negative (declare a scale that has it with --rating-scale)"
     if raw_time is not None:
         return f"timestamp {_shown(raw_time.iloc[row])} is neither integer epoch seconds nor an ISO-8601 date"
     return "malformed row"

@@ -6,8 +6,8 @@ For each model, in registry order:
    (early stopping on RMSE of the validation ratings, test RMSE/MAE with the bias
    baseline as fallback); sequential models (svae) ``temporal``; other rankers ``strong``
    (early stopping on validation NDCG@100, test Recall@20/50 and NDCG@100). Positives
-   for rankers are ratings >= ``lo + 0.75 (hi - lo)`` of the rating range (4 on a 1-5
-   scale, as the protocol; every row of implicit data).
+   for rankers are ratings >= the positive threshold of the source's declared rating
+   scale (``rating_scale``; 4 on 1-5 stars, as the protocol; every row of implicit data).
 2. **Fit** on the split's train part with early stopping on its validation part, then
    evaluate on its test part. These are the figures reported in ``metrics.json``.
 3. **Gate** (``quality_gate``): the validation figure is compared with the published
@@ -56,9 +56,11 @@ from tqdm.auto import tqdm
 
 from trainer import artifacts, distributed
 from trainer.artifacts import ArtifactError, LoadedModel, StagedModel
+from rating_scale import RatingScale
 from trainer.dataset import Interactions
 from trainer.errors import DataError, TrainingError, UserError
 from trainer.gate import GateDecision, GateRefused, heldout_fingerprint, quality_gate
+from trainer.loader import FileColumns
 from trainer.plots import learning_curve_png
 from trainer.splits import RankingSplit, RatingSplit
 
@@ -74,12 +76,15 @@ class TrainingBusy(UserError):
 
 @dataclass(frozen=True)
 class SourceSpec:
-    """Exactly one of: a named dataset (optionally from a local ``source`` folder/zip), a file, a database URL."""
+    """Exactly one of: a named dataset (optionally from a local ``source`` folder/zip), a file (read as
+    ``columns`` say, on ``rating_scale``, inferred when None), a database URL."""
 
     dataset: str | None = None
     source: Path | None = None
     file: Path | None = None
     database_url: str | None = None
+    columns: FileColumns = FileColumns()
+    rating_scale: RatingScale | None = None
 
     def __post_init__(self) -> None:
         chosen = [x for x in (self.dataset, self.file, self.database_url) if x is not None]
@@ -87,6 +92,9 @@ class SourceSpec:
             raise UserError("choose exactly one data source: --dataset NAME, --file PATH or --from-db")
         if self.source is not None and self.dataset is None:
             raise UserError("--source points at a local copy of a named dataset: use it with --dataset")
+        if self.file is None and (self.columns != FileColumns() or self.rating_scale is not None):
+            raise UserError("--user-col, --item-col, --rating-col, --timestamp-col, --sep and --rating-scale say how "
+                            "to read a --file: use them with --file (datasets and the database declare their own)")
 
     def describe(self) -> dict[str, Any]:
         if self.dataset:
@@ -106,33 +114,41 @@ def _redact(url: str) -> str:
         return "<unparsable url>"
 
 
-def load_source(spec: SourceSpec, progress: bool = True) -> Interactions:
+def load_source(spec: SourceSpec, progress: bool = True) -> tuple[Interactions, str]:
+    """The source's interactions, and one line naming the rating scale they are on and who declared it."""
     if spec.dataset:
         from trainer.datasets import get_dataset
 
-        return get_dataset(spec.dataset, source=spec.source, progress=progress)
-    if spec.file:
+        inter, origin = get_dataset(spec.dataset, source=spec.source, progress=progress), f"{spec.dataset}'s own"
+    elif spec.file:
         from trainer.loader import load_file
 
-        interactions, _ = load_file(spec.file)
-        return interactions
-    return read_database(spec.database_url or "")
+        inter, report = load_file(spec.file, spec.columns, rating_scale=spec.rating_scale)
+        return inter, f"data: {spec.file} ({report.columns_note()}), {report.scale_note()}"
+    else:
+        inter, origin = read_database(spec.database_url or "")
+    return inter, f"data: {inter.name}, rating scale {inter.rating_scale.summary} ({origin})"
 
 
-def read_database(url: str) -> Interactions:
-    """Every stored interaction, through the service's ORM classes (PostgreSQL, SQLite, ... by URL).
+def read_database(url: str) -> tuple[Interactions, str]:
+    """Every stored interaction, through the service's ORM classes (PostgreSQL, SQLite, ... by URL), and
+    where its rating scale was declared.
 
-    A missing rating (implicit feedback) counts as a positive at the top of the rating
-    range; when no row has a rating the data is implicit, range (0, 1). The same user and
-    item at several times keep the latest row, as the file loader does.
+    The scale is the one stored with the data (``python -m service migrate`` records the
+    service's ``RATING_SCALE``), else this process's ``RATING_SCALE`` setting; never the
+    ratings' min and max. A stored rating off it stops the run (``DataError`` naming how
+    many and one of them). A missing rating (implicit feedback) counts as a positive at the
+    top of the scale, 1.0 on an implicit one. The same user and item at several times keep
+    the latest row, as the file loader does.
     """
     import pandas as pd
     from sqlalchemy import select
     from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
     from service.db.session import make_engine
-    from service.db.tables import Interaction, Item, User
+    from service.db.tables import DeclaredRatingScale, Interaction, Item, User
     from trainer.loader import interactions_from_columns, keep_latest_pairs
+    from trainer.settings import get_settings
 
     query = (
         select(
@@ -152,6 +168,8 @@ def read_database(url: str) -> Interactions:
         raise UserError(f"--database-url {where!r} is not a usable database URL: {exc}") from None
     try:
         with engine.connect() as connection:
+            declared = connection.execute(
+                select(DeclaredRatingScale.scale, DeclaredRatingScale.positive_threshold)).first()
             result = connection.execute(query)
             frame = pd.DataFrame(result.fetchall(), columns=list(result.keys()))
     except SQLAlchemyError as exc:
@@ -161,30 +179,35 @@ def read_database(url: str) -> Interactions:
         engine.dispose()
     if frame.empty:
         raise DataError(f"the database {where} has no interactions to train on")
+    if declared is not None:
+        scale, origin = RatingScale.parse(declared.scale, declared.positive_threshold), "stored with the data"
+    else:
+        scale, origin = get_settings().rating_scale, "the RATING_SCALE setting: the database stores none"
 
     ratings = frame["rating"].to_numpy(dtype=np.float64)
     missing = np.isnan(ratings)
-    if missing.all():
-        rating_range = (0.0, 1.0)
-    else:
-        rating_range = (float(np.nanmin(ratings)), float(np.nanmax(ratings)))
-    ratings = np.where(missing, rating_range[1] if not missing.all() else 1.0, ratings)
+    rated = frame[~missing]
+    refusal = scale.refusal(ratings[~missing], f"the database {where}", lambda n: (
+        "user {!r}, item {!r}, rating {:g}".format(*rated.iloc[n][["user", "item", "rating"]])))
+    if refusal:
+        raise DataError(f"{refusal}; nothing was trained (delete or fix those rows, or declare a scale that has them)")
+    ratings = np.where(missing, scale.high, ratings) if not scale.implicit else np.ones_like(ratings)
     inter = interactions_from_columns(
         frame["user"].astype(str).to_numpy(),
         frame["item"].astype(str).to_numpy(),
         ratings.astype(np.float32),
         frame["timestamp"].to_numpy(dtype=np.int64),
         name="database",
-        rating_range=rating_range,
+        rating_scale=scale,
     )
     keep, dropped = keep_latest_pairs(inter.users, inter.items, inter.timestamps)
     if dropped:
         inter = Interactions(
             users=inter.users[keep], items=inter.items[keep], ratings=inter.ratings[keep],
             timestamps=inter.timestamps[keep], user_ids=inter.user_ids, item_ids=inter.item_ids,
-            name=inter.name, rating_range=inter.rating_range,
+            name=inter.name, rating_scale=inter.rating_scale,
         )
-    return inter
+    return inter, origin
 
 
 def snapshot(inter: Interactions) -> dict[str, Any]:
@@ -246,9 +269,8 @@ def protocol_for(cls: type) -> str:
 
 
 def positive_threshold(inter: Interactions) -> float:
-    """A rating counts as a positive at 3/4 of the range: 4 on 1-5 (protocols.md), every row of implicit data."""
-    lo, hi = inter.rating_range
-    return float(lo + 0.75 * (hi - lo))
+    """Ratings from this one on are a ranker's positives: the declared scale's (4 on 1-5 stars, protocols.md)."""
+    return inter.rating_scale.positive
 
 
 def is_implicit(inter: Interactions) -> bool:
@@ -457,9 +479,10 @@ class TrainReport:
     carried: list[str]
     seconds: float
     source: dict[str, Any]
+    data_note: str  # what was read, on which rating scale (``load_source``)
 
     def summary_lines(self) -> list[str]:
-        lines = [run.summary() for run in self.runs.values()]
+        lines = [self.data_note, *(run.summary() for run in self.runs.values())]
         if self.carried:
             lines.append(f"kept from the previous version (not retrained): {', '.join(self.carried)}")
         lines.append(f"published version {self.version} in {self.seconds:.1f}s" if self.version else "nothing published")
@@ -555,7 +578,9 @@ def train_all(
         raise TrainingBusy(busy)
     try:
         started = time.perf_counter()
-        inter = load_source(source, progress=progress)
+        inter, data_note = load_source(source, progress=progress)
+        if progress:
+            tqdm.write(data_note, file=sys.stderr)
         if len(inter) == 0:
             raise DataError(f"{inter.name} has no interactions to train on")
         names = resolve_models(models, inter)
@@ -585,7 +610,7 @@ def train_all(
         if dist_ctx.is_main:
             version = _publish(root, inter, source, runs, seed, overrides, keep, previous_version, previous_manifest, carried)
         version = distributed.broadcast_from_main(version)
-        return TrainReport(version, runs, carried, time.perf_counter() - started, source.describe())
+        return TrainReport(version, runs, carried, time.perf_counter() - started, source.describe(), data_note)
     finally:
         lock.release()
 
@@ -640,6 +665,7 @@ def _publish(
         "seed": seed,
         # rankers trained on ratings >= this; the service folds in a new user's history the same way
         "positive_threshold": positive_threshold(inter),
+        "rating_scale": inter.rating_scale.as_dict(),
         "models": entries,
         "timings": {name: run.timings for name, run in runs.items()},
     }

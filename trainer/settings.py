@@ -1,14 +1,22 @@
-"""Trainer settings from the environment (or a .env file); one object, built on demand."""
+"""Trainer settings from the environment (or a .env file); one object, built on demand.
+
+``RATING_SCALE`` and ``POSITIVE_THRESHOLD`` are the deployment's (``rating_scale``): ``--from-db``
+trains on them when the database stores no scale of its own.
+"""
 
 from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import ValidationError
+from pydantic_settings import SettingsConfigDict
+
+from rating_scale import RatingScaleSettings
+from trainer.errors import UserError
 
 
-class TrainerSettings(BaseSettings):
+class TrainerSettings(RatingScaleSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
 
     DATA_DIR: Path = Path.home() / ".cache" / "aerec" / "data"  # downloaded datasets are cached here
@@ -21,4 +29,9 @@ class TrainerSettings(BaseSettings):
 
 @lru_cache
 def get_settings() -> TrainerSettings:
-    return TrainerSettings()
+    try:
+        return TrainerSettings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "settings"
+        raise UserError(f"invalid settings: {where}: {first.get('msg')}") from None

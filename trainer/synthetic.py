@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from trainer.dataset import Interactions
+from trainer.dataset import STARS, Interactions
 from trainer.errors import UserError
 
 _FIRST_TIME = 946_684_800  # 2000-01-01 UTC
@@ -65,7 +65,7 @@ def generate(
         user_ids=np.arange(1, n_users + 1).astype(str),
         item_ids=np.arange(1, n_items + 1).astype(str),
         name=f"synthetic-{n_users}x{n_items}-seed{seed}",
-        rating_range=(1.0, 5.0),
+        rating_scale=STARS,
     )
 
 

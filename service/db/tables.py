@@ -1,4 +1,4 @@
-"""The database schema: users, items and their interactions (SQLAlchemy 2 ORM).
+"""The database schema: users, items, their interactions and the rating scale they were written under (SQLAlchemy 2 ORM).
 
 Alembic owns the schema (``migrations/``); these classes describe it for queries and
 for the trainer's ``--from-db``. External ids are the dataset's own ids, as strings.
@@ -62,3 +62,15 @@ class Interaction(Base):
     rating: Mapped[float | None] = mapped_column(Float, nullable=True)  # None: implicit feedback (a click, a view)
     timestamp: Mapped[int] = mapped_column(BigInteger, default=epoch_seconds)  # epoch seconds
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class DeclaredRatingScale(Base):
+    """The deployment's rating scale (``RATING_SCALE``, ``POSITIVE_THRESHOLD``), stored with the ratings it
+    governs: one row, written by ``python -m service migrate``; ``trainer train --from-db`` trains on it."""
+
+    __tablename__ = "rating_scale"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)  # always 1
+    scale: Mapped[str] = mapped_column(String(64))  # as rating_scale.RatingScale prints it: "1:5:1", "implicit"
+    positive_threshold: Mapped[float | None] = mapped_column(Float, nullable=True)  # None on an implicit scale
+    declared_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

@@ -22,7 +22,7 @@ def test_migrations_build_exactly_the_orm_schema(seeded_backend):
     try:
         with engine.connect() as conn:
             assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
-            assert MigrationContext.configure(conn).get_current_revision() == "0001"
+            assert MigrationContext.configure(conn).get_current_revision() == "0002"
         columns = {c["name"] for c in inspect(engine).get_columns("interactions")}
         assert columns == {"id", "user_id", "item_id", "rating", "timestamp", "created_at"}
         uniques = inspect(engine).get_unique_constraints("interactions")

@@ -84,6 +84,34 @@ def test_file_reports_shape_and_duplicates(capsys, tmp_path: Path) -> None:
     assert "duplicates dropped: 1 repeated (user, item) rows, kept the latest by timestamp" in done.stdout
 
 
+def test_file_takes_the_column_separator_and_scale_options(capsys, tmp_path: Path) -> None:
+    path = tmp_path / "export.txt"
+    path.write_text("who\twhat\tstars\twhen\nann\tx\t4.5\t10\nbob\ty\t3\t30\n")
+    done = in_process(capsys, "file", path, "--user-col", "who", "--item-col", "what", "--rating-col", "stars",
+                      "--timestamp-col", "when", "--sep", "tab", "--rating-scale", "0.5:5:0.5", "--positive-threshold", 3.5)
+    assert done.returncode == 0, done.stderr
+    assert "columns: user=who, item=what, rating=stars, timestamp=when" in done.stdout
+    assert "rating scale 0.5:5:0.5, positives >= 3.5 (declared)" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (("--rating-scale", "1:5:1"), "2 ratings are off the rating scale 1:5:1 (allowed: one of 1, 2, 3, 4, 5), "
+                                      "e.g. row 1: rating 4.5"),
+        (("--rating-scale", "1:5:0"), "--rating-scale: rating scale '1:5:0': STEP must be positive"),
+        (("--positive-threshold", "4"), "--positive-threshold goes with --rating-scale"),
+        (("--rating-scale", "1:5:1", "--positive-threshold", "6"), "positive threshold 6.0 is not on the rating scale"),
+        (("--user-col", "customer"), "no user column 'customer' (columns found: userId, movieId, rating)"),
+    ],
+    ids=["off-scale", "bad-scale", "threshold-alone", "threshold-off-scale", "absent-column"],
+)
+def test_file_options_that_do_not_fit_are_one_line(capsys, tmp_path: Path, args: tuple, fragment: str) -> None:
+    path = tmp_path / "ratings.csv"
+    path.write_text("userId,movieId,rating\n1,2,4.5\n1,3,5\n2,3,0.5\n")
+    assert_one_line_error(in_process(capsys, "file", path, *args), fragment)
+
+
 @pytest.mark.parametrize(
     ("text", "fragment"),
     [

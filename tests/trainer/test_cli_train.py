@@ -47,16 +47,17 @@ def test_train_from_a_file_prints_a_summary_per_model(capsys, planted, tmp_path)
                            "--artifacts-dir", str(root))
     assert code == 0, err
     lines = out.strip().splitlines()
-    assert lines[0].startswith("ease ") and "ndcg@100" in lines[0] and "epochs 0/0" in lines[0]
-    assert re.search(r"\|\s+[\d.]+s \(cpu [\d.]+s\)$", lines[0]), lines[0]
-    assert lines[1].startswith("multdae ") and "epochs 2/2" in lines[1]
+    assert lines[0].startswith(f"data: {planted} (columns: user=user, ") and "rating scale 1:5:1" in lines[0]
+    assert lines[1].startswith("ease ") and "ndcg@100" in lines[1] and "epochs 0/0" in lines[1]
+    assert re.search(r"\|\s+[\d.]+s \(cpu [\d.]+s\)$", lines[1]), lines[1]
+    assert lines[2].startswith("multdae ") and "epochs 2/2" in lines[2]
     assert lines[-1].startswith(f"published version {artifacts.latest_version(root)}")
 
 
 def test_no_progress_prints_each_models_line_once(capsys, planted, tmp_path):
     code, out, err = train(capsys, "--file", str(planted), "--models", "ease", "--artifacts-dir", str(tmp_path / "r"))
     assert code == 0, err
-    assert [line.split()[0] for line in out.strip().splitlines()] == ["ease", "published"]
+    assert [line.split()[0] for line in out.strip().splitlines()] == ["data:", "ease", "published"]
     assert "ease " not in err  # the running lines are progress: --no-progress leaves them out
 
 

@@ -98,7 +98,7 @@ def test_a_bad_row_in_a_dataset_file_is_named(tmp_path: Path, ml100k_dir: Path) 
         read_dataset("ml-100k", folder)
     lines[4] = "166\t346\t9\t886397596\n"
     (folder / "u.data").write_text("".join(lines))
-    with pytest.raises(DataError, match=r"row 5: rating 9 is outside the rating range 1-5"):
+    with pytest.raises(DataError, match=r"1 rating is off the rating scale 1:5:1 .*, e.g. row 5: rating 9$"):
         read_dataset("ml-100k", folder)
 
 

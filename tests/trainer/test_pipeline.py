@@ -68,7 +68,9 @@ def test_publishes_each_protocol_with_ids_metrics_curve_and_manifest(planted, tm
     assert manifest["source"]["n_interactions"] == len(frame)
     assert manifest["source"]["sha256"] == snapshot(inter)["sha256"]
     assert manifest["code_version"]
-    assert manifest["positive_threshold"] == positive_threshold(inter)  # the service folds in users with it
+    assert manifest["positive_threshold"] == positive_threshold(inter) == 4.0  # the service folds in users with it
+    assert manifest["rating_scale"] == {"scale": "1:5:1", "low": 1.0, "high": 5.0, "step": 1.0,
+                                        "positive_threshold": 4.0, "implicit": False}  # inferred from the file
     assert set(manifest["models"]) == {"ease", "autorec-u", "multdae", "svae"}
 
     protocols = {"ease": "strong", "multdae": "strong", "svae": "temporal", "autorec-u": "rating-random"}
@@ -93,7 +95,10 @@ def test_publishes_each_protocol_with_ids_metrics_curve_and_manifest(planted, tm
     assert loaded.popular_counts == sorted(loaded.popular_counts, reverse=True)
     assert loaded.popular_counts[0] == counts.iloc[0]
     assert dict(zip(loaded.popular_items, loaded.popular_counts)) == counts.to_dict()
-    assert len(report.summary_lines()) == 5
+    assert len(report.summary_lines()) == 6
+    assert report.summary_lines()[0] == (f"data: {planted} (columns: user=user, item=item, rating=rating, "
+                                         "timestamp=timestamp), rating scale 1:5:1, positives >= 4 "
+                                         "(inferred from planted.csv; --rating-scale declares it)")
 
 
 def test_second_run_moves_latest_passes_gate_and_retention_applies(planted, tmp_path):

@@ -17,10 +17,13 @@ import numpy as np
 import typer
 from typer.core import TyperGroup
 
+from rating_scale import RatingScale
 from trainer.cli import app
 from trainer.dataset import Interactions
 from trainer.datasets import DATASETS
 from trainer.errors import UserError
+from trainer.file_options import with_column_options, with_scale_options
+from trainer.loader import FileColumns
 
 
 
@@ -93,32 +96,17 @@ for _name in DATASETS:
 
 
 @data_app.command("file")
+@with_scale_options
+@with_column_options
 def check_file(
     path: Annotated[Path, typer.Argument(help="CSV, TSV or Parquet file of interactions.")],
-    user_col: Annotated[str, typer.Option("--user-col", help="Column of user ids.")] = "user",
-    item_col: Annotated[str, typer.Option("--item-col", help="Column of item ids.")] = "item",
-    rating_col: Annotated[
-        str, typer.Option("--rating-col", help="Column of ratings (absent: implicit 1.0).")
-    ] = "rating",
-    timestamp_col: Annotated[
-        str, typer.Option("--timestamp-col", help="Epoch seconds or ISO-8601 (optional).")
-    ] = "timestamp",
-    sep: Annotated[
-        Optional[str], typer.Option("--sep", help="Field separator (default: sniffed; 'tab' for a tab).")
-    ] = None,
-    min_rating: Annotated[Optional[float], typer.Option("--min-rating", help="Lowest valid rating.")] = None,
-    max_rating: Annotated[Optional[float], typer.Option("--max-rating", help="Highest valid rating.")] = None,
+    columns: FileColumns = FileColumns(),
+    rating_scale: RatingScale | None = None,
 ) -> None:
-    """Load and check your own interaction file; report its shape and the duplicates dropped."""
+    """Load and check your own interaction file; report its shape, columns, rating scale and the duplicates dropped."""
     from trainer.loader import load_file
 
-    if (min_rating is None) != (max_rating is None):
-        raise UserError("give both --min-rating and --max-rating, or neither")
-    rating_range = None if min_rating is None else (min_rating, max_rating)
-    interactions, report = load_file(
-        path, user_col=user_col, item_col=item_col, rating_col=rating_col, timestamp_col=timestamp_col,
-        sep="\t" if sep == "tab" else sep, rating_range=rating_range,
-    )
+    interactions, report = load_file(path, columns, rating_scale=rating_scale)
     typer.echo(summary(interactions))
     for note in report.notes():
         typer.echo(note)

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from rating_scale import RatingScale
 from trainer.cli import app
 from trainer.commands.train import (
     ArtifactsOpt,
@@ -27,9 +28,13 @@ from trainer.commands.train import (
     ToleranceOpt,
     job_from_options,
 )
+from trainer.file_options import with_column_options, with_scale_options
+from trainer.loader import FileColumns
 
 
 @app.command("schedule")
+@with_scale_options
+@with_column_options
 def schedule(
     every: Annotated[Optional[str], typer.Option("--every", help="Interval: 90s, 30m, 6h, 1d.")] = None,
     cron: Annotated[Optional[str], typer.Option("--cron", help='Cron expression, e.g. "0 3 * * *".')] = None,
@@ -38,6 +43,8 @@ def schedule(
     dataset: DatasetOpt = None,
     source: SourceOpt = None,
     file: FileOpt = None,
+    columns: FileColumns = FileColumns(),
+    rating_scale: RatingScale | None = None,
     from_db: FromDbOpt = False,
     database_url: DatabaseUrlOpt = None,
     models: ModelsOpt = "all",
@@ -59,7 +66,8 @@ def schedule(
     logging.getLogger("apscheduler").setLevel(logging.WARNING)  # our own lines say what each run did
     trigger = make_trigger(every, cron)
     job = job_from_options(
-        dataset=dataset, source=source, file=file, from_db=from_db, database_url=database_url, models=models,
+        dataset=dataset, source=source, file=file, columns=columns, rating_scale=rating_scale, from_db=from_db,
+        database_url=database_url, models=models,
         set_=set_, config=config, device=device, seed=seed, artifacts_dir=artifacts_dir, keep=keep,
         no_gate=no_gate, gate_tolerance=gate_tolerance, refit=refit, progress=False,  # no bars in a log
         precision=precision,

@@ -1,6 +1,7 @@
 """`python -m trainer train`: train models on a dataset, a file or the service's database, and publish.
 
-The options are shared with `python -m trainer schedule` (``job_from_options`` builds the job).
+The options are shared with `python -m trainer schedule` (``job_from_options`` builds the job);
+how to read a ``--file`` is ``trainer.file_options``'s.
 """
 
 from __future__ import annotations
@@ -10,8 +11,11 @@ from typing import Annotated, Optional
 
 import typer
 
+from rating_scale import RatingScale
 from trainer.cli import app
 from trainer.errors import UserError
+from trainer.file_options import with_column_options, with_scale_options
+from trainer.loader import FileColumns
 
 DatasetOpt = Annotated[Optional[str], typer.Option("--dataset", help="A MovieLens dataset by name, e.g. ml-100k.")]
 SourceOpt = Annotated[Optional[Path], typer.Option("--source", help="Local folder or .zip of the --dataset (offline).")]
@@ -50,6 +54,8 @@ def job_from_options(
     dataset: str | None,
     source: Path | None,
     file: Path | None,
+    columns: FileColumns = FileColumns(),
+    rating_scale: RatingScale | None = None,
     from_db: bool,
     database_url: str | None,
     models: str,
@@ -82,6 +88,8 @@ def job_from_options(
         dataset=dataset,
         source=source,
         file=file,
+        columns=columns,
+        rating_scale=rating_scale,
         database_url=(database_url or settings.DATABASE_URL) if from_db else None,
     )
     names = resolve_models(models)
@@ -103,10 +111,14 @@ def job_from_options(
 
 
 @app.command("train")
+@with_scale_options
+@with_column_options
 def train(
     dataset: DatasetOpt = None,
     source: SourceOpt = None,
     file: FileOpt = None,
+    columns: FileColumns = FileColumns(),
+    rating_scale: RatingScale | None = None,
     from_db: FromDbOpt = False,
     database_url: DatabaseUrlOpt = None,
     models: ModelsOpt = "all",
@@ -124,9 +136,10 @@ def train(
 ) -> None:
     """Train models (all by default), evaluate them, and publish a new version atomically."""
     job = job_from_options(
-        dataset=dataset, source=source, file=file, from_db=from_db, database_url=database_url, models=models,
-        set_=set_, config=config, device=device, seed=seed, artifacts_dir=artifacts_dir, keep=keep,
-        no_gate=no_gate, gate_tolerance=gate_tolerance, refit=refit, progress=progress, precision=precision,
+        dataset=dataset, source=source, file=file, columns=columns, rating_scale=rating_scale, from_db=from_db,
+        database_url=database_url, models=models, set_=set_, config=config, device=device, seed=seed,
+        artifacts_dir=artifacts_dir, keep=keep, no_gate=no_gate, gate_tolerance=gate_tolerance, refit=refit,
+        progress=progress, precision=precision,
     )
     from trainer.distributed import context, shutdown
 
