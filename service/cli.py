@@ -9,10 +9,14 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+
+from trainer.file_options import with_column_options
+from trainer.loader import FileColumns
 
 app = typer.Typer(
     name="service",
@@ -39,20 +43,27 @@ def _settings():
         raise CliError(f"invalid settings: {where}: {first.get('msg')}") from None
 
 
-def _migrate(database_url: str) -> None:
+def _migrate(settings) -> None:
+    """The schema at head, and the settings' rating scale stored with the data (the trainer's ``--from-db`` reads it)."""
     from sqlalchemy.exc import OperationalError
 
+    from service import crud
     from service.db.migrate import upgrade_to_head
-    from service.db.session import make_engine
+    from service.db.session import make_engine, make_session_factory
 
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
     try:
-        engine = make_engine(database_url)
+        engine = make_engine(settings.DATABASE_URL)
     except (ArgumentError, NoSuchModuleError) as exc:
         raise CliError(f"DATABASE_URL is not a database URL SQLAlchemy can use: {_first_line(exc)}") from None
     try:
         upgrade_to_head(engine)
+        with make_session_factory(engine)() as session:
+            replaced = crud.record_rating_scale(session, settings.rating_scale)
+        if replaced is not None:
+            typer.echo(f"the rating scale stored with the data changed from {replaced.summary} to "
+                       f"{settings.rating_scale.summary}; training refuses stored ratings off it", err=True)
     except FileNotFoundError as exc:
         raise CliError(str(exc)) from None
     except OperationalError as exc:
@@ -84,7 +95,7 @@ def serve(
     settings = _settings()
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if migrate:
-        _migrate(settings.DATABASE_URL)
+        _migrate(settings)
     uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
 
 
@@ -92,34 +103,48 @@ def serve(
 def migrate_command() -> None:
     """Bring the database (DATABASE_URL) to the newest schema (alembic upgrade head)."""
     settings = _settings()
-    _migrate(settings.DATABASE_URL)
+    _migrate(settings)
     typer.echo("database schema is at head")
 
 
 @app.command("seed")
+@with_column_options
 def seed(
     dataset: Annotated[Optional[str], typer.Option(help="A MovieLens dataset name, e.g. ml-100k.")] = None,
     source: Annotated[Optional[Path], typer.Option(help="A local folder or .zip with the dataset's files.")] = None,
     file: Annotated[Optional[Path], typer.Option(help="Your own interaction log (CSV, TSV, Parquet).")] = None,
+    columns: FileColumns = FileColumns(),
 ) -> None:
-    """Load users, items (with titles) and interactions into the database, in bulk; idempotent."""
+    """Load users, items (with titles) and interactions into the database, in bulk; idempotent.
+    Ratings must be on the deployment's RATING_SCALE (under an implicit one they are left out)."""
     from trainer.errors import UserError
 
     if (dataset is None) == (file is None):
         raise CliError("give exactly one of --dataset NAME or --file PATH")
     if source is not None and dataset is None:
         raise CliError("--source goes with --dataset")
+    if file is None and columns != FileColumns():
+        raise CliError("--user-col, --item-col, --rating-col, --timestamp-col and --sep go with --file")
     settings = _settings()
-    _migrate(settings.DATABASE_URL)
+    _migrate(settings)
+    scale = settings.rating_scale
     try:
         if dataset is not None:
             from trainer.datasets import get_dataset
 
             inter = get_dataset(dataset, source=source, progress=False)
+            refusal = None if scale.implicit else scale.refusal(inter.ratings, dataset, lambda n: (
+                f"user {inter.user_ids[inter.users[n]]!r}, item {inter.item_ids[inter.items[n]]!r}, "
+                f"rating {inter.ratings[n]:g}"))
+            if refusal:
+                raise CliError(f"{refusal}; RATING_SCALE={inter.rating_scale} would take them")
+            inter = replace(inter, rating_scale=scale) if scale.implicit else inter
         else:
             from trainer.loader import load_file
 
-            inter, _ = load_file(file)
+            inter, report = load_file(file, columns, rating_scale=scale)
+            for note in report.notes():
+                typer.echo(f"{file}: {note}", err=True)
     except UserError as exc:
         raise CliError(str(exc)) from None
     from service.seed import seed_interactions

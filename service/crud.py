@@ -19,7 +19,8 @@ from sqlalchemy import Connection, Select, bindparam, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from service.db.tables import Interaction, Item, User
+from rating_scale import RatingScale
+from service.db.tables import DeclaredRatingScale, Interaction, Item, User
 
 CHUNK = 5000  # rows per statement / ids per IN list: stays under every driver's parameter limit
 ARRAY_CHUNK = 50_000  # rows per PostgreSQL statement when rows travel as arrays
@@ -133,6 +134,17 @@ def counts(session: Session) -> dict[str, int]:
         "items": session.scalar(select(func.count()).select_from(Item)),
         "interactions": session.scalar(select(func.count()).select_from(Interaction)),
     }
+
+
+def record_rating_scale(session: Session, scale: RatingScale) -> RatingScale | None:
+    """Store ``scale`` as the one the data is written under; return the one it replaced, when it differed."""
+    row = session.get(DeclaredRatingScale, 1)
+    before = None if row is None else RatingScale.parse(row.scale, row.positive_threshold)
+    if before != scale:
+        session.merge(DeclaredRatingScale(id=1, scale=str(scale), positive_threshold=None if scale.implicit
+                                          else scale.positive, declared_at=func.now()))
+        session.commit()
+    return before if before is not None and before != scale else None
 
 
 # ---- writes --------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ unreachable database into that body. Anything else is a 500 with the same shape.
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -55,13 +56,15 @@ async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
     return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
 
 
-async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+async def _validation_error(field_hints: dict[str, str], _: Request, exc: RequestValidationError) -> JSONResponse:
     details = _validation_details(exc)
     if any(d["type"] == "json_invalid" for d in details):
         return error_response(400, "invalid_json", "the request body is not valid JSON", details)
     first = details[0] if details else {"loc": [], "msg": "invalid request"}
     where = ".".join(str(p) for p in first["loc"])
-    return error_response(422, "validation_error", f"invalid request: {where}: {first['msg']}", details)
+    hint = field_hints.get(str(first["loc"][-1])) if first["loc"] else None
+    message = f"invalid request: {where}: {first['msg']}" + (f"; {hint}" if hint else "")
+    return error_response(422, "validation_error", message, details)
 
 
 async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -86,9 +89,10 @@ async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     return error_response(500, "internal_error", "an unexpected error occurred; it has been logged")
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(app: FastAPI, field_hints: dict[str, str] | None = None) -> None:
+    """``field_hints``: field name -> a sentence added to a 422 about that field (what settings allow in it)."""
     app.add_exception_handler(ApiError, _api_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(RequestValidationError, partial(_validation_error, field_hints or {}))
     app.add_exception_handler(StarletteHTTPException, _http_error)
     for exc_type in DATABASE_UNAVAILABLE:
         app.add_exception_handler(exc_type, _database_unavailable)

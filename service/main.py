@@ -25,6 +25,7 @@ from service.db.session import make_engine, make_session_factory
 from service.errors import install_error_handlers
 from service.metrics import Metrics, RequestMetrics
 from service.model_store import ModelStore
+from service.serving import rating_hint
 from service.writes import InteractionWriter
 
 log = logging.getLogger("service")
@@ -75,7 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.writer = InteractionWriter(app.state.session_factory, cache, metrics, max_rows=settings.MAX_BATCH)
     app.state.cache = cache
     app.state.store = store
-    install_error_handlers(app)
+    install_error_handlers(app, field_hints={"rating": rating_hint(settings.rating_scale)})
     app.include_router(api_router)
     # Cache hits of recommendations are answered before the routing, inside the request metrics
     recommendations_route = next(r for r in recommendations.router.routes if r.path == ROUTE_PATH)
@@ -88,8 +89,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def _openapi_for_settings(app: FastAPI, settings: Settings) -> dict:
     """The OpenAPI document as these settings make the service behave.
 
-    Routes and schemas are declared once, at import, but two things depend on settings:
-    whether reads need the key (``READS_REQUIRE_KEY``) and the largest list (``MAX_K``).
+    Routes and schemas are declared once, at import, but three things depend on settings:
+    whether reads need the key (``READS_REQUIRE_KEY``), the largest list (``MAX_K``) and the
+    ratings a write may carry (``RATING_SCALE``).
     """
     if app.openapi_schema is None:
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
@@ -108,6 +110,9 @@ def _openapi_for_settings(app: FastAPI, settings: Settings) -> dict:
         request = schema.get("components", {}).get("schemas", {}).get("RecommendationRequest", {})
         for name, property_schema in request.get("properties", {}).items():
             _limit_k(name, property_schema, settings.MAX_K)
+        interaction = schema.get("components", {}).get("schemas", {}).get("InteractionIn", {})
+        if "rating" in interaction.get("properties", {}):
+            interaction["properties"]["rating"] = settings.rating_scale.json_schema()
         app.openapi_schema = schema
     return app.openapi_schema
 

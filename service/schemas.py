@@ -110,7 +110,10 @@ class RatingResponse(BaseModel):
 class InteractionIn(Strict):
     user_id: ExternalId
     item_id: ExternalId
-    rating: float | None = Field(default=None, allow_inf_nan=False, ge=-1e6, le=1e6, description="None: implicit feedback.")
+    rating: float | None = Field(
+        default=None, strict=True, allow_inf_nan=False,  # strict: "5" and true are refused, not read as 5.0 and 1.0
+        description="A number on the deployment's rating scale (RATING_SCALE); None: implicit feedback.",
+    )
     timestamp: int | None = Field(default=None, ge=0, le=10**12, description="Epoch seconds; the insertion time if omitted.")
 
 

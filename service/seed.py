@@ -12,11 +12,12 @@ from trainer.dataset import Interactions
 
 
 def seed_interactions(database_url: str, inter: Interactions) -> dict[str, int]:
-    """Users, items (titles where the dataset has them) and interactions in one transaction; idempotent."""
+    """Users, items (titles where the dataset has them) and interactions in one transaction; idempotent.
+    Interactions on an implicit scale are stored without a rating (implicit feedback)."""
     user_ids = np.asarray(inter.user_ids).astype(str)[inter.users]
     item_ids = np.asarray(inter.item_ids).astype(str)[inter.items]
     titles = {str(k): {"title": v} for k, v in (inter.item_titles or {}).items()}
-    ratings = inter.ratings.astype(float).tolist()
+    ratings = [None] * len(inter) if inter.rating_scale.implicit else inter.ratings.astype(float).tolist()
     timestamps = inter.timestamps.tolist() if inter.timestamps is not None else [None] * len(inter)
     engine = make_engine(database_url)
     # A load is millions of tuples and dicts alive until its commit, and with the cyclic

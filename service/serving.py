@@ -17,8 +17,11 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Awaitable, Callable, Sequence
 
+from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter
 from sqlalchemy.orm import Session
+
+from rating_scale import RatingScale
 
 from service import crud, inference
 from service.cache import Cache, CacheEntry, list_key
@@ -27,6 +30,7 @@ from service.db.session import retry_if_dropped
 from service.errors import ApiError
 from service.model_store import ModelStore, ServingModel, ServingVersion
 from service.schemas import (
+    InteractionIn,
     PredictedRating,
     RatingRequest,
     RatingResponse,
@@ -66,6 +70,23 @@ def check_list(name: str, values: Sequence | None, settings: Settings) -> None:
             413, "batch_too_large", f"{name} has {len(values)} entries; at most {settings.MAX_BATCH} are allowed",
             {"field": name, "max": settings.MAX_BATCH},
         )
+
+
+def check_ratings(entries: Sequence[InteractionIn], scale: RatingScale) -> None:
+    """Every rating given is on the deployment's scale; the others are a 422 like any invalid field's."""
+    rated = [(n, entry.rating) for n, entry in enumerate(entries) if entry.rating is not None]
+    on_scale = scale.allows([rating for _, rating in rated])
+    off = [{"loc": ("body", n, "rating"), "msg": f"{rating:g} is not on the rating scale {scale}", "type": "rating_off_scale"}
+           for (n, rating), ok in zip(rated, on_scale) if not ok]
+    if off:
+        raise RequestValidationError(off)
+
+
+def rating_hint(scale: RatingScale) -> str:
+    """What a rating may be, added to every refusal of one (its type is in the schema, its values are a setting)."""
+    if scale.implicit:
+        return "this deployment's rating scale is implicit: leave the rating out"
+    return f"a rating is {scale.allowed} (rating scale {scale}), or null for implicit feedback"
 
 
 def _titles(session: Session, cache: Cache, settings: Settings, item_ids: list[str]) -> dict[str, str]:

@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from rating_scale import RatingScaleSettings
 
 PLACEHOLDER_KEYS = {"", "secret", "password", "apikey", "api-key", "dev-key", "test"}
 PLACEHOLDER_PREFIXES = ("change", "replace", "your-", "<")  # changethis, change-me-api-key, <your key>
@@ -21,7 +23,7 @@ def is_placeholder(key: str) -> bool:
     return key in PLACEHOLDER_KEYS or key.startswith(PLACEHOLDER_PREFIXES)
 
 
-class Settings(BaseSettings):
+class Settings(RatingScaleSettings):  # RATING_SCALE, POSITIVE_THRESHOLD: what POST /interactions accepts
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
 
     ENVIRONMENT: Literal["development", "staging", "production"] = "development"

@@ -133,6 +133,13 @@ def empty_client(request, tmp_path, registry):
             yield test_client
 
 
+@pytest.fixture(**BACKENDS)
+def empty_backend(request, tmp_path) -> Backend:
+    """A database of its own (not migrated) and cache namespace on each backend, for tests that build the app."""
+    with fresh_backend(request.param, tmp_path) as fresh:
+        yield fresh
+
+
 def seed_database(database_url: str, corpus: Corpus) -> None:
     from service import crud
     from service.db.session import make_session_factory

@@ -239,7 +239,7 @@ def test_interactions_are_idempotent_and_create_users_and_items(client, auth):
     user, item = new_user(), f"item-{new_user()}"
     batch = [
         {"user_id": user, "item_id": item, "timestamp": 1_600_000_000},
-        {"user_id": user, "item_id": 50, "rating": 4.5, "timestamp": 1_600_000_001},
+        {"user_id": user, "item_id": 50, "rating": 4, "timestamp": 1_600_000_001},
     ]
     first = client.post("/interactions", json=batch, headers=auth).json()
     assert first == {"received": 2, "inserted": 2, "duplicates": 0, "new_users": 1, "new_items": 1}

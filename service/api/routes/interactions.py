@@ -9,7 +9,7 @@ from fastapi import APIRouter, Body
 from service import crud
 from service.api.deps import SettingsDep, WriteAccess, WriterDep
 from service.schemas import InteractionIn, InteractionsResult
-from service.serving import check_list
+from service.serving import check_list, check_ratings
 
 router = APIRouter(tags=["interactions"], dependencies=[WriteAccess])
 
@@ -21,9 +21,11 @@ async def add_interactions(
     body: Annotated[list[InteractionIn], Body(min_length=1)],
 ) -> InteractionsResult:
     """All or nothing; idempotent on (user, item, timestamp); new users and items are created.
+    Ratings must be on the deployment's rating scale (RATING_SCALE), else the batch is a 422.
     Answered after the commit, once the affected users' cached lists are invalidated.
     Concurrent requests share a transaction (group commit); each gets its own counts."""
     check_list("interactions", body, settings)
+    check_ratings(body, settings.rating_scale)
     batch = crud.InteractionBatch(
         [i.user_id for i in body], [i.item_id for i in body], [i.rating for i in body], [i.timestamp for i in body]
     )
