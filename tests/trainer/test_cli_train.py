@@ -240,3 +240,95 @@ def test_from_db_postgresql_trains_on_exactly_the_stored_rows(capsys, tmp_path, 
                          "--set", "autorec-u.epochs=1", "--set", "autorec-u.hidden=8", "--artifacts-dir", str(root))
     assert code == 0, err
     check_trained_on_exactly(root, frame)
+
+
+# ---- the rating scale stored with the data --------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request, tmp_path):
+    return f"sqlite:///{tmp_path / 'service.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+
+
+def declare(url: str, scale: str, positive: float | None = None) -> None:
+    """What ``python -m service migrate`` stores for RATING_SCALE / POSITIVE_THRESHOLD."""
+    from rating_scale import RatingScale
+    from service import crud
+    from service.db.session import make_engine
+
+    engine = make_engine(url)
+    try:
+        with Session(engine) as session:
+            crud.record_rating_scale(session, RatingScale.parse(scale, positive))
+    finally:
+        engine.dispose()
+
+
+def store(url: str, rows: list[tuple[str, str, float | None]]) -> None:
+    from service import crud
+    from service.db.session import make_engine
+
+    engine = make_engine(url)
+    try:
+        with Session(engine) as session:
+            users, items, ratings = map(list, zip(*rows))
+            crud.store_interactions(session, users, items, ratings, [1_700_000_000] * len(rows))
+    finally:
+        engine.dispose()
+
+
+def test_from_db_refuses_stored_ratings_off_the_scale_and_the_published_version_stays(capsys, tmp_path, database_url):
+    root = tmp_path / "registry"
+    fill_database(database_url, planted_frame(), unrated=False)
+    declare(database_url, "1:5:1")
+    args = ("--from-db", "--database-url", database_url, "--models", "ease", "--artifacts-dir", str(root))
+    code, out, err = train(capsys, *args)
+    assert code == 0, err
+    assert out.splitlines()[0] == "data: database, rating scale 1:5:1, positives >= 4 (stored with the data)"
+    published = artifacts.latest_version(root)
+
+    store(database_url, [("mallory", "1000", 1000.0), ("mallory", "1001", -3.0), ("mallory", "1002", 5.0)])
+    code, _, err = train(capsys, *args)
+    assert_one_line_error(code, err, "2 ratings are off the rating scale 1:5:1 (allowed: one of 1, 2, 3, 4, 5), "
+                                     "e.g. user 'mallory', item '1000', rating 1000; nothing was trained")
+    assert artifacts.latest_version(root) == published
+
+
+def test_from_db_trains_on_the_stored_scale_not_the_ratings_min_and_max(capsys, tmp_path, database_url, monkeypatch):
+    from trainer.settings import get_settings
+
+    frame = planted_frame()
+    frame["rating"] = frame["rating"].clip(2, 4)  # the data spans 2-4; the scale says 0.5-5
+    fill_database(database_url, frame, unrated=False)
+    store(database_url, [("u0", "9999", None)])  # implicit feedback: a positive at the top of the scale
+    monkeypatch.setenv("RATING_SCALE", "1:10:1")  # the trainer's own setting yields to the stored declaration
+    get_settings.cache_clear()
+    declare(database_url, "0.5:5:0.5", positive=3.5)
+    root = tmp_path / "registry"
+    code, out, err = train(capsys, "--from-db", "--database-url", database_url, "--models", "ease,autorec-u",
+                           "--set", "autorec-u.epochs=1", "--artifacts-dir", str(root))
+    get_settings.cache_clear()
+    assert code == 0, err
+    assert out.splitlines()[0] == "data: database, rating scale 0.5:5:0.5, positives >= 3.5 (stored with the data)"
+    manifest = artifacts.load_version(root).manifest
+    assert manifest["rating_scale"]["scale"] == "0.5:5:0.5" and manifest["positive_threshold"] == 3.5
+    assert manifest["source"]["rating_range"] == [0.5, 5.0]
+    assert artifacts.load_version(root).models["autorec-u"].model.rating_range == (0.5, 5.0)
+
+
+def test_from_db_without_a_stored_scale_uses_the_rating_scale_setting(capsys, tmp_path, monkeypatch):
+    from trainer.pipeline import read_database
+    from trainer.settings import get_settings
+
+    url = f"sqlite:///{tmp_path / 'service.db'}"
+    fill_database(url, planted_frame().iloc[:20], unrated=False)
+    store(url, [("u0", "9999", None)])
+    monkeypatch.setenv("RATING_SCALE", "0:10:1")
+    get_settings.cache_clear()
+    try:
+        inter, origin = read_database(url)
+    finally:
+        get_settings.cache_clear()
+    assert str(inter.rating_scale) == "0:10:1" and inter.rating_scale.positive == 8
+    assert origin == "the RATING_SCALE setting: the database stores none"
+    assert inter.ratings[inter.item_index["9999"] == inter.items].tolist() == [10.0]  # implicit: the top of the scale

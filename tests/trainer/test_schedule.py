@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from apscheduler.triggers.cron import CronTrigger
 
-from test_pipeline import write_planted
+from test_cli_train import declare, fill_database, store
+from test_pipeline import planted_frame, write_planted
 from trainer import artifacts
 from trainer.errors import UserError
 from trainer.pipeline import SourceSpec, TrainJob
@@ -103,13 +104,34 @@ def test_a_run_is_skipped_while_another_process_trains(tmp_path, caplog):
 
 
 def test_schedule_command_runs_twice_on_an_interval(tmp_path):
-    data, root = write_planted(tmp_path / "data.csv"), tmp_path / "registry"
+    root = tmp_path / "registry"
+    data = tmp_path / "export.txt"  # columns of other names, ';'-separated: the file options read it
+    planted_frame().set_axis(["who", "what", "stars", "when"], axis=1).to_csv(data, sep=";", index=False)
     result = subprocess.run(
         [sys.executable, "-m", "trainer", "schedule", "--every", "1s", "--max-runs", "2", "--file", str(data),
-         "--models", "ease", "--device", "cpu", "--artifacts-dir", str(root)],
+         "--user-col", "who", "--item-col", "what", "--rating-col", "stars", "--timestamp-col", "when", "--sep", ";",
+         "--rating-scale", "1:5:1", "--models", "ease", "--device", "cpu", "--artifacts-dir", str(root)],
         capture_output=True, text=True, timeout=240, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     assert result.returncode == 0, result.stderr
     assert "run 1: published version" in result.stderr and "run 2: published version" in result.stderr
+    assert f"run 1: data: {data} (columns: user=who, item=what, rating=stars, timestamp=when), rating scale 1:5:1, " \
+           "positives >= 4 (declared)" in result.stderr
     assert len(artifacts.list_versions(root)) == 2
     assert "Traceback" not in result.stderr
+
+
+def test_a_scheduled_run_on_poisoned_data_fails_and_the_published_version_stays(tmp_path, caplog):
+    url, root = f"sqlite:///{tmp_path / 'service.db'}", tmp_path / "registry"
+    fill_database(url, planted_frame(), unrated=False)
+    declare(url, "1:5:1")
+    job = TrainJob(source=SourceSpec(database_url=url), models=("ease",), artifacts_dir=root, device="cpu",
+                   progress=False)
+    assert run_once(job, 1) == "published"
+    published = artifacts.latest_version(root)
+    store(url, [("mallory", "1000", 1000.0)])  # written straight into the database, past the API
+    with caplog.at_level(logging.INFO, logger="trainer.schedule"):
+        assert run_once(job, 2) == "failed"
+    assert "run 2 failed: the database sqlite:///" in caplog.text
+    assert "1 rating is off the rating scale 1:5:1" in caplog.text and "user 'mallory', item '1000'" in caplog.text
+    assert artifacts.latest_version(root) == published
