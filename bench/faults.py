@@ -1,4 +1,4 @@
-"""Faults under load, each with a PASS/FAIL line: Redis killed, PostgreSQL cut, broken versions, a hot swap.
+"""Faults under load, each with a PASS/FAIL line: Redis killed, PostgreSQL cut, broken versions, a hot swap, poisoned ratings.
 
     python bench/faults.py                          # every fault, 20 s of load each, 8 clients
     python bench/faults.py --seconds 6 --faults redis,postgres
@@ -23,6 +23,10 @@ Scenarios (``tests/reliability/test_faults.py`` runs the same functions, shorter
   manifest, NaN weights, ``LATEST`` naming a missing folder or holding garbage) -> each is
   refused, the old version keeps serving, zero failed requests; then a good version is
   published -> swapped in under load, zero failed requests.
+* ``poisoning``: ratings of 1000 and -3 (and "5", true) posted to ``/interactions`` -> each a
+  422 naming the allowed values; the same ratings written straight into the database -> the
+  scheduled trainer's run fails with one line naming how many and one of them, and the
+  published version keeps serving, zero failed requests.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -45,7 +50,8 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import (  # noqa: E402
-    API_KEY, ML100K, BenchError, Request, RedisServer, Schedule, ServerProcess, TcpProxy, machine_info, ml100k_args,
+    API_KEY, ML100K, PYTHON, REPO, BenchError, Request, RedisServer, Schedule, ServerProcess, TcpProxy, machine_info,
+    ml100k_args,
     postgres_database, print_table, pyplot, registry_dir, run_load, save_figure, service_env, train_registry, verdict,
     write_json,
 )
@@ -394,8 +400,91 @@ def artifact_faults(rig: Rig, seconds: float = 20, concurrency: int = 8, damages
             "checks": checks, "versions_seen": versions_seen, "swap": swap.get("version")}
 
 
+# ---- poisoned ratings -------------------------------------------------------------------------
+POISON = (1000, -3, "5", True)  # off the 1-5 scale, below it, a string, a boolean
+
+
+def _store_directly(database_url: str, rows: list[tuple[str, str, float]]) -> None:
+    """Interactions written past the API, as a script or a bad migration could."""
+    from service import crud
+    from service.db.session import make_engine, make_session_factory
+
+    engine = make_engine(database_url)
+    try:
+        with make_session_factory(engine)() as session:
+            users, items, ratings = (list(column) for column in zip(*rows))
+            crud.store_interactions(session, users, items, ratings, [int(time.time())] * len(rows))
+    finally:
+        engine.dispose()
+
+
+def poisoning(rig: Rig, seconds: float = 20, concurrency: int = 8) -> dict:
+    """Under read load: each poisoned rating posted to the API, then two written straight into the database and
+    one scheduled training run on it (``trainer schedule --from-db --run-now --max-runs 1``)."""
+    from trainer.artifacts import latest_version
+
+    base = rig.server.base_url
+    good = _served_version(base)
+    user = f"m{uuid.uuid4().hex[:6]}"
+    refusals: list[dict] = []
+    trainer: dict = {}
+    versions_seen: dict[str, int] = {}
+    errors: list[str] = []
+    finished = threading.Event()
+
+    def make(i: int) -> Request:
+        return Request("POST", f"/users/{1 + i % 900}/recommendations", {"k": 10, "offset": i % 40})
+
+    def on_response(req: Request, status: int | None, body: bytes) -> None:
+        if status == 200:
+            version = json.loads(body)["model_version"]
+            versions_seen[version] = versions_seen.get(version, 0) + 1
+
+    def steps() -> None:
+        try:
+            time.sleep(seconds / 4)
+            for rating in POISON:
+                answer = httpx.post(f"{base}/interactions", json=[{"user_id": user, "item_id": "50", "rating": rating}],
+                                    headers=AUTH, timeout=10)
+                refusals.append({"rating": rating, "status": answer.status_code,
+                                 "message": answer.json().get("error", {}).get("message", answer.text[:200])})
+            _store_directly(rig.database_url, [(user, "50", 1000.0), (user, "172", -3.0)])
+            done = subprocess.run(
+                [PYTHON, "-m", "trainer", "schedule", "--from-db", "--database-url", rig.database_url, "--every", "1h",
+                 "--run-now", "--max-runs", "1", "--models", "ease", "--device", "cpu",
+                 "--artifacts-dir", str(rig.artifacts)],
+                cwd=REPO, capture_output=True, text=True, timeout=600,
+            )
+            trainer.update(exit=done.returncode, failed=next(
+                (line.split(": ", 1)[1] for line in done.stderr.splitlines() if "run 1 failed" in line), None))
+            time.sleep(seconds / 4)  # the published version goes on serving after the failed run
+        except Exception as exc:  # reported in the verdict: a step that could not run
+            errors.append(f"{type(exc).__name__}: {exc}")
+        finally:
+            finished.set()
+
+    thread = threading.Thread(target=steps, name="poisoning", daemon=True)
+    thread.start()
+    result = run_load(base, make, scenario="poisoned ratings", concurrency=concurrency, seconds=max(seconds, 600),
+                      warmup_s=0, on_response=on_response, stop_when=finished.is_set)
+    thread.join()
+    refused = [r for r in refusals if r["status"] == 422 and "one of 1, 2, 3, 4, 5" in r["message"]]
+    failed_line = trainer.get("failed") or ""
+    trainer_refused = trainer.get("exit") == 0 and "2 ratings are off the rating scale 1:5:1" in failed_line
+    kept = latest_version(rig.artifacts) == good == _served_version(base)
+    passed = (result.failed == 0 and len(refused) == len(POISON) and trainer_refused and kept
+              and set(versions_seen) == {good} and not errors)
+    detail = (f"{result.requests:,} requests, {result.failed} failed; API refused {len(refused)}/{len(POISON)} "
+              f"poisoned ratings naming the allowed values; trainer run on the poisoned database: "
+              f"{'refused' if trainer_refused else 'NOT refused'} ({failed_line[:160] or trainer}); "
+              f"version {good} {'still' if kept else 'NO LONGER'} published and served"
+              f"{'; ' + '; '.join(errors) if errors else ''}")
+    return {"fault": "poisoned ratings", "passed": passed, "detail": detail, "load": result.summary(),
+            "refusals": refusals, "trainer": trainer, "versions_seen": versions_seen}
+
+
 # ---- the bench ------------------------------------------------------------------------------
-SCENARIOS = {"redis": redis_outage, "postgres": postgres_outage, "artifacts": artifact_faults}
+SCENARIOS = {"redis": redis_outage, "postgres": postgres_outage, "artifacts": artifact_faults, "poisoning": poisoning}
 
 
 def plot(results: list[dict]) -> None:

@@ -37,6 +37,7 @@ class Case:
 def files(tmp: Path) -> None:
     (tmp / "ok.csv").write_text("user,item,rating\n1,2,3\n1,3,4\n2,3,5\n")
     (tmp / "bad.csv").write_text("user,item,rating\n1,2,3\n1,3,good\n")
+    (tmp / "half.csv").write_text("userId,movieId,rating\n1,2,3\n1,3,4.5\n")
     (tmp / "fake.parquet").write_bytes(b"PAR1 this is not parquet PAR1")
     (tmp / "broken.toml").write_text("[ease\nlam = 3\n")
     (tmp / "broken.yaml").write_text("ease: [lam: 3\n")
@@ -66,6 +67,15 @@ CASES = [
     Case("models-empty", "trainer", (*TRAIN, "--file", "{tmp}/ok.csv", "--models", ""), ("--models is empty",)),
     Case("precision-unknown", "trainer", (*TRAIN, "--file", "{tmp}/ok.csv", "--precision", "fp16"),
          ("--precision must be fp32 or bf16", "fp16")),
+    # ---- trainer: how to read a file, rating scales
+    Case("column-options-without-a-file", "trainer", (*TRAIN, "--dataset", "ml-100k", "--user-col", "userId"),
+         ("--user-col, --item-col", "use them with --file",)),
+    Case("rating-scale-malformed", "trainer", (*TRAIN, "--file", "{tmp}/ok.csv", "--rating-scale", "5:1"),
+         ("--rating-scale: rating scale '5:1': LOW (5) must be below HIGH (1)",)),
+    Case("file-off-the-declared-scale", "trainer", (*TRAIN, "--file", "{tmp}/ok.csv", "--rating-scale", "1:4:1"),
+         ("ok.csv: 1 rating is off the rating scale 1:4:1 (allowed: one of 1, 2, 3, 4), e.g. row 3: rating 5",)),
+    Case("settings-rating-scale-malformed-trainer", "trainer", (*TRAIN, "--from-db"),
+         ("invalid settings: RATING_SCALE", "rating scale 'stars' is not"), env={"RATING_SCALE": "stars"}),
     # ---- trainer: databases
     Case("database-url-unparsable", "trainer", (*TRAIN, "--from-db", "--database-url", "not a url"),
          ("not a usable database URL",)),
@@ -86,6 +96,8 @@ CASES = [
          ("give exactly one of --dataset NAME or --file PATH",)),
     Case("seed-missing-file", "service", ("seed", "--file", "{tmp}/missing.csv"), ("missing.csv: no such file",)),
     Case("seed-bad-row", "service", ("seed", "--file", "{tmp}/bad.csv"), ("bad.csv: row 2: rating 'good' is not a number",)),
+    Case("seed-file-off-the-scale", "service", ("seed", "--file", "{tmp}/half.csv"),
+         ("half.csv: 1 rating is off the rating scale 1:5:1", "e.g. row 2: rating 4.5")),
     Case("seed-unknown-dataset", "service", ("seed", "--dataset", "ml-0k"), ("unknown dataset 'ml-0k'", "ml-100k")),
     Case("seed-source-without-the-files", "service", ("seed", "--dataset", "ml-100k", "--source", "{tmp}/no-ml100k"),
          ("no u.data",)),
@@ -93,6 +105,10 @@ CASES = [
     Case("settings-negative-ttl", "service", ("migrate",), ("invalid settings: CACHE_TTL_S",), env={"CACHE_TTL_S": "-1"}),
     Case("settings-placeholder-key-in-production", "service", ("migrate",), ("API_KEY is empty or a placeholder",),
          env={"ENVIRONMENT": "production", "API_KEY": "changethis"}),
+    Case("settings-rating-scale-malformed", "service", ("migrate",), ("invalid settings: RATING_SCALE", "'1-5'"),
+         env={"RATING_SCALE": "1-5"}),
+    Case("settings-positive-threshold-off-the-scale", "service", ("migrate",),
+         ("POSITIVE_THRESHOLD: positive threshold 9.0 is not on the rating scale 1:5:1",), env={"POSITIVE_THRESHOLD": "9"}),
     Case("migrate-unreachable-password-hidden", "service", ("migrate",), ("cannot migrate", "postgres:***@127.0.0.1:1"),
          env={"DATABASE_URL": f"postgresql+psycopg://postgres:{PASSWORD}@127.0.0.1:1/x"}),
     Case("migrate-sqlite-unopenable", "service", ("migrate",), ("cannot migrate", "sqlite:////no/such/folder"),

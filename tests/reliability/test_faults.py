@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.faults import artifact_faults, fault_rig, postgres_outage, redis_outage
+from bench.faults import artifact_faults, fault_rig, poisoning, postgres_outage, redis_outage
 
 SECONDS = 4.0
 CLIENTS = 8
@@ -16,7 +16,7 @@ CLIENTS = 8
 
 @pytest.fixture(scope="module")
 def rig(servers_available, private_registry, tmp_path_factory):
-    """One service for the three scenarios: each leaves it healthy (Redis back, database back, a good version)."""
+    """One service for the four scenarios: each leaves it healthy (Redis back, database back, a good version)."""
     with fault_rig(tmp_path_factory.mktemp("faults"), private_registry) as rig:
         yield rig
 
@@ -38,3 +38,10 @@ def test_broken_versions_are_refused_and_a_hot_swap_fails_no_request(rig):
     result = artifact_faults(rig, seconds=SECONDS, concurrency=CLIENTS)
     assert result["passed"], result["detail"] + f"\nchecks: {result['checks']}"
     assert result["swap"] in result["versions_seen"]
+
+
+def test_poisoned_ratings_are_refused_by_the_api_and_the_trainer_and_the_version_keeps_serving(rig):
+    result = poisoning(rig, seconds=SECONDS, concurrency=CLIENTS)
+    assert result["passed"], result["detail"] + f"\nrefusals: {result['refusals']}\ntrainer: {result['trainer']}"
+    assert [r["status"] for r in result["refusals"]] == [422] * 4
+    assert "e.g. user 'm" in result["trainer"]["failed"] and "rating 1000" in result["trainer"]["failed"]
