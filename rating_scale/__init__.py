@@ -188,6 +188,11 @@ class RatingScaleSettings(BaseSettings):
     def _scale_parses(cls, text: str) -> str:
         return str(RatingScale.parse(text))
 
+    @field_validator("POSITIVE_THRESHOLD", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value  # compose passes "" when .env has none
+
     @model_validator(mode="after")
     def _threshold_on_scale(self) -> RatingScaleSettings:
         try:

@@ -86,6 +86,8 @@ def test_settings_parse_once_and_refuse_a_bad_declaration(monkeypatch):
     settings = RatingScaleSettings()
     assert settings.rating_scale == RatingScale.parse("0.5:5:0.5", 3.5)
     assert RatingScaleSettings(RATING_SCALE="1:5:1", POSITIVE_THRESHOLD=None).rating_scale.positive == 4
+    monkeypatch.setenv("POSITIVE_THRESHOLD", "")  # what docker compose passes when .env sets none
+    assert RatingScaleSettings().rating_scale.positive == 4
     with pytest.raises(ValidationError, match="RATING_SCALE"):
         RatingScaleSettings(RATING_SCALE="1-5")
     with pytest.raises(ValidationError, match="POSITIVE_THRESHOLD: positive threshold 6.0 is not on"):
