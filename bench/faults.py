@@ -43,15 +43,15 @@ import uuid
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import (  # noqa: E402
-    API_KEY, ML100K, PYTHON, REPO, BenchError, Request, RedisServer, Schedule, ServerProcess, TcpProxy, machine_info,
-    ml100k_args,
+    API_KEY, ML100K, PYTHON, REPO, BenchError, LoadResult, Request, RedisServer, Schedule, ServerProcess, TcpProxy,
+    machine_info, ml100k_args,
     postgres_database, print_table, pyplot, registry_dir, run_load, save_figure, service_env, train_registry, verdict,
     write_json,
 )
@@ -341,18 +341,13 @@ def _wait_for(predicate, timeout_s: float = 15.0) -> bool:
     return False
 
 
-def artifact_faults(rig: Rig, seconds: float = 20, concurrency: int = 8, damages=DAMAGES) -> dict:
-    """Under load, one after the other: each damage planted, its refusal awaited and checked, undone; then a
-    good version published and its swap awaited. The load runs ``seconds`` at least, and until the steps end."""
-    root = rig.artifacts
-    base = rig.server.base_url
-    good = _served_version(base)
-    versions_seen: dict[str, int] = {}
-    checks: list[dict] = []
-    swap: dict = {}
+def _reads_while(base: str, steps: Callable[[], None], versions_seen: dict[str, int], *, scenario: str,
+                 concurrency: int, limit_s: float) -> tuple[LoadResult, list[str]]:
+    """Recommendation reads from ``concurrency`` clients until ``steps`` (in a thread) ends, ``limit_s`` at most;
+    ``versions_seen`` counts the answers of each served version as they come. Returns the load and what
+    ``steps`` raised (a step that could not run is reported in the verdict)."""
     errors: list[str] = []
     finished = threading.Event()
-    pause = seconds / (len(damages) + 2)
 
     def make(i: int) -> Request:
         return Request("POST", f"/users/{1 + i % 900}/recommendations", {"k": 10, "offset": i % 40})
@@ -362,33 +357,52 @@ def artifact_faults(rig: Rig, seconds: float = 20, concurrency: int = 8, damages
             version = json.loads(body)["model_version"]
             versions_seen[version] = versions_seen.get(version, 0) + 1
 
-    def steps() -> None:
+    def run_steps() -> None:
         try:
-            for damage in damages:
-                time.sleep(pause)
-                refused_before = _counter(base, "aerec_model_versions_refused_total")
-                name = plant(root, good, damage)
-                noticed = _wait_for(lambda: _counter(base, "aerec_model_versions_refused_total") > refused_before)
-                served = httpx.get(f"{base}/models", timeout=5).json()
-                listed = name is None or name in served["refused"]
-                checks.append({"damage": damage, "version": name, "served": served["version"], "refused": noticed and listed,
-                               "ok": noticed and listed and served["version"] == good})
-                _point_latest(root, good + "\n")  # undo: the operator points LATEST back
-            time.sleep(pause)
-            name, _ = _copy_version(root, good)
-            _point_latest(root, name + "\n")
-            swap.update(version=name, seen=_wait_for(lambda: name in versions_seen))
-            time.sleep(pause)  # keep serving the new version under load for a while
-        except Exception as exc:  # reported in the verdict: a step that could not run
+            steps()
+        except Exception as exc:
             errors.append(f"{type(exc).__name__}: {exc}")
         finally:
             finished.set()
 
-    thread = threading.Thread(target=steps, name="artifact-faults", daemon=True)
+    thread = threading.Thread(target=run_steps, name=scenario, daemon=True)
     thread.start()
-    result = run_load(base, make, scenario="broken versions + hot swap", concurrency=concurrency,
-                      seconds=max(seconds, 120), warmup_s=0, on_response=on_response, stop_when=finished.is_set)
+    result = run_load(base, make, scenario=scenario, concurrency=concurrency, seconds=limit_s, warmup_s=0,
+                      on_response=on_response, stop_when=finished.is_set)
     thread.join()
+    return result, errors
+
+
+def artifact_faults(rig: Rig, seconds: float = 20, concurrency: int = 8, damages=DAMAGES) -> dict:
+    """Under load, one after the other: each damage planted, its refusal awaited and checked, undone; then a
+    good version published and its swap awaited. The load runs ``seconds`` at least, and until the steps end."""
+    root = rig.artifacts
+    base = rig.server.base_url
+    good = _served_version(base)
+    versions_seen: dict[str, int] = {}
+    checks: list[dict] = []
+    swap: dict = {}
+    pause = seconds / (len(damages) + 2)
+
+    def steps() -> None:
+        for damage in damages:
+            time.sleep(pause)
+            refused_before = _counter(base, "aerec_model_versions_refused_total")
+            name = plant(root, good, damage)
+            noticed = _wait_for(lambda: _counter(base, "aerec_model_versions_refused_total") > refused_before)
+            served = httpx.get(f"{base}/models", timeout=5).json()
+            listed = name is None or name in served["refused"]
+            checks.append({"damage": damage, "version": name, "served": served["version"], "refused": noticed and listed,
+                           "ok": noticed and listed and served["version"] == good})
+            _point_latest(root, good + "\n")  # undo: the operator points LATEST back
+        time.sleep(pause)
+        name, _ = _copy_version(root, good)
+        _point_latest(root, name + "\n")
+        swap.update(version=name, seen=_wait_for(lambda: name in versions_seen))
+        time.sleep(pause)  # keep serving the new version under load for a while
+
+    result, errors = _reads_while(base, steps, versions_seen, scenario="broken versions + hot swap",
+                                  concurrency=concurrency, limit_s=max(seconds, 120))
     broken_served = [c["version"] for c in checks if c["version"] in versions_seen]
     passed = (result.failed == 0 and len(checks) == len(damages) and all(c["ok"] for c in checks)
               and swap.get("seen", False) and not broken_served and not errors)
@@ -429,45 +443,26 @@ def poisoning(rig: Rig, seconds: float = 20, concurrency: int = 8) -> dict:
     refusals: list[dict] = []
     trainer: dict = {}
     versions_seen: dict[str, int] = {}
-    errors: list[str] = []
-    finished = threading.Event()
-
-    def make(i: int) -> Request:
-        return Request("POST", f"/users/{1 + i % 900}/recommendations", {"k": 10, "offset": i % 40})
-
-    def on_response(req: Request, status: int | None, body: bytes) -> None:
-        if status == 200:
-            version = json.loads(body)["model_version"]
-            versions_seen[version] = versions_seen.get(version, 0) + 1
 
     def steps() -> None:
-        try:
-            time.sleep(seconds / 4)
-            for rating in POISON:
-                answer = httpx.post(f"{base}/interactions", json=[{"user_id": user, "item_id": "50", "rating": rating}],
-                                    headers=AUTH, timeout=10)
-                refusals.append({"rating": rating, "status": answer.status_code,
-                                 "message": answer.json().get("error", {}).get("message", answer.text[:200])})
-            _store_directly(rig.database_url, [(user, "50", 1000.0), (user, "172", -3.0)])
-            done = subprocess.run(
-                [PYTHON, "-m", "trainer", "schedule", "--from-db", "--database-url", rig.database_url, "--every", "1h",
-                 "--run-now", "--max-runs", "1", "--models", "ease", "--device", "cpu",
-                 "--artifacts-dir", str(rig.artifacts)],
-                cwd=REPO, capture_output=True, text=True, timeout=600,
-            )
-            trainer.update(exit=done.returncode, failed=next(
-                (line.split(": ", 1)[1] for line in done.stderr.splitlines() if "run 1 failed" in line), None))
-            time.sleep(seconds / 4)  # the published version goes on serving after the failed run
-        except Exception as exc:  # reported in the verdict: a step that could not run
-            errors.append(f"{type(exc).__name__}: {exc}")
-        finally:
-            finished.set()
+        time.sleep(seconds / 4)
+        for rating in POISON:
+            answer = httpx.post(f"{base}/interactions", json=[{"user_id": user, "item_id": "50", "rating": rating}],
+                                headers=AUTH, timeout=10)
+            refusals.append({"rating": rating, "status": answer.status_code,
+                             "message": answer.json().get("error", {}).get("message", answer.text[:200])})
+        _store_directly(rig.database_url, [(user, "50", 1000.0), (user, "172", -3.0)])
+        done = subprocess.run(
+            [PYTHON, "-m", "trainer", "schedule", "--from-db", "--database-url", rig.database_url, "--every", "1h",
+             "--run-now", "--max-runs", "1", "--models", "ease", "--device", "cpu", "--artifacts-dir", str(rig.artifacts)],
+            cwd=REPO, capture_output=True, text=True, timeout=600,
+        )
+        trainer.update(exit=done.returncode, failed=next(
+            (line.split(": ", 1)[1] for line in done.stderr.splitlines() if "run 1 failed" in line), None))
+        time.sleep(seconds / 4)  # the published version goes on serving after the failed run
 
-    thread = threading.Thread(target=steps, name="poisoning", daemon=True)
-    thread.start()
-    result = run_load(base, make, scenario="poisoned ratings", concurrency=concurrency, seconds=max(seconds, 600),
-                      warmup_s=0, on_response=on_response, stop_when=finished.is_set)
-    thread.join()
+    result, errors = _reads_while(base, steps, versions_seen, scenario="poisoned ratings", concurrency=concurrency,
+                                  limit_s=max(seconds, 600))
     refused = [r for r in refusals if r["status"] == 422 and "one of 1, 2, 3, 4, 5" in r["message"]]
     failed_line = trainer.get("failed") or ""
     trainer_refused = trainer.get("exit") == 0 and "2 ratings are off the rating scale 1:5:1" in failed_line
