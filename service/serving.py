@@ -22,7 +22,6 @@ from pydantic import TypeAdapter
 from sqlalchemy.orm import Session
 
 from rating_scale import RatingScale
-
 from service import crud, inference
 from service.cache import Cache, CacheEntry, list_key
 from service.core.config import Settings

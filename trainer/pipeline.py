@@ -54,9 +54,9 @@ import torch
 from filelock import Timeout
 from tqdm.auto import tqdm
 
+from rating_scale import RatingScale
 from trainer import artifacts, distributed
 from trainer.artifacts import ArtifactError, LoadedModel, StagedModel
-from rating_scale import RatingScale
 from trainer.dataset import Interactions
 from trainer.errors import DataError, TrainingError, UserError
 from trainer.gate import GateDecision, GateRefused, heldout_fingerprint, quality_gate
@@ -115,16 +115,16 @@ def _redact(url: str) -> str:
 
 
 def load_source(spec: SourceSpec, progress: bool = True) -> tuple[Interactions, str]:
-    """The source's interactions, and one line naming the rating scale they are on and who declared it."""
-    if spec.dataset:
-        from trainer.datasets import get_dataset
-
-        inter, origin = get_dataset(spec.dataset, source=spec.source, progress=progress), f"{spec.dataset}'s own"
-    elif spec.file:
+    """The source's interactions, and one line naming them and the rating scale they are on, and who declared it."""
+    if spec.file:
         from trainer.loader import load_file
 
         inter, report = load_file(spec.file, spec.columns, rating_scale=spec.rating_scale)
         return inter, f"data: {spec.file} ({report.columns_note()}), {report.scale_note()}"
+    if spec.dataset:
+        from trainer.datasets import get_dataset
+
+        inter, origin = get_dataset(spec.dataset, source=spec.source, progress=progress), f"{spec.dataset}'s own"
     else:
         inter, origin = read_database(spec.database_url or "")
     return inter, f"data: {inter.name}, rating scale {inter.rating_scale.summary} ({origin})"

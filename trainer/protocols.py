@@ -7,8 +7,9 @@ Same name, same procedure, every time:
     part: n_tr - int(0.8 n_tr). The train matrix excludes both; validation fold-in inputs
     are the train rows; test fold-in inputs are train + validation (the user's whole
     train part, so exactly the items the protocol excludes from the ranking).
-  * ``strong``: ratings >= 4 are positives; users with >= 5 positives; N users to
-    validation, N to test, the rest train (Liang et al. 2018). Items absent from train are
+  * ``strong``: ratings >= 4 (the positive threshold of the data's rating scale) are
+    positives; users with >= 5 positives; N users to validation, N to test, the rest
+    train (Liang et al. 2018). Items absent from train are
     dropped everywhere. A held-out user with n >= 5 remaining positives gets int(0.2 n)
     random targets (Liang's reference code); the rest is the fold-in input.
   * ``temporal``: as ``strong``, but the targets are the LAST n - int(0.8 n) positives in
@@ -154,7 +155,8 @@ def _heldout_count(interactions: Interactions, n_eligible: int, n_heldout: int |
 
 
 def _user_heldout(
-    interactions: Interactions, seed: int, protocol: str, n_heldout: int | None, min_rating: float, min_positives: int
+    interactions: Interactions, seed: int, protocol: str, n_heldout: int | None, min_rating: float | None,
+    min_positives: int
 ) -> RankingSplit:
     temporal = protocol == "temporal"
     if not isinstance(min_positives, (int, np.integer)) or min_positives < 1:
@@ -162,6 +164,7 @@ def _user_heldout(
     if temporal and interactions.timestamps is None:
         raise DataError(f"{interactions.name} has no timestamps: the temporal protocol needs them")
     rng = np.random.default_rng(seed)
+    min_rating = interactions.rating_scale.positive if min_rating is None else min_rating
     positive = interactions.ratings >= min_rating
     users, items = interactions.users[positive].astype(np.int64), interactions.items[positive].astype(np.int64)
     ts = None if interactions.timestamps is None else interactions.timestamps[positive]
@@ -235,10 +238,11 @@ def strong(
     seed: int = 0,
     *,
     n_heldout: int | None = None,
-    min_rating: float = 4.0,
+    min_rating: float | None = None,
     min_positives: int = 5,
 ) -> RankingSplit:
-    """Strong generalization (Liang et al. 2018): held-out users are scored from 80% of their positives."""
+    """Strong generalization (Liang et al. 2018): held-out users are scored from 80% of their positives
+    (ratings >= ``min_rating``, by default the positive threshold of the data's rating scale)."""
     return _user_heldout(interactions, seed, "strong", n_heldout, min_rating, min_positives)
 
 
@@ -247,7 +251,7 @@ def temporal(
     seed: int = 0,
     *,
     n_heldout: int | None = None,
-    min_rating: float = 4.0,
+    min_rating: float | None = None,
     min_positives: int = 5,
 ) -> RankingSplit:
     """Like ``strong``, but each held-out user's latest 20% (by timestamp) are the targets."""

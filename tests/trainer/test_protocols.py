@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from rating_scale import RatingScale
 from trainer.dataset import Interactions
 from trainer.errors import DataError, UserError
 from trainer.protocols import PROTOCOLS, make_split, protocol_ks, rating_random, seed_ranking, strong, temporal
@@ -147,6 +150,12 @@ def test_strong_min_rating_is_configurable(data):
     assert len(split.test.users) == 50
     assert split.train.nnz == np.isin(data.users, split.train_users).sum()  # every rating is a positive
     assert split.train.nnz > strong(data, seed=0, n_heldout=50).train.nnz
+
+
+def test_strong_takes_its_positives_from_the_datas_declared_scale_by_default(data):
+    assert (strong(data, seed=0).train != strong(data, seed=0, min_rating=4.0).train).nnz == 0  # 1:5:1 says 4
+    lenient = dataclasses.replace(data, rating_scale=RatingScale.parse("1:5:1", 3.0))
+    assert (strong(lenient, seed=0).train != strong(data, seed=0, min_rating=3.0).train).nnz == 0
 
 
 # ---- temporal ---------------------------------------------------------------------------
