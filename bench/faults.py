@@ -418,16 +418,15 @@ def artifact_faults(rig: Rig, seconds: float = 20, concurrency: int = 8, damages
 POISON = (1000, -3, "5", True)  # off the 1-5 scale, below it, a string, a boolean
 
 
-def _store_directly(database_url: str, rows: list[tuple[str, str, float]]) -> None:
-    """Interactions written past the API, as a script or a bad migration could."""
+def _store_directly(database_url: str, user: str, item: str, rating: float) -> None:
+    """One interaction written past the API, as a script or a bad migration could."""
     from service import crud
     from service.db.session import make_engine, make_session_factory
 
     engine = make_engine(database_url)
     try:
         with make_session_factory(engine)() as session:
-            users, items, ratings = (list(column) for column in zip(*rows))
-            crud.store_interactions(session, users, items, ratings, [int(time.time())] * len(rows))
+            crud.store_interactions(session, [user], [item], [rating], [int(time.time())])
     finally:
         engine.dispose()
 
@@ -451,7 +450,8 @@ def poisoning(rig: Rig, seconds: float = 20, concurrency: int = 8) -> dict:
                                 headers=AUTH, timeout=10)
             refusals.append({"rating": rating, "status": answer.status_code,
                              "message": answer.json().get("error", {}).get("message", answer.text[:200])})
-        _store_directly(rig.database_url, [(user, "50", 1000.0), (user, "172", -3.0)])
+        _store_directly(rig.database_url, user, "50", 1000.0)  # stored first: the example the trainer names
+        _store_directly(rig.database_url, user, "172", -3.0)
         done = subprocess.run(
             [PYTHON, "-m", "trainer", "schedule", "--from-db", "--database-url", rig.database_url, "--every", "1h",
              "--run-now", "--max-runs", "1", "--models", "ease", "--device", "cpu", "--artifacts-dir", str(rig.artifacts)],

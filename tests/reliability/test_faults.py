@@ -44,4 +44,4 @@ def test_poisoned_ratings_are_refused_by_the_api_and_the_trainer_and_the_version
     result = poisoning(rig, seconds=SECONDS, concurrency=CLIENTS)
     assert result["passed"], result["detail"] + f"\nrefusals: {result['refusals']}\ntrainer: {result['trainer']}"
     assert [r["status"] for r in result["refusals"]] == [422] * 4
-    assert "e.g. user 'm" in result["trainer"]["failed"] and "rating 1000" in result["trainer"]["failed"]
+    assert "e.g. user 'm" in result["trainer"]["failed"] and "item '50', rating 1000;" in result["trainer"]["failed"]

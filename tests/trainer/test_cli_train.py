@@ -287,7 +287,8 @@ def test_from_db_refuses_stored_ratings_off_the_scale_and_the_published_version_
     assert out.splitlines()[0] == "data: database, rating scale 1:5:1, positives >= 4 (stored with the data)"
     published = artifacts.latest_version(root)
 
-    store(database_url, [("mallory", "1000", 1000.0), ("mallory", "1001", -3.0), ("mallory", "1002", 5.0)])
+    store(database_url, [("mallory", "1000", 1000.0)])  # stored first: the example the error gives
+    store(database_url, [("mallory", "1001", -3.0), ("mallory", "1002", 5.0)])
     code, _, err = train(capsys, *args)
     assert_one_line_error(code, err, "2 ratings are off the rating scale 1:5:1 (allowed: one of 1, 2, 3, 4, 5), "
                                      "e.g. user 'mallory', item '1000', rating 1000; nothing was trained")
