@@ -25,7 +25,7 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
-from models.base import ModelInputError, Recommender, TrainData, build_config
+from models.base import ModelInputError, Recommender, TrainData, build_config, use_tensor_cores
 from trainer import distributed
 from trainer.errors import TrainingError, UserError
 from trainer.splits import HeldOut
@@ -156,6 +156,7 @@ def fit(
         rating_range = (float(X.data.min()), float(X.data.max())) if cls.task == "rating" else (0.0, 1.0)
     dist_ctx = distributed.context()
     device = distributed.device_for(dist_ctx, resolve_device(device))
+    use_tensor_cores(device)
     precision = resolve_precision(precision, device)  # checked for every model, used by those that allow it
     precision = precision if cls.reduced_precision else "fp32"
     torch.manual_seed(seed)
@@ -212,16 +213,17 @@ def _gradient_training(
     for epoch in bar:
         epoch_started = time.perf_counter()
         model.train()
-        losses = []
+        # summed on the device and read once an epoch: a read per step makes the host wait for
+        # every step before it can queue the next one (bench/gpu.py)
+        loss_sum, steps = torch.zeros((), device=model.device), 0
         for batch in model.training_batches(data, rng):
-            loss = model.train_step(batch, optimizer, forward=forward, **model.schedule(step, epoch))
-            if not math.isfinite(loss):
-                raise TrainingError(f"{model.name} produced a non-finite loss ({loss}) at epoch {epoch + 1}, step {step}")
-            losses.append(loss)
-            step += 1
+            loss_sum += model.train_step(batch, optimizer, forward=forward, **model.schedule(step, epoch))
+            step, steps = step + 1, steps + 1
+        mean_loss = float(loss_sum) / steps if steps else float("nan")
+        if steps and not math.isfinite(mean_loss):
+            raise TrainingError(f"{model.name} produced a non-finite loss ({mean_loss}) in epoch {epoch + 1}")
         model.eval()
-        point = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"),
-                 "seconds": time.perf_counter() - epoch_started}
+        point = {"epoch": epoch + 1, "loss": mean_loss, "seconds": time.perf_counter() - epoch_started}
         if valid is not None:
             model.prepare_scoring(data)
             metric, value, higher = validation_score(model, data.X, valid)
