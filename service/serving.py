@@ -84,6 +84,22 @@ def check_ratings_size(body: Any, settings: Settings) -> None:
         )
 
 
+RATING_ID_BYTES = 258  # an id of 255 ASCII characters in a JSON list: quoted, and a comma
+RATING_ENTRY_BYTES = 100  # {"user_id": ..., "item_ids": [...], "model": "<64 characters>"} around the ids
+
+
+def check_ratings_length(content_length: str | None, settings: Settings) -> None:
+    """Refuses a ``POST /ratings`` body declared larger than the largest compact one within the caps
+    (ids of 255 ASCII characters), before it is read."""
+    limit = (settings.MAX_RATING_PAIRS + settings.MAX_RATING_USERS) * RATING_ID_BYTES + settings.MAX_RATING_USERS * RATING_ENTRY_BYTES
+    if content_length is not None and content_length.isdigit() and int(content_length) > limit:
+        raise ApiError(
+            413, "payload_too_large", f"the body is {content_length} bytes; one within MAX_RATING_USERS="
+            f"{settings.MAX_RATING_USERS} and MAX_RATING_PAIRS={settings.MAX_RATING_PAIRS} is at most {limit}",
+            {"max_bytes": limit, "max_users": settings.MAX_RATING_USERS, "max_pairs": settings.MAX_RATING_PAIRS},
+        )
+
+
 def _titles(session: Session, cache: Cache, settings: Settings, item_ids: list[str]) -> dict[str, str]:
     """Titles from the cache; the ones it lacks from the database (a connection only for those)."""
     return cache.item_titles(item_ids, partial(_read_titles, session), settings.CACHE_TTL_S)

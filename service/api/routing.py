@@ -2,8 +2,9 @@
 
 FastAPI reads and parses a route's JSON body before it runs any dependency, so a request
 without a key would have its body (up to MAX_BODY_BYTES) parsed before its 401. This
-route class runs the route's key rule (``deps.ACCESS_RULES``) first, and refuses a body
-that is not JSON with a 415; the dependencies run as before once the body is read.
+route class runs the route's key rule (``deps.ACCESS_RULES``) first, refuses a body that
+is not JSON with a 415, and lets a route refuse more from the headers (``before_body``);
+the dependencies run as before once the body is read.
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ class AccessFirstRoute(APIRoute):
             if takes_body and not json_or_no_body(request.headers):
                 raise ApiError(415, "unsupported_media_type", "the body must be JSON (Content-Type: application/json)",
                                {"content_type": request.headers.get("content-type")})
+            self.before_body(request)
             return await handler(request)
 
         return checked_first
+
+    def before_body(self, request: Request) -> None:
+        """What else the route refuses from the headers alone, before the body is read (nothing here)."""

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 import pytest
 
 from _service_support import API_KEY, error_body
-from service import inference, serving
+from service import inference
 
 AMPLIFICATION = [{"user_id": u, "item_ids": list(range(1, 1001))} for u in range(1, 181)]  # issue 20, finding 3
 
@@ -29,11 +29,27 @@ def scoring_calls(monkeypatch):
     return calls
 
 
+def test_the_amplification_request_is_refused_unread(client, scoring_calls, monkeypatch):
+    """Finding 3's 886 KB body declares more bytes than any body within the caps: refused before it is read."""
+    from starlette.requests import Request
+
+    reads = []
+    original = Request.body
+
+    async def counted(self):
+        reads.append(self.url.path)
+        return await original(self)
+
+    monkeypatch.setattr(Request, "body", counted)
+    refused = client.post("/ratings", json=AMPLIFICATION)
+    error = error_body(refused)
+    assert refused.status_code == 413 and error["code"] == "payload_too_large", refused.text
+    assert "MAX_RATING_PAIRS" in error["message"] and error["details"]["max_bytes"] < len(refused.request.content)
+    assert reads == [] and scoring_calls == []
+
+
 def test_ratings_past_the_caps_are_refused_before_validation_and_scoring(client, scoring_calls):
     settings = client.app.state.settings
-    too_many_pairs = client.post("/ratings", json=AMPLIFICATION)
-    assert too_many_pairs.status_code == 413, too_many_pairs.text
-    assert error_body(too_many_pairs)["code"] == "too_many_users"  # 180 users; the pairs are counted next
     pairs = client.post("/ratings", json=[{"user_id": u, "item_ids": list(range(1, 501))} for u in (1, 2, 3)])
     error = error_body(pairs)
     assert pairs.status_code == 413 and error["code"] == "too_many_pairs", pairs.text
@@ -49,19 +65,9 @@ def test_ratings_past_the_caps_are_refused_before_validation_and_scoring(client,
     answered = client.post("/ratings", json=at_caps)
     assert answered.status_code == 200 and len(answered.json()) == settings.MAX_RATING_USERS, answered.text
     assert scoring_calls == [1]
-
-
-@pytest.fixture
-def route_calls(monkeypatch):
-    calls = []
-    original = serving.recommendations
-
-    async def counted(*args, **kwargs):
-        calls.append(1)
-        return await original(*args, **kwargs)
-
-    monkeypatch.setattr(serving, "recommendations", counted)
-    return calls
+    # the length bound never refuses a body within the caps: ids of 255 characters, as long as ids go
+    longest = [{"user_id": f"{u:0>255}", "item_ids": [f"{u}-{i:0>250}" for i in range(10)]} for u in range(settings.MAX_RATING_USERS)]
+    assert client.post("/ratings", json=longest).status_code == 200
 
 
 @contextmanager

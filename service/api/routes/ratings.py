@@ -11,7 +11,14 @@ from service.api.deps import CacheDep, ReadAccess, SessionDep, SettingsDep, Stor
 from service.api.routing import AccessFirstRoute
 from service.schemas import RatingRequest, RatingResponse
 
-router = APIRouter(tags=["ratings"], dependencies=[ReadAccess], route_class=AccessFirstRoute)
+
+class RatingsRoute(AccessFirstRoute):
+    def before_body(self, request: Request) -> None:
+        """A body declared larger than the caps allow is refused unread: reading it on a busy event loop costs more than the refusal may."""
+        serving.check_ratings_length(request.headers.get("content-length"), request.app.state.settings)
+
+
+router = APIRouter(tags=["ratings"], dependencies=[ReadAccess], route_class=RatingsRoute)
 
 
 async def size_within_caps(request: Request, settings: SettingsDep) -> None:
