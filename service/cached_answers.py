@@ -61,11 +61,14 @@ class CachedRecommendations:
         if declared is None or not declared.isdigit() or int(declared) > MAX_BODY_BYTES:
             await self.app(scope, receive, send)  # chunked or large: the route reads it
             return
+        if not READ.allows(headers.get(API_KEY_HEADER), self.settings) or not json_or_no_body(headers):
+            await self.app(scope, receive, send)  # the route refuses it, before reading the body
+            return
         messages, body = await _read_body(receive)
         answer = None
         try:
             if body is not None:  # None: the client went away, which the route's receive sees too
-                answer = await self._cached(scope, headers, match.group(1), body)
+                answer = await self._cached(scope, match.group(1), body)
         except Exception:  # the route will meet the same trouble and answer it properly
             log.exception("cached answer failed; the route answers instead")
         if answer is None:
@@ -76,11 +79,9 @@ class CachedRecommendations:
             (b"content-length", str(len(payload)).encode()), (b"content-type", b"application/json")]})
         await send({"type": "http.response.body", "body": payload})
 
-    async def _cached(self, scope: Scope, headers: Headers, user_id: str, body: bytes) -> str | None:
+    async def _cached(self, scope: Scope, user_id: str, body: bytes) -> str | None:
         """The stored JSON for this request, or None for the route to answer."""
         if len(user_id) > MAX_USER_ID_CHARS or not _USER_ID.fullmatch(user_id):  # "$" alone allows a final newline
-            return None
-        if not READ.allows(headers.get(API_KEY_HEADER), self.settings) or not json_or_no_body(headers):
             return None
         if body:  # the route parses any body, whitespace too (a 400)
             try:

@@ -84,8 +84,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Cache hits of recommendations are answered before the routing, inside the request metrics
     recommendations_route = next(r for r in recommendations.router.routes if r.path == ROUTE_PATH)
     app.add_middleware(CachedRecommendations, settings=settings, cache=cache, store=store, route=recommendations_route)
-    # before the cache hits and the routes alike; probes and scrapes are never limited
-    app.add_middleware(RateLimited, limits=limits, exempt_paths=[route.path for route in health.router.routes])
+    if limits.enabled:  # before the cache hits and the routes alike; probes and scrapes are never limited
+        app.add_middleware(RateLimited, limits=limits, exempt_paths=[route.path for route in health.router.routes])
     app.add_middleware(RequestMetrics, metrics=metrics, max_body_bytes=settings.MAX_BODY_BYTES)
     app.openapi = lambda: _openapi_for_settings(app, settings)
     return app

@@ -9,7 +9,6 @@ from contextlib import contextmanager
 import pytest
 
 from _service_support import API_KEY, error_body
-from service import serving
 
 WRITE_KEY = "write-key-5b8e1d"
 READ_KEY = "read-key-0c7a92"
@@ -130,20 +129,6 @@ def test_an_unkeyed_write_is_refused_before_its_body_is_read(client, monkeypatch
     assert reads == []
     keyed = client.post("/interactions", content=b"[{", headers={"content-type": "application/json", "X-API-Key": API_KEY})
     assert keyed.status_code == 400 and error_body(keyed)["code"] == "invalid_json"  # with the key it is read
-
-
-@pytest.fixture
-def route_calls(monkeypatch):
-    """Requests that reached the recommendations route's serving code (a cached answer does not)."""
-    calls = []
-    original = serving.recommendations
-
-    async def counted(*args, **kwargs):
-        calls.append(1)
-        return await original(*args, **kwargs)
-
-    monkeypatch.setattr(serving, "recommendations", counted)
-    return calls
 
 
 MEDIA_TYPES = [
