@@ -188,3 +188,19 @@ def route_calls(monkeypatch):
 
     monkeypatch.setattr(serving, "recommendations", counted)
     return calls
+
+
+@pytest.fixture
+def body_reads(monkeypatch):
+    """The paths of the requests whose body the app read (Starlette's ``Request.body``)."""
+    from starlette.requests import Request
+
+    reads = []
+    original = Request.body
+
+    async def counted(self):
+        reads.append(self.url.path)
+        return await original(self)
+
+    monkeypatch.setattr(Request, "body", counted)
+    return reads

@@ -29,23 +29,13 @@ def scoring_calls(monkeypatch):
     return calls
 
 
-def test_the_amplification_request_is_refused_unread(client, scoring_calls, monkeypatch):
+def test_the_amplification_request_is_refused_unread(client, scoring_calls, body_reads):
     """Finding 3's 886 KB body declares more bytes than any body within the caps: refused before it is read."""
-    from starlette.requests import Request
-
-    reads = []
-    original = Request.body
-
-    async def counted(self):
-        reads.append(self.url.path)
-        return await original(self)
-
-    monkeypatch.setattr(Request, "body", counted)
     refused = client.post("/ratings", json=AMPLIFICATION)
     error = error_body(refused)
     assert refused.status_code == 413 and error["code"] == "payload_too_large", refused.text
     assert "MAX_RATING_PAIRS" in error["message"] and error["details"]["max_bytes"] < len(refused.request.content)
-    assert reads == [] and scoring_calls == []
+    assert body_reads == [] and scoring_calls == []
 
 
 def test_ratings_past_the_caps_are_refused_before_validation_and_scoring(client, scoring_calls):
