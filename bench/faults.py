@@ -1,4 +1,5 @@
-"""Faults under load, each with a PASS/FAIL line: Redis killed, PostgreSQL cut, broken versions, a hot swap.
+"""Faults and hostile clients under load, each with a PASS/FAIL line: Redis killed, PostgreSQL cut, broken
+versions, a hot swap; a history read without a key, an amplifying request, oversized headers.
 
     python bench/faults.py                          # every fault, 20 s of load each, 8 clients
     python bench/faults.py --seconds 6 --faults redis,postgres
@@ -23,6 +24,15 @@ Scenarios (``tests/reliability/test_faults.py`` runs the same functions, shorter
   manifest, NaN weights, ``LATEST`` naming a missing folder or holding garbage) -> each is
   refused, the old version keeps serving, zero failed requests; then a good version is
   published -> swapped in under load, zero failed requests.
+
+Hostile clients (issue 20; ``tests/reliability/test_security.py`` runs them, shorter):
+
+* ``history``: a user's history read back through ``exclude_seen`` and the catalogue as
+  candidates, on a production service -> 401 without a read key.
+* ``amplification``: the 886 KB ``POST /ratings`` of 180 users x 1,000 items while 8 clients
+  ask uncached recommendations -> refused (413) in under 50 ms, the others' p99 within 2x quiet.
+* ``headers``: 1 MB request headers (and one of 100 MB) while 8 clients ask ``/healthz`` -> 431
+  in under 50 ms, ``/healthz``'s p99 within 2x quiet.
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import socket
 import sys
 import tempfile
 import threading
@@ -41,6 +52,7 @@ from pathlib import Path
 from typing import Iterator
 
 import httpx
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -394,8 +406,154 @@ def artifact_faults(rig: Rig, seconds: float = 20, concurrency: int = 8, damages
             "checks": checks, "versions_seen": versions_seen, "swap": swap.get("version")}
 
 
+# ---- hostile clients (issue 20) ---------------------------------------------------------------
+READ_KEY = "bench-read-key-3e91b7c4"
+HISTORY_USER = "200"
+ML100K_ITEMS = [str(i) for i in range(1, 1683)]
+REFUSED_WITHIN_MS = 50.0
+P99_RATIO = 2.0
+ATTACK = [{"user_id": str(u), "item_ids": list(range(1, 1001))} for u in range(1, 181)]  # 886 KB, as in the issue
+ATTACK_RATE = 28 / 40  # the issue's attack: 28 of them in 40 s over 8 connections
+OVERSIZED_HEADER_BYTES = 1 << 20
+
+
+def history_reconstruction(rig: Rig, seconds: float = 0, concurrency: int = 0) -> dict:
+    """Finding 2: two recommendations for user 200 with ``k`` 1000, ``exclude_seen`` and the
+    catalogue in two halves as candidates give back the catalogue minus the user's items. Without
+    a read key both are refused (401; a wrong key 403), with one they are answered: the refusal is
+    the key's. The service runs as ``ENVIRONMENT=production`` with its default ``READS_REQUIRE_KEY``."""
+    base = rig.server.base_url
+
+    def ask(candidates: list[str], headers: dict[str, str]) -> int:
+        body = {"k": 1000, "exclude_seen": True, "candidates": candidates}
+        return httpx.post(f"{base}/users/{HISTORY_USER}/recommendations", json=body, headers=headers, timeout=30).status_code
+
+    halves = [ML100K_ITEMS[:841], ML100K_ITEMS[841:]]
+    statuses = {name: [ask(half, headers) for half in halves]
+                for name, headers in (("no key", {}), ("wrong key", {"X-API-Key": READ_KEY + "x"}),
+                                      ("read key", {"X-API-Key": READ_KEY}))}
+    passed = statuses == {"no key": [401, 401], "wrong key": [403, 403], "read key": [200, 200]}
+    detail = "; ".join(f"{name}: {codes}" for name, codes in statuses.items())
+    return {"fault": "history reconstruction without a read key", "passed": passed, "detail": detail,
+            "statuses": statuses, "load": _no_load()}
+
+
+def _no_load() -> dict:
+    return {"requests": 0, "rps": 0.0, "p99_ms": None, "max_ms": None, "failed": 0}
+
+
+def _miss(i: int) -> Request:
+    """An uncached recommendation: (user, offset) pairs do not repeat for 850,000 requests."""
+    return Request("POST", f"/users/{1 + i % 943}/recommendations", {"k": 10, "offset": (i // 943) % 990})
+
+
+def _quiet_then_attacked(rig: Rig, make, attack, seconds: float, concurrency: int) -> tuple:
+    """``make``'s load at ``concurrency`` clients for ``seconds``, then as long again while ``attack(stop)``
+    runs in a thread; returns (quiet, attacked, what the attack returned)."""
+    quiet = run_load(rig.server.base_url, make, scenario="quiet", concurrency=concurrency, seconds=seconds, warmup_s=1)
+    stop = threading.Event()
+    outcome: dict = {}
+
+    def attacker() -> None:
+        try:
+            outcome["result"] = attack(stop)
+        except Exception as exc:  # reported in the verdict
+            outcome["error"] = f"{type(exc).__name__}: {exc}"
+
+    thread = threading.Thread(target=attacker, name="attacker", daemon=True)
+    thread.start()
+    attacked = run_load(rig.server.base_url, make, scenario="attacked", concurrency=concurrency, seconds=seconds,
+                        warmup_s=0)
+    stop.set()
+    thread.join(60)
+    return quiet, attacked, outcome
+
+
+def ratings_amplification(rig: Rig, seconds: float = 20, concurrency: int = 8) -> dict:
+    """Finding 3: 180 x ``{"user_id": u, "item_ids": [1..1000]}`` cost 2.1 s of the scoring slot each, and
+    28 of them in 40 s pushed uncached recommendations' p50 from 5 ms to 15.5 s. Uncached recommendations
+    at ``concurrency`` clients, quiet, then with that attack alongside at the issue's rate over 8
+    connections. PASS: every attack refused with a 413 in under 50 ms (median; the slowest reported),
+    and the others' p99 within 2x the quiet one, with no failed request."""
+    body = json.dumps(ATTACK).encode()
+    attack_request = Request("POST", "/ratings", headers=AUTH, body=body)
+
+    def attack(stop: threading.Event):
+        return run_load(rig.server.base_url, lambda i: attack_request, scenario="amplification", concurrency=8,
+                        seconds=seconds, rate=ATTACK_RATE, warmup_s=0, ok=lambda status: status == 413,
+                        stop_when=stop.is_set)
+
+    quiet, attacked, outcome = _quiet_then_attacked(rig, _miss, attack, seconds, concurrency)
+    refusals = outcome.get("result")
+    ratio = attacked.percentile(99) / quiet.percentile(99)
+    refused = refusals is not None and refusals.requests > 0 and refusals.failed == 0
+    fast = refused and refusals.percentile(50) < REFUSED_WITHIN_MS
+    passed = refused and fast and ratio <= P99_RATIO and quiet.failed == 0 and attacked.failed == 0
+    detail = (f"{refusals.requests if refusals else 0} attacks ({len(body) / 1e3:.0f} KB each), "
+              f"{refusals.statuses if refusals else outcome.get('error')}, refused in "
+              f"{refusals.percentile(50) if refusals else float('nan'):.1f} ms (median; slowest "
+              f"{refusals.percentile(100) if refusals else float('nan'):.1f} ms; target < {REFUSED_WITHIN_MS:g}); "
+              f"uncached p99 {quiet.percentile(99):.1f} ms quiet, {attacked.percentile(99):.1f} ms attacked "
+              f"({ratio:.2f}x; target <= {P99_RATIO:g}x); {quiet.failed + attacked.failed} failed")
+    return {"fault": "ratings amplification", "passed": passed, "detail": detail, "load": attacked.summary(),
+            "quiet": quiet.summary(), "attack": refusals.summary() if refusals else outcome, "p99_ratio": ratio}
+
+
+def send_head(port: int, header_bytes: int, timeout_s: float = 30) -> tuple[int | None, float]:
+    """A GET /healthz whose one header holds ``header_bytes`` bytes, on a raw socket: the answer's status
+    (None if the connection died first) and the seconds from the first byte sent to the answer."""
+    head = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Filler: "
+    started = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as conn:
+        try:
+            conn.sendall(head + b"a" * header_bytes + b"\r\n\r\n")
+        except OSError:
+            pass  # refused part-way: the answer may still be there to read
+        answer = b""
+        try:
+            while b"\r\n" not in answer and (chunk := conn.recv(4096)):
+                answer += chunk
+        except OSError:
+            pass
+    status = int(answer[9:12]) if answer.startswith(b"HTTP/1.1 ") else None
+    return status, time.perf_counter() - started
+
+
+def oversized_headers(rig: Rig, seconds: float = 20, concurrency: int = 8) -> dict:
+    """Finding 4: a 100 MB header was read for 11.9 s while other clients' /healthz stalled up to 6.3 s.
+    /healthz at ``concurrency`` clients, quiet, then with 1 MB headers sent back to back and one 100 MB
+    header at the start. PASS: every oversized head answered 431, the 1 MB ones in under 50 ms (median),
+    and /healthz's p99 within 2x the quiet one, with no failed request."""
+    port = rig.server.port
+
+    def attack(stop: threading.Event) -> dict:
+        huge = send_head(port, 100 << 20)
+        sent = []
+        while not stop.is_set():
+            sent.append(send_head(port, OVERSIZED_HEADER_BYTES))
+        return {"huge": huge, "sent": sent}
+
+    quiet, attacked, outcome = _quiet_then_attacked(rig, lambda i: Request("GET", "/healthz"), attack, seconds, concurrency)
+    result = outcome.get("result") or {"huge": (None, float("nan")), "sent": []}
+    statuses = [status for status, _ in [result["huge"], *result["sent"]]]
+    median_ms = 1000 * float(np.median([s for _, s in result["sent"]])) if result["sent"] else float("nan")
+    ratio = attacked.percentile(99) / quiet.percentile(99)
+    passed = (len(statuses) > 1 and set(statuses) == {431} and median_ms < REFUSED_WITHIN_MS and ratio <= P99_RATIO
+              and quiet.failed == 0 and attacked.failed == 0)
+    detail = (f"{len(result['sent'])} heads of 1 MB, median answer {median_ms:.1f} ms (target < {REFUSED_WITHIN_MS:g}), "
+              f"one of 100 MB answered in {result['huge'][1]:.2f} s; statuses {sorted(set(map(str, statuses)))}"
+              f"{' ' + outcome['error'] if 'error' in outcome else ''}; /healthz p99 {quiet.percentile(99):.2f} ms quiet, "
+              f"{attacked.percentile(99):.2f} ms attacked ({ratio:.2f}x; target <= {P99_RATIO:g}x); "
+              f"{quiet.failed + attacked.failed} failed")
+    return {"fault": "oversized headers", "passed": passed, "detail": detail, "load": attacked.summary(),
+            "quiet": quiet.summary(), "statuses": statuses, "p99_ratio": ratio}
+
+
 # ---- the bench ------------------------------------------------------------------------------
-SCENARIOS = {"redis": redis_outage, "postgres": postgres_outage, "artifacts": artifact_faults}
+SCENARIOS = {"redis": redis_outage, "postgres": postgres_outage, "artifacts": artifact_faults,
+             "history": history_reconstruction, "amplification": ratings_amplification, "headers": oversized_headers}
+# what a scenario's service runs with beyond the rig's: a production service keys its reads
+SCENARIO_SETTINGS = {"history": {"ENVIRONMENT": "production", "READ_API_KEY": READ_KEY}}
 
 
 def plot(results: list[dict]) -> None:
@@ -432,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
                 build_registry(artifacts)
             for name in chosen:
                 print(f"\n== {name}: {args.seconds:g}s at {args.concurrency} clients", flush=True)
-                with fault_rig(workdir, artifacts) as rig:
+                with fault_rig(workdir, artifacts, **SCENARIO_SETTINGS.get(name, {})) as rig:
                     results.append(SCENARIOS[name](rig, args.seconds, args.concurrency))
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -8,12 +8,13 @@ cardinality bounded), the status and the model the route served (set by the rout
 
 from __future__ import annotations
 
-import json
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.errors import error_json
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -103,9 +104,8 @@ class RequestMetrics:
         return receive_limited
 
     async def _too_large(self, send: Send) -> None:
-        body = json.dumps({"error": {"code": "payload_too_large",
-                                     "message": f"the request body is over {self.max_body_bytes} bytes",
-                                     "details": {"max_bytes": self.max_body_bytes}}}).encode()
+        body = error_json("payload_too_large", f"the request body is over {self.max_body_bytes} bytes",
+                          {"max_bytes": self.max_body_bytes})
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})

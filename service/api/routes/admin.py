@@ -1,14 +1,15 @@
-"""POST /admin/reload: load the version LATEST names now (API key required)."""
+"""POST /admin/reload: load the version LATEST names now (the admin key, API_KEY, required)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.api.deps import StoreDep, WriteAccess
+from service.api.deps import AdminAccess, StoreDep
+from service.api.routing import AccessFirstRoute
 from service.errors import ApiError
 from service.schemas import ErrorBody, ReloadResult
 
-router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[WriteAccess])
+router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminAccess], route_class=AccessFirstRoute)
 
 
 @router.post("/reload", response_model=ReloadResult, responses={409: {"model": ErrorBody}})

@@ -1,4 +1,4 @@
-"""POST /interactions: store a batch of interactions (API key required)."""
+"""POST /interactions: store a batch of interactions (a write key required)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ from fastapi import APIRouter, Body
 
 from service import crud
 from service.api.deps import SettingsDep, WriteAccess, WriterDep
+from service.api.routing import AccessFirstRoute
 from service.schemas import InteractionIn, InteractionsResult
 from service.serving import check_list
 
-router = APIRouter(tags=["interactions"], dependencies=[WriteAccess])
+router = APIRouter(tags=["interactions"], dependencies=[WriteAccess], route_class=AccessFirstRoute)
 
 
 @router.post("/interactions", response_model=InteractionsResult, status_code=201)
