@@ -313,6 +313,7 @@ def test_no_non_finite_score_leaves_the_api(tmp_path, seeded_backend, registry):
 def test_models_lists_the_served_version(client, registry):
     body = client.get("/models").json()
     assert body["version"] == latest_version(registry) and body["swaps"] == 1
+    assert body["requested"] == body["version"] and body["fallback"] is None and body["refused"] == {}
     models = {m["name"]: m for m in body["models"]}
     assert set(models) == {"ease", "autorec-u", "autorec-i"}
     assert models["ease"]["default_for"] == ["recommendations"] and models["autorec-u"]["default_for"] == ["ratings"]
