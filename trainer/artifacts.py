@@ -22,7 +22,7 @@ and is removed.
 
 Why a reader trusts what it loads: the manifest lists every other file of the version with
 its sha256 and size, and ``load_version`` checks them (sizes first, then hashes, each file
-read once in chunks) before it loads a model, then refuses non-finite weights. A manifest
+hashed once, in chunks) before it loads a model, then refuses non-finite weights. A manifest
 without checksums (published before they were written) loads with a logged warning:
 refusing it would turn upgrading the service into an outage. The checksums catch damage
 (a truncated copy, a flipped bit), not a writer who can also rewrite the manifest.
@@ -161,15 +161,15 @@ def file_checksums(folder: Path) -> dict[str, dict[str, Any]]:
     return checksums
 
 
-def verify_checksums(folder: Path, manifest: dict[str, Any], required: Iterable[str]) -> bool:
+def verify_checksums(folder: Path, manifest: dict[str, Any], required: Iterable[str]) -> None:
     """Check every file the manifest lists against its size, then its sha256; ``required`` (the
-    files a load reads) must all be listed. False, with a warning, for a manifest without checksums."""
+    files a load reads) must all be listed. A manifest without checksums passes with a warning."""
     version = folder.name
     listed = manifest.get(CHECKSUMS_KEY)
     if listed is None:
         log.warning("version %s has no checksums in its manifest (published before they were written): "
                     "its files are loaded unverified", version)
-        return False
+        return
     entries = listed.items() if isinstance(listed, dict) else ()
     if not entries or not all(isinstance(e, dict) and isinstance(e.get("sha256"), str) and isinstance(e.get("bytes"), int)
                               for _, e in entries):
@@ -179,18 +179,16 @@ def verify_checksums(folder: Path, manifest: dict[str, Any], required: Iterable[
         raise ArtifactError(f"manifest of version {version} has no checksum for {', '.join(unlisted)}")
     for relative, entry in entries:  # sizes first: a truncated or missing file is named without reading any
         path = folder / relative
-        if path.is_symlink() or ".." in Path(relative).parts or Path(relative).is_absolute():
-            raise ArtifactError(f"version {version}: {relative!r} is not a plain file of the version")
-        try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            raise ArtifactError(f"version {version}: {relative} is missing") from None
+        if ".." in Path(relative).parts or Path(relative).is_absolute():
+            raise ArtifactError(f"version {version}: its manifest lists {relative!r}, outside the version")
+        if not path.is_file():
+            raise ArtifactError(f"version {version}: {relative} is missing")
+        size = path.stat().st_size
         if size != entry["bytes"]:
             raise ArtifactError(f"version {version}: {relative} has {size:,} bytes, its manifest says {entry['bytes']:,}")
     for relative, entry in entries:
         if file_sha256(folder / relative) != entry["sha256"]:
             raise ArtifactError(f"version {version}: {relative} does not match its sha256 in the manifest (corrupted)")
-    return True
 
 
 def non_finite_weights(model: Recommender) -> dict[str, int]:

@@ -286,7 +286,7 @@ def test_a_manifest_that_lists_a_path_outside_the_version_is_refused(tmp_path):
     manifest = json.loads(manifest_path.read_text())
     manifest["files"]["../outside"] = {"sha256": hashlib.sha256(b"x").hexdigest(), "bytes": 1}
     manifest_path.write_text(json.dumps(manifest))
-    with pytest.raises(ArtifactError, match="not a plain file of the version"):
+    with pytest.raises(ArtifactError, match="its manifest lists '../outside', outside the version"):
         artifacts.load_version(tmp_path)
 
 
