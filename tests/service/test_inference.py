@@ -86,7 +86,7 @@ def test_id_index_reports_duplicate_ids():
     assert IdIndex(ITEMS).is_unique and not IdIndex(["a", "b", "a"]).is_unique
 
 
-def test_a_non_finite_score_is_a_503_never_a_number_in_the_answer():
+def test_a_request_that_meets_a_non_finite_score_is_a_503():
     """A model whose output is NaN for some input (here: item b's decoder row, which is also its
     embedding): requests that would carry it are refused, the others are answered."""
     model = served("autorec-u")
