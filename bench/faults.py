@@ -1,5 +1,6 @@
 """Faults and hostile clients under load, each with a PASS/FAIL line: Redis killed, PostgreSQL cut, broken
-versions, a hot swap; a history read without a key, an amplifying request, oversized headers.
+versions, a hot swap, a start-up on a damaged newest version; a history read without a key, an amplifying
+request, oversized headers.
 
     python bench/faults.py                          # every fault, 20 s of load each, 8 clients
     python bench/faults.py --seconds 6 --faults redis,postgres
@@ -20,10 +21,13 @@ Scenarios (``tests/reliability/test_faults.py`` runs the same functions, shorter
 * ``postgres``: one new interaction per write while the database goes away and comes back
   -> every write is either acknowledged (201) and present in the database afterwards, or
   answered 503; zero acknowledged writes lost; the service recovers on its own.
-* ``artifacts``: broken versions published under load (half-written weights, a truncated
-  manifest, NaN weights, ``LATEST`` naming a missing folder or holding garbage) -> each is
-  refused, the old version keeps serving, zero failed requests; then a good version is
-  published -> swapped in under load, zero failed requests.
+* ``artifacts``: broken versions published under load (truncated weights, one bit of the
+  weights flipped, a truncated manifest, NaN weights, ``LATEST`` naming a missing folder or
+  holding garbage) -> each is refused, named in ``/models``, the old version keeps serving,
+  zero failed requests (a line each); then a good version is published -> swapped in under
+  load, zero failed requests.
+* ``startup``: a service started while the newest version is truncated, then bit-flipped
+  -> it serves the previous version from its first answer, zero failed requests (a line each).
 
 Hostile clients (issue 20; ``tests/reliability/test_security.py`` runs them, shorter):
 
@@ -282,6 +286,7 @@ def _stored_rows(database_url: str, user_prefix: str) -> set[tuple[str, str, int
 
 # ---- model versions ---------------------------------------------------------------------------
 def _copy_version(root: Path, good: str) -> tuple[str, Path]:
+    """A copy of version ``good`` under a new name, its manifest (and checksums) with it."""
     from trainer.artifacts import new_version_name
 
     name = new_version_name(root)
@@ -308,7 +313,9 @@ def _nan_weights(path: Path) -> None:
     save_file(state, str(path))
 
 
-DAMAGES = ("half-written-weights", "truncated-manifest", "nan-weights", "missing-folder", "garbage-latest")
+DAMAGES = ("truncated-weights", "bit-flipped-weights", "truncated-manifest", "nan-weights", "missing-folder",
+           "garbage-latest")
+STARTUP_DAMAGES = ("truncated-weights", "bit-flipped-weights")
 
 
 def plant(root: Path, good: str, damage: str) -> str | None:
@@ -324,14 +331,23 @@ def plant(root: Path, good: str, damage: str) -> str | None:
         return name
     name, folder = _copy_version(root, good)
     weights = next(folder.glob("*/weights.safetensors"))
-    if damage == "half-written-weights":
+    if damage == "truncated-weights":
         data = weights.read_bytes()
         weights.write_bytes(data[: len(data) // 2])  # a copy interrupted half-way
+    elif damage == "bit-flipped-weights":
+        data = bytearray(weights.read_bytes())
+        data[len(data) // 2] ^= 0x04  # one bit of one weight: a valid file, only its checksum tells
+        weights.write_bytes(bytes(data))
     elif damage == "truncated-manifest":
         text = (folder / "manifest.json").read_text()
         (folder / "manifest.json").write_text(text[: len(text) // 2])
-    elif damage == "nan-weights":
+    elif damage == "nan-weights":  # under checksums that match, as a publisher without the finiteness check would write
+        from trainer.artifacts import file_checksums
+
         _nan_weights(weights)
+        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest["files"] = file_checksums(folder)
+        (folder / "manifest.json").write_text(json.dumps(manifest))
     else:
         raise ValueError(damage)
     _point_latest(root, name + "\n")
@@ -347,13 +363,26 @@ def _wait_for(predicate, timeout_s: float = 15.0) -> bool:
     return False
 
 
+def _refusal_check(base: str, damage: str, name: str | None, good: str) -> dict:
+    """What ``/models`` says once a damage was met: the good version serves, the damaged one is
+    named as refused, and the fallback says why."""
+    served = httpx.get(f"{base}/models", timeout=5).json()
+    listed = name is None or name in served["refused"]
+    return {"damage": damage, "version": name, "served": served["version"], "fallback": served["fallback"],
+            "ok": listed and served["version"] == good and bool(served["fallback"])}
+
+
 def artifact_faults(rig: Rig, seconds: float = 20, concurrency: int = 8, damages=DAMAGES) -> dict:
     """Under load, one after the other: each damage planted, its refusal awaited and checked, undone; then a
-    good version published and its swap awaited. The load runs ``seconds`` at least, and until the steps end."""
+    good version published and its swap awaited. The load runs ``seconds`` at least, and until the steps end.
+    Failed requests are counted per step, so each damage has a line of its own."""
     root = rig.artifacts
     base = rig.server.base_url
     good = _served_version(base)
     versions_seen: dict[str, int] = {}
+    step = {"now": "before"}
+    answered: dict[str, int] = {}
+    failed: dict[str, int] = {}
     checks: list[dict] = []
     swap: dict = {}
     errors: list[str] = []
@@ -364,24 +393,29 @@ def artifact_faults(rig: Rig, seconds: float = 20, concurrency: int = 8, damages
         return Request("POST", f"/users/{1 + i % 900}/recommendations", {"k": 10, "offset": i % 40})
 
     def on_response(req: Request, status: int | None, body: bytes) -> None:
+        answered[step["now"]] = answered.get(step["now"], 0) + 1
         if status == 200:
             version = json.loads(body)["model_version"]
             versions_seen[version] = versions_seen.get(version, 0) + 1
+        else:
+            failed[step["now"]] = failed.get(step["now"], 0) + 1
 
     def steps() -> None:
         try:
             for damage in damages:
                 time.sleep(pause)
                 refused_before = _counter(base, "aerec_model_versions_refused_total")
+                step["now"] = damage
                 name = plant(root, good, damage)
                 noticed = _wait_for(lambda: _counter(base, "aerec_model_versions_refused_total") > refused_before)
-                served = httpx.get(f"{base}/models", timeout=5).json()
-                listed = name is None or name in served["refused"]
-                checks.append({"damage": damage, "version": name, "served": served["version"], "refused": noticed and listed,
-                               "ok": noticed and listed and served["version"] == good})
+                checks.append({**_refusal_check(base, damage, name, good), "noticed": noticed})
+                checks[-1]["ok"] &= noticed
+                time.sleep(pause / 2)  # serve a while with the damaged version named by LATEST
                 _point_latest(root, good + "\n")  # undo: the operator points LATEST back
+                step["now"] = f"after {damage}"
             time.sleep(pause)
             name, _ = _copy_version(root, good)
+            step["now"] = "hot swap"
             _point_latest(root, name + "\n")
             swap.update(version=name, seen=_wait_for(lambda: name in versions_seen))
             time.sleep(pause)  # keep serving the new version under load for a while
@@ -396,6 +430,14 @@ def artifact_faults(rig: Rig, seconds: float = 20, concurrency: int = 8, damages
                       seconds=max(seconds, 120), warmup_s=0, on_response=on_response, stop_when=finished.is_set)
     thread.join()
     broken_served = [c["version"] for c in checks if c["version"] in versions_seen]
+    lines = []
+    for c in checks:
+        n_failed, n_answered = failed.get(c["damage"], 0), answered.get(c["damage"], 0)
+        lines.append({
+            "fault": f"{c['damage']}, under load", "passed": c["ok"] and n_failed == 0 and n_answered > 0
+            and c["version"] not in versions_seen,
+            "detail": f"{'refused' if c['ok'] else 'NOT refused as expected'}, {c['served']} served: {n_failed} of "
+                      f"{n_answered:,} requests failed while it was LATEST; /models: {c['fallback']}"})
     passed = (result.failed == 0 and len(checks) == len(damages) and all(c["ok"] for c in checks)
               and swap.get("seen", False) and not broken_served and not errors)
     detail = (f"{result.requests:,} requests, {result.failed} failed; refused with the old version still serving: "
@@ -403,7 +445,51 @@ def artifact_faults(rig: Rig, seconds: float = 20, concurrency: int = 8, damages
               f"{'seen' if swap.get('seen') else 'NOT seen'} in {versions_seen.get(swap.get('version'), 0):,} answers"
               f"{'; ' + '; '.join(errors) if errors else ''}")
     return {"fault": "broken versions, then a hot swap", "passed": passed, "detail": detail, "load": result.summary(),
-            "checks": checks, "versions_seen": versions_seen, "swap": swap.get("version")}
+            "checks": checks, "versions_seen": versions_seen, "swap": swap.get("version"), "lines": lines}
+
+
+def startup_on_damaged_version(rig: Rig, seconds: float = 20, concurrency: int = 8, damages=STARTUP_DAMAGES) -> dict:
+    """For each damage: the newest version damaged, then a second service process started on the registry
+    (the rig's settings): it must serve the previous version from its first answer, with no failed request."""
+    root = rig.artifacts
+    good = _served_version(rig.server.base_url)
+    lines, loads, errors = [], [], []
+    for damage in damages:
+        name = plant(root, good, damage)
+        try:
+            log_path = rig.server.log_path.with_name(f"startup-{damage}-{uuid.uuid4().hex[:6]}.log")
+            with ServerProcess.service(rig.server.env, log_path) as server:
+                check = _refusal_check(server.base_url, damage, name, good)
+                versions: dict[str, int] = {}
+
+                def on_response(req: Request, status: int | None, body: bytes, versions=versions) -> None:
+                    version = json.loads(body)["model_version"] if status == 200 else f"status {status}"
+                    versions[version] = versions.get(version, 0) + 1
+
+                result = run_load(server.base_url, lambda i: Request("POST", f"/users/{1 + i % 900}/recommendations",
+                                                                       {"k": 10, "offset": i % 40}),
+                                  scenario=f"start-up on {damage}", concurrency=concurrency,
+                                  seconds=seconds / len(damages), warmup_s=0, on_response=on_response)
+        except BenchError as exc:
+            errors.append(f"{damage}: {exc}")
+            lines.append({"fault": f"{damage} newest version, at start-up", "passed": False, "detail": str(exc)})
+            continue
+        finally:
+            _point_latest(root, good + "\n")
+        loads.append(result)
+        passed = check["ok"] and result.failed == 0 and set(versions) == {good}
+        lines.append({"fault": f"{damage} newest version, at start-up", "passed": passed,
+                      "detail": f"served {check['served']} from the start; {result.failed} of {result.requests:,} "
+                                f"requests failed; answers by version {versions}; /models: {check['fallback']}"})
+    summaries = [r.summary() for r in loads]
+    load = {"requests": sum(r["requests"] for r in summaries), "failed": sum(r["failed"] for r in summaries),
+            "rps": sum(r["requests"] for r in summaries) / max(sum(r["seconds"] for r in summaries), 1e-9),
+            "p99_ms": max((r["p99_ms"] for r in summaries), default=0.0),
+            "max_ms": max((r["max_ms"] or 0.0 for r in summaries), default=0.0), "runs": summaries}
+    return {"fault": "start-up on a damaged newest version", "passed": bool(lines) and all(line["passed"] for line in lines),
+            "detail": f"{load['requests']:,} requests, {load['failed']} failed, over {len(loads)} start-ups"
+                      f"{'; ' + '; '.join(errors) if errors else ''}",
+            "load": load, "lines": lines}
 
 
 # ---- hostile clients (issue 20) ---------------------------------------------------------------
@@ -551,7 +637,8 @@ def oversized_headers(rig: Rig, seconds: float = 20, concurrency: int = 8) -> di
 
 # ---- the bench ------------------------------------------------------------------------------
 SCENARIOS = {"redis": redis_outage, "postgres": postgres_outage, "artifacts": artifact_faults,
-             "history": history_reconstruction, "amplification": ratings_amplification, "headers": oversized_headers}
+             "startup": startup_on_damaged_version, "history": history_reconstruction,
+             "amplification": ratings_amplification, "headers": oversized_headers}
 # what a scenario's service runs with beyond the rig's: a production service keys its reads
 SCENARIO_SETTINGS = {"history": {"ENVIRONMENT": "production", "READ_API_KEY": READ_KEY}}
 
@@ -601,7 +688,8 @@ def main(argv: list[str] | None = None) -> int:
         ("max_ms", "max ms", ".0f"), ("failed", "failed", "d"),
     ], title=f"faults under load · {args.concurrency} clients · {args.seconds:g}s each")
     print()
-    verdicts = [verdict(r["fault"], r["passed"], r["detail"]) for r in results]
+    verdicts = [verdict(line["fault"], line["passed"], line["detail"])
+                for r in results for line in [r, *r.get("lines", [])]]
     write_json("faults", {"bench": "faults", "seconds": args.seconds, "concurrency": args.concurrency,
                           "machine": machine_info(), "results": results, "targets": verdicts})
     plot(results)

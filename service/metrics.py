@@ -38,6 +38,9 @@ class Metrics:
         self.model_info = Gauge("aerec_model_version_info", "The model version being served (value 1)", ["version"], registry=r)
         self.model_swaps = Counter("aerec_model_swaps", "Model versions swapped in", registry=r)
         self.model_refused = Counter("aerec_model_versions_refused", "Model versions that failed validation", registry=r)
+        self.model_fallback = Gauge(
+            "aerec_model_fallback", "1 while an older version serves because the one LATEST names was refused", registry=r
+        )
         self.model_loaded_at = Gauge("aerec_model_loaded_timestamp_seconds", "When the served version was loaded", registry=r)
         self.write_group = Histogram(
             "aerec_interaction_batches_per_commit", "Interaction batches (requests) written by one transaction",

@@ -297,8 +297,10 @@ def models_report(store: ModelStore, settings: Settings) -> dict:
         "version": version.version if version else None,
         "loaded_at": version.loaded_at.isoformat(timespec="seconds") if version else None,
         "created_at": version.manifest.get("created_at") if version else None,
+        "requested": store.requested,
+        "fallback": store.fallback,
         "swaps": store.swaps,
-        "refused": dict(store.refused),
+        "refused": {v: refusal.reason for v, refusal in store.refused.items()},
         "models": models,
     }
 

@@ -11,6 +11,7 @@ import pytest
 
 from bench.faults import (
     artifact_faults, fault_rig, oversized_headers, postgres_outage, ratings_amplification, redis_outage, send_head,
+    startup_on_damaged_version,
 )
 
 SECONDS = 4.0
@@ -19,7 +20,7 @@ CLIENTS = 8
 
 @pytest.fixture(scope="module")
 def rig(servers_available, private_registry, tmp_path_factory):
-    """One service for the three scenarios: each leaves it healthy (Redis back, database back, a good version)."""
+    """One service for the scenarios: each leaves it healthy (Redis back, database back, a good version)."""
     with fault_rig(tmp_path_factory.mktemp("faults"), private_registry) as rig:
         yield rig
 
@@ -41,6 +42,9 @@ def test_broken_versions_are_refused_and_a_hot_swap_fails_no_request(rig):
     result = artifact_faults(rig, seconds=SECONDS, concurrency=CLIENTS)
     assert result["passed"], result["detail"] + f"\nchecks: {result['checks']}"
     assert result["swap"] in result["versions_seen"]
+    lines = {line["fault"]: line for line in result["lines"]}
+    assert {"truncated-weights, under load", "bit-flipped-weights, under load"} <= set(lines)
+    assert all(line["passed"] for line in lines.values()), lines
 
 
 def test_the_ratings_amplification_request_is_refused_under_load(rig):
@@ -59,3 +63,11 @@ def test_a_1mb_header_gets_431_and_other_clients_go_on(rig):
     result = oversized_headers(rig, seconds=2, concurrency=4)
     assert result["statuses"] and set(result["statuses"]) == {431}, result["detail"]
     assert result["quiet"]["failed"] == 0 and result["load"]["failed"] == 0, result["detail"]
+
+
+def test_a_truncated_or_bit_flipped_newest_version_at_start_up_serves_the_previous_one(rig):
+    result = startup_on_damaged_version(rig, seconds=SECONDS, concurrency=CLIENTS)
+    assert result["passed"], result["lines"]
+    assert [line["fault"] for line in result["lines"]] == [
+        "truncated-weights newest version, at start-up", "bit-flipped-weights newest version, at start-up"]
+    assert result["load"]["requests"] > 0 and result["load"]["failed"] == 0
