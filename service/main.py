@@ -50,6 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     store = ModelStore(
         settings.ARTIFACTS_DIR, metrics, settings.RELOAD_INTERVAL_S,
         torch_threads=settings.TORCH_THREADS, scoring_concurrency=settings.SCORING_CONCURRENCY,
+        device=settings.scoring_device,
     )
 
     @asynccontextmanager

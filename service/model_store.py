@@ -188,9 +188,9 @@ def _serving_model(name: str, loaded: LoadedModel, popular: np.ndarray, manifest
     return served
 
 
-def prepare_version(root: Path, version: str) -> ServingVersion:
-    """Load and check a whole version; raises ``ArtifactError`` (or any error) if it cannot serve."""
-    loaded = load_version(root, version)
+def prepare_version(root: Path, version: str, device: str = "cpu") -> ServingVersion:
+    """Load and check a whole version onto ``device``; raises ``ArtifactError`` (or any error) if it cannot serve."""
+    loaded = load_version(root, version, map_location=device)
     popular = np.asarray(loaded.popular_items, dtype=object)
     if len(popular) == 0:
         raise ArtifactError(f"version {version} has an empty popularity list")
@@ -208,8 +208,9 @@ class ModelStore:
     """Holds the served version and the watcher thread that polls ``LATEST``."""
 
     def __init__(self, root: Path, metrics: Metrics, interval_s: float, torch_threads: int | None = None,
-                 scoring_concurrency: int = 1) -> None:
+                 scoring_concurrency: int = 1, device: str = "cpu") -> None:
         self.root = Path(root)
+        self.device = device  # where the models score: recommend() masks and ranks there too
         self.torch_threads = torch_threads  # scoring threads, set when a version loads (torch comes in with it)
         self.scoring_slots = anyio.CapacityLimiter(scoring_concurrency)
         self.metrics = metrics
@@ -281,7 +282,7 @@ class ModelStore:
         started = time.perf_counter()
         self._set_torch_threads()
         try:
-            serving = prepare_version(self.root, version)
+            serving = prepare_version(self.root, version, self.device)
         except Exception as exc:  # any failure to load means "do not serve this version"
             reason = f"{type(exc).__name__}: {exc}"
             self.refused[version] = Refusal(reason, stamp)

@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     # Requests whose model work (history query, scoring) runs at once; the others queue on the
     # event loop. Python-bound scoring holds the GIL, so more threads only take turns on it.
     SCORING_CONCURRENCY: int = Field(default=1, ge=1)
+    # Where the models score: "auto" is the GPU when torch sees one; recommend() masks seen items and
+    # takes the top k on the same device (models.base), so only ids and scores come back.
+    SCORING_DEVICE: Literal["auto", "cpu", "cuda"] = "auto"
     DEFAULT_MODEL: str = "ease"
     DEFAULT_RATING_MODEL: str = "autorec-u"
 
@@ -101,4 +104,18 @@ class Settings(BaseSettings):
                     parse_many(value)
                 except ValueError:
                     raise ValueError(f"{name}={value!r} is not a rate limit such as '50/second;1000/minute', nor 'off'") from None
+        if self.SCORING_DEVICE == "cuda":
+            import torch  # only when a GPU is asked for: the other commands need not load torch
+
+            if not torch.cuda.is_available():
+                raise ValueError("SCORING_DEVICE=cuda but torch sees no CUDA GPU here (use auto or cpu)")
         return self
+
+    @property
+    def scoring_device(self) -> str:
+        """SCORING_DEVICE with "auto" resolved: "cuda" when torch sees a GPU, else "cpu"."""
+        if self.SCORING_DEVICE != "auto":
+            return self.SCORING_DEVICE
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"

@@ -54,6 +54,21 @@ def test_scoring_concurrency_sets_the_model_stores_slots(tmp_path):
         Settings(DATABASE_URL=f"sqlite:///{tmp_path / 'u.db'}", ARTIFACTS_DIR=tmp_path, SCORING_CONCURRENCY=0)
 
 
+def test_scoring_device_is_the_gpu_when_there_is_one_and_the_store_loads_onto_it(tmp_path):
+    import torch
+
+    from service.main import create_app
+
+    here = "cuda" if torch.cuda.is_available() else "cpu"
+    settings = Settings(DATABASE_URL=f"sqlite:///{tmp_path / 'd.db'}", ARTIFACTS_DIR=tmp_path)
+    assert settings.SCORING_DEVICE == "auto" and settings.scoring_device == here
+    assert create_app(settings).state.store.device == here
+    assert Settings(DATABASE_URL=f"sqlite:///{tmp_path / 'e.db'}", SCORING_DEVICE="cpu").scoring_device == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(ValidationError, match="SCORING_DEVICE=cuda but torch sees no CUDA GPU"):
+            Settings(DATABASE_URL=f"sqlite:///{tmp_path / 'f.db'}", SCORING_DEVICE="cuda")
+
+
 @pytest.mark.parametrize("name", ["WRITE_API_KEY", "READ_API_KEY"])
 def test_narrower_keys_are_optional_but_never_placeholders_outside_development(name):
     real = "9c1f-real-secret-77ab"
