@@ -181,7 +181,8 @@ def fit_and_time(name: str, data: dict, device: torch.device, epochs: int, preci
     closed_form = name == "ease"
     hyper = overrides if closed_form else {"epochs": epochs, **overrides}
     seconds, model = timed(device, lambda: trainer.fit(
-        name, train, timestamps=timestamps, seed=0, device=device, progress=False, precision=precision, **hyper))
+        name, train, timestamps=timestamps, seed=0, device=device, progress=False, precision=precision, holdout=0,
+        **hyper))
     model: Recommender
     log = model.training_log
     row: dict[str, Any] = {"fit_s": seconds, "peak_gib": peak_memory_gib(device)}

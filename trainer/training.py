@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from models.base import ModelInputError, Recommender, TrainData, build_config, use_tensor_cores
 from trainer import distributed
 from trainer.errors import TrainingError, UserError
+from trainer.holdout import HOLDOUT_FRACTION, hold_out
 from trainer.splits import HeldOut
 
 VALID_RANKING_K = 100
@@ -133,6 +134,7 @@ def fit(
     progress: bool = True,
     rating_range: tuple[float, float] | None = None,
     precision: str = "fp32",
+    holdout: float = HOLDOUT_FRACTION,
     **hyper: Any,
 ) -> Recommender:
     """Train model ``name`` on a users x items CSR and return it, in eval mode.
@@ -141,6 +143,10 @@ def fit(
     ``timestamps``: same pattern as ``interactions``, for sequential models (svae).
     ``valid``: a ``HeldOut`` (rankers) or a CSR of held-out ratings aligned with the
     rows of ``interactions`` (rating models); used for early stopping.
+    ``holdout``: without ``valid``, a gradient-trained model holds out this fraction of its
+    input to choose its number of epochs, then trains again on all of it for that many
+    (``trainer.holdout``; ``training_log["holdout"]`` says what was held out). ``0``: exactly
+    ``epochs`` epochs on everything, nothing held out.
     ``precision``: ``fp32``, or ``bf16`` (``resolve_precision``; a model that does not allow it
     trains in float32, and ``training_log["precision"]`` says which).
     ``hyper``: overrides of the model's config dataclass; an unknown name is an error.
@@ -152,8 +158,13 @@ def fit(
         config = build_config(cls.Config, hyper)
     except (ModelInputError, TypeError) as exc:
         raise UserError(str(exc)) from None
+    if not 0.0 <= holdout < 1.0:
+        raise UserError(f"holdout must be a fraction in [0, 1), got {holdout!r}")
     if rating_range is None:
         rating_range = (float(X.data.min()), float(X.data.max())) if cls.task == "rating" else (0.0, 1.0)
+    if valid is None and holdout > 0 and not cls.closed_form:
+        return _fit_on_holdout(name, cls, X, timestamps, holdout, seed=seed, hyper=hyper, device=device,
+                               progress=progress, rating_range=rating_range, precision=precision)
     dist_ctx = distributed.context()
     device = distributed.device_for(dist_ctx, resolve_device(device))
     use_tensor_cores(device)
@@ -186,6 +197,28 @@ def fit(
     log["fit_seconds"] = time.perf_counter() - started
     model.training_log = log
     return model.eval()
+
+
+def _fit_on_holdout(
+    name: str, cls: type[Recommender], X: sp.csr_matrix, timestamps: sp.csr_matrix | None, fraction: float, *,
+    seed: int, hyper: dict[str, Any], **options: Any,
+) -> Recommender:
+    """``fit`` without ``valid``: choose the epochs on a held-out part of X, then train on all of X for them."""
+    split = hold_out(X, timestamps, rating=cls.task == "rating", sequential=cls.sequential, fraction=fraction, seed=seed)
+    if split is None:
+        model = fit(name, X, timestamps=timestamps, seed=seed, holdout=0.0, **options, **hyper)
+        model.training_log["holdout"] = {"fraction": fraction, "held_out": "nothing: too little data; trained every epoch"}
+        return model
+    chosen = fit(name, split.train, timestamps=split.timestamps, valid=split.valid, seed=seed, **options, **hyper)
+    epochs = max(1, int(chosen.training_log["best_epoch"]))
+    model = fit(name, X, timestamps=timestamps, seed=seed, holdout=0.0, **options, **{**hyper, "epochs": epochs})
+    log = chosen.training_log
+    model.training_log["holdout"] = {
+        "fraction": fraction, "held_out": split.description, "valid_metric": log.get("valid_metric"),
+        "valid_value": log.get("valid_value"), "best_epoch": epochs, "epochs_run": log.get("epochs"),
+        "curve": log.get("curve", []), "seconds": log.get("fit_seconds"),
+    }
+    return model
 
 
 def _gradient_training(

@@ -85,8 +85,8 @@ def train_models(corpus: Corpus) -> dict:
         return {
             # float64 on purpose ("auto" would take float32 here): the served copy's cast is tested
             "ease": fit("ease", positives, progress=False, lam=50.0, dtype="float64"),
-            "autorec-u": fit("autorec-u", corpus.X, progress=False, epochs=20, hidden=40, lr=1e-2, seed=0),
-            "autorec-i": fit("autorec-i", corpus.X, progress=False, epochs=20, hidden=40, lr=1e-2, seed=0),
+            "autorec-u": fit("autorec-u", corpus.X, progress=False, epochs=20, hidden=40, lr=1e-2, seed=0, holdout=0),
+            "autorec-i": fit("autorec-i", corpus.X, progress=False, epochs=20, hidden=40, lr=1e-2, seed=0, holdout=0),
         }
     finally:
         torch.set_num_threads(threads)
