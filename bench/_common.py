@@ -414,6 +414,7 @@ class Request:
     path: str
     json: Any = None
     headers: dict[str, str] | None = None
+    body: bytes | None = None  # JSON encoded once, sent as is (a large body sent many times)
 
 
 @dataclass
@@ -519,10 +520,10 @@ class HttpConnection:
         self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
 
     def encode(self, request: Request) -> bytes:
-        body = b"" if request.json is None else json.dumps(request.json).encode()
+        body = request.body if request.body is not None else b"" if request.json is None else json.dumps(request.json).encode()
         lines = [f"{request.method} {request.path} HTTP/1.1", f"host: {self.host}:{self.port}",
                  f"content-length: {len(body)}"]
-        if request.json is not None:
+        if request.json is not None or request.body is not None:
             lines.append("content-type: application/json")
         lines += [f"{k}: {v}" for k, v in (request.headers or {}).items()]
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body

@@ -1,4 +1,6 @@
-"""Faults under load, each with a PASS/FAIL line: Redis killed, PostgreSQL cut, broken versions, a hot swap, poisoned ratings.
+"""Faults and hostile clients under load, each with a PASS/FAIL line: Redis killed, PostgreSQL cut, broken
+versions, a hot swap, a start-up on a damaged newest version; a history read without a key, an amplifying
+request, oversized headers, poisoned ratings.
 
     python bench/faults.py                          # every fault, 20 s of load each, 8 clients
     python bench/faults.py --seconds 6 --faults redis,postgres
@@ -19,14 +21,26 @@ Scenarios (``tests/reliability/test_faults.py`` runs the same functions, shorter
 * ``postgres``: one new interaction per write while the database goes away and comes back
   -> every write is either acknowledged (201) and present in the database afterwards, or
   answered 503; zero acknowledged writes lost; the service recovers on its own.
-* ``artifacts``: broken versions published under load (half-written weights, a truncated
-  manifest, NaN weights, ``LATEST`` naming a missing folder or holding garbage) -> each is
-  refused, the old version keeps serving, zero failed requests; then a good version is
-  published -> swapped in under load, zero failed requests.
+* ``artifacts``: broken versions published under load (truncated weights, one bit of the
+  weights flipped, a truncated manifest, NaN weights, ``LATEST`` naming a missing folder or
+  holding garbage) -> each is refused, named in ``/models``, the old version keeps serving,
+  zero failed requests (a line each); then a good version is published -> swapped in under
+  load, zero failed requests.
+* ``startup``: a service started while the newest version is truncated, then bit-flipped
+  -> it serves the previous version from its first answer, zero failed requests (a line each).
+
+Hostile clients (issue 20; ``tests/reliability/test_security.py`` runs them, shorter):
+
+* ``history``: a user's history read back through ``exclude_seen`` and the catalogue as
+  candidates, on a production service -> 401 without a read key.
+* ``amplification``: the 886 KB ``POST /ratings`` of 180 users x 1,000 items while 8 clients
+  ask uncached recommendations -> refused (413) in under 50 ms, the others' p99 within 2x quiet.
+* ``headers``: 1 MB request headers (and one of 100 MB) while 8 clients ask ``/healthz`` -> 431
+  in under 50 ms, ``/healthz``'s p99 within 2x quiet.
 * ``poisoning``: ratings of 1000 and -3 (and "5", true) posted to ``/interactions`` -> each a
   422 naming the allowed values; the same ratings written straight into the database -> the
   scheduled trainer's run fails with one line naming how many and one of them, and the
-  published version keeps serving, zero failed requests.
+  published version keeps serving, zero failed requests (``tests/reliability/test_faults.py``).
 """
 
 from __future__ import annotations
@@ -34,6 +48,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -46,6 +61,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import httpx
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -276,6 +292,7 @@ def _stored_rows(database_url: str, user_prefix: str) -> set[tuple[str, str, int
 
 # ---- model versions ---------------------------------------------------------------------------
 def _copy_version(root: Path, good: str) -> tuple[str, Path]:
+    """A copy of version ``good`` under a new name, its manifest (and checksums) with it."""
     from trainer.artifacts import new_version_name
 
     name = new_version_name(root)
@@ -302,7 +319,9 @@ def _nan_weights(path: Path) -> None:
     save_file(state, str(path))
 
 
-DAMAGES = ("half-written-weights", "truncated-manifest", "nan-weights", "missing-folder", "garbage-latest")
+DAMAGES = ("truncated-weights", "bit-flipped-weights", "truncated-manifest", "nan-weights", "missing-folder",
+           "garbage-latest")
+STARTUP_DAMAGES = ("truncated-weights", "bit-flipped-weights")
 
 
 def plant(root: Path, good: str, damage: str) -> str | None:
@@ -318,14 +337,23 @@ def plant(root: Path, good: str, damage: str) -> str | None:
         return name
     name, folder = _copy_version(root, good)
     weights = next(folder.glob("*/weights.safetensors"))
-    if damage == "half-written-weights":
+    if damage == "truncated-weights":
         data = weights.read_bytes()
         weights.write_bytes(data[: len(data) // 2])  # a copy interrupted half-way
+    elif damage == "bit-flipped-weights":
+        data = bytearray(weights.read_bytes())
+        data[len(data) // 2] ^= 0x04  # one bit of one weight: a valid file, only its checksum tells
+        weights.write_bytes(bytes(data))
     elif damage == "truncated-manifest":
         text = (folder / "manifest.json").read_text()
         (folder / "manifest.json").write_text(text[: len(text) // 2])
-    elif damage == "nan-weights":
+    elif damage == "nan-weights":  # under checksums that match, as a publisher without the finiteness check would write
+        from trainer.artifacts import file_checksums
+
         _nan_weights(weights)
+        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest["files"] = file_checksums(folder)
+        (folder / "manifest.json").write_text(json.dumps(manifest))
     else:
         raise ValueError(damage)
     _point_latest(root, name + "\n")
@@ -341,6 +369,279 @@ def _wait_for(predicate, timeout_s: float = 15.0) -> bool:
     return False
 
 
+def _refusal_check(base: str, damage: str, name: str | None, good: str) -> dict:
+    """What ``/models`` says once a damage was met: the good version serves, the damaged one is
+    named as refused, and the fallback says why."""
+    served = httpx.get(f"{base}/models", timeout=5).json()
+    listed = name is None or name in served["refused"]
+    return {"damage": damage, "version": name, "served": served["version"], "fallback": served["fallback"],
+            "ok": listed and served["version"] == good and bool(served["fallback"])}
+
+
+def artifact_faults(rig: Rig, seconds: float = 20, concurrency: int = 8, damages=DAMAGES) -> dict:
+    """Under load, one after the other: each damage planted, its refusal awaited and checked, undone; then a
+    good version published and its swap awaited. The load runs ``seconds`` at least, and until the steps end.
+    Failed requests are counted per step, so each damage has a line of its own."""
+    root = rig.artifacts
+    base = rig.server.base_url
+    good = _served_version(base)
+    versions_seen: dict[str, int] = {}
+    step = {"now": "before"}
+    answered: dict[str, int] = {}
+    failed: dict[str, int] = {}
+    checks: list[dict] = []
+    swap: dict = {}
+    errors: list[str] = []
+    finished = threading.Event()
+    pause = seconds / (len(damages) + 2)
+
+    def make(i: int) -> Request:
+        return Request("POST", f"/users/{1 + i % 900}/recommendations", {"k": 10, "offset": i % 40})
+
+    def on_response(req: Request, status: int | None, body: bytes) -> None:
+        answered[step["now"]] = answered.get(step["now"], 0) + 1
+        if status == 200:
+            version = json.loads(body)["model_version"]
+            versions_seen[version] = versions_seen.get(version, 0) + 1
+        else:
+            failed[step["now"]] = failed.get(step["now"], 0) + 1
+
+    def steps() -> None:
+        try:
+            for damage in damages:
+                time.sleep(pause)
+                refused_before = _counter(base, "aerec_model_versions_refused_total")
+                step["now"] = damage
+                name = plant(root, good, damage)
+                noticed = _wait_for(lambda: _counter(base, "aerec_model_versions_refused_total") > refused_before)
+                checks.append({**_refusal_check(base, damage, name, good), "noticed": noticed})
+                checks[-1]["ok"] &= noticed
+                time.sleep(pause / 2)  # serve a while with the damaged version named by LATEST
+                _point_latest(root, good + "\n")  # undo: the operator points LATEST back
+                step["now"] = f"after {damage}"
+            time.sleep(pause)
+            name, _ = _copy_version(root, good)
+            step["now"] = "hot swap"
+            _point_latest(root, name + "\n")
+            swap.update(version=name, seen=_wait_for(lambda: name in versions_seen))
+            time.sleep(pause)  # keep serving the new version under load for a while
+        except Exception as exc:  # reported in the verdict: a step that could not run
+            errors.append(f"{type(exc).__name__}: {exc}")
+        finally:
+            finished.set()
+
+    thread = threading.Thread(target=steps, name="artifact-faults", daemon=True)
+    thread.start()
+    result = run_load(base, make, scenario="broken versions + hot swap", concurrency=concurrency,
+                      seconds=max(seconds, 120), warmup_s=0, on_response=on_response, stop_when=finished.is_set)
+    thread.join()
+    broken_served = [c["version"] for c in checks if c["version"] in versions_seen]
+    lines = []
+    for c in checks:
+        n_failed, n_answered = failed.get(c["damage"], 0), answered.get(c["damage"], 0)
+        lines.append({
+            "fault": f"{c['damage']}, under load", "passed": c["ok"] and n_failed == 0 and n_answered > 0
+            and c["version"] not in versions_seen,
+            "detail": f"{'refused' if c['ok'] else 'NOT refused as expected'}, {c['served']} served: {n_failed} of "
+                      f"{n_answered:,} requests failed while it was LATEST; /models: {c['fallback']}"})
+    passed = (result.failed == 0 and len(checks) == len(damages) and all(c["ok"] for c in checks)
+              and swap.get("seen", False) and not broken_served and not errors)
+    detail = (f"{result.requests:,} requests, {result.failed} failed; refused with the old version still serving: "
+              f"{sum(c['ok'] for c in checks)}/{len(damages)} ({', '.join(damages)}); hot swap to the new version "
+              f"{'seen' if swap.get('seen') else 'NOT seen'} in {versions_seen.get(swap.get('version'), 0):,} answers"
+              f"{'; ' + '; '.join(errors) if errors else ''}")
+    return {"fault": "broken versions, then a hot swap", "passed": passed, "detail": detail, "load": result.summary(),
+            "checks": checks, "versions_seen": versions_seen, "swap": swap.get("version"), "lines": lines}
+
+
+def startup_on_damaged_version(rig: Rig, seconds: float = 20, concurrency: int = 8, damages=STARTUP_DAMAGES) -> dict:
+    """For each damage: the newest version damaged, then a second service process started on the registry
+    (the rig's settings): it must serve the previous version from its first answer, with no failed request."""
+    root = rig.artifacts
+    good = _served_version(rig.server.base_url)
+    lines, loads, errors = [], [], []
+    for damage in damages:
+        name = plant(root, good, damage)
+        try:
+            log_path = rig.server.log_path.with_name(f"startup-{damage}-{uuid.uuid4().hex[:6]}.log")
+            with ServerProcess.service(rig.server.env, log_path) as server:
+                check = _refusal_check(server.base_url, damage, name, good)
+                versions: dict[str, int] = {}
+
+                def on_response(req: Request, status: int | None, body: bytes, versions=versions) -> None:
+                    version = json.loads(body)["model_version"] if status == 200 else f"status {status}"
+                    versions[version] = versions.get(version, 0) + 1
+
+                result = run_load(server.base_url, lambda i: Request("POST", f"/users/{1 + i % 900}/recommendations",
+                                                                       {"k": 10, "offset": i % 40}),
+                                  scenario=f"start-up on {damage}", concurrency=concurrency,
+                                  seconds=seconds / len(damages), warmup_s=0, on_response=on_response)
+        except BenchError as exc:
+            errors.append(f"{damage}: {exc}")
+            lines.append({"fault": f"{damage} newest version, at start-up", "passed": False, "detail": str(exc)})
+            continue
+        finally:
+            _point_latest(root, good + "\n")
+        loads.append(result)
+        passed = check["ok"] and result.failed == 0 and set(versions) == {good}
+        lines.append({"fault": f"{damage} newest version, at start-up", "passed": passed,
+                      "detail": f"served {check['served']} from the start; {result.failed} of {result.requests:,} "
+                                f"requests failed; answers by version {versions}; /models: {check['fallback']}"})
+    summaries = [r.summary() for r in loads]
+    load = {"requests": sum(r["requests"] for r in summaries), "failed": sum(r["failed"] for r in summaries),
+            "rps": sum(r["requests"] for r in summaries) / max(sum(r["seconds"] for r in summaries), 1e-9),
+            "p99_ms": max((r["p99_ms"] for r in summaries), default=0.0),
+            "max_ms": max((r["max_ms"] or 0.0 for r in summaries), default=0.0), "runs": summaries}
+    return {"fault": "start-up on a damaged newest version", "passed": bool(lines) and all(line["passed"] for line in lines),
+            "detail": f"{load['requests']:,} requests, {load['failed']} failed, over {len(loads)} start-ups"
+                      f"{'; ' + '; '.join(errors) if errors else ''}",
+            "load": load, "lines": lines}
+
+
+# ---- hostile clients (issue 20) ---------------------------------------------------------------
+READ_KEY = "bench-read-key-3e91b7c4"
+HISTORY_USER = "200"
+ML100K_ITEMS = [str(i) for i in range(1, 1683)]
+REFUSED_WITHIN_MS = 50.0
+P99_RATIO = 2.0
+ATTACK = [{"user_id": str(u), "item_ids": list(range(1, 1001))} for u in range(1, 181)]  # 886 KB, as in the issue
+ATTACK_RATE = 28 / 40  # the issue's attack: 28 of them in 40 s over 8 connections
+OVERSIZED_HEADER_BYTES = 1 << 20
+
+
+def history_reconstruction(rig: Rig, seconds: float = 0, concurrency: int = 0) -> dict:
+    """Finding 2: two recommendations for user 200 with ``k`` 1000, ``exclude_seen`` and the
+    catalogue in two halves as candidates give back the catalogue minus the user's items. Without
+    a read key both are refused (401; a wrong key 403), with one they are answered: the refusal is
+    the key's. The service runs as ``ENVIRONMENT=production`` with its default ``READS_REQUIRE_KEY``."""
+    base = rig.server.base_url
+
+    def ask(candidates: list[str], headers: dict[str, str]) -> int:
+        body = {"k": 1000, "exclude_seen": True, "candidates": candidates}
+        return httpx.post(f"{base}/users/{HISTORY_USER}/recommendations", json=body, headers=headers, timeout=30).status_code
+
+    halves = [ML100K_ITEMS[:841], ML100K_ITEMS[841:]]
+    statuses = {name: [ask(half, headers) for half in halves]
+                for name, headers in (("no key", {}), ("wrong key", {"X-API-Key": READ_KEY + "x"}),
+                                      ("read key", {"X-API-Key": READ_KEY}))}
+    passed = statuses == {"no key": [401, 401], "wrong key": [403, 403], "read key": [200, 200]}
+    detail = "; ".join(f"{name}: {codes}" for name, codes in statuses.items())
+    return {"fault": "history reconstruction without a read key", "passed": passed, "detail": detail,
+            "statuses": statuses, "load": _no_load()}
+
+
+def _no_load() -> dict:
+    return {"requests": 0, "rps": 0.0, "p99_ms": None, "max_ms": None, "failed": 0}
+
+
+def _miss(i: int) -> Request:
+    """An uncached recommendation: (user, offset) pairs do not repeat for 850,000 requests."""
+    return Request("POST", f"/users/{1 + i % 943}/recommendations", {"k": 10, "offset": (i // 943) % 990})
+
+
+def _quiet_then_attacked(rig: Rig, make, attack, seconds: float, concurrency: int) -> tuple:
+    """``make``'s load at ``concurrency`` clients for ``seconds``, then as long again while ``attack(stop)``
+    runs in a thread; returns (quiet, attacked, what the attack returned)."""
+    quiet = run_load(rig.server.base_url, make, scenario="quiet", concurrency=concurrency, seconds=seconds, warmup_s=1)
+    stop = threading.Event()
+    outcome: dict = {}
+
+    def attacker() -> None:
+        try:
+            outcome["result"] = attack(stop)
+        except Exception as exc:  # reported in the verdict
+            outcome["error"] = f"{type(exc).__name__}: {exc}"
+
+    thread = threading.Thread(target=attacker, name="attacker", daemon=True)
+    thread.start()
+    attacked = run_load(rig.server.base_url, make, scenario="attacked", concurrency=concurrency, seconds=seconds,
+                        warmup_s=0)
+    stop.set()
+    thread.join(60)
+    return quiet, attacked, outcome
+
+
+def ratings_amplification(rig: Rig, seconds: float = 20, concurrency: int = 8) -> dict:
+    """Finding 3: 180 x ``{"user_id": u, "item_ids": [1..1000]}`` cost 2.1 s of the scoring slot each, and
+    28 of them in 40 s pushed uncached recommendations' p50 from 5 ms to 15.5 s. Uncached recommendations
+    at ``concurrency`` clients, quiet, then with that attack alongside at the issue's rate over 8
+    connections. PASS: every attack refused with a 413 in under 50 ms (median; the slowest reported),
+    and the others' p99 within 2x the quiet one, with no failed request."""
+    body = json.dumps(ATTACK).encode()
+    attack_request = Request("POST", "/ratings", headers=AUTH, body=body)
+
+    def attack(stop: threading.Event):
+        return run_load(rig.server.base_url, lambda i: attack_request, scenario="amplification", concurrency=8,
+                        seconds=seconds, rate=ATTACK_RATE, warmup_s=0, ok=lambda status: status == 413,
+                        stop_when=stop.is_set)
+
+    quiet, attacked, outcome = _quiet_then_attacked(rig, _miss, attack, seconds, concurrency)
+    refusals = outcome.get("result")
+    ratio = attacked.percentile(99) / quiet.percentile(99)
+    refused = refusals is not None and refusals.requests > 0 and refusals.failed == 0
+    fast = refused and refusals.percentile(50) < REFUSED_WITHIN_MS
+    passed = refused and fast and ratio <= P99_RATIO and quiet.failed == 0 and attacked.failed == 0
+    detail = (f"{refusals.requests if refusals else 0} attacks ({len(body) / 1e3:.0f} KB each), "
+              f"{refusals.statuses if refusals else outcome.get('error')}, refused in "
+              f"{refusals.percentile(50) if refusals else float('nan'):.1f} ms (median; slowest "
+              f"{refusals.percentile(100) if refusals else float('nan'):.1f} ms; target < {REFUSED_WITHIN_MS:g}); "
+              f"uncached p99 {quiet.percentile(99):.1f} ms quiet, {attacked.percentile(99):.1f} ms attacked "
+              f"({ratio:.2f}x; target <= {P99_RATIO:g}x); {quiet.failed + attacked.failed} failed")
+    return {"fault": "ratings amplification", "passed": passed, "detail": detail, "load": attacked.summary(),
+            "quiet": quiet.summary(), "attack": refusals.summary() if refusals else outcome, "p99_ratio": ratio}
+
+
+def send_head(port: int, header_bytes: int, timeout_s: float = 30) -> tuple[int | None, float]:
+    """A GET /healthz whose one header holds ``header_bytes`` bytes, on a raw socket: the answer's status
+    (None if the connection died first) and the seconds from the first byte sent to the answer."""
+    head = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Filler: "
+    started = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as conn:
+        try:
+            conn.sendall(head + b"a" * header_bytes + b"\r\n\r\n")
+        except OSError:
+            pass  # refused part-way: the answer may still be there to read
+        answer = b""
+        try:
+            while b"\r\n" not in answer and (chunk := conn.recv(4096)):
+                answer += chunk
+        except OSError:
+            pass
+    status = int(answer[9:12]) if answer.startswith(b"HTTP/1.1 ") else None
+    return status, time.perf_counter() - started
+
+
+def oversized_headers(rig: Rig, seconds: float = 20, concurrency: int = 8) -> dict:
+    """Finding 4: a 100 MB header was read for 11.9 s while other clients' /healthz stalled up to 6.3 s.
+    /healthz at ``concurrency`` clients, quiet, then with 1 MB headers sent back to back and one 100 MB
+    header at the start. PASS: every oversized head answered 431, the 1 MB ones in under 50 ms (median),
+    and /healthz's p99 within 2x the quiet one, with no failed request."""
+    port = rig.server.port
+
+    def attack(stop: threading.Event) -> dict:
+        huge = send_head(port, 100 << 20)
+        sent = []
+        while not stop.is_set():
+            sent.append(send_head(port, OVERSIZED_HEADER_BYTES))
+        return {"huge": huge, "sent": sent}
+
+    quiet, attacked, outcome = _quiet_then_attacked(rig, lambda i: Request("GET", "/healthz"), attack, seconds, concurrency)
+    result = outcome.get("result") or {"huge": (None, float("nan")), "sent": []}
+    statuses = [status for status, _ in [result["huge"], *result["sent"]]]
+    median_ms = 1000 * float(np.median([s for _, s in result["sent"]])) if result["sent"] else float("nan")
+    ratio = attacked.percentile(99) / quiet.percentile(99)
+    passed = (len(statuses) > 1 and set(statuses) == {431} and median_ms < REFUSED_WITHIN_MS and ratio <= P99_RATIO
+              and quiet.failed == 0 and attacked.failed == 0)
+    detail = (f"{len(result['sent'])} heads of 1 MB, median answer {median_ms:.1f} ms (target < {REFUSED_WITHIN_MS:g}), "
+              f"one of 100 MB answered in {result['huge'][1]:.2f} s; statuses {sorted(set(map(str, statuses)))}"
+              f"{' ' + outcome['error'] if 'error' in outcome else ''}; /healthz p99 {quiet.percentile(99):.2f} ms quiet, "
+              f"{attacked.percentile(99):.2f} ms attacked ({ratio:.2f}x; target <= {P99_RATIO:g}x); "
+              f"{quiet.failed + attacked.failed} failed")
+    return {"fault": "oversized headers", "passed": passed, "detail": detail, "load": attacked.summary(),
+            "quiet": quiet.summary(), "statuses": statuses, "p99_ratio": ratio}
+
+
+# ---- poisoned ratings -------------------------------------------------------------------------
 def _reads_while(base: str, steps: Callable[[], None], versions_seen: dict[str, int], *, scenario: str,
                  concurrency: int, limit_s: float) -> tuple[LoadResult, list[str]]:
     """Recommendation reads from ``concurrency`` clients until ``steps`` (in a thread) ends, ``limit_s`` at most;
@@ -373,48 +674,6 @@ def _reads_while(base: str, steps: Callable[[], None], versions_seen: dict[str, 
     return result, errors
 
 
-def artifact_faults(rig: Rig, seconds: float = 20, concurrency: int = 8, damages=DAMAGES) -> dict:
-    """Under load, one after the other: each damage planted, its refusal awaited and checked, undone; then a
-    good version published and its swap awaited. The load runs ``seconds`` at least, and until the steps end."""
-    root = rig.artifacts
-    base = rig.server.base_url
-    good = _served_version(base)
-    versions_seen: dict[str, int] = {}
-    checks: list[dict] = []
-    swap: dict = {}
-    pause = seconds / (len(damages) + 2)
-
-    def steps() -> None:
-        for damage in damages:
-            time.sleep(pause)
-            refused_before = _counter(base, "aerec_model_versions_refused_total")
-            name = plant(root, good, damage)
-            noticed = _wait_for(lambda: _counter(base, "aerec_model_versions_refused_total") > refused_before)
-            served = httpx.get(f"{base}/models", timeout=5).json()
-            listed = name is None or name in served["refused"]
-            checks.append({"damage": damage, "version": name, "served": served["version"], "refused": noticed and listed,
-                           "ok": noticed and listed and served["version"] == good})
-            _point_latest(root, good + "\n")  # undo: the operator points LATEST back
-        time.sleep(pause)
-        name, _ = _copy_version(root, good)
-        _point_latest(root, name + "\n")
-        swap.update(version=name, seen=_wait_for(lambda: name in versions_seen))
-        time.sleep(pause)  # keep serving the new version under load for a while
-
-    result, errors = _reads_while(base, steps, versions_seen, scenario="broken versions + hot swap",
-                                  concurrency=concurrency, limit_s=max(seconds, 120))
-    broken_served = [c["version"] for c in checks if c["version"] in versions_seen]
-    passed = (result.failed == 0 and len(checks) == len(damages) and all(c["ok"] for c in checks)
-              and swap.get("seen", False) and not broken_served and not errors)
-    detail = (f"{result.requests:,} requests, {result.failed} failed; refused with the old version still serving: "
-              f"{sum(c['ok'] for c in checks)}/{len(damages)} ({', '.join(damages)}); hot swap to the new version "
-              f"{'seen' if swap.get('seen') else 'NOT seen'} in {versions_seen.get(swap.get('version'), 0):,} answers"
-              f"{'; ' + '; '.join(errors) if errors else ''}")
-    return {"fault": "broken versions, then a hot swap", "passed": passed, "detail": detail, "load": result.summary(),
-            "checks": checks, "versions_seen": versions_seen, "swap": swap.get("version")}
-
-
-# ---- poisoned ratings -------------------------------------------------------------------------
 POISON = (1000, -3, "5", True)  # off the 1-5 scale, below it, a string, a boolean
 
 
@@ -479,7 +738,11 @@ def poisoning(rig: Rig, seconds: float = 20, concurrency: int = 8) -> dict:
 
 
 # ---- the bench ------------------------------------------------------------------------------
-SCENARIOS = {"redis": redis_outage, "postgres": postgres_outage, "artifacts": artifact_faults, "poisoning": poisoning}
+SCENARIOS = {"redis": redis_outage, "postgres": postgres_outage, "artifacts": artifact_faults,
+             "startup": startup_on_damaged_version, "history": history_reconstruction,
+             "amplification": ratings_amplification, "headers": oversized_headers, "poisoning": poisoning}
+# what a scenario's service runs with beyond the rig's: a production service keys its reads
+SCENARIO_SETTINGS = {"history": {"ENVIRONMENT": "production", "READ_API_KEY": READ_KEY}}
 
 
 def plot(results: list[dict]) -> None:
@@ -516,7 +779,7 @@ def main(argv: list[str] | None = None) -> int:
                 build_registry(artifacts)
             for name in chosen:
                 print(f"\n== {name}: {args.seconds:g}s at {args.concurrency} clients", flush=True)
-                with fault_rig(workdir, artifacts) as rig:
+                with fault_rig(workdir, artifacts, **SCENARIO_SETTINGS.get(name, {})) as rig:
                     results.append(SCENARIOS[name](rig, args.seconds, args.concurrency))
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -527,7 +790,8 @@ def main(argv: list[str] | None = None) -> int:
         ("max_ms", "max ms", ".0f"), ("failed", "failed", "d"),
     ], title=f"faults under load · {args.concurrency} clients · {args.seconds:g}s each")
     print()
-    verdicts = [verdict(r["fault"], r["passed"], r["detail"]) for r in results]
+    verdicts = [verdict(line["fault"], line["passed"], line["detail"])
+                for r in results for line in [r, *r.get("lines", [])]]
     write_json("faults", {"bench": "faults", "seconds": args.seconds, "concurrency": args.concurrency,
                           "machine": machine_info(), "results": results, "targets": verdicts})
     plot(results)

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from models.base import CONFIG_FILE, WEIGHTS_FILE, ModelInputError, Recommender, TrainData, build_config
+from models.base import CONFIG_FILE, WEIGHTS_FILE, ModelInputError, Recommender, TrainData, build_config, use_tensor_cores
 
 if TYPE_CHECKING:
     REGISTRY: dict[str, type[Recommender]]
@@ -68,4 +68,5 @@ def load(path: str | Path, map_location: str = "cpu") -> Recommender:
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ModelInputError(f"{weights_file}: weights do not match {cls.name} (missing {missing}, unexpected {unexpected})")
+    use_tensor_cores(map_location)
     return model.to(map_location).eval()

@@ -26,7 +26,8 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from models.base import ModelInputError, Recommender, TrainData, as_csr, csr_to_dense
+from models.base import ModelInputError, Recommender, TrainData, as_row_batch, count_rows
+from models.rows import DeviceRows, RowBatch
 
 CODE_BATCH = 4096  # training vectors encoded per pass when caching I-AutoRec's item codes
 
@@ -82,12 +83,11 @@ class _AutoRec(Recommender):
         self.encoder = nn.Linear(n_in, config.hidden)  # V, mu
         self.decoder = nn.Linear(config.hidden, n_in)  # W, b
 
-    def _training_vectors(self, X: sp.csr_matrix) -> sp.csr_matrix:
-        """The training matrix as one training vector per row (items x users for I-AutoRec)."""
-        X = as_csr(X, self.n_items)
-        if X.shape[0] != self.n_users:
-            raise ModelInputError(f"training matrix has {X.shape[0]} users, the model was built for {self.n_users}")
-        return sp.csr_matrix(X.T) if self.item_based else X
+    def _training_vectors(self, data: TrainData) -> DeviceRows:
+        """The training matrix on the device, one training vector per row (items x users for I-AutoRec)."""
+        if data.X.shape != (self.n_users, self.n_items):
+            raise ModelInputError(f"training matrix has shape {data.X.shape}, the model was built for {(self.n_users, self.n_items)}")
+        return data.on_device(self.device, self.n_items, binary=False, items_as_rows=self.item_based)
 
     def reconstruct(self, r: torch.Tensor) -> torch.Tensor:
         """h(r) = W sigmoid(V r + mu) + b."""
@@ -97,10 +97,9 @@ class _AutoRec(Recommender):
         self, data: TrainData, generator: np.random.Generator
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(ratings, observed) per minibatch of training vectors; a stored 0 is no rating (team convention)."""
-        vectors = self._training_vectors(data.X)
-        order = data.epoch_order(vectors.shape[0], generator)
-        for start in range(0, len(order), self.config.batch_size):
-            r = torch.from_numpy(vectors[order[start : start + self.config.batch_size]].toarray())
+        vectors = self._training_vectors(data)
+        for batch in vectors.batches(data.epoch_order(vectors.n_rows, generator), self.config.batch_size):
+            r = batch.dense()
             yield r, (r != 0).float()
 
     def loss(self, batch: tuple[torch.Tensor, torch.Tensor], **schedule: float) -> torch.Tensor:
@@ -130,27 +129,25 @@ class AutoRecI(_AutoRec):
 
     @torch.no_grad()
     def prepare_scoring(self, data: TrainData) -> None:
-        columns = self._training_vectors(data.X)
+        columns = self._training_vectors(data)
         for start in range(0, self.n_items, CODE_BATCH):
             stop = min(start + CODE_BATCH, self.n_items)
-            r = csr_to_dense(columns[start:stop], self.device)
-            self.item_codes[start:stop] = torch.sigmoid(self.encoder(r))
+            self.item_codes[start:stop] = torch.sigmoid(self.encoder(columns.between(start, stop).dense()))
 
     @torch.no_grad()
     def scores(
-        self, rows: sp.csr_matrix, users: np.ndarray | None = None, timestamps: sp.csr_matrix | None = None
+        self, rows: RowBatch | sp.csr_matrix, users: np.ndarray | None = None, timestamps: sp.csr_matrix | None = None
     ) -> torch.Tensor:
-        rows = as_csr(rows, self.n_items)
-        users = self._check_users(users, rows.shape[0])  # raises for None or users it was not trained on
+        users = self._check_users(users, count_rows(rows, self.n_items))  # raises for None or users it was not trained on
         u = torch.from_numpy(users).to(self.device)
         # prediction(u, i) = W[u] · h_i + b[u], for all items at once
         return self.decoder.weight[u] @ self.item_codes.T + self.decoder.bias[u, None]
 
     @torch.no_grad()
     def pair_scores(
-        self, rows: sp.csr_matrix, pair_rows: torch.Tensor, items: torch.Tensor, users: np.ndarray | None = None
+        self, rows: RowBatch | sp.csr_matrix, pair_rows: torch.Tensor, items: torch.Tensor, users: np.ndarray | None = None
     ) -> torch.Tensor:
-        users = self._check_users(users, as_csr(rows, self.n_items).shape[0])
+        users = self._check_users(users, count_rows(rows, self.n_items))
         u = torch.from_numpy(users).to(self.device)[pair_rows]
         # W[u] · h_i + b[u] for the asked pairs only, not for every item
         return (self.decoder.weight[u] * self.item_codes[items]).sum(dim=1) + self.decoder.bias[u]
@@ -168,18 +165,17 @@ class AutoRecU(_AutoRec):
 
     @torch.no_grad()
     def scores(
-        self, rows: sp.csr_matrix, users: np.ndarray | None = None, timestamps: sp.csr_matrix | None = None
+        self, rows: RowBatch | sp.csr_matrix, users: np.ndarray | None = None, timestamps: sp.csr_matrix | None = None
     ) -> torch.Tensor:
-        rows = as_csr(rows, self.n_items)
-        return self.reconstruct(csr_to_dense(rows, self.device))
+        return self.reconstruct(as_row_batch(rows, self.n_items, self.device, binary=False).dense())
 
     @torch.no_grad()
     def pair_scores(
-        self, rows: sp.csr_matrix, pair_rows: torch.Tensor, items: torch.Tensor, users: np.ndarray | None = None
+        self, rows: RowBatch | sp.csr_matrix, pair_rows: torch.Tensor, items: torch.Tensor, users: np.ndarray | None = None
     ) -> torch.Tensor:
         # h(r) = W sigmoid(V r + mu) + b read at the asked items only: rows W_i of the decoder,
         # not all n_items of them (predict for one user's 10 items, paired: 359 us against 459)
-        code = torch.sigmoid(self.encoder(csr_to_dense(as_csr(rows, self.n_items), self.device)))
+        code = torch.sigmoid(self.encoder(as_row_batch(rows, self.n_items, self.device, binary=False).dense()))
         return (self.decoder.weight[items] * code[pair_rows]).sum(dim=1) + self.decoder.bias[items]
 
     def item_embeddings(self) -> torch.Tensor:

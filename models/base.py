@@ -32,24 +32,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.errors import ModelInputError
+from models.rows import DeviceRows, RowBatch
+
 WEIGHTS_FILE = "weights.safetensors"
 CONFIG_FILE = "model.json"
 SCORE_BATCH_ROWS = 2048  # rows scored per forward pass: bounds memory at n * n_items floats
 
 
-class ModelInputError(ValueError):
-    """Bad input to a model (wrong width, empty matrix, a user it cannot serve)."""
-
-
 @dataclass
 class TrainData:
-    """What a model trains on: users x items CSR, plus timestamps (same pattern) for sequential models."""
+    """What a model trains on: users x items CSR, plus timestamps (same pattern) for sequential models.
+
+    ``on_device`` moves the matrix to the training device once per fit; every epoch's batches
+    are gathered there (``models.rows``).
+    """
 
     X: sp.csr_matrix
     timestamps: sp.csr_matrix | None = None
     rating_range: tuple[float, float] = (1.0, 5.0)
     rank: int = 0  # this process's rank under data-parallel training (torchrun)
     world_size: int = 1
+    _resident: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     def epoch_order(self, n: int, generator: np.random.Generator) -> np.ndarray:
         """This process's share of one epoch's shuffled example indices (0..n-1).
@@ -62,6 +66,24 @@ class TrainData:
             return order
         per_rank = n // self.world_size
         return order[self.rank * per_rank : (self.rank + 1) * per_rank]
+
+    def on_device(
+        self, device: torch.device, n_items: int, *, binary: bool, items_as_rows: bool = False,
+        in_time_order: bool = False,
+    ) -> DeviceRows:
+        """The training matrix (``n_items`` wide, as the model was built) on ``device``, built on
+        first use and kept for the fit: ``binary`` (positives as 1s) or the stored values;
+        ``items_as_rows``: its transpose (one row per item); ``in_time_order``: each row's entries
+        in time order (needs timestamps)."""
+        if self.X.shape[1] != n_items:
+            raise ModelInputError(f"training matrix has {self.X.shape[1]} columns but the model was built for {n_items} items")
+        key = (str(device), binary, items_as_rows, in_time_order)
+        if key not in self._resident:
+            if in_time_order and self.timestamps is None:
+                raise ModelInputError("this model reads each user's items in time order: pass timestamps")
+            X = sp.csr_matrix(self.X.T) if items_as_rows else self.X
+            self._resident[key] = DeviceRows(X, device, binary=binary, timestamps=self.timestamps if in_time_order else None)
+        return self._resident[key]
 
 
 def as_csr(rows: Any, n_items: int) -> sp.csr_matrix:
@@ -77,28 +99,42 @@ def as_csr(rows: Any, n_items: int) -> sp.csr_matrix:
     return rows
 
 
-def csr_to_dense(rows: sp.csr_matrix, device: torch.device | str) -> torch.Tensor:
-    """Densify one batch only (the full matrix stays sparse)."""
-    return torch.from_numpy(rows.toarray()).to(device)
+def as_row_batch(
+    rows: Any, n_items: int, device: torch.device, *, binary: bool, timestamps: sp.csr_matrix | None = None
+) -> RowBatch:
+    """What ``scores`` reads: a ``RowBatch`` on ``device`` as it is (already checked and on the device:
+    ``recommend``, training), or a scipy CSR checked by ``as_csr`` and moved there (``binary``: its
+    positives as 1s; ``timestamps``: each row in time order)."""
+    if isinstance(rows, RowBatch):
+        if rows.n_cols != n_items:
+            raise ModelInputError(f"rows have {rows.n_cols} columns but the model was trained on {n_items} items")
+        return rows
+    rows = as_csr(rows, n_items)
+    return DeviceRows(rows, device, binary=binary, timestamps=timestamps).between(0, rows.shape[0])
 
 
-def binary_csr_to_torch(rows: sp.csr_matrix, device: torch.device | str, dtype: torch.dtype) -> torch.Tensor:
-    """A batch's positives (entries > 0) as a torch sparse CSR tensor of ones.
+def use_tensor_cores(device: torch.device | str) -> None:
+    """On a GPU, float32 matrix products in TF32 on the tensor cores (a 10-bit mantissa with float32's
+    range and accumulation), several times the plain float32 rate (bench/gpu.py). Process-wide."""
+    if torch.device(device).type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
 
-    ``binary_csr_to_torch(X) @ W`` adds up only the rows of W that the batch's non-zeros
-    select: for one user with 100 items and a 1,682 x 1,682 W, 100 rows are read instead of
-    all of W (which does not fit in a CPU cache), an order of magnitude faster.
-    """
-    positives = rows if (rows.data > 0).all() else sp.csr_matrix(rows > 0)  # serving rows are all positive
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        return torch.sparse_csr_tensor(
-            torch.from_numpy(positives.indptr.astype(np.int64)),
-            torch.from_numpy(positives.indices.astype(np.int64)),
-            torch.ones(positives.nnz, dtype=dtype),
-            size=positives.shape,
-            check_invariants=False,  # scipy's CSR is already valid
-        ).to(device)
+
+def count_rows(rows: Any, n_items: int) -> int:
+    """How many rows ``rows`` holds (a ``RowBatch`` or a scipy CSR, checked like ``as_csr``), for
+    models that score by user index and never read the rows themselves."""
+    if isinstance(rows, RowBatch):
+        return len(as_row_batch(rows, n_items, rows.device, binary=False))
+    return as_csr(rows, n_items).shape[0]
+
+
+def score_block_rows(n_items: int, device: torch.device) -> int:
+    """Rows scored per pass: SCORE_BATCH_ROWS on a CPU; on a GPU as many as keep a block of
+    float32 scores near 1 GiB, since each pass pays launch and sync overheads (bench/gpu.py)."""
+    if device.type == "cpu":
+        return SCORE_BATCH_ROWS
+    return max(SCORE_BATCH_ROWS, (1 << 28) // max(1, n_items))
 
 
 # ---- training helpers: the first layer of the autoencoders reads a batch's non-zeros only ----
@@ -107,7 +143,7 @@ def sparse_rows(x: torch.Tensor, dropout: nn.Module, normalize: bool = False) ->
 
     Both act on the non-zeros alone (a zero stays zero, whatever the mask), so no dense batch
     is made and ``InputLayer`` then reads only the weight rows of the batch's items.
-    ``x``: a sparse CSR tensor (``binary_csr_to_torch``) or dense rows.
+    ``x``: a sparse CSR tensor (``RowBatch.sparse``) or dense rows.
     """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
@@ -116,7 +152,7 @@ def sparse_rows(x: torch.Tensor, dropout: nn.Module, normalize: bool = False) ->
         if normalize:
             per_row = crow.diff()
             norms = torch.segment_reduce(values.square(), "sum", lengths=per_row).sqrt()
-            values = values / norms.clamp_min(1e-12).repeat_interleave(per_row)  # F.normalize's eps
+            values = values / norms.clamp_min(1e-12).repeat_interleave(per_row, output_size=values.shape[0])  # F.normalize's eps; no sync
         return torch.sparse_csr_tensor(crow, col, dropout(values), x.shape, check_invariants=False)  # valid: x's own
 
 
@@ -246,8 +282,9 @@ class Recommender(nn.Module):
 
     def train_step(
         self, batch: Any, optimizer: torch.optim.Optimizer, *, forward: Any = None, **schedule: float
-    ) -> float:
-        """One optimiser step; models with a special update (DeepRec's re-feeding) override it.
+    ) -> torch.Tensor:
+        """One optimiser step; returns the loss, detached, on the device (reading it would make
+        the host wait for the step). Models with a special update (DeepRec's re-feeding) override it.
 
         ``forward`` is the callable computing the loss: the model itself, or its DDP wrapper
         (whose call synchronises gradients across processes).
@@ -257,7 +294,7 @@ class Recommender(nn.Module):
         loss = forward(batch, **schedule)
         loss.backward()
         optimizer.step()
-        return float(loss.detach())
+        return loss.detach()
 
     # ---- shared by all models ------------------------------------------------------
     @property
@@ -305,52 +342,54 @@ class Recommender(nn.Module):
             raise ModelInputError(f"k must be a positive integer, got {k!r}")
         rows = as_csr(rows, self.n_items)
         users = self._check_users(users, rows.shape[0])
-        k_eff = min(int(k), self.n_items)
-        ids_out = np.full((rows.shape[0], k), -1, dtype=np.int64)
-        scores_out = np.full((rows.shape[0], k), -np.inf, dtype=np.float32)
+        device = self.device
+        n_rows, k_eff = rows.shape[0], min(int(k), self.n_items)
+        # The rows cross to the device once; blocks, the seen-item mask and the top-k stay there
+        # and only ids and scores come back (bench/gpu.py, "scoring").
+        inputs = DeviceRows(rows, device, binary=self.task == "ranking", timestamps=timestamps if self.sequential else None)
         allowed = None
         if candidates is not None:
             candidates = np.asarray(candidates, dtype=np.int64).reshape(-1)
             if ((candidates < 0) | (candidates >= self.n_items)).any():
                 raise ModelInputError("candidates contain item indices outside the model's items")
-            allowed = torch.zeros(self.n_items, dtype=torch.bool, device=self.device)
-            allowed[torch.from_numpy(candidates).to(self.device)] = True
-        global_exclude = None
+            allowed = torch.zeros(self.n_items, dtype=torch.bool, device=device)
+            allowed[torch.from_numpy(candidates).to(device)] = True
+        global_exclude = per_row_exclude = None
         if exclude is not None and not sp.issparse(exclude):
-            global_exclude = torch.from_numpy(np.asarray(exclude, dtype=np.int64).reshape(-1)).to(self.device)
+            global_exclude = torch.from_numpy(np.asarray(exclude, dtype=np.int64).reshape(-1)).to(device)
         if exclude is not None and sp.issparse(exclude):
-            exclude = sp.csr_matrix(exclude)
             if exclude.shape != rows.shape:
                 raise ModelInputError(f"exclude has shape {exclude.shape}, rows have {rows.shape}")
+            per_row_exclude = DeviceRows(exclude, device)
 
+        top_ids = torch.empty(n_rows, k_eff, dtype=torch.int64, device=device)
+        top_scores = torch.empty(n_rows, k_eff, dtype=torch.float32, device=device)
+        block = score_block_rows(self.n_items, device)
         was_training = self.training
         if was_training:  # a served model is in eval mode already: walking the modules costs ~30 us a call
             self.eval()
         try:
-            for start in range(0, rows.shape[0], SCORE_BATCH_ROWS):
-                stop = min(start + SCORE_BATCH_ROWS, rows.shape[0])
-                batch = rows if stop - start == rows.shape[0] else rows[start:stop]  # one request: no slice copy
-                batch_users = None if users is None else users[start:stop]
-                batch_ts = None if timestamps is None else sp.csr_matrix(timestamps)[start:stop]
-                s = self.scores(batch, users=batch_users, timestamps=batch_ts).float()
-                if exclude_seen and batch.nnz:
-                    r, c = batch.nonzero()
-                    s[torch.from_numpy(r).to(s.device), torch.from_numpy(c).to(s.device)] = -torch.inf
+            for start in range(0, n_rows, block):
+                stop = min(start + block, n_rows)
+                batch = inputs.between(start, stop)
+                s = self.scores(batch, users=None if users is None else users[start:stop]).float()
+                if exclude_seen:
+                    s[batch.row_of(), batch.col] = -torch.inf
                 if global_exclude is not None:
                     s[:, global_exclude] = -torch.inf
-                if exclude is not None and sp.issparse(exclude):
-                    r, c = exclude[start:stop].nonzero()
-                    s[torch.from_numpy(r).to(s.device), torch.from_numpy(c).to(s.device)] = -torch.inf
+                if per_row_exclude is not None:
+                    excluded = per_row_exclude.between(start, stop)
+                    s[excluded.row_of(), excluded.col] = -torch.inf
                 if allowed is not None:
                     s[:, ~allowed] = -torch.inf
-                top_scores, top_ids = torch.topk(s, k_eff, dim=1)
-                top_scores, top_ids = top_scores.cpu().numpy(), top_ids.cpu().numpy()
-                top_ids[~np.isfinite(top_scores)] = -1
-                ids_out[start:stop, :k_eff] = top_ids
-                scores_out[start:stop, :k_eff] = top_scores
+                top_scores[start:stop], top_ids[start:stop] = torch.topk(s, k_eff, dim=1)
         finally:
             if was_training:
                 self.train()
+        ids_out = np.full((n_rows, k), -1, dtype=np.int64)
+        scores_out = np.full((n_rows, k), -np.inf, dtype=np.float32)
+        ids_out[:, :k_eff], scores_out[:, :k_eff] = top_ids.cpu().numpy(), top_scores.cpu().numpy()
+        ids_out[~np.isfinite(scores_out)] = -1
         return ids_out, scores_out
 
     @torch.no_grad()

@@ -22,7 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from models.base import ModelInputError, Recommender, TrainData, as_csr, build_config
+from models.base import ModelInputError, Recommender, TrainData, as_csr, as_row_batch, build_config, count_rows
 
 
 def _ratings(data: TrainData, n_items: int) -> sp.csr_matrix:
@@ -60,8 +60,8 @@ class GlobalMean(Recommender):
     def solve(self, data: TrainData) -> None:
         self.mean.fill_(float(_ratings(data, self.n_items).data.astype(np.float64).mean()))
 
-    def scores(self, rows: sp.csr_matrix, users=None, timestamps=None) -> torch.Tensor:
-        return _every_row(self.mean.expand(self.n_items), rows.shape[0])
+    def scores(self, rows, users=None, timestamps=None) -> torch.Tensor:
+        return _every_row(self.mean.expand(self.n_items), count_rows(rows, self.n_items))
 
 
 # ---- user + item bias -------------------------------------------------------------------
@@ -107,18 +107,16 @@ class UserItemBias(Recommender):
         self.mean.fill_(mu)
         self.item_bias.copy_(torch.from_numpy(b_i))
 
-    def user_bias(self, rows: sp.csr_matrix) -> np.ndarray:
+    def user_bias(self, rows) -> torch.Tensor:
         """b_u of each row from its own ratings, given μ and the item biases (the ALS user step)."""
-        rows = sp.csr_matrix(rows)
-        rated = rows.data != 0
-        row_of = np.repeat(np.arange(rows.shape[0]), np.diff(rows.indptr))[rated]
-        b_i = self.item_bias.cpu().numpy().astype(np.float64)
-        residual = rows.data[rated] - float(self.mean) - b_i[rows.indices[rated]]
-        n_rated = np.bincount(row_of, minlength=rows.shape[0])
-        return np.bincount(row_of, residual, minlength=rows.shape[0]) / (self.config.reg_users + n_rated)
+        batch = as_row_batch(rows, self.n_items, self.item_bias.device, binary=False)  # stored 0s are no rating
+        row_of = batch.row_of()
+        residual = batch.values.double() - self.mean.double() - self.item_bias.double()[batch.col]
+        sums = torch.zeros(len(batch), dtype=torch.float64, device=row_of.device).index_add_(0, row_of, residual)
+        return sums / (self.config.reg_users + torch.bincount(row_of, minlength=len(batch)))
 
-    def scores(self, rows: sp.csr_matrix, users=None, timestamps=None) -> torch.Tensor:
-        b_u = torch.from_numpy(self.user_bias(rows)).to(self.item_bias)
+    def scores(self, rows, users=None, timestamps=None) -> torch.Tensor:
+        b_u = self.user_bias(rows).to(self.item_bias)
         return self.mean + b_u[:, None] + self.item_bias[None, :]
 
 
@@ -156,8 +154,8 @@ class Popularity(Recommender):
         self.item_counts.copy_(torch.from_numpy(counts.astype(np.float32)))
         self.item_scores.copy_(torch.from_numpy(rank_score))
 
-    def scores(self, rows: sp.csr_matrix, users=None, timestamps=None) -> torch.Tensor:
-        return _every_row(self.item_scores, rows.shape[0])
+    def scores(self, rows, users=None, timestamps=None) -> torch.Tensor:
+        return _every_row(self.item_scores, count_rows(rows, self.n_items))
 
 
 BASELINES: dict[str, type[Recommender]] = {cls.name: cls for cls in (GlobalMean, UserItemBias, Popularity)}

@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import ModelInputError, Recommender, TrainData, as_csr, binary_csr_to_torch, csr_to_dense, sparse_rows
+from models.base import ModelInputError, Recommender, TrainData, as_row_batch, sparse_rows
+from models.rows import RowBatch
 
 
 @dataclass(frozen=True)
@@ -101,21 +102,18 @@ class CDAE(Recommender):
         z = torch.sigmoid(self.encoder(y) + user_vectors)
         return self.decoder(z)
 
-    def training_batches(self, data: TrainData, generator: np.random.Generator) -> Iterator[tuple[np.ndarray, sp.csr_matrix]]:
-        Y = sp.csr_matrix(as_csr(data.X, self.n_items) > 0, dtype=np.float32)
-        if Y.shape[0] != self.n_users:
-            raise ModelInputError(f"training matrix has {Y.shape[0]} users, the model was built for {self.n_users}")
-        order = data.epoch_order(Y.shape[0], generator)
-        for start in range(0, len(order), self.config.batch_size):
-            users = order[start : start + self.config.batch_size]
-            yield users, Y[users]  # stays sparse until the loss needs every item's target
+    def training_batches(self, data: TrainData, generator: np.random.Generator) -> Iterator[RowBatch]:
+        clicks = data.on_device(self.device, self.n_items, binary=True)
+        if clicks.n_rows != self.n_users:
+            raise ModelInputError(f"training matrix has {clicks.n_rows} users, the model was built for {self.n_users}")
+        # a batch's ``rows`` are its users' training rows: they pick the user nodes V_u
+        yield from clicks.batches(data.epoch_order(clicks.n_rows, generator), self.config.batch_size)
 
-    def loss(self, batch: tuple[np.ndarray, sp.csr_matrix | np.ndarray], **schedule: float) -> torch.Tensor:
-        users, rows = batch
-        rows = sp.csr_matrix(rows)  # binary
-        v = self.user_nodes(torch.as_tensor(users, device=self.device))
-        out = self.network(binary_csr_to_torch(rows, self.device, torch.float32), v).float()  # errors in float32
-        y = csr_to_dense(rows, self.device)
+    def loss(self, batch: RowBatch, **schedule: float) -> torch.Tensor:
+        rows = as_row_batch(batch, self.n_items, self.device, binary=True)
+        v = self.user_nodes(rows.rows)
+        out = self.network(rows.sparse(), v).float()  # errors in float32
+        y = rows.dense()
         if self.config.loss == "bce":
             per_entry = F.binary_cross_entropy_with_logits(out, y, reduction="none")
         else:
@@ -142,11 +140,10 @@ class CDAE(Recommender):
         return torch.optim.Adam(groups, lr=self.config.lr, fused=True)  # fused: one pass over the weights, not ~10
 
     @torch.no_grad()
-    def scores(self, rows: sp.csr_matrix, users: np.ndarray | None = None, timestamps: sp.csr_matrix | None = None) -> torch.Tensor:
-        rows = as_csr(rows, self.n_items)
-        users = self._check_users(users, rows.shape[0])
-        y = binary_csr_to_torch(rows, self.device, torch.float32)
-        out = self.network(y, self._user_vectors(users, rows.shape[0]))
+    def scores(self, rows: RowBatch | sp.csr_matrix, users: np.ndarray | None = None, timestamps: sp.csr_matrix | None = None) -> torch.Tensor:
+        rows = as_row_batch(rows, self.n_items, self.device, binary=True)
+        users = self._check_users(users, len(rows))
+        out = self.network(rows.sparse(), self._user_vectors(users, len(rows)))
         return torch.sigmoid(out) if self.config.output == "sigmoid" else out
 
     def item_embeddings(self) -> torch.Tensor:

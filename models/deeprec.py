@@ -39,7 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import ModelInputError, Recommender, TrainData, as_csr, csr_to_dense
+from models.base import ModelInputError, Recommender, TrainData, as_row_batch
+from models.rows import RowBatch
 
 
 @dataclass(frozen=True)
@@ -150,12 +151,11 @@ class DeepRec(Recommender):
     def training_batches(
         self, data: TrainData, generator: np.random.Generator
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        X = as_csr(data.X, self.n_items)
-        if X.shape[0] != self.n_users:
-            raise ModelInputError(f"training matrix has {X.shape[0]} users, the model was built for {self.n_users}")
-        order = data.epoch_order(X.shape[0], generator)
-        for start in range(0, len(order), self.config.batch_size):
-            x = torch.from_numpy(X[order[start : start + self.config.batch_size]].toarray())
+        ratings = data.on_device(self.device, self.n_items, binary=False)
+        if ratings.n_rows != self.n_users:
+            raise ModelInputError(f"training matrix has {ratings.n_rows} users, the model was built for {self.n_users}")
+        for batch in ratings.batches(data.epoch_order(ratings.n_rows, generator), self.config.batch_size):
+            x = batch.dense()
             yield x, (x != 0).float()  # a stored 0 is no rating (team convention)
 
     def loss(self, batch: tuple[torch.Tensor, torch.Tensor | None], **schedule: float) -> torch.Tensor:
@@ -175,7 +175,7 @@ class DeepRec(Recommender):
         *,
         forward: Any = None,
         **schedule: float,
-    ) -> float:
+    ) -> torch.Tensor:
         """The paper's two updates: MMSE on the sparse x, then MSE of f(f(x)) against the dense f(x)."""
         if self.config.refeed:
             # f(x) at this step's weights (dropout on, as in training), taken before the first update changes them
@@ -194,9 +194,9 @@ class DeepRec(Recommender):
 
     @torch.no_grad()
     def scores(
-        self, rows: sp.csr_matrix, users: np.ndarray | None = None, timestamps: sp.csr_matrix | None = None
+        self, rows: RowBatch | sp.csr_matrix, users: np.ndarray | None = None, timestamps: sp.csr_matrix | None = None
     ) -> torch.Tensor:
-        return self.reconstruct(csr_to_dense(as_csr(rows, self.n_items), self.device))
+        return self.reconstruct(as_row_batch(rows, self.n_items, self.device, binary=False).dense())
 
     def item_embeddings(self) -> torch.Tensor:
         return self.decoder_weight(len(self.decoder_biases) - 1).detach()  # [n_items, layers[0]]

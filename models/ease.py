@@ -10,15 +10,16 @@ whose solution, with G = X^T X + lambda I and P = G^{-1}, is
     B = I - P diagMat(1 / diag(P)),   i.e.  B_ij = -P_ij / P_jj (i != j),  B_jj = 0.
 
 A user's scores are x_u B, so any user is folded in from their row (values > 0 are
-positives). The solve runs with torch.linalg on the model's device (the GPU when the
-model is on one). Its precision (``dtype="auto"``) follows G's condition number kappa,
-which bounds how much the inverse amplifies rounding: every eigenvalue of G lies in
-[lambda, lambda + max_i sum_j G_ij] (X^T X is positive semi-definite; Gershgorin), so
+positives). X^T X and the solve run on the model's device (the GPU when the model is on
+one: ``models.rows.gram``). The solve's precision (``dtype="auto"``) follows G's condition
+number kappa, which bounds how much the inverse amplifies rounding: every eigenvalue of G
+lies in [lambda, lambda + max_i sum_j G_ij] (X^T X is positive semi-definite; Gershgorin), so
 
-    kappa <= 1 + max_i sum_j (X^T X)_ij / lambda,
+    kappa <= 1 + max_i sum_j (X^T X)_ij / lambda.
 
-one sparse product away. Under FLOAT32_MAX_CONDITION the solve runs in float32 (half
-the time and memory), otherwise in float64.
+Under FLOAT32_MAX_CONDITION the solve runs in float32 (half the time and memory), otherwise
+in float64. It holds two n_items^2 matrices at its peak (G, then its Cholesky factor, then the
+inverse, which becomes B in place): ``memory_needed``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from models.base import ModelInputError, Recommender, TrainData, as_csr, binary_csr_to_torch
+from models.base import ModelInputError, Recommender, TrainData, as_row_batch
+from models.rows import RowBatch, gram
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # float32 rounds at 6e-8; times a condition number under 1,000 the inverse's relative error
@@ -70,24 +72,46 @@ class EASE(Recommender):
         dtype = DTYPES.get(config.dtype, torch.float32)
         self.register_buffer("B", torch.zeros(self.n_items, self.n_items, dtype=dtype))
 
-    def solve_dtype(self, X: sp.csr_matrix) -> torch.dtype:
+    def solve_dtype(self, gram_matrix: torch.Tensor) -> torch.dtype:
         """The configured dtype, or for "auto" float32 when G's condition bound is under FLOAT32_MAX_CONDITION."""
         if self.config.dtype != "auto":
             return DTYPES[self.config.dtype]
-        gram_row_sums = X.T @ np.asarray(X.sum(axis=1)).ravel()  # sum_j (X^T X)_ij = sum of x_u's counts over u with x_ui
-        condition_bound = 1.0 + float(gram_row_sums.max(initial=0.0)) / self.config.lam
+        condition_bound = 1.0 + float(gram_matrix.sum(dim=1).max()) / self.config.lam if len(gram_matrix) else 1.0
         return torch.float32 if condition_bound <= FLOAT32_MAX_CONDITION else torch.float64
+
+    def memory_needed(self, dtype: torch.dtype) -> int:
+        """Bytes the solve holds at its peak: two n_items^2 matrices of ``dtype`` (float64: plus the float32 Gram)."""
+        n2 = self.n_items**2
+        return 2 * n2 * dtype.itemsize + (n2 * 4 if dtype != torch.float32 else 0)
 
     @torch.no_grad()
     def solve(self, data: TrainData) -> None:
-        X = sp.csr_matrix(as_csr(data.X, self.n_items) > 0, dtype=np.float64)
-        dtype = self.solve_dtype(X)
-        gram = torch.from_numpy((X.T @ X).toarray()).to(self.device, dtype)
-        gram.diagonal().add_(self.config.lam)  # G = X^T X + lambda I, symmetric positive definite
-        P = torch.cholesky_inverse(torch.linalg.cholesky(gram))
-        B = -P / P.diagonal()  # column j divided by P_jj
-        B.diagonal().zero_()  # the constraint diag(B) = 0
-        self.B = B
+        self.B = self.B.new_empty(0)  # the placeholder's n_items^2 is freed for the solve
+        self._check_memory(torch.float32)
+        G = gram(data.on_device(self.device, self.n_items, binary=True))
+        dtype = self.solve_dtype(G)
+        self._check_memory(dtype)
+        G = G.to(dtype)
+        G.diagonal().add_(self.config.lam)  # G = X^T X + lambda I, symmetric positive definite
+        L = torch.linalg.cholesky(G)
+        del G
+        P = torch.cholesky_inverse(L)
+        del L
+        P.div_(P.diagonal().neg())  # B_ij = -P_ij / P_jj: column j divided by -P_jj (the diagonal is copied first)
+        P.diagonal().zero_()  # the constraint diag(B) = 0
+        self.B = P
+
+    def _check_memory(self, dtype: torch.dtype) -> None:
+        """A clear refusal before a GPU solve that cannot fit (a CPU swaps or raises MemoryError itself)."""
+        if self.device.type != "cuda":
+            return
+        free, total = torch.cuda.mem_get_info(self.device)
+        needed = self.memory_needed(dtype)
+        if needed > free:
+            raise ModelInputError(
+                f"EASE at {self.n_items:,} items needs about {needed / 2**30:.1f} GiB on {self.device} in {dtype}, "
+                f"which has {free / 2**30:.1f} GiB free of {total / 2**30:.1f}: train it on fewer items or on the CPU"
+            )
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args) -> None:
         saved = state_dict.get(prefix + "B")
@@ -96,9 +120,9 @@ class EASE(Recommender):
         super()._load_from_state_dict(state_dict, prefix, *args)
 
     @torch.no_grad()
-    def scores(self, rows: sp.csr_matrix, users: np.ndarray | None = None, timestamps: sp.csr_matrix | None = None) -> torch.Tensor:
-        x = binary_csr_to_torch(as_csr(rows, self.n_items), self.device, self.B.dtype)
-        return (x @ self.B).float()  # the sum of B's rows over each user's items
+    def scores(self, rows: RowBatch | sp.csr_matrix, users: np.ndarray | None = None, timestamps: sp.csr_matrix | None = None) -> torch.Tensor:
+        x = as_row_batch(rows, self.n_items, self.device, binary=True)
+        return (x.sparse(self.B.dtype) @ self.B).float()  # the sum of B's rows over each user's items
 
     def item_embeddings(self) -> torch.Tensor:
         return self.B.T.float()  # item j: column j of B, the weights that predict j

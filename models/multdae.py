@@ -24,9 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import (
-    InputLayer, ModelInputError, Recommender, TrainData, as_csr, binary_csr_to_torch, csr_to_dense, sparse_rows,
-)
+from models.base import InputLayer, ModelInputError, Recommender, TrainData, as_row_batch, sparse_rows
+from models.rows import RowBatch
 
 
 @dataclass(frozen=True)
@@ -77,17 +76,15 @@ class MultDAE(Recommender):
             h = torch.tanh(layer(h))
         return self.layers[-1](h)
 
-    def training_batches(self, data: TrainData, generator: np.random.Generator) -> Iterator[sp.csr_matrix]:
-        X = sp.csr_matrix(as_csr(data.X, self.n_items) > 0, dtype=np.float32)
-        order = data.epoch_order(X.shape[0], generator)
-        for start in range(0, len(order), self.config.batch_size):
-            yield X[order[start : start + self.config.batch_size]]  # stays sparse: see network
+    def training_batches(self, data: TrainData, generator: np.random.Generator) -> Iterator[RowBatch]:
+        clicks = data.on_device(self.device, self.n_items, binary=True)
+        yield from clicks.batches(data.epoch_order(clicks.n_rows, generator), self.config.batch_size)
 
-    def loss(self, batch: sp.csr_matrix | np.ndarray, **schedule: float) -> torch.Tensor:
-        """The multinomial negative log-likelihood (per-user mean) plus L2, of a batch of binary rows."""
-        rows = sp.csr_matrix(batch)
-        logits = self.network(binary_csr_to_torch(rows, self.device, torch.float32)).float()  # see Mult-VAE's loss
-        x = csr_to_dense(rows, self.device)
+    def loss(self, batch: RowBatch | sp.csr_matrix, **schedule: float) -> torch.Tensor:
+        """The multinomial negative log-likelihood (per-user mean) plus L2, of a batch of click rows."""
+        rows = as_row_batch(batch, self.n_items, self.device, binary=True)
+        logits = self.network(rows.sparse()).float()  # stays sparse: see network; float32: see Mult-VAE's loss
+        x = rows.dense()
         neg_ll = -(F.log_softmax(logits, dim=1) * x).sum(dim=1).mean()
         if not self.config.weight_decay:
             return neg_ll  # lambda = 0: no pass over the weights for nothing
@@ -98,9 +95,8 @@ class MultDAE(Recommender):
         return torch.optim.Adam(self.parameters(), lr=self.config.lr, fused=True)  # one pass over the weights, not ~10
 
     @torch.no_grad()
-    def scores(self, rows: sp.csr_matrix, users: np.ndarray | None = None, timestamps: sp.csr_matrix | None = None) -> torch.Tensor:
-        x = binary_csr_to_torch(as_csr(rows, self.n_items), self.device, torch.float32)
-        return self.network(x)  # log pi up to a per-row constant: same ranking
+    def scores(self, rows: RowBatch | sp.csr_matrix, users: np.ndarray | None = None, timestamps: sp.csr_matrix | None = None) -> torch.Tensor:
+        return self.network(as_row_batch(rows, self.n_items, self.device, binary=True).sparse())  # log pi up to a per-row constant: same ranking
 
     def item_embeddings(self) -> torch.Tensor:
         return self.layers[-1].weight.detach()  # row i produces item i's logit

@@ -28,9 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import (
-    InputLayer, ModelInputError, Recommender, TrainData, as_csr, binary_csr_to_torch, csr_to_dense, sparse_rows,
-)
+from models.base import InputLayer, ModelInputError, Recommender, TrainData, as_row_batch, sparse_rows
+from models.rows import RowBatch
 
 
 @dataclass(frozen=True)
@@ -121,20 +120,18 @@ class MultVAE(Recommender):
     def schedule(self, step: int, epoch: int) -> dict[str, float]:
         return {"anneal": min(self.config.anneal_cap, step / self.config.total_anneal_steps)}
 
-    def training_batches(self, data: TrainData, generator: np.random.Generator) -> Iterator[sp.csr_matrix]:
-        X = sp.csr_matrix(as_csr(data.X, self.n_items) > 0, dtype=np.float32)
-        order = data.epoch_order(X.shape[0], generator)
-        for start in range(0, len(order), self.config.batch_size):
-            yield X[order[start : start + self.config.batch_size]]  # stays sparse: see encode
+    def training_batches(self, data: TrainData, generator: np.random.Generator) -> Iterator[RowBatch]:
+        clicks = data.on_device(self.device, self.n_items, binary=True)
+        yield from clicks.batches(data.epoch_order(clicks.n_rows, generator), self.config.batch_size)
 
-    def loss(self, batch: sp.csr_matrix | np.ndarray, anneal: float | None = None) -> torch.Tensor:
-        """The annealed negative ELBO (per-user mean) of a batch of binary rows; ``anneal`` defaults
-        to the cap (fully annealed)."""
+    def loss(self, batch: RowBatch | sp.csr_matrix, anneal: float | None = None) -> torch.Tensor:
+        """The annealed negative ELBO (per-user mean) of a batch of click rows (values > 0 are
+        positives); ``anneal`` defaults to the cap (fully annealed)."""
         beta = self.config.anneal_cap if anneal is None else anneal
-        rows = sp.csr_matrix(batch)
+        rows = as_row_batch(batch, self.n_items, self.device, binary=True)
         # float32 from here whatever the layers ran in (bfloat16 under autocast): a softmax over every item
-        logits, mu, logvar = (t.float() for t in self.network(binary_csr_to_torch(rows, self.device, torch.float32)))
-        x = csr_to_dense(rows, self.device)
+        logits, mu, logvar = (t.float() for t in self.network(rows.sparse()))  # stays sparse: see encode
+        x = rows.dense()
         neg_ll = -(F.log_softmax(logits, dim=1) * x).sum(dim=1).mean()
         kl = (0.5 * (-logvar + logvar.exp() + mu.pow(2) - 1)).sum(dim=1).mean()
         if not self.config.weight_decay:
@@ -146,8 +143,8 @@ class MultVAE(Recommender):
         return torch.optim.Adam(self.parameters(), lr=self.config.lr, fused=True)  # one pass over the weights, not ~10
 
     @torch.no_grad()
-    def scores(self, rows: sp.csr_matrix, users: np.ndarray | None = None, timestamps: sp.csr_matrix | None = None) -> torch.Tensor:
-        logits, _, _ = self.network(binary_csr_to_torch(as_csr(rows, self.n_items), self.device, torch.float32))
+    def scores(self, rows: RowBatch | sp.csr_matrix, users: np.ndarray | None = None, timestamps: sp.csr_matrix | None = None) -> torch.Tensor:
+        logits, _, _ = self.network(as_row_batch(rows, self.n_items, self.device, binary=True).sparse())
         return logits  # log pi(z) up to a per-row constant: same ranking
 
     def item_embeddings(self) -> torch.Tensor:

@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import ModelInputError, Recommender, TrainData, as_csr
+from models.base import Recommender, TrainData, as_row_batch
+from models.rows import RowBatch, pad_recent
 
 SCORE_CHUNK_ROWS = 256  # users per GRU pass when scoring: bounds the [rows, max_len, embed] activations
 
@@ -68,48 +69,6 @@ class SVAEConfig:
     # Dropout on the item embeddings fed to the GRU (the authors used none). 3s, β cap 0.005,
     # lr 1e-3: 0 -> 0.289 / 0.165, 0.2 -> 0.288 / 0.174, 0.5 -> 0.293 / 0.177.
     dropout: float = 0.5
-
-
-def time_ordered(rows: sp.csr_matrix, timestamps: sp.csr_matrix | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's items in time order, as a flat item array and its CSR-style ``indptr``.
-
-    With ``timestamps``: sorted by (row, timestamp, item), so ties go to the lower item index.
-    Without: the rows' stored column order. Explicit zeros are not interactions and are dropped.
-    """
-    rows = sp.csr_matrix(rows)
-    n_rows = rows.shape[0]
-    row_of = np.repeat(np.arange(n_rows), np.diff(rows.indptr))
-    if timestamps is None:
-        keep = rows.data != 0
-        items, row_of = rows.indices[keep], row_of[keep]
-    else:
-        ts = sp.csr_matrix(timestamps, dtype=np.float64)
-        # align the two by (row, item): both canonical, then the patterns must coincide
-        rows_sorted, ts = rows.sorted_indices(), ts.sorted_indices()
-        if ts.shape != rows.shape or not (
-            np.array_equal(ts.indptr, rows_sorted.indptr) and np.array_equal(ts.indices, rows_sorted.indices)
-        ):
-            raise ModelInputError("timestamps must have the same shape and sparsity pattern as rows")
-        keep = rows_sorted.data != 0
-        items, times, row_of = rows_sorted.indices[keep], ts.data[keep], row_of[keep]
-        order = np.lexsort((items, times, row_of))  # last key is the primary one
-        items, row_of = items[order], row_of[order]
-    indptr = np.zeros(n_rows + 1, dtype=np.int64)
-    np.cumsum(np.bincount(row_of, minlength=n_rows), out=indptr[1:])
-    return items.astype(np.int64), indptr
-
-
-def pad_recent(items: np.ndarray, indptr: np.ndarray, max_len: int) -> np.ndarray:
-    """[n_rows, L] int64 of item ids + 1, right-padded with 0, keeping each row's last ``max_len`` items."""
-    lengths = np.diff(indptr)
-    kept = np.minimum(lengths, max_len)
-    width = max(1, int(kept.max(initial=0)))
-    row_of = np.repeat(np.arange(len(lengths)), lengths)
-    position = np.arange(len(items)) - indptr[row_of] - (lengths - kept)[row_of]  # < 0: too old, dropped
-    keep = position >= 0
-    padded = np.zeros((len(lengths), width), dtype=np.int64)
-    padded[row_of[keep], position[keep]] = items[keep] + 1
-    return padded
 
 
 def next_k_targets(seqs: torch.Tensor, k: int) -> torch.Tensor:
@@ -160,18 +119,20 @@ class SVAE(Recommender):
 
     # ---- training ---------------------------------------------------------------------
     def training_batches(self, data: TrainData, generator: np.random.Generator) -> Iterator[torch.Tensor]:
-        items, indptr = time_ordered(data.X, data.timestamps)
-        seqs = pad_recent(items, indptr, self.config.max_len)
-        lengths = (seqs > 0).sum(1)
+        sequences = data.on_device(self.device, self.n_items, binary=True, in_time_order=True)  # each row in time order
+        stored = sequences.row_lengths
+        lengths = np.minimum(stored, self.config.max_len)
         users = np.flatnonzero(lengths >= 2)  # a single item has no next item to predict
         users = users[data.epoch_order(len(users), generator)]  # shuffled; this rank's share under DDP
         # Batches of users of similar length (random among equal lengths), in random order:
         # a padded batch costs its longest sequence, and histories range from 5 to max_len.
         users = users[np.argsort(lengths[users], kind="stable")]
+        on_device = torch.from_numpy(users).to(self.device)  # one copy per epoch
         starts = np.arange(0, len(users), self.config.batch_size)
-        for start in starts[generator.permutation(len(starts))]:
-            batch = users[start : start + self.config.batch_size]
-            yield torch.from_numpy(seqs[batch, : lengths[batch].max()])
+        for start in starts[generator.permutation(len(starts))].tolist():
+            batch = slice(start, start + self.config.batch_size)
+            rows = sequences.take(on_device[batch], nnz=int(stored[users[batch]].sum()))
+            yield pad_recent(rows, self.config.max_len, width=int(lengths[users[batch]].max()))
 
     def schedule(self, step: int, epoch: int) -> dict[str, float]:
         c = self.config
@@ -182,16 +143,16 @@ class SVAE(Recommender):
         seqs = batch.to(self.device)
         targets = next_k_targets(seqs, self.config.next_k)  # [B, L, k], item id + 1 or 0
         n_targets = (targets > 0).sum(-1)
-        has_target = n_targets > 0  # padding and each sequence's last step drop out here
-        states = self._gru_states(seqs, train=self.training)
-        mu, logvar = self._posterior(states[has_target])  # [N, latent], one row per step with targets
+        has_target = n_targets > 0  # padding and each sequence's last step carry no loss
+        # Every step is decoded and the steps without targets are weighed by 0: selecting the others
+        # would make the host wait for their count each step (length-bucketed batches pad little).
+        mu, logvar = self._posterior(self._gru_states(seqs, train=self.training))  # [B, L, latent]
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
-        log_pi = F.log_softmax(self._decode(z), dim=-1)  # [N, n_items]
-        step_targets = targets[has_target]
-        picked = log_pi.gather(1, (step_targets - 1).clamp(min=0)) * (step_targets > 0)
-        nll = -picked.sum(1) / n_targets[has_target]
-        kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(1)
-        return (nll + anneal * kl).mean()
+        log_pi = F.log_softmax(self._decode(z), dim=-1)  # [B, L, n_items]
+        picked = log_pi.gather(-1, (targets - 1).clamp(min=0)) * (targets > 0)
+        nll = -picked.sum(-1) / n_targets.clamp(min=1)
+        kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)
+        return ((nll + anneal * kl) * has_target).sum() / has_target.sum().clamp(min=1)
 
     def configure_optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
@@ -199,18 +160,16 @@ class SVAE(Recommender):
     # ---- scoring ----------------------------------------------------------------------
     @torch.no_grad()
     def scores(
-        self, rows: sp.csr_matrix, users: np.ndarray | None = None, timestamps: sp.csr_matrix | None = None
+        self, rows: RowBatch | sp.csr_matrix, users: np.ndarray | None = None, timestamps: sp.csr_matrix | None = None
     ) -> torch.Tensor:
-        rows = as_csr(rows, self.n_items)
-        items, indptr = time_ordered(rows, timestamps)
-        out = torch.empty(rows.shape[0], self.n_items, device=self.device)
-        for start in range(0, rows.shape[0], SCORE_CHUNK_ROWS):
-            stop = min(start + SCORE_CHUNK_ROWS, rows.shape[0])
-            chunk_ptr = indptr[start : stop + 1]
-            seqs = pad_recent(items[chunk_ptr[0] : chunk_ptr[-1]], chunk_ptr - chunk_ptr[0], self.config.max_len)
-            seqs_t = torch.from_numpy(seqs).to(self.device)
-            last = ((seqs_t > 0).sum(1) - 1).clamp(min=0)  # an empty row reads its one padding step: the prior
-            mu, _ = self._posterior(self._gru_states(seqs_t)[torch.arange(len(seqs_t), device=self.device), last])
+        """``rows``: a ``RowBatch`` already in time order, or a scipy CSR ordered by ``timestamps``."""
+        padded = pad_recent(as_row_batch(rows, self.n_items, self.device, binary=True, timestamps=timestamps), self.config.max_len)
+        out = torch.empty(len(padded), self.n_items, device=self.device)
+        for start in range(0, len(padded), SCORE_CHUNK_ROWS):
+            stop = min(start + SCORE_CHUNK_ROWS, len(padded))
+            seqs = padded[start:stop]
+            last = ((seqs > 0).sum(1) - 1).clamp(min=0)  # an empty row reads its one padding step: the prior
+            mu, _ = self._posterior(self._gru_states(seqs)[torch.arange(len(seqs), device=self.device), last])
             out[start:stop] = self._decode(mu)
         return out
 

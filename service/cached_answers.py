@@ -4,9 +4,10 @@ A hit is one cache lookup and stored JSON, yet through the router it also paid f
 routing, the route's dependencies (session, settings, cache, store, the read-key check) and
 FastAPI's body handling: about two thirds of its time (py-spy, ml-100k, 8 clients; the
 bench's ceiling, a bare FastAPI route, answered 8,700 req/s where hits reached 2,600).
-This middleware answers a hit itself: the same validation of the body (the route's pydantic
-model), the same key and lookup (``serving.recommendation_lookup``), the same JSON, and the
-route's labels in the request metrics.
+This middleware answers a hit itself: the same validation of the body (the route's media
+type rule and pydantic model), the same key rule (``deps.READ``) and lookup
+(``serving.recommendation_lookup``, with its limits), the same JSON, and the route's labels
+in the request metrics. The rate limits (``service.rate_limits``) run before it.
 
 Anything else goes on to the route unchanged, its body replayed: a miss (with its lookup
 handed over, so a miss still costs one lookup), a body that does not validate, a missing or
@@ -21,10 +22,12 @@ import logging
 import re
 
 from pydantic import ValidationError
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import serving
-from service.api.deps import API_KEY_HEADER, api_key_accepted
+from service.api.deps import API_KEY_HEADER, READ
+from service.api.routing import json_or_no_body
 from service.cache import Cache
 from service.core.config import Settings
 from service.errors import ApiError
@@ -53,18 +56,19 @@ class CachedRecommendations:
         if match is None:
             await self.app(scope, receive, send)
             return
-        headers: dict[bytes, bytes] = {}
-        for name, value in scope["headers"]:
-            headers.setdefault(name, value)  # the first of repeated headers, as Starlette reads them
-        declared = headers.get(b"content-length")
+        headers = Headers(scope=scope)  # the first of repeated headers, latin-1: as the route reads them
+        declared = headers.get("content-length")
         if declared is None or not declared.isdigit() or int(declared) > MAX_BODY_BYTES:
             await self.app(scope, receive, send)  # chunked or large: the route reads it
+            return
+        if not READ.allows(headers.get(API_KEY_HEADER), self.settings) or not json_or_no_body(headers):
+            await self.app(scope, receive, send)  # the route refuses it, before reading the body
             return
         messages, body = await _read_body(receive)
         answer = None
         try:
             if body is not None:  # None: the client went away, which the route's receive sees too
-                answer = await self._cached(scope, headers, match.group(1), body)
+                answer = await self._cached(scope, match.group(1), body)
         except Exception:  # the route will meet the same trouble and answer it properly
             log.exception("cached answer failed; the route answers instead")
         if answer is None:
@@ -75,17 +79,11 @@ class CachedRecommendations:
             (b"content-length", str(len(payload)).encode()), (b"content-type", b"application/json")]})
         await send({"type": "http.response.body", "body": payload})
 
-    async def _cached(self, scope: Scope, headers: dict[bytes, bytes], user_id: str, body: bytes) -> str | None:
+    async def _cached(self, scope: Scope, user_id: str, body: bytes) -> str | None:
         """The stored JSON for this request, or None for the route to answer."""
         if len(user_id) > MAX_USER_ID_CHARS or not _USER_ID.fullmatch(user_id):  # "$" alone allows a final newline
             return None
-        if self.settings.READS_REQUIRE_KEY:
-            key = headers.get(API_KEY_HEADER.lower().encode())
-            if not api_key_accepted(None if key is None else key.decode("latin-1"), self.settings):
-                return None
-        if body.strip():
-            if not headers.get(b"content-type", b"").startswith(b"application/json"):
-                return None
+        if body:  # the route parses any body, whitespace too (a 400)
             try:
                 request = RecommendationRequest.model_validate_json(body)
             except ValidationError:

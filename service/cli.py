@@ -90,13 +90,14 @@ def serve(
         return
     import uvicorn
 
+    from service.http_protocol import head_limited
     from service.main import create_app
 
     settings = _settings()
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if migrate:
         _migrate(settings)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, http=head_limited(settings.MAX_HEADER_BYTES))
 
 
 @app.command("migrate")

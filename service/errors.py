@@ -7,6 +7,7 @@ unreachable database into that body. Anything else is a 500 with the same shape.
 
 from __future__ import annotations
 
+import json
 import logging
 from functools import partial
 from typing import Any
@@ -42,9 +43,17 @@ class ApiError(Exception):
         self.status, self.code, self.message, self.details, self.headers = status, code, message, details, headers
 
 
+def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "details": jsonable_encoder(details)}}
+
+
 def error_response(status: int, code: str, message: str, details: Any = None, headers: dict | None = None) -> JSONResponse:
-    body = {"error": {"code": code, "message": message, "details": jsonable_encoder(details)}}
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(error_body(code, message, details), status_code=status, headers=headers)
+
+
+def error_json(code: str, message: str, details: Any = None) -> bytes:
+    """The error body as bytes, for what answers below the ASGI app (the HTTP protocol)."""
+    return json.dumps(error_body(code, message, details)).encode()
 
 
 def _validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:

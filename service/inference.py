@@ -2,11 +2,13 @@
 
 Pure functions of a ``ServingVersion`` and users' histories (``crud.History``); no
 database, no cache. Ids are mapped over whole arrays (``IdIndex``), rows are built as
-one CSR, and the model scores all rows of a request in one call.
+one CSR, and the model scores all rows of a request in one call. Every score and rating a
+model gives passes ``finite`` on its way out: none that is NaN or infinite reaches a client.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -16,6 +18,8 @@ import scipy.sparse as sp
 from service.crud import History
 from service.errors import ApiError
 from service.model_store import IdIndex, ServingModel, ServingVersion
+
+log = logging.getLogger("service.inference")
 
 
 @dataclass
@@ -32,6 +36,17 @@ class Scored:
     items: list[tuple[str, float]]
     source: str
     unknown_items: list[str] = field(default_factory=list)
+
+
+def finite(served: ServingModel, values: np.ndarray) -> np.ndarray:
+    """``values`` if every one is finite; else the model cannot answer this request (503, logged)."""
+    if not np.isfinite(values).all():
+        log.error("model %s gave %d non-finite scores for a request", served.name, int((~np.isfinite(values)).sum()))
+        raise ApiError(
+            503, "model_fault", f"model {served.name} gave a non-finite score for this request; it cannot answer it",
+            {"model": served.name},
+        )
+    return values
 
 
 def resolve_model(version: ServingVersion, name: str | None, default: str, *, rating: bool = False) -> ServingModel:
@@ -150,6 +165,7 @@ def recommend(
         candidates=candidate_cols if candidates is not None else None,
         timestamps=rows.timestamps if model.sequential else None,
     )
+    finite(served, scores[~np.isneginf(scores)])  # -inf pads the tail when fewer items are allowed; NaN or +inf is a fault
     ids, scores = ids[0, offset:], scores[0, offset:]
     found = ids >= 0  # fewer than k + offset items allowed: the tail is padding
     return Scored(list(zip(served.item_ids[ids[found]].tolist(), scores[found].tolist())), source, unknown)
@@ -225,6 +241,7 @@ def predict_ratings(queries: Sequence[RatingQuery], histories: History) -> list[
         for mask, users_arg in ((trained, user_rows), (~trained, None)):
             if mask.any():  # users it was trained on by their row index; the rest folded in from their history
                 predictions[mask] = served.model.predict(rows.X, pc[mask], users=users_arg, pair_rows=pr[mask])
+        finite(served, predictions)
         start = 0
         for j, i in enumerate(indices):
             n = len(spans[j])
@@ -252,4 +269,4 @@ def similar_items(served: ServingModel, item_id: str, k: int) -> list[tuple[str,
         return []
     top = np.argpartition(-similarity, k - 1)[:k]
     top = top[np.argsort(-similarity[top], kind="stable")]
-    return list(zip(served.item_ids[top].tolist(), similarity[top].astype(float).tolist()))
+    return list(zip(served.item_ids[top].tolist(), finite(served, similarity[top]).astype(float).tolist()))

@@ -15,9 +15,9 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import READ_KEY_SCHEME
+from service.api.deps import optional_key_schemes
 from service.api.main import api_router
-from service.api.routes import recommendations
+from service.api.routes import health, recommendations
 from service.cache import make_cache
 from service.cached_answers import ROUTE_PATH, CachedRecommendations
 from service.core.config import Settings
@@ -25,6 +25,7 @@ from service.db.session import make_engine, make_session_factory
 from service.errors import install_error_handlers
 from service.metrics import Metrics, RequestMetrics
 from service.model_store import ModelStore
+from service.rate_limits import RateLimited, RateLimits
 from service.serving import rating_hint
 from service.writes import InteractionWriter
 
@@ -33,7 +34,8 @@ log = logging.getLogger("service")
 DESCRIPTION = """Recommendations from autoencoder models (EASE, Mult-VAE, AutoRec, ...) trained by `python -m trainer`.
 
 User and item ids are the dataset's own ids (strings or integers). Errors are
-`{"error": {"code", "message", "details"}}`. Writes and admin need the `X-API-Key` header."""
+`{"error": {"code", "message", "details"}}`. Keys go in the `X-API-Key` header: admin needs
+`API_KEY`, writes `WRITE_API_KEY` or `API_KEY`, reads (outside development) any of the keys."""
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -45,9 +47,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_entries=settings.CACHE_MAX_ENTRIES, timeout_s=settings.REDIS_TIMEOUT_S,
         history_rows=settings.HISTORY_CACHE_ROWS,
     )
+    limits = RateLimits(settings, metrics)
     store = ModelStore(
         settings.ARTIFACTS_DIR, metrics, settings.RELOAD_INTERVAL_S,
         torch_threads=settings.TORCH_THREADS, scoring_concurrency=settings.SCORING_CONCURRENCY,
+        device=settings.scoring_device,
     )
 
     @asynccontextmanager
@@ -64,6 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             store.stop_watcher()
+            await limits.aclose()
             await cache.aclose()
             cache.close()
             engine.dispose()
@@ -81,6 +86,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Cache hits of recommendations are answered before the routing, inside the request metrics
     recommendations_route = next(r for r in recommendations.router.routes if r.path == ROUTE_PATH)
     app.add_middleware(CachedRecommendations, settings=settings, cache=cache, store=store, route=recommendations_route)
+    if limits.enabled:  # before the cache hits and the routes alike; probes and scrapes are never limited
+        app.add_middleware(RateLimited, limits=limits, exempt_paths=[route.path for route in health.router.routes])
     app.add_middleware(RequestMetrics, metrics=metrics, max_body_bytes=settings.MAX_BODY_BYTES)
     app.openapi = lambda: _openapi_for_settings(app, settings)
     return app
@@ -90,23 +97,23 @@ def _openapi_for_settings(app: FastAPI, settings: Settings) -> dict:
     """The OpenAPI document as these settings make the service behave.
 
     Routes and schemas are declared once, at import, but three things depend on settings:
-    whether reads need the key (``READS_REQUIRE_KEY``), the largest list (``MAX_K``) and the
-    ratings a write may carry (``RATING_SCALE``).
+    whether reads and metrics need a key (``READS_REQUIRE_KEY``, ``METRICS_REQUIRE_KEY``), the
+    largest list (``MAX_K``) and the ratings a write may carry (``RATING_SCALE``).
     """
     if app.openapi_schema is None:
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        unasked = {name for name, asked in optional_key_schemes(settings).items() if not asked}
         for operations in schema.get("paths", {}).values():
             for operation in operations.values():
-                if not settings.READS_REQUIRE_KEY:
-                    requirements = [r for r in operation.get("security", []) if READ_KEY_SCHEME not in r]
-                    if requirements:
-                        operation["security"] = requirements
-                    else:
-                        operation.pop("security", None)
+                requirements = [r for r in operation.get("security", []) if not unasked & r.keys()]
+                if requirements:
+                    operation["security"] = requirements
+                else:
+                    operation.pop("security", None)
                 for parameter in operation.get("parameters", []):
                     _limit_k(parameter["name"], parameter.get("schema", {}), settings.MAX_K)
-        if not settings.READS_REQUIRE_KEY:
-            schema.get("components", {}).get("securitySchemes", {}).pop(READ_KEY_SCHEME, None)
+        for name in unasked:
+            schema.get("components", {}).get("securitySchemes", {}).pop(name, None)
         request = schema.get("components", {}).get("schemas", {}).get("RecommendationRequest", {})
         for name, property_schema in request.get("properties", {}).items():
             _limit_k(name, property_schema, settings.MAX_K)

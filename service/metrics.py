@@ -8,12 +8,13 @@ cardinality bounded), the status and the model the route served (set by the rout
 
 from __future__ import annotations
 
-import json
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.errors import error_json
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -37,6 +38,9 @@ class Metrics:
         self.model_info = Gauge("aerec_model_version_info", "The model version being served (value 1)", ["version"], registry=r)
         self.model_swaps = Counter("aerec_model_swaps", "Model versions swapped in", registry=r)
         self.model_refused = Counter("aerec_model_versions_refused", "Model versions that failed validation", registry=r)
+        self.model_fallback = Gauge(
+            "aerec_model_fallback", "1 while an older version serves because the one LATEST names was refused", registry=r
+        )
         self.model_loaded_at = Gauge("aerec_model_loaded_timestamp_seconds", "When the served version was loaded", registry=r)
         self.write_group = Histogram(
             "aerec_interaction_batches_per_commit", "Interaction batches (requests) written by one transaction",
@@ -103,9 +107,8 @@ class RequestMetrics:
         return receive_limited
 
     async def _too_large(self, send: Send) -> None:
-        body = json.dumps({"error": {"code": "payload_too_large",
-                                     "message": f"the request body is over {self.max_body_bytes} bytes",
-                                     "details": {"max_bytes": self.max_body_bytes}}}).encode()
+        body = error_json("payload_too_large", f"the request body is over {self.max_body_bytes} bytes",
+                          {"max_bytes": self.max_body_bytes})
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})

@@ -6,8 +6,15 @@ under a running request. New versions are loaded and checked off the request pat
 watcher thread, or ``POST /admin/reload`` in a worker thread): ``trainer.artifacts.
 load_version`` checks the manifest, the files, id maps against weight shapes and a smoke
 recommendation; here each model also predicts for a real history and builds its id
-indexes. Only then is the reference replaced. A version that fails is refused (logged,
-counted, remembered) and the old one keeps serving.
+indexes. Only then is the reference replaced.
+
+A version that fails is refused (logged, counted, remembered with a stamp of its files)
+and the older versions on disk are tried, newest first, at start-up as on a reload, down
+to the one already served, which stays if none of them loads. A version is all or nothing:
+it is one trained snapshot (models, id maps and popularity list together, named in every
+answer's ``model_version``), so a damaged model takes its whole version out and the
+previous whole version serves all models. A refused version is tried again when its files
+change (``version_stamp``), or on ``POST /admin/reload``.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from service.metrics import Metrics
-from trainer.artifacts import ArtifactError, LoadedModel, latest_version, load_version
+from trainer.artifacts import ArtifactError, LoadedModel, latest_version, list_versions, load_version, version_stamp
 
 log = logging.getLogger("service.model_store")
 
@@ -122,11 +129,18 @@ class ServingVersion:
 
 @dataclass(frozen=True)
 class ReloadOutcome:
-    version: str | None
+    version: str | None  # served after the reload
     previous: str | None
     swapped: bool
     message: str
-    refused: bool = False
+    refused: bool = False  # the version LATEST names (or LATEST itself) could not be served
+    requested: str | None = None  # the version LATEST names; None when it names none
+
+
+@dataclass(frozen=True)
+class Refusal:
+    reason: str
+    stamp: tuple  # ``version_stamp`` when it was refused: tried again once the files differ
 
 
 def _item_vectors(loaded: LoadedModel) -> ItemVectors | None:
@@ -174,9 +188,9 @@ def _serving_model(name: str, loaded: LoadedModel, popular: np.ndarray, manifest
     return served
 
 
-def prepare_version(root: Path, version: str) -> ServingVersion:
-    """Load and check a whole version; raises ``ArtifactError`` (or any error) if it cannot serve."""
-    loaded = load_version(root, version)
+def prepare_version(root: Path, version: str, device: str = "cpu") -> ServingVersion:
+    """Load and check a whole version onto ``device``; raises ``ArtifactError`` (or any error) if it cannot serve."""
+    loaded = load_version(root, version, map_location=device)
     popular = np.asarray(loaded.popular_items, dtype=object)
     if len(popular) == 0:
         raise ArtifactError(f"version {version} has an empty popularity list")
@@ -194,14 +208,17 @@ class ModelStore:
     """Holds the served version and the watcher thread that polls ``LATEST``."""
 
     def __init__(self, root: Path, metrics: Metrics, interval_s: float, torch_threads: int | None = None,
-                 scoring_concurrency: int = 1) -> None:
+                 scoring_concurrency: int = 1, device: str = "cpu") -> None:
         self.root = Path(root)
+        self.device = device  # where the models score: recommend() masks and ranks there too
         self.torch_threads = torch_threads  # scoring threads, set when a version loads (torch comes in with it)
         self.scoring_slots = anyio.CapacityLimiter(scoring_concurrency)
         self.metrics = metrics
         self.interval_s = interval_s
         self.current: ServingVersion | None = None  # replaced in one assignment; readers grab it once
-        self.refused: dict[str, str] = {}  # version -> why it was refused (not retried by the watcher)
+        self.requested: str | None = None  # the version LATEST named at the last reload
+        self.fallback: str | None = None  # why the served version is not the one LATEST names; None when it is
+        self.refused: dict[str, Refusal] = {}
         self.swaps = 0
         self.last_error: str | None = None
         self._reload_lock = threading.Lock()  # one load at a time (watcher and admin)
@@ -209,33 +226,87 @@ class ModelStore:
         self._thread: threading.Thread | None = None
 
     def reload(self, *, retry_refused: bool = False) -> ReloadOutcome:
-        """Swap in the version ``LATEST`` names, if it is new and passes the checks."""
+        """Serve the version ``LATEST`` names; if it cannot serve, the newest older one that can.
+
+        Versions are tried newest first from the one ``LATEST`` names, stopping at the one
+        served now, which stays if none loads. A version refused before is skipped while its
+        files are unchanged, unless ``retry_refused``. With ``LATEST`` unreadable the served
+        version stays; with nothing served yet, the newest version on disk that loads serves.
+        """
         with self._reload_lock:
             previous = self.current.version if self.current else None
+            on_disk = list_versions(self.root)
             try:
-                target = latest_version(self.root)
+                requested, pointer_error = latest_version(self.root), None
             except ArtifactError as exc:
-                return self._refuse(None, previous, str(exc))
-            if target is None:
+                requested, pointer_error = None, str(exc)
+            if requested is None and pointer_error is None:
                 return ReloadOutcome(previous, previous, False, f"no version published in {self.root}")
-            if target == previous:
-                return ReloadOutcome(previous, previous, False, f"version {target} is already served")
-            if target in self.refused and not retry_refused:
-                return ReloadOutcome(previous, previous, False, f"version {target} was refused: {self.refused[target]}", True)
-            started = time.perf_counter()
-            self._set_torch_threads()
-            try:
-                serving = prepare_version(self.root, target)
-            except Exception as exc:  # any failure to load means "do not serve this version"
-                return self._refuse(target, previous, f"{type(exc).__name__}: {exc}")
-            self.current = serving  # the atomic swap: requests that already hold the old object keep it
-            self.swaps += 1
-            self.refused.pop(target, None)
+            self.requested = requested
+            self.refused = {v: r for v, r in self.refused.items() if v in on_disk or v == requested}
+            if requested is not None and requested == previous:
+                self._set_fallback(None)
+                return ReloadOutcome(previous, previous, False, f"version {requested} is already served", requested=requested)
+            if pointer_error is not None:
+                if pointer_error != self.fallback:  # met again at every poll: reported once
+                    self._report(pointer_error)
+                candidates = [] if previous else on_disk[::-1]
+            else:
+                candidates = [requested, *(v for v in reversed(on_disk) if v < requested)]
+            for version in candidates:
+                if version == previous:
+                    break  # nothing newer loads: keep it
+                if self._try(version, retry_refused):
+                    break
+            served = self.current.version if self.current else None
+            if served is not None and served == requested:
+                self._set_fallback(None)
+                return ReloadOutcome(served, previous, True, f"now serving version {served}", requested=requested)
+            why = pointer_error or f"version {requested} refused: {self.refused[requested].reason}"
+            self._set_fallback(why)
+            older = "" if pointer_error else "older "
+            if served is None:
+                instead = f"no {older}version loads, none is served"
+            elif served == previous:
+                instead = f"still serving {served}"
+            else:
+                instead = f"now serving {served}, the newest {older}version that loads"
+            return ReloadOutcome(served, previous, served != previous, f"{why}; {instead}", True, requested)
+
+    def _try(self, version: str, retry_refused: bool) -> bool:
+        """Load ``version`` and swap it in; False (and remembered as refused) if it cannot serve."""
+        stamp = version_stamp(self.root, version)
+        known = self.refused.get(version)
+        if known is not None and known.stamp == stamp and not retry_refused:
+            return False
+        started = time.perf_counter()
+        self._set_torch_threads()
+        try:
+            serving = prepare_version(self.root, version, self.device)
+        except Exception as exc:  # any failure to load means "do not serve this version"
+            reason = f"{type(exc).__name__}: {exc}"
+            self.refused[version] = Refusal(reason, stamp)
+            self._report(f"version {version} refused: {reason}")
+            return False
+        previous = self.current.version if self.current else None
+        self.current = serving  # the atomic swap: requests that already hold the old object keep it
+        self.swaps += 1
+        self.refused.pop(version, None)
+        self.metrics.model_swaps.inc()
+        self.metrics.served_version(version)
+        log.info("serving version %s (was %s), loaded in %.2fs", version, previous, time.perf_counter() - started)
+        return True
+
+    def _report(self, error: str) -> None:
+        log.error("%s (serving %s)", error, self.current.version if self.current else "nothing")
+        self.metrics.model_refused.inc()
+        self.last_error = error
+
+    def _set_fallback(self, why: str | None) -> None:
+        self.fallback = why
+        if why is None:
             self.last_error = None
-            self.metrics.model_swaps.inc()
-            self.metrics.served_version(target)
-            log.info("serving version %s (was %s), loaded in %.2fs", target, previous, time.perf_counter() - started)
-            return ReloadOutcome(target, previous, True, f"now serving version {target}")
+        self.metrics.model_fallback.set(0 if why is None else 1)
 
     async def run(self, work: Callable[..., T], *args) -> T:
         """``work(*args)`` in a worker thread, at most ``scoring_concurrency`` at once.
@@ -254,15 +325,6 @@ class ModelStore:
 
         if torch.get_num_threads() != self.torch_threads:
             torch.set_num_threads(self.torch_threads)  # process-wide
-
-    def _refuse(self, target: str | None, previous: str | None, reason: str) -> ReloadOutcome:
-        if reason != self.last_error:  # the watcher meets the same failure every poll: report it once
-            log.error("refused model version %s, still serving %s: %s", target, previous, reason)
-            self.metrics.model_refused.inc()
-        if target is not None:
-            self.refused[target] = reason
-        self.last_error = reason
-        return ReloadOutcome(previous, previous, False, f"version {target} refused, still serving {previous}: {reason}", True)
 
     # ---- watcher ------------------------------------------------------------------------
     def start_watcher(self) -> None:

@@ -145,7 +145,11 @@ class ModelInfo(BaseModel):
 
 
 class ModelsResponse(BaseModel):
-    version: str | None
+    version: str | None = Field(description="The version served.")
+    requested: str | None = Field(default=None, description="The version LATEST names.")
+    fallback: str | None = Field(
+        default=None, description="Why an older version serves instead of the one LATEST names; null when it does."
+    )
     loaded_at: str | None
     created_at: str | None
     swaps: int

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import Awaitable, Callable, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter
@@ -55,11 +55,8 @@ class Answer:
 
 def serving_version(store: ModelStore) -> ServingVersion:
     version = store.current  # read the reference once; this object serves the whole request
-    if version is None:
-        raise ApiError(
-            503, "model_unavailable", "no model version is loaded yet",
-            {"artifacts_dir": str(store.root), "last_error": store.last_error}, {"Retry-After": "5"},
-        )
+    if version is None:  # why is in the log: the body never carries paths or exception texts
+        raise ApiError(503, "model_unavailable", "no model version is loaded yet", None, {"Retry-After": "5"})
     return version
 
 
@@ -71,7 +68,7 @@ def check_list(name: str, values: Sequence | None, settings: Settings) -> None:
         )
 
 
-def check_ratings(entries: Sequence[InteractionIn], scale: RatingScale) -> None:
+def check_interaction_ratings(entries: Sequence[InteractionIn], scale: RatingScale) -> None:
     """Every rating given is on the deployment's scale; the others are a 422 like any invalid field's."""
     rated = [(n, entry.rating) for n, entry in enumerate(entries) if entry.rating is not None]
     on_scale = scale.allows([rating for _, rating in rated])
@@ -86,6 +83,41 @@ def rating_hint(scale: RatingScale) -> str:
     if scale.implicit:
         return "this deployment's rating scale is implicit: leave the rating out"
     return f"a rating is {scale.allowed} (rating scale {scale}), or null for implicit feedback"
+
+
+def check_ratings_size(body: Any, settings: Settings) -> None:
+    """Refuses a ``POST /ratings`` body (parsed JSON, not yet validated) that asks for more than
+    ``MAX_RATING_USERS`` users or ``MAX_RATING_PAIRS`` (user, item) pairs, summed over its users:
+    the work of a request grows with both. Counted before validation, which costs ~100x the
+    count at 180,000 ids: the refusal must cost little."""
+    requests = body if isinstance(body, list) else [body]
+    if len(requests) > settings.MAX_RATING_USERS:
+        raise ApiError(
+            413, "too_many_users", f"the request asks for {len(requests)} users' ratings; at most MAX_RATING_USERS="
+            f"{settings.MAX_RATING_USERS} per request", {"users": len(requests), "max_users": settings.MAX_RATING_USERS},
+        )
+    pairs = sum(len(r["item_ids"]) for r in requests if isinstance(r, dict) and isinstance(r.get("item_ids"), list))
+    if pairs > settings.MAX_RATING_PAIRS:
+        raise ApiError(
+            413, "too_many_pairs", f"the request asks for {pairs} (user, item) ratings; at most MAX_RATING_PAIRS="
+            f"{settings.MAX_RATING_PAIRS} per request", {"pairs": pairs, "max_pairs": settings.MAX_RATING_PAIRS},
+        )
+
+
+RATING_ID_BYTES = 258  # an id of 255 ASCII characters in a JSON list: quoted, and a comma
+RATING_ENTRY_BYTES = 100  # {"user_id": ..., "item_ids": [...], "model": "<64 characters>"} around the ids
+
+
+def check_ratings_length(content_length: str | None, settings: Settings) -> None:
+    """Refuses a ``POST /ratings`` body declared larger than the largest compact one within the caps
+    (ids of 255 ASCII characters), before it is read."""
+    limit = (settings.MAX_RATING_PAIRS + settings.MAX_RATING_USERS) * RATING_ID_BYTES + settings.MAX_RATING_USERS * RATING_ENTRY_BYTES
+    if content_length is not None and content_length.isdigit() and int(content_length) > limit:
+        raise ApiError(
+            413, "payload_too_large", f"the body is {content_length} bytes; one within MAX_RATING_USERS="
+            f"{settings.MAX_RATING_USERS} and MAX_RATING_PAIRS={settings.MAX_RATING_PAIRS} is at most {limit}",
+            {"max_bytes": limit, "max_users": settings.MAX_RATING_USERS, "max_pairs": settings.MAX_RATING_PAIRS},
+        )
 
 
 def _titles(session: Session, cache: Cache, settings: Settings, item_ids: list[str]) -> dict[str, str]:
@@ -220,8 +252,8 @@ def _rating_histories(session: Session, cache: Cache, settings: Settings, user_i
 async def ratings(
     session: Session, cache: Cache, store: ModelStore, settings: Settings, requests: list[RatingRequest], many: bool
 ) -> Answer:
-    """A ``RatingResponse`` per request as JSON: a list of them if ``many``, else the one."""
-    check_list("ratings requests", requests, settings)
+    """A ``RatingResponse`` per request as JSON: a list of them if ``many``, else the one. Its size
+    was checked before validation (``check_ratings_size``)."""
     for r in requests:
         check_list("item_ids", r.item_ids, settings)
     version = serving_version(store)
@@ -285,8 +317,10 @@ def models_report(store: ModelStore, settings: Settings) -> dict:
         "version": version.version if version else None,
         "loaded_at": version.loaded_at.isoformat(timespec="seconds") if version else None,
         "created_at": version.manifest.get("created_at") if version else None,
+        "requested": store.requested,
+        "fallback": store.fallback,
         "swaps": store.swaps,
-        "refused": dict(store.refused),
+        "refused": {v: refusal.reason for v, refusal in store.refused.items()},
         "models": models,
     }
 

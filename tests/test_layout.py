@@ -56,3 +56,11 @@ def test_readme_opens_with_two_setup_commands_and_ci_runs_the_second():
     run_command, test_command = commands
     assert "scripts/run.sh" in run_command and "scripts/test.sh" in test_command
     assert "scripts/test.sh" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_databases_and_their_sqlite_journals_are_not_committed():
+    import subprocess
+
+    names = ["aerec.db", "aerec.db-wal", "aerec.db-shm", "x.sqlite-wal", "x.sqlite-shm"]
+    ignored = subprocess.run(["git", "check-ignore", "--no-index", *names], cwd=ROOT, capture_output=True, text=True)
+    assert ignored.stdout.split() == names, ignored.stdout + ignored.stderr

@@ -6,7 +6,7 @@ Layout (the trainer writes, the service reads)::
       LATEST                  the current version's name, replaced atomically
       .lock                   held by whoever trains or publishes (filelock)
       <version>/              immutable; version = UTC "YYYYMMDDTHHMMSSZ-<6 hex>", sortable by time
-        manifest.json         written last inside the staging folder
+        manifest.json         written last inside the staging folder; "files" holds each other file's sha256 and size
         popularity.json       {"items": [...], "counts": [...]}, most popular first
         <model>/              weights.safetensors, model.json, ids.json, metrics.json, learning_curve.png
       .tmp-<uuid>             a version (or LATEST) being written; readers ignore it
@@ -20,13 +20,22 @@ version disappears at once, never file by file. Publishing holds ``.lock``; any
 ``.tmp-*`` found while holding it belongs to a writer that died (killed mid-write)
 and is removed.
 
+Why a reader trusts what it loads: the manifest lists every other file of the version with
+its sha256 and size, and ``load_version`` checks them (sizes first, then hashes, each file
+hashed once, in chunks) before it loads a model, then refuses non-finite weights. A manifest
+without checksums (published before they were written) loads with a logged warning:
+refusing it would turn upgrading the service into an outage. The checksums catch damage
+(a truncated copy, a flipped bit), not a writer who can also rewrite the manifest.
+
 This module is read by the service: it imports only the standard library and
 ``filelock`` at import time; torch and the models load inside ``load_version``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import re
 import secrets
@@ -36,7 +45,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from filelock import FileLock
 
@@ -45,9 +54,12 @@ from trainer.errors import UserError
 if TYPE_CHECKING:
     from models.base import Recommender
 
+log = logging.getLogger("trainer.artifacts")
+
 LATEST_FILE = "LATEST"
 LOCK_FILE = ".lock"
 MANIFEST_FILE = "manifest.json"
+CHECKSUMS_KEY = "files"  # manifest: {relative path: {"sha256": hex, "bytes": size}} of every other file
 POPULARITY_FILE = "popularity.json"
 IDS_FILE = "ids.json"
 METRICS_FILE = "metrics.json"
@@ -134,6 +146,89 @@ def read_manifest(root: str | Path, version: str) -> dict[str, Any]:
     return manifest
 
 
+def file_sha256(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()  # 256 KiB reads; the GIL is released while hashing
+
+
+def file_checksums(folder: Path) -> dict[str, dict[str, Any]]:
+    """sha256 and size of every file under a version's folder but its manifest, by path relative to it."""
+    checksums = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        relative = path.relative_to(folder).as_posix()
+        if relative != MANIFEST_FILE:
+            checksums[relative] = {"sha256": file_sha256(path), "bytes": path.stat().st_size}
+    return checksums
+
+
+def verify_checksums(folder: Path, manifest: dict[str, Any], required: Iterable[str]) -> None:
+    """Check every file the manifest lists against its size, then its sha256; ``required`` (the
+    files a load reads) must all be listed. A manifest without checksums passes with a warning."""
+    version = folder.name
+    listed = manifest.get(CHECKSUMS_KEY)
+    if listed is None:
+        log.warning("version %s has no checksums in its manifest (published before they were written): "
+                    "its files are loaded unverified", version)
+        return
+    entries = listed.items() if isinstance(listed, dict) else ()
+    if not entries or not all(isinstance(e, dict) and isinstance(e.get("sha256"), str) and isinstance(e.get("bytes"), int)
+                              for _, e in entries):
+        raise ArtifactError(f"manifest of version {version}: {CHECKSUMS_KEY!r} must map each file to its sha256 and bytes")
+    unlisted = sorted(set(required) - set(listed))
+    if unlisted:
+        raise ArtifactError(f"manifest of version {version} has no checksum for {', '.join(unlisted)}")
+    for relative, entry in entries:  # sizes first: a truncated or missing file is named without reading any
+        path = folder / relative
+        if ".." in Path(relative).parts or Path(relative).is_absolute():
+            raise ArtifactError(f"version {version}: its manifest lists {relative!r}, outside the version")
+        if not path.is_file():
+            raise ArtifactError(f"version {version}: {relative} is missing")
+        size = path.stat().st_size
+        if size != entry["bytes"]:
+            raise ArtifactError(f"version {version}: {relative} has {size:,} bytes, its manifest says {entry['bytes']:,}")
+    for relative, entry in entries:
+        if file_sha256(folder / relative) != entry["sha256"]:
+            raise ArtifactError(f"version {version}: {relative} does not match its sha256 in the manifest (corrupted)")
+
+
+def non_finite_weights(model: Recommender) -> dict[str, int]:
+    """Weight name -> how many of its values are NaN or infinite, for the weights that have any."""
+    import torch
+
+    counts = {}
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if not tensor.is_floating_point() or tensor.numel() == 0:
+                continue
+            # NaN and inf reach the min or max: one pass and no mask (a mask of EASE's B is 400 MB at 20,000 items)
+            if bool(torch.isfinite(torch.stack(torch.aminmax(tensor))).all()):
+                continue
+            counts[name] = sum(int((~torch.isfinite(chunk)).sum()) for chunk in tensor.reshape(-1).split(1 << 24))
+    return counts
+
+
+def _refuse_non_finite(model: Recommender, what: str) -> None:
+    bad = non_finite_weights(model)
+    if bad:
+        listed = ", ".join(f"{name}: {count:,} values" for name, count in bad.items())
+        raise ArtifactError(f"{what} has non-finite weights ({listed})")
+
+
+def version_stamp(root: str | Path, version: str) -> tuple:
+    """Path, size, inode and times of each file of a version: it changes whenever a file is written,
+    replaced, added or removed (the service retries a refused version only then)."""
+    stamp = []
+    for dirpath, _, filenames in os.walk(Path(root) / version):
+        for filename in filenames:
+            path = os.path.join(dirpath, filename)
+            try:
+                st = os.stat(path)
+            except OSError:  # removed while we walked: the next stamp differs anyway
+                continue
+            stamp.append((path, st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns))
+    return tuple(sorted(stamp))
+
+
 def _load_model(folder: Path, name: str, info: dict, map_location: str) -> LoadedModel:
     import numpy as np
     import scipy.sparse as sp
@@ -147,6 +242,7 @@ def _load_model(folder: Path, name: str, info: dict, map_location: str) -> Loade
         model = models.load(folder, map_location=map_location)
     except Exception as exc:  # a corrupt file surfaces as many different errors; all mean "cannot serve this"
         raise ArtifactError(f"model {name} in {folder.parent.name} cannot be loaded: {exc}") from exc
+    _refuse_non_finite(model, f"model {name} in {folder.parent.name}")
     ids = _read_json(folder / IDS_FILE, f"id map of {name}")
     users, items = ids.get("users"), ids.get("items")
     if not isinstance(users, list) or not isinstance(items, list):
@@ -186,13 +282,20 @@ def load_version(root: str | Path, version: str | None = None, map_location: str
         raise ArtifactError(f"no version published in {root}")
     manifest = read_manifest(root, version)
     folder = root / version
-    loaded = {}
+    subfolders = {}
     for name, info in manifest["models"].items():
         sub = info.get("path", name) if isinstance(info, dict) else name
-        if "/" in sub or sub.startswith("."):
+        if not isinstance(sub, str) or "/" in sub or sub.startswith("."):
             raise ArtifactError(f"manifest of {version}: model path {sub!r} must be a plain folder name")
+        subfolders[name] = sub
+    popularity_file = manifest.get("popularity", POPULARITY_FILE)
+    read = [popularity_file, *(f"{sub}/{f}" for sub in subfolders.values() for f in MODEL_FILES)]
+    verify_checksums(folder, manifest, read)
+    loaded = {}
+    for name, sub in subfolders.items():
+        info = manifest["models"][name]
         loaded[name] = _load_model(folder / sub, name, info if isinstance(info, dict) else {}, map_location)
-    popularity = _read_json(folder / manifest.get("popularity", POPULARITY_FILE), f"popularity of {version}")
+    popularity = _read_json(folder / popularity_file, f"popularity of {version}")
     items, counts = popularity.get("items"), popularity.get("counts")
     if not isinstance(items, list) or not isinstance(counts, list) or len(items) != len(counts):
         raise ArtifactError(f"popularity of {version} needs 'items' and 'counts' lists of the same length")
@@ -316,6 +419,20 @@ def apply_retention(root: str | Path, keep: int) -> list[str]:
     return doomed
 
 
+def _check_carried(source: Path, name: str, checksums: dict[str, dict[str, Any]]) -> None:
+    """A model folder copied from a published version must match that version's checksums, so a
+    damaged file is never published again under fresh ones (sources without checksums pass)."""
+    listed = _read_json(source.parent / MANIFEST_FILE, f"manifest of version {source.parent.name}").get(CHECKSUMS_KEY) or {}
+    prefix = source.name + "/"
+    for relative, entry in listed.items():
+        if not relative.startswith(prefix):
+            continue
+        copied = checksums.get(name + "/" + relative[len(prefix):])
+        if copied is None or copied["sha256"] != entry.get("sha256"):
+            raise ArtifactError(f"model {name} carried from version {source.parent.name}: {relative} "
+                                "does not match its sha256 there (corrupted); nothing published")
+
+
 def publish(
     root: str | Path,
     staged_models: Mapping[str, StagedModel],
@@ -328,7 +445,7 @@ def publish(
     """Write a new version atomically, point ``LATEST`` at it, apply retention; return its name.
 
     ``manifest`` carries everything but the bookkeeping this function fills in (``version``,
-    ``created_at``, ``popularity`` and each model's ``path``); ``manifest["models"][name]``
+    ``created_at``, ``popularity``, the ``files`` checksums and each model's ``path``); ``manifest["models"][name]``
     holds that model's summary (task, metrics, valid_metric, epochs, fit_seconds).
     ``carry_from`` maps a model name to a published model folder copied as is (a model
     this run did not retrain stays served).
@@ -356,6 +473,7 @@ def publish(
                         f"model {name}: {len(staged.user_ids)} user ids x {len(staged.item_ids)} item ids "
                         f"for a model of {model.n_users} x {model.n_items}"
                     )
+                _refuse_non_finite(model, f"model {name}")
                 folder = staging / name
                 model.save(folder)
                 ids = {"users": [str(u) for u in staged.user_ids], "items": [str(i) for i in staged.item_ids]}
@@ -369,12 +487,16 @@ def publish(
                 entries[name] = {**entries.get(name, {}), "path": name}
             pop = {"items": [str(i) for i in popularity["items"]], "counts": [int(c) for c in popularity["counts"]]}
             (staging / POPULARITY_FILE).write_bytes(_json_bytes(pop, POPULARITY_FILE))
+            checksums = file_checksums(staging)
+            for name, folder in carry_from.items():
+                _check_carried(Path(folder), name, checksums)
             full = {
                 **manifest,
                 "version": version,
                 "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
                 "models": entries,
                 "popularity": POPULARITY_FILE,
+                CHECKSUMS_KEY: checksums,
             }
             (staging / MANIFEST_FILE).write_bytes(_json_bytes(full, MANIFEST_FILE))  # last: marks completeness
             _fsync_tree(staging)

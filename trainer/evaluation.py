@@ -42,7 +42,7 @@ def _users_for(model: Recommender, train_rows: np.ndarray) -> np.ndarray | None:
     return None
 
 
-def ranked_lists(model: Recommender, heldout: HeldOut, k: int, batch_rows: int = 2048) -> tuple[np.ndarray, sp.csr_matrix]:
+def ranked_lists(model: Recommender, heldout: HeldOut, k: int) -> tuple[np.ndarray, sp.csr_matrix]:
     """(the model's top-k [n, k] for the held-out users with targets, seen items excluded; their targets)."""
     inputs = as_csr(heldout.inputs, model.n_items)
     targets = as_csr(heldout.targets, model.n_items)
@@ -52,29 +52,18 @@ def ranked_lists(model: Recommender, heldout: HeldOut, k: int, batch_rows: int =
     if evaluated.size == 0:
         raise DataError("no held-out user has any target to evaluate")
     users = _users_for(model, np.asarray(heldout.train_rows, dtype=np.int64)[evaluated])
-    timestamps = None if heldout.input_timestamps is None else sp.csr_matrix(heldout.input_timestamps)
-
-    ranked = np.empty((evaluated.size, k), dtype=np.int64)
-    for start in range(0, evaluated.size, batch_rows):
-        rows = evaluated[start : start + batch_rows]
-        ranked[start : start + rows.size], _ = model.recommend(
-            inputs[rows],
-            k=k,
-            users=None if users is None else users[start : start + rows.size],
-            exclude_seen=True,
-            timestamps=None if timestamps is None else timestamps[rows],
-        )
+    timestamps = None if heldout.input_timestamps is None else sp.csr_matrix(heldout.input_timestamps)[evaluated]
+    # one call: the rows cross to the model's device once, and it scores them in blocks there
+    ranked, _ = model.recommend(inputs[evaluated], k=k, users=users, exclude_seen=True, timestamps=timestamps)
     return ranked, targets[evaluated]
 
 
-def evaluate_ranking(
-    model: Recommender, heldout: HeldOut, ks: Sequence[int] = (20, 50, 100), batch_rows: int = 2048
-) -> dict[str, float]:
+def evaluate_ranking(model: Recommender, heldout: HeldOut, ks: Sequence[int] = (20, 50, 100)) -> dict[str, float]:
     """``ranking_report`` of the model's top-max(ks) lists for the held-out users with targets, plus ``n`` users."""
     ks = tuple(int(k) for k in ks)
     if not ks or min(ks) < 1:
         raise UserError(f"ks must be positive cut-offs, got {ks!r}")
-    ranked, targets = ranked_lists(model, heldout, max(ks), batch_rows)
+    ranked, targets = ranked_lists(model, heldout, max(ks))
     report = ranking_report(ranked, targets, ks=ks, n_items=model.n_items)
     report["n"] = int(ranked.shape[0])
     return report

@@ -360,6 +360,7 @@ def _refit(
     from trainer.training import fit
 
     cls = REGISTRY[name]
+    fit_args = {**fit_args, "holdout": 0.0}  # exactly the chosen epochs, on everything
     refit_hyper = dict(hyper)
     if not cls.closed_form:
         refit_hyper["epochs"] = max(1, int(split_log.get("best_epoch") or split_log.get("epochs") or 1))

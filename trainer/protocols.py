@@ -154,6 +154,19 @@ def _heldout_count(interactions: Interactions, n_eligible: int, n_heldout: int |
     return int(n_heldout)
 
 
+def held_out_targets(rows: np.ndarray, cols: np.ndarray, rng: np.random.Generator, times: np.ndarray | None = None) -> np.ndarray:
+    """Which of a held-out user's positives are targets (a mask over the entries; ``rows`` says whose):
+    a user with n >= MIN_HELDOUT_POSITIVES gives int(0.2 n) at random, or with ``times`` (temporal) their
+    last n - int(0.8 n) in time; fewer, none (all fold-in input)."""
+    n = np.bincount(rows)
+    if times is not None:
+        # latest first (timestamp, then item index, both descending): the first m are the last m in time
+        n_targets = np.where(n >= MIN_HELDOUT_POSITIVES, n - _floor(0.8 * n), 0)
+        return _first_in_row(rows, n_targets, -times, -cols)
+    n_targets = np.where(n >= MIN_HELDOUT_POSITIVES, _floor(0.2 * n), 0)
+    return _first_in_row(rows, n_targets, rng.random(rows.size))
+
+
 def _user_heldout(
     interactions: Interactions, seed: int, protocol: str, n_heldout: int | None, min_rating: float | None,
     min_positives: int
@@ -201,14 +214,7 @@ def _user_heldout(
     def held_out(side_id: int) -> HeldOut:
         mine = (side == side_id) & (cols >= 0)  # items absent from train are dropped
         group = groups[side_id]
-        n = np.bincount(rows[mine], minlength=len(group))
-        if temporal:
-            # latest first (timestamp, then item index, both descending): the first m are the last m in time
-            n_targets = np.where(n >= MIN_HELDOUT_POSITIVES, n - _floor(0.8 * n), 0)
-            is_target = _first_in_row(rows[mine], n_targets, -ts[mine], -cols[mine])
-        else:
-            n_targets = np.where(n >= MIN_HELDOUT_POSITIVES, _floor(0.2 * n), 0)
-            is_target = _first_in_row(rows[mine], n_targets, rng.random(mine.sum()))
+        is_target = held_out_targets(rows[mine], cols[mine], rng, times=ts[mine] if temporal else None)
         target_mask, input_mask = mine.copy(), mine.copy()
         target_mask[mine] = is_target
         input_mask[mine] = ~is_target

@@ -25,9 +25,10 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
-from models.base import ModelInputError, Recommender, TrainData, build_config
+from models.base import ModelInputError, Recommender, TrainData, build_config, use_tensor_cores
 from trainer import distributed
 from trainer.errors import TrainingError, UserError
+from trainer.holdout import HOLDOUT_FRACTION, hold_out
 from trainer.splits import HeldOut
 
 VALID_RANKING_K = 100
@@ -133,6 +134,7 @@ def fit(
     progress: bool = True,
     rating_range: tuple[float, float] | None = None,
     precision: str = "fp32",
+    holdout: float = HOLDOUT_FRACTION,
     **hyper: Any,
 ) -> Recommender:
     """Train model ``name`` on a users x items CSR and return it, in eval mode.
@@ -141,6 +143,10 @@ def fit(
     ``timestamps``: same pattern as ``interactions``, for sequential models (svae).
     ``valid``: a ``HeldOut`` (rankers) or a CSR of held-out ratings aligned with the
     rows of ``interactions`` (rating models); used for early stopping.
+    ``holdout``: without ``valid``, a gradient-trained model holds out this fraction of its
+    input to choose its number of epochs, then trains again on all of it for that many
+    (``trainer.holdout``; ``training_log["holdout"]`` says what was held out). ``0``: exactly
+    ``epochs`` epochs on everything, nothing held out.
     ``precision``: ``fp32``, or ``bf16`` (``resolve_precision``; a model that does not allow it
     trains in float32, and ``training_log["precision"]`` says which).
     ``hyper``: overrides of the model's config dataclass; an unknown name is an error.
@@ -152,10 +158,16 @@ def fit(
         config = build_config(cls.Config, hyper)
     except (ModelInputError, TypeError) as exc:
         raise UserError(str(exc)) from None
+    if not 0.0 <= holdout < 1.0:
+        raise UserError(f"holdout must be a fraction in [0, 1), got {holdout!r}")
     if rating_range is None:
         rating_range = (float(X.data.min()), float(X.data.max())) if cls.task == "rating" else (0.0, 1.0)
+    if valid is None and holdout > 0 and not cls.closed_form:
+        return _fit_on_holdout(name, cls, X, timestamps, holdout, seed=seed, hyper=hyper, device=device,
+                               progress=progress, rating_range=rating_range, precision=precision)
     dist_ctx = distributed.context()
     device = distributed.device_for(dist_ctx, resolve_device(device))
+    use_tensor_cores(device)
     precision = resolve_precision(precision, device)  # checked for every model, used by those that allow it
     precision = precision if cls.reduced_precision else "fp32"
     torch.manual_seed(seed)
@@ -187,6 +199,28 @@ def fit(
     return model.eval()
 
 
+def _fit_on_holdout(
+    name: str, cls: type[Recommender], X: sp.csr_matrix, timestamps: sp.csr_matrix | None, fraction: float, *,
+    seed: int, hyper: dict[str, Any], **options: Any,
+) -> Recommender:
+    """``fit`` without ``valid``: choose the epochs on a held-out part of X, then train on all of X for them."""
+    split = hold_out(X, timestamps, rating=cls.task == "rating", sequential=cls.sequential, fraction=fraction, seed=seed)
+    if split is None:
+        model = fit(name, X, timestamps=timestamps, seed=seed, holdout=0.0, **options, **hyper)
+        model.training_log["holdout"] = {"fraction": fraction, "held_out": "nothing: too little data; trained every epoch"}
+        return model
+    chosen = fit(name, split.train, timestamps=split.timestamps, valid=split.valid, seed=seed, **options, **hyper)
+    epochs = max(1, int(chosen.training_log["best_epoch"]))
+    model = fit(name, X, timestamps=timestamps, seed=seed, holdout=0.0, **options, **{**hyper, "epochs": epochs})
+    log = chosen.training_log
+    model.training_log["holdout"] = {
+        "fraction": fraction, "held_out": split.description, "valid_metric": log.get("valid_metric"),
+        "valid_value": log.get("valid_value"), "best_epoch": epochs, "epochs_run": log.get("epochs"),
+        "curve": log.get("curve", []), "seconds": log.get("fit_seconds"),
+    }
+    return model
+
+
 def _gradient_training(
     model: Recommender, data: TrainData, valid: Any, rng: np.random.Generator, progress: bool, log: dict,
     bf16: bool = False,
@@ -212,16 +246,17 @@ def _gradient_training(
     for epoch in bar:
         epoch_started = time.perf_counter()
         model.train()
-        losses = []
+        # summed on the device and read once an epoch: a read per step makes the host wait for
+        # every step before it can queue the next one (bench/gpu.py)
+        loss_sum, steps = torch.zeros((), device=model.device), 0
         for batch in model.training_batches(data, rng):
-            loss = model.train_step(batch, optimizer, forward=forward, **model.schedule(step, epoch))
-            if not math.isfinite(loss):
-                raise TrainingError(f"{model.name} produced a non-finite loss ({loss}) at epoch {epoch + 1}, step {step}")
-            losses.append(loss)
-            step += 1
+            loss_sum += model.train_step(batch, optimizer, forward=forward, **model.schedule(step, epoch))
+            step, steps = step + 1, steps + 1
+        mean_loss = float(loss_sum) / steps if steps else float("nan")
+        if steps and not math.isfinite(mean_loss):
+            raise TrainingError(f"{model.name} produced a non-finite loss ({mean_loss}) in epoch {epoch + 1}")
         model.eval()
-        point = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"),
-                 "seconds": time.perf_counter() - epoch_started}
+        point = {"epoch": epoch + 1, "loss": mean_loss, "seconds": time.perf_counter() - epoch_started}
         if valid is not None:
             model.prepare_scoring(data)
             metric, value, higher = validation_score(model, data.X, valid)

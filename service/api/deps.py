@@ -1,4 +1,4 @@
-"""Request dependencies: the DB session, settings, cache, model store and the API-key checks.
+"""Request dependencies: the DB session, settings, cache, model store, and the API keys' scopes and checks.
 
 Everything comes from ``request.app.state``, filled by the app factory, so a test can
 build an app with its own settings and database. Every dependency is ``async def``:
@@ -12,7 +12,9 @@ connection happens in a worker thread too.
 from __future__ import annotations
 
 import secrets
-from typing import Annotated, AsyncIterator
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Annotated, Any, AsyncIterator, Callable
 
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
@@ -27,13 +29,18 @@ from service.model_store import ModelStore
 from service.writes import InteractionWriter
 
 API_KEY_HEADER = "X-API-Key"
-api_key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="The service's API_KEY.")
-# The same header under its own scheme name, so the OpenAPI document can drop it from the reads
-# when READS_REQUIRE_KEY is false (service.main): the document then says what the service does.
+api_key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="API_KEY, or WRITE_API_KEY for writes.")
+# The same header under scheme names of their own, so the OpenAPI document can drop it where these
+# settings ask no key (service.main: ``optional_key_schemes``): the document says what the service does.
 READ_KEY_SCHEME = "ApiKeyForReads"
 read_key_header = APIKeyHeader(
     name=API_KEY_HEADER, scheme_name=READ_KEY_SCHEME, auto_error=False,
-    description="The service's API_KEY, on reads only when the service runs with READS_REQUIRE_KEY=true.",
+    description="Any of the service's keys (READ_API_KEY, WRITE_API_KEY, API_KEY), where READS_REQUIRE_KEY is true.",
+)
+METRICS_KEY_SCHEME = "ApiKeyForMetrics"
+metrics_key_header = APIKeyHeader(
+    name=API_KEY_HEADER, scheme_name=METRICS_KEY_SCHEME, auto_error=False,
+    description="Any of the service's keys, where METRICS_REQUIRE_KEY is true.",
 )
 
 
@@ -76,24 +83,93 @@ MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 WriterDep = Annotated[InteractionWriter, Depends(get_writer)]
 
 
-def api_key_accepted(key: str | None, settings: Settings) -> bool:
-    """Whether ``key`` (the header's value as Starlette decodes it, latin-1) is the service's
-    API key. Also checked before the routing for cache hits (``service.cached_answers``)."""
-    # constant time: the comparison must not leak how much of the key was right
-    return bool(key) and secrets.compare_digest(key.encode(), settings.API_KEY.encode())
+class KeyScope(IntEnum):
+    """What a key opens: its own scope and every narrower one."""
+
+    READ = 1
+    WRITE = 2
+    ADMIN = 3
 
 
-async def require_api_key(settings: SettingsDep, key: Annotated[str | None, Security(api_key_header)]) -> None:
+def _configured_keys(settings: Settings) -> list[tuple[KeyScope, str]]:
+    keys = [(KeyScope.ADMIN, settings.API_KEY), (KeyScope.WRITE, settings.WRITE_API_KEY), (KeyScope.READ, settings.READ_API_KEY)]
+    return [(scope, key) for scope, key in keys if key]
+
+
+def key_scope(key: str | None, settings: Settings) -> KeyScope | None:
+    """The scope ``key`` opens (the header's value as Starlette decodes it, latin-1); None if it is
+    none of the service's keys. Also the rule before the routing: ``service.cached_answers`` and
+    the rate limits (``service.rate_limits``) identify a client with it."""
     if not key:
-        raise ApiError(401, "missing_api_key", f"this endpoint needs the {API_KEY_HEADER} header", headers={"WWW-Authenticate": "ApiKey"})
-    if not api_key_accepted(key, settings):
-        raise ApiError(403, "invalid_api_key", f"the {API_KEY_HEADER} header does not hold a valid key")
+        return None
+    opened = None
+    for scope, configured in _configured_keys(settings):
+        # constant time, and every key compared: the time tells neither how much of a guess was right nor which key
+        if secrets.compare_digest(key.encode(), configured.encode()):
+            opened = scope
+    return opened
 
 
-async def require_read_access(settings: SettingsDep, key: Annotated[str | None, Security(read_key_header)]) -> None:
-    if settings.READS_REQUIRE_KEY:
-        await require_api_key(settings, key)
+@dataclass(frozen=True)
+class Access:
+    """A route's key rule: the scope a key must open, where ``required(settings)`` asks for a key at all."""
+
+    scope: KeyScope
+    required: Callable[[Settings], bool]
+
+    def check(self, key: str | None, settings: Settings) -> None:
+        """Raises the 401 or 403 the route answers; returns when the request may go on."""
+        if not self.required(settings):
+            return
+        if not key:
+            raise ApiError(401, "missing_api_key", f"this endpoint needs the {API_KEY_HEADER} header", headers={"WWW-Authenticate": "ApiKey"})
+        opened = key_scope(key, settings)
+        if opened is None:
+            raise ApiError(403, "invalid_api_key", f"the {API_KEY_HEADER} header does not hold a valid key")
+        if opened < self.scope:
+            raise ApiError(403, "insufficient_scope", f"this key opens {opened.name.lower()} endpoints; this one needs a "
+                           f"{self.scope.name.lower()} key", {"key_scope": opened.name.lower(), "needed": self.scope.name.lower()})
+
+    def allows(self, key: str | None, settings: Settings) -> bool:
+        try:
+            self.check(key, settings)
+        except ApiError:
+            return False
+        return True
 
 
-ReadAccess = Depends(require_read_access)
-WriteAccess = Depends(require_api_key)
+READ = Access(KeyScope.READ, lambda settings: bool(settings.READS_REQUIRE_KEY))
+WRITE = Access(KeyScope.WRITE, lambda settings: True)
+ADMIN = Access(KeyScope.ADMIN, lambda settings: True)
+METRICS = Access(KeyScope.READ, lambda settings: settings.METRICS_REQUIRE_KEY)
+
+
+def optional_key_schemes(settings: Settings) -> dict[str, bool]:
+    """Whether each optional key scheme of the OpenAPI document is asked for under these settings."""
+    return {READ_KEY_SCHEME: READ.required(settings), METRICS_KEY_SCHEME: METRICS.required(settings)}
+
+
+async def read_access(settings: SettingsDep, key: Annotated[str | None, Security(read_key_header)]) -> None:
+    READ.check(key, settings)
+
+
+async def write_access(settings: SettingsDep, key: Annotated[str | None, Security(api_key_header)]) -> None:
+    WRITE.check(key, settings)
+
+
+async def admin_access(settings: SettingsDep, key: Annotated[str | None, Security(api_key_header)]) -> None:
+    ADMIN.check(key, settings)
+
+
+async def metrics_access(settings: SettingsDep, key: Annotated[str | None, Security(metrics_key_header)]) -> None:
+    METRICS.check(key, settings)
+
+
+# Each key-checking dependency and its rule: ``service.api.routing.AccessFirstRoute`` applies the
+# rule before FastAPI reads the body; the dependency checks again, and documents the header.
+ACCESS_RULES: dict[Callable[..., Any], Access] = {read_access: READ, write_access: WRITE, admin_access: ADMIN, metrics_access: METRICS}
+
+ReadAccess = Depends(read_access)
+WriteAccess = Depends(write_access)
+AdminAccess = Depends(admin_access)
+MetricsAccess = Depends(metrics_access)

@@ -14,10 +14,12 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     for status, description in {
         400: "Malformed JSON",
         401: "API key missing",
-        403: "API key wrong",
+        403: "API key wrong, or of a narrower scope",
         404: "Unknown user, item or model",
-        413: "Body or batch too large",
+        413: "Body, batch or request size past its cap",
+        415: "Body not JSON",
         422: "Invalid request",
+        429: "Too many requests from this client (Retry-After says when to retry)",
         503: "Database or model unavailable",
     }.items()
 }

@@ -9,13 +9,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from limits import parse_many
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from rating_scale import RatingScaleSettings
 
 PLACEHOLDER_KEYS = {"", "secret", "password", "apikey", "api-key", "dev-key", "test"}
 PLACEHOLDER_PREFIXES = ("change", "replace", "your-", "<")  # changethis, change-me-api-key, <your key>
+
+
+# Outside development: generous for a client, a bound for one that loops (a key may serve many users)
+DEFAULT_RATE_LIMITS = {"RATE_LIMIT": "50/second;1000/minute", "RATE_LIMIT_PER_KEY": "1000/second"}
 
 
 def is_placeholder(key: str) -> bool:
@@ -31,8 +36,17 @@ class Settings(RatingScaleSettings):  # RATING_SCALE, POSITIVE_THRESHOLD: what P
     REDIS_URL: str | None = None  # None: an in-process TTL/LRU cache
     CACHE_NAMESPACE: str = "aerec"  # prefix of every cache key (several deployments can share one Redis)
     ARTIFACTS_DIR: Path = Path(".artifacts")  # the trainer's model registry
-    API_KEY: str = "changethis"  # required for writes and admin; refused as a placeholder outside development
-    READS_REQUIRE_KEY: bool = False
+    # Keys by scope, each opening its own scope and the narrower ones (service.api.deps): API_KEY is
+    # the admin key; WRITE_API_KEY and READ_API_KEY, when set, are keys for clients that need less.
+    API_KEY: str = "changethis"  # refused as a placeholder outside development
+    WRITE_API_KEY: str | None = None
+    READ_API_KEY: str | None = None
+    READS_REQUIRE_KEY: bool | None = None  # None: outside development only
+    METRICS_REQUIRE_KEY: bool = False  # /metrics with any key (a scraper can be given READ_API_KEY)
+    # Requests per client in the notation of `limits` ("50/second;1000/minute"), or "off". A client
+    # is an address (requests without a valid key) or a key; None: off in development.
+    RATE_LIMIT: str | None = None
+    RATE_LIMIT_PER_KEY: str | None = None
     CACHE_TTL_S: float = Field(default=300.0, gt=0)
     CACHE_MAX_ENTRIES: int = Field(default=10_000, ge=1)  # in-process cache only
     # Interactions of recently served users kept in each API process (0: none), so another list
@@ -47,7 +61,11 @@ class Settings(RatingScaleSettings):  # RATING_SCALE, POSITIVE_THRESHOLD: what P
     DB_POOL_SIZE: int = Field(default=20, ge=1)
     MAX_BATCH: int = Field(default=1000, ge=1)  # most entries of any list in a request (interactions, item ids, ...)
     MAX_K: int = Field(default=1000, ge=1)  # k + offset of one recommendation list
+    # One POST /ratings: users scored and (user, item) pairs, summed over its users (the work grows with both)
+    MAX_RATING_USERS: int = Field(default=100, ge=1)
+    MAX_RATING_PAIRS: int = Field(default=1000, ge=1)
     MAX_BODY_BYTES: int = Field(default=1_000_000, ge=1024)
+    MAX_HEADER_BYTES: int = Field(default=16_384, ge=1024)  # request line and headers, when `python -m service` serves
     # torch threads per request's scoring. A second one fights the event loop and the other
     # requests' threads for the same cores (on 2 busy cores one EASE score went from 0.6 ms
     # to 8 ms with 2 threads); a large model on many cores may want more.
@@ -55,13 +73,51 @@ class Settings(RatingScaleSettings):  # RATING_SCALE, POSITIVE_THRESHOLD: what P
     # Requests whose model work (history query, scoring) runs at once; the others queue on the
     # event loop. Python-bound scoring holds the GIL, so more threads only take turns on it.
     SCORING_CONCURRENCY: int = Field(default=1, ge=1)
+    # Where the models score: "auto" is the GPU when torch sees one; recommend() masks seen items and
+    # takes the top k on the same device (models.base), so only ids and scores come back.
+    SCORING_DEVICE: Literal["auto", "cpu", "cuda"] = "auto"
     DEFAULT_MODEL: str = "ease"
     DEFAULT_RATING_MODEL: str = "autorec-u"
 
+    @field_validator("WRITE_API_KEY", "READ_API_KEY", "RATE_LIMIT", "RATE_LIMIT_PER_KEY", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: str | None) -> str | None:
+        return value or None  # `READ_API_KEY=` in a .env, or compose's ${READ_API_KEY:-}
+
     @model_validator(mode="after")
-    def _refuse_placeholder_key(self) -> Settings:
-        if self.ENVIRONMENT != "development" and is_placeholder(self.API_KEY):
-            raise ValueError(
-                f"API_KEY is empty or a placeholder ({self.API_KEY!r}); set a real secret when ENVIRONMENT={self.ENVIRONMENT}"
-            )
+    def _check_keys_and_defaults(self) -> Settings:
+        keys = {"API_KEY": self.API_KEY, "WRITE_API_KEY": self.WRITE_API_KEY, "READ_API_KEY": self.READ_API_KEY}
+        keys = {name: key for name, key in keys.items() if key is not None}
+        for name, key in keys.items():
+            if self.ENVIRONMENT != "development" and is_placeholder(key):
+                raise ValueError(
+                    f"{name} is empty or a placeholder ({key!r}); set a real secret when ENVIRONMENT={self.ENVIRONMENT}"
+                )
+        if len(set(keys.values())) < len(keys):
+            raise ValueError(f"{', '.join(keys)} must all differ: a key opens one scope")
+        if self.READS_REQUIRE_KEY is None:
+            self.READS_REQUIRE_KEY = self.ENVIRONMENT != "development"
+        for name in ("RATE_LIMIT", "RATE_LIMIT_PER_KEY"):
+            value = getattr(self, name)
+            if value is None:
+                setattr(self, name, "off" if self.ENVIRONMENT == "development" else DEFAULT_RATE_LIMITS[name])
+            elif value != "off":
+                try:
+                    parse_many(value)
+                except ValueError:
+                    raise ValueError(f"{name}={value!r} is not a rate limit such as '50/second;1000/minute', nor 'off'") from None
+        if self.SCORING_DEVICE == "cuda":
+            import torch  # only when a GPU is asked for: the other commands need not load torch
+
+            if not torch.cuda.is_available():
+                raise ValueError("SCORING_DEVICE=cuda but torch sees no CUDA GPU here (use auto or cpu)")
         return self
+
+    @property
+    def scoring_device(self) -> str:
+        """SCORING_DEVICE with "auto" resolved: "cuda" when torch sees a GPU, else "cpu"."""
+        if self.SCORING_DEVICE != "auto":
+            return self.SCORING_DEVICE
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"

@@ -121,7 +121,8 @@ class HostCompose:
 
 
 def _recommend(base: str, user: str) -> dict:
-    response = httpx.post(f"{base}/users/{user}/recommendations", json={"k": 10}, timeout=30)
+    # compose runs ENVIRONMENT=production: reads need a key (API_KEY opens every scope)
+    response = httpx.post(f"{base}/users/{user}/recommendations", json={"k": 10}, headers={"X-API-Key": API_KEY}, timeout=30)
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -185,7 +186,10 @@ def test_compose_services_run_on_the_host(tmp_path, ml100k_cache, fresh_database
         first = _recommend(base, "1")
         assert first["model_version"] == seed_version and first["model"] == "ease" and first["source"] == "model"
         assert len(first["items"]) == 10
-        ratings = httpx.post(f"{base}/ratings", json={"user_id": "1", "item_ids": ["1", "50"]}, timeout=30)
+        unkeyed = httpx.post(f"{base}/ratings", json={"user_id": "1", "item_ids": ["1", "50"]}, timeout=30)
+        assert unkeyed.status_code == 401, unkeyed.text
+        ratings = httpx.post(f"{base}/ratings", json={"user_id": "1", "item_ids": ["1", "50"]},
+                             headers={"X-API-Key": API_KEY}, timeout=30)
         assert ratings.status_code == 200, ratings.text
 
         # the schedule does not train at start (the seed did); its first run comes after RETRAIN_EVERY

@@ -55,7 +55,8 @@ def _histories(ml100k_dir) -> list[dict]:
 
 
 def _recommend(base: str, user: str, k: int) -> dict:
-    response = httpx.post(f"{base}/users/{user}/recommendations", json={"k": k}, timeout=30)
+    # ENVIRONMENT=production: reads need a key too (API_KEY opens every scope)
+    response = httpx.post(f"{base}/users/{user}/recommendations", json={"k": k}, headers={"X-API-Key": API_KEY}, timeout=30)
     assert response.status_code == 200, response.text
     return response.json()
 

@@ -103,7 +103,7 @@ def test_item_autorec_refuses_unknown_users():
 
 def test_user_autorec_folds_in_a_new_user_like_a_trained_one():
     X = ratings()
-    model = trainer.fit("autorec-u", X, seed=0, progress=False, epochs=5, hidden=8)
+    model = trainer.fit("autorec-u", X, seed=0, progress=False, epochs=5, hidden=8, holdout=0)
     new_user_row = sp.csr_matrix(X[[5]].toarray())  # the same ratings, arriving as a stranger
     torch.testing.assert_close(model.scores(new_user_row), model.scores(X[[5]], users=np.array([5])))
     items = np.array([2])

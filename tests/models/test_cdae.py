@@ -7,7 +7,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from models.base import ModelInputError, TrainData, build_config
+from models.base import ModelInputError, TrainData, as_row_batch, build_config
 from models.cdae import CDAE, CDAEConfig
 
 N_USERS, N_ITEMS = 16, 10
@@ -72,7 +72,7 @@ def test_negative_sampling_counts_fewer_zeros():
     dense, sampled = make(corruption=0.0), make(corruption=0.0, negatives=1)
     sampled.load_state_dict(dense.state_dict())
     one_click = np.eye(N_ITEMS, dtype=np.float32)[:4]  # 1 positive, 9 zeros: each zero kept with prob. 1/9
-    batch = (np.arange(4), one_click)
+    batch = as_row_batch(sp.csr_matrix(one_click), N_ITEMS, "cpu", binary=True)  # rows 0..3: users 0..3
     torch.manual_seed(0)
     with torch.no_grad():
         full, few = float(dense.loss(batch)), float(sampled.loss(batch))

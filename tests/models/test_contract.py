@@ -63,7 +63,7 @@ def fitted(request):
     name = request.param
     cls = models.REGISTRY[name]
     X, ts, withheld = planted(cls.task)
-    model = trainer.fit(name, X, timestamps=ts, seed=0, progress=False, **FAST[name])
+    model = trainer.fit(name, X, timestamps=ts, seed=0, progress=False, holdout=0, **FAST[name])
     return name, model, X, ts, withheld
 
 
@@ -119,7 +119,7 @@ def test_planted_item_ranks_first(fitted):
 
 def test_deterministic_with_seed(fitted):
     name, model, X, ts, _ = fitted
-    again = trainer.fit(name, X, timestamps=ts, seed=0, progress=False, **FAST[name])
+    again = trainer.fit(name, X, timestamps=ts, seed=0, progress=False, holdout=0, **FAST[name])
     users = _users(model, N_USERS)
     a = model.scores(X, users=users, timestamps=ts) if users is None else model.scores(X, users=users)
     b = again.scores(X, users=users, timestamps=ts) if users is None else again.scores(X, users=users)

@@ -152,7 +152,7 @@ def test_refeeding_is_the_papers_two_updates():
 
 def test_folds_in_new_users():
     X = ratings()
-    model = trainer.fit("deeprec", X, seed=0, progress=False, epochs=3, layers=(8,), dropout=0.5)
+    model = trainer.fit("deeprec", X, seed=0, progress=False, epochs=3, layers=(8,), dropout=0.5, holdout=0)
     stranger = sp.csr_matrix(X[[4]].toarray())
     torch.testing.assert_close(model.scores(stranger), model.scores(X[[4]], users=np.array([4])))
 

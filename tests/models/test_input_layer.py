@@ -10,7 +10,7 @@ from torch import nn
 
 import models
 from models import base
-from models.base import InputLayer, binary_csr_to_torch
+from models.base import InputLayer, as_row_batch
 from models.multdae import MultDAE, MultDAEConfig
 from models.multvae import MultVAE, MultVAEConfig
 
@@ -56,7 +56,7 @@ def layer_under_autocast(monkeypatch, amx: bool) -> tuple[nn.Linear, InputLayer,
     torch.manual_seed(0)
     reference = nn.Linear(11, 5)
     dense = torch.from_numpy((clicks().toarray() > 0).astype(np.float32))
-    return reference, InputLayer(reference), binary_csr_to_torch(clicks(), "cpu", torch.float32), dense
+    return reference, InputLayer(reference), as_row_batch(clicks(), 11, "cpu", binary=True).sparse(), dense
 
 
 def test_stays_float32_under_bfloat16_autocast_without_amx(monkeypatch):
@@ -90,7 +90,7 @@ def test_a_mostly_empty_batch_stays_a_sparse_float32_sum_even_with_amx(monkeypat
     reference = nn.Linear(400, 5)
     layer = InputLayer(reference)
     rows = sp.random(7, 400, density=base.DENSE_MIN_DENSITY / 2, format="csr", dtype=np.float32, random_state=0)
-    x = binary_csr_to_torch(rows, "cpu", torch.float32)
+    x = as_row_batch(rows, rows.shape[1], "cpu", binary=True).sparse()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = layer(x)
     assert out.dtype == torch.float32  # ml-20m's density: the sparse sum was twice as fast there

@@ -58,11 +58,11 @@ def test_multinomial_loss_on_a_hand_example():
     model.layers[-1].bias.copy_(torch.tensor([math.log(0.5), math.log(0.25), math.log(0.25), -60.0, -60.0, -60.0]))
     x = np.array([[1, 0, 1, 0, 0, 0], [0, 1, 1, 0, 0, 0]], dtype=np.float32)
     neg_ll = (-(math.log(0.5) + math.log(0.25)) - (math.log(0.25) + math.log(0.25))) / 2
-    assert float(model.loss(x)) == pytest.approx(neg_ll, rel=1e-5)
+    assert float(model.loss(sp.csr_matrix(x))) == pytest.approx(neg_ll, rel=1e-5)
     regularised = make(weight_decay=0.01).eval()
     regularised.load_state_dict(model.state_dict())
     regularised.layers[0].weight.fill_(0.5)  # 8 x 6 weights of 0.5: sum of squares 12
-    assert float(regularised.loss(x)) == pytest.approx(neg_ll + 0.01 * 12.0, rel=1e-5)
+    assert float(regularised.loss(sp.csr_matrix(x))) == pytest.approx(neg_ll + 0.01 * 12.0, rel=1e-5)
 
 
 def test_bad_options_are_rejected():

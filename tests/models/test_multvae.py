@@ -23,7 +23,7 @@ def make(**overrides) -> MultVAE:
 
 @torch.no_grad()
 def neg_elbo(model: MultVAE, x: np.ndarray, anneal: float) -> float:
-    return float(model.loss(x, anneal=anneal))
+    return float(model.loss(sp.csr_matrix(x), anneal=anneal))
 
 
 def clicks() -> torch.Tensor:

@@ -2,7 +2,8 @@
 
 * Every way of not presenting the key (none, empty, wrong, a prefix, the key in the query
   string or as a bearer token) is refused on writes and admin, and writes nothing.
-* The key is compared with ``secrets.compare_digest`` and with nothing else (read from the code).
+* A user's history cannot be read back without a read key (issue 20, finding 2).
+* The keys are compared with ``secrets.compare_digest`` and with nothing else (read from the code).
 * No SQL is built from strings anywhere (read from the code).
 * A body announced over the limit is refused with 413 before it is sent.
 * Neither the API key nor the database or Redis password appears in the logs (info level,
@@ -20,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench.faults import fault_rig
+from bench.faults import READ_KEY, fault_rig, history_reconstruction
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = f"key-{uuid.uuid4().hex}"
@@ -33,7 +34,7 @@ SECRETS = {"API key": KEY, "database password": DB_PASSWORD, "Redis password": R
 def rig(servers_available, registry, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("security")
     with fault_rig(workdir, registry, redis_password=REDIS_PASSWORD, database_password=DB_PASSWORD,
-                   log_level="info", API_KEY=KEY, ENVIRONMENT="production") as rig:
+                   log_level="info", API_KEY=KEY, READ_API_KEY=READ_KEY, ENVIRONMENT="production") as rig:
         yield rig
 
 
@@ -67,7 +68,8 @@ def test_writes_and_admin_refuse_anything_but_the_key(rig, case):
         assert response.json()["error"]["code"] == code
     assert (status == 401) == ("www-authenticate" in write.headers)
     # nothing was written: the user has no history (the popularity list, not a fold-in)
-    assert httpx.post(f"{base}/users/{user}/recommendations", json={"k": 3}, timeout=10).json()["source"] == "popular"
+    read = httpx.post(f"{base}/users/{user}/recommendations", json={"k": 3}, headers={"X-API-Key": READ_KEY}, timeout=10)
+    assert read.json()["source"] == "popular"
 
 
 def test_the_key_opens_writes_and_admin(rig):
@@ -82,8 +84,9 @@ def _python_files(*folders: str) -> list[Path]:
 
 
 def _mentions_key(node: ast.AST) -> bool:
-    return any(isinstance(n, ast.Attribute) and n.attr == "API_KEY" or isinstance(n, ast.Name) and n.id == "API_KEY"
-               for n in ast.walk(node))
+    """API_KEY, WRITE_API_KEY, READ_API_KEY, or the loop variable holding one of them (``configured``)."""
+    return any(isinstance(n, ast.Attribute) and n.attr.endswith("API_KEY")
+               or isinstance(n, ast.Name) and (n.id.endswith("API_KEY") or n.id == "configured") for n in ast.walk(node))
 
 
 def test_the_key_is_compared_in_constant_time_only():
@@ -171,20 +174,20 @@ def test_secrets_never_reach_logs_or_answers(rig):
     answers = [
         httpx.post(f"{base}/interactions", json=interaction(user), headers=auth, timeout=10),
         httpx.post(f"{base}/interactions", json=interaction(user), headers={"X-API-Key": KEY + "x"}, timeout=10),
-        httpx.post(f"{base}/users/{user}/recommendations", json={"k": 5}, timeout=10),
+        httpx.post(f"{base}/users/{user}/recommendations", json={"k": 5}, headers=auth, timeout=10),
     ]
     rig.redis.kill()  # the cache and the database fail: their errors are logged
     rig.proxy.cut()
     try:
         answers += [
             httpx.post(f"{base}/interactions", json=interaction(user + "b"), headers=auth, timeout=15),
-            httpx.post(f"{base}/users/{user}b/recommendations", json={"k": 5}, timeout=15),
+            httpx.post(f"{base}/users/{user}b/recommendations", json={"k": 5}, headers=auth, timeout=15),
             httpx.get(f"{base}/readyz", timeout=15),
         ]
     finally:
         rig.proxy.restore()
         rig.redis.start()
-    answers += [httpx.get(f"{base}/{path}", timeout=10) for path in ("models", "metrics", "openapi.json", "readyz")]
+    answers += [httpx.get(f"{base}/{path}", headers=auth, timeout=10) for path in ("models", "metrics", "openapi.json", "readyz")]
     assert answers[3].status_code == 503 and answers[5].status_code == 503  # the failures really happened
     time.sleep(0.5)  # let the log lines be flushed
     log = rig.server.log_text()[start:]
@@ -194,3 +197,10 @@ def test_secrets_never_reach_logs_or_answers(rig):
         assert secret not in log, f"the {what} is in the service log"
         for response in answers:
             assert secret not in response.text, f"the {what} is in the answer to {response.request.url}"
+
+
+def test_a_users_history_cannot_be_read_back_without_a_read_key(rig):
+    """Finding 2: ``exclude_seen`` over the catalogue as candidates gives back the catalogue minus the
+    user's items; on a production service (reads keyed by default) it is refused without a key."""
+    result = history_reconstruction(rig)
+    assert result["passed"], result["detail"]

@@ -85,8 +85,8 @@ def train_models(corpus: Corpus) -> dict:
         return {
             # float64 on purpose ("auto" would take float32 here): the served copy's cast is tested
             "ease": fit("ease", positives, progress=False, lam=50.0, dtype="float64"),
-            "autorec-u": fit("autorec-u", corpus.X, progress=False, epochs=20, hidden=40, lr=1e-2, seed=0),
-            "autorec-i": fit("autorec-i", corpus.X, progress=False, epochs=20, hidden=40, lr=1e-2, seed=0),
+            "autorec-u": fit("autorec-u", corpus.X, progress=False, epochs=20, hidden=40, lr=1e-2, seed=0, holdout=0),
+            "autorec-i": fit("autorec-i", corpus.X, progress=False, epochs=20, hidden=40, lr=1e-2, seed=0, holdout=0),
         }
     finally:
         torch.set_num_threads(threads)
@@ -131,8 +131,12 @@ def copy_registry(source: Path, target: Path) -> str:
     return version
 
 
+DAMAGES = ("weights", "ids", "missing-file", "truncated", "bit-flipped", "huge-rows")
+
+
 def plant_broken_version(root: Path, damage: str) -> str:
-    """Copy the served version under a new name, damage it, and point LATEST at it."""
+    """Copy the served version under a new name (its manifest and checksums with it), damage it,
+    and point LATEST at it."""
     good = artifacts.latest_version(root)
     name = artifacts.new_version_name(root)
     folder = root / name
@@ -140,8 +144,21 @@ def plant_broken_version(root: Path, damage: str) -> str:
     manifest = json.loads((folder / "manifest.json").read_text())
     manifest["version"] = name
     (folder / "manifest.json").write_text(json.dumps(manifest))
+    weights = folder / "ease" / "weights.safetensors"
     if damage == "weights":
-        (folder / "ease" / "weights.safetensors").write_bytes(b"\x00not a safetensors file")
+        weights.write_bytes(b"\x00not a safetensors file")
+    elif damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # an interrupted copy
+    elif damage == "bit-flipped":
+        data = bytearray(weights.read_bytes())
+        data[len(data) // 2] ^= 0x04  # one bit of one value of B: still a valid file of finite weights
+        weights.write_bytes(bytes(data))
+    elif damage == "huge-rows":
+        from safetensors.torch import load_file, save_file
+
+        state = load_file(str(weights))
+        state["B"][:3] = 3.4e38  # finite: only the checksum tells this B from the published one
+        save_file(state, str(weights))
     elif damage == "ids":
         ids = json.loads((folder / "ease" / "ids.json").read_text())
         ids["items"] = ids["items"][:-3]  # shapes no longer match the weights

@@ -179,3 +179,35 @@ def client(seeded_backend, registry):
 def auth() -> dict[str, str]:
     return {"X-API-Key": API_KEY}
 
+
+@pytest.fixture
+def route_calls(monkeypatch):
+    """Requests that reached the recommendations route's serving code (a hit answered before the
+    routing does not), each as the lookup handed to it."""
+    from service import serving
+
+    calls = []
+    original = serving.recommendations
+
+    async def counted(*args, **kwargs):
+        calls.append(kwargs.get("looked_up", args[6] if len(args) > 6 else None))
+        return await original(*args, **kwargs)
+
+    monkeypatch.setattr(serving, "recommendations", counted)
+    return calls
+
+
+@pytest.fixture
+def body_reads(monkeypatch):
+    """The paths of the requests whose body the app read (Starlette's ``Request.body``)."""
+    from starlette.requests import Request
+
+    reads = []
+    original = Request.body
+
+    async def counted(self):
+        reads.append(self.url.path)
+        return await original(self)
+
+    monkeypatch.setattr(Request, "body", counted)
+    return reads

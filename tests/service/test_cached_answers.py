@@ -5,26 +5,10 @@ from __future__ import annotations
 
 import re
 
-import pytest
-
 from _service_support import API_KEY, error_body, new_user
 from service import serving
 
 ROUTE_LABEL = 'route="/users/{user_id}/recommendations"'
-
-
-@pytest.fixture
-def route_calls(monkeypatch):
-    """How many requests reached the route's serving code (a hit answered before the routing does not)."""
-    calls = []
-    original = serving.recommendations
-
-    async def counted(*args, **kwargs):
-        calls.append(kwargs.get("looked_up", args[6] if len(args) > 6 else None))
-        return await original(*args, **kwargs)
-
-    monkeypatch.setattr(serving, "recommendations", counted)
-    return calls
 
 
 def counter(text: str, name: str, **labels: str) -> float:

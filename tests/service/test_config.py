@@ -52,3 +52,49 @@ def test_scoring_concurrency_sets_the_model_stores_slots(tmp_path):
     assert create_app(Settings(DATABASE_URL=f"sqlite:///{tmp_path / 't.db'}", ARTIFACTS_DIR=tmp_path)).state.store.scoring_slots.total_tokens == 1
     with pytest.raises(ValidationError, match="SCORING_CONCURRENCY"):
         Settings(DATABASE_URL=f"sqlite:///{tmp_path / 'u.db'}", ARTIFACTS_DIR=tmp_path, SCORING_CONCURRENCY=0)
+
+
+def test_scoring_device_is_the_gpu_when_there_is_one_and_the_store_loads_onto_it(tmp_path):
+    import torch
+
+    from service.main import create_app
+
+    here = "cuda" if torch.cuda.is_available() else "cpu"
+    settings = Settings(DATABASE_URL=f"sqlite:///{tmp_path / 'd.db'}", ARTIFACTS_DIR=tmp_path)
+    assert settings.SCORING_DEVICE == "auto" and settings.scoring_device == here
+    assert create_app(settings).state.store.device == here
+    assert Settings(DATABASE_URL=f"sqlite:///{tmp_path / 'e.db'}", SCORING_DEVICE="cpu").scoring_device == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(ValidationError, match="SCORING_DEVICE=cuda but torch sees no CUDA GPU"):
+            Settings(DATABASE_URL=f"sqlite:///{tmp_path / 'f.db'}", SCORING_DEVICE="cuda")
+
+
+@pytest.mark.parametrize("name", ["WRITE_API_KEY", "READ_API_KEY"])
+def test_narrower_keys_are_optional_but_never_placeholders_outside_development(name):
+    real = "9c1f-real-secret-77ab"
+    assert getattr(Settings(ENVIRONMENT="production", API_KEY=real, **{name: ""}), name) is None  # empty: unset
+    with pytest.raises(ValidationError, match=name):
+        Settings(ENVIRONMENT="production", API_KEY=real, **{name: "change-me"})
+    with pytest.raises(ValidationError, match="must all differ"):
+        Settings(ENVIRONMENT="production", API_KEY=real, **{name: real})  # the same key would open two scopes
+
+
+def test_reads_need_a_key_outside_development_unless_set():
+    real = "9c1f-real-secret-77ab"
+    assert Settings(ENVIRONMENT="development").READS_REQUIRE_KEY is False
+    assert Settings(ENVIRONMENT="staging", API_KEY=real).READS_REQUIRE_KEY is True
+    assert Settings(ENVIRONMENT="production", API_KEY=real).READS_REQUIRE_KEY is True
+    assert Settings(ENVIRONMENT="production", API_KEY=real, READS_REQUIRE_KEY=False).READS_REQUIRE_KEY is False
+    assert Settings(ENVIRONMENT="development", READS_REQUIRE_KEY=True).READS_REQUIRE_KEY is True
+
+
+def test_rate_limits_are_off_in_development_and_on_elsewhere():
+    from service.core.config import DEFAULT_RATE_LIMITS
+
+    dev = Settings(ENVIRONMENT="development", RATE_LIMIT="")
+    assert (dev.RATE_LIMIT, dev.RATE_LIMIT_PER_KEY) == ("off", "off")
+    prod = Settings(ENVIRONMENT="production", API_KEY="9c1f-real-secret-77ab")
+    assert (prod.RATE_LIMIT, prod.RATE_LIMIT_PER_KEY) == (DEFAULT_RATE_LIMITS["RATE_LIMIT"], DEFAULT_RATE_LIMITS["RATE_LIMIT_PER_KEY"])
+    assert Settings(ENVIRONMENT="development", RATE_LIMIT="5/second;100/minute").RATE_LIMIT == "5/second;100/minute"
+    with pytest.raises(ValidationError, match="RATE_LIMIT_PER_KEY='lots'"):
+        Settings(RATE_LIMIT_PER_KEY="lots")

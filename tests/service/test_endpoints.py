@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import json
+import math
+import uuid
 
 import numpy as np
 import scipy.sparse as sp
+import torch
+from fastapi.testclient import TestClient
 
-from _service_support import API_KEY, POSITIVE, error_body
+from _service_support import API_KEY, POSITIVE, copy_registry, error_body
 from _service_support import new_user
+from service.main import create_app
 from trainer.artifacts import latest_version
 
 KNOWN_USER = "1"
+AUTH = {"X-API-Key": API_KEY}
 
 
 def seen_items(corpus, user_id: str) -> set[str]:
@@ -276,9 +282,38 @@ def test_similar_items_are_the_nearest_embeddings(client, corpus, trained):
     assert unknown.status_code == 404 and error_body(unknown)["code"] == "unknown_item"
 
 
+def test_no_non_finite_score_leaves_the_api(tmp_path, seeded_backend, registry):
+    """A served model whose output is NaN for some input (the rows of item 50 in AutoRec-U's decoder,
+    which its ratings and similar items read in place, and in EASE's B): the requests that meet it
+    are a 503, never a null score; the others are answered."""
+    copy_registry(registry, tmp_path / "registry")
+    settings = seeded_backend.settings(tmp_path / "registry", RELOAD_INTERVAL_S=3600.0, CACHE_NAMESPACE=uuid.uuid4().hex)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        version = client.app.state.store.current
+        with torch.no_grad():
+            version.models["autorec-u"].model.decoder.weight[version.models["autorec-u"].item_index.get("50")] = math.nan
+            version.models["ease"].model.B[version.models["ease"].item_index.get("50")] = math.nan
+        with_50, without_50 = new_user(), new_user()
+        client.post("/interactions", json=[{"user_id": with_50, "item_id": 50, "rating": 5},
+                                           {"user_id": without_50, "item_id": 51, "rating": 5}], headers=AUTH)
+        for response in (client.post("/ratings", json={"user_id": KNOWN_USER, "item_ids": [51, 50], "model": "autorec-u"}),
+                         client.get("/items/50/similar", params={"k": 4, "model": "autorec-u"}),
+                         client.get("/items/51/similar", params={"k": 599, "model": "autorec-u"}),
+                         client.post(f"/users/{with_50}/recommendations", json={"k": 5})):
+            assert response.status_code == 503 and error_body(response)["code"] == "model_fault", response.text
+        for response in (client.post("/ratings", json={"user_id": KNOWN_USER, "item_ids": [51, 52], "model": "autorec-u"}),
+                         client.get("/items/51/similar", params={"k": 4, "model": "autorec-u"}),
+                         client.post(f"/users/{without_50}/recommendations", json={"k": 5})):
+            assert response.status_code == 200, response.text
+            body = response.json()
+            scores = [r["rating"] for r in body["ratings"]] if "ratings" in body else [i["score"] for i in body["items"]]
+            assert len(scores) in (2, 4, 5) and all(isinstance(s, float) and math.isfinite(s) for s in scores), body
+
+
 def test_models_lists_the_served_version(client, registry):
     body = client.get("/models").json()
     assert body["version"] == latest_version(registry) and body["swaps"] == 1
+    assert body["requested"] == body["version"] and body["fallback"] is None and body["refused"] == {}
     models = {m["name"]: m for m in body["models"]}
     assert set(models) == {"ease", "autorec-u", "autorec-i"}
     assert models["ease"]["default_for"] == ["recommendations"] and models["autorec-u"]["default_for"] == ["ratings"]

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
+import torch
 
 from models import REGISTRY, build_config
 from service.crud import History
-from service.inference import history_rows
-from service.model_store import IdIndex, ServingModel
+from service.errors import ApiError
+from service.inference import RatingQuery, history_rows, predict_ratings, similar_items
+from service.model_store import IdIndex, ItemVectors, ServingModel
 from trainer.artifacts import LoadedModel
 
 ITEMS = ["a", "b", "c", "d"]
@@ -80,3 +84,22 @@ def test_id_index_maps_whole_arrays_and_marks_unknown_ids(ids, expected):
 
 def test_id_index_reports_duplicate_ids():
     assert IdIndex(ITEMS).is_unique and not IdIndex(["a", "b", "a"]).is_unique
+
+
+def test_a_request_that_meets_a_non_finite_score_is_a_503():
+    """A model whose output is NaN for some input (here: item b's decoder row, which is also its
+    embedding): requests that would carry it are refused, the others are answered."""
+    model = served("autorec-u")
+    model = dataclasses.replace(model, item_vectors=ItemVectors(model.model.item_embeddings().numpy()))
+    with torch.no_grad():
+        model.model.decoder.weight[1] = float("nan")
+    fine = predict_ratings([RatingQuery("u1", ["a", "c"], model)], LOG)
+    assert len(fine[0].ratings) == 2 and np.isfinite([r for _, r in fine[0].ratings]).all()
+    nearest = similar_items(model, "a", 2)  # b's NaN similarity sorts last: not among the 2 nearest
+    assert "b" not in [i for i, _ in nearest] and np.isfinite([s for _, s in nearest]).all()
+    for call in (lambda: predict_ratings([RatingQuery("u1", ["a", "b"], model)], LOG),
+                 lambda: similar_items(model, "b", 2), lambda: similar_items(model, "a", 3)):
+        with pytest.raises(ApiError) as refused:
+            call()
+        assert (refused.value.status, refused.value.code) == (503, "model_fault")
+        assert refused.value.details == {"model": "autorec-u"}

@@ -34,7 +34,7 @@ CASES = [
     ("ratings-no-items", "post", "/ratings", {"json": {"user_id": 1, "item_ids": []}}, 422, "validation_error"),
     ("ratings-missing-user", "post", "/ratings", {"json": {"item_ids": [1]}}, 422, "validation_error"),
     ("ratings-unknown-model", "post", "/ratings", {"json": {"user_id": 1, "item_ids": [1], "model": "x"}}, 404, "unknown_model"),
-    ("ratings-too-many-items", "post", "/ratings", {"json": {"user_id": 1, "item_ids": list(range(1001))}}, 413, "batch_too_large"),
+    ("ratings-too-many-pairs", "post", "/ratings", {"json": {"user_id": 1, "item_ids": list(range(1001))}}, 413, "too_many_pairs"),
     ("interactions-empty", "post", "/interactions", {"json": [], "headers": KEY}, 422, "validation_error"),
     ("interactions-not-list", "post", "/interactions", {"json": {"user_id": 1, "item_id": 2}, "headers": KEY}, 422, "validation_error"),
     ("interactions-null-item", "post", "/interactions", {"json": [{"user_id": 1, "item_id": None}], "headers": KEY}, 422, "validation_error"),

@@ -1,15 +1,19 @@
-"""Model versions change under a running service: hot swap with no failed request, broken versions refused."""
+"""Model versions change under a running service: hot swap with no failed request; a broken version is
+refused, the newest older one that loads serves (at start-up too), and it is retried when its files change."""
 
 from __future__ import annotations
 
+import re
+import shutil
 import threading
 import time
+import uuid
 
 import pytest
 import scipy.sparse as sp
 from fastapi.testclient import TestClient
 
-from _service_support import API_KEY, copy_registry, error_body, plant_broken_version, publish_version
+from _service_support import API_KEY, DAMAGES, copy_registry, error_body, plant_broken_version, publish_version
 from service.core.config import Settings
 from service.db.migrate import upgrade_to_head
 from service.db.session import make_engine
@@ -87,7 +91,17 @@ def test_hot_swap_under_load_fails_no_request(tmp_path, registry, trained, corpu
     assert "aerec_model_swaps_total 2.0" in client.get("/metrics").text
 
 
-@pytest.mark.parametrize("damage", ["weights", "ids", "missing-file"])
+REFUSAL_REASONS = {  # what the refusal names, per damage of plant_broken_version
+    "weights": r"ease/weights.safetensors has [\d,]+ bytes, its manifest says [\d,]+",
+    "ids": "ease/ids.json has",
+    "missing-file": "autorec-u/metrics.json is missing",
+    "truncated": r"ease/weights.safetensors has [\d,]+ bytes, its manifest says [\d,]+",
+    "bit-flipped": "ease/weights.safetensors does not match its sha256",
+    "huge-rows": "ease/weights.safetensors does not match its sha256",
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
 def test_broken_version_is_refused_and_the_old_keeps_serving(tmp_path, registry, trained, corpus, app_on, damage):
     root = tmp_path / "registry"
     good = copy_registry(registry, root)
@@ -97,11 +111,14 @@ def test_broken_version_is_refused_and_the_old_keeps_serving(tmp_path, registry,
     response = client.post("/admin/reload", headers=KEY)
     assert response.status_code == 409, response.text
     error = error_body(response)
-    assert error["code"] == "version_refused" and broken in error["message"] and error["details"]["serving"] == good
+    assert error["code"] == "version_refused" and error["details"] == {"serving": good, "requested": broken}
+    assert re.search(f"^version {broken} refused: ArtifactError: .*{REFUSAL_REASONS[damage]}.*; still serving {good}$",
+                     error["message"]), error["message"]
     served = client.post("/users/1/recommendations", json={"k": 3})
     assert served.status_code == 200 and served.json()["model_version"] == good
     models = client.get("/models").json()
     assert models["version"] == good and broken in models["refused"]
+    assert models["requested"] == broken and models["fallback"].startswith(f"version {broken} refused: ")
     assert client.get("/readyz").status_code == 200
     assert "aerec_model_versions_refused_total 1.0" in client.get("/metrics").text
 
@@ -253,3 +270,104 @@ def test_similar_items_read_the_served_weights_in_place(registry):
     assert not ItemVectors(broken).finite
     huge = np.full((2, 3), 3e38, dtype=np.float32)  # finite, though its float32 squares are not
     assert ItemVectors(huge).finite
+
+
+@pytest.mark.parametrize("damage", ["truncated", "bit-flipped"])
+def test_start_up_on_a_damaged_newest_version_serves_the_previous_one(tmp_path, seeded_backend, registry, damage):
+    """The outage of issue 20 (a truncated newest version made every read 503, /ratings on an undamaged
+    model too): the previous whole version serves, and /models and the metrics say why."""
+    root = tmp_path / "registry"
+    good = copy_registry(registry, root)
+    broken = plant_broken_version(root, damage)
+    app = create_app(seeded_backend.settings(root, RELOAD_INTERVAL_S=3600.0, CACHE_NAMESPACE=uuid.uuid4().hex))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        assert client.get("/readyz").status_code == 200
+        ratings = client.post("/ratings", json={"user_id": "1", "item_ids": ["1", "2"], "model": "autorec-u"})
+        assert ratings.status_code == 200 and ratings.json()["model_version"] == good
+        listed = client.post("/users/1/recommendations", json={"k": 3})
+        assert listed.status_code == 200 and listed.json()["model_version"] == good
+        models = client.get("/models").json()
+        assert (models["version"], models["requested"]) == (good, broken)
+        assert re.match(f"version {broken} refused: .*{REFUSAL_REASONS[damage]}", models["fallback"])
+        assert models["refused"] == {broken: models["fallback"].removeprefix(f"version {broken} refused: ")}
+        metrics = client.get("/metrics").text
+        assert "aerec_model_fallback 1.0" in metrics and "aerec_model_versions_refused_total 1.0" in metrics
+        assert f'aerec_model_version_info{{version="{good}"}} 1.0' in metrics
+
+
+def test_a_refused_version_is_retried_when_its_files_change(tmp_path, registry, app_on):
+    root = tmp_path / "registry"
+    good = copy_registry(registry, root)
+    client = app_on(root)  # the watcher polls every 0.1 s
+    broken = plant_broken_version(root, "truncated")
+    wait_for(lambda: broken in client.get("/models").json()["refused"])
+    time.sleep(0.5)  # several polls: unchanged files are not tried again
+    assert "aerec_model_versions_refused_total 1.0" in client.get("/metrics").text
+    assert client.get("/models").json()["version"] == good
+
+    weights = "ease/weights.safetensors"
+    shutil.copyfile(root / good / weights, root / broken / weights)  # the operator restores the file
+    wait_for(lambda: client.get("/models").json()["version"] == broken)
+    models = client.get("/models").json()
+    assert models["fallback"] is None and models["refused"] == {} and models["requested"] == broken
+    assert client.post("/users/1/recommendations", json={}).json()["model_version"] == broken
+    metrics = client.get("/metrics").text
+    assert "aerec_model_fallback 0.0" in metrics and "aerec_model_versions_refused_total 1.0" in metrics
+
+
+def test_fallback_walks_back_to_the_newest_version_that_loads(tmp_path, registry):
+    """At start-up, two damaged versions above a good one: each is refused once, the good one serves;
+    the watcher's next polls try neither again."""
+    from service.metrics import Metrics
+    from service.model_store import ModelStore
+
+    root = tmp_path / "registry"
+    good = copy_registry(registry, root)
+    middle = plant_broken_version(root, "bit-flipped")
+    newest = plant_broken_version(root, "truncated")  # a copy of the damaged middle one, truncated
+    store = ModelStore(root, Metrics(), interval_s=60)
+    outcome = store.reload()
+    assert (outcome.version, outcome.previous, outcome.swapped, outcome.refused) == (good, None, True, True)
+    assert outcome.message.startswith(f"version {newest} refused: ")
+    assert outcome.message.endswith(f"; now serving {good}, the newest older version that loads")
+    assert sorted(store.refused) == [middle, newest] and store.fallback.startswith(f"version {newest} refused")
+    again = store.reload()
+    assert (again.version, again.swapped, again.refused) == (good, False, True)
+    assert again.message.endswith(f"; still serving {good}")
+    assert store.metrics.registry.get_sample_value("aerec_model_versions_refused_total") == 2
+
+
+def test_admin_reload_with_a_bad_latest_names_what_is_wrong(tmp_path, registry, app_on):
+    root = tmp_path / "registry"
+    good = copy_registry(registry, root)
+    client = app_on(root, RELOAD_INTERVAL_S=3600.0)
+    (root / "LATEST").write_text("not-a-version\n")
+    response = client.post("/admin/reload", headers=KEY)
+    assert response.status_code == 409
+    error = error_body(response)
+    assert "None" not in error["message"] and error["details"] == {"serving": good, "requested": None}
+    assert re.search(f"LATEST holds 'not-a-version', which is not a version name; still serving {good}$", error["message"])
+    models = client.get("/models").json()
+    assert models["version"] == good and models["requested"] is None and "not a version name" in models["fallback"]
+
+    missing = "20990101T000000Z-abcdef"
+    (root / "LATEST").write_text(missing + "\n")
+    error = error_body(client.post("/admin/reload", headers=KEY))
+    assert error["message"].startswith(f"version {missing} refused: ArtifactError: manifest of version {missing} is missing")
+    assert error["details"] == {"serving": good, "requested": missing}
+
+
+def test_start_up_with_a_bad_latest_serves_the_newest_version_that_loads(tmp_path, registry, trained, corpus):
+    from service.metrics import Metrics
+    from service.model_store import ModelStore
+
+    root = tmp_path / "registry"
+    copy_registry(registry, root)
+    newest = publish_version(root, trained, corpus)
+    (root / "LATEST").write_text("garbage\n")
+    store = ModelStore(root, Metrics(), interval_s=60)
+    outcome = store.reload()
+    assert (outcome.version, outcome.swapped, outcome.refused, outcome.requested) == (newest, True, True, None)
+    assert outcome.message.endswith(f"not a version name; now serving {newest}, the newest version that loads")
+    assert not store.reload().swapped  # LATEST still unreadable: reported once, not at every poll
+    assert store.metrics.registry.get_sample_value("aerec_model_versions_refused_total") == 1

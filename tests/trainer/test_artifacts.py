@@ -1,8 +1,10 @@
-"""The artifact registry: publish/read round trip, atomicity under SIGKILL, retention, validation."""
+"""The artifact registry: publish/read round trip, atomicity under SIGKILL, retention, checksums, validation."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -166,6 +168,15 @@ def test_publish_rejects_id_maps_that_do_not_fit_the_model(tmp_path):
     assert artifacts.latest_version(tmp_path) is None
 
 
+def resign(root: Path, version: str) -> None:
+    """Rewrite the manifest's checksums after a deliberate edit: what a writer who can rewrite the
+    manifest does, so the checks behind the checksums are reached."""
+    path = root / version / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["files"] = artifacts.file_checksums(root / version)
+    path.write_text(json.dumps(manifest))
+
+
 def test_load_version_reports_what_is_wrong(tmp_path):
     with pytest.raises(ArtifactError, match="no version published"):
         artifacts.load_version(tmp_path)
@@ -174,10 +185,17 @@ def test_load_version_reports_what_is_wrong(tmp_path):
 
     ids = json.loads((folder / "ids.json").read_text())
     (folder / "ids.json").write_text(json.dumps({"users": ids["users"][:-1], "items": ids["items"]}))
+    resign(tmp_path, version)
     with pytest.raises(ArtifactError, match="5 users x 5 items"):
         artifacts.load_version(tmp_path)
 
     (folder / "ids.json").unlink()
+    resign(tmp_path, version)
+    with pytest.raises(ArtifactError, match="has no checksum for autorec-u/ids.json"):
+        artifacts.load_version(tmp_path)
+    manifest = json.loads((tmp_path / version / "manifest.json").read_text())
+    del manifest["files"]
+    (tmp_path / version / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match="missing ids.json"):
         artifacts.load_version(tmp_path)
 
@@ -187,11 +205,122 @@ def test_load_version_reports_what_is_wrong(tmp_path):
 
 
 def test_load_version_refuses_a_model_with_non_finite_scores(tmp_path):
+    """Finite weights so large that the scores overflow: caught by the smoke recommendation."""
     version = publish_tiny(tmp_path)
     folder = tmp_path / version / "autorec-u"
     model = tiny_model()
     with torch.no_grad():
-        model.decoder.bias.fill_(float("nan"))
+        model.decoder.weight.fill_(3e38)  # W sigmoid(.) sums 4 of them: past float32's 3.4e38
+    assert not artifacts.non_finite_weights(model)
     model.save(folder)
+    resign(tmp_path, version)
     with pytest.raises(ArtifactError, match="non-finite scores"):
         artifacts.load_version(tmp_path)
+
+
+def test_publish_writes_a_checksum_for_every_file(tmp_path):
+    version = publish_tiny(tmp_path)
+    folder = tmp_path / version
+    files = json.loads((folder / "manifest.json").read_text())["files"]
+    on_disk = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    assert sorted(files) == [f for f in on_disk if f != "manifest.json"]
+    assert "autorec-u/weights.safetensors" in files and "popularity.json" in files
+    for relative, entry in files.items():
+        data = (folder / relative).read_bytes()
+        assert entry == {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-1])
+
+
+def _flip_a_bit(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x10  # inside the last weight's bytes: still a valid safetensors file, with one value changed
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage, message", [
+    (_truncate, r"weights.safetensors has \d+ bytes, its manifest says \d+"),
+    (_flip_a_bit, "weights.safetensors does not match its sha256 in the manifest"),
+    (Path.unlink, "autorec-u/weights.safetensors is missing"),
+], ids=["truncated", "bit-flipped", "missing"])
+def test_load_version_refuses_a_file_that_does_not_match_its_checksum(tmp_path, damage, message):
+    version = publish_tiny(tmp_path)
+    weights = tmp_path / version / "autorec-u" / "weights.safetensors"
+    before = artifacts.version_stamp(tmp_path, version)
+    damage(weights)
+    assert artifacts.version_stamp(tmp_path, version) != before
+    with pytest.raises(ArtifactError, match=message):
+        artifacts.load_version(tmp_path)
+
+
+def test_a_bit_flip_the_checksum_catches_is_a_valid_model_otherwise(tmp_path):
+    """Without checksums the flipped file loads and serves other scores: only the checksum tells."""
+    version = publish_tiny(tmp_path)
+    _flip_a_bit(tmp_path / version / "autorec-u" / "weights.safetensors")
+    manifest_path = tmp_path / version / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["files"]
+    manifest_path.write_text(json.dumps(manifest))
+    flipped = artifacts.load_version(tmp_path).models["autorec-u"].model
+    rows = sp.csr_matrix(np.array([[5, 0, 3, 0, 1]], dtype=np.float32))
+    assert not torch.equal(flipped.scores(rows), tiny_model(0).scores(rows))
+
+
+def test_a_version_without_checksums_loads_with_a_warning(tmp_path, caplog):
+    version = publish_tiny(tmp_path)
+    manifest_path = tmp_path / version / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["files"]
+    manifest_path.write_text(json.dumps(manifest))
+    with caplog.at_level(logging.WARNING, logger="trainer.artifacts"):
+        assert artifacts.load_version(tmp_path).version == version
+    assert f"version {version} has no checksums" in caplog.text
+
+
+def test_a_manifest_that_lists_a_path_outside_the_version_is_refused(tmp_path):
+    version = publish_tiny(tmp_path)
+    (tmp_path / "outside").write_bytes(b"x")
+    manifest_path = tmp_path / version / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"]["../outside"] = {"sha256": hashlib.sha256(b"x").hexdigest(), "bytes": 1}
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="its manifest lists '../outside', outside the version"):
+        artifacts.load_version(tmp_path)
+
+
+def test_non_finite_weights_are_refused_at_load_and_at_publish(tmp_path):
+    version = publish_tiny(tmp_path)
+    model = tiny_model()
+    with torch.no_grad():
+        model.encoder.weight[1, 2] = float("inf")
+        model.decoder.bias[0] = float("nan")
+    model.save(tmp_path / version / "autorec-u")
+    resign(tmp_path, version)
+    with pytest.raises(ArtifactError, match="non-finite weights .*: 1 values.*: 1 values"):
+        artifacts.load_version(tmp_path)
+
+    staged = {"autorec-u": StagedModel(model=model, user_ids=list(range(6)), item_ids=list(range(5)), metrics={})}
+    with pytest.raises(ArtifactError, match="model autorec-u has non-finite weights"):
+        artifacts.publish(tmp_path, staged, {"models": {}}, popularity={"items": [], "counts": []})
+    assert artifacts.list_versions(tmp_path) == [version]
+
+
+def test_publish_refuses_to_carry_a_damaged_model(tmp_path):
+    """A model carried from the previous version is checked against that version's checksums:
+    a damaged file is never published again under fresh ones."""
+    first = publish_tiny(tmp_path)
+    carried = tmp_path / first / "autorec-u"
+    staged = {"other": StagedModel(model=tiny_model(1), user_ids=list(range(6)), item_ids=list(range(5)), metrics={})}
+    popularity = {"items": [1], "counts": [1]}
+    second = artifacts.publish(tmp_path, staged, {"models": {}}, popularity=popularity, carry_from={"autorec-u": carried})
+    files = json.loads((tmp_path / second / "manifest.json").read_text())["files"]
+    assert files["autorec-u/weights.safetensors"] == json.loads(
+        (tmp_path / first / "manifest.json").read_text())["files"]["autorec-u/weights.safetensors"]
+
+    _flip_a_bit(tmp_path / second / "autorec-u" / "weights.safetensors")
+    with pytest.raises(ArtifactError, match="carried from version .*weights.safetensors does not match its sha256"):
+        artifacts.publish(tmp_path, staged, {"models": {}}, popularity=popularity,
+                          carry_from={"autorec-u": tmp_path / second / "autorec-u"})
+    assert artifacts.latest_version(tmp_path) == second

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+import models.base
+
 from models.base import ModelInputError, TrainData
 from models.baselines import Popularity, fit_baseline
 from trainer.errors import UserError
@@ -80,13 +82,15 @@ def test_users_the_model_trained_on_are_passed_and_others_refused():
         evaluate_ranking(model, HeldOut(inputs, targets, np.arange(2), np.array([0, -1])), ks=(1,))
 
 
-def test_evaluate_ranking_batches_give_the_same_report():
+def test_evaluate_ranking_blocks_give_the_same_report(monkeypatch):
     split_model = popularity_on([9, 1, 8, 2, 7, 3, 6, 4, 5, 1])
     rng = np.random.default_rng(0)
     dense_in = (rng.random((50, 10)) < 0.2).astype(np.float32)
     dense_t = ((rng.random((50, 10)) < 0.3) & (dense_in == 0)).astype(np.float32)
     held = HeldOut(sp.csr_matrix(dense_in), sp.csr_matrix(dense_t), np.arange(50), np.full(50, -1))
-    assert evaluate_ranking(split_model, held, ks=(3, 5), batch_rows=7) == evaluate_ranking(split_model, held, ks=(3, 5))
+    whole = evaluate_ranking(split_model, held, ks=(3, 5))
+    monkeypatch.setattr(models.base, "SCORE_BATCH_ROWS", 7)  # the model scores the 50 rows in blocks of 7
+    assert evaluate_ranking(split_model, held, ks=(3, 5)) == whole
 
 
 # ---- ratings ------------------------------------------------------------------------------

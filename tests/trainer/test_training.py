@@ -156,3 +156,65 @@ def test_training_keeps_freed_blocks_instead_of_returning_them_to_the_kernel():
     # after reuse_freed_memory (fit calls it): the block comes from the heap and stays there
     mapped, kept = mapped_and_kept("reuse")
     assert mapped == 0 and kept >= 15
+
+
+# ---- fit without valid: the epochs chosen on a held-out part, then a refit on everything ------------------
+def clicks(n_users: int = 60, n_items: int = 30, seed: int = 0) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """Two taste groups, 6-12 positives each, and timestamps 1, 2, ... in a random order per user."""
+    rng = np.random.default_rng(seed)
+    rows, cols = [], []
+    for u in range(n_users):
+        block = np.arange(n_items // 2) + (u % 2) * (n_items // 2)
+        chosen = rng.choice(block, rng.integers(6, 13), replace=False)
+        rows += [u] * len(chosen)
+        cols += chosen.tolist()
+    X = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(n_users, n_items))
+    ts = X.copy()
+    ts.data = rng.permutation(X.nnz).astype(np.float64) + 1
+    return X, ts
+
+
+def test_holdout_splits_follow_the_protocols_rules():
+    from trainer.holdout import hold_out
+
+    X, ts = clicks()
+    split = hold_out(X, ts, rating=False, sequential=True, fraction=0.1, seed=3)
+    held = split.valid.users
+    assert len(held) == 6 and split.train.shape == (54, 30)  # those users leave the training matrix
+    assert (split.valid.train_rows == -1).all()
+    together = (split.valid.inputs + split.valid.targets).toarray()
+    np.testing.assert_array_equal(together, X[held].toarray())  # inputs and targets split their positives
+    assert (split.valid.inputs.multiply(split.valid.targets)).nnz == 0
+    n = X[held].getnnz(axis=1)
+    assert split.valid.targets.getnnz(axis=1).tolist() == (n - np.floor(0.8 * n + 1e-9)).astype(int).tolist()
+    for row, user in enumerate(held):  # sequential: the targets are each user's latest items
+        latest = ts[user].toarray().ravel()
+        assert latest[split.valid.targets[row].indices].min() > latest[split.valid.inputs[row].indices].max()
+
+    ratings = X.multiply(np.arange(1, 31, dtype=np.float32)).tocsr()
+    rated = hold_out(ratings, None, rating=True, sequential=False, fraction=0.1, seed=3)
+    assert rated.valid.nnz == round(0.1 * X.nnz) and rated.train.nnz == X.nnz - rated.valid.nnz
+    np.testing.assert_array_equal((rated.train + rated.valid).toarray(), ratings.toarray())
+    assert hold_out(X[:3], None, rating=True, sequential=False, fraction=0.1, seed=0) is None  # too few to hold out
+
+
+def test_fit_without_valid_chooses_its_epochs_on_a_holdout_then_trains_on_everything():
+    X, _ = clicks()
+    model = trainer.fit("multdae", X, seed=0, progress=False, epochs=40, patience=3, batch_size=16, dims=(8,))
+    held = model.training_log["holdout"]
+    assert held["valid_metric"] == "ndcg@100" and held["epochs_run"] <= 40
+    assert "6 of 60 users" in held["held_out"]
+    assert model.training_log["epochs"] == held["best_epoch"] >= 1  # the refit ran exactly the chosen epochs
+    assert model.n_users == 60  # the returned model was trained on every user
+    again = trainer.fit("multdae", X, seed=0, progress=False, epochs=40, patience=3, batch_size=16, dims=(8,))
+    assert again.training_log["holdout"]["best_epoch"] == held["best_epoch"]  # seeded
+
+
+def test_holdout_zero_trains_every_epoch_and_a_bad_fraction_is_refused():
+    X, _ = clicks()
+    model = trainer.fit("multdae", X, seed=0, progress=False, epochs=3, dims=(8,), holdout=0)
+    assert model.training_log["epochs"] == 3 and "holdout" not in model.training_log
+    with pytest.raises(UserError, match="holdout"):
+        trainer.fit("multdae", X, progress=False, epochs=1, holdout=1.0)
+    tiny = trainer.fit("autorec-u", X[:3].multiply(4.0).tocsr(), progress=False, epochs=2, hidden=4)
+    assert tiny.training_log["epochs"] == 2 and "too little data" in tiny.training_log["holdout"]["held_out"]

@@ -1,4 +1,4 @@
-"""Liveness, readiness and Prometheus metrics."""
+"""Liveness, readiness and Prometheus metrics (keyed where METRICS_REQUIRE_KEY is true)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.exc import SQLAlchemyError
 
 from service import crud
-from service.api.deps import CacheDep, MetricsDep, SessionDep, StoreDep
+from service.api.deps import CacheDep, MetricsAccess, MetricsDep, SessionDep, StoreDep
+from service.api.routing import AccessFirstRoute
 from service.db.session import retry_if_dropped
 from service.errors import ApiError
 from service.schemas import ErrorBody, Health, Readiness
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], route_class=AccessFirstRoute)
 
 
 @router.get("/healthz", response_model=Health)
@@ -26,10 +27,10 @@ def readyz(session: SessionDep, cache: CacheDep, store: StoreDep) -> Readiness:
     """Ready when a model version is loaded and the database and cache answer; 503 with the reasons otherwise."""
     checks = {}
     version = store.current
-    checks["model"] = (
+    checks["model"] = (  # why none is loaded is in the log: an answer carries no paths or exception texts
         {"ok": True, "detail": f"serving version {version.version}"}
         if version
-        else {"ok": False, "detail": f"no version loaded ({store.last_error or 'nothing published in ' + str(store.root)})"}
+        else {"ok": False, "detail": "no version loaded (the service log says why)"}
     )
     try:
         retry_if_dropped(lambda: crud.ping(session))
@@ -45,7 +46,8 @@ def readyz(session: SessionDep, cache: CacheDep, store: StoreDep) -> Readiness:
     return Readiness(ready=True, checks=checks)
 
 
-@router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+@router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
+            dependencies=[MetricsAccess])
 def metrics(metrics: MetricsDep) -> Response:
     """Prometheus text format: requests and latency per route and model, cache, model version, swaps."""
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

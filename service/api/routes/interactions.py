@@ -1,4 +1,4 @@
-"""POST /interactions: store a batch of interactions (API key required)."""
+"""POST /interactions: store a batch of interactions (a write key required)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ from fastapi import APIRouter, Body
 
 from service import crud
 from service.api.deps import SettingsDep, WriteAccess, WriterDep
+from service.api.routing import AccessFirstRoute
 from service.schemas import InteractionIn, InteractionsResult
-from service.serving import check_list, check_ratings
+from service.serving import check_interaction_ratings, check_list
 
-router = APIRouter(tags=["interactions"], dependencies=[WriteAccess])
+router = APIRouter(tags=["interactions"], dependencies=[WriteAccess], route_class=AccessFirstRoute)
 
 
 @router.post("/interactions", response_model=InteractionsResult, status_code=201)
@@ -25,7 +26,7 @@ async def add_interactions(
     Answered after the commit, once the affected users' cached lists are invalidated.
     Concurrent requests share a transaction (group commit); each gets its own counts."""
     check_list("interactions", body, settings)
-    check_ratings(body, settings.rating_scale)
+    check_interaction_ratings(body, settings.rating_scale)
     batch = crud.InteractionBatch(
         [i.user_id for i in body], [i.item_id for i in body], [i.rating for i in body], [i.timestamp for i in body]
     )

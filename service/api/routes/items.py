@@ -8,9 +8,10 @@ from fastapi import APIRouter, Path, Query, Request, Response
 
 from service import serving
 from service.api.deps import CacheDep, ReadAccess, SessionDep, SettingsDep, StoreDep
+from service.api.routing import AccessFirstRoute
 from service.schemas import ID_PATTERN, MODEL_PATTERN, SimilarItemsResponse
 
-router = APIRouter(tags=["items"], dependencies=[ReadAccess])
+router = APIRouter(tags=["items"], dependencies=[ReadAccess], route_class=AccessFirstRoute)
 
 
 @router.get("/items/{item_id}/similar", response_model=SimilarItemsResponse)

@@ -6,9 +6,10 @@ from fastapi import APIRouter
 
 from service import serving
 from service.api.deps import ReadAccess, SettingsDep, StoreDep
+from service.api.routing import AccessFirstRoute
 from service.schemas import ModelsResponse
 
-router = APIRouter(tags=["models"], dependencies=[ReadAccess])
+router = APIRouter(tags=["models"], dependencies=[ReadAccess], route_class=AccessFirstRoute)
 
 
 @router.get("/models", response_model=ModelsResponse)

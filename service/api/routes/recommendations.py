@@ -8,10 +8,11 @@ from fastapi import APIRouter, Body, Path, Request, Response
 
 from service import serving
 from service.api.deps import CacheDep, ReadAccess, SessionDep, SettingsDep, StoreDep
+from service.api.routing import AccessFirstRoute
 from service.cached_answers import ENTRY_STATE
 from service.schemas import ID_PATTERN, RecommendationRequest, RecommendationResponse
 
-router = APIRouter(tags=["recommendations"], dependencies=[ReadAccess])
+router = APIRouter(tags=["recommendations"], dependencies=[ReadAccess], route_class=AccessFirstRoute)
 
 UserIdPath = Annotated[str, Path(min_length=1, max_length=255, pattern=ID_PATTERN, description="The user's external id.")]
 
