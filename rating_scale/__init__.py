@@ -190,7 +190,7 @@ class RatingScaleSettings(BaseSettings):
 
     @field_validator("POSITIVE_THRESHOLD", mode="before")
     @classmethod
-    def _empty_is_unset(cls, value: object) -> object:
+    def _empty_threshold_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value  # compose passes "" when .env has none
 
     @model_validator(mode="after")

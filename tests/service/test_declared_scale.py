@@ -97,6 +97,17 @@ def test_the_deployments_scale_decides_what_a_write_may_carry(empty_backend, reg
     assert sorted(stored_ratings(empty_backend.database_url).values(), key=str) == sorted(accepted, key=str)
 
 
+def test_the_service_and_trainer_settings_read_the_same_declaration(monkeypatch):
+    from service.core.config import Settings
+    from trainer.settings import TrainerSettings
+
+    monkeypatch.setenv("RATING_SCALE", "0.5:5:0.5")
+    monkeypatch.setenv("POSITIVE_THRESHOLD", "")  # what compose passes when .env sets none: unset
+    assert Settings().rating_scale == TrainerSettings().rating_scale == RatingScale.parse("0.5:5:0.5")
+    monkeypatch.setenv("POSITIVE_THRESHOLD", "3.5")
+    assert Settings().rating_scale.positive == TrainerSettings().rating_scale.positive == 3.5
+
+
 @pytest.fixture
 def cli_env(empty_backend, tmp_path, monkeypatch):
     """``python -m service`` (in process) on the backend's database, with no stray .env."""
