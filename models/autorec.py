@@ -62,6 +62,10 @@ class AutoRecUConfig(AutoRecConfig):
     """
 
     lr: float = 2e-3
+    # Each row centred on its own mean rating m: m + h(r - m) on the rated entries (DeepRec's
+    # ``center``), so a missing rating reads as "the user's average", not as a rating of 0.
+    # False: the paper's h(r). Figures in bench/RESULTS.md ("AutoRec-U centred").
+    center: bool = True
 
 
 def masked_squared_error(predicted: torch.Tensor, target: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
@@ -163,6 +167,20 @@ class AutoRecU(_AutoRec):
     Config: ClassVar[type] = AutoRecUConfig
     item_based = False
 
+    def _centred(self, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | float]:
+        """(the rows the network reads, the offset its output is added to): (r - m on rated entries, m) with
+        ``center``, m each row's mean rating (0 for an empty row); (r, 0) without."""
+        if not self.config.center:
+            return r, 0.0
+        rated = r != 0
+        mean = r.sum(dim=1, keepdim=True) / rated.sum(dim=1, keepdim=True).clamp(min=1)
+        return torch.where(rated, r - mean, torch.zeros_like(r)), mean
+
+    def reconstruct(self, r: torch.Tensor) -> torch.Tensor:
+        """h(r) = W sigmoid(V r + mu) + b, or m + h(r - m) with ``center``."""
+        x, offset = self._centred(r)
+        return self.decoder(torch.sigmoid(self.encoder(x))) + offset
+
     @torch.no_grad()
     def scores(
         self, rows: RowBatch | sp.csr_matrix, users: np.ndarray | None = None, timestamps: sp.csr_matrix | None = None
@@ -175,8 +193,10 @@ class AutoRecU(_AutoRec):
     ) -> torch.Tensor:
         # h(r) = W sigmoid(V r + mu) + b read at the asked items only: rows W_i of the decoder,
         # not all n_items of them (predict for one user's 10 items, paired: 359 us against 459)
-        code = torch.sigmoid(self.encoder(as_row_batch(rows, self.n_items, self.device, binary=False).dense()))
-        return (self.decoder.weight[items] * code[pair_rows]).sum(dim=1) + self.decoder.bias[items]
+        x, offset = self._centred(as_row_batch(rows, self.n_items, self.device, binary=False).dense())
+        code = torch.sigmoid(self.encoder(x))
+        offset = offset[pair_rows, 0] if isinstance(offset, torch.Tensor) else offset
+        return (self.decoder.weight[items] * code[pair_rows]).sum(dim=1) + self.decoder.bias[items] + offset
 
     def item_embeddings(self) -> torch.Tensor:
         return self.decoder.weight.detach()  # W's row i produces item i's rating

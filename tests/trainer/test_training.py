@@ -218,3 +218,20 @@ def test_holdout_zero_trains_every_epoch_and_a_bad_fraction_is_refused():
         trainer.fit("multdae", X, progress=False, epochs=1, holdout=1.0)
     tiny = trainer.fit("autorec-u", X[:3].multiply(4.0).tocsr(), progress=False, epochs=2, hidden=4)
     assert tiny.training_log["epochs"] == 2 and "too little data" in tiny.training_log["holdout"]["held_out"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, margin", [("autorec-i", 0.04), ("autorec-u", 0.02), ("deeprec", 0.02)])
+def test_fit_without_valid_beats_the_bias_baseline_on_a_90_10_split(ml100k, name, margin):
+    """Issue 20: what a user of the Python API gets by default, on rating-random's train + validation (90%)."""
+    from models.base import TrainData
+    from models.baselines import fit_baseline
+    from trainer.evaluation import evaluate_rating
+
+    split = make_split("rating-random", ml100k, seed=0)
+    train = (split.train + split.valid).tocsr()
+    bias = fit_baseline("bias", TrainData(train, rating_range=split.rating_range))
+    model = trainer.fit(name, train, seed=0, progress=False)
+    assert "holdout" in model.training_log
+    model_rmse = evaluate_rating(model, train, split.test, fallback=bias)["rmse"]
+    assert model_rmse <= evaluate_rating(bias, train, split.test, fallback=bias)["rmse"] - margin
