@@ -226,7 +226,7 @@ def ease_scoring_variants(data: dict, device: torch.device) -> list[dict]:
             for start in range(0, X.shape[0], block):
                 batch = on_device.between(start, min(start + block, X.shape[0]))
                 scores = (batch.dense(dtype) @ weights).float()
-                scores[batch.row_of(), batch.col] = -torch.inf
+                scores[batch.row_of, batch.col] = -torch.inf
                 out.append(torch.topk(scores, K, dim=1).indices)
             return torch.cat(out).cpu().numpy()
 

@@ -374,12 +374,12 @@ class Recommender(nn.Module):
                 batch = inputs.between(start, stop)
                 s = self.scores(batch, users=None if users is None else users[start:stop]).float()
                 if exclude_seen:
-                    s[batch.row_of(), batch.col] = -torch.inf
+                    s[batch.row_of, batch.col] = -torch.inf
                 if global_exclude is not None:
                     s[:, global_exclude] = -torch.inf
                 if per_row_exclude is not None:
                     excluded = per_row_exclude.between(start, stop)
-                    s[excluded.row_of(), excluded.col] = -torch.inf
+                    s[excluded.row_of, excluded.col] = -torch.inf
                 if allowed is not None:
                     s[:, ~allowed] = -torch.inf
                 top_scores[start:stop], top_ids[start:stop] = torch.topk(s, k_eff, dim=1)

@@ -110,7 +110,7 @@ class UserItemBias(Recommender):
     def user_bias(self, rows) -> torch.Tensor:
         """b_u of each row from its own ratings, given μ and the item biases (the ALS user step)."""
         batch = as_row_batch(rows, self.n_items, self.item_bias.device, binary=False)  # stored 0s are no rating
-        row_of = batch.row_of()
+        row_of = batch.row_of
         residual = batch.values.double() - self.mean.double() - self.item_bias.double()[batch.col]
         sums = torch.zeros(len(batch), dtype=torch.float64, device=row_of.device).index_add_(0, row_of, residual)
         return sums / (self.config.reg_users + torch.bincount(row_of, minlength=len(batch)))

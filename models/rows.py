@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Iterator
 
 import numpy as np
@@ -42,12 +43,10 @@ class RowBatch:
     def device(self) -> torch.device:
         return self.values.device
 
+    @cached_property
     def row_of(self) -> torch.Tensor:
-        """[nnz] the batch row of each entry."""
-        lengths = self.crow.diff()
-        return torch.repeat_interleave(
-            torch.arange(len(self), device=self.device), lengths, output_size=self.col.shape[0]
-        )
+        """[nnz] the batch row of each entry (made once: the seen-item mask and ``dense`` both read it)."""
+        return torch.repeat_interleave(self.crow.diff(), output_size=self.col.shape[0])
 
     def sparse(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """A torch sparse CSR tensor [n, n_cols] on these arrays."""
@@ -60,7 +59,7 @@ class RowBatch:
     def dense(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """[n, n_cols], zeros where nothing is stored; built on the batch's device."""
         out = torch.zeros(len(self), self.n_cols, dtype=dtype, device=self.device)
-        return out.index_put_((self.row_of(), self.col), self.values.to(dtype))
+        return out.index_put_((self.row_of, self.col), self.values.to(dtype))
 
 
 class DeviceRows:
@@ -74,7 +73,8 @@ class DeviceRows:
         binary: bool = False,
         timestamps: sp.csr_matrix | None = None,
     ):
-        X = sp.csr_matrix(X, dtype=np.float32)
+        if not (isinstance(X, sp.csr_matrix) and X.dtype == np.float32):
+            X = sp.csr_matrix(X, dtype=np.float32)  # a request's rows already are: no copy, no checks again
         indptr, indices, values = X.indptr.astype(np.int64), X.indices.astype(np.int64), X.data
         if timestamps is not None:
             indices, values = _in_time_order(X, timestamps)
@@ -89,9 +89,11 @@ class DeviceRows:
         self.shape = X.shape
         self.device = torch.device(device)
         self.host_indptr = indptr  # each batch's size is known without asking the device
-        self.indptr = torch.from_numpy(indptr).to(self.device)
-        self.indices = torch.from_numpy(indices).to(self.device)
-        self.values = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).to(self.device)
+        on_host = self.device.type == "cpu"  # the numpy arrays themselves: no copy, no .to() per array
+        self.indptr, self.indices, self.values = (
+            tensor if on_host else tensor.to(self.device)
+            for tensor in map(torch.from_numpy, (indptr, indices, np.ascontiguousarray(values, dtype=np.float32)))
+        )
 
     @property
     def n_rows(self) -> int:
@@ -156,7 +158,7 @@ def pad_recent(batch: RowBatch, max_len: int, width: int | None = None) -> torch
     kept = lengths.clamp(max=max_len)
     if width is None:
         width = max(1, int(kept.max())) if len(batch) else 1
-    row_of = batch.row_of()
+    row_of = batch.row_of
     position = torch.arange(batch.col.shape[0], device=batch.device) - batch.crow[row_of] - (lengths - kept)[row_of]
     # too old (position < 0) goes to a spare last column that is cut off: no boolean mask, no sync
     position = torch.where(position >= 0, position, width)

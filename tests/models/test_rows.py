@@ -46,7 +46,7 @@ def test_take_between_and_all_agree():
     rows = torch.tensor([4, 5, 0, 36, 4])
     taken = on_device.take(rows)
     np.testing.assert_array_equal(taken.dense().numpy(), X[rows.numpy()].toarray())
-    assert taken.row_of().tolist() == np.repeat(np.arange(5), (X[rows.numpy()] != 0).getnnz(axis=1)).tolist()
+    assert taken.row_of.tolist() == np.repeat(np.arange(5), (X[rows.numpy()] != 0).getnnz(axis=1)).tolist()
     np.testing.assert_array_equal(on_device.between(10, 20).dense().numpy(), X[10:20].toarray())
     np.testing.assert_array_equal(on_device.between(0, 37).dense().numpy(), X.toarray())
 
