@@ -8,6 +8,7 @@ import scipy.sparse as sp
 import torch
 
 from models.base import ModelInputError, TrainData
+import models.svae as svae
 from models.rows import DeviceRows, pad_recent
 from models.svae import SVAE, SVAEConfig, next_k_targets
 
@@ -98,7 +99,9 @@ def test_scores_are_deterministic_and_read_only_the_last_max_len_items():
     torch.testing.assert_close(s[0], s[1])  # [.., 9, 2, 6] truncated to its 3 latest
 
 
-def test_loss_counts_only_steps_with_a_next_item(monkeypatch):
+@pytest.mark.parametrize("selects", [True, False], ids=["steps selected (CPU)", "steps weighed (GPU)"])
+def test_loss_counts_only_steps_with_a_next_item(monkeypatch, selects):
+    monkeypatch.setattr(svae, "SELECTS_STEPS", ("cpu",) if selects else ())
     model = make(n_items=6, dropout=0.0).train()  # dropout masks would depend on the batch's shape
     monkeypatch.setattr(torch, "randn_like", torch.zeros_like)  # and so would the draws of z: z = mu
     batch = torch.tensor([[1, 2, 3], [4, 0, 0]])  # user 2 has one item: no step to predict from
@@ -107,6 +110,8 @@ def test_loss_counts_only_steps_with_a_next_item(monkeypatch):
     torch.testing.assert_close(loss_pair, loss_single)
     padded = model.loss(torch.tensor([[1, 2, 3, 0, 0]]), anneal=1.0)  # padding carries no loss either
     torch.testing.assert_close(padded, loss_single)
+    monkeypatch.setattr(svae, "SELECTS_STEPS", () if selects else ("cpu",))
+    torch.testing.assert_close(model.loss(batch, anneal=1.0), loss_pair)  # both ways give the same loss
 
 
 def test_dropout_acts_in_training_only():
