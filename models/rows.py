@@ -169,9 +169,10 @@ def pad_recent(batch: RowBatch, max_len: int, width: int | None = None) -> torch
 
 # A dense row block of at most this many elements (1 GiB in bfloat16) is multiplied at a time on a GPU.
 GRAM_BLOCK_ELEMENTS = 1 << 29
-# On a CPU the sparse product wins below this density: X^T X at ml-100k's 6.3% took 0.29 s with
-# scipy against 0.20 s dense (MKL, 2 threads); at ML-20M's 0.7% (14,000 x 20,000) 10 s against 156 s.
-CPU_DENSE_GRAM_MIN_DENSITY = 0.05
+# On a CPU, scipy's sparse X^T X makes sum_u n_u^2 updates at ~0.15 G/s and a float32 BLAS product
+# n_users * n_items^2 multiply-adds at ~20 G/s (2 threads): the sparse one is chosen while its count
+# is under 1/130 of the dense one's (equal at ml-100k; 3x faster at 3% density; bench/RESULTS.md, round I).
+CPU_DENSE_OVER_SPARSE_RATE = 130.0
 
 
 def gram(rows: DeviceRows) -> torch.Tensor:
@@ -179,12 +180,13 @@ def gram(rows: DeviceRows) -> torch.Tensor:
 
     On a GPU: dense row blocks in bfloat16 multiplied with float32 accumulation and output,
     exact for 0/1 entries while every count stays under 2^24 (float32's integers). On a CPU:
-    scipy's sparse product on the same arrays (no copy), unless the matrix is dense enough
-    for float32 blocks through BLAS to win.
+    scipy's sparse product on the same arrays (no copy), unless counting the work says float32
+    blocks through BLAS are faster.
     """
     n_rows, n_cols = rows.shape
     on_gpu = rows.device.type == "cuda"
-    if not on_gpu and rows.values.shape[0] < CPU_DENSE_GRAM_MIN_DENSITY * n_rows * n_cols:
+    sparse_updates = float(np.square(rows.row_lengths, dtype=np.float64).sum())
+    if not on_gpu and sparse_updates * CPU_DENSE_OVER_SPARSE_RATE < float(n_rows) * n_cols * n_cols:
         X = sp.csr_matrix((rows.values.numpy(), rows.indices.numpy(), rows.indptr.numpy()), shape=rows.shape)
         return torch.from_numpy((X.T @ X).toarray().astype(np.float32, copy=False))
     out = torch.zeros(n_cols, n_cols, dtype=torch.float32, device=rows.device)

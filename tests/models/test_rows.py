@@ -65,9 +65,9 @@ def test_model_training_batches_follow_the_seeded_order():
 @pytest.mark.parametrize("dense_path", [False, True])
 def test_gram_equals_scipy(monkeypatch, dense_path):
     X = sp.csr_matrix(ratings(200, 31) > 0, dtype=np.float32)
-    if dense_path:  # the blocked dense product (a GPU's path, in float32 here), several blocks
-        monkeypatch.setattr(models.rows, "CPU_DENSE_GRAM_MIN_DENSITY", 0.0)
-        monkeypatch.setattr(models.rows, "GRAM_BLOCK_ELEMENTS", 31 * 64)
+    # the blocked dense product (a GPU's path, in float32 here) in several blocks, or scipy's sparse one
+    monkeypatch.setattr(models.rows, "CPU_DENSE_OVER_SPARSE_RATE", float("inf") if dense_path else 0.0)
+    monkeypatch.setattr(models.rows, "GRAM_BLOCK_ELEMENTS", 31 * 64)
     G = gram(DeviceRows(X, "cpu", binary=True))
     assert G.dtype == torch.float32
     np.testing.assert_array_equal(G.numpy(), (X.T @ X).toarray())
