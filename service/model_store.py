@@ -239,9 +239,9 @@ class ModelStore:
             try:
                 requested, pointer_error = latest_version(self.root), None
             except ArtifactError as exc:
-                requested, pointer_error = None, str(exc)
+                requested, pointer_error = None, self._without_root(str(exc))
             if requested is None and pointer_error is None:
-                return ReloadOutcome(previous, previous, False, f"no version published in {self.root}")
+                return ReloadOutcome(previous, previous, False, self._without_root(f"no version published in {self.root}"))
             self.requested = requested
             self.refused = {v: r for v, r in self.refused.items() if v in on_disk or v == requested}
             if requested is not None and requested == previous:
@@ -284,7 +284,8 @@ class ModelStore:
         try:
             serving = prepare_version(self.root, version, self.device)
         except Exception as exc:  # any failure to load means "do not serve this version"
-            reason = f"{type(exc).__name__}: {exc}"
+            log.error("version %s cannot load: %s: %s", version, type(exc).__name__, exc)
+            reason = self._without_root(str(exc) if isinstance(exc, ArtifactError) else f"{type(exc).__name__} while loading (see the log)")
             self.refused[version] = Refusal(reason, stamp)
             self._report(f"version {version} refused: {reason}")
             return False
@@ -296,6 +297,12 @@ class ModelStore:
         self.metrics.served_version(version)
         log.info("serving version %s (was %s), loaded in %.2fs", version, previous, time.perf_counter() - started)
         return True
+
+    def _without_root(self, text: str) -> str:
+        """``text`` with the registry's own path cut: reasons reach clients (/models, 409s), the path only the log."""
+        for root in {str(self.root.resolve()), str(self.root)}:
+            text = text.replace(root + "/", "").replace(root, "the model registry")
+        return text
 
     def _report(self, error: str) -> None:
         log.error("%s (serving %s)", error, self.current.version if self.current else "nothing")

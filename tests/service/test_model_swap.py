@@ -3,6 +3,7 @@ refused, the newest older one that loads serves (at start-up too), and it is ret
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import threading
@@ -112,13 +113,14 @@ def test_broken_version_is_refused_and_the_old_keeps_serving(tmp_path, registry,
     assert response.status_code == 409, response.text
     error = error_body(response)
     assert error["code"] == "version_refused" and error["details"] == {"serving": good, "requested": broken}
-    assert re.search(f"^version {broken} refused: ArtifactError: .*{REFUSAL_REASONS[damage]}.*; still serving {good}$",
+    assert re.search(f"^version {broken} refused: .*{REFUSAL_REASONS[damage]}.*; still serving {good}$",
                      error["message"]), error["message"]
     served = client.post("/users/1/recommendations", json={"k": 3})
     assert served.status_code == 200 and served.json()["model_version"] == good
     models = client.get("/models").json()
     assert models["version"] == good and broken in models["refused"]
     assert models["requested"] == broken and models["fallback"].startswith(f"version {broken} refused: ")
+    assert str(root.parent) not in response.text + json.dumps(models)  # the registry's path goes to the log only
     assert client.get("/readyz").status_code == 200
     assert "aerec_model_versions_refused_total 1.0" in client.get("/metrics").text
 
@@ -353,7 +355,7 @@ def test_admin_reload_with_a_bad_latest_names_what_is_wrong(tmp_path, registry, 
     missing = "20990101T000000Z-abcdef"
     (root / "LATEST").write_text(missing + "\n")
     error = error_body(client.post("/admin/reload", headers=KEY))
-    assert error["message"].startswith(f"version {missing} refused: ArtifactError: manifest of version {missing} is missing")
+    assert error["message"].startswith(f"version {missing} refused: manifest of version {missing} is missing")
     assert error["details"] == {"serving": good, "requested": missing}
 
 
