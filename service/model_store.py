@@ -159,7 +159,7 @@ def _item_vectors(loaded: LoadedModel) -> ItemVectors | None:
     return ItemVectors(embeddings.detach().float().cpu().numpy())
 
 
-def _cold_start(name: str, loaded: LoadedModel, version: str) -> Any:
+def _cold_start(loaded: LoadedModel) -> Any:
     """A rating model's cold-start baseline; for a version published before baselines were, a
     constant at the middle of its rating range: no mean was saved, and an empty row fed to the
     model answers an extreme (DeepRec's 1.0)."""
@@ -171,15 +171,12 @@ def _cold_start(name: str, loaded: LoadedModel, version: str) -> Any:
     from models.baselines import GlobalMean, GlobalMeanConfig
 
     middle = (model.rating_range[0] + model.rating_range[1]) / 2
-    log.warning("version %s: model %s has no cold-start baseline (published before they were): "
-                "users with no usable history are rated %g, the middle of its scale, until the next training",
-                version, name, middle)
     fallback = GlobalMean(GlobalMeanConfig(), model.n_items, model.n_users, model.rating_range)
     fallback.mean.fill_(middle)
     return fallback.to(model.device).eval()
 
 
-def _serving_model(name: str, loaded: LoadedModel, popular: np.ndarray, manifest: dict, version: str) -> ServingModel:
+def _serving_model(name: str, loaded: LoadedModel, popular: np.ndarray, manifest: dict) -> ServingModel:
     model = loaded.model
     # Served in float32: a ranking or a clipped rating needs no more. EASE's B can be float64
     # from the solve (ease.dtype, models/ease.py); in float32 it takes half the memory (1.6 GB
@@ -196,7 +193,7 @@ def _serving_model(name: str, loaded: LoadedModel, popular: np.ndarray, manifest
         item_ids=np.asarray(loaded.item_ids, dtype=object),
         item_vectors=_item_vectors(loaded),
         positive_threshold=float(threshold) if threshold is not None and model.task == "ranking" else None,
-        cold_start=_cold_start(name, loaded, version),
+        cold_start=_cold_start(loaded),
     )
     if not items.is_unique or not served.user_index.is_unique:
         raise ArtifactError(f"model {name}: ids.json holds duplicate ids")
@@ -224,7 +221,11 @@ def prepare_version(root: Path, version: str, device: str = "cpu") -> ServingVer
     popular = np.asarray(loaded.popular_items, dtype=object)
     if len(popular) == 0:
         raise ArtifactError(f"version {version} has an empty popularity list")
-    models = {name: _serving_model(name, lm, popular, loaded.manifest, loaded.version) for name, lm in loaded.models.items()}
+    models = {name: _serving_model(name, lm, popular, loaded.manifest) for name, lm in loaded.models.items()}
+    without = sorted(name for name, lm in loaded.models.items() if lm.model.task == "rating" and lm.cold_start is None)
+    if without:
+        log.warning("version %s has no cold-start baseline for %s (published before they were): users with no usable "
+                    "history are rated at the middle of the rating scale until the next training", version, ", ".join(without))
     return ServingVersion(
         version=loaded.version,
         manifest=loaded.manifest,

@@ -179,10 +179,11 @@ def test_a_damaged_baseline_refuses_the_version(tmp_path, cold_registry):
 
 def test_a_version_from_before_rates_cold_users_at_the_middle_of_the_scale(tmp_path, models, corpus, caplog):
     """No baseline and no saved mean: the middle of the scale, said once in the log, not the model's empty row."""
-    version = publish_version(tmp_path, {"deeprec": models["deeprec"]}, corpus, cold_start=False)
+    version = publish_version(tmp_path, {n: models[n] for n in ("deeprec", "autorec-u")}, corpus, cold_start=False)
     with caplog.at_level(logging.WARNING, logger="service.model_store"):
         served = prepare_version(tmp_path, version)
-    assert sum("no cold-start baseline" in r.getMessage() for r in caplog.records) == 1
+    [line] = [r.getMessage() for r in caplog.records if "no cold-start baseline" in r.getMessage()]
+    assert "autorec-u, deeprec" in line  # one line for the version
     deeprec = served.models["deeprec"]
     query = inference.RatingQuery(new_user(), ITEMS[:3], deeprec)
     empty = History(np.array([], dtype=object), np.array([], dtype=object), np.array([]), np.array([], dtype=np.int64))
