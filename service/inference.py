@@ -88,6 +88,9 @@ def history_rows(served: ServingModel, history: History, users: Sequence[str]) -
     r, c, ratings, ts = r[use], c[use], ratings[use], ts[use]
     last = _run_ends(r, c)  # the latest interaction that counts, per (user, item)
     r, c, ratings, ts = r[last], c[last], ratings[last], ts[last]
+    if served.task == "rating":  # the models read a 0 as no rating: the row is as empty as the model sees it
+        rated = ratings != 0
+        r, c, ratings, ts = r[rated], c[rated], ratings[rated], ts[rated]
     values = ratings.astype(np.float32) if served.task == "rating" else np.ones(len(r), np.float32)
     X = _sorted_csr(r, c, values, shape)
     timestamps = sp.csr_matrix((ts.astype(np.float64), X.indices, X.indptr), shape=shape)
@@ -120,6 +123,21 @@ def _unique(values: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(values))  # first-seen order
 
 
+COLD = "cold"  # no usable history: the popularity list ("popular"), the bias baseline ("cold-start")
+STRANGER = "stranger"  # a model that cannot fold in, and a new user with a history it would need to
+
+
+def user_source(served: ServingModel, known: bool, has_input: bool) -> str:
+    """How ``served`` answers a user, on every endpoint: "model" (its training row), "fold-in" (its
+    stored history), ``COLD`` or ``STRANGER``. ``known``: the model has a training row for the user;
+    ``has_input``: the user's stored history gives a non-empty input row for this model."""
+    if not served.can_fold_in:  # scores from the training row alone
+        return "model" if known else (STRANGER if has_input else COLD)
+    if not has_input:  # a model reading an empty row answers as for no one (DeepRec: 1.0 for every item)
+        return COLD
+    return "model" if known else "fold-in"
+
+
 def recommend(
     version: ServingVersion,
     served: ServingModel,
@@ -139,19 +157,16 @@ def recommend(
     rows = history_rows(served, history, [user_id])
     model = served.model
     user_row = served.user_index.get(user_id)
-    if not model.can_fold_in:
-        if user_row < 0 and len(history):
-            raise ApiError(
-                404, "unknown_user",
-                f"model {served.name} serves only users it was trained on, and user {user_id!r} appeared after training; "
-                "use a model that folds in new users",
-                {"user_id": user_id, "model": served.name},
-            )
-        source = "model" if user_row >= 0 else "popular"
-    else:
-        source = "popular" if rows.X.nnz == 0 else ("model" if user_row >= 0 else "fold-in")
-    if source == "popular":
-        return Scored(_popular(version, history, k, offset, exclude_seen, exclude_items, candidates), source, unknown)
+    source = user_source(served, user_row >= 0, rows.X.nnz > 0)
+    if source == STRANGER:
+        raise ApiError(
+            404, "unknown_user",
+            f"model {served.name} serves only users it was trained on, and user {user_id!r} appeared after training; "
+            "use a model that folds in new users",
+            {"user_id": user_id, "model": served.name},
+        )
+    if source == COLD:
+        return Scored(_popular(version, history, k, offset, exclude_seen, exclude_items, candidates), "popular", unknown)
     if candidates is not None and len(candidate_cols) == 0:
         return Scored([], source, unknown)
 
@@ -217,8 +232,10 @@ def predict_ratings(queries: Sequence[RatingQuery], histories: History) -> list[
         users = _unique([queries[i].user_id for i in indices])
         rows = history_rows(served, histories, users)
         user_rows = served.user_index.get_indexer(users)
-        if not served.can_fold_in and (user_rows < 0).any():
-            strangers = [u for u, r in zip(users, user_rows) if r < 0]
+        sources = np.array([user_source(served, known, has_input)
+                            for known, has_input in zip(user_rows >= 0, np.diff(rows.X.indptr) > 0)], dtype=object)
+        if (sources == STRANGER).any():
+            strangers = [u for u, s in zip(users, sources) if s == STRANGER]
             raise ApiError(
                 404, "unknown_user",
                 f"model {served.name} serves only users it was trained on; unknown: {', '.join(map(repr, strangers[:5]))}",
@@ -237,20 +254,21 @@ def predict_ratings(queries: Sequence[RatingQuery], histories: History) -> list[
             unknown.append(_unique([item for item, k in zip(q.item_ids, known) if not k]))
         pr, pc = np.concatenate(pair_row).astype(np.int64), np.concatenate(pair_col).astype(np.int64)
         predictions = np.empty(len(pr), dtype=np.float32)
-        trained = user_rows[pr] >= 0
-        for mask, users_arg in ((trained, user_rows), (~trained, None)):
+        pair_source = sources[pr]
+        for source, users_arg in (("model", user_rows), ("fold-in", None)):
+            mask = pair_source == source
             if mask.any():  # users it was trained on by their row index; the rest folded in from their history
                 predictions[mask] = served.model.predict(rows.X, pc[mask], users=users_arg, pair_rows=pr[mask])
+        cold = pair_source == COLD
+        if cold.any():  # never the model's answer to an empty row
+            predictions[cold] = served.cold_ratings(pc[cold])
         finite(served, predictions)
         start = 0
         for j, i in enumerate(indices):
             n = len(spans[j])
-            user_index = row_of.get(queries[i].user_id)
-            if user_rows[user_index] >= 0:
-                source = "model"
-            else:
-                source = "fold-in" if rows.X[user_index].nnz else "cold-start"
-            out[i] = Rated(list(zip(spans[j].tolist(), predictions[start : start + n].tolist())), source, unknown[j])
+            source = sources[row_of.get(queries[i].user_id)]
+            out[i] = Rated(list(zip(spans[j].tolist(), predictions[start : start + n].tolist())),
+                           "cold-start" if source == COLD else source, unknown[j])
             start += n
     return out  # type: ignore[return-value]
 

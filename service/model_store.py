@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable, Sequence, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 import anyio
 import numpy as np
@@ -103,6 +103,8 @@ class ServingModel:
     # Rankers are trained on positives (protocols.md: rating >= 4 on 1-5). When the manifest says
     # where that line was, only those ratings (and implicit feedback) are fed to the model.
     positive_threshold: float | None = None
+    # Rating models: what a user with no usable history is rated by (``inference.user_source`` says who)
+    cold_start: Any = None
 
     @property
     def model(self):
@@ -115,6 +117,12 @@ class ServingModel:
     @property
     def can_fold_in(self) -> bool:
         return self.loaded.model.can_fold_in
+
+    def cold_ratings(self, cols: np.ndarray) -> np.ndarray:
+        """Ratings of item columns ``cols`` for a user with no usable history: the baseline's for an
+        empty row (global mean + item bias, user bias 0), clipped to the scale as every rating is."""
+        empty = sp.csr_matrix((1, self.cold_start.n_items), dtype=np.float32)
+        return self.cold_start.predict(empty, cols, pair_rows=np.zeros(len(cols), dtype=np.int64))
 
 
 @dataclass(frozen=True)
@@ -151,6 +159,23 @@ def _item_vectors(loaded: LoadedModel) -> ItemVectors | None:
     return ItemVectors(embeddings.detach().float().cpu().numpy())
 
 
+def _cold_start(loaded: LoadedModel) -> Any:
+    """A rating model's cold-start baseline; for a version published before baselines were, a
+    constant at the middle of its rating range: no mean was saved, and an empty row fed to the
+    model answers an extreme (DeepRec's 1.0)."""
+    model = loaded.model
+    if model.task != "rating":
+        return None
+    if loaded.cold_start is not None:
+        return loaded.cold_start.float()
+    from models.baselines import GlobalMean, GlobalMeanConfig
+
+    middle = (model.rating_range[0] + model.rating_range[1]) / 2
+    fallback = GlobalMean(GlobalMeanConfig(), model.n_items, model.n_users, model.rating_range)
+    fallback.mean.fill_(middle)
+    return fallback.to(model.device).eval()
+
+
 def _serving_model(name: str, loaded: LoadedModel, popular: np.ndarray, manifest: dict) -> ServingModel:
     model = loaded.model
     # Served in float32: a ranking or a clipped rating needs no more. EASE's B can be float64
@@ -168,6 +193,7 @@ def _serving_model(name: str, loaded: LoadedModel, popular: np.ndarray, manifest
         item_ids=np.asarray(loaded.item_ids, dtype=object),
         item_vectors=_item_vectors(loaded),
         positive_threshold=float(threshold) if threshold is not None and model.task == "ranking" else None,
+        cold_start=_cold_start(loaded),
     )
     if not items.is_unique or not served.user_index.is_unique:
         raise ArtifactError(f"model {name}: ids.json holds duplicate ids")
@@ -181,7 +207,8 @@ def _serving_model(name: str, loaded: LoadedModel, popular: np.ndarray, manifest
         raise ArtifactError(f"model {name} gives non-finite scores for a real history")
     if model.task == "rating":
         ratings = model.predict(row, np.zeros(1, dtype=np.int64), users=users)
-        if not np.isfinite(ratings).all():
+        cold = served.cold_ratings(cols)
+        if not (np.isfinite(ratings).all() and np.isfinite(cold).all()):
             raise ArtifactError(f"model {name} predicts non-finite ratings")
     if served.item_vectors is not None and not served.item_vectors.finite:
         raise ArtifactError(f"model {name} has non-finite item embeddings")
@@ -195,6 +222,10 @@ def prepare_version(root: Path, version: str, device: str = "cpu") -> ServingVer
     if len(popular) == 0:
         raise ArtifactError(f"version {version} has an empty popularity list")
     models = {name: _serving_model(name, lm, popular, loaded.manifest) for name, lm in loaded.models.items()}
+    without = sorted(name for name, lm in loaded.models.items() if lm.model.task == "rating" and lm.cold_start is None)
+    if without:
+        log.warning("version %s has no cold-start baseline for %s (published before they were): users with no usable "
+                    "history are rated at the middle of the rating scale until the next training", version, ", ".join(without))
     return ServingVersion(
         version=loaded.version,
         manifest=loaded.manifest,

@@ -9,6 +9,7 @@ Layout (the trainer writes, the service reads)::
         manifest.json         written last inside the staging folder; "files" holds each other file's sha256 and size
         popularity.json       {"items": [...], "counts": [...]}, most popular first
         <model>/              weights.safetensors, model.json, ids.json, metrics.json, learning_curve.png
+          cold-start/         rating models: the bias baseline on the same training data (weights.safetensors, model.json)
       .tmp-<uuid>             a version (or LATEST) being written; readers ignore it
 
 Why readers never see half a version: a version is written into ``.tmp-<uuid>/``,
@@ -66,6 +67,8 @@ METRICS_FILE = "metrics.json"
 CURVE_FILE = "learning_curve.png"
 TMP_PREFIX = ".tmp-"
 MODEL_FILES = ("weights.safetensors", "model.json", IDS_FILE, METRICS_FILE)  # what a model folder must hold
+COLD_START_DIR = "cold-start"  # a rating model's answer for a user it has no usable history of
+COLD_START_FILES = ("weights.safetensors", "model.json")
 VERSION_PATTERN = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
 
 
@@ -88,6 +91,7 @@ class LoadedModel:
     item_index: dict[str, int]
     metrics: dict[str, Any]
     info: dict[str, Any] = field(default_factory=dict)  # the manifest's entry for this model
+    cold_start: Recommender | None = None  # the bias baseline beside a rating model; None in versions before it
 
 
 @dataclass
@@ -253,6 +257,7 @@ def _load_model(folder: Path, name: str, info: dict, map_location: str) -> Loade
             f"the weights have {model.n_users} x {model.n_items}"
         )
     users, items = [str(u) for u in users], [str(i) for i in items]
+    cold_start = _load_cold_start(folder, name, info, model, map_location)
     # Smoke test: an empty history must give finite scores (fold-in models), or a known user must (the rest).
     empty = sp.csr_matrix((1, model.n_items), dtype=np.float32)
     known = None if model.can_fold_in else np.zeros(1, dtype=np.int64)
@@ -271,7 +276,25 @@ def _load_model(folder: Path, name: str, info: dict, map_location: str) -> Loade
         item_index={it: i for i, it in enumerate(items)},
         metrics=_read_json(folder / METRICS_FILE, f"metrics of {name}"),
         info=info,
+        cold_start=cold_start,
     )
+
+
+def _load_cold_start(folder: Path, name: str, info: dict, model: Recommender, map_location: str) -> Recommender | None:
+    """The cold-start baseline the manifest names for model ``name``, checked against the model's items."""
+    if not info.get("cold_start"):
+        return None
+    import models
+
+    what = f"cold-start baseline of {name} in {folder.parent.name}"
+    try:
+        baseline = models.load(folder / COLD_START_DIR, map_location=map_location)
+    except Exception as exc:  # as for the model: any failure to read it means "cannot serve this"
+        raise ArtifactError(f"{what} cannot be loaded: {exc}") from exc
+    _refuse_non_finite(baseline, what)
+    if baseline.task != "rating" or baseline.n_items != model.n_items:
+        raise ArtifactError(f"{what}: a {baseline.task} model of {baseline.n_items} items for a model of {model.n_items}")
+    return baseline
 
 
 def load_version(root: str | Path, version: str | None = None, map_location: str = "cpu") -> LoadedVersion:
@@ -290,6 +313,8 @@ def load_version(root: str | Path, version: str | None = None, map_location: str
         subfolders[name] = sub
     popularity_file = manifest.get("popularity", POPULARITY_FILE)
     read = [popularity_file, *(f"{sub}/{f}" for sub in subfolders.values() for f in MODEL_FILES)]
+    read += [f"{subfolders[name]}/{COLD_START_DIR}/{f}" for name, info in manifest["models"].items()
+             if isinstance(info, dict) and info.get("cold_start") for f in COLD_START_FILES]
     verify_checksums(folder, manifest, read)
     loaded = {}
     for name, sub in subfolders.items():
@@ -321,6 +346,7 @@ class StagedModel:
     item_ids: Sequence[Any]  # external id of each column
     metrics: dict[str, Any]
     files: dict[str, bytes] = field(default_factory=dict)  # extra files, e.g. {"learning_curve.png": ...}
+    cold_start: Recommender | None = None  # rating models: the bias baseline fitted on the same matrix
 
 
 def registry_lock(root: str | Path) -> FileLock:
@@ -433,6 +459,13 @@ def _check_carried(source: Path, name: str, checksums: dict[str, dict[str, Any]]
                                 "does not match its sha256 there (corrupted); nothing published")
 
 
+def _stage_cold_start(baseline: Recommender, model: Recommender, name: str, folder: Path) -> None:
+    if baseline.n_items != model.n_items:
+        raise ArtifactError(f"model {name}: a cold-start baseline of {baseline.n_items} items for {model.n_items} items")
+    _refuse_non_finite(baseline, f"cold-start baseline of {name}")
+    baseline.save(folder / COLD_START_DIR)
+
+
 def publish(
     root: str | Path,
     staged_models: Mapping[str, StagedModel],
@@ -482,6 +515,9 @@ def publish(
                 for filename, content in staged.files.items():
                     (folder / filename).write_bytes(content)
                 entries[name] = {**entries.get(name, {}), "task": model.task, "path": name}
+                if staged.cold_start is not None:
+                    _stage_cold_start(staged.cold_start, model, name, folder)
+                    entries[name]["cold_start"] = staged.cold_start.name
             for name, folder in carry_from.items():
                 shutil.copytree(folder, staging / name)
                 entries[name] = {**entries.get(name, {}), "path": name}

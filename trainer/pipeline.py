@@ -299,6 +299,7 @@ class ModelRun:
     timings: dict[str, float]
     gate: GateDecision | None = None
     train: dict[str, Any] = field(default_factory=dict)
+    cold_start: Any = None  # rating models: the bias baseline on the published model's training matrix
 
     def metrics_json(self, seed: int, hyper: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -331,12 +332,13 @@ class ModelRun:
         )
 
 
-def _bias_fallback(split: RatingSplit):
+def _bias_fallback(X: sp.csr_matrix, rating_range: tuple[float, float]):
+    """The bias baseline on ``X``: the test's fallback on a split, and a rating model's published cold start."""
     from models.base import TrainData
     from models.baselines import fit_baseline
     from trainer.evaluation import FALLBACK_BASELINE
 
-    return fit_baseline(FALLBACK_BASELINE, TrainData(split.train, rating_range=split.rating_range))
+    return fit_baseline(FALLBACK_BASELINE, TrainData(X, rating_range=rating_range))
 
 
 def _positives(inter: Interactions, threshold: float) -> tuple[sp.csr_matrix, sp.csr_matrix | None]:
@@ -415,7 +417,8 @@ def train_model(
 
     t0 = time.perf_counter()
     if isinstance(split, RatingSplit):
-        test = evaluate_rating(model, split.train, split.test, fallback=_bias_fallback(split))
+        fallback = _bias_fallback(split.train, split.rating_range)
+        test = evaluate_rating(model, split.train, split.test, fallback=fallback)
     else:
         test = evaluate_ranking(model, split.test, ks=protocol_ks(protocol))
     test_seconds = time.perf_counter() - t0
@@ -436,9 +439,12 @@ def train_model(
     refit_seconds = time.perf_counter() - t0
     refit_log = dict(published.training_log) if refit else {}
     train = {"loss": (refit_log.get("curve") or log.get("curve") or [{}])[-1].get("loss")}
+    cold_start = None
     if cls.task == "rating":
         train.update({k: v for k, v in evaluate_rating(published, train_matrix, train_matrix).items()
                       if k in ("rmse", "mae")})
+        # served to users it has no usable history of; the test's fallback when it saw the same matrix
+        cold_start = fallback if train_matrix is split.train else _bias_fallback(train_matrix, published.rating_range)
 
     higher = log["valid_metric"] != "rmse"
     return ModelRun(
@@ -458,6 +464,7 @@ def train_model(
         item_ids=item_ids,
         fingerprint=heldout_fingerprint(inter, split),
         train=train,
+        cold_start=cold_start,
         timings={
             "split_seconds": round(split_seconds, 3),
             "fit_seconds": round(fit_seconds, 3),
@@ -642,6 +649,7 @@ def _publish(
             item_ids=run.item_ids,
             metrics=run.metrics_json(seed, hyper),
             files={artifacts.CURVE_FILE: png},
+            cold_start=run.cold_start,
         )
         entries[name] = {
             "metrics": {m: run.test[m] for m in run.headline if m in run.test},

@@ -98,14 +98,24 @@ def popularity(corpus: Corpus) -> dict[str, list]:
     return {"items": [corpus.item_ids[i] for i in order], "counts": counts[order].tolist()}
 
 
-def publish_version(root: Path, models: dict, corpus: Corpus) -> str:
-    """Publish ``models`` as a new version with the trainer's publisher; returns its name."""
+def bias_baseline(X: sp.csr_matrix, model):
+    """The cold-start baseline the trainer publishes beside a rating model (``trainer.pipeline``)."""
+    from models.base import TrainData
+    from models.baselines import fit_baseline
+
+    return fit_baseline("bias", TrainData(X, rating_range=model.rating_range))
+
+
+def publish_version(root: Path, models: dict, corpus: Corpus, *, cold_start: bool = True) -> str:
+    """Publish ``models`` as a new version with the trainer's publisher; returns its name. ``cold_start``:
+    each rating model with its bias baseline, as the trainer publishes it (False: a version from before)."""
     staged = {
         name: artifacts.StagedModel(
             model=model,
             user_ids=corpus.user_ids,
             item_ids=corpus.item_ids,
             metrics={"train": {"fit_seconds": model.training_log["fit_seconds"]}, "curve": model.training_log["curve"]},
+            cold_start=bias_baseline(corpus.X, model) if cold_start and model.task == "rating" else None,
         )
         for name, model in models.items()
     }
