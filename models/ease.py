@@ -79,6 +79,10 @@ class EASE(Recommender):
         condition_bound = 1.0 + float(gram_matrix.sum(dim=1).max()) / self.config.lam if len(gram_matrix) else 1.0
         return torch.float32 if condition_bound <= FLOAT32_MAX_CONDITION else torch.float64
 
+    def diagonal_penalty(self, gram_diagonal: torch.Tensor) -> torch.Tensor | float:
+        """What the ridge adds to X^T X's diagonal: lambda for every item (EDLAE adds more)."""
+        return self.config.lam
+
     def memory_needed(self, dtype: torch.dtype) -> int:
         """Bytes the solve holds at its peak: two n_items^2 matrices of ``dtype`` (float64: plus the float32 Gram)."""
         n2 = self.n_items**2
@@ -92,7 +96,7 @@ class EASE(Recommender):
         dtype = self.solve_dtype(G)
         self._check_memory(dtype)
         G = G.to(dtype)
-        G.diagonal().add_(self.config.lam)  # G = X^T X + lambda I, symmetric positive definite
+        G.diagonal().add_(self.diagonal_penalty(G.diagonal()))  # G = X^T X + lambda I, symmetric positive definite
         L = torch.linalg.cholesky(G)
         del G
         P = torch.cholesky_inverse(L)
