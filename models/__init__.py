@@ -24,11 +24,13 @@ def _registry() -> dict[str, type[Recommender]]:
     from models.cdae import CDAE
     from models.deeprec import DeepRec
     from models.ease import EASE
+    from models.edlae import EDLAE
     from models.multdae import MultDAE
     from models.multvae import MultVAE
+    from models.recvae import RecVAE
     from models.svae import SVAE
 
-    classes = [AutoRecI, AutoRecU, DeepRec, CDAE, MultVAE, MultDAE, SVAE, EASE]
+    classes = [AutoRecI, AutoRecU, DeepRec, CDAE, MultVAE, RecVAE, MultDAE, SVAE, EASE, EDLAE]
     return {cls.name: cls for cls in classes}
 
 

@@ -30,6 +30,8 @@ FAST = {
     "multdae": dict(epochs=60, dims=(32,), batch_size=16),
     "svae": dict(epochs=40, item_embed_size=16, rnn_size=16, hidden_size=16, latent_size=8, lr=1e-2, batch_size=8),
     "ease": dict(),
+    "edlae": dict(),
+    "recvae": dict(epochs=40, hidden=32, latent=8, batch_size=16, lr=1e-2),
 }
 NAMES = list(models.REGISTRY)
 
@@ -72,7 +74,8 @@ def _users(model, n: int) -> np.ndarray | None:
 
 
 def test_registry_names():
-    assert set(models.REGISTRY) == {"autorec-i", "autorec-u", "deeprec", "cdae", "multvae", "multdae", "svae", "ease"}
+    assert set(models.REGISTRY) == {"autorec-i", "autorec-u", "deeprec", "cdae", "multvae", "recvae", "multdae", "svae",
+                                     "ease", "edlae"}
     for name, cls in models.REGISTRY.items():
         assert cls.name == name
         assert cls.task in ("rating", "ranking")
