@@ -54,7 +54,7 @@ class Item(Base):
 
 class Interaction(Base):
     __tablename__ = "interactions"
-    __table_args__ = (UniqueConstraint("user_id", "item_id", "timestamp"),)
+    __table_args__ = (UniqueConstraint("user_id", "item_id"),)  # one per pair: a re-rating replaces the older one
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
