@@ -7,6 +7,10 @@ answers each request with its own counts (``crud.store_interaction_batches``). N
 waits on a timer: a lone request is written at once, and under load the groups grow by
 themselves. A request is answered only after the commit that holds its rows, as before.
 
+A batch is stored once its transaction commits; if its users' cached lists cannot be
+invalidated after that, it is answered 503 ``cache_not_invalidated`` (saying it was stored),
+and those users are read uncached meanwhile (``Cache.invalidate_users``).
+
 If a group's transaction fails because of what one batch holds, each batch is written on
 its own again, so only that request fails; if the database is unreachable, every request
 of the group gets that error (a 503) without retrying (but for the one new try on a new
@@ -26,7 +30,7 @@ from starlette.concurrency import run_in_threadpool
 from service import crud
 from service.cache import Cache
 from service.db.session import retry_if_dropped
-from service.errors import DATABASE_UNAVAILABLE
+from service.errors import DATABASE_UNAVAILABLE, ApiError
 from service.metrics import Metrics
 
 Outcome = dict[str, int] | BaseException
@@ -36,6 +40,15 @@ Outcome = dict[str, int] | BaseException
 class _Waiting:
     batch: crud.InteractionBatch
     answer: asyncio.Future
+
+
+def cache_not_invalidated(counts: dict[str, int]) -> ApiError:
+    """The answer to a stored batch whose users' cached lists could not be invalidated (``Cache.invalidate_users``)."""
+    return ApiError(
+        503, "cache_not_invalidated",
+        "the interactions were stored (a retry stores nothing again), but the cache could not be told: these users' "
+        "recommendations are computed afresh, uncached, until it can", {"stored": counts},
+    )
 
 
 class InteractionWriter:
@@ -92,7 +105,8 @@ class InteractionWriter:
                 return [exc]
             return [outcome for batch in batches for outcome in self._write([batch])]
         self._metrics.write_group.observe(len(batches))
-        self._cache.invalidate_users({u for batch in batches for u in batch.user_ids})
+        if not self._cache.invalidate_users({u for batch in batches for u in batch.user_ids}):
+            return [cache_not_invalidated(c) if isinstance(c, dict) else c for c in counts]
         return counts
 
     def _store(self, batches: list[crud.InteractionBatch]) -> list[Outcome]:
