@@ -12,7 +12,7 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 from sqlalchemy import Connection, Select, bindparam, func, select, text, tuple_
@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from rating_scale import RatingScale
 from rating_scale.latest import keep_latest_pairs
-from service.db.tables import DeclaredRatingScale, Interaction, Item, User
+from service.db.tables import DeclaredRatingScale, IdempotencyKey, Interaction, Item, User
 
 CHUNK = 5000  # rows per statement / ids per IN list: stays under every driver's parameter limit
 ARRAY_CHUNK = 50_000  # rows per PostgreSQL statement when rows travel as arrays
@@ -180,13 +180,28 @@ def _ids(connection: Connection, table, external_ids: list[str]) -> dict[str, in
 
 
 @dataclass(frozen=True)
+class IdempotencyClaim:
+    """A request's ``Idempotency-Key``: its answer is recorded in the transaction that stores the batch."""
+
+    scope: str  # sha256 of the API key used
+    key: str
+    body_sha256: str
+    ttl_s: float
+
+
+class IdempotencyKeyTaken(Exception):
+    """A concurrent transaction recorded the same key first: this one is rolled back (its answer is that one's)."""
+
+
+@dataclass(frozen=True)
 class InteractionBatch:
-    """One request's interactions, as parallel lists."""
+    """One request's interactions, as parallel lists, and its idempotency key if it has one."""
 
     user_ids: Sequence[str]
     item_ids: Sequence[str]
     ratings: Sequence[float | None]
     timestamps: Sequence[int | None]
+    claim: IdempotencyClaim | None = None
 
     def __len__(self) -> int:
         return len(self.user_ids)
@@ -212,15 +227,14 @@ def store_interactions(
 
 
 def store_interaction_batches(
-    session: Session, batches: Sequence[InteractionBatch], item_info: dict[str, dict[str, Any]] | None = None,
-    before_commit: Callable[[Connection, list[dict[str, int]]], None] | None = None,
+    session: Session, batches: Sequence[InteractionBatch], item_info: dict[str, dict[str, Any]] | None = None
 ) -> list[dict[str, int]]:
     """Several batches in one transaction (a group commit: one set of statements, one commit).
 
     Each batch gets the counts it would have got stored on its own, the batches one after
     another in the order given: a user, item or pair that two batches bring is new for the
-    first, and updated (or unchanged) by the second. ``before_commit(connection, counts)``
-    writes more in the same transaction (the idempotency keys' answers).
+    first, and updated (or unchanged) by the second. The answers of batches with an idempotency
+    key are recorded in the same transaction (``IdempotencyKeyTaken`` if one is recorded already).
     """
     now = int(time.time())
     item_info = item_info or {}
@@ -267,13 +281,40 @@ def store_interaction_batches(
             # only what changed is written; sorted: one lock order for concurrent transactions, no deadlocks
             rows = sorted((u, i, r, t) for (u, i), (r, t) in state.items() if stored.get((u, i)) != (r, t))
             _upsert_interactions(connection, rows)
-            if before_commit is not None:
-                before_commit(connection, counts)
+            _record_answers(connection, [(b.claim, c) for b, c in zip(batches, counts) if b.claim is not None], now)
             session.commit()
         except BaseException:
             session.rollback()
             raise
     return counts
+
+
+def _record_answers(connection: Connection, answers: list[tuple[IdempotencyClaim, dict[str, int]]], now: int) -> None:
+    """Record each key's answer; an expired record of the key is replaced, a live one is ``IdempotencyKeyTaken``."""
+    if not answers:
+        return
+    table = IdempotencyKey.__table__
+    connection.execute(table.delete().where(table.c.expires_at < now))  # the expired ones go (indexed)
+    insert = _insert(connection, table)
+    stmt = insert.on_conflict_do_update(
+        index_elements=["scope", "key"],
+        set_={c: insert.excluded[c] for c in ("body_sha256", "answer", "expires_at")},
+        where=table.c.expires_at < now,
+    ).returning(table.c.key)
+    for claim, answer in answers:
+        row = {"scope": claim.scope, "key": claim.key, "body_sha256": claim.body_sha256, "answer": answer,
+               "expires_at": now + max(1, int(claim.ttl_s))}
+        if connection.execute(stmt, row).first() is None:
+            raise IdempotencyKeyTaken(claim.key)
+
+
+def idempotent_answer(db: Session | Connection, claim: IdempotencyClaim) -> tuple[str, dict[str, int]] | None:
+    """(body sha256, answer) recorded under the claim's scope and key, unless it expired."""
+    table = IdempotencyKey.__table__
+    stmt = select(table.c.body_sha256, table.c.answer).where(
+        table.c.scope == claim.scope, table.c.key == claim.key, table.c.expires_at >= int(time.time()))
+    row = _connection(db).execute(stmt).first()
+    return None if row is None else (row[0], dict(row[1]))
 
 
 def _counts(received: int, inserted: int, updated: int, new_users: int, new_items: int) -> dict[str, int]:

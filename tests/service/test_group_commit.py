@@ -144,3 +144,22 @@ def test_a_request_that_goes_away_does_not_cancel_the_write(seeded_backend):
             assert crud.user_history(session, user).item_ids.tolist() == ["50"]
     finally:
         engine.dispose()
+
+
+def test_concurrent_requests_with_one_idempotency_key_write_once_and_get_one_answer(seeded_backend):
+    writer, metrics, engine = _writer(seeded_backend.database_url)
+    user = f"k-{uuid.uuid4().hex[:8]}"
+    claim = crud.IdempotencyClaim("scope", f"key-{uuid.uuid4().hex}", "sha-of-the-body", 60)
+    batch = crud.InteractionBatch([user], ["50"], [4.0], [None], claim)
+
+    async def main():
+        return await asyncio.gather(*(writer.store(batch) for _ in range(3)))
+
+    try:
+        results = asyncio.run(main())
+        assert results == [_counts(1, 1, 1, 0)] * 3  # the first's answer, replayed to the others
+        assert _groups(metrics)[1] == 1  # never grouped together: one batch written, the others waited and replayed
+        with make_session_factory(engine)() as session:
+            assert len(crud.user_history(session, user)) == 1
+    finally:
+        engine.dispose()

@@ -37,7 +37,8 @@ def stored(client, user: str) -> dict[str, tuple[float | None, int]]:
             history = crud.user_history(session, user)
     finally:
         engine.dispose()
-    return {i: (r, t) for i, r, t in zip(history.item_ids.tolist(), history.ratings.tolist(), history.timestamps.tolist())}
+    return {i: (None if r != r else r, t)  # NaN (implicit) as None, which equals itself
+            for i, r, t in zip(history.item_ids.tolist(), history.ratings.tolist(), history.timestamps.tolist())}
 
 
 def recommended(client, user: str, **body) -> list[str]:
@@ -192,3 +193,54 @@ def test_a_failed_invalidation_is_retried_counted_503_and_no_stale_list_is_serve
         assert _counter(client, hits) == 2
         retry = post(client, [{"user_id": user, "item_id": top, "rating": 5, "timestamp": 2}])
         assert retry.status_code == 201 and retry.json()["unchanged"] == 1  # a retry changes nothing
+
+
+# ---- Idempotency-Key -------------------------------------------------------------------------------
+def test_a_retried_batch_with_its_idempotency_key_is_a_no_op_with_the_same_answer(empty_client):
+    user, key = new_user(), {"Idempotency-Key": f"batch-{uuid.uuid4().hex}"}
+    batch = [{"user_id": user, "item_id": "50", "rating": 4}, {"user_id": user, "item_id": "100"}]  # no timestamps
+    first = post(empty_client, batch, key)
+    rows = stored(empty_client, user)
+    time.sleep(1.05)  # a write now would move the timestamps on
+    again = post(empty_client, batch, key)
+    assert first.status_code == again.status_code == 201 and again.json() == first.json()
+    assert first.json()["inserted"] == 2 and stored(empty_client, user) == rows  # nothing written again
+    # the same entries in another JSON form are the same body; a new key is a new write
+    same = [{"item_id": 50, "user_id": user, "rating": 4.0}, {"user_id": user, "item_id": 100, "rating": None}]
+    assert post(empty_client, same, key).json() == first.json()
+    fresh = post(empty_client, batch, {"Idempotency-Key": f"other-{uuid.uuid4().hex}"}).json()
+    assert fresh["inserted"] == 0 and fresh["updated"] == 2
+
+
+def test_an_idempotency_key_reused_for_another_body_is_a_422_naming_the_header(empty_client):
+    user, key = new_user(), {"Idempotency-Key": f"batch-{uuid.uuid4().hex}"}
+    assert post(empty_client, [{"user_id": user, "item_id": "50", "rating": 4}], key).status_code == 201
+    reused = post(empty_client, [{"user_id": user, "item_id": "50", "rating": 5}], key)
+    assert reused.status_code == 422
+    error = error_body(reused)
+    assert error["code"] == "idempotency_key_reused" and "Idempotency-Key" in error["message"]
+    assert stored(empty_client, user)["50"][0] == 4.0  # nothing of the second body was written
+
+
+def test_an_idempotency_key_is_bounded_and_scoped_by_the_api_key(empty_client, registry):
+    too_long = post(empty_client, [{"user_id": new_user(), "item_id": "50"}], {"Idempotency-Key": "k" * 256})
+    assert too_long.status_code == 422 and "Idempotency-Key" in error_body(too_long)["message"]
+    # another write key may use the same key string for its own batch
+    app = create_app(empty_client.backend.settings(registry, WRITE_API_KEY="writer-key-7d1e0b"))
+    key = {"Idempotency-Key": f"shared-{uuid.uuid4().hex}"}
+    with TestClient(app, raise_server_exceptions=False) as client:
+        a, b = new_user(), new_user()
+        assert client.post("/interactions", json=[{"user_id": a, "item_id": "50"}], headers={**KEY, **key}).status_code == 201
+        other = client.post("/interactions", json=[{"user_id": b, "item_id": "50"}],
+                            headers={"X-API-Key": "writer-key-7d1e0b", **key})
+        assert other.status_code == 201 and other.json()["new_users"] == 1
+
+
+def test_an_expired_idempotency_key_is_a_new_write(empty_client, registry):
+    app = create_app(empty_client.backend.settings(registry, IDEMPOTENCY_TTL_S=1))
+    user, key = new_user(), {"Idempotency-Key": f"batch-{uuid.uuid4().hex}"}
+    with TestClient(app, raise_server_exceptions=False) as client:
+        batch = [{"user_id": user, "item_id": "50", "rating": 4}]
+        assert post(client, batch, key).json()["inserted"] == 1
+        time.sleep(2.1)
+        assert post(client, [{"user_id": user, "item_id": "50", "rating": 5}], key).json()["updated"] == 1
