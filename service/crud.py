@@ -327,11 +327,19 @@ def _counts(received: int, inserted: int, updated: int, new_users: int, new_item
 def _stored_interactions(connection: Connection, pairs: list[tuple[int, int]]) -> dict[tuple[int, int], tuple[float | None, int]]:
     """The stored (rating, timestamp) of each of ``pairs`` that has a row."""
     table = Interaction.__table__
-    pair = tuple_(table.c.user_id, table.c.item_id)
+    columns = select(table.c.user_id, table.c.item_id, table.c.rating, table.c.timestamp)
     found: dict[tuple[int, int], tuple[float | None, int]] = {}
+    if connection.dialect.name == "postgresql":  # the pairs as two arrays, joined: a seed's millions in few statements
+        arrays = func.unnest(*[bindparam(c, type_=postgresql.ARRAY(table.c[c].type)) for c in ("user_id", "item_id")])
+        wanted = arrays.table_valued("user_id", "item_id").render_derived()
+        stmt = columns.join_from(table, wanted, (wanted.c.user_id == table.c.user_id) & (wanted.c.item_id == table.c.item_id))
+        for chunk in _chunks(pairs, ARRAY_CHUNK):
+            rows = connection.execute(stmt, {"user_id": [u for u, _ in chunk], "item_id": [i for _, i in chunk]})
+            found.update(((u, i), (r, t)) for u, i, r, t in rows)
+        return found
+    pair = tuple_(table.c.user_id, table.c.item_id)
     for chunk in _chunks(pairs):
-        stmt = select(table.c.user_id, table.c.item_id, table.c.rating, table.c.timestamp).where(pair.in_(list(chunk)))
-        found.update(((u, i), (r, t)) for u, i, r, t in connection.execute(stmt))
+        found.update(((u, i), (r, t)) for u, i, r, t in connection.execute(columns.where(pair.in_(list(chunk)))))
     return found
 
 
