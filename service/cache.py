@@ -15,7 +15,8 @@ A user's history is kept in process under the token it was read with
 ``k``) reuses it while no write for that user has moved the token on.
 An invalidation that fails is retried (``INVALIDATION_TRIES``) and counted; if it still fails
 the users stay "unconfirmed" in this process: their reads go uncached, and try the delete
-again, until one succeeds (a token that outlived a write must never be read again).
+again, as a background thread does every second, until one succeeds (a token that outlived a
+write must never be read again; other replicas read it until the delete lands).
 Requests look up on the event loop (``user_entry_async``, ``get_async``: Redis's asyncio
 client, with the same timeouts and backoff); the rest runs in worker threads.
 """
@@ -48,6 +49,7 @@ BACKOFF_S = 2.0  # after a Redis failure, skip Redis this long (requests go unca
 MAX_TITLES = 1_000_000  # item titles kept in process (a catalogue larger than this is refetched)
 INVALIDATION_TRIES = 3  # deletes of the users' tokens after a write, before the write is answered 503
 INVALIDATION_BACKOFF_S = 0.05  # before the second try; doubled before each next one
+CONFIRM_INTERVAL_S = 1.0  # then, how often a background thread tries the deletes again
 
 
 class CacheUnavailable(Exception):
@@ -88,6 +90,8 @@ class Cache(ABC):
         self._histories_lock = threading.Lock()
         self._unconfirmed: set[str] = set()  # users whose token a write could not delete: read uncached
         self._unconfirmed_lock = threading.Lock()
+        self._confirming: threading.Thread | None = None  # retries their deletes in the background
+        self._closed = threading.Event()
 
     def _key(self, key: str) -> str:
         return f"{self.namespace}:{key}"
@@ -130,7 +134,7 @@ class Cache(ABC):
             return False
 
     def close(self) -> None:
-        pass
+        self._closed.set()
 
     async def aclose(self) -> None:
         """Close what belongs to the running event loop (before ``close``, at shutdown)."""
@@ -253,8 +257,25 @@ class Cache(ABC):
                 time.sleep(INVALIDATION_BACKOFF_S * 2**attempt)
         with self._unconfirmed_lock:
             self._unconfirmed |= users
+            if self._confirming is None or not self._confirming.is_alive():
+                # other replicas read the same tokens: delete them as soon as the cache takes it, not at the next read here
+                self._confirming = threading.Thread(target=self._keep_confirming, name="cache-invalidation", daemon=True)
+                self._confirming.start()
         log.error("cached lists of %d users could not be invalidated; they are served uncached until it succeeds", len(users))
         return False
+
+    def _keep_confirming(self) -> None:
+        """Retry the unconfirmed users' deletes every ``CONFIRM_INTERVAL_S`` until none is left (or the cache closes)."""
+        while not self._closed.wait(CONFIRM_INTERVAL_S):
+            with self._unconfirmed_lock:
+                users = set(self._unconfirmed)
+            if users and self.delete_many(f"gen:{u}" for u in users):
+                with self._unconfirmed_lock:
+                    self._unconfirmed -= users
+            with self._unconfirmed_lock:
+                if not self._unconfirmed:
+                    self._confirming = None
+                    return
 
     def _confirmed(self, user_id: str) -> bool:
         """True unless the user's token outlived a write and still cannot be deleted."""
@@ -486,6 +507,7 @@ class RedisCache(Cache):
             self._async = None
 
     def close(self) -> None:
+        super().close()
         self.client.close()
 
 
