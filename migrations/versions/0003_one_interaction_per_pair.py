@@ -31,12 +31,11 @@ def upgrade() -> None:
     ranked = sa.select(_interactions.c.id, rank.label("rank")).subquery()
     older = sa.select(ranked.c.id).where(ranked.c.rank > 1)
     op.execute(_interactions.delete().where(_interactions.c.id.in_(older)))
+    # (user, item, timestamp) stays unique too for a release: the previous one's writes name it in ON CONFLICT
     with op.batch_alter_table("interactions") as batch:
-        batch.drop_constraint("uq_interactions_user_id_item_id_timestamp", type_="unique")
         batch.create_unique_constraint("uq_interactions_user_id_item_id", ["user_id", "item_id"])
 
 
 def downgrade() -> None:
     with op.batch_alter_table("interactions") as batch:
         batch.drop_constraint("uq_interactions_user_id_item_id", type_="unique")
-        batch.create_unique_constraint("uq_interactions_user_id_item_id_timestamp", ["user_id", "item_id", "timestamp"])

@@ -55,7 +55,11 @@ class Item(Base):
 
 class Interaction(Base):
     __tablename__ = "interactions"
-    __table_args__ = (UniqueConstraint("user_id", "item_id"),)  # one per pair: a re-rating replaces the older one
+    __table_args__ = (
+        UniqueConstraint("user_id", "item_id"),  # one per pair: a re-rating replaces the older one
+        # implied by the pair's; kept a release for the previous one's ON CONFLICT (user_id, item_id, timestamp)
+        UniqueConstraint("user_id", "item_id", "timestamp"),
+    )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
