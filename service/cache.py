@@ -13,6 +13,10 @@ reads the token and the list together: on Redis, one round trip (a Lua script).
 A user's history is kept in process under the token it was read with
 (``user_history``): a request for another list of the same user (another page, another
 ``k``) reuses it while no write for that user has moved the token on.
+An invalidation that fails is retried (``INVALIDATION_TRIES``) and counted; if it still fails
+the users stay "unconfirmed" in this process: their reads go uncached, and try the delete
+again, as a background thread does every second, until one succeeds (a token that outlived a
+write must never be read again; other replicas read it until the delete lands).
 Requests look up on the event loop (``user_entry_async``, ``get_async``: Redis's asyncio
 client, with the same timeouts and backoff); the rest runs in worker threads.
 """
@@ -43,6 +47,9 @@ log = logging.getLogger("service.cache")
 
 BACKOFF_S = 2.0  # after a Redis failure, skip Redis this long (requests go uncached, fast)
 MAX_TITLES = 1_000_000  # item titles kept in process (a catalogue larger than this is refetched)
+INVALIDATION_TRIES = 3  # deletes of the users' tokens after a write, before the write is answered 503
+INVALIDATION_BACKOFF_S = 0.05  # before the second try; doubled before each next one
+CONFIRM_INTERVAL_S = 1.0  # then, how often a background thread tries the deletes again
 
 
 class CacheUnavailable(Exception):
@@ -81,6 +88,10 @@ class Cache(ABC):
         self._histories: OrderedDict[str, tuple[str, float, Any]] = OrderedDict()
         self._history_rows_held = 0
         self._histories_lock = threading.Lock()
+        self._unconfirmed: set[str] = set()  # users whose token a write could not delete: read uncached
+        self._unconfirmed_lock = threading.Lock()
+        self._confirming: threading.Thread | None = None  # retries their deletes in the background
+        self._closed = threading.Event()
 
     def _key(self, key: str) -> str:
         return f"{self.namespace}:{key}"
@@ -123,7 +134,7 @@ class Cache(ABC):
             return False
 
     def close(self) -> None:
-        pass
+        self._closed.set()
 
     async def aclose(self) -> None:
         """Close what belongs to the running event loop (before ``close``, at shutdown)."""
@@ -147,9 +158,14 @@ class Cache(ABC):
     async def _set_async(self, key: str, value: str, ttl_s: float) -> bool:
         return self._set(key, value, ttl_s, False)
 
+    async def _delete_async(self, key: str) -> None:
+        self._delete_many([key])
+
     # ---- what the service caches -----------------------------------------------------
     def user_generation(self, user_id: str, ttl_s: float) -> str | None:
         """The user's current generation token (None when the cache cannot be used now)."""
+        if not self._confirmed(user_id):
+            return None
         key = f"gen:{user_id}"
         token = self.get(key, kind="generation")
         if token is not None:
@@ -162,7 +178,7 @@ class Cache(ABC):
     def user_entry(self, user_id: str, key: str, generation_ttl_s: float, kind: str) -> CacheEntry:
         """``key`` under the user's current generation and its cached value (None: a miss); all
         None when the cache cannot be used now (compute, do not store)."""
-        generation = self.user_generation(user_id, generation_ttl_s)
+        generation = self.user_generation(user_id, generation_ttl_s)  # None while the user is unconfirmed
         if generation is None:
             return CacheEntry(None, None, None)
         entry_key = f"{key}:{generation}"
@@ -224,7 +240,64 @@ class Cache(ABC):
         return self.user_entry(user_id, key, generation_ttl_s, kind)
 
     def invalidate_users(self, user_ids: Iterable[str]) -> bool:
-        return self.delete_many(f"gen:{u}" for u in set(user_ids))
+        """Delete the users' generation tokens after a write: tried ``INVALIDATION_TRIES`` times, each
+        failure counted. False if the last try failed too: the users are then read uncached in this
+        process until a delete of their token succeeds (``_confirmed``)."""
+        users = set(user_ids)
+        with self._unconfirmed_lock:
+            users |= self._unconfirmed  # a write is also a chance to confirm the earlier failures
+        for attempt in range(INVALIDATION_TRIES):
+            if self.delete_many(f"gen:{u}" for u in users):
+                with self._unconfirmed_lock:
+                    self._unconfirmed -= users
+                return True
+            last = attempt == INVALIDATION_TRIES - 1
+            self.metrics.cache_invalidation_failures.labels("gave_up" if last else "retried").inc()
+            if not last:
+                time.sleep(INVALIDATION_BACKOFF_S * 2**attempt)
+        with self._unconfirmed_lock:
+            self._unconfirmed |= users
+            if self._confirming is None or not self._confirming.is_alive():
+                # other replicas read the same tokens: delete them as soon as the cache takes it, not at the next read here
+                self._confirming = threading.Thread(target=self._keep_confirming, name="cache-invalidation", daemon=True)
+                self._confirming.start()
+        log.error("cached lists of %d users could not be invalidated; they are served uncached until it succeeds", len(users))
+        return False
+
+    def _keep_confirming(self) -> None:
+        """Retry the unconfirmed users' deletes every ``CONFIRM_INTERVAL_S`` until none is left (or the cache closes)."""
+        while not self._closed.wait(CONFIRM_INTERVAL_S):
+            with self._unconfirmed_lock:
+                users = set(self._unconfirmed)
+            if users and self.delete_many(f"gen:{u}" for u in users):
+                with self._unconfirmed_lock:
+                    self._unconfirmed -= users
+            with self._unconfirmed_lock:
+                if not self._unconfirmed:
+                    self._confirming = None
+                    return
+
+    def _confirmed(self, user_id: str) -> bool:
+        """True unless the user's token outlived a write and still cannot be deleted."""
+        if user_id not in self._unconfirmed:  # the usual case: one set lookup, no lock
+            return True
+        if not self.delete_many([f"gen:{user_id}"]):
+            return False
+        with self._unconfirmed_lock:
+            self._unconfirmed.discard(user_id)
+        return True
+
+    async def _confirmed_async(self, user_id: str) -> bool:
+        if user_id not in self._unconfirmed:
+            return True
+        try:
+            await self._delete_async(self._key(f"gen:{user_id}"))
+        except CacheUnavailable:
+            self.metrics.cache_errors.labels("delete").inc()
+            return False
+        with self._unconfirmed_lock:
+            self._unconfirmed.discard(user_id)
+        return True
 
     def item_titles(
         self, item_ids: Sequence[str], fetch: Callable[[list[str]], dict[str, str]], ttl_s: float
@@ -365,7 +438,18 @@ class RedisCache(Cache):
     async def _set_async(self, key: str, value: str, ttl_s: float) -> bool:
         return bool(await self._acall(self._async_client()[0].set, key, value, px=_ms(ttl_s)))
 
+    async def _delete_async(self, key: str) -> None:
+        # tried even while backing off, as ``_delete_many`` is
+        client = self._async_client()[0]
+        try:
+            await client.delete(key)
+        except (redis.RedisError, OSError, asyncio.TimeoutError) as exc:
+            self._failed(exc)
+            raise CacheUnavailable(str(exc)) from exc
+
     async def user_entry_async(self, user_id: str, key: str, generation_ttl_s: float, kind: str) -> CacheEntry:
+        if not await self._confirmed_async(user_id):
+            return CacheEntry(None, None, None)
         _, script = self._async_client()
         try:
             found = await self._acall(script, keys=[self._key(f"gen:{user_id}")], args=self._user_entry_args(key, generation_ttl_s))
@@ -375,6 +459,8 @@ class RedisCache(Cache):
         return self._user_entry_found(key, kind, *found)
 
     def user_entry(self, user_id: str, key: str, generation_ttl_s: float, kind: str) -> CacheEntry:
+        if not self._confirmed(user_id):
+            return CacheEntry(None, None, None)
         try:
             found = self._call(self._user_entry, keys=[self._key(f"gen:{user_id}")], args=self._user_entry_args(key, generation_ttl_s))
         except CacheUnavailable:
@@ -421,6 +507,7 @@ class RedisCache(Cache):
             self._async = None
 
     def close(self) -> None:
+        super().close()
         self.client.close()
 
 

@@ -1,7 +1,7 @@
 """The one data-access layer: every query the service (and the seed command) makes.
 
-Writes are bulk statements built with SQLAlchemy (``INSERT ... ON CONFLICT DO NOTHING``
-in the PostgreSQL and SQLite dialects), never SQL from strings. A batch of interactions
+Writes are bulk statements built with SQLAlchemy (``INSERT ... ON CONFLICT`` in the
+PostgreSQL and SQLite dialects), never SQL from strings. A batch of interactions
 is one transaction: its new users and items are created in it, and nothing is written
 if any statement fails.
 """
@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
-from sqlalchemy import Connection, Select, bindparam, func, select, text
+from sqlalchemy import Connection, Select, bindparam, func, select, text, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from rating_scale import RatingScale
-from service.db.tables import DeclaredRatingScale, Interaction, Item, User
+from rating_scale.latest import keep_latest_pairs
+from service.db.tables import DeclaredRatingScale, IdempotencyKey, Interaction, Item, User
 
 CHUNK = 5000  # rows per statement / ids per IN list: stays under every driver's parameter limit
 ARRAY_CHUNK = 50_000  # rows per PostgreSQL statement when rows travel as arrays
@@ -179,13 +180,28 @@ def _ids(connection: Connection, table, external_ids: list[str]) -> dict[str, in
 
 
 @dataclass(frozen=True)
+class IdempotencyClaim:
+    """A request's ``Idempotency-Key``: its answer is recorded in the transaction that stores the batch."""
+
+    scope: str  # sha256 of the API key used
+    key: str
+    body_sha256: str
+    ttl_s: float
+
+
+class IdempotencyKeyTaken(Exception):
+    """A concurrent transaction recorded the same key first: this one is rolled back (its answer is that one's)."""
+
+
+@dataclass(frozen=True)
 class InteractionBatch:
-    """One request's interactions, as parallel lists."""
+    """One request's interactions, as parallel lists, and its idempotency key if it has one."""
 
     user_ids: Sequence[str]
     item_ids: Sequence[str]
     ratings: Sequence[float | None]
     timestamps: Sequence[int | None]
+    claim: IdempotencyClaim | None = None
 
     def __len__(self) -> int:
         return len(self.user_ids)
@@ -201,9 +217,11 @@ def store_interactions(
 ) -> dict[str, int]:
     """Store a batch of interactions in one transaction (the caller's session, committed here).
 
-    Idempotent on (user, item, timestamp); a missing timestamp is the insertion time.
-    New users and items are created in the same transaction. ``item_info`` may carry a
-    title/metadata for items (the seed command); existing items are left as they are.
+    One row per (user, item): the latest entry of a pair wins (``rating_scale.latest``: the
+    newest timestamp, ties to the last given), and replaces a stored row no newer than it.
+    A missing timestamp is the insertion time. New users and items are created in the same
+    transaction. ``item_info`` may carry a title/metadata for items (the seed command);
+    existing items are left as they are.
     """
     return store_interaction_batches(session, [InteractionBatch(user_ids, item_ids, ratings, timestamps)], item_info)[0]
 
@@ -214,8 +232,9 @@ def store_interaction_batches(
     """Several batches in one transaction (a group commit: one set of statements, one commit).
 
     Each batch gets the counts it would have got stored on its own, the batches one after
-    another in the order given: a user, item or interaction that two batches bring is new
-    for the first and already there for the second.
+    another in the order given: a user, item or pair that two batches bring is new for the
+    first, and updated (or unchanged) by the second. The answers of batches with an idempotency
+    key are recorded in the same transaction (``IdempotencyKeyTaken`` if one is recorded already).
     """
     now = int(time.time())
     item_info = item_info or {}
@@ -228,42 +247,100 @@ def store_interaction_batches(
             item_rows = [{"external_id": i, "title": None, "metadata": None} for i in item_ids]
             item_rows += [{"external_id": i, "title": v.get("title"), "metadata": v.get("metadata")} for i, v in item_info.items()]
             item_map, new_items = _ensure(connection, Item, item_rows)
-            keys = [  # (user, item, timestamp) per interaction, in batch order
-                (user_map[u], item_map[i], now if t is None else int(t))
-                for b in batches for u, i, t in zip(b.user_ids, b.item_ids, b.timestamps)
-            ]
+            users = np.fromiter((user_map[u] for u in user_ids), dtype=np.int64, count=len(user_ids))
+            items = np.fromiter((item_map[i] for i in item_ids), dtype=np.int64, count=len(item_ids))
+            stamps = np.fromiter((now if t is None else int(t) for b in batches for t in b.timestamps),
+                                 dtype=np.int64, count=len(user_ids))
             ratings = [r for b in batches for r in b.ratings]
-            rows = sorted(  # one lock order for concurrent transactions: no deadlocks
-                ((u, i, r, t) for (u, i, t), r in zip(keys, ratings)), key=lambda row: (row[0], row[1], row[3])
-            )
-            # which rows were new only matters to share them out; one batch (a seed's millions of rows) needs the count
-            inserted = _insert_new_interactions(connection, rows, with_keys=len(batches) > 1)
+            stored = _stored_interactions(connection, sorted(set(zip(users.tolist(), items.tolist()))))
+            state = dict(stored)  # (user, item) -> (rating, timestamp), as each batch in turn leaves it
+            counts, start = [], 0
+            credited_users: set[str] = set()
+            credited_items: set[str] = set()
+            for b in batches:
+                end = start + len(b)
+                keep, _ = keep_latest_pairs(users[start:end], items[start:end], stamps[start:end])
+                inserted = updated = 0
+                for n in (keep + start).tolist():
+                    pair, entry = (int(users[n]), int(items[n])), (ratings[n], int(stamps[n]))
+                    before = state.get(pair)
+                    if before is None:
+                        inserted += 1
+                    elif entry[1] >= before[1] and entry != before:
+                        updated += 1
+                    else:
+                        continue  # older than the stored row, or the same: it stays
+                    state[pair] = entry
+                # Each new user and item is credited to the first batch that brought it.
+                batch_users = {u for u in b.user_ids if u in new_users} - credited_users
+                batch_items = {i for i in b.item_ids if i in new_items} - credited_items
+                credited_users |= batch_users
+                credited_items |= batch_items
+                counts.append(_counts(len(b), inserted, updated, len(batch_users), len(batch_items)))
+                start = end
+            # only what changed is written; sorted: one lock order for concurrent transactions, no deadlocks
+            rows = sorted((u, i, r, t) for (u, i), (r, t) in state.items() if stored.get((u, i)) != (r, t))
+            _upsert_interactions(connection, rows)
+            _record_answers(connection, [(b.claim, c) for b, c in zip(batches, counts) if b.claim is not None], now)
             session.commit()
         except BaseException:
             session.rollback()
             raise
-    if len(batches) == 1:
-        return [_counts(len(keys), inserted, len(new_users), len(new_items))]
-    # Each new user, item and row is credited to the first batch that brought it.
-    credited_users, credited_items, credited_rows = set(), set(), set()
-    results, start = [], 0
-    for b in batches:
-        users = {u for u in b.user_ids if u in new_users} - credited_users
-        items = {i for i in b.item_ids if i in new_items} - credited_items
-        rows_new = {k for k in keys[start : start + len(b)] if k in inserted} - credited_rows
-        credited_users |= users
-        credited_items |= items
-        credited_rows |= rows_new
-        results.append(_counts(len(b), len(rows_new), len(users), len(items)))
-        start += len(b)
-    return results
+    return counts
 
 
-def _counts(received: int, inserted: int, new_users: int, new_items: int) -> dict[str, int]:
+def _record_answers(connection: Connection, answers: list[tuple[IdempotencyClaim, dict[str, int]]], now: int) -> None:
+    """Record each key's answer; an expired record of the key is replaced, a live one is ``IdempotencyKeyTaken``."""
+    if not answers:
+        return
+    table = IdempotencyKey.__table__
+    connection.execute(table.delete().where(table.c.expires_at < now))  # the expired ones go (indexed)
+    insert = _insert(connection, table)
+    stmt = insert.on_conflict_do_update(
+        index_elements=["scope", "key"],
+        set_={c: insert.excluded[c] for c in ("body_sha256", "answer", "expires_at")},
+        where=table.c.expires_at < now,
+    ).returning(table.c.key)
+    for claim, answer in answers:
+        row = {"scope": claim.scope, "key": claim.key, "body_sha256": claim.body_sha256, "answer": answer,
+               "expires_at": now + max(1, int(claim.ttl_s))}
+        if connection.execute(stmt, row).first() is None:
+            raise IdempotencyKeyTaken(claim.key)
+
+
+def idempotent_answer(db: Session | Connection, claim: IdempotencyClaim) -> tuple[str, dict[str, int]] | None:
+    """(body sha256, answer) recorded under the claim's scope and key, unless it expired."""
+    table = IdempotencyKey.__table__
+    stmt = select(table.c.body_sha256, table.c.answer).where(
+        table.c.scope == claim.scope, table.c.key == claim.key, table.c.expires_at >= int(time.time()))
+    row = _connection(db).execute(stmt).first()
+    return None if row is None else (row[0], dict(row[1]))
+
+
+def _counts(received: int, inserted: int, updated: int, new_users: int, new_items: int) -> dict[str, int]:
     return {
-        "received": received, "inserted": inserted, "duplicates": received - inserted,
-        "new_users": new_users, "new_items": new_items,
+        "received": received, "inserted": inserted, "updated": updated, "unchanged": received - inserted - updated,
+        "duplicates": received - inserted, "new_users": new_users, "new_items": new_items,
     }
+
+
+def _stored_interactions(connection: Connection, pairs: list[tuple[int, int]]) -> dict[tuple[int, int], tuple[float | None, int]]:
+    """The stored (rating, timestamp) of each of ``pairs`` that has a row."""
+    table = Interaction.__table__
+    columns = select(table.c.user_id, table.c.item_id, table.c.rating, table.c.timestamp)
+    found: dict[tuple[int, int], tuple[float | None, int]] = {}
+    if connection.dialect.name == "postgresql":  # the pairs as two arrays, joined: a seed's millions in few statements
+        arrays = func.unnest(*[bindparam(c, type_=postgresql.ARRAY(table.c[c].type)) for c in ("user_id", "item_id")])
+        wanted = arrays.table_valued("user_id", "item_id").render_derived()
+        stmt = columns.join_from(table, wanted, (wanted.c.user_id == table.c.user_id) & (wanted.c.item_id == table.c.item_id))
+        for chunk in _chunks(pairs, ARRAY_CHUNK):
+            rows = connection.execute(stmt, {"user_id": [u for u, _ in chunk], "item_id": [i for _, i in chunk]})
+            found.update(((u, i), (r, t)) for u, i, r, t in rows)
+        return found
+    pair = tuple_(table.c.user_id, table.c.item_id)
+    for chunk in _chunks(pairs):
+        found.update(((u, i), (r, t)) for u, i, r, t in connection.execute(columns.where(pair.in_(list(chunk)))))
+    return found
 
 
 # SQLite takes one writer at a time, and a writer that finds the lock taken sleeps in growing
@@ -297,36 +374,28 @@ def refresh_statistics(session: Session) -> None:
     session.commit()
 
 
-def _insert_new_interactions(
-    connection: Connection, rows: list[tuple[int, int, float | None, int]], with_keys: bool = False
-) -> int | set[tuple[int, int, int]]:
-    """INSERT ... ON CONFLICT (user_id, item_id, timestamp) DO NOTHING.
-
-    Returns how many rows were new, or with ``with_keys`` their (user_id, item_id, timestamp).
-    """
+def _upsert_interactions(connection: Connection, rows: list[tuple[int, int, float | None, int]]) -> None:
+    """INSERT ... ON CONFLICT (user_id, item_id) DO UPDATE, where the new row is no older than the stored one
+    (a concurrent transaction's newer rating stays)."""
     table = Interaction.__table__
     columns = ["user_id", "item_id", "rating", "timestamp"]
-    conflict = {"index_elements": ["user_id", "item_id", "timestamp"]}
-    returned = (table.c.user_id, table.c.item_id, table.c.timestamp) if with_keys else (table.c.id,)
-    new_rows: list[Any] = []
+
+    def upsert(insert):
+        return insert.on_conflict_do_update(
+            index_elements=["user_id", "item_id"],
+            set_={"rating": insert.excluded.rating, "timestamp": insert.excluded.timestamp},
+            where=insert.excluded.timestamp >= table.c.timestamp,
+        )
+
     if connection.dialect.name == "postgresql":
         # The rows travel as four arrays unnested by the server: one statement per 50k rows.
         # (An executemany of thousands of placeholders spends most of its time in the driver.)
         arrays = func.unnest(*[bindparam(c, type_=postgresql.ARRAY(table.c[c].type)) for c in columns])
         source = arrays.table_valued(*columns).render_derived()
-        stmt = (
-            postgresql.insert(table)
-            .from_select(columns, select(*source.c))
-            .on_conflict_do_nothing(**conflict)
-            .returning(*returned)
-        )
+        stmt = upsert(postgresql.insert(table).from_select(columns, select(*source.c)))
         for chunk in _chunks(rows, ARRAY_CHUNK):
-            values = dict(zip(columns, map(list, zip(*chunk))))
-            found = connection.execute(stmt, values).all()
-            new_rows += found if with_keys else [len(found)]
+            connection.execute(stmt, dict(zip(columns, map(list, zip(*chunk)))))
     else:
-        stmt = _insert(connection, table).on_conflict_do_nothing(**conflict).returning(*returned)
+        stmt = upsert(_insert(connection, table))
         for chunk in _chunks(rows):
-            found = connection.execute(stmt, [dict(zip(columns, row)) for row in chunk]).all()
-            new_rows += found if with_keys else [len(found)]
-    return {tuple(row) for row in new_rows} if with_keys else sum(new_rows)
+            connection.execute(stmt, [dict(zip(columns, row)) for row in chunk])

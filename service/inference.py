@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 import scipy.sparse as sp
 
+from rating_scale.latest import keep_latest_pairs
 from service.crud import History
 from service.errors import ApiError
 from service.model_store import IdIndex, ServingModel, ServingVersion
@@ -73,12 +74,13 @@ def history_rows(served: ServingModel, history: History, users: Sequence[str]) -
     c = served.item_index.get_indexer(history.item_ids)
     keep = (r >= 0) & (c >= 0)
     r, c, ratings, ts = r[keep], c[keep], history.ratings[keep], history.timestamps[keep]
-    # Sorted once by (user, item, time): each (user, item) run ends with its latest interaction,
-    # and the entries are in CSR order, so every matrix is built from its arrays directly.
-    order = np.lexsort((ts, c, r))
+    # The latest interaction per (user, item), by the rule the trainer keeps (ties: the last row)
+    latest, _ = keep_latest_pairs(r, c, ts)
+    r, c, ratings, ts = r[latest], c[latest], ratings[latest], ts[latest]
+    order = np.lexsort((c, r))  # CSR order, so every matrix is built from its arrays directly
     r, c, ratings, ts = r[order], c[order], ratings[order], ts[order]
-    last = _run_ends(r, c)
-    seen = _sorted_csr(r[last], c[last], np.ones(int(last.sum()), np.float32), shape)
+    seen = _sorted_csr(r, c, np.ones(len(r), np.float32), shape)
+    # Then what that latest interaction says: an older rating is never used in its place
     if served.task == "rating":
         use = ~np.isnan(ratings)  # implicit feedback has no rating to reconstruct
     elif served.positive_threshold is not None:
@@ -86,8 +88,6 @@ def history_rows(served: ServingModel, history: History, users: Sequence[str]) -
     else:
         use = np.ones(len(r), dtype=bool)
     r, c, ratings, ts = r[use], c[use], ratings[use], ts[use]
-    last = _run_ends(r, c)  # the latest interaction that counts, per (user, item)
-    r, c, ratings, ts = r[last], c[last], ratings[last], ts[last]
     if served.task == "rating":  # the models read a 0 as no rating: the row is as empty as the model sees it
         rated = ratings != 0
         r, c, ratings, ts = r[rated], c[rated], ratings[rated], ts[rated]
@@ -95,13 +95,6 @@ def history_rows(served: ServingModel, history: History, users: Sequence[str]) -
     X = _sorted_csr(r, c, values, shape)
     timestamps = sp.csr_matrix((ts.astype(np.float64), X.indices, X.indptr), shape=shape)
     return Rows(X, seen, timestamps)
-
-
-def _run_ends(r: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """Mask of the last entry of each run of equal (row, column) in sorted arrays."""
-    last = np.ones(len(r), dtype=bool)
-    last[:-1] = (r[1:] != r[:-1]) | (c[1:] != c[:-1])
-    return last
 
 
 def _sorted_csr(r: np.ndarray, c: np.ndarray, values: np.ndarray, shape: tuple[int, int]) -> sp.csr_matrix:

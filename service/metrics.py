@@ -35,6 +35,10 @@ class Metrics:
         self.cache_errors = Counter(
             "aerec_cache_errors", "Cache operations that failed (served uncached)", ["operation"], registry=r
         )
+        self.cache_invalidation_failures = Counter(
+            "aerec_cache_invalidation_failures", "Failed deletes of users' cached lists after a write: retried, or "
+            "gave_up (the write answered 503 cache_not_invalidated; those users are read uncached)", ["outcome"], registry=r,
+        )
         self.model_info = Gauge("aerec_model_version_info", "The model version being served (value 1)", ["version"], registry=r)
         self.model_swaps = Counter("aerec_model_swaps", "Model versions swapped in", registry=r)
         self.model_refused = Counter("aerec_model_versions_refused", "Model versions that failed validation", registry=r)

@@ -118,9 +118,12 @@ class InteractionIn(Strict):
 
 
 class InteractionsResult(BaseModel):
-    received: int
-    inserted: int
-    duplicates: int = Field(description="Rows already stored with the same (user, item, timestamp).")
+    received: int = Field(description="Entries in the batch.")
+    inserted: int = Field(description="(user, item) pairs stored for the first time.")
+    updated: int = Field(default=0, description="Stored pairs whose rating or timestamp this batch replaced (a re-rating).")
+    unchanged: int = Field(default=0, description="Entries that changed nothing: superseded by a later entry of the batch, "
+                           "no newer than the stored row, or equal to it.")
+    duplicates: int = Field(description="received - inserted: entries that stored no new pair (kept for older clients).")
     new_users: int
     new_items: int
 

@@ -7,6 +7,13 @@ answers each request with its own counts (``crud.store_interaction_batches``). N
 waits on a timer: a lone request is written at once, and under load the groups grow by
 themselves. A request is answered only after the commit that holds its rows, as before.
 
+A batch is stored once its transaction commits; if its users' cached lists cannot be
+invalidated after that, it is answered 503 ``cache_not_invalidated`` (saying it was stored),
+and those users are read uncached meanwhile (``Cache.invalidate_users``).
+
+A batch with an ``Idempotency-Key`` records its answer in its own transaction; the same key
+again (same body) gets that answer and writes nothing, with another body a 422.
+
 If a group's transaction fails because of what one batch holds, each batch is written on
 its own again, so only that request fails; if the database is unreachable, every request
 of the group gets that error (a 503) without retrying (but for the one new try on a new
@@ -16,26 +23,53 @@ connection that any request gets when its pooled connection had been dropped).
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
+from pydantic import BaseModel
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from service import crud
 from service.cache import Cache
 from service.db.session import retry_if_dropped
-from service.errors import DATABASE_UNAVAILABLE
+from service.errors import DATABASE_UNAVAILABLE, ApiError
 from service.metrics import Metrics
 
 Outcome = dict[str, int] | BaseException
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
+def idempotency_claim(key: str | None, api_key: str | None, entries: list[BaseModel], ttl_s: float) -> crud.IdempotencyClaim | None:
+    """The request's claim on ``key`` (None without one): scoped by the API key used, bound to the
+    batch as validated (the same entries in other JSON spacing or id types are the same body)."""
+    if key is None:
+        return None
+    scope = hashlib.sha256((api_key or "").encode()).hexdigest()  # the key itself is never stored
+    body = json.dumps([e.model_dump() for e in entries], sort_keys=True, separators=(",", ":"))
+    return crud.IdempotencyClaim(scope, key, hashlib.sha256(body.encode()).hexdigest(), ttl_s)
+
+
+def _claimed(batch: crud.InteractionBatch) -> tuple[str, str] | None:
+    return None if batch.claim is None else (batch.claim.scope, batch.claim.key)
 
 
 @dataclass
 class _Waiting:
     batch: crud.InteractionBatch
     answer: asyncio.Future
+
+
+def cache_not_invalidated(counts: dict[str, int]) -> ApiError:
+    """The answer to a stored batch whose users' cached lists could not be invalidated (``Cache.invalidate_users``)."""
+    return ApiError(
+        503, "cache_not_invalidated",
+        "the interactions were stored (a retry stores nothing again), but the cache could not be told: these users' "
+        "recommendations are computed afresh, uncached, until it can", {"stored": counts},
+    )
 
 
 class InteractionWriter:
@@ -50,7 +84,12 @@ class InteractionWriter:
         self._writing: asyncio.Task | None = None
 
     async def store(self, batch: crud.InteractionBatch) -> dict[str, int]:
-        """The batch's counts once it is committed (and its users' cached lists invalidated)."""
+        """The batch's counts once it is committed (and its users' cached lists invalidated); with an
+        idempotency key already recorded, the recorded answer, and nothing is written."""
+        if batch.claim is not None:
+            recorded = await run_in_threadpool(retry_if_dropped, lambda: self._recorded(batch.claim))
+            if recorded is not None:
+                return recorded
         loop = asyncio.get_running_loop()
         waiting = _Waiting(batch, loop.create_future())
         self._waiting.append(waiting)
@@ -63,7 +102,12 @@ class InteractionWriter:
         while self._waiting:
             group = [self._waiting.popleft()]
             rows = len(group[0].batch)
+            keys = {_claimed(group[0].batch)}
             while self._waiting and rows + len(self._waiting[0].batch) <= self.max_rows:
+                key = _claimed(self._waiting[0].batch)
+                if key is not None and key in keys:
+                    break  # the same key twice: the second waits for the first's commit, then replays its answer
+                keys.add(key)
                 rows += len(self._waiting[0].batch)
                 group.append(self._waiting.popleft())
             try:
@@ -87,13 +131,34 @@ class InteractionWriter:
             counts: list[Outcome] = retry_if_dropped(lambda: self._store(batches))
         except DATABASE_UNAVAILABLE as exc:
             return [exc] * len(batches)
+        except crud.IdempotencyKeyTaken:
+            if len(batches) == 1:  # another transaction recorded the key meanwhile: its answer, or the 422
+                try:
+                    return [retry_if_dropped(lambda: self._recorded(batches[0].claim))]
+                except Exception as exc:
+                    return [exc]
+            return [outcome for batch in batches for outcome in self._write([batch])]
         except Exception as exc:
             if len(batches) == 1:
                 return [exc]
             return [outcome for batch in batches for outcome in self._write([batch])]
         self._metrics.write_group.observe(len(batches))
-        self._cache.invalidate_users({u for batch in batches for u in batch.user_ids})
+        if not self._cache.invalidate_users({u for batch in batches for u in batch.user_ids}):
+            return [cache_not_invalidated(c) if isinstance(c, dict) else c for c in counts]
         return counts
+
+    def _recorded(self, claim: crud.IdempotencyClaim) -> dict[str, int] | None:
+        """The answer recorded under the key (None: none yet); a 422 if it was recorded for another body."""
+        with self._session_factory() as session, crud.reads(session) as db:
+            recorded = crud.idempotent_answer(db, claim)
+        if recorded is None:
+            return None
+        if recorded[0] != claim.body_sha256:
+            raise ApiError(
+                422, "idempotency_key_reused", f"the {IDEMPOTENCY_HEADER} header holds a key already used with another "
+                "body; a retry must send the same batch, a new batch a new key", {"header": IDEMPOTENCY_HEADER},
+            )
+        return recorded[1]
 
     def _store(self, batches: list[crud.InteractionBatch]) -> list[Outcome]:
         with self._session_factory() as session:  # a session per try: see retry_if_dropped

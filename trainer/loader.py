@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from rating_scale import RatingScale
+from rating_scale.latest import keep_latest_pairs  # the rule serving shares (re-exported for trainer.pipeline)
 from trainer.dataset import Interactions
 from trainer.errors import DataError
 
@@ -235,23 +236,6 @@ def index_ids(values: np.ndarray | pd.Series) -> tuple[np.ndarray, np.ndarray]:
     rank = np.empty(len(order), dtype=np.int32)
     rank[order] = np.arange(len(order), dtype=np.int32)
     return rank[codes], text[order]
-
-
-def keep_latest_pairs(users: np.ndarray, items: np.ndarray, timestamps: np.ndarray | None) -> tuple[np.ndarray, int]:
-    """Rows to keep (file order) so each (user, item) index pair appears once, and how many were dropped.
-
-    Rows are stably sorted by (pair, timestamp): the last row of each pair's run is its
-    latest, and on equal timestamps (or none) the last in the file.
-    """
-    pair = users.astype(np.int64) * (int(items.max()) + 1) + items
-    order = np.lexsort((timestamps, pair)) if timestamps is not None else np.argsort(pair, kind="stable")
-    sorted_pair = pair[order]
-    last_of_run = np.ones(len(pair), dtype=bool)
-    last_of_run[:-1] = sorted_pair[1:] != sorted_pair[:-1]
-    dropped = int(len(pair) - last_of_run.sum())
-    if not dropped:
-        return np.arange(len(pair)), 0
-    return np.sort(order[last_of_run]), dropped
 
 
 # --- reading -------------------------------------------------------------------------

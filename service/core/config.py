@@ -59,6 +59,7 @@ class Settings(RatingScaleSettings):  # RATING_SCALE, POSITIVE_THRESHOLD: what P
     # extra connections are opened and closed per request (SQLAlchemy's default pool of 5 did
     # that at 8 concurrent requests: a PostgreSQL connect, or SQLite's PRAGMAs, per request).
     DB_POOL_SIZE: int = Field(default=20, ge=1)
+    IDEMPOTENCY_TTL_S: float = Field(default=86_400.0, gt=0)  # how long a POST /interactions Idempotency-Key is remembered
     MAX_BATCH: int = Field(default=1000, ge=1)  # most entries of any list in a request (interactions, item ids, ...)
     MAX_K: int = Field(default=1000, ge=1)  # k + offset of one recommendation list
     # One POST /ratings: users scored and (user, item) pairs, summed over its users (the work grows with both)

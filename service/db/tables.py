@@ -1,4 +1,5 @@
-"""The database schema: users, items, their interactions and the rating scale they were written under (SQLAlchemy 2 ORM).
+"""The database schema: users, items, their interactions, the rating scale they were written under and
+the idempotency keys of writes (SQLAlchemy 2 ORM).
 
 Alembic owns the schema (``migrations/``); these classes describe it for queries and
 for the trainer's ``--from-db``. External ids are the dataset's own ids, as strings.
@@ -54,7 +55,11 @@ class Item(Base):
 
 class Interaction(Base):
     __tablename__ = "interactions"
-    __table_args__ = (UniqueConstraint("user_id", "item_id", "timestamp"),)
+    __table_args__ = (
+        UniqueConstraint("user_id", "item_id"),  # one per pair: a re-rating replaces the older one
+        # implied by the pair's; kept a release for the previous one's ON CONFLICT (user_id, item_id, timestamp)
+        UniqueConstraint("user_id", "item_id", "timestamp"),
+    )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
@@ -74,3 +79,17 @@ class DeclaredRatingScale(Base):
     scale: Mapped[str] = mapped_column(String(64))  # as rating_scale.RatingScale prints it: "1:5:1", "implicit"
     positive_threshold: Mapped[float | None] = mapped_column(Float, nullable=True)  # None on an implicit scale
     declared_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class IdempotencyKey(Base):
+    """A POST /interactions answer under the client's ``Idempotency-Key``, written in the batch's own
+    transaction: a retry of the same body returns it and writes nothing (until ``expires_at``)."""
+
+    __tablename__ = "idempotency_keys"
+
+    scope: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 of the API key used: keys never mix
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    body_sha256: Mapped[str] = mapped_column(String(64))
+    answer: Mapped[dict[str, Any]] = mapped_column(JSON)
+    expires_at: Mapped[int] = mapped_column(BigInteger, index=True)  # epoch seconds
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

@@ -248,9 +248,9 @@ def test_interactions_are_idempotent_and_create_users_and_items(client, auth):
         {"user_id": user, "item_id": 50, "rating": 4, "timestamp": 1_600_000_001},
     ]
     first = client.post("/interactions", json=batch, headers=auth).json()
-    assert first == {"received": 2, "inserted": 2, "duplicates": 0, "new_users": 1, "new_items": 1}
+    assert first == {"received": 2, "inserted": 2, "updated": 0, "unchanged": 0, "duplicates": 0, "new_users": 1, "new_items": 1}
     again = client.post("/interactions", json=batch, headers=auth).json()
-    assert again == {"received": 2, "inserted": 0, "duplicates": 2, "new_users": 0, "new_items": 0}
+    assert again == {"received": 2, "inserted": 0, "updated": 0, "unchanged": 2, "duplicates": 2, "new_users": 0, "new_items": 0}
     # The new item is unknown to the model: ignored for scoring, the known one still folds in.
     body = recommend(client, user, k=5)
     assert body["source"] == "fold-in" and item not in item_list(body) and "50" not in item_list(body)

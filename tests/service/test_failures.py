@@ -205,8 +205,11 @@ def test_redis_stopped_mid_run_requests_keep_succeeding(tmp_path, registry, redi
         assert time.perf_counter() - started < 10  # failing fast, not waiting on Redis each time
         assert client.get("/items/50/similar").status_code == 200
         more = client.post("/interactions", json=[{"user_id": user, "item_id": "172", "rating": 5}], headers=KEY)
-        assert more.status_code == 201  # the write succeeds; only the invalidation failed (and is counted)
+        # stored, but the users' lists could not be invalidated: said so, not acknowledged as a plain success
+        assert more.status_code == 503 and error_body(more)["code"] == "cache_not_invalidated"
+        assert error_body(more)["details"]["stored"]["inserted"] == 1
         assert _counter(client, "aerec_cache_errors_total{") >= 1
+        assert _counter(client, 'aerec_cache_invalidation_failures_total{outcome="gave_up"}') == 1
         ready = client.get("/readyz")
         assert ready.status_code == 503 and not error_body(ready)["details"]["checks"]["cache"]["ok"]
 

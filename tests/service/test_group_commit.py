@@ -20,9 +20,9 @@ def _batch(rows: list[tuple[str, str, int]]) -> crud.InteractionBatch:
     return crud.InteractionBatch([u for u, _, _ in rows], [i for _, i, _ in rows], [4.0] * len(rows), [t for _, _, t in rows])
 
 
-def _counts(received: int, inserted: int, new_users: int, new_items: int) -> dict[str, int]:
-    return {"received": received, "inserted": inserted, "duplicates": received - inserted,
-            "new_users": new_users, "new_items": new_items}
+def _counts(received: int, inserted: int, new_users: int, new_items: int, updated: int = 0) -> dict[str, int]:
+    return {"received": received, "inserted": inserted, "updated": updated, "unchanged": received - inserted - updated,
+            "duplicates": received - inserted, "new_users": new_users, "new_items": new_items}
 
 
 def test_batches_in_one_transaction_get_the_counts_they_would_get_one_after_another(seeded_backend):
@@ -70,17 +70,20 @@ def test_concurrent_requests_share_one_commit_and_each_gets_its_own_answer(seede
     writer, metrics, engine = _writer(seeded_backend.database_url)
     user = f"g-{uuid.uuid4().hex[:8]}"
     batches = [_batch([(user, "50", n), (user, "100", 7)]) for n in range(6)]  # (user, 100, 7) is in all six
+    batches.append(_batch([(user, "50", 2)]))  # older than what the batches before it left: no effect
 
     async def main():
         return await asyncio.gather(*(writer.store(b) for b in batches))
 
     try:
         results = asyncio.run(main())
-        assert _groups(metrics) == (1, 6)  # all six waited while none was being written: one transaction
+        assert _groups(metrics) == (1, 7)  # all seven waited while none was being written: one transaction
         assert results[0] == _counts(2, 2, 1, 0)
-        assert results[1:] == [_counts(2, 1, 0, 0)] * 5
+        assert results[1:6] == [_counts(2, 0, 0, 0, updated=1)] * 5  # each re-rates (user, 50) later
+        assert results[6] == _counts(1, 0, 0, 0)
         with make_session_factory(engine)() as session:
-            assert len(crud.user_history(session, user)) == 7
+            history = crud.user_history(session, user)
+            assert sorted(zip(history.item_ids.tolist(), history.timestamps.tolist())) == [("100", 7), ("50", 5)]
     finally:
         engine.dispose()
 
@@ -139,5 +142,24 @@ def test_a_request_that_goes_away_does_not_cancel_the_write(seeded_backend):
         asyncio.run(main())
         with make_session_factory(engine)() as session:
             assert crud.user_history(session, user).item_ids.tolist() == ["50"]
+    finally:
+        engine.dispose()
+
+
+def test_concurrent_requests_with_one_idempotency_key_write_once_and_get_one_answer(seeded_backend):
+    writer, metrics, engine = _writer(seeded_backend.database_url)
+    user = f"k-{uuid.uuid4().hex[:8]}"
+    claim = crud.IdempotencyClaim("scope", f"key-{uuid.uuid4().hex}", "sha-of-the-body", 60)
+    batch = crud.InteractionBatch([user], ["50"], [4.0], [None], claim)
+
+    async def main():
+        return await asyncio.gather(*(writer.store(batch) for _ in range(3)))
+
+    try:
+        results = asyncio.run(main())
+        assert results == [_counts(1, 1, 1, 0)] * 3  # the first's answer, replayed to the others
+        assert _groups(metrics)[1] == 1  # never grouped together: one batch written, the others waited and replayed
+        with make_session_factory(engine)() as session:
+            assert len(crud.user_history(session, user)) == 1
     finally:
         engine.dispose()

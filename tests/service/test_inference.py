@@ -103,3 +103,21 @@ def test_a_request_that_meets_a_non_finite_score_is_a_503():
             call()
         assert (refused.value.status, refused.value.code) == (503, "model_fault")
         assert refused.value.details == {"model": "autorec-u"}
+
+
+def test_the_latest_rating_decides_even_when_an_older_one_was_a_positive():
+    """The rule the trainer keeps (rating_scale.latest): a re-rating below the threshold is no positive,
+    the older 5 never stands in for it; on equal timestamps the later row wins."""
+    log = history(("u1", "b", 5.0, 20), ("u1", "b", 2.0, 30), ("u1", "a", 1.0, 40), ("u1", "a", 5.0, 40))
+    rows = history_rows(served("ease", positive_threshold=4.0), log, ["u1"])
+    assert rows.X.toarray().tolist() == [[1, 0, 0, 0]] and rows.seen.toarray().tolist() == [[1, 1, 0, 0]]
+    ratings = history_rows(served("autorec-i"), log, ["u1"])
+    assert ratings.X.toarray().tolist() == [[5, 2, 0, 0]]
+
+
+def test_serving_and_the_trainer_import_one_latest_rule():
+    from rating_scale import latest
+    from service import inference
+    from trainer import loader
+
+    assert loader.keep_latest_pairs is latest.keep_latest_pairs is inference.keep_latest_pairs

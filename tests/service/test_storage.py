@@ -16,17 +16,20 @@ from service.db.migrate import alembic_config, upgrade_to_head
 from service.db.session import make_engine, make_session_factory
 from service.db.tables import Base
 
+HEAD = "0004"
+
 
 def test_migrations_build_exactly_the_orm_schema(seeded_backend):
     engine = make_engine(seeded_backend.database_url)
     try:
         with engine.connect() as conn:
             assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
-            assert MigrationContext.configure(conn).get_current_revision() == "0002"
+            assert MigrationContext.configure(conn).get_current_revision() == HEAD
         columns = {c["name"] for c in inspect(engine).get_columns("interactions")}
         assert columns == {"id", "user_id", "item_id", "rating", "timestamp", "created_at"}
         uniques = inspect(engine).get_unique_constraints("interactions")
-        assert [sorted(u["column_names"]) for u in uniques] == [["item_id", "timestamp", "user_id"]]
+        # one row per pair; (user, item, timestamp) kept a release for the previous one's ON CONFLICT
+        assert sorted(sorted(u["column_names"]) for u in uniques) == [["item_id", "timestamp", "user_id"], ["item_id", "user_id"]]
     finally:
         engine.dispose()
 
@@ -51,7 +54,8 @@ def test_history_is_one_query_and_upserts_are_idempotent(seeded_backend):
             user = f"s-{uuid.uuid4().hex[:8]}"
             items = ["50", "100", f"new-{uuid.uuid4().hex[:6]}"]
             result = crud.store_interactions(session, [user] * 3, items, [5.0, None, 3.0], [10, 20, None])
-            assert result == {"received": 3, "inserted": 3, "duplicates": 0, "new_users": 1, "new_items": 1}
+            assert result == {"received": 3, "inserted": 3, "updated": 0, "unchanged": 0, "duplicates": 0,
+                              "new_users": 1, "new_items": 1}
             statements.clear()
             history = crud.user_history(session, user)
             assert len([s for s in statements if s.lstrip().upper().startswith("SELECT")]) == 1
@@ -59,9 +63,12 @@ def test_history_is_one_query_and_upserts_are_idempotent(seeded_backend):
             ratings = dict(zip(history.item_ids.tolist(), history.ratings.tolist()))
             assert ratings["50"] == 5.0 and ratings[items[2]] == 3.0 and ratings["100"] != ratings["100"]  # NaN: implicit
             assert history.timestamps.min() == 10 and history.timestamps.max() > 1_600_000_000  # default: now
-            # Same (user, item, timestamp) again: nothing new; a new timestamp is a new interaction.
+            # The same pair again: the latest entry (timestamp 11) replaces the stored row (timestamp 10)
             again = crud.store_interactions(session, [user, user], ["50", "50"], [1.0, 2.0], [10, 11])
-            assert again == {"received": 2, "inserted": 1, "duplicates": 1, "new_users": 0, "new_items": 0}
+            assert again == {"received": 2, "inserted": 0, "updated": 1, "unchanged": 1, "duplicates": 2,
+                             "new_users": 0, "new_items": 0}
+            history = crud.user_history(session, user)
+            assert len(history) == 3 and dict(zip(history.item_ids.tolist(), history.ratings.tolist()))["50"] == 2.0
             many = crud.user_histories(session, [user, "1", "no-such-user"])
             assert set(many.user_ids.tolist()) == {user, "1"}
     finally:
@@ -81,7 +88,8 @@ def test_concurrent_writers_are_all_acknowledged_and_stored(seeded_backend):
     try:
         with ThreadPoolExecutor(8) as pool:
             results = list(pool.map(write, range(40)))
-        assert all(r == {"received": 2, "inserted": 2, "duplicates": 0, "new_users": 1, "new_items": 1} for r in results)
+        assert all(r == {"received": 2, "inserted": 2, "updated": 0, "unchanged": 0, "duplicates": 0,
+                         "new_users": 1, "new_items": 1} for r in results)
         with factory() as session:
             stored = crud.user_histories(session, [f"w{run}-{n}" for n in range(40)])
         assert len(stored) == 80 and set(stored.item_ids.tolist()) == {f"wi{run}-{n}" for n in range(40)} | {"50"}
@@ -135,5 +143,32 @@ def test_statistics_are_refreshed_for_the_planner(seeded_backend):
                 assert analyzed is not None
             else:
                 assert "interactions" in set(session.scalars(text("SELECT tbl FROM sqlite_stat1")))
+    finally:
+        engine.dispose()
+
+
+def test_migration_0003_keeps_the_latest_row_of_each_pair(empty_backend):
+    """Repeats stored under the old (user, item, timestamp) key collapse to the latest row of each pair."""
+    from sqlalchemy import text
+
+    engine = make_engine(empty_backend.database_url)
+    config = alembic_config()
+    try:
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "0002")
+            connection.execute(text("INSERT INTO users (id, external_id) VALUES (1, 'u')"))
+            connection.execute(text("INSERT INTO items (id, external_id) VALUES (1, 'a'), (2, 'b')"))
+            connection.execute(text(
+                "INSERT INTO interactions (id, user_id, item_id, rating, timestamp) VALUES "
+                "(1, 1, 1, 5, 20), (2, 1, 1, 1, 10), (3, 1, 2, 2, 30), (4, 1, 2, 4, 25), (5, 1, 2, 3, 40)"
+            ))
+        upgrade_to_head(engine)
+        with engine.connect() as connection:
+            rows = connection.execute(text("SELECT id, item_id, rating FROM interactions ORDER BY id")).all()
+        assert [tuple(r) for r in rows] == [(1, 1, 5.0), (5, 2, 3.0)]
+        with make_session_factory(engine)() as session:  # and a re-rating now replaces the row
+            assert crud.store_interactions(session, ["u"], ["a"], [2.0], [20])["updated"] == 1
+            assert sorted(crud.user_history(session, "u").ratings.tolist()) == [2.0, 3.0]
     finally:
         engine.dispose()

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Body, Header, Request
 
 from service import crud
-from service.api.deps import SettingsDep, WriteAccess, WriterDep
+from service.api.deps import API_KEY_HEADER, SettingsDep, WriteAccess, WriterDep
 from service.api.routing import AccessFirstRoute
 from service.schemas import InteractionIn, InteractionsResult
 from service.serving import check_interaction_ratings, check_list
+from service.writes import IDEMPOTENCY_HEADER, idempotency_claim
 
 router = APIRouter(tags=["interactions"], dependencies=[WriteAccess], route_class=AccessFirstRoute)
 
@@ -19,15 +20,24 @@ router = APIRouter(tags=["interactions"], dependencies=[WriteAccess], route_clas
 async def add_interactions(
     writer: WriterDep,
     settings: SettingsDep,
+    request: Request,
     body: Annotated[list[InteractionIn], Body(min_length=1)],
+    idempotency_key: Annotated[str | None, Header(
+        alias=IDEMPOTENCY_HEADER, min_length=1, max_length=255,
+        description="Any string unique to this batch: a retry with the same key and body returns the first answer "
+        "and writes nothing (for IDEMPOTENCY_TTL_S); the same key with another body is a 422.",
+    )] = None,
 ) -> InteractionsResult:
-    """All or nothing; idempotent on (user, item, timestamp); new users and items are created.
+    """All or nothing; new users and items are created. One row per (user, item): the latest entry
+    of a pair wins (the newest timestamp, ties to the last), replacing a stored row no newer than it.
     Ratings must be on the deployment's rating scale (RATING_SCALE), else the batch is a 422.
-    Answered after the commit, once the affected users' cached lists are invalidated.
+    Answered after the commit, once the affected users' cached lists are invalidated (else a 503
+    cache_not_invalidated: the batch is stored, and those users are served uncached meanwhile).
     Concurrent requests share a transaction (group commit); each gets its own counts."""
     check_list("interactions", body, settings)
     check_interaction_ratings(body, settings.rating_scale)
     batch = crud.InteractionBatch(
-        [i.user_id for i in body], [i.item_id for i in body], [i.rating for i in body], [i.timestamp for i in body]
+        [i.user_id for i in body], [i.item_id for i in body], [i.rating for i in body], [i.timestamp for i in body],
+        idempotency_claim(idempotency_key, request.headers.get(API_KEY_HEADER), body, settings.IDEMPOTENCY_TTL_S),
     )
     return InteractionsResult(**await writer.store(batch))
