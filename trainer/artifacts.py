@@ -8,7 +8,8 @@ Layout (the trainer writes, the service reads)::
       <version>/              immutable; version = UTC "YYYYMMDDTHHMMSSZ-<6 hex>", sortable by time
         manifest.json         written last inside the staging folder; "files" holds each other file's sha256 and size
         popularity.json       {"items": [...], "counts": [...]}, most popular first
-        <model>/              weights.safetensors, model.json, ids.json, metrics.json, learning_curve.png
+        <model>/              weights.safetensors, model.json, ids.json, metrics.json, learning_curve.png,
+                              trained_pairs.npz (the (user, item) pairs it trained on; the gate reads it)
       .tmp-<uuid>             a version (or LATEST) being written; readers ignore it
 
 Why readers never see half a version: a version is written into ``.tmp-<uuid>/``,
@@ -64,6 +65,7 @@ POPULARITY_FILE = "popularity.json"
 IDS_FILE = "ids.json"
 METRICS_FILE = "metrics.json"
 CURVE_FILE = "learning_curve.png"
+TRAINED_PAIRS_FILE = "trained_pairs.npz"  # CSR pattern [ids.json users x items]: what the model trained on (the gate)
 TMP_PREFIX = ".tmp-"
 MODEL_FILES = ("weights.safetensors", "model.json", IDS_FILE, METRICS_FILE)  # what a model folder must hold
 VERSION_PATTERN = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
@@ -88,6 +90,7 @@ class LoadedModel:
     item_index: dict[str, int]
     metrics: dict[str, Any]
     info: dict[str, Any] = field(default_factory=dict)  # the manifest's entry for this model
+    trained_pairs_file: Path | None = None  # checksummed trained_pairs.npz; None in versions published before it
 
 
 @dataclass
@@ -295,6 +298,9 @@ def load_version(root: str | Path, version: str | None = None, map_location: str
     for name, sub in subfolders.items():
         info = manifest["models"][name]
         loaded[name] = _load_model(folder / sub, name, info if isinstance(info, dict) else {}, map_location)
+        pairs = f"{sub}/{TRAINED_PAIRS_FILE}"
+        if (folder / pairs).is_file() and (manifest.get(CHECKSUMS_KEY) is None or pairs in manifest[CHECKSUMS_KEY]):
+            loaded[name].trained_pairs_file = folder / pairs  # read on demand: the service never needs it
     popularity = _read_json(folder / popularity_file, f"popularity of {version}")
     items, counts = popularity.get("items"), popularity.get("counts")
     if not isinstance(items, list) or not isinstance(counts, list) or len(items) != len(counts):
@@ -307,6 +313,39 @@ def load_version(root: str | Path, version: str | None = None, map_location: str
         popular_counts=[int(c) for c in counts],
         path=folder,
     )
+
+
+def read_trained_pairs(loaded: LoadedModel) -> Any:
+    """The (user, item) pairs a published model trained on, as a boolean CSR [its users x its items]
+    indexed like its ``ids.json``; None for a version published before they were written."""
+    import scipy.sparse as sp
+
+    if loaded.trained_pairs_file is None:
+        return None
+    try:
+        pairs = sp.load_npz(loaded.trained_pairs_file).tocsr()  # no pickles: allow_pickle=False
+    except Exception as exc:  # a damaged file surfaces as zip, value or key errors
+        raise ArtifactError(f"{loaded.trained_pairs_file} is unreadable: {exc}") from exc
+    if pairs.shape != (len(loaded.user_ids), len(loaded.item_ids)):
+        raise ArtifactError(f"{loaded.trained_pairs_file} is {pairs.shape[0]} x {pairs.shape[1]}, "
+                            f"ids.json {len(loaded.user_ids)} users x {len(loaded.item_ids)} items")
+    return pairs
+
+
+def trained_pairs_bytes(matrix: Any) -> bytes:
+    """``TRAINED_PAIRS_FILE``'s content: the nonzero pattern of a training matrix, compressed."""
+    import io
+
+    import numpy as np
+    import scipy.sparse as sp
+
+    pattern = sp.csr_matrix(matrix, copy=True)
+    pattern.eliminate_zeros()  # a stored zero is no interaction
+    pattern = sp.csr_matrix((np.ones(pattern.nnz, dtype=bool), pattern.indices, pattern.indptr), shape=pattern.shape)
+    pattern.sort_indices()
+    buffer = io.BytesIO()
+    sp.save_npz(buffer, pattern, compressed=True)
+    return buffer.getvalue()
 
 
 # ---- writing ---------------------------------------------------------------------------

@@ -299,6 +299,7 @@ class ModelRun:
     timings: dict[str, float]
     gate: GateDecision | None = None
     train: dict[str, Any] = field(default_factory=dict)
+    trained_pairs: Any = None  # the published model's training matrix (as user_ids x item_ids), for the next run's gate
 
     def metrics_json(self, seed: int, hyper: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -458,6 +459,7 @@ def train_model(
         item_ids=item_ids,
         fingerprint=heldout_fingerprint(inter, split),
         train=train,
+        trained_pairs=split.train if train_matrix is None else train_matrix,
         timings={
             "split_seconds": round(split_seconds, 3),
             "fit_seconds": round(fit_seconds, 3),
@@ -597,7 +599,7 @@ def train_all(
                 if previous_loaded is None:
                     previous_loaded = artifacts.load_version(root, previous_version, map_location=str(torch_device)).models
                 run.gate = quality_gate(run, inter, split_cache[run.protocol], previous_loaded[name], previous_version,
-                                        gate_tolerance)
+                                        gate_tolerance, previous_manifest)
                 if not run.gate.passed:
                     raise GateRefused(f"{run.gate.message}; version {previous_version} stays published (--no-gate to force)")
                 if dist_ctx.is_main:
@@ -641,7 +643,7 @@ def _publish(
             user_ids=run.user_ids,
             item_ids=run.item_ids,
             metrics=run.metrics_json(seed, hyper),
-            files={artifacts.CURVE_FILE: png},
+            files={artifacts.CURVE_FILE: png, artifacts.TRAINED_PAIRS_FILE: artifacts.trained_pairs_bytes(run.trained_pairs)},
         )
         entries[name] = {
             "metrics": {m: run.test[m] for m in run.headline if m in run.test},
