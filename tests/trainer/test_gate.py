@@ -150,3 +150,36 @@ def test_a_version_without_trained_pairs_is_gated_by_the_rule_before_them(regist
     assert gate.basis == (f"recorded figure of version {version} on its own held-out users; "
                           f"version {version} has no {artifacts.TRAINED_PAIRS_FILE}, the rule before it")
     assert gate.old == recorded(registry, version)
+
+
+RATING = {"autorec-u": {"epochs": 3, "hidden": 16}, "autorec-i": {"epochs": 2, "hidden": 16}}
+
+
+def train_rating(data: pd.DataFrame, root: Path, tmp_path: Path, model: str, **hyper):
+    path = tmp_path / f"data-{len(list(tmp_path.glob('data-*.csv')))}.csv"
+    data.to_csv(path, index=False)
+    return train_all(SourceSpec(file=path), [model], {model: {**RATING[model], **hyper}}, "cpu", 0, root,
+                     progress=False).runs[model]
+
+
+def test_a_rating_model_is_judged_on_the_validation_ratings_the_published_one_never_trained_on(ml100k_dir, tmp_path):
+    root = tmp_path / "registry"
+    data = frame(ml100k_dir)
+    early = data[data["timestamp"] <= data["timestamp"].quantile(0.7)]
+    train_rating(early, root, tmp_path, "autorec-u")
+    version = artifacts.latest_version(root)
+    with pytest.raises(GateRefused, match=r"rmse \d\.\d+ against \d\.\d+ published .* both on the same \d+ held-out "
+                                          r"users, \d+ targets version .* never trained on\): REFUSED") as refused:
+        train_rating(data, root, tmp_path, "autorec-u", lr=1e-12)  # no learning: worse on the same ratings
+    assert int(re.search(r"(\d+) targets", str(refused.value)).group(1)) > 0
+    assert artifacts.latest_version(root) == version
+
+
+def test_a_model_that_cannot_fold_in_users_keeps_its_recorded_figure(ml100k_dir, tmp_path):
+    root = tmp_path / "registry"
+    data = frame(ml100k_dir)
+    first = train_rating(data[data["timestamp"] <= data["timestamp"].quantile(0.7)], root, tmp_path, "autorec-i")
+    version = artifacts.latest_version(root)
+    gate = train_rating(data, root, tmp_path, "autorec-i").gate
+    assert gate.basis == f"recorded figure of version {version} on its own held-out users: it cannot fold in users"
+    assert gate.old == first.valid_value
