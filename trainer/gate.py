@@ -2,21 +2,38 @@
 
 The comparison is on the validation metric (NDCG@100 for rankers, RMSE for rating
 models), relative, with a tolerance: refuse when ``new < old (1 - tol)`` (higher is
-better) or ``new > old (1 + tol)`` (RMSE). Which numbers are compared, best first:
+better) or ``new > old (1 + tol)`` (RMSE). The published model (the champion) is scored
+again in the same run, beside the new one (the challenger), on the challenger's
+validation split, with its positive rule; a figure recorded on another held-out set is
+never the bar (poisoned data would otherwise set its own: a version published on planted,
+trivially predictable users records a figure no honest run reaches again).
 
-1. **The same held-out set.** Each version's ``metrics.json`` records the protocol, the
-   split seed and a fingerprint of its validation set (sha256 of the held-out users'
-   external ids, and of every held-out interaction). Same protocol and fingerprint (same
-   data, same seed): the recorded validation figure is compared directly.
-2. **Held-out users the published model never saw.** After the data grew, the split
-   (same seed) holds out other users. The published model was refit on all the data it
-   had, so scoring it on users it trained on would flatter it (their targets were in its
-   training data). It is therefore scored, beside the new model, on the new validation
-   users absent from its ``ids.json``, with inputs and targets cut to the items both
-   models know, when there are at least ``MIN_FAIR_USERS`` of them.
-3. Otherwise (too few new users, or a model that cannot fold in users): the recorded
-   figure on the previous held-out users, said so in the message.
-A model the published version does not have, or whose protocol changed, passes unchecked.
+0. **Declared the same, or refused.** A champion whose version declares another rating
+   scale, another positive threshold (rankers: a rating model never reads it) or whose
+   figure came from another protocol is not comparable: the gate refuses, naming both
+   values (``--no-gate`` forces).
+1. **The same users and targets.** Each version publishes, per model, the (user, item)
+   pairs it trained on (``trained_pairs.npz``, checksummed like the other files). The
+   comparison's targets are the challenger's validation targets less every pair the
+   champion trained on (it was refit on all its data: those targets would flatter it) and
+   less the items it does not know (it cannot rank them: they would measure the
+   catalogue's growth, or items planted with the data, not the models); users left
+   without a target drop out. Each model folds a user in from the inputs it can read and
+   both rank only the items both know (rating models: predict the remaining validation
+   ratings from the user's training ratings). Compared when at least ``MIN_FAIR_USERS``
+   users remain.
+2. Fewer than that, and **the same held-out set** (same data and seed: each version's
+   ``metrics.json`` records the protocol, the split seed and the sha256 of its validation
+   users and interactions): the champion's recorded figure is on these very users, and is
+   compared.
+3. Fewer, on another held-out set: **not comparable**, passed and said so (a change of
+   data alone never refuses; typically the champion trained on every held-out pair).
+
+Kept from the rule before: a model that cannot fold in users (AutoRec-I) is compared with
+its recorded figure (on the same held-out set, or said to be on its own). A version
+published before trained pairs were written is scored on held-out users it never saw
+(every pair of a user it knows counts as trained on), else by its recorded figure, the
+message saying so. A model the published version does not have passes unchecked.
 """
 
 from __future__ import annotations
@@ -31,7 +48,7 @@ import scipy.sparse as sp
 
 from trainer.dataset import Interactions
 from trainer.errors import TrainingError
-from trainer.splits import HeldOut, RankingSplit, RatingSplit
+from trainer.splits import RankingSplit, RatingSplit
 
 if TYPE_CHECKING:
     from trainer.artifacts import LoadedModel

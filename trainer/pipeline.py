@@ -10,9 +10,10 @@ For each model, in registry order:
    scale (``rating_scale``; 4 on 1-5 stars, as the protocol; every row of implicit data).
 2. **Fit** on the split's train part with early stopping on its validation part, then
    evaluate on its test part. These are the figures reported in ``metrics.json``.
-3. **Gate** (``quality_gate``): the validation figure is compared with the published
-   version's on the same held-out users; a model worse by more than the tolerance stops
-   the run and nothing is published.
+3. **Gate** (``quality_gate``): the published model is scored again beside the new one on
+   this run's held-out users, less the pairs it trained on (each version publishes them,
+   ``trained_pairs.npz``); a model worse by more than the tolerance, or a published one
+   declared on another scale, threshold or protocol, stops the run and nothing is published.
 4. **Refit for publishing** (default) on *all* interactions, for the number of epochs
    early stopping chose (closed-form models simply solve on everything). Why not publish
    the split run's best-on-validation weights: the published model must know every user
