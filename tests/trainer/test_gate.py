@@ -80,6 +80,15 @@ def test_each_version_publishes_the_pairs_each_model_trained_on(clean_registry, 
     assert np.asarray(pairs[users, items]).all()
 
 
+def test_damaged_trained_pairs_refuse_the_version_like_any_other_file(registry):
+    path = registry / artifacts.latest_version(registry) / "ease" / artifacts.TRAINED_PAIRS_FILE
+    content = bytearray(path.read_bytes())
+    content[len(content) // 2] ^= 0xFF
+    path.write_bytes(bytes(content))
+    with pytest.raises(artifacts.ArtifactError, match=f"ease/{artifacts.TRAINED_PAIRS_FILE} does not match its sha256"):
+        artifacts.load_version(registry)
+
+
 def test_poisoned_data_is_judged_on_the_same_targets_and_cannot_raise_its_own_bar(registry, clean_registry, tmp_path):
     clean_version = artifacts.latest_version(registry)
     clean = pd.read_csv(clean_registry[1])
