@@ -300,7 +300,9 @@ class ModelRun:
     timings: dict[str, float]
     gate: GateDecision | None = None
     train: dict[str, Any] = field(default_factory=dict)
-    trained_pairs: Any = None  # the published model's training matrix (as user_ids x item_ids), for the next run's gate
+    # trained_pairs.npz: the published model's training pairs (user_ids x item_ids), for the next run's gate;
+    # packed here (4 bytes a pair), so that no model's matrix stays in memory until the version is published
+    trained_pairs: bytes = b""
 
     def metrics_json(self, seed: int, hyper: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -460,7 +462,7 @@ def train_model(
         item_ids=item_ids,
         fingerprint=heldout_fingerprint(inter, split),
         train=train,
-        trained_pairs=split.train if train_matrix is None else train_matrix,
+        trained_pairs=artifacts.trained_pairs_bytes(split.train if train_matrix is None else train_matrix),
         timings={
             "split_seconds": round(split_seconds, 3),
             "fit_seconds": round(fit_seconds, 3),
@@ -644,7 +646,7 @@ def _publish(
             user_ids=run.user_ids,
             item_ids=run.item_ids,
             metrics=run.metrics_json(seed, hyper),
-            files={artifacts.CURVE_FILE: png, artifacts.TRAINED_PAIRS_FILE: artifacts.trained_pairs_bytes(run.trained_pairs)},
+            files={artifacts.CURVE_FILE: png, artifacts.TRAINED_PAIRS_FILE: run.trained_pairs},
         )
         entries[name] = {
             "metrics": {m: run.test[m] for m in run.headline if m in run.test},
