@@ -33,7 +33,7 @@ def frame(ml100k_dir: Path) -> pd.DataFrame:
 def poisoned(clean: pd.DataFrame, n_users: int, n_items: int = 10) -> pd.DataFrame:
     """``n_users`` made-up users who all gave 5 stars to the same ``n_items`` obscure items: trivially predictable."""
     counts = clean["item"].value_counts()
-    items = counts[counts == 1].index[:n_items]  # rated once each: no clean user predicts them for another
+    items = counts[counts == 1].index[:n_items]  # rated once each: the clean data ties them to no other item
     rows = [(f"poison{u}", item, 5, 1_000_000_000 + u) for u in range(n_users) for item in items]
     return pd.concat([clean, pd.DataFrame(rows, columns=clean.columns)], ignore_index=True)
 
