@@ -8,7 +8,8 @@ Layout (the trainer writes, the service reads)::
       <version>/              immutable; version = UTC "YYYYMMDDTHHMMSSZ-<6 hex>", sortable by time
         manifest.json         written last inside the staging folder; "files" holds each other file's sha256 and size
         popularity.json       {"items": [...], "counts": [...]}, most popular first
-        <model>/              weights.safetensors, model.json, ids.json, metrics.json, learning_curve.png
+        <model>/              weights.safetensors, model.json, ids.json, metrics.json, learning_curve.png,
+                              trained_pairs.npz (the (user, item) pairs it trained on; the gate reads it)
           cold-start/         rating models: the bias baseline on the same training data (weights.safetensors, model.json)
       .tmp-<uuid>             a version (or LATEST) being written; readers ignore it
 
@@ -65,6 +66,7 @@ POPULARITY_FILE = "popularity.json"
 IDS_FILE = "ids.json"
 METRICS_FILE = "metrics.json"
 CURVE_FILE = "learning_curve.png"
+TRAINED_PAIRS_FILE = "trained_pairs.npz"  # CSR pattern (indptr, indices, shape) [ids.json users x items]: the gate's
 TMP_PREFIX = ".tmp-"
 MODEL_FILES = ("weights.safetensors", "model.json", IDS_FILE, METRICS_FILE)  # what a model folder must hold
 COLD_START_DIR = "cold-start"  # a rating model's answer for a user it has no usable history of
@@ -92,6 +94,7 @@ class LoadedModel:
     metrics: dict[str, Any]
     info: dict[str, Any] = field(default_factory=dict)  # the manifest's entry for this model
     cold_start: Recommender | None = None  # the bias baseline beside a rating model; None in versions before it
+    trained_pairs_file: Path | None = None  # checksummed trained_pairs.npz; None in versions published before it
 
 
 @dataclass
@@ -320,6 +323,9 @@ def load_version(root: str | Path, version: str | None = None, map_location: str
     for name, sub in subfolders.items():
         info = manifest["models"][name]
         loaded[name] = _load_model(folder / sub, name, info if isinstance(info, dict) else {}, map_location)
+        pairs = f"{sub}/{TRAINED_PAIRS_FILE}"
+        if (folder / pairs).is_file() and (manifest.get(CHECKSUMS_KEY) is None or pairs in manifest[CHECKSUMS_KEY]):
+            loaded[name].trained_pairs_file = folder / pairs  # read on demand: the service never needs it
     popularity = _read_json(folder / popularity_file, f"popularity of {version}")
     items, counts = popularity.get("items"), popularity.get("counts")
     if not isinstance(items, list) or not isinstance(counts, list) or len(items) != len(counts):
@@ -332,6 +338,43 @@ def load_version(root: str | Path, version: str | None = None, map_location: str
         popular_counts=[int(c) for c in counts],
         path=folder,
     )
+
+
+def read_trained_pairs(loaded: LoadedModel) -> Any:
+    """The (user, item) pairs a published model trained on, as a boolean CSR [its users x its items]
+    indexed like its ``ids.json``; None for a version published before they were written."""
+    import scipy.sparse as sp
+
+    if loaded.trained_pairs_file is None:
+        return None
+    import numpy as np
+
+    try:
+        with np.load(loaded.trained_pairs_file, allow_pickle=False) as npz:
+            indptr, indices, shape = npz["indptr"], npz["indices"], tuple(int(n) for n in npz["shape"])
+        pairs = sp.csr_matrix((np.ones(len(indices), dtype=bool), indices, indptr), shape=shape)
+    except Exception as exc:  # a damaged file surfaces as zip, value or key errors
+        raise ArtifactError(f"{loaded.trained_pairs_file} is unreadable: {exc}") from exc
+    if pairs.shape != (len(loaded.user_ids), len(loaded.item_ids)):
+        raise ArtifactError(f"{loaded.trained_pairs_file} is {pairs.shape[0]} x {pairs.shape[1]}, "
+                            f"ids.json {len(loaded.user_ids)} users x {len(loaded.item_ids)} items")
+    return pairs
+
+
+def trained_pairs_bytes(matrix: Any) -> bytes:
+    """``TRAINED_PAIRS_FILE``'s content: the nonzero pattern of a training matrix, 4 bytes a pair (int32
+    column indices; zlib would halve that at ~1 s per million pairs)."""
+    import io
+
+    import numpy as np
+    import scipy.sparse as sp
+
+    pattern = sp.csr_matrix(matrix, copy=True)
+    pattern.eliminate_zeros()  # a stored zero is no interaction
+    pattern.sort_indices()
+    buffer = io.BytesIO()
+    np.savez(buffer, indptr=pattern.indptr, indices=pattern.indices, shape=np.asarray(pattern.shape, dtype=np.int64))
+    return buffer.getvalue()
 
 
 # ---- writing ---------------------------------------------------------------------------

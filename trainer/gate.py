@@ -2,21 +2,38 @@
 
 The comparison is on the validation metric (NDCG@100 for rankers, RMSE for rating
 models), relative, with a tolerance: refuse when ``new < old (1 - tol)`` (higher is
-better) or ``new > old (1 + tol)`` (RMSE). Which numbers are compared, best first:
+better) or ``new > old (1 + tol)`` (RMSE). The published model (the champion) is scored
+again in the same run, beside the new one (the challenger), on the challenger's
+validation split, with its positive rule; a figure recorded on another held-out set is
+never the bar (poisoned data would otherwise set its own: a version published on planted,
+trivially predictable users records a figure no honest run reaches again).
 
-1. **The same held-out set.** Each version's ``metrics.json`` records the protocol, the
-   split seed and a fingerprint of its validation set (sha256 of the held-out users'
-   external ids, and of every held-out interaction). Same protocol and fingerprint (same
-   data, same seed): the recorded validation figure is compared directly.
-2. **Held-out users the published model never saw.** After the data grew, the split
-   (same seed) holds out other users. The published model was refit on all the data it
-   had, so scoring it on users it trained on would flatter it (their targets were in its
-   training data). It is therefore scored, beside the new model, on the new validation
-   users absent from its ``ids.json``, with inputs and targets cut to the items both
-   models know, when there are at least ``MIN_FAIR_USERS`` of them.
-3. Otherwise (too few new users, or a model that cannot fold in users): the recorded
-   figure on the previous held-out users, said so in the message.
-A model the published version does not have, or whose protocol changed, passes unchecked.
+0. **Declared the same, or refused.** A champion whose version declares another rating
+   scale, another positive threshold (rankers: a rating model never reads it) or whose
+   figure came from another protocol is not comparable: the gate refuses, naming both
+   values (``--no-gate`` forces).
+1. **The same users and targets.** Each version publishes, per model, the (user, item)
+   pairs it trained on (``trained_pairs.npz``, checksummed like the other files). The
+   comparison's targets are the challenger's validation targets less every pair the
+   champion trained on (it was refit on all its data: those targets would flatter it) and
+   less the items it does not know (it cannot rank them: they would measure the
+   catalogue's growth, or items planted with the data, not the models); users left
+   without a target drop out. Each model folds a user in from the inputs it can read and
+   both rank only the items both know (rating models: predict the remaining validation
+   ratings from the user's training ratings). Compared when at least ``MIN_FAIR_USERS``
+   users remain.
+2. Fewer than that, and **the same held-out set** (same data and seed: each version's
+   ``metrics.json`` records the protocol, the split seed and the sha256 of its validation
+   users and interactions): the champion's recorded figure is on these very users, and is
+   compared.
+3. Fewer, on another held-out set: **not comparable**, passed and said so (a change of
+   data alone never refuses; typically the champion trained on every held-out pair).
+
+Kept from the rule before: a model that cannot fold in users (AutoRec-I) is compared with
+its recorded figure (on the same held-out set, or said to be on its own). A version
+published before trained pairs were written is scored on held-out users it never saw
+(every pair of a user it knows counts as trained on), else by its recorded figure, the
+message saying so. A model the published version does not have passes unchecked.
 """
 
 from __future__ import annotations
@@ -31,7 +48,7 @@ import scipy.sparse as sp
 
 from trainer.dataset import Interactions
 from trainer.errors import TrainingError
-from trainer.splits import HeldOut, RankingSplit, RatingSplit
+from trainer.splits import RankingSplit, RatingSplit
 
 if TYPE_CHECKING:
     from trainer.artifacts import LoadedModel
@@ -98,55 +115,100 @@ def _restrict(matrix: sp.csr_matrix, rows: np.ndarray, column_map: np.ndarray, w
     return out
 
 
-def _on_unseen_users(
-    run: ModelRun, inter: Interactions, split: RatingSplit | RankingSplit, published: LoadedModel
-) -> tuple[float, float, int] | None:
-    """(new, published, n users): both models on validation users the published one never trained on."""
-    from trainer.evaluation import evaluate_ranking, evaluate_rating
-
-    if not published.model.can_fold_in:
-        return None
-    user_ids = np.asarray(inter.user_ids).astype(str)
-    known_users = pd.Index(published.user_ids)
-    if isinstance(split, RatingSplit):
-        new_columns = np.asarray(inter.item_ids).astype(str)
-        held_users = user_ids
-        targets = split.valid
+def _fair_targets(
+    targets: sp.csr_matrix, held_users: np.ndarray, old_of_new: np.ndarray, published: LoadedModel,
+    trained: sp.csr_matrix | None,
+) -> sp.csr_matrix:
+    """``targets`` less those the published model cannot be judged on: items it does not know, and pairs it
+    trained on (``trained`` None, a version without them: every pair of a user it knows)."""
+    coo = targets.tocoo()
+    old_users = pd.Index(published.user_ids).get_indexer(held_users)[coo.row]  # -1: a user it never saw
+    old_items = old_of_new[coo.col]
+    known = (old_users >= 0) & (old_items >= 0)
+    if trained is None:
+        seen = old_users >= 0
     else:
-        new_columns = np.asarray(inter.item_ids).astype(str)[split.item_ids]
-        held_users = user_ids[split.valid.users]
-        targets = split.valid.targets
-    old_of_new = pd.Index(published.item_ids).get_indexer(new_columns)  # -1: item unknown to the published model
-    common = np.where(old_of_new >= 0, np.arange(len(new_columns)), -1)
-    has_targets = np.diff(_restrict(targets, np.arange(targets.shape[0]), common, len(new_columns)).indptr) > 0
-    rows = np.flatnonzero((known_users.get_indexer(held_users) < 0) & has_targets)
-    if len(rows) < MIN_FAIR_USERS:
-        return None
+        seen = np.zeros(len(known), dtype=bool)
+        if known.any():
+            seen[known] = np.asarray(trained[old_users[known], old_items[known]]).ravel()
+    keep = (old_items >= 0) & ~seen & (coo.data != 0)
+    out = sp.csr_matrix((coo.data[keep], (coo.row[keep], coo.col[keep])), shape=targets.shape)
+    out.sort_indices()
+    return out
 
-    new_width, old_width = run.split_model.n_items, published.model.n_items
+
+def _ranking_figure(model: Any, inputs: sp.csr_matrix, targets: sp.csr_matrix, stamps: sp.csr_matrix | None,
+                    candidates: np.ndarray, metric: str) -> float:
+    """``metric`` of the model's lists from ``inputs``, seen items excluded, ranked among ``candidates`` only."""
+    from trainer.metrics import ranking_report
+
+    k = int(metric.split("@")[1])
+    ranked, _ = model.recommend(inputs, k=k, exclude_seen=True, candidates=candidates, timestamps=stamps)
+    return ranking_report(ranked, targets, ks=(k,), n_items=model.n_items)[metric]
+
+
+def _on_the_same_targets(
+    run: ModelRun, inter: Interactions, split: RatingSplit | RankingSplit, published: LoadedModel,
+    trained: sp.csr_matrix | None,
+) -> tuple[float, float, int, int]:
+    """(new, published, n users, n targets): both models on this run's validation users and targets, less
+    the targets the published model trained on or cannot rank (``_fair_targets``).
+
+    Each model folds a user in from the inputs it can read (the published one drops items it does not
+    know), and both rank, or predict, only items both know: the published model cannot rank an item it
+    never saw, so a target there would measure the catalogue's growth (or items planted with the data),
+    not the models.
+    """
+    from trainer.evaluation import evaluate_rating
+
+    user_ids = np.asarray(inter.user_ids).astype(str)
+    item_ids = np.asarray(inter.item_ids).astype(str)
     if isinstance(split, RatingSplit):
-        new = evaluate_rating(run.split_model, _restrict(split.train, rows, common, new_width),
-                              _restrict(split.valid, rows, common, new_width))
-        old = evaluate_rating(published.model, _restrict(split.train, rows, old_of_new, old_width),
-                              _restrict(split.valid, rows, old_of_new, old_width))
-        return new[run.valid_metric], old[run.valid_metric], len(rows)
+        columns, held_users, inputs, targets, stamps = item_ids, user_ids, split.train, split.valid, None
+    else:
+        valid = split.valid
+        columns, held_users = item_ids[split.item_ids], user_ids[valid.users]
+        inputs, targets, stamps = valid.inputs, valid.targets, valid.input_timestamps
+    old_of_new = pd.Index(published.item_ids).get_indexer(columns)  # -1: an item the published model does not know
+    targets = _fair_targets(sp.csr_matrix(targets), held_users, old_of_new, published, trained)
+    rows = np.flatnonzero(np.diff(targets.indptr) > 0)
+    n_targets = int(targets.nnz)
+    if len(rows) < MIN_FAIR_USERS:
+        return float("nan"), float("nan"), len(rows), n_targets
 
-    valid = split.valid
-    k = int(run.valid_metric.split("@")[1])
+    new_width, old_width = len(columns), published.model.n_items
+    same = np.arange(new_width)
+    new_in, old_in = _restrict(inputs, rows, same, new_width), _restrict(inputs, rows, old_of_new, old_width)
+    new_t, old_t = _restrict(targets, rows, same, new_width), _restrict(targets, rows, old_of_new, old_width)
+    if isinstance(split, RatingSplit):
+        new = evaluate_rating(run.split_model, new_in, new_t)[run.valid_metric]
+        old = evaluate_rating(published.model, old_in, old_t)[run.valid_metric]
+        return new, old, len(rows), n_targets
+    new_stamps = None if stamps is None else _restrict(stamps, rows, same, new_width)
+    old_stamps = None if stamps is None else _restrict(stamps, rows, old_of_new, old_width)
+    both = old_of_new >= 0
+    new = _ranking_figure(run.split_model, new_in, new_t, new_stamps, np.flatnonzero(both), run.valid_metric)
+    old = _ranking_figure(published.model, old_in, old_t, old_stamps, old_of_new[both], run.valid_metric)
+    return new, old, len(rows), n_targets
 
-    def held_out(column_map: np.ndarray, width: int) -> HeldOut:
-        stamps = None if valid.input_timestamps is None else _restrict(valid.input_timestamps, rows, column_map, width)
-        return HeldOut(
-            inputs=_restrict(valid.inputs, rows, column_map, width),
-            targets=_restrict(valid.targets, rows, column_map, width),
-            users=valid.users[rows],
-            train_rows=np.full(len(rows), -1, dtype=np.int64),
-            input_timestamps=stamps,
-        )
 
-    new = evaluate_ranking(run.split_model, held_out(common, new_width), ks=(k,))
-    old = evaluate_ranking(published.model, held_out(old_of_new, old_width), ks=(k,))
-    return new[run.valid_metric], old[run.valid_metric], len(rows)
+def declared_differences(run: ModelRun, inter: Interactions, published: LoadedModel,
+                         manifest: dict[str, Any] | None) -> list[str]:
+    """What the published model was trained or judged under that this run declares otherwise: rating scale,
+    positive threshold (rankers only: a rating model never reads it), protocol. Undeclared: not compared."""
+    manifest = manifest or {}
+    scale = inter.rating_scale
+    declared = [
+        ("rating scale", (manifest.get("rating_scale") or {}).get("scale"), str(scale)),
+        ("protocol", (published.metrics or {}).get("protocol"), run.protocol),
+    ]
+    if run.valid_metric != "rmse":
+        declared.append(("positive threshold", manifest.get("positive_threshold"), scale.positive))
+    differ = []
+    for what, old, new in declared:
+        if old is not None and (float(old) != float(new) if what == "positive threshold" else str(old) != str(new)):
+            differ.append(f"{what} {old} there, {new} here")
+    return differ
 
 
 def decide(metric: str, new: float, old: float, higher_is_better: bool, tolerance: float, basis: str, who: str) -> GateDecision:
@@ -172,23 +234,54 @@ def quality_gate(
     published: LoadedModel,
     published_version: str | None,
     tolerance: float,
+    manifest: dict[str, Any] | None = None,
 ) -> GateDecision:
-    """Compare ``run`` with the published model of the same name (see the module docstring)."""
-    recorded = published.metrics or {}
-    old_value = (recorded.get("valid") or {}).get(run.valid_metric)
-    same_protocol = recorded.get("protocol") == run.protocol
+    """Compare ``run`` with the published model of the same name (see the module docstring);
+    ``manifest`` is the published version's (its declared rating scale and positive threshold)."""
+    from trainer.artifacts import TRAINED_PAIRS_FILE, read_trained_pairs
+
     where = f"version {published_version}"
-    if same_protocol and old_value is not None:
-        if (recorded.get("heldout") or {}).get("valid_sha256") == run.fingerprint["valid_sha256"]:
-            return decide(run.valid_metric, run.valid_value, float(old_value), run.higher_is_better, tolerance,
-                          f"same held-out set as {where}", run.name)
-    fair = _on_unseen_users(run, inter, split, published)
-    if fair is not None:
-        new, old, n = fair
+    differ = declared_differences(run, inter, published, manifest)
+    if differ:
+        return GateDecision(False, run.valid_metric, run.valid_value, None, tolerance, "declared differently",
+                            f"{run.name}: not comparable with {where} ({'; '.join(differ)}): REFUSED")
+    recorded = (published.metrics or {}).get("valid") or {}
+    old_value = recorded.get(run.valid_metric)
+    same_heldout = (old_value is not None
+                    and (published.metrics.get("heldout") or {}).get("valid_sha256") == run.fingerprint["valid_sha256"])
+
+    def on_record(basis: str) -> GateDecision:
+        return decide(run.valid_metric, run.valid_value, float(old_value), run.higher_is_better, tolerance, basis,
+                      run.name)
+
+    if not published.model.can_fold_in:  # it cannot score users it did not train on: only its record is left
+        if old_value is None:
+            return _unchecked(run, tolerance, "not comparable", f"{where} recorded no validation {run.valid_metric}")
+        return on_record(f"same held-out set as {where}" if same_heldout
+                         else f"recorded figure of {where} on its own held-out users: it cannot fold in users")
+    trained = read_trained_pairs(published)
+    new, old, n, n_targets = _on_the_same_targets(run, inter, split, published, trained)
+    if trained is None:  # published before trained pairs were written: today's rule before them, said so
+        legacy = f"{where} has no {TRAINED_PAIRS_FILE}, the rule before it"
+        if same_heldout:
+            return on_record(f"same held-out set as {where}")
+        if n >= MIN_FAIR_USERS:
+            return decide(run.valid_metric, new, old, run.higher_is_better, tolerance,
+                          f"{n} held-out users {where} never saw; {legacy}", run.name)
+        if old_value is None:
+            return _unchecked(run, tolerance, "not comparable", f"{where} recorded no validation {run.valid_metric}")
+        return on_record(f"recorded figure of {where} on its own held-out users; {legacy}")
+    if n >= MIN_FAIR_USERS:
         return decide(run.valid_metric, new, old, run.higher_is_better, tolerance,
-                      f"{n} held-out users new since {where}", run.name)
-    if same_protocol and old_value is not None:
-        return decide(run.valid_metric, run.valid_value, float(old_value), run.higher_is_better, tolerance,
-                      f"recorded figure of {where} on its own held-out users", run.name)
-    return GateDecision(True, run.valid_metric, run.valid_value, None, tolerance, "not comparable",
-                        f"{run.name}: {where} used another protocol or metric; not compared")
+                      f"both on the same {n} held-out users, {n_targets} targets {where} never trained on", run.name)
+    if same_heldout:  # same data and seed: its recorded figure is on these very users
+        return on_record(f"same held-out set as {where}")
+    return _unchecked(run, tolerance, f"not comparable: {n} users",
+                      f"only {n} held-out users have targets {where} never trained on (fewer than {MIN_FAIR_USERS}), "
+                      "and its held-out set was another")
+
+
+def _unchecked(run: ModelRun, tolerance: float, basis: str, why: str) -> GateDecision:
+    """A pass without a comparison: a change of data alone never refuses a model."""
+    return GateDecision(True, run.valid_metric, run.valid_value, None, tolerance, basis,
+                        f"{run.name}: {why}; not compared: ok")

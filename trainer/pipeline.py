@@ -10,9 +10,10 @@ For each model, in registry order:
    scale (``rating_scale``; 4 on 1-5 stars, as the protocol; every row of implicit data).
 2. **Fit** on the split's train part with early stopping on its validation part, then
    evaluate on its test part. These are the figures reported in ``metrics.json``.
-3. **Gate** (``quality_gate``): the validation figure is compared with the published
-   version's on the same held-out users; a model worse by more than the tolerance stops
-   the run and nothing is published.
+3. **Gate** (``quality_gate``): the published model is scored again beside the new one on
+   this run's held-out users, less the pairs it trained on (each version publishes them,
+   ``trained_pairs.npz``); a model worse by more than the tolerance, or a published one
+   declared on another scale, threshold or protocol, stops the run and nothing is published.
 4. **Refit for publishing** (default) on *all* interactions, for the number of epochs
    early stopping chose (closed-form models simply solve on everything). Why not publish
    the split run's best-on-validation weights: the published model must know every user
@@ -300,6 +301,9 @@ class ModelRun:
     gate: GateDecision | None = None
     train: dict[str, Any] = field(default_factory=dict)
     cold_start: Any = None  # rating models: the bias baseline on the published model's training matrix
+    # trained_pairs.npz: the published model's training pairs (user_ids x item_ids), for the next run's gate;
+    # packed here (4 bytes a pair), so that no model's matrix stays in memory until the version is published
+    trained_pairs: bytes = b""
 
     def metrics_json(self, seed: int, hyper: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -465,6 +469,7 @@ def train_model(
         fingerprint=heldout_fingerprint(inter, split),
         train=train,
         cold_start=cold_start,
+        trained_pairs=artifacts.trained_pairs_bytes(split.train if train_matrix is None else train_matrix),
         timings={
             "split_seconds": round(split_seconds, 3),
             "fit_seconds": round(fit_seconds, 3),
@@ -604,7 +609,7 @@ def train_all(
                 if previous_loaded is None:
                     previous_loaded = artifacts.load_version(root, previous_version, map_location=str(torch_device)).models
                 run.gate = quality_gate(run, inter, split_cache[run.protocol], previous_loaded[name], previous_version,
-                                        gate_tolerance)
+                                        gate_tolerance, previous_manifest)
                 if not run.gate.passed:
                     raise GateRefused(f"{run.gate.message}; version {previous_version} stays published (--no-gate to force)")
                 if dist_ctx.is_main:
@@ -650,6 +655,7 @@ def _publish(
             metrics=run.metrics_json(seed, hyper),
             files={artifacts.CURVE_FILE: png},
             cold_start=run.cold_start,
+            files={artifacts.CURVE_FILE: png, artifacts.TRAINED_PAIRS_FILE: run.trained_pairs},
         )
         entries[name] = {
             "metrics": {m: run.test[m] for m in run.headline if m in run.test},
