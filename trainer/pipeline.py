@@ -653,7 +653,6 @@ def _publish(
             user_ids=run.user_ids,
             item_ids=run.item_ids,
             metrics=run.metrics_json(seed, hyper),
-            files={artifacts.CURVE_FILE: png},
             cold_start=run.cold_start,
             files={artifacts.CURVE_FILE: png, artifacts.TRAINED_PAIRS_FILE: run.trained_pairs},
         )
