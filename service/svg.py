@@ -80,7 +80,8 @@ def bar_chart(label: str, categories: Sequence[str], values: Sequence[float], *,
     body = _axis_ticks(low, high, LEFT - 6, "end")
     n = max(len(values), 1)
     step = plot_w / n
-    every = max(1, math.ceil(n / 12))  # at most ~12 category labels fit under the bars
+    label_w = 6.5 * max((len(c) for c in categories), default=1) + 8  # 11 px text: ~6.5 px a character
+    every = max(1, math.ceil(n * label_w / plot_w))  # every nth label, so that none overlaps the next
     for i, (category, value) in enumerate(zip(categories, values)):
         h = plot_h * (value - low) / (high - low)
         x = LEFT + i * step

@@ -114,6 +114,7 @@ def test_data_aggregates_match_the_seeded_rows(client, corpus):
     assert popularity == sorted(Counter(rows["item_id"]).values(), reverse=True)
     html = client.get("/dashboard/data").text
     assert f'data-testid="interactions">{counts["interactions"]}<' in html and html.count("<svg") == 3
+    assert f'data-testid="items">{counts["items"]}<' in html and f'data-testid="users">{counts["users"]}<' in html
 
 
 def test_users_page_shows_the_apis_lists_and_ratings_and_the_history(client, corpus):
