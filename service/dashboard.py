@@ -9,6 +9,7 @@ metrics.json) is kept in memory by version name.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from datetime import UTC, datetime
@@ -157,6 +158,11 @@ def learning_curve(metrics_json: dict[str, Any], valid_metric: str | None) -> sv
                           marker_label=f"kept epoch {best}" if best is not None else "")
 
 
+def _config(model: Any) -> dict[str, Any]:
+    config = getattr(model, "config", None)
+    return dataclasses.asdict(config) if dataclasses.is_dataclass(config) else {}
+
+
 def model_page(store: ModelStore, settings: Settings, name: str) -> dict[str, Any]:
     version = serving.serving_version(store)
     served = version.models.get(name)
@@ -169,7 +175,8 @@ def model_page(store: ModelStore, settings: Settings, name: str) -> dict[str, An
     valid_metric = next((k for k in valid if k != "higher_is_better"), None) or (info.get("valid_metric") or {}).get("name")
     return {
         "name": name, "version": version.version, "task": served.task, "info": info,
-        "hyper": metrics_json.get("hyper") or info.get("overrides") or {},
+        # metrics.json's record of the run, else the model's own config (saved with its weights)
+        "hyper": metrics_json.get("hyper") or _config(served.model),
         "timings": metrics_json.get("timings") or (version.manifest.get("timings") or {}).get(name) or metrics_json.get("train") or {},
         "test": metrics_json.get("test") or info.get("metrics") or {},
         "valid": valid, "best_epoch": metrics_json.get("best_epoch"), "epochs_run": metrics_json.get("epochs_run"),

@@ -112,9 +112,11 @@ def line_chart(label: str, series: Sequence[Series], *, x_label: str = "", marke
             colour = next(s.colour or COLOURS[i % len(COLOURS)] for i, s in enumerate(series) if s.axis == axis)
             body += _axis_ticks(low, high, LEFT - 6 if axis == "left" else WIDTH - RIGHT + 6,
                                 "end" if axis == "left" else "start", colour, log=log_y)
+    whole = all(float(x).is_integer() for x in xs)  # epochs, ranks: ticks at whole numbers
     for n in range(5):
         value = x_low + (x_high - x_low) * n / 4
-        body.append(f'<text x="{LEFT + plot_w * n / 4:.1f}" y="{HEIGHT - BOTTOM + 16}" text-anchor="middle" font-size="11" '
+        value = round(value) if whole else value
+        body.append(f'<text x="{LEFT + plot_w * (value - x_low) / (x_high - x_low):.1f}" y="{HEIGHT - BOTTOM + 16}" text-anchor="middle" font-size="11" '
                     f'fill="#555">{escape(_label(value))}</text>')
     if x_label:
         body.append(f'<text x="{LEFT + plot_w / 2:.1f}" y="{HEIGHT - 4}" text-anchor="middle" font-size="11" fill="#555">'
