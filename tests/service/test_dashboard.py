@@ -179,6 +179,8 @@ def test_pages_need_the_read_key_where_reads_do(seeded_backend, registry):
     with TestClient(app) as browser:
         response = browser.get("/dashboard/data")
         assert response.status_code == 401 and 'name="key"' in response.text and "Interactions" not in response.text
+        form = browser.get("/dashboard/users", params={"user_id": "1"}).text
+        assert 'name="next" value="/dashboard/users?user_id=1"' in form  # the key form leads back to the lookup
         assert browser.post("/dashboard/key", data={"key": "wrong", "next": "/dashboard/data"}).status_code == 403
         kept = browser.post("/dashboard/key", data={"key": "read-key-7d1e0b", "next": "/dashboard/data"}, follow_redirects=False)
         assert kept.status_code == 303 and kept.headers["location"] == "/dashboard/data"

@@ -43,7 +43,8 @@ class KeyedPage(APIRoute):
             settings = request.app.state.settings
             key = request.headers.get(API_KEY_HEADER) or request.cookies.get(KEY_COOKIE)
             if not READ.allows(key, settings):
-                return _page(request, "key.html", {"wrong": bool(key), "next": request.url.path}, 401)
+                here = request.url.path + (f"?{request.url.query}" if request.url.query else "")  # back to the same lookup
+                return _page(request, "key.html", {"wrong": bool(key), "next": here}, 401)
             try:
                 return await handler(request)
             except ApiError as exc:
