@@ -267,6 +267,14 @@ async def item_search(session: Session, text: str) -> list[dict[str, Any]]:
     return [{"item_id": i, "title": t} for i, t in await run_in_threadpool(retry_if_dropped, read)]
 
 
+async def item_title(session: Session, item_id: str) -> str | None:
+    def read() -> dict[str, str]:
+        with crud.reads(session) as db:
+            return crud.item_titles(db, [item_id])
+
+    return (await run_in_threadpool(retry_if_dropped, read)).get(item_id)
+
+
 async def similar_lists(session: Session, cache: Cache, store: ModelStore, settings: Settings, item_id: str) -> list[dict[str, Any]]:
     """Every model's similar items (the API's answer, ``serving.similar``); a model without item embeddings says so."""
     version = serving.serving_version(store)

@@ -144,6 +144,7 @@ def test_items_page_searches_titles_and_ids_and_shows_similar_items_per_model(cl
         assert crud.search_items(db, "1")[0][0] == "1"  # an exact id comes first
         assert crud.search_items(db, "100%") == []  # "%" is a character, not a wildcard
     html = client.get("/dashboard/items", params={"item_id": "1"}).text
+    assert "Items similar to Toy Story (1995)" in html
     api = client.get("/items/1/similar", params={"model": "ease", "k": 10}).json()
     lists = listed(html)
     assert lists["ease"] == [i["item_id"] for i in api["items"]]

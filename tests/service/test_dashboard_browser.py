@@ -121,6 +121,8 @@ def test_every_page_in_chromium_with_the_apis_lists(playwright_chromium, live_se
         if name == "Data":
             assert page.get_by_test_id("interactions").inner_text() == str(len(corpus.rows["user_id"]))
             assert page.locator("svg.chart").count() == 3
+        if name == "Traffic":  # the API's GET /models above is counted; the pages ask nothing more of it (no favicon)
+            assert "GET /models" in page.content() and "unmatched" not in page.content()
         shot(name.lower())
 
     # A user looked up: every ranker's list in the DOM is the API's answer, as are the predicted ratings

@@ -116,11 +116,12 @@ async def users(request: Request, session: SessionDep, cache: CacheDep, store: S
 @router.get("/dashboard/items", response_class=HTMLResponse)
 async def items(request: Request, session: SessionDep, cache: CacheDep, store: StoreDep, settings: SettingsDep,
                 q: SearchText = "", item_id: UserId = "") -> HTMLResponse:
-    context: dict[str, Any] = {"q": q, "item_id": item_id, "found": None, "similar": None}
+    context: dict[str, Any] = {"q": q, "item_id": item_id, "found": None, "similar": None, "title": None}
     if q.strip():
         context["found"] = await dashboard.item_search(session, q.strip())
     if item_id:
         context["similar"] = await dashboard.similar_lists(session, cache, store, settings, item_id)
+        context["title"] = await dashboard.item_title(session, item_id)
     return _page(request, "items.html", context)
 
 
