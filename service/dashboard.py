@@ -107,7 +107,8 @@ def health(session: Session, cache: Cache, store: ModelStore) -> list[dict[str, 
         models = (False, f"serving {version.version}; the version LATEST names was refused: {store.fallback}")
     else:
         models = (True, f"serving {version.version}")
-    checks = {"database": database, "cache": (cache.ping(), f"{cache.backend}"), "model store": models}
+    cached = cache.ping()
+    checks = {"database": database, "cache": (cached, f"{cache.backend} {'reachable' if cached else 'unreachable'}"), "model store": models}
     return [{"name": name, "ok": ok, "detail": detail} for name, (ok, detail) in checks.items()]
 
 
