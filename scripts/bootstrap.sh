@@ -22,3 +22,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".${extras:+[$extras]}"
   echo "$want" > "$stamp"
 fi
+# The dashboard's browser test drives Debian's chromium with Playwright (which never downloads one here).
+if [ "$extras" = "dev" ] && ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  echo "installing chromium (Debian) for the dashboard's browser test ..." >&2
+  { apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; }; } >/dev/null 2>&1 \
+    || echo "warning: could not install chromium" >&2
+fi

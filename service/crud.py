@@ -137,6 +137,58 @@ def counts(session: Session) -> dict[str, int]:
     }
 
 
+# ---- the dashboard's reads: aggregates computed in SQL, a few rows back -------------------------
+def rating_histogram(db: Session | Connection) -> list[tuple[float | None, int]]:
+    """(rating, interactions) per distinct rating, None (implicit feedback) first."""
+    stmt = select(Interaction.rating, func.count()).group_by(Interaction.rating).order_by(Interaction.rating.is_not(None), Interaction.rating)
+    return [(r, n) for r, n in _connection(db).execute(stmt).all()]
+
+
+def interactions_over_time(db: Session | Connection, buckets: int = 40) -> tuple[int, list[tuple[int, int]]]:
+    """The interactions' timestamps in ``buckets`` equal spans: (span in seconds, [(span start, interactions)])."""
+    connection = _connection(db)
+    first, last = connection.execute(select(func.min(Interaction.timestamp), func.max(Interaction.timestamp))).one()
+    if first is None:
+        return 0, []
+    width = max(1, -(-(int(last) - int(first) + 1) // buckets))  # ceiling: the last timestamp falls in the last span
+    bucket = (Interaction.timestamp - int(first)) // width  # SQLAlchemy's floor division: integer "/" on both databases
+    rows = connection.execute(select(bucket.label("b"), func.count()).group_by("b").order_by("b")).all()
+    return width, [(int(first) + int(b) * width, n) for b, n in rows]
+
+
+def item_interaction_counts(db: Session | Connection) -> list[int]:
+    """Interactions per item that has any, most first: the popularity long tail."""
+    n = func.count().label("n")
+    stmt = select(n).select_from(Interaction).group_by(Interaction.item_id).order_by(n.desc())
+    return list(_connection(db).execute(stmt).scalars())
+
+
+def search_items(db: Session | Connection, text_: str, limit: int = 20) -> list[tuple[str, str | None]]:
+    """Items whose id is ``text_`` (first) or whose title contains it, any case: (id, title)."""
+    exact = Item.external_id == text_
+    stmt = (
+        select(Item.external_id, Item.title)
+        .where(exact | Item.title.icontains(text_, autoescape=True))
+        .order_by(exact.desc(), Item.title, Item.external_id)
+        .limit(limit)
+    )
+    return [(i, t) for i, t in _connection(db).execute(stmt).all()]
+
+
+def titled_history(db: Session | Connection, user_id: str, limit: int) -> tuple[int, list[tuple[str, str | None, float | None, int]]]:
+    """A user's interaction count and latest ``limit`` interactions, newest first: (item, title, rating, timestamp)."""
+    connection = _connection(db)
+    stmt = (
+        select(Item.external_id, Item.title, Interaction.rating, Interaction.timestamp)
+        .select_from(Interaction).join(User, User.id == Interaction.user_id).join(Item, Item.id == Interaction.item_id)
+        .where(User.external_id == user_id).order_by(Interaction.timestamp.desc(), Item.external_id).limit(limit)
+    )
+    total = connection.scalar(
+        select(func.count()).select_from(Interaction).join(User, User.id == Interaction.user_id).where(User.external_id == user_id)
+    )
+    return int(total or 0), [tuple(row) for row in connection.execute(stmt).all()]
+
+
 def record_rating_scale(session: Session, scale: RatingScale) -> RatingScale | None:
     """Store ``scale`` as the one the data is written under; return the one it replaced, when it differed."""
     row = session.get(DeclaredRatingScale, 1)

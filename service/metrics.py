@@ -22,6 +22,7 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.started = time.time()  # the dashboard's requests per second are counted since this
         r = self.registry
         self.requests = Counter(
             "aerec_http_requests", "HTTP requests served", ["method", "route", "status", "model"], registry=r

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from service.api.routes import admin, health, interactions, items, models, ratings, recommendations
+from service.api.routes import admin, dashboard, health, interactions, items, models, ratings, recommendations
 from service.schemas import ErrorBody
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -28,3 +28,6 @@ api_router = APIRouter()
 for module in (recommendations, ratings, interactions, items, models, admin):
     api_router.include_router(module.router, responses=ERROR_RESPONSES)
 api_router.include_router(health.router)
+# HTML pages, out of the OpenAPI document: their errors are pages, not the API's error bodies
+api_router.include_router(dashboard.entry)
+api_router.include_router(dashboard.router)

@@ -1,0 +1,136 @@
+"""How long each dashboard page takes to answer on ml-100k: a live ``python -m service`` (PostgreSQL and
+Redis by default, or SQLite and the in-process cache), every page asked ``--repeats`` times in turn.
+
+    python bench/dashboard.py                                   # PostgreSQL (TEST_DATABASE_URL's server) + Redis
+    python bench/dashboard.py --database-url sqlite:///x.db --redis-url ""
+
+The version: EASE on all of ml-100k's positives and AutoRec-U on its ratings (5 epochs, its curve
+kept), published with the trainer's publisher. The database holds all 100,000 ratings. One
+client, one request at a time: the figure is a page's own time, not a server under load.
+The dashboard's target (issue 24): every page under 300 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._common import API_KEY, ML100K, ServerProcess, print_table, service_env, write_json  # noqa: E402
+
+PAGES = {
+    "overview": "/dashboard",
+    "model": "/dashboard/models/autorec-u",
+    "data": "/dashboard/data",
+    "traffic": "/dashboard/traffic",
+    "users": "/dashboard/users?user_id=13&items=1,50,100,181",
+    "items search": "/dashboard/items?q=star",
+    "items similar": "/dashboard/items?item_id=50",
+}
+TARGET_MS = 300
+
+
+def publish(root: Path) -> str:
+    import numpy as np
+    import scipy.sparse as sp
+
+    import trainer
+    from trainer import artifacts
+    from trainer.datasets import read_dataset
+
+    inter = read_dataset("ml-100k", ML100K)
+    users, items = [str(u) for u in inter.user_ids], [str(i) for i in inter.item_ids]
+    ratings = sp.csr_matrix((inter.ratings.astype(np.float32), (inter.users, inter.items)), shape=(inter.n_users, inter.n_items))
+    positives = sp.csr_matrix(ratings >= 4, dtype=np.float32)
+    fitted = {"ease": trainer.fit("ease", positives, progress=False),
+              "autorec-u": trainer.fit("autorec-u", ratings, progress=False, epochs=5, seed=0, holdout=0)}
+    staged = {name: artifacts.StagedModel(model, users, items, metrics={"curve": model.training_log.get("curve", []),
+                                                                         "train": {"fit_seconds": model.training_log["fit_seconds"]}})
+              for name, model in fitted.items()}
+    counts = np.asarray(positives.getnnz(axis=0)).ravel()
+    order = np.argsort(-counts, kind="stable")
+    manifest = {
+        "source": {"dataset": "ml-100k", "n_users": inter.n_users, "n_items": inter.n_items, "n_interactions": len(inter)},
+        "positive_threshold": 4.0,
+        "models": {name: {"task": m.task, "metrics": {}, "epochs": m.training_log.get("epochs", 0),
+                          "fit_seconds": m.training_log["fit_seconds"]} for name, m in fitted.items()},
+    }
+    return artifacts.publish(root, staged, manifest, popularity={"items": [items[i] for i in order], "counts": counts[order].tolist()})
+
+
+def seed(database_url: str) -> None:
+    from service.db.migrate import upgrade_to_head
+    from service.db.session import make_engine
+    from service.seed import seed_interactions
+    from trainer.datasets import read_dataset
+
+    engine = make_engine(database_url)
+    upgrade_to_head(engine)
+    engine.dispose()
+    seed_interactions(database_url, read_dataset("ml-100k", ML100K))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--database-url", default=None, help="default: a database made for the run on TEST_DATABASE_URL's server")
+    parser.add_argument("--redis-url", default=os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    parser.add_argument("--repeats", type=int, default=20)
+    args = parser.parse_args()
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    work = Path(tempfile.mkdtemp(prefix="aerec-dash-"))
+    made = None
+    database_url = args.database_url
+    if database_url is None:  # a database of our own on the shared server, dropped at the end
+        server = make_url(os.environ.get("TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"))
+        made = f"aerec_dash_{uuid.uuid4().hex[:8]}"
+        admin = create_engine(server.set(database="postgres"), isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{made}"'))  # a generated name, not input
+        database_url = server.set(database=made).render_as_string(hide_password=False)
+    try:
+        started = time.perf_counter()
+        version = publish(work / "registry")
+        seed(database_url)
+        print(f"published {version} and seeded ml-100k in {time.perf_counter() - started:.0f}s", flush=True)
+        env = service_env(database_url, work / "registry", args.redis_url or None, CACHE_NAMESPACE=f"dash-{uuid.uuid4().hex[:6]}")
+        with ServerProcess.service(env, work / "service.log") as server, httpx.Client(base_url=server.base_url, timeout=30) as client:
+            for _ in range(3):  # some API traffic for the Traffic page, and every page once (imports, first queries)
+                client.post("/users/13/recommendations", json={"k": 10}, headers={"X-API-Key": API_KEY})
+            for path in PAGES.values():
+                assert client.get(path).status_code == 200, path
+            times: dict[str, list[float]] = {name: [] for name in PAGES}
+            for _ in range(args.repeats):
+                for name, path in PAGES.items():
+                    t = time.perf_counter()
+                    response = client.get(path)
+                    times[name].append((time.perf_counter() - t) * 1000)
+                    assert response.status_code == 200, (path, response.status_code)
+    finally:
+        if made:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE "{made}" WITH (FORCE)'))
+            admin.dispose()
+    rows = [{"page": name, "median_ms": statistics.median(t), "p95_ms": sorted(t)[int(0.95 * (len(t) - 1))], "max_ms": max(t)}
+            for name, t in times.items()]
+    backend = make_url(database_url).get_backend_name() + (" + redis" if args.redis_url else " + in-process cache")
+    print_table(rows, [("page", "page", "s"), ("median_ms", "median ms", ".1f"), ("p95_ms", "p95 ms", ".1f"), ("max_ms", "max ms", ".1f")],
+                title=f"dashboard pages on ml-100k ({backend}, {args.repeats} requests each)")
+    worst = max(r["max_ms"] for r in rows)
+    print(f"{'PASS' if worst < TARGET_MS else 'FAIL'}: every page under {TARGET_MS} ms (slowest request {worst:.0f} ms)")
+    write_json("dashboard", {"backend": backend, "repeats": args.repeats, "pages": rows, "target_ms": TARGET_MS})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,201 @@
+"""The dashboard's pages and the data behind them, on both backends (``client``): each page answers
+HTML, shows what the API answers, and its aggregates match the seeded corpus counted in numpy."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+from collections import Counter
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from _service_support import API_KEY
+from service import crud, dashboard, svg
+from service.main import create_app
+from trainer.artifacts import latest_version
+
+PAGES = ["/dashboard", "/dashboard/models/ease", "/dashboard/models/autorec-u", "/dashboard/data", "/dashboard/traffic",
+         "/dashboard/users", "/dashboard/users?user_id=1&items=1,2,50", "/dashboard/items", "/dashboard/items?q=toy&item_id=1"]
+
+
+def listed(html: str) -> dict[str, list[str]]:
+    """Item ids per model card of a page, in the order shown."""
+    cards = re.split(r'<div class="card" data-model="', html)[1:]
+    return {card.split('"', 1)[0]: re.findall(r'<li data-item-id="([^"]+)"', card) for card in cards}
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_every_page_answers_html(client, path):
+    response = client.get(path)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/html")
+    assert "<nav" in response.text and "</html>" in response.text
+    assert "<script" not in response.text  # server-rendered: no script, nothing fetched from elsewhere
+    assert not re.search(r'(src|href)="https?://', response.text)
+
+
+def test_root_redirects_to_the_dashboard_and_pages_stay_out_of_the_api_document(client):
+    response = client.get("/", follow_redirects=False)
+    assert response.status_code == 307 and response.headers["location"] == "/dashboard"
+    assert not [p for p in client.get("/openapi.json").json()["paths"] if p == "/" or p.startswith("/dashboard")]
+
+
+def test_overview_shows_the_served_version_models_defaults_and_health(client, registry):
+    html = client.get("/dashboard").text
+    version = latest_version(registry)
+    assert f'data-testid="version">{version}<' in html
+    for name in ("ease", "autorec-u", "autorec-i"):
+        assert f'href="/dashboard/models/{name}"' in html
+    assert html.count('class="ok">up<') == 3  # database, cache, model store
+    assert "no gate (first version of this model)" in html  # one version published: no gate ran
+
+
+def test_overview_data_puts_the_previous_versions_metrics_beside(client, registry, tmp_path):
+    from _service_support import copy_registry
+    from service.metrics import Metrics
+    from service.model_store import ModelStore
+    from trainer import artifacts
+
+    root = tmp_path / "registry"
+    older = copy_registry(registry, root)
+    newer = artifacts.new_version_name(root)
+    shutil.copytree(root / older, root / newer)
+    for version, ndcg in ((older, 0.4), (newer, 0.5)):  # the manifest is not among its own checksums
+        manifest = json.loads((root / version / "manifest.json").read_text())
+        manifest["version"] = version
+        manifest["models"]["ease"]["metrics"] = {"ndcg@10": ndcg}
+        (root / version / "manifest.json").write_text(json.dumps(manifest))
+    (root / "LATEST").write_text(newer + "\n")
+    store = ModelStore(root, Metrics(), 60)
+    assert store.reload().version == newer
+    settings = client.app.state.settings.model_copy(update={"ARTIFACTS_DIR": root})
+    page = dashboard.overview(client.app.state.session_factory(), client.app.state.cache, store, settings)
+    assert page["previous"] == older and [r["version"] for r in page["runs"]] == [newer, older]
+    ease = next(m for m in page["models"] if m["name"] == "ease")
+    assert ease["metrics"] == {"ndcg@10": 0.5} and ease["previous"] == {"ndcg@10": 0.4}
+    assert ease["default_for"] == ["recommendations"] and page["metric_names"] == ["ndcg@10"]
+
+
+def test_learning_curve_draws_loss_and_metric_and_marks_the_kept_epoch():
+    metrics = {"curve": [{"epoch": e, "loss": 1 / e, "ndcg@100": 0.1 * e if e < 4 else 0.3} for e in range(1, 7)], "best_epoch": 3}
+    chart = str(dashboard.learning_curve(metrics, "ndcg@100"))
+    assert chart.startswith("<svg") and chart.count("<polyline") == 2
+    assert "validation ndcg@100" in chart and "training loss" in chart and "kept epoch 3" in chart
+    marker = re.search(r'<line class="marker" x1="([\d.]+)"', chart)
+    x = float(marker.group(1))  # epoch 3 of 1..6: two fifths of the way across the plot
+    assert math.isclose(x, svg.LEFT + (svg.WIDTH - svg.LEFT - svg.RIGHT) * 2 / 5, abs_tol=0.1)
+    assert dashboard.learning_curve({"curve": []}, None) is None
+
+
+def test_model_page_shows_the_recorded_curve_and_an_unknown_model_is_a_404_page(client):
+    html = client.get("/dashboard/models/autorec-u").text
+    assert "<svg" in html and "training loss" in html  # the fixture trains 20 epochs and records the curve
+    response = client.get("/dashboard/models/nope")
+    assert response.status_code == 404 and "unknown_model" in response.text and "<nav" in response.text
+
+
+def test_data_aggregates_match_the_stored_rows(client):
+    # the stored rows, read plainly and counted in numpy (other tests of this session write to this database too)
+    from sqlalchemy import select
+
+    from service.db.tables import Interaction
+
+    with crud.reads(client.app.state.session_factory()) as db:
+        stored = db.execute(select(Interaction.user_id, Interaction.item_id, Interaction.rating, Interaction.timestamp)).all()
+        counts = crud.counts(db)
+        histogram = crud.rating_histogram(db)
+        width, over_time = crud.interactions_over_time(db, buckets=10)
+        popularity = crud.item_interaction_counts(db)
+    users, items, ratings, stamps = (list(c) for c in zip(*stored))
+    assert counts["interactions"] == len(stored) and counts["users"] >= len(set(users)) and counts["items"] >= len(set(items))
+    assert histogram == sorted(Counter(ratings).items(), key=lambda p: (p[0] is not None, p[0] or 0))
+    stamps = np.asarray(stamps)
+    assert len(over_time) <= 10 and over_time[0][0] == stamps.min()
+    expected = np.bincount((stamps - stamps.min()) // width)
+    assert [n for _, n in over_time] == [int(n) for n in expected if n]
+    assert popularity == sorted(Counter(items).values(), reverse=True)
+    html = client.get("/dashboard/data").text
+    assert f'data-testid="interactions">{counts["interactions"]}<' in html and html.count("<svg") == 3
+    assert f'data-testid="items">{counts["items"]}<' in html and f'data-testid="users">{counts["users"]}<' in html
+
+
+def test_users_page_shows_the_apis_lists_and_ratings_and_the_history(client):
+    html = client.get("/dashboard/users", params={"user_id": "1", "items": "1, 2 50"}).text
+    api = client.post("/users/1/recommendations", json={"k": 10, "model": "ease"}).json()
+    assert listed(html) == {"ease": [i["item_id"] for i in api["items"]]}  # every ranker of the version: EASE here
+    for model in ("autorec-u", "autorec-i"):
+        predicted = client.post("/ratings", json={"user_id": "1", "item_ids": ["1", "2", "50"], "model": model}).json()
+        cells = re.findall(rf'<td class="num" data-model="{model}">([^<]+)</td>', html)
+        assert cells == [f"{r['rating']:.2f}" for r in predicted["ratings"]]
+    with crud.reads(client.app.state.session_factory()) as db:
+        history = crud.user_history(db, "1")  # as stored now: other tests of the session may write for user 1
+    n = len(history)
+    assert (f"{n} interactions; the latest {dashboard.HISTORY_ROWS}" if n > dashboard.HISTORY_ROWS else f"{n} interactions.") in html
+    assert dashboard.when(int(history.timestamps.max())) in html.split('id="history"')[1]
+
+
+def test_users_page_says_why_a_list_is_missing(client):
+    html = client.get("/dashboard/users", params={"user_id": "nobody-here"}).text
+    assert "No interactions stored for this user." in html
+    assert listed(html)["ease"]  # a stranger gets the popular items from EASE, as from the API
+
+
+def test_items_page_searches_titles_and_ids_and_shows_similar_items_per_model(client, corpus):
+    html = client.get("/dashboard/items", params={"q": "toy story"}).text
+    assert 'href="/dashboard/items?item_id=1"' in html  # Toy Story (1995) is item 1 of ml-100k
+    with crud.reads(client.app.state.session_factory()) as db:
+        assert crud.search_items(db, "1")[0][0] == "1"  # an exact id comes first
+        assert crud.search_items(db, "100%") == []  # "%" is a character, not a wildcard
+    html = client.get("/dashboard/items", params={"item_id": "1"}).text
+    assert "Items similar to Toy Story (1995)" in html
+    api = client.get("/items/1/similar", params={"model": "ease", "k": 10}).json()
+    lists = listed(html)
+    assert lists["ease"] == [i["item_id"] for i in api["items"]]
+    assert set(lists) == {"ease", "autorec-u", "autorec-i"}
+
+
+def test_traffic_counts_the_apis_requests_per_route_and_model(client):
+    before = {(r["route"], r["model"]): r["requests"] for r in dashboard.traffic(client.app.state.metrics, 0)["rows"]}
+    for _ in range(3):
+        client.get("/items/1/similar", params={"model": "ease"})
+    client.get("/dashboard")
+    page = dashboard.traffic(client.app.state.metrics, client.app.state.metrics.started + 10)
+    row = next(r for r in page["rows"] if r["route"] == "/items/{item_id}/similar" and r["model"] == "ease")
+    assert row["requests"] == before.get(("/items/{item_id}/similar", "ease"), 0) + 3
+    assert math.isclose(row["per_second"], row["requests"] / 10)
+    assert 0 < row["p50"] <= row["p95"] <= row["p99"]
+    assert not [r for r in page["rows"] if r["route"].startswith("/dashboard")]
+    assert any(c["kind"] == "similar" and c["hits"] >= 2 for c in page["cache"])
+    assert "/items/{item_id}/similar" in client.get("/dashboard/traffic").text
+
+
+def test_quantiles_interpolate_within_buckets():
+    buckets = [(0.01, 0.0), (0.1, 50.0), (1.0, 100.0), (math.inf, 100.0)]
+    assert math.isclose(dashboard._quantile(buckets, 0.5), 0.1)
+    assert math.isclose(dashboard._quantile(buckets, 0.25), 0.055)
+    assert math.isclose(dashboard._quantile(buckets, 0.75), 0.55)
+    assert dashboard._quantile([(math.inf, 0.0)], 0.5) is None
+
+
+def test_pages_need_the_read_key_where_reads_do(seeded_backend, registry):
+    app = create_app(seeded_backend.settings(registry, ENVIRONMENT="staging", READS_REQUIRE_KEY=True,
+                                             READ_API_KEY="read-key-7d1e0b", WRITE_API_KEY="write-key-2a9c44"))
+    with TestClient(app) as browser:
+        response = browser.get("/dashboard/data")
+        assert response.status_code == 401 and 'name="key"' in response.text and "Interactions" not in response.text
+        form = browser.get("/dashboard/users", params={"user_id": "1"}).text
+        assert 'name="next" value="/dashboard/users?user_id=1"' in form  # the key form leads back to the lookup
+        assert browser.post("/dashboard/key", data={"key": "wrong", "next": "/dashboard/data"}).status_code == 403
+        kept = browser.post("/dashboard/key", data={"key": "read-key-7d1e0b", "next": "/dashboard/data"}, follow_redirects=False)
+        assert kept.status_code == 303 and kept.headers["location"] == "/dashboard/data"
+        cookie = kept.headers["set-cookie"].lower()
+        assert "httponly" in cookie and "samesite=strict" in cookie and "path=/dashboard" in cookie
+        assert browser.get("/dashboard/data").status_code == 200  # the cookie now
+        off_site = browser.post("/dashboard/key", data={"key": API_KEY, "next": "https://elsewhere.example/"}, follow_redirects=False)
+        assert off_site.headers["location"] == "/dashboard"
+    with TestClient(app) as script:
+        assert script.get("/dashboard", headers={"X-API-Key": "write-key-2a9c44"}).status_code == 200

@@ -1,0 +1,156 @@
+"""The dashboard in a real browser: headless Chromium (Debian's ``chromium``, driven by Playwright)
+against a live ``python -m service`` serving the test version, at 1280 and 390 px wide.
+
+It enters the read key through the key form, loads every page, looks a user up and an item, checks
+the lists in the DOM against the API's answers, and saves a screenshot of each page under
+bench/out/dashboard/. Under CI=true a missing browser fails the test; elsewhere it skips.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from _test_servers import IN_CI
+from bench._common import ServerProcess, service_env
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+SHOTS = Path(__file__).resolve().parents[2] / "bench" / "out" / "dashboard"
+READ_KEY = "dashboard-read-key-5e21"
+WIDTHS = {"wide": (1280, 900), "narrow": (390, 844)}
+
+
+def _browser_missing(why: str) -> None:
+    if IN_CI:
+        pytest.fail(f"{why} (CI=true: the dashboard's browser test must run; scripts/bootstrap.sh dev installs both)")
+    pytest.skip(why)
+
+
+@pytest.fixture(scope="module")
+def playwright_chromium():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _browser_missing("playwright is not installed")
+    if not Path(CHROMIUM).is_file() and shutil.which("chromium") is None:
+        _browser_missing(f"no chromium at {CHROMIUM}")
+    with sync_playwright() as p:
+        # --no-sandbox: the tests may run as root (a container), where Chromium's sandbox refuses to start
+        browser = p.chromium.launch(executable_path=CHROMIUM if Path(CHROMIUM).is_file() else shutil.which("chromium"),
+                                    args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def live_service(tmp_path_factory, registry, corpus):
+    """``python -m service`` on a SQLite database seeded with the corpus, reads keyed (the key form is tested)."""
+    from service import crud
+    from service.db.migrate import upgrade_to_head
+    from service.db.session import make_engine, make_session_factory
+
+    folder = tmp_path_factory.mktemp("live")
+    url = f"sqlite:///{folder / f'dash-{uuid.uuid4().hex[:6]}.db'}"
+    engine = make_engine(url)
+    upgrade_to_head(engine)
+    with make_session_factory(engine)() as session:
+        rows = corpus.rows
+        titles = {i: {"title": corpus.titles[i]} for i in set(rows["item_id"]) if i in corpus.titles}
+        crud.store_interactions(session, rows["user_id"], rows["item_id"], rows["rating"], rows["timestamp"], titles)
+    engine.dispose()
+    env = service_env(url, registry, None, READS_REQUIRE_KEY="true", READ_API_KEY=READ_KEY)
+    with ServerProcess.service(env, folder / "service.log") as server:
+        yield server
+
+
+def _api(server, method: str, path: str, **kwargs) -> dict:
+    response = httpx.request(method, server.base_url + path, headers={"X-API-Key": READ_KEY}, timeout=30, **kwargs)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def _dom_list(page, model: str) -> list[str]:
+    return page.locator(f'.card[data-model="{model}"] li').evaluate_all("items => items.map(li => li.dataset.itemId)")
+
+
+def _check_layout(page, width: int) -> None:
+    # nothing wider than the window (wide tables scroll inside their own box), every control labelled
+    assert page.evaluate("document.documentElement.scrollWidth") <= width, f"{page.url} scrolls sideways at {width} px"
+    unlabelled = page.evaluate(
+        "[...document.querySelectorAll('input:not([type=hidden]), select, textarea')].filter(e => e.labels.length === 0).map(e => e.name)"
+    )
+    assert unlabelled == [], f"{page.url}: controls without a label: {unlabelled}"
+
+
+@pytest.mark.parametrize("size", list(WIDTHS))
+def test_every_page_in_chromium_with_the_apis_lists(playwright_chromium, live_service, corpus, size):
+    width, height = WIDTHS[size]
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    context = playwright_chromium.new_context(viewport={"width": width, "height": height})
+    page = context.new_page()
+    offline = []
+    page.on("request", lambda r: offline.append(r.url) if not r.url.startswith(live_service.base_url) else None)
+    base = live_service.base_url
+
+    def shot(name: str) -> None:
+        _check_layout(page, width)
+        page.screenshot(path=str(SHOTS / f"{name}-{width}.png"), full_page=True)
+
+    # The read key, entered in the form the dashboard answers without one
+    assert page.goto(base + "/").status == 401
+    page.get_by_label("API key").fill(READ_KEY)
+    page.get_by_role("button", name="Open the dashboard").click()
+    page.wait_for_url(base + "/dashboard")
+    assert page.locator("h1").inner_text() == "Overview"
+    served = _api(live_service, "GET", "/models")
+    assert page.get_by_test_id("version").inner_text() == served["version"]
+    shot("overview")
+
+    page.get_by_role("link", name="autorec-u", exact=True).click()
+    assert page.locator("svg.chart polyline").count() >= 1 and "training loss" in page.locator("svg.chart").inner_html()
+    shot("model")
+
+    for name in ("Data", "Traffic"):
+        page.get_by_role("navigation").get_by_role("link", name=name).click()
+        assert page.locator("h1").inner_text() == name
+        if name == "Data":
+            assert page.get_by_test_id("interactions").inner_text() == str(len(corpus.rows["user_id"]))
+            assert page.locator("svg.chart").count() == 3
+        if name == "Traffic":  # the API's GET /models above is counted; the pages ask nothing more of it (no favicon)
+            assert "GET /models" in page.content() and "unmatched" not in page.content()
+        shot(name.lower())
+
+    # A user looked up: every ranker's list in the DOM is the API's answer, as are the predicted ratings
+    page.get_by_role("navigation").get_by_role("link", name="Users").click()
+    page.get_by_label("User id").fill("1")
+    page.get_by_label("Items to rate").fill("1, 2, 50")
+    page.get_by_role("button", name="Look up").click()
+    page.wait_for_url("**/dashboard/users?user_id=1*")
+    for model in [m["name"] for m in served["models"] if m["task"] == "ranking"]:
+        api = _api(live_service, "POST", "/users/1/recommendations", json={"k": 10, "model": model})
+        assert _dom_list(page, model) == [i["item_id"] for i in api["items"]]
+    for model in [m["name"] for m in served["models"] if m["task"] == "rating"]:
+        api = _api(live_service, "POST", "/ratings", json={"user_id": "1", "item_ids": ["1", "2", "50"], "model": model})
+        cells = page.locator(f'td[data-model="{model}"]').all_inner_texts()
+        assert cells == [f"{r['rating']:.2f}" for r in api["ratings"]]
+    assert page.locator("#history ~ div table tbody tr").count() > 0
+    shot("users")
+
+    # An item searched by title, then its similar items per model, each the API's answer
+    page.get_by_role("navigation").get_by_role("link", name="Items").click()
+    page.get_by_label("Title or id").fill("toy story")
+    page.get_by_role("button", name="Search").click()
+    page.get_by_role("link", name="Toy Story (1995)").click()
+    page.wait_for_url("**/dashboard/items?item_id=1")
+    api = _api(live_service, "GET", "/items/1/similar", params={"model": "ease", "k": 10})
+    assert _dom_list(page, "ease") == [i["item_id"] for i in api["items"]]
+    shot("items")
+
+    assert offline == [], f"the pages fetched from elsewhere: {offline}"
+    context.close()
+
