@@ -19,6 +19,7 @@ from rating_scale.latest import keep_latest_pairs
 from service.crud import History
 from service.errors import ApiError
 from service.model_store import IdIndex, ServingModel, ServingVersion
+from trainer.best import BEST
 
 log = logging.getLogger("service.inference")
 
@@ -51,7 +52,15 @@ def finite(served: ServingModel, values: np.ndarray) -> np.ndarray:
 
 
 def resolve_model(version: ServingVersion, name: str | None, default: str, *, rating: bool = False) -> ServingModel:
+    """The model named, else ``default`` (a DEFAULT_*MODEL setting); "best" is the version's best of the task."""
     name = name or default
+    if name == BEST:
+        name = version.defaults.get("rating" if rating else "ranking", (None, ""))[0]
+        if name is None:
+            raise ApiError(
+                404, "unknown_model", f"the served version {version.version} has no {'rating' if rating else 'ranking'} model",
+                {"model": BEST, "available": sorted(version.models)},
+            )
     served = version.models.get(name)
     if served is None:
         raise ApiError(
