@@ -285,7 +285,7 @@ async def similar(
     if k > settings.MAX_K:
         raise ApiError(422, "k_too_large", f"k is {k}; at most {settings.MAX_K}", {"k": k, "max_k": settings.MAX_K})
     version = serving_version(store)
-    served = inference.resolve_model(version, model, settings.DEFAULT_MODEL)
+    served = inference.resolve_model(version, model, settings.DEFAULT_MODEL, embeddings=True)
 
     async def lookup() -> CacheEntry:
         key = list_key("sim", version.version, served.name, item_id, k)

@@ -127,6 +127,8 @@ def test_best_resolves_a_ranker_from_the_record_and_a_named_model_still_serves(s
         assert default["model"] == named["model"] == asked_best["model"] == "popularity"
         assert default["items"] == named["items"] and default["source"] == "model"
         assert ease["model"] == "ease" and ease["items"] != default["items"]
+        # similar items need item embeddings, which popularity has none of: the first ranker with them
+        assert client.get("/items/1/similar", params={"k": 3}).json()["model"] == "ease"
         # no rating record in this version: the former rating default
         assert client.post("/ratings", json={"user_id": "1", "item_ids": ["1"]}).json()["model"] == "autorec-u"
         models = {m["name"]: m for m in client.get("/models").json()["models"]}
