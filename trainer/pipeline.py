@@ -10,6 +10,9 @@ For each model, in registry order:
    scale (``rating_scale``; 4 on 1-5 stars, as the protocol; every row of implicit data).
 2. **Fit** on the split's train part with early stopping on its validation part, then
    evaluate on its test part. These are the figures reported in ``metrics.json``.
+   The task's baselines (``split_baselines``: global mean and bias, or popularity) are
+   fitted on the same split and scored the same way, once per split; each model is marked
+   against its task's baseline by the margin of ``trainer.best``.
 3. **Gate** (``quality_gate``): the published model is scored again beside the new one on
    this run's held-out users, less the pairs it trained on (each version publishes them,
    ``trained_pairs.npz``); a model worse by more than the tolerance, or a published one
@@ -27,6 +30,11 @@ For each model, in registry order:
    (``--no-refit``) publishes the split run's best weights instead, for when time matters
    more: held-out users are then folded in at serving time, and ``ids.json`` lists only
    the split's training users and items.
+
+The version also holds the bias and popularity baselines of the tasks trained, as models
+(solved on all interactions), the baselines' figures (manifest ``baselines``) and, per task,
+the best-validated model that clears the margin, else the baseline (manifest ``best``): the
+service's default.
 
 The run holds the registry lock (``ARTIFACTS_DIR/.lock``) from start to publish, so two
 trainer processes sharing a folder never train at once: the second one stops at once with
