@@ -19,6 +19,7 @@ from rating_scale.latest import keep_latest_pairs
 from service.crud import History
 from service.errors import ApiError
 from service.model_store import IdIndex, ServingModel, ServingVersion
+from trainer.best import BEST
 
 log = logging.getLogger("service.inference")
 
@@ -50,8 +51,21 @@ def finite(served: ServingModel, values: np.ndarray) -> np.ndarray:
     return values
 
 
-def resolve_model(version: ServingVersion, name: str | None, default: str, *, rating: bool = False) -> ServingModel:
+def resolve_model(
+    version: ServingVersion, name: str | None, default: str, *, rating: bool = False, embeddings: bool = False
+) -> ServingModel:
+    """The model named, else ``default`` (a DEFAULT_*MODEL setting); "best" is the version's best of the task.
+    ``embeddings`` (similar items): a "best" without item embeddings (popularity) gives way to the first ranker with them."""
     name = name or default
+    if name == BEST:
+        name = version.defaults.get("rating" if rating else "ranking", (None, ""))[0]
+        if embeddings and name is not None and version.models[name].item_vectors is None:
+            name = next((n for n, m in version.models.items() if m.task == "ranking" and m.item_vectors is not None), name)
+        if name is None:
+            raise ApiError(
+                404, "unknown_model", f"the served version {version.version} has no {'rating' if rating else 'ranking'} model",
+                {"model": BEST, "available": sorted(version.models)},
+            )
     served = version.models.get(name)
     if served is None:
         raise ApiError(

@@ -33,6 +33,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from service.metrics import Metrics
+from trainer import best
 from trainer.artifacts import ArtifactError, LoadedModel, latest_version, list_versions, load_version, version_stamp
 
 log = logging.getLogger("service.model_store")
@@ -133,6 +134,8 @@ class ServingVersion:
     popular_items: pd.Index  # external ids, most popular first
     popular_counts: np.ndarray
     loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    # task -> (model, why): what "best" names here (``trainer.best.default_model``), resolved once per version
+    defaults: dict[str, tuple[str | None, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -226,12 +229,14 @@ def prepare_version(root: Path, version: str, device: str = "cpu") -> ServingVer
     if without:
         log.warning("version %s has no cold-start baseline for %s (published before they were): users with no usable "
                     "history are rated at the middle of the rating scale until the next training", version, ", ".join(without))
+    tasks = {name: served.task for name, served in models.items()}
     return ServingVersion(
         version=loaded.version,
         manifest=loaded.manifest,
         models=models,
         popular_items=pd.Index(popular),
         popular_counts=np.asarray(loaded.popular_counts, dtype=np.float64),
+        defaults={task: best.default_model(loaded.manifest, task, tasks) for task in best.TASK_BASELINE},
     )
 
 

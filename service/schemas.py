@@ -143,6 +143,10 @@ class ModelInfo(BaseModel):
     n_users: int
     n_items: int
     default_for: list[str] = Field(default_factory=list, description="Endpoints that use this model when none is named.")
+    default_reason: str | None = Field(
+        default=None, description="Why it is the default: the version's best validation figure against its baseline, "
+        "the fallback for a version without that record, or the setting that names it.")
+    baseline: bool = Field(default=False, description="A baseline (bias, popularity) published beside the models.")
     valid_metric: dict[str, Any] | None = None
     metrics: dict[str, Any] = Field(default_factory=dict)
 

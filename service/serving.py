@@ -38,6 +38,7 @@ from service.schemas import (
     ScoredItem,
     SimilarItemsResponse,
 )
+from trainer.best import BEST
 
 
 _RATING_LIST = TypeAdapter(list[RatingResponse])
@@ -284,7 +285,7 @@ async def similar(
     if k > settings.MAX_K:
         raise ApiError(422, "k_too_large", f"k is {k}; at most {settings.MAX_K}", {"k": k, "max_k": settings.MAX_K})
     version = serving_version(store)
-    served = inference.resolve_model(version, model, settings.DEFAULT_MODEL)
+    served = inference.resolve_model(version, model, settings.DEFAULT_MODEL, embeddings=True)
 
     async def lookup() -> CacheEntry:
         key = list_key("sim", version.version, served.name, item_id, k)
@@ -305,12 +306,18 @@ def models_report(store: ModelStore, settings: Settings) -> dict:
     version = store.current
     models = []
     if version is not None:
+        # endpoint -> (model, why): what a request naming no model gets, and why (the version's record, or a setting)
+        chosen = {}
+        for endpoint, task, setting in (("recommendations", "ranking", "DEFAULT_MODEL"), ("ratings", "rating", "DEFAULT_RATING_MODEL")):
+            value = getattr(settings, setting)
+            chosen[endpoint] = version.defaults.get(task, (None, "")) if value == BEST else (value, f"the {setting} setting")
         for name, served in version.models.items():
             info = served.loaded.info or {}
-            defaults = [p for p, d in (("recommendations", settings.DEFAULT_MODEL), ("ratings", settings.DEFAULT_RATING_MODEL)) if d == name]
+            defaults = [endpoint for endpoint, (model, _) in chosen.items() if model == name]
             models.append({
                 "name": name, "task": served.task, "can_fold_in": served.can_fold_in,
                 "n_users": served.model.n_users, "n_items": served.model.n_items, "default_for": defaults,
+                "default_reason": "; ".join(dict.fromkeys(chosen[e][1] for e in defaults)) or None, "baseline": bool(info.get("baseline")),
                 "valid_metric": info.get("valid_metric"), "metrics": info.get("metrics") or served.loaded.metrics.get("test") or {},
             })
     return {

@@ -10,6 +10,9 @@ For each model, in registry order:
    scale (``rating_scale``; 4 on 1-5 stars, as the protocol; every row of implicit data).
 2. **Fit** on the split's train part with early stopping on its validation part, then
    evaluate on its test part. These are the figures reported in ``metrics.json``.
+   The task's baselines (``split_baselines``: global mean and bias, or popularity) are
+   fitted on the same split and scored the same way, once per split; each model is marked
+   against its task's baseline by the margin of ``trainer.best``.
 3. **Gate** (``quality_gate``): the published model is scored again beside the new one on
    this run's held-out users, less the pairs it trained on (each version publishes them,
    ``trained_pairs.npz``); a model worse by more than the tolerance, or a published one
@@ -27,6 +30,11 @@ For each model, in registry order:
    (``--no-refit``) publishes the split run's best weights instead, for when time matters
    more: held-out users are then folded in at serving time, and ``ids.json`` lists only
    the split's training users and items.
+
+The version also holds the bias and popularity baselines of the tasks trained, as models
+(solved on all interactions), the baselines' figures (manifest ``baselines``) and, per task,
+the best-validated model that clears the margin, else the baseline (manifest ``best``): the
+service's default.
 
 The run holds the registry lock (``ARTIFACTS_DIR/.lock``) from start to publish, so two
 trainer processes sharing a folder never train at once: the second one stops at once with
@@ -56,13 +64,14 @@ from filelock import Timeout
 from tqdm.auto import tqdm
 
 from rating_scale import RatingScale
-from trainer import artifacts, distributed
+from trainer import artifacts, best, distributed
 from trainer.artifacts import ArtifactError, LoadedModel, StagedModel
 from trainer.dataset import Interactions
 from trainer.errors import DataError, TrainingError, UserError
 from trainer.gate import GateDecision, GateRefused, heldout_fingerprint, quality_gate
 from trainer.loader import FileColumns
 from trainer.plots import learning_curve_png
+from trainer.protocols import PROTOCOL_TASK
 from trainer.splits import RankingSplit, RatingSplit
 
 DEFAULT_GATE_TOLERANCE = 0.02  # relative: refuse a validation metric more than 2% worse than the published one
@@ -301,6 +310,8 @@ class ModelRun:
     gate: GateDecision | None = None
     train: dict[str, Any] = field(default_factory=dict)
     cold_start: Any = None  # rating models: the bias baseline on the published model's training matrix
+    # its task's baseline on the same split: {"name", "valid", "required", "beats"} (``trainer.best``)
+    baseline: dict[str, Any] | None = None
     # trained_pairs.npz: the published model's training pairs (user_ids x item_ids), for the next run's gate;
     # packed here (4 bytes a pair), so that no model's matrix stays in memory until the version is published
     trained_pairs: bytes = b""
@@ -318,6 +329,7 @@ class ModelRun:
             "refit": {"epochs": self.refit_log.get("epochs"), "curve": self.refit_log.get("curve", [])},
             "heldout": self.fingerprint,
             "gate": None if self.gate is None else self.gate.as_dict(),
+            "baseline": self.baseline,
             "timings": self.timings,
             "hyper": hyper,
             "device": self.log.get("device"),
@@ -329,11 +341,74 @@ class ModelRun:
 
     def summary(self) -> str:
         figures = "  ".join(f"{m} {self.test[m]:.4f}" for m in self.headline if m in self.test)
+        versus = ""
+        if self.baseline is not None:
+            b = self.baseline
+            versus = (f"  |  {'beats' if b['beats'] else 'BELOW'} {b['name']} {b['valid']:.4f}"
+                      f" (needs {b['required']:.4f})")
         return (
             f"{self.name:<10} {self.protocol:<13} test {figures}  |  valid {self.valid_metric} {self.valid_value:.4f}"
-            f"  |  epochs {self.log.get('best_epoch', 0)}/{self.log.get('epochs', 0)}"
+            f"{versus}  |  epochs {self.log.get('best_epoch', 0)}/{self.log.get('epochs', 0)}"
             f"  |  {self.timings['total_seconds']:.1f}s (cpu {self.timings['cpu_seconds']:.1f}s)"
         )
+
+
+@dataclass
+class BaselineRun:
+    """A baseline fitted on one protocol's split, scored as the models are (validation and test)."""
+
+    name: str
+    protocol: str
+    model: Any  # fitted on the split's train part
+    valid_metric: str
+    valid_value: float
+    test: dict[str, float]
+    headline: tuple[str, ...]
+
+    def summary(self) -> str:
+        figures = "  ".join(f"{m} {self.test[m]:.4f}" for m in self.headline if m in self.test)
+        return (f"{self.name:<10} {self.protocol:<13} test {figures}  |  valid {self.valid_metric} "
+                f"{self.valid_value:.4f}  |  baseline")
+
+    def record(self) -> dict[str, Any]:
+        """What the manifest keeps: the validation figure and the headline test figures, as for a model."""
+        return {"valid": {self.valid_metric: self.valid_value},
+                "test": {m: self.test[m] for m in (*self.headline, "n") if m in self.test}}
+
+
+def split_baselines(protocol: str, split: RatingSplit | RankingSplit) -> dict[str, BaselineRun]:
+    """The baselines of ``protocol``'s task on ``split``: fitted on its train part, validated by the models'
+    own early-stopping score and tested by their own evaluation (rating tests with the bias fallback)."""
+    from models.base import TrainData
+    from models.baselines import BASELINES, fit_baseline
+    from trainer.evaluation import evaluate_ranking, evaluate_rating
+    from trainer.protocols import PROTOCOL_METRICS, PROTOCOL_TASK, protocol_ks
+    from trainer.training import validation_score
+
+    task = PROTOCOL_TASK[protocol]
+    if isinstance(split, RatingSplit):
+        data = TrainData(split.train, rating_range=split.rating_range)
+    else:
+        data = TrainData(split.train, timestamps=split.train_timestamps, rating_range=(0.0, 1.0))
+    fitted = {name: fit_baseline(name, data) for name, cls in BASELINES.items() if cls.task == task}
+    runs = {}
+    for name, model in fitted.items():
+        metric, value, _ = validation_score(model, split.train, split.valid)
+        if isinstance(split, RatingSplit):
+            test = evaluate_rating(model, split.train, split.test, fallback=fitted["bias"])
+        else:
+            test = evaluate_ranking(model, split.test, ks=protocol_ks(protocol))
+        runs[name] = BaselineRun(name, protocol, model, metric, float(value), {k: float(v) for k, v in test.items()},
+                                 PROTOCOL_METRICS[protocol][:3])
+    return runs
+
+
+def _versus(run: ModelRun, baseline: BaselineRun) -> dict[str, Any]:
+    from trainer.protocols import PROTOCOL_TASK
+
+    task = PROTOCOL_TASK[run.protocol]
+    return {"name": baseline.name, "valid": baseline.valid_value, "required": best.required(task, baseline.valid_value),
+            "beats": best.beats(task, run.valid_value, baseline.valid_value), "margin": best.margin_text(task)}
 
 
 def _bias_fallback(X: sp.csr_matrix, rating_range: tuple[float, float]):
@@ -493,9 +568,20 @@ class TrainReport:
     seconds: float
     source: dict[str, Any]
     data_note: str  # what was read, on which rating scale (``load_source``)
+    baselines: dict[str, dict[str, BaselineRun]] = field(default_factory=dict)  # protocol -> baseline -> its run
+    best: dict[str, dict[str, Any]] = field(default_factory=dict)  # task -> the record (``trainer.best.choose``)
 
     def summary_lines(self) -> list[str]:
         lines = [self.data_note, *(run.summary() for run in self.runs.values())]
+        lines += [b.summary() for by_name in self.baselines.values() for b in by_name.values()]
+        for run in self.runs.values():
+            if run.baseline is not None and not run.baseline["beats"]:
+                b = run.baseline
+                lines.append(f"{run.name} does not beat {b['name']} by the margin (valid {run.valid_metric} "
+                             f"{run.valid_value:.4f}, needs {b['required']:.4f}): published for inspection, "
+                             "never the default")
+        for task, record in self.best.items():
+            lines.append(f"default {task} model: {record['model']} ({record['reason']})")
         if self.carried:
             lines.append(f"kept from the previous version (not retrained): {', '.join(self.carried)}")
         lines.append(f"published version {self.version} in {self.seconds:.1f}s" if self.version else "nothing published")
@@ -602,9 +688,16 @@ def train_all(
 
         runs: dict[str, ModelRun] = {}
         split_cache: dict[str, RatingSplit | RankingSplit] = {}
+        baselines: dict[str, dict[str, BaselineRun]] = {}
         for name in tqdm(names, desc="models", unit="model", disable=not progress):
             run = train_model(name, inter, hyper=overrides.get(name, {}), seed=seed, device=torch_device,
                               progress=progress, split_cache=split_cache, refit=refit, precision=precision)
+            if run.protocol not in baselines:  # once per split, on the split the models trained on
+                baselines[run.protocol] = split_baselines(run.protocol, split_cache[run.protocol])
+                if progress:
+                    for baseline in baselines[run.protocol].values():
+                        tqdm.write(baseline.summary(), file=sys.stderr)
+            run.baseline = _versus(run, baselines[run.protocol][best.TASK_BASELINE[PROTOCOL_TASK[run.protocol]]])
             if gate and previous_manifest and name in previous_manifest["models"]:
                 if previous_loaded is None:
                     previous_loaded = artifacts.load_version(root, previous_version, map_location=str(torch_device)).models
@@ -618,14 +711,46 @@ def train_all(
             if progress:  # each model's line as it finishes; the command prints them all at the end too
                 tqdm.write(run.summary(), file=sys.stderr)
 
-        carried = [] if previous_manifest is None else [n for n in previous_manifest["models"] if n not in runs]
+        records = best_records(runs, baselines)
+        refreshed = {best.TASK_BASELINE[task] for task in records}  # baselines of the tasks trained: solved again
+        carried = [] if previous_manifest is None else [n for n in previous_manifest["models"]
+                                                        if n not in runs and n not in refreshed]
         version = None
         if dist_ctx.is_main:
-            version = _publish(root, inter, source, runs, seed, overrides, keep, previous_version, previous_manifest, carried)
+            version = _publish(root, inter, source, runs, seed, overrides, keep, previous_version, previous_manifest, carried,
+                               baselines, records)
         version = distributed.broadcast_from_main(version)
-        return TrainReport(version, runs, carried, time.perf_counter() - started, source.describe(), data_note)
+        return TrainReport(version, runs, carried, time.perf_counter() - started, source.describe(), data_note,
+                           baselines, records)
     finally:
         lock.release()
+
+
+def best_records(runs: dict[str, ModelRun], baselines: dict[str, dict[str, BaselineRun]]) -> dict[str, dict[str, Any]]:
+    """Per task trained, ``trainer.best.choose`` over the models of the task's first protocol in this run
+    (figures on different splits do not compare: svae's ``temporal`` joins only when no ``strong`` ranker ran)."""
+
+    records = {}
+    for task, protocols in best.TASK_PROTOCOLS.items():
+        protocol = next((p for p in protocols if p in baselines), None)
+        if protocol is None:
+            continue
+        baseline = baselines[protocol][best.TASK_BASELINE[task]]
+        candidates = {name: run.valid_value for name, run in runs.items() if run.protocol == protocol}
+        records[task] = best.choose(task, protocol, baseline.valid_metric, candidates, baseline.valid_value)
+    return records
+
+
+def _servable_baseline(task: str, inter: Interactions) -> Any:
+    """The task's baseline solved on all interactions, as the models are refit: it knows every user and item
+    (closed form: no epochs to choose, nothing to leak)."""
+    from models.base import TrainData
+    from models.baselines import fit_baseline
+
+    if task == "rating":
+        return fit_baseline(best.TASK_BASELINE[task], TrainData(inter.matrix("rating"), rating_range=inter.rating_range))
+    X, _ = _positives(inter, positive_threshold(inter))
+    return fit_baseline(best.TASK_BASELINE[task], TrainData(X, rating_range=(0.0, 1.0)))
 
 
 def _publish(
@@ -639,6 +764,8 @@ def _publish(
     previous_version: str | None,
     previous_manifest: dict[str, Any] | None,
     carried: list[str],
+    baselines: dict[str, dict[str, BaselineRun]] | None = None,
+    records: dict[str, dict[str, Any]] | None = None,
 ) -> str:
     import dataclasses
 
@@ -665,6 +792,32 @@ def _publish(
             "fit_seconds": round(run.timings["fit_seconds"] + run.timings["refit_seconds"], 3),
             "overrides": overrides.get(name, {}),
         }
+    baselines, records = baselines or {}, dict(records or {})
+    for task, record in records.items():  # the task's baseline, servable as any model of the version
+        name, split_run = best.TASK_BASELINE[task], baselines[record["protocol"]][best.TASK_BASELINE[task]]
+        model = _servable_baseline(task, inter)
+        staged[name] = StagedModel(
+            model=model, user_ids=inter.user_ids, item_ids=inter.item_ids,
+            metrics={"protocol": split_run.protocol, "seed": seed, "baseline": True,
+                     "valid": {split_run.valid_metric: split_run.valid_value,
+                               "higher_is_better": split_run.valid_metric != "rmse"},
+                     "test": split_run.test, "hyper": dataclasses.asdict(model.config),
+                     "published_weights": "solved on all interactions"},
+            cold_start=model if task == "rating" else None,  # a user with no history: its own empty-row answer
+        )
+        entries[name] = {
+            "metrics": {m: split_run.test[m] for m in split_run.headline if m in split_run.test},
+            "valid_metric": {"name": split_run.valid_metric, "value": split_run.valid_value},
+            "protocol": split_run.protocol, "epochs": 0, "refit": True, "fit_seconds": 0.0, "overrides": {},
+            "baseline": True,
+        }
+    for name, run in runs.items():
+        if run.baseline is not None:
+            entries[name]["vs_baseline"] = dict(run.baseline)
+    # a task this run did not train keeps the previous version's record while its model is carried
+    for task, record in ((previous_manifest or {}).get(best.BEST_KEY) or {}).items():
+        if task not in records and isinstance(record, dict) and record.get("model") in carried:
+            records[task] = record
     carry_from = {}
     for name in carried:
         entries[name] = {**previous_manifest["models"][name], "carried_from": previous_version}
@@ -682,6 +835,9 @@ def _publish(
         "rating_scale": inter.rating_scale.as_dict(),
         "models": entries,
         "timings": {name: run.timings for name, run in runs.items()},
+        best.BASELINES_KEY: {protocol: {name: b.record() for name, b in by_name.items()}
+                             for protocol, by_name in baselines.items()},
+        best.BEST_KEY: records,
     }
     popularity = {"items": np.asarray(inter.item_ids)[order].tolist(), "counts": counts[order].tolist()}
     return artifacts.publish(root, staged, manifest, popularity=popularity, keep=keep, carry_from=carry_from)

@@ -77,8 +77,10 @@ class Settings(RatingScaleSettings):  # RATING_SCALE, POSITIVE_THRESHOLD: what P
     # Where the models score: "auto" is the GPU when torch sees one; recommend() masks seen items and
     # takes the top k on the same device (models.base), so only ids and scores come back.
     SCORING_DEVICE: Literal["auto", "cpu", "cuda"] = "auto"
-    DEFAULT_MODEL: str = "ease"
-    DEFAULT_RATING_MODEL: str = "autorec-u"
+    # A model name, or "best": the served version's best-validated model of the task (trainer/best.py),
+    # a baseline included; a version published without that record serves ease / autorec-u.
+    DEFAULT_MODEL: str = "best"
+    DEFAULT_RATING_MODEL: str = "best"
 
     @field_validator("WRITE_API_KEY", "READ_API_KEY", "RATE_LIMIT", "RATE_LIMIT_PER_KEY", mode="before")
     @classmethod

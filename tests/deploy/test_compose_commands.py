@@ -161,7 +161,8 @@ def test_compose_services_run_on_the_host(tmp_path, ml100k_cache, fresh_database
     assert "seeded ml-100k: 100,000 new interactions" in seeded.stdout, seeded.stdout
     seed_version = (artifacts / "LATEST").read_text().strip()
     manifest = json.loads((artifacts / seed_version / "manifest.json").read_text())
-    assert sorted(manifest["models"]) == ["autorec-u", "ease"] and manifest["source"]["kind"] == "database"
+    assert sorted(manifest["models"]) == ["autorec-u", "bias", "ease", "popularity"]  # baselines beside the models
+    assert manifest["source"]["kind"] == "database"
     engine = create_engine(fresh_database)
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM interactions")).scalar() == 100_000

@@ -106,9 +106,10 @@ def bias_baseline(X: sp.csr_matrix, model):
     return fit_baseline("bias", TrainData(X, rating_range=model.rating_range))
 
 
-def publish_version(root: Path, models: dict, corpus: Corpus, *, cold_start: bool = True) -> str:
+def publish_version(root: Path, models: dict, corpus: Corpus, *, cold_start: bool = True, extra: dict | None = None) -> str:
     """Publish ``models`` as a new version with the trainer's publisher; returns its name. ``cold_start``:
-    each rating model with its bias baseline, as the trainer publishes it (False: a version from before)."""
+    each rating model with its bias baseline, as the trainer publishes it (False: a version from before).
+    ``extra``: more manifest keys (e.g. the trainer's ``best`` record)."""
     staged = {
         name: artifacts.StagedModel(
             model=model,
@@ -128,6 +129,7 @@ def publish_version(root: Path, models: dict, corpus: Corpus, *, cold_start: boo
                    "fit_seconds": model.training_log["fit_seconds"]}
             for name, model in models.items()
         },
+        **(extra or {}),
     }
     return artifacts.publish(root, staged, manifest, popularity=popularity(corpus), keep=10)
 

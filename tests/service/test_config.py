@@ -24,7 +24,7 @@ def test_defaults_are_the_embedded_setup(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     settings = Settings(_env_file=None)
     assert settings.DATABASE_URL == "sqlite:///./aerec.db" and settings.REDIS_URL is None
-    assert (settings.DEFAULT_MODEL, settings.DEFAULT_RATING_MODEL) == ("ease", "autorec-u")
+    assert (settings.DEFAULT_MODEL, settings.DEFAULT_RATING_MODEL) == ("best", "best")  # the version's best per task
 
 
 def test_apps_do_not_share_state(tmp_path):

@@ -57,7 +57,8 @@ def test_train_from_a_file_prints_a_summary_per_model(capsys, planted, tmp_path)
 def test_no_progress_prints_each_models_line_once(capsys, planted, tmp_path):
     code, out, err = train(capsys, "--file", str(planted), "--models", "ease", "--artifacts-dir", str(tmp_path / "r"))
     assert code == 0, err
-    assert [line.split()[0] for line in out.strip().splitlines()] == ["data:", "ease", "published"]
+    # the model, its task's baseline on the same split, the default it leads to
+    assert [line.split()[0] for line in out.strip().splitlines()] == ["data:", "ease", "popularity", "default", "published"]
     assert "ease " not in err  # the running lines are progress: --no-progress leaves them out
 
 

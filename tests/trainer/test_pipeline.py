@@ -72,11 +72,12 @@ def test_publishes_each_protocol_with_ids_metrics_curve_and_manifest(planted, tm
     assert manifest["positive_threshold"] == positive_threshold(inter) == 4.0  # the service folds in users with it
     assert manifest["rating_scale"] == {"scale": "1:5:1", "low": 1.0, "high": 5.0, "step": 1.0,
                                         "positive_threshold": 4.0, "implicit": False}  # inferred from the file
-    assert set(manifest["models"]) == {"ease", "autorec-u", "multdae", "svae"}
+    # each task's baseline is published beside its models (tests/trainer/test_best.py)
+    assert set(manifest["models"]) == {"ease", "autorec-u", "multdae", "svae", "bias", "popularity"}
 
     protocols = {"ease": "strong", "multdae": "strong", "svae": "temporal", "autorec-u": "rating-random"}
-    for name, entry in loaded.models.items():
-        info = manifest["models"][name]
+    for name in report.runs:
+        entry, info = loaded.models[name], manifest["models"][name]
         assert info["protocol"] == protocols[name] == entry.metrics["protocol"]
         # The refit covers every user and item of the source, as strings.
         assert sorted(entry.user_ids) == sorted(frame["user"].astype(str).unique())
@@ -96,7 +97,9 @@ def test_publishes_each_protocol_with_ids_metrics_curve_and_manifest(planted, tm
     assert loaded.popular_counts == sorted(loaded.popular_counts, reverse=True)
     assert loaded.popular_counts[0] == counts.iloc[0]
     assert dict(zip(loaded.popular_items, loaded.popular_counts)) == counts.to_dict()
-    assert len(report.summary_lines()) == 6
+    lines = report.summary_lines()  # the data, a line per model, then the baselines' and the defaults' lines
+    assert [line.split()[0] for line in lines[1:5]] == ["ease", "autorec-u", "multdae", "svae"]
+    assert lines[-1].startswith("published version ")
     assert report.summary_lines()[0] == (f"data: {planted} (columns: user=user, item=item, rating=rating, "
                                          "timestamp=timestamp), rating scale 1:5:1, positives >= 4 "
                                          "(inferred from planted.csv; --rating-scale declares it)")
@@ -165,7 +168,7 @@ def test_models_not_retrained_are_carried_over(planted, tmp_path):
     second = run(planted, root, ["multdae"])
     assert second.carried == ["ease"]
     loaded = artifacts.load_version(root)
-    assert set(loaded.models) == {"ease", "multdae"}
+    assert set(loaded.models) == {"ease", "multdae", "popularity"}  # popularity: solved again with multdae
     assert loaded.manifest["models"]["ease"]["carried_from"] == first
     old = (root / first / "ease" / "weights.safetensors").read_bytes()
     assert (root / second.version / "ease" / "weights.safetensors").read_bytes() == old
