@@ -30,7 +30,7 @@ from service.errors import ApiError
 from service.metrics import Metrics
 from service.model_store import ModelStore
 from service.schemas import RatingRequest, RecommendationRequest
-from trainer import artifacts
+from trainer import artifacts, best
 from trainer.errors import UserError
 
 RECENT_RUNS = 5  # versions listed under "last training runs"
@@ -127,15 +127,20 @@ def overview(session: Session, cache: Cache, store: ModelStore, settings: Settin
         models.append({
             **model,
             "previous": before,
-            # Baselines scored beside the model, where the trainer recorded them: {baseline: {metric: value}}
-            "baselines": entry.get("baselines") or {},
+            # the task's baselines on the model's own split: the manifest's {protocol: {baseline: {"test": ...}}}
+            "baselines": {} if entry.get("baseline") else {
+                name: record.get("test") or {}
+                for name, record in ((current_manifest.get(best.BASELINES_KEY) or {}).get(entry.get("protocol")) or {}).items()
+            },
             "carried_from": entry.get("carried_from"),
         })
     metric_names = sorted({m for model in models for m in model["metrics"]})
     return {
         "report": report, "models": models, "metric_names": metric_names, "previous": previous,
         "runs": recent_runs(settings), "health": health(session, cache, store),
-        "defaults": {"recommendations": settings.DEFAULT_MODEL, "ratings": settings.DEFAULT_RATING_MODEL},
+        # what a request naming no model gets (the "best" setting resolved by the version), not the setting's word
+        "defaults": {endpoint: next((m["name"] for m in report["models"] if endpoint in m["default_for"]), "–")
+                     for endpoint in ("recommendations", "ratings")},
     }
 
 

@@ -68,6 +68,8 @@ def test_overview_data_puts_the_previous_versions_metrics_beside(client, registr
         manifest = json.loads((root / version / "manifest.json").read_text())
         manifest["version"] = version
         manifest["models"]["ease"]["metrics"] = {"ndcg@10": ndcg}
+        manifest["models"]["ease"]["protocol"] = "strong"
+        manifest["baselines"] = {"strong": {"popularity": {"valid": {"ndcg@100": 0.2}, "test": {"ndcg@10": ndcg / 2}}}}
         (root / version / "manifest.json").write_text(json.dumps(manifest))
     (root / "LATEST").write_text(newer + "\n")
     store = ModelStore(root, Metrics(), 60)
@@ -78,6 +80,8 @@ def test_overview_data_puts_the_previous_versions_metrics_beside(client, registr
     ease = next(m for m in page["models"] if m["name"] == "ease")
     assert ease["metrics"] == {"ndcg@10": 0.5} and ease["previous"] == {"ndcg@10": 0.4}
     assert ease["default_for"] == ["recommendations"] and page["metric_names"] == ["ndcg@10"]
+    assert ease["baselines"] == {"popularity": {"ndcg@10": 0.25}}  # the trainer's record of its split's baseline
+    assert page["defaults"]["recommendations"] == "ease"  # what "best" resolved to, not the setting's word
 
 
 def test_learning_curve_draws_loss_and_metric_and_marks_the_kept_epoch():
