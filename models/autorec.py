@@ -68,6 +68,11 @@ class AutoRecUConfig(AutoRecConfig):
     center: bool = True
 
 
+# `trainer train --tune` searches these on the validation split (format: models.base.Recommender.search_space);
+# the paper's lambda grid spans 0.001-1000, the top of it is where ml-100k's validation RMSE is best
+SEARCH_SPACE = {"hidden": ("int", 100, 800), "weight_decay": ("log", 1.0, 1000.0)}
+
+
 def masked_squared_error(predicted: torch.Tensor, target: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
     """||target - predicted||^2_O per row: only observed entries (observed = 1) count."""
     return (observed * (predicted - target) ** 2).sum(dim=1)
@@ -123,6 +128,7 @@ class AutoRecI(_AutoRec):
 
     name = "autorec-i"
     Config: ClassVar[type] = AutoRecConfig
+    search_space = SEARCH_SPACE
     can_fold_in = False
     item_based = True
 
@@ -165,6 +171,7 @@ class AutoRecU(_AutoRec):
 
     name = "autorec-u"
     Config: ClassVar[type] = AutoRecUConfig
+    search_space = SEARCH_SPACE
     item_based = False
 
     def _centred(self, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | float]:

@@ -229,6 +229,10 @@ class Recommender(nn.Module):
     # True: the loss may run its dense layers in bfloat16 under autocast (the trainer's
     # ``precision="bf16"``); it takes its softmax and error terms in float32 itself.
     reduced_precision: ClassVar[bool] = False
+    # The key hyper-parameters ``trainer train --tune`` searches, as plain data (no Optuna here):
+    # {Config field: ("log", low, high) | ("float", low, high) | ("int", low, high) | ("choice", [values])};
+    # "log" is a float drawn on a log scale. Declared in each model's file beside its Config.
+    search_space: ClassVar[dict[str, tuple]] = {}
 
     def __init__(self, config: Any, n_items: int, n_users: int, rating_range: tuple[float, float] = (1.0, 5.0)):
         super().__init__()

@@ -68,12 +68,17 @@ class CDAEConfig:
             raise ModelInputError(f"CDAE corruption q must be in [0, 1), got {self.corruption}")
 
 
+# `trainer train --tune` searches these on the validation split (format: models.base.Recommender.search_space)
+SEARCH_SPACE = {"corruption": ("float", 0.0, 0.9), "weight_decay": ("log", 0.1, 10.0)}
+
+
 class CDAE(Recommender):
     """Collaborative Denoising Auto-Encoder: one sigmoid hidden layer plus a learned user node V_u."""
 
     name = "cdae"
     task = "ranking"
     Config: ClassVar[type] = CDAEConfig
+    search_space = SEARCH_SPACE
     reduced_precision = True
 
     def __init__(self, config: CDAEConfig, n_items: int, n_users: int, rating_range=(1.0, 5.0)):

@@ -89,6 +89,14 @@ class DeepRecConfig:
             raise ModelInputError(f"DeepRec optimizer must be 'momentum' or 'adam', got {self.optimizer!r}")
 
 
+# `trainer train --tune` searches these on the validation split (format: models.base.Recommender.search_space)
+SEARCH_SPACE = {
+    "dropout": ("float", 0.0, 0.9),
+    "layers": ("choice", [(128, 128), (128, 256, 256), (256, 256, 256), (512, 512, 1024)]),
+    "weight_decay": ("log", 1e-4, 1e-2),
+}
+
+
 # The paper's best Netflix model (full split, RMSE 0.9099) with its own math, as overrides of DeepRecConfig.
 PAPER_NETFLIX = dict(
     layers=(512, 512, 1024), dropout=0.8, optimizer="momentum", lr=1e-3, weight_decay=0.0,
@@ -102,6 +110,7 @@ class DeepRec(Recommender):
     name = "deeprec"
     task = "rating"
     Config: ClassVar[type] = DeepRecConfig
+    search_space = SEARCH_SPACE
 
     def __init__(self, config: DeepRecConfig, n_items: int, n_users: int, rating_range=(1.0, 5.0)):
         super().__init__(config, n_items, n_users, rating_range)

@@ -57,6 +57,10 @@ class EASEConfig:
             raise ModelInputError(f"EASE lam must be positive (it makes X^T X + lam I invertible), got {self.lam}")
 
 
+# `trainer train --tune` searches these on the validation split (format: models.base.Recommender.search_space)
+SEARCH_SPACE = {"lam": ("log", 10.0, 5000.0)}
+
+
 class EASE(Recommender):
     """Embarrassingly Shallow AutoEncoder: scores = X B, B in closed form."""
 
@@ -64,6 +68,7 @@ class EASE(Recommender):
     task = "ranking"
     closed_form = True
     Config: ClassVar[type] = EASEConfig
+    search_space = SEARCH_SPACE
 
     def __init__(self, config: EASEConfig, n_items: int, n_users: int, rating_range=(1.0, 5.0)):
         super().__init__(config, n_items, n_users, rating_range)

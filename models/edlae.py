@@ -41,11 +41,16 @@ class EDLAEConfig:
             raise ModelInputError(f"EDLAE dropout must be in [0, 1), got {self.dropout}")
 
 
+# `trainer train --tune` searches these on the validation split (format: models.base.Recommender.search_space)
+SEARCH_SPACE = {"lam": ("log", 10.0, 2000.0), "dropout": ("float", 0.0, 0.9)}
+
+
 class EDLAE(EASE):
     """Emphasized denoising linear autoencoder, full rank: EASE with a count-weighted ridge."""
 
     name = "edlae"
     Config: ClassVar[type] = EDLAEConfig
+    search_space = SEARCH_SPACE
 
     def diagonal_penalty(self, gram_diagonal: torch.Tensor) -> torch.Tensor:
         p = self.config.dropout

@@ -50,12 +50,17 @@ class MultDAEConfig:
             raise ModelInputError(f"Mult-DAE dropout must be in [0, 1), got {self.dropout}")
 
 
+# `trainer train --tune` searches these on the validation split (format: models.base.Recommender.search_space)
+SEARCH_SPACE = {"dropout": ("float", 0.0, 0.9), "dims": ("choice", [(100,), (200,), (600, 200)])}
+
+
 class MultDAE(Recommender):
     """Mult-DAE: [I-200-I], tanh, input L2-normalisation + dropout, multinomial log-likelihood."""
 
     name = "multdae"
     task = "ranking"
     Config: ClassVar[type] = MultDAEConfig
+    search_space = SEARCH_SPACE
     reduced_precision = True
 
     def __init__(self, config: MultDAEConfig, n_items: int, n_users: int, rating_range=(1.0, 5.0)):

@@ -66,12 +66,21 @@ class MultVAEConfig:
             raise ModelInputError(f"Mult-VAE total_anneal_steps must be at least 1, got {self.total_anneal_steps}")
 
 
+# `trainer train --tune` searches these on the validation split (format: models.base.Recommender.search_space)
+SEARCH_SPACE = {
+    "anneal_cap": ("float", 0.0, 1.0),  # the beta cap
+    "dropout": ("float", 0.0, 0.9),
+    "dims": ("choice", [(200, 100), (600, 200), (800, 200), (600, 100)]),  # width and latent size
+}
+
+
 class MultVAE(Recommender):
     """Mult-VAE^PR: [I-600-200-600-I], tanh, multinomial log-likelihood, annealed KL."""
 
     name = "multvae"
     task = "ranking"
     Config: ClassVar[type] = MultVAEConfig
+    search_space = SEARCH_SPACE
     reduced_precision = True
 
     def __init__(self, config: MultVAEConfig, n_items: int, n_users: int, rating_range=(1.0, 5.0)):

@@ -71,6 +71,10 @@ class RecVAEConfig:
             raise ModelInputError(f"RecVAE encoder_passes must be at least 1, got {self.encoder_passes}")
 
 
+# `trainer train --tune` searches these on the validation split (format: models.base.Recommender.search_space)
+SEARCH_SPACE = {"gamma": ("log", 1e-3, 3e-2), "dropout": ("float", 0.0, 0.9), "hidden": ("choice", [300, 600, 900])}
+
+
 class PhaseBatch(NamedTuple):
     rows: RowBatch
     encoder_step: bool  # True: this step updates the encoder; False: the decoder
@@ -106,6 +110,7 @@ class RecVAE(Recommender):
     name = "recvae"
     task = "ranking"
     Config: ClassVar[type] = RecVAEConfig
+    search_space = SEARCH_SPACE
 
     def __init__(self, config: RecVAEConfig, n_items: int, n_users: int, rating_range=(1.0, 5.0)):
         super().__init__(config, n_items, n_users, rating_range)

@@ -75,6 +75,10 @@ class SVAEConfig:
     dropout: float = 0.5
 
 
+# `trainer train --tune` searches these on the validation split (format: models.base.Recommender.search_space)
+SEARCH_SPACE = {"anneal_cap": ("log", 1e-4, 0.05), "dropout": ("float", 0.0, 0.8)}
+
+
 def next_k_targets(seqs: torch.Tensor, k: int) -> torch.Tensor:
     """[B, L, k]: targets[b, t] = seqs[b, t+1 .. t+k], 0 where the sequence has ended."""
     length = seqs.shape[1]
@@ -86,6 +90,7 @@ class SVAE(Recommender):
     name = "svae"
     task = "ranking"
     Config = SVAEConfig
+    search_space = SEARCH_SPACE
     can_fold_in = True
     sequential = True
 

@@ -315,6 +315,11 @@ class ModelRun:
     # trained_pairs.npz: the published model's training pairs (user_ids x item_ids), for the next run's gate;
     # packed here (4 bytes a pair), so that no model's matrix stays in memory until the version is published
     trained_pairs: bytes = b""
+    # ``trainer.tune``: the search's record (values, trials, best_value, budget_s...) or the reused one
+    # (``reused_from``), the study's files (tuning.json, tuning.png) and the line saying which
+    tuned: dict[str, Any] | None = None
+    tuning_files: dict[str, bytes] = field(default_factory=dict)
+    tune_note: str | None = None
 
     def metrics_json(self, seed: int, hyper: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -332,6 +337,7 @@ class ModelRun:
             "baseline": self.baseline,
             "timings": self.timings,
             "hyper": hyper,
+            "tuned": self.tuned,
             "device": self.log.get("device"),
             "precision": self.log.get("precision", "fp32"),  # the one it trained in (fit's training_log)
             "world_size": self.log.get("world_size", 1),  # processes under torchrun (data-parallel)
@@ -453,6 +459,31 @@ def _refit(
     return model, X
 
 
+def model_split(name: str, inter: Interactions, seed: int,
+                split_cache: dict[str, RatingSplit | RankingSplit]) -> RatingSplit | RankingSplit:
+    """The split of the protocol that fits model ``name``, made once per protocol and run."""
+    from models import REGISTRY
+    from trainer.protocols import make_split
+
+    protocol = protocol_for(REGISTRY[name])
+    if protocol not in split_cache:
+        options = {} if protocol == "rating-random" else {"min_rating": positive_threshold(inter)}
+        split_cache[protocol] = make_split(protocol, inter, seed, **options)
+    return split_cache[protocol]
+
+
+def fit_on_split(name: str, split: RatingSplit | RankingSplit, hyper: dict[str, Any], **fit_args: Any) -> Any:
+    """``fit`` on the split's train part, early-stopped on its validation part (the run's figures and the tuner's
+    trials)."""
+    from models import REGISTRY
+    from trainer.training import fit
+
+    if isinstance(split, RatingSplit):
+        return fit(name, split.train, valid=split.valid, rating_range=split.rating_range, **fit_args, **hyper)
+    return fit(name, split.train, timestamps=split.train_timestamps if REGISTRY[name].sequential else None,
+               valid=split.valid, rating_range=(0.0, 1.0), **fit_args, **hyper)
+
+
 def train_model(
     name: str,
     inter: Interactions,
@@ -464,31 +495,26 @@ def train_model(
     split_cache: dict[str, RatingSplit | RankingSplit],
     refit: bool = True,
     precision: str = "fp32",
+    prefit: Any = None,
 ) -> ModelRun:
-    """Split, fit with early stopping, test; then refit on everything, or not (see the module docstring)."""
+    """Split, fit with early stopping, test; then refit on everything, or not (see the module docstring).
+    ``prefit``: a model already fitted on this split with ``hyper`` (the tuner's best trial), used as is."""
     from models import REGISTRY
     from trainer.evaluation import evaluate_ranking, evaluate_rating
-    from trainer.protocols import PROTOCOL_METRICS, make_split, protocol_ks
-    from trainer.training import fit
+    from trainer.protocols import PROTOCOL_METRICS, protocol_ks
 
     cls = REGISTRY[name]
     protocol = protocol_for(cls)
     threshold = positive_threshold(inter)
     started, cpu_started = time.perf_counter(), time.process_time()
-    if protocol not in split_cache:
-        options = {} if protocol == "rating-random" else {"min_rating": threshold}
-        split_cache[protocol] = make_split(protocol, inter, seed, **options)
-    split = split_cache[protocol]
+    split = model_split(name, inter, seed, split_cache)
     split_seconds = time.perf_counter() - started
 
     t0 = time.perf_counter()
-    if isinstance(split, RatingSplit):
-        model = fit(name, split.train, valid=split.valid, seed=seed, device=device, progress=progress,
-                    rating_range=split.rating_range, precision=precision, **hyper)
+    if prefit is not None:  # the tuner's best trial: fitted on this split with these very values
+        model = prefit
     else:
-        model = fit(name, split.train, timestamps=split.train_timestamps if cls.sequential else None,
-                    valid=split.valid, seed=seed, device=device, progress=progress, rating_range=(0.0, 1.0),
-                    precision=precision, **hyper)
+        model = fit_on_split(name, split, hyper, seed=seed, device=device, progress=progress, precision=precision)
     fit_seconds = time.perf_counter() - t0
     log = dict(model.training_log)
     if not math.isfinite(float(log.get("valid_value", float("nan")))):
@@ -574,6 +600,7 @@ class TrainReport:
     def summary_lines(self) -> list[str]:
         lines = [self.data_note, *(run.summary() for run in self.runs.values())]
         lines += [b.summary() for by_name in self.baselines.values() for b in by_name.values()]
+        lines += [run.tune_note for run in self.runs.values() if run.tune_note]
         for run in self.runs.values():
             if run.baseline is not None and not run.baseline["beats"]:
                 b = run.baseline
@@ -648,8 +675,12 @@ def train_all(
     refit: bool = True,
     progress: bool = True,
     precision: str = "fp32",
+    tune: Any = None,
 ) -> TrainReport:
-    """Train ``models`` on ``source`` and publish one version to ``artifacts_dir`` (see the module docstring)."""
+    """Train ``models`` on ``source`` and publish one version to ``artifacts_dir`` (see the module docstring).
+
+    ``tune``: a ``trainer.tune.TuneOptions`` searches each model's hyper-parameters first; None reuses the
+    latest version's tuned values (explicit ``hyper_overrides`` win over both)."""
     from models import REGISTRY
     from trainer.hparams import validate
     from trainer.training import resolve_device, resolve_precision
@@ -675,6 +706,8 @@ def train_all(
     busy = distributed.broadcast_from_main(busy)
     if busy:
         raise TrainingBusy(busy)
+    if tune is not None and dist_ctx.active:
+        raise UserError("--tune searches in one process: run it without torchrun, then train under torchrun (it reuses the values)")
     try:
         started = time.perf_counter()
         inter, data_note = load_source(source, progress=progress)
@@ -689,9 +722,13 @@ def train_all(
         runs: dict[str, ModelRun] = {}
         split_cache: dict[str, RatingSplit | RankingSplit] = {}
         baselines: dict[str, dict[str, BaselineRun]] = {}
+        tuning = _Tuning(tune, names, overrides, previous_version, previous_manifest, seed=seed, device=torch_device,
+                         precision=precision, progress=progress, dataset=inter.name)
         for name in tqdm(names, desc="models", unit="model", disable=not progress):
-            run = train_model(name, inter, hyper=overrides.get(name, {}), seed=seed, device=torch_device,
-                              progress=progress, split_cache=split_cache, refit=refit, precision=precision)
+            hyper, prefit, tuned = tuning.values(name, inter, split_cache)
+            run = train_model(name, inter, hyper=hyper, seed=seed, device=torch_device, progress=progress,
+                              split_cache=split_cache, refit=refit, precision=precision, prefit=prefit)
+            run.tuned, run.tuning_files, run.tune_note = tuned
             if run.protocol not in baselines:  # once per split, on the split the models trained on
                 baselines[run.protocol] = split_baselines(run.protocol, split_cache[run.protocol])
                 if progress:
@@ -724,6 +761,62 @@ def train_all(
                            baselines, records)
     finally:
         lock.release()
+
+
+class _Tuning:
+    """Each model's values for this run: searched (``trainer.tune``) when ``options`` is given, else the
+    latest version's tuned ones; the explicit overrides win either way. The budget is shared as the
+    module docstring of ``trainer.tune`` says: what is left, divided by the models left to tune."""
+
+    def __init__(self, options: Any, names: list[str], overrides: dict[str, dict[str, Any]], previous_version: str | None,
+                 previous_manifest: dict[str, Any] | None, **fit_args: Any) -> None:
+        from models import REGISTRY
+
+        self.options, self.overrides = options, overrides
+        self.previous_version, self.previous_manifest = previous_version, previous_manifest
+        self.dataset = fit_args.pop("dataset")
+        self.progress = fit_args.pop("progress")
+        self.fit_args = fit_args
+        self.tunable = [n for n in names if set(REGISTRY[n].search_space) - set(overrides.get(n, {}))]
+        self.deadline = None if options is None else time.perf_counter() + options.budget_s
+
+    def _say(self, line: str) -> None:
+        if self.progress:
+            tqdm.write(line, file=sys.stderr)
+
+    def values(self, name: str, inter: Interactions, split_cache: dict[str, RatingSplit | RankingSplit]
+               ) -> tuple[dict[str, Any], Any, tuple[dict[str, Any] | None, dict[str, bytes], str | None]]:
+        """(hyper, the tuner's best split model or None, (tuned record, study files, summary line))."""
+        from trainer.tune import reused_values, tune_model
+
+        explicit = dict(self.overrides.get(name, {}))
+        if self.options is None:
+            values, record = reused_values(name, self.previous_version, self.previous_manifest, explicit)
+            if not values:
+                return explicit, None, (None, {}, None)
+            chosen = ", ".join(f"{k}={v}" for k, v in values.items())
+            note = f"{name} reuses the tuned values {chosen} of version {record['reused_from']}"
+            if record["overridden"]:
+                note += f" (--set/--config win for {', '.join(record['overridden'])})"
+            self._say(note)
+            return {**values, **explicit}, None, (record, {}, note)
+        if name not in self.tunable:
+            return explicit, None, (None, {}, None)
+        left = self.tunable[self.tunable.index(name):]
+        share = max(0.0, self.deadline - time.perf_counter()) / len(left)
+        if share < 1.0:
+            note = f"tune {name}: the budget is spent; its defaults and explicit values are used"
+            self._say(note)
+            return explicit, None, (None, {}, note)
+        split = model_split(name, inter, self.fit_args["seed"], split_cache)
+        result = tune_model(
+            name, lambda hyper, on_epoch: fit_on_split(name, split, hyper, progress=False, on_epoch=on_epoch,
+                                                       **self.fit_args),
+            budget_s=share, seed=self.fit_args["seed"], fixed=explicit, trials=self.options.trials, log=self._say)
+        files = result.files(f"{name} on {self.dataset} (seed {self.fit_args['seed']})")
+        if not result.values:
+            return explicit, None, (result.record(), files, result.summary(name))
+        return {**result.values, **explicit}, result.best_model, (result.record(), files, result.summary(name))
 
 
 def best_records(runs: dict[str, ModelRun], baselines: dict[str, dict[str, BaselineRun]]) -> dict[str, dict[str, Any]]:
@@ -781,7 +874,7 @@ def _publish(
             item_ids=run.item_ids,
             metrics=run.metrics_json(seed, hyper),
             cold_start=run.cold_start,
-            files={artifacts.CURVE_FILE: png, artifacts.TRAINED_PAIRS_FILE: run.trained_pairs},
+            files={artifacts.CURVE_FILE: png, artifacts.TRAINED_PAIRS_FILE: run.trained_pairs, **run.tuning_files},
         )
         entries[name] = {
             "metrics": {m: run.test[m] for m in run.headline if m in run.test},
@@ -792,6 +885,8 @@ def _publish(
             "fit_seconds": round(run.timings["fit_seconds"] + run.timings["refit_seconds"], 3),
             "overrides": overrides.get(name, {}),
         }
+        if run.tuned is not None:
+            entries[name]["tuned"] = run.tuned
     baselines, records = baselines or {}, dict(records or {})
     for task, record in records.items():  # the task's baseline, servable as any model of the version
         name, split_run = best.TASK_BASELINE[task], baselines[record["protocol"]][best.TASK_BASELINE[task]]
@@ -859,10 +954,11 @@ class TrainJob:
     refit: bool = True
     progress: bool = True
     precision: str = "fp32"
+    tune: Any = None  # trainer.tune.TuneOptions: search first; None: reuse the latest version's tuned values
 
     def run(self) -> TrainReport:
         return train_all(
             self.source, self.models, self.hyper_overrides, self.device, self.seed, self.artifacts_dir,
             keep=self.keep, gate=self.gate, gate_tolerance=self.gate_tolerance, refit=self.refit,
-            progress=self.progress, precision=self.precision,
+            progress=self.progress, precision=self.precision, tune=self.tune,
         )

@@ -18,7 +18,7 @@ import dataclasses
 import math
 import platform
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import scipy.sparse as sp
@@ -135,6 +135,7 @@ def fit(
     rating_range: tuple[float, float] | None = None,
     precision: str = "fp32",
     holdout: float = HOLDOUT_FRACTION,
+    on_epoch: Callable[[int, float], None] | None = None,
     **hyper: Any,
 ) -> Recommender:
     """Train model ``name`` on a users x items CSR and return it, in eval mode.
@@ -149,6 +150,8 @@ def fit(
     ``epochs`` epochs on everything, nothing held out.
     ``precision``: ``fp32``, or ``bf16`` (``resolve_precision``; a model that does not allow it
     trains in float32, and ``training_log["precision"]`` says which).
+    ``on_epoch(epoch, value)``: called after each epoch's validation (gradient-trained models with
+    ``valid``); an exception it raises ends the fit (``trainer.tune`` prunes a trial that way).
     ``hyper``: overrides of the model's config dataclass; an unknown name is an error.
     """
     cls = model_class(name)
@@ -164,7 +167,7 @@ def fit(
         rating_range = (float(X.data.min()), float(X.data.max())) if cls.task == "rating" else (0.0, 1.0)
     if valid is None and holdout > 0 and not cls.closed_form:
         return _fit_on_holdout(name, cls, X, timestamps, holdout, seed=seed, hyper=hyper, device=device,
-                               progress=progress, rating_range=rating_range, precision=precision)
+                               progress=progress, rating_range=rating_range, precision=precision, on_epoch=on_epoch)
     dist_ctx = distributed.context()
     device = distributed.device_for(dist_ctx, resolve_device(device))
     use_tensor_cores(device)
@@ -192,7 +195,8 @@ def fit(
             log["curve"].append({"epoch": 0, metric: value})
     else:
         log["world_size"] = dist_ctx.world_size
-        _gradient_training(model, data, valid, rng, progress and dist_ctx.is_main, log, bf16=precision == "bf16")
+        _gradient_training(model, data, valid, rng, progress and dist_ctx.is_main, log, bf16=precision == "bf16",
+                           on_epoch=on_epoch)
     _check_finite(model)
     log["fit_seconds"] = time.perf_counter() - started
     model.training_log = log
@@ -223,7 +227,7 @@ def _fit_on_holdout(
 
 def _gradient_training(
     model: Recommender, data: TrainData, valid: Any, rng: np.random.Generator, progress: bool, log: dict,
-    bf16: bool = False,
+    bf16: bool = False, on_epoch: Callable[[int, float], None] | None = None,
 ) -> None:
     config = model.config
     forward = None
@@ -273,6 +277,12 @@ def _gradient_training(
         else:
             bar.set_postfix(loss=f"{point['loss']:.4f}")
         log["curve"].append(point)
+        if on_epoch is not None and valid is not None:
+            try:
+                on_epoch(epoch + 1, value)
+            except BaseException:
+                bar.close()
+                raise
         if valid is not None and patience and stale >= patience:
             break
     bar.close()
