@@ -7,6 +7,9 @@ Layers, later wins: the model's ``Config`` defaults (the paper's), then the file
     epochs = 50                                    epochs: 50
     dims = [600, 200]                              dims: [600, 200]
 
+A ``[tune]`` table (``trainer.tune``: ``budget = "10m"``, ``trials``, ``enabled``) turns the
+hyper-parameter search on; it is not a model (``read_tune_section``).
+
 A model or key that does not exist is an error naming the known ones, never a silently
 ignored setting. Values are typed like the default they replace (an int field refuses
 0.5, a float field takes 1 as 1.0, a tuple field takes a list).
@@ -93,6 +96,13 @@ def _coerce(model: str, field: dataclasses.Field, value: Any) -> Any:
     return value
 
 
+def read_tune_section(config_file: str | Path) -> dict[str, Any] | None:
+    """The config file's ``[tune]`` table, None when it has none."""
+    from trainer.tune import TUNE_KEY
+
+    return read_config_file(config_file).get(TUNE_KEY)
+
+
 def validate(overrides: Mapping[str, Mapping[str, Any]], configs: Mapping[str, type]) -> Overrides:
     """Check every model and key against the models' ``Config`` dataclasses; return typed values."""
     out: Overrides = {}
@@ -114,7 +124,10 @@ def validate(overrides: Mapping[str, Mapping[str, Any]], configs: Mapping[str, t
 def resolve(config_file: str | Path | None, set_options: Iterable[str], configs: Mapping[str, type]) -> Overrides:
     """File then ``--set`` (later wins), validated against ``configs`` (model name -> Config class)."""
     merged: Overrides = {}
-    layers = ([read_config_file(config_file)] if config_file else []) + [parse_set_options(set_options)]
+    from trainer.tune import TUNE_KEY
+
+    file_layer = {k: v for k, v in read_config_file(config_file).items() if k != TUNE_KEY} if config_file else None
+    layers = ([file_layer] if file_layer is not None else []) + [parse_set_options(set_options)]
     for layer in layers:
         for model, values in layer.items():
             merged.setdefault(model, {}).update(values)

@@ -787,14 +787,23 @@ class _Tuning:
     def values(self, name: str, inter: Interactions, split_cache: dict[str, RatingSplit | RankingSplit]
                ) -> tuple[dict[str, Any], Any, tuple[dict[str, Any] | None, dict[str, bytes], str | None]]:
         """(hyper, the tuner's best split model or None, (tuned record, study files, summary line))."""
-        from trainer.tune import reused_values, tune_model
+        from trainer.tune import _fmt, reused_values, tune_model
 
         explicit = dict(self.overrides.get(name, {}))
         if self.options is None:
             values, record = reused_values(name, self.previous_version, self.previous_manifest, explicit)
             if not values:
                 return explicit, None, (None, {}, None)
-            chosen = ", ".join(f"{k}={v}" for k, v in values.items())
+            try:  # a key this code's Config no longer has, or a value it refuses: the defaults instead
+                from models import REGISTRY
+                from trainer.hparams import validate
+
+                validate({name: {**values, **explicit}}, {name: REGISTRY[name].Config})
+            except UserError as exc:
+                note = f"{name}: the tuned values of version {record['reused_from']} do not fit this code ({exc}); not reused"
+                self._say(note)
+                return explicit, None, (None, {}, note)
+            chosen = ", ".join(f"{k}={_fmt(v)}" for k, v in values.items())
             note = f"{name} reuses the tuned values {chosen} of version {record['reused_from']}"
             if record["overridden"]:
                 note += f" (--set/--config win for {', '.join(record['overridden'])})"

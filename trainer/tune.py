@@ -15,6 +15,8 @@ training loop already early-stops on (NDCG@100 for rankers, RMSE for rating mode
   does not use goes to the next. A study starts no trial past its share (Optuna's ``timeout``)
   and a running trial stops at the first epoch past it (recorded as pruned, "budget"), so the
   search overruns by at most one epoch (one solve for closed-form models).
+* **Trials**: the first trial is the Config's defaults (the search never reports worse than them);
+  a study runs at most ``[tune] trials``, else ``TRIALS_PER_PARAMETER`` per searched parameter.
 * **Explicit values win**: a key given by ``--set``/``--config`` is fixed in every trial, not searched.
 
 The best completed trial's values are recorded in the version (``manifest.models[name].tuned``
@@ -41,6 +43,7 @@ from trainer.errors import TrainingError, UserError
 DEFAULT_BUDGET = "10m"
 PRUNER_STARTUP_TRIALS = 3  # full trials before any is pruned: the median needs a few curves
 PRUNER_WARMUP_EPOCHS = 5  # epochs a trial always gets: early epochs of good settings can look poor
+TRIALS_PER_PARAMETER = 15  # default cap on a study's trials: 15 for EASE's lambda, 45 for Mult-VAE's three
 TUNING_JSON = "tuning.json"
 TUNING_PNG = "tuning.png"
 TUNE_KEY = "tune"  # the config file's table: budget = "10m", trials = 50, enabled = true
@@ -119,6 +122,22 @@ def suggest(trial: Any, space: Mapping[str, tuple]) -> dict[str, Any]:
             choices = list(spec[1])
             values[key] = choices[trial.suggest_categorical(key, list(range(len(choices))))]
     return values
+
+
+def default_params(config_cls: type, space: Mapping[str, tuple]) -> dict[str, Any]:
+    """The Config's defaults as Optuna parameters of ``space`` (a choice by its index; a default outside
+    its range or choices is left to the sampler)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(config_cls)}
+    params: dict[str, Any] = {}
+    for key, spec in space.items():
+        value = defaults.get(key)
+        if spec[0] == "choice":
+            choices = [tuple(c) if isinstance(c, list) else c for c in spec[1]]
+            if value in choices:
+                params[key] = choices.index(value)
+        elif isinstance(value, (int, float)) and spec[1] <= value <= spec[2]:
+            params[key] = value
+    return params
 
 
 def _plain(value: Any) -> Any:
@@ -249,6 +268,8 @@ def tune_model(
 
     if not space:  # every key fixed by the user (or nothing declared): nothing to search
         return TuneResult({}, None, metric, [], budget_s, 0.0, fixed=fixed)
+    study.enqueue_trial(default_params(cls.Config, space), skip_if_exists=True)
+    trials = trials or TRIALS_PER_PARAMETER * len(space)
     study.optimize(objective, n_trials=trials, timeout=budget_s, callbacks=[stop_when_spent],
                    catch=(TrainingError, UserError), gc_after_trial=False)
     result = TuneResult(dict(best.get("values") or {}), best["value"], metric, records, budget_s,

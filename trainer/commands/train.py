@@ -46,6 +46,12 @@ RefitOpt = Annotated[
     bool,
     typer.Option("--refit/--no-refit", help="Publish a refit on all data (default) or the split run's best weights."),
 ]
+TuneOpt = Annotated[bool, typer.Option(
+    "--tune", help="Search each model's key hyper-parameters on the validation split first (Optuna: TPE, median "
+    "pruning); the chosen values are recorded in the version and reused by later runs until the next --tune.")]
+TuneBudgetOpt = Annotated[Optional[str], typer.Option(
+    "--tune-budget", help="Time for the whole search, shared by the models: 300s, 5m, 1h (default: the config "
+    "file's [tune] budget, else 10m); implies --tune.")]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Show tqdm progress bars.")]
 
 
@@ -70,10 +76,13 @@ def job_from_options(
     gate_tolerance: float,
     refit: bool,
     progress: bool,
+    tune: bool = False,
+    tune_budget: str | None = None,
 ):
     """Check every option (sources, model names, hyper-parameters) before anything trains."""
     from models import REGISTRY
-    from trainer.hparams import resolve
+    from trainer.hparams import read_tune_section, resolve
+    from trainer.tune import options_from
     from trainer.pipeline import SourceSpec, TrainJob, resolve_models
     from trainer.settings import get_settings
     from trainer.training import check_precision
@@ -94,6 +103,7 @@ def job_from_options(
     )
     names = resolve_models(models)
     overrides = resolve(config, set_ or [], {name: cls.Config for name, cls in REGISTRY.items()})
+    tune_options = options_from(tune, tune_budget, read_tune_section(config) if config else None)
     return TrainJob(
         source=source_spec,
         models="all" if models.strip() == "all" else tuple(names),
@@ -107,6 +117,7 @@ def job_from_options(
         refit=refit,
         progress=progress,
         precision=precision,
+        tune=tune_options,
     )
 
 
@@ -132,6 +143,8 @@ def train(
     no_gate: NoGateOpt = False,
     gate_tolerance: ToleranceOpt = 0.02,
     refit: RefitOpt = True,
+    tune: TuneOpt = False,
+    tune_budget: TuneBudgetOpt = None,
     progress: ProgressOpt = True,
 ) -> None:
     """Train models (all by default), evaluate them, and publish a new version atomically."""
@@ -139,7 +152,7 @@ def train(
         dataset=dataset, source=source, file=file, columns=columns, rating_scale=rating_scale, from_db=from_db,
         database_url=database_url, models=models, set_=set_, config=config, device=device, seed=seed,
         artifacts_dir=artifacts_dir, keep=keep, no_gate=no_gate, gate_tolerance=gate_tolerance, refit=refit,
-        progress=progress, precision=precision,
+        progress=progress, precision=precision, tune=tune, tune_budget=tune_budget,
     )
     from trainer.distributed import context, shutdown
 
