@@ -778,7 +778,7 @@ class _Tuning:
         self.progress = fit_args.pop("progress")
         self.fit_args = fit_args
         self.tunable = [n for n in names if set(REGISTRY[n].search_space) - set(overrides.get(n, {}))]
-        self.deadline = None if options is None else time.perf_counter() + options.budget_s
+        self.searched = 0.0  # seconds spent searching: the budget counts the studies, not the usual fits between them
 
     def _say(self, line: str) -> None:
         if self.progress:
@@ -812,7 +812,7 @@ class _Tuning:
         if name not in self.tunable:
             return explicit, None, (None, {}, None)
         left = self.tunable[self.tunable.index(name):]
-        share = max(0.0, self.deadline - time.perf_counter()) / len(left)
+        share = max(0.0, self.options.budget_s - self.searched) / len(left)
         if share < 1.0:
             note = f"tune {name}: the budget is spent; its defaults and explicit values are used"
             self._say(note)
@@ -822,6 +822,7 @@ class _Tuning:
             name, lambda hyper, on_epoch: fit_on_split(name, split, hyper, progress=False, on_epoch=on_epoch,
                                                        **self.fit_args),
             budget_s=share, seed=self.fit_args["seed"], fixed=explicit, trials=self.options.trials, log=self._say)
+        self.searched += result.seconds
         files = result.files(f"{name} on {self.dataset} (seed {self.fit_args['seed']})")
         if not result.values:
             return explicit, None, (result.record(), files, result.summary(name))

@@ -10,9 +10,9 @@ training loop already early-stops on (NDCG@100 for rankers, RMSE for rating mode
   every epoch's validation; the trial reports the value and stops when it falls below the
   median of earlier trials at the same epoch (after ``PRUNER_STARTUP_TRIALS`` full trials and
   ``PRUNER_WARMUP_EPOCHS`` epochs). Closed-form models (EASE, EDLAE) are one solve a trial.
-* **Budget**: the total (``--tune-budget``, default ``DEFAULT_BUDGET``) is shared by the models
-  to tune in turn: each gets what is left divided by the models left, so time a fast model
-  does not use goes to the next. A study starts no trial past its share (Optuna's ``timeout``)
+* **Budget**: the total (``--tune-budget``, default ``DEFAULT_BUDGET``) is search time, shared by
+  the models to tune in turn: each gets what is left of it divided by the models left, so time a
+  fast model does not use goes to the next. The usual fits (test, refit) come on top. A study starts no trial past its share (Optuna's ``timeout``)
   and a running trial stops at the first epoch past it (recorded as pruned, "budget"), so the
   search overruns by at most one epoch (one solve for closed-form models).
 * **Trials**: the first trial is the Config's defaults (the search never reports worse than them);
@@ -42,7 +42,7 @@ from trainer.errors import TrainingError, UserError
 
 DEFAULT_BUDGET = "10m"
 PRUNER_STARTUP_TRIALS = 3  # full trials before any is pruned: the median needs a few curves
-PRUNER_WARMUP_EPOCHS = 5  # epochs a trial always gets: early epochs of good settings can look poor
+PRUNER_WARMUP_EPOCHS = 5  # epochs every trial runs: early epochs of good settings can look poor
 TRIALS_PER_PARAMETER = 15  # default cap on a study's trials: 15 for EASE's lambda, 45 for Mult-VAE's three
 TUNING_JSON = "tuning.json"
 TUNING_PNG = "tuning.png"
@@ -218,7 +218,7 @@ def tune_model(
         direction="maximize" if higher else "minimize",
         sampler=optuna.samplers.TPESampler(seed=seed),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP_TRIALS,
-                                           n_warmup_steps=PRUNER_WARMUP_EPOCHS),
+                                           n_warmup_steps=PRUNER_WARMUP_EPOCHS + 1),  # steps are epochs, from 1
         study_name=f"{name}-seed{seed}",
     )
     started = time.perf_counter()

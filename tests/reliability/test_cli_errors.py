@@ -42,6 +42,7 @@ def files(tmp: Path) -> None:
     (tmp / "broken.toml").write_text("[ease\nlam = 3\n")
     (tmp / "broken.yaml").write_text("ease: [lam: 3\n")
     (tmp / "list.yaml").write_text("- ease\n- lam\n")
+    (tmp / "tune-typo.toml").write_text("[tune]\nbudgt = \"1m\"\n")
     (tmp / "not-a.zip").write_bytes(b"PK\x03\x04 truncated archive")
     (tmp / "a-file").write_text("not a folder\n")
     (tmp / "no-ml100k").mkdir()
@@ -82,6 +83,12 @@ CASES = [
     Case("database-unreachable-password-hidden", "trainer",
          (*TRAIN, "--from-db", "--database-url", f"postgresql+psycopg://u:{PASSWORD}@127.0.0.1:1/x"),
          ("cannot read interactions from", "u:***@127.0.0.1:1")),
+    # ---- trainer: hyper-parameter search
+    Case("tune-budget-not-a-duration", "trainer", (*TRAIN, "--file", "{tmp}/ok.csv", "--tune", "--tune-budget", "5 minutes"),
+         ("--tune-budget '5 minutes'", "300s, 5m or 1h")),
+    Case("tune-budget-zero", "trainer", (*TRAIN, "--file", "{tmp}/ok.csv", "--tune-budget", "0s"), ("--tune-budget '0s'",)),
+    Case("config-tune-table-typo", "trainer", (*TRAIN, "--file", "{tmp}/ok.csv", "--config", "{tmp}/tune-typo.toml"),
+         ("[tune] table: budgt", "known: enabled, budget, trials")),
     # ---- trainer: synthetic data
     Case("synthetic-fewer-interactions-than-users", "trainer", ("data", "synthetic", "--users", "100", "--interactions", "10"),
          ("one interaction per user",)),
