@@ -298,6 +298,8 @@ def reused_values(name: str, previous_version: str | None, previous_manifest: Ma
 def search_png(title: str, result: TuneResult) -> bytes:
     """Left: the objective per trial (completed dots, pruned crosses at their last value, the best so far as
     a line). Right: every trial's learning curve (validation metric per epoch), the best one highlighted."""
+    from matplotlib.ticker import MaxNLocator
+
     from trainer.plots import plt  # the Agg backend chosen there
 
     fig, (ax, curves_ax) = plt.subplots(1, 2, figsize=(10.0, 4.0), dpi=100)
@@ -315,6 +317,7 @@ def search_png(title: str, result: TuneResult) -> bytes:
         if pruned:
             ax.plot(*zip(*pruned), "x", color="grey", label="pruned (last value)")
         ax.set_xlabel("trial")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(f"validation {result.metric}")
         ax.set_title(f"search: {len(result.trials)} trials")
         if done or pruned:
