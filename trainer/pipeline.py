@@ -695,6 +695,8 @@ def train_all(
     resolve_precision(precision, torch_device)  # a bad value fails before any data is read
     root = Path(artifacts_dir)
     dist_ctx = distributed.context()
+    if tune is not None and dist_ctx.active:
+        raise UserError("--tune searches in one process: run it without torchrun, then train under torchrun (it reuses the values)")
     progress = progress and dist_ctx.is_main
     lock = artifacts.registry_lock(root)
     busy = None
@@ -706,8 +708,6 @@ def train_all(
     busy = distributed.broadcast_from_main(busy)
     if busy:
         raise TrainingBusy(busy)
-    if tune is not None and dist_ctx.active:
-        raise UserError("--tune searches in one process: run it without torchrun, then train under torchrun (it reuses the values)")
     try:
         started = time.perf_counter()
         inter, data_note = load_source(source, progress=progress)
