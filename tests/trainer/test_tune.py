@@ -173,3 +173,16 @@ def test_the_budget_is_shared_and_explicit_values_are_not_searched(planted, tmp_
     assert multdae["seconds"] <= multdae["budget_s"] + 2.0  # stopped at the first epoch past its share
     assert set(multdae["values"]) <= {"dropout"} and multdae["fixed"] == {"epochs": 200, "dims": [100]}
     assert report.runs["multdae"].published.config.dims == (100,)
+
+
+def test_a_config_files_tune_table_turns_the_search_on_beside_the_models_tables(capsys, planted, tmp_path):
+    config = tmp_path / "hparams.toml"
+    config.write_text('[tune]\nbudget = "30s"\ntrials = 3\n\n[edlae]\ndropout = 0.5\n')
+    root = tmp_path / "registry"
+    code, out, err = train(capsys, "--file", str(planted), "--models", "edlae", "--config", str(config),
+                           "--artifacts-dir", str(root))
+    assert code == 0, err
+    entry = artifacts.read_manifest(root, artifacts.latest_version(root))["models"]["edlae"]
+    assert entry["tuned"]["trials"] == 3 and set(entry["tuned"]["values"]) == {"lam"}  # dropout is given: not searched
+    assert entry["tuned"]["fixed"] == {"dropout": 0.5} and entry["overrides"] == {"dropout": 0.5}
+    assert entry["tuned"]["budget_s"] == 30.0
