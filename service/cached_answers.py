@@ -4,7 +4,8 @@ A hit is one cache lookup and stored JSON, yet through the router it also paid f
 routing, the route's dependencies (session, settings, cache, store, the read-key check) and
 FastAPI's body handling: about two thirds of its time (py-spy, ml-100k, 8 clients; the
 bench's ceiling, a bare FastAPI route, answered 8,700 req/s where hits reached 2,600).
-This middleware answers a hit itself: the same validation of the body (the route's media
+This middleware answers a hit itself, and a miss that the user's stored top-N list answers
+(``serving.stored_answer``: a user's first request of a version, with every title known here): the same validation of the body (the route's media
 type rule and pydantic model), the same key rule (``deps.READ``) and lookup
 (``serving.recommendation_lookup``, with its limits), the same JSON, and the route's labels
 in the request metrics. The rate limits (``service.rate_limits``) run before it.
@@ -95,12 +96,13 @@ class CachedRecommendations:
         except ApiError:
             return None
         entry = await lookup()
-        if entry.value is None:
+        answer = entry.value if entry.value is not None else serving.stored_answer(lookup, request, entry)
+        if answer is None:
             scope.setdefault("state", {})[ENTRY_STATE] = (lookup.key, entry)
             return None
         scope["route"] = self.route
         scope.setdefault("state", {})["model"] = lookup.model
-        return entry.value
+        return answer
 
 
 async def _read_body(receive: Receive) -> tuple[list[Message], bytes | None]:

@@ -42,7 +42,7 @@ from service.schemas import (
 
 _RATING_LIST = TypeAdapter(list[RatingResponse])
 Lookup = Callable[[], Awaitable[CacheEntry]]  # () -> cache key (None: uncachable), cached JSON, user's generation
-Compute = Callable[[str | None], str]  # (the user's generation token or None) -> the answer's JSON
+Compute = Callable[[CacheEntry], str]  # (the lookup's entry: the user's generation token, ...) -> the answer's JSON
 
 
 @dataclass(frozen=True)
@@ -197,23 +197,54 @@ async def recommendations(
             return looked_up[1]
         return await lookup()
 
-    def compute(generation: str | None) -> str:
-        # the history kept under the user's generation, else one query; titles likewise: a
-        # connection is taken from the pool only for what the cache lacks
-        history = _kept_history(session, cache, settings, user_id, generation)
-        scored = inference.recommend(
-            version, served, user_id, history,
-            k=request.k, offset=request.offset, exclude_seen=request.exclude_seen,
-            exclude_items=request.exclude_items, candidates=request.candidates,
-        )
+    def compute(entry: CacheEntry) -> str:
+        # the stored list when it can answer; else the history kept under the user's generation, or
+        # one query; titles likewise: a connection is taken from the pool only for what the cache lacks
+        scored = _stored(lookup, request, entry)
+        if scored is None:
+            history = _kept_history(session, cache, settings, user_id, entry.generation)
+            scored = inference.recommend(version, served, user_id, history, **_options(request))
         titles = _titles(session, cache, settings, [i for i, _ in scored.items])
-        response = RecommendationResponse(
-            user_id=user_id, model=served.name, model_version=version.version, source=scored.source,
-            items=_scored_items(scored.items, request.offset + 1, titles), unknown_items=scored.unknown_items,
-        )
-        return response.model_dump_json()
+        return _recommendation_json(lookup, request, scored, titles)
 
     return Answer(served.name, await _cached_or_computed(cache, store, settings, lookup_once, compute))
+
+
+def _options(request: RecommendationRequest) -> dict[str, Any]:
+    return dict(k=request.k, offset=request.offset, exclude_seen=request.exclude_seen,
+                exclude_items=request.exclude_items, candidates=request.candidates)
+
+
+def _stored(lookup: RecommendationLookup, request: RecommendationRequest, entry: CacheEntry) -> inference.Scored | None:
+    scored = inference.stored_recommendation(lookup.served, lookup.user_id, entry.written_at, **_options(request))
+    if scored is not None:
+        lookup.cache.metrics.cache_hits.labels("stored_list").inc()
+    return scored
+
+
+def _recommendation_json(lookup: RecommendationLookup, request: RecommendationRequest, scored: inference.Scored,
+                         titles: dict[str, str]) -> str:
+    response = RecommendationResponse(
+        user_id=lookup.user_id, model=lookup.served.name, model_version=lookup.version.version, source=scored.source,
+        items=_scored_items(scored.items, request.offset + 1, titles), unknown_items=scored.unknown_items,
+    )
+    return response.model_dump_json()
+
+
+def stored_answer(lookup: RecommendationLookup, request: RecommendationRequest, entry: CacheEntry) -> str | None:
+    """The answer from the user's stored list, on the event loop: when the list can answer
+    (``inference.stored_recommendation``) and every title is in process; else None (the route answers).
+    Not cached: filtering the list costs less than storing its answer would."""
+    if lookup.served.lists is None:
+        return None
+    scored = inference.stored_recommendation(lookup.served, lookup.user_id, entry.written_at, **_options(request))
+    if scored is None:
+        return None
+    titles = lookup.cache.known_titles([i for i, _ in scored.items])
+    if titles is None:
+        return None
+    lookup.cache.metrics.cache_hits.labels("stored_list").inc()
+    return _recommendation_json(lookup, request, scored, titles)
 
 
 async def _cached_or_computed(cache: Cache, store: ModelStore, settings: Settings, lookup: Lookup, compute: Compute) -> str:
@@ -231,7 +262,7 @@ async def _cached_or_computed(cache: Cache, store: ModelStore, settings: Setting
     entry = await lookup()
     if entry.value is not None:
         return entry.value
-    body = await store.run(partial(retry_if_dropped, partial(compute, entry.generation)))
+    body = await store.run(partial(retry_if_dropped, partial(compute, entry)))
     if entry.key is not None:  # stored from the loop too, after the slot is free for the next miss
         await cache.set_async(entry.key, body, settings.CACHE_TTL_S)
     return body
@@ -290,7 +321,7 @@ async def similar(
         key = list_key("sim", version.version, served.name, item_id, k)
         return CacheEntry(key, await cache.get_async(key, kind="similar"), None)
 
-    def compute(_: str | None) -> str:
+    def compute(_: CacheEntry) -> str:
         pairs = inference.similar_items(served, item_id, k)
         titles = _titles(session, cache, settings, [i for i, _ in pairs])
         response = SimilarItemsResponse(
