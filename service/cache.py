@@ -433,9 +433,8 @@ class MemoryCache(Cache):
 
     def _invalidate(self, tokens: list[str], written: dict[str, str]) -> None:
         with self._lock:
-            self._written.update(written)
-            for key in tokens:
-                self._entries.pop(key, None)
+            self._written.update(written)  # first: a reader between the two sees the write and scores
+        self._delete_many(tokens)
 
     def written_at(self, user_id: str) -> float:
         return _written_time(self._written.get(self._key(f"written:{user_id}")))
