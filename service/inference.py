@@ -229,6 +229,15 @@ def stored_recommendation(
     return Scored(pairs, "model", _unique(unknown_excluded + unknown_candidates))
 
 
+def stored_items(served: ServingModel, user_id: str) -> list[str]:
+    """Every item of the user's stored list (none without one): whose titles a first answer fetches at once."""
+    row = served.user_index.get(user_id) if served.lists is not None else -1
+    if row < 0:
+        return []
+    items = served.lists.items[row]
+    return served.item_ids[items[items >= 0]].tolist()
+
+
 def _popular(
     version: ServingVersion,
     history: History,

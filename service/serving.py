@@ -2,8 +2,11 @@
 
 Order for a recommendation: take the served version once (a swap mid-request cannot
 change it), look in the cache under a key made of version, model, the user's generation
-token and the request, else read the history (one query, unless a list for the same user
-under the same token read it: ``Cache.user_history``), score, add titles, cache.
+token and the request, else answer from the user's stored top-N list when it can say exactly
+what scoring would (``inference.stored_recommendation``: no write since its data, seen items
+excluded, enough items left after the filters), else read the history (one query, unless a
+list for the same user under the same token read it: ``Cache.user_history``), score, add
+titles, cache.
 Cacheable answers leave here as JSON text (``Answer``): a hit is sent as it was stored,
 with no parse and re-serialisation, and a miss is serialised once, for the cache and the
 client alike. The cached endpoints are coroutines: the cache lookup runs on the event loop
@@ -200,11 +203,13 @@ async def recommendations(
     def compute(entry: CacheEntry) -> str:
         # the stored list when it can answer; else the history kept under the user's generation, or
         # one query; titles likewise: a connection is taken from the pool only for what the cache lacks
-        scored = _stored(lookup, request, entry)
+        scored, more = _stored(lookup, request, entry), []
         if scored is None:
             history = _kept_history(session, cache, settings, user_id, entry.generation)
             scored = inference.recommend(version, served, user_id, history, **_options(request))
-        titles = _titles(session, cache, settings, [i for i, _ in scored.items])
+        else:  # the titles of the whole list in the same query: the user's other pages are answered before the routing
+            more = inference.stored_items(served, user_id)
+        titles = _titles(session, cache, settings, [i for i, _ in scored.items] + more)
         return _recommendation_json(lookup, request, scored, titles)
 
     return Answer(served.name, await _cached_or_computed(cache, store, settings, lookup_once, compute))
