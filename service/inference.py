@@ -209,14 +209,17 @@ def stored_recommendation(
     items, scores = lists.items[row], lists.scores[row]
     exclude_cols, unknown_excluded = _columns(served, exclude_items)
     candidate_cols, unknown_candidates = _columns(served, candidates or [])
-    allowed = items >= 0
-    if len(exclude_cols):
-        allowed &= ~np.isin(items, exclude_cols)
-    if candidates is not None:
-        allowed &= np.isin(items, candidate_cols)
-    positions = np.flatnonzero(allowed)
     need = offset + k
     complete = items[-1] < 0  # padded: every item the user may get is in the list
+    if len(exclude_cols) or candidates is not None:
+        allowed = items >= 0
+        if len(exclude_cols):
+            allowed &= ~np.isin(items, exclude_cols)
+        if candidates is not None:
+            allowed &= np.isin(items, candidate_cols)
+        positions = np.flatnonzero(allowed)
+    else:  # the usual request: the list itself, up to its padding
+        positions = np.arange(int(np.argmax(items < 0)) if complete else len(items))
     if len(positions) < need and not complete:
         return None
     # a tie at the edges of the page could be ordered otherwise by scoring (torch.topk); so could an unlisted item

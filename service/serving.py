@@ -238,8 +238,7 @@ def _recommendation_json(lookup: RecommendationLookup, request: RecommendationRe
 
 def stored_answer(lookup: RecommendationLookup, request: RecommendationRequest, entry: CacheEntry) -> str | None:
     """The answer from the user's stored list, on the event loop: when the list can answer
-    (``inference.stored_recommendation``) and every title is in process; else None (the route answers).
-    Not cached: filtering the list costs less than storing its answer would."""
+    (``inference.stored_recommendation``) and every title is in process; else None (the route answers)."""
     if lookup.served.lists is None:
         return None
     scored = inference.stored_recommendation(lookup.served, lookup.user_id, entry.written_at, **_options(request))

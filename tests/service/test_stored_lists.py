@@ -38,7 +38,8 @@ def test_the_list_answers_exactly_what_scoring_answers(registry, corpus):
     version = prepare_version(registry, artifacts.latest_version(registry))
     served = version.models["ease"]
     assert served.lists is not None and served.lists.items.shape == (len(corpus.user_ids), 200)
-    assert isinstance(served.lists.items, np.memmap)  # mapped, not copied into each process
+    loaded = served.loaded.top_items
+    assert isinstance(loaded, np.memmap) and np.shares_memory(served.lists.items, loaded)  # mapped, not copied
     assert version.models["autorec-u"].lists is None  # rating models are scored as before
     rng = np.random.default_rng(0)
     answered = compared = 0
