@@ -19,7 +19,6 @@ always did; nothing is answered here that the route would refuse.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 
@@ -52,7 +51,6 @@ class CachedRecommendations:
     def __init__(self, app: ASGIApp, settings: Settings, cache: Cache, store: ModelStore, route: object) -> None:
         self.app, self.settings, self.cache, self.store = app, settings, cache, store
         self.route = route  # the APIRoute: what the request metrics label the request with
-        self._storing: set[asyncio.Task] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         match = _PATH.fullmatch(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
@@ -104,11 +102,8 @@ class CachedRecommendations:
             if answer is None:
                 scope.setdefault("state", {})[ENTRY_STATE] = (lookup.key, entry)
                 return None
-            if entry.key is not None:  # stored for the next ask, after this answer is sent: a hit costs less still
-                task = asyncio.get_running_loop().create_task(
-                    self.cache.set_async(entry.key, answer, self.settings.CACHE_TTL_S))
-                self._storing.add(task)  # a reference, until done: the loop keeps only weak ones
-                task.add_done_callback(self._storing.discard)
+            if entry.key is not None:  # stored for the next ask, after this answer is sent, as a hit
+                self.cache.set_later(entry.key, answer, self.settings.CACHE_TTL_S)
         scope["route"] = self.route
         scope.setdefault("state", {})["model"] = lookup.model
         return answer

@@ -12,6 +12,7 @@ import itertools
 import json
 import os
 import shutil
+import time
 import uuid
 
 import numpy as np
@@ -102,6 +103,13 @@ def test_a_first_request_is_answered_from_the_list_and_a_write_folds_in(client, 
     first = first_user_answer(client, user_id, offset=offset)
     assert first["source"] == "model" and len(first["items"]) == 10 and first["items"][0]["rank"] == offset + 1
     assert stored_list_hits(client) == before + 1  # from the list
+    for _ in range(50):  # the list's answer is stored after it is sent (on Redis, at the loop's next turn): then a hit
+        if first_user_answer(client, user_id, offset=offset) == first and stored_list_hits(client) == before + 1:
+            break
+        before = stored_list_hits(client) - 1
+        time.sleep(0.05)
+    else:
+        raise AssertionError("the list's answer was never cached")
     calls = len(route_calls)
     same = first_user_answer(client, user_id, offset=offset, exclude_items=["no-such-item"])  # another key
     assert same["items"] == first["items"] and same["unknown_items"] == ["no-such-item"]
