@@ -5,8 +5,9 @@ routing, the route's dependencies (session, settings, cache, store, the read-key
 FastAPI's body handling: about two thirds of its time (py-spy, ml-100k, 8 clients; the
 bench's ceiling, a bare FastAPI route, answered 8,700 req/s where hits reached 2,600).
 This middleware answers a hit itself, and a miss that the user's stored top-N list answers
-(``serving.stored_answer``: a user's first request of a version, with every title known here): the same validation of the body (the route's media
-type rule and pydantic model), the same key rule (``deps.READ``) and lookup
+(``serving.stored_answer``: a user's first request of a version, every title known here),
+with the same validation of the body (the route's media type rule and pydantic model), the
+same key rule (``deps.READ``) and lookup
 (``serving.recommendation_lookup``, with its limits), the same JSON, and the route's labels
 in the request metrics. The rate limits (``service.rate_limits``) run before it.
 
