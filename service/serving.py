@@ -2,8 +2,11 @@
 
 Order for a recommendation: take the served version once (a swap mid-request cannot
 change it), look in the cache under a key made of version, model, the user's generation
-token and the request, else read the history (one query, unless a list for the same user
-under the same token read it: ``Cache.user_history``), score, add titles, cache.
+token and the request, else answer from the user's stored top-N list when it can say exactly
+what scoring would (``inference.stored_recommendation``: no write since its data, seen items
+excluded, enough items left after the filters), else read the history (one query, unless a
+list for the same user under the same token read it: ``Cache.user_history``), score, add
+titles, cache.
 Cacheable answers leave here as JSON text (``Answer``): a hit is sent as it was stored,
 with no parse and re-serialisation, and a miss is serialised once, for the cache and the
 client alike. The cached endpoints are coroutines: the cache lookup runs on the event loop
@@ -43,7 +46,7 @@ from trainer.best import BEST
 
 _RATING_LIST = TypeAdapter(list[RatingResponse])
 Lookup = Callable[[], Awaitable[CacheEntry]]  # () -> cache key (None: uncachable), cached JSON, user's generation
-Compute = Callable[[str | None], str]  # (the user's generation token or None) -> the answer's JSON
+Compute = Callable[[CacheEntry], str]  # (the lookup's entry: the user's generation token, ...) -> the answer's JSON
 
 
 @dataclass(frozen=True)
@@ -198,23 +201,55 @@ async def recommendations(
             return looked_up[1]
         return await lookup()
 
-    def compute(generation: str | None) -> str:
-        # the history kept under the user's generation, else one query; titles likewise: a
-        # connection is taken from the pool only for what the cache lacks
-        history = _kept_history(session, cache, settings, user_id, generation)
-        scored = inference.recommend(
-            version, served, user_id, history,
-            k=request.k, offset=request.offset, exclude_seen=request.exclude_seen,
-            exclude_items=request.exclude_items, candidates=request.candidates,
-        )
-        titles = _titles(session, cache, settings, [i for i, _ in scored.items])
-        response = RecommendationResponse(
-            user_id=user_id, model=served.name, model_version=version.version, source=scored.source,
-            items=_scored_items(scored.items, request.offset + 1, titles), unknown_items=scored.unknown_items,
-        )
-        return response.model_dump_json()
+    def compute(entry: CacheEntry) -> str:
+        # the stored list when it can answer; else the history kept under the user's generation, or
+        # one query; titles likewise: a connection is taken from the pool only for what the cache lacks
+        scored, more = _stored(lookup, request, entry), []
+        if scored is None:
+            history = _kept_history(session, cache, settings, user_id, entry.generation)
+            scored = inference.recommend(version, served, user_id, history, **_options(request))
+        else:  # the titles of the whole list in the same query: the user's other pages are answered before the routing
+            more = inference.stored_items(served, user_id)
+        titles = _titles(session, cache, settings, [i for i, _ in scored.items] + more)
+        return _recommendation_json(lookup, request, scored, titles)
 
     return Answer(served.name, await _cached_or_computed(cache, store, settings, lookup_once, compute))
+
+
+def _options(request: RecommendationRequest) -> dict[str, Any]:
+    return dict(k=request.k, offset=request.offset, exclude_seen=request.exclude_seen,
+                exclude_items=request.exclude_items, candidates=request.candidates)
+
+
+def _stored(lookup: RecommendationLookup, request: RecommendationRequest, entry: CacheEntry) -> inference.Scored | None:
+    scored = inference.stored_recommendation(lookup.served, lookup.user_id, entry.written_at, **_options(request))
+    if scored is not None:
+        lookup.cache.metrics.cache_hits.labels("stored_list").inc()
+    return scored
+
+
+def _recommendation_json(lookup: RecommendationLookup, request: RecommendationRequest, scored: inference.Scored,
+                         titles: dict[str, str]) -> str:
+    response = RecommendationResponse(
+        user_id=lookup.user_id, model=lookup.served.name, model_version=lookup.version.version, source=scored.source,
+        items=_scored_items(scored.items, request.offset + 1, titles), unknown_items=scored.unknown_items,
+    )
+    return response.model_dump_json()
+
+
+def stored_answer(lookup: RecommendationLookup, request: RecommendationRequest, entry: CacheEntry) -> str | None:
+    """The answer from the user's stored list, on the event loop: when the list can answer
+    (``inference.stored_recommendation``) and every title is in process; else None (the route answers)."""
+    if lookup.served.lists is None:
+        return None
+    scored = inference.stored_recommendation(lookup.served, lookup.user_id, entry.written_at, **_options(request))
+    if scored is None:
+        return None
+    titles = lookup.cache.known_titles([i for i, _ in scored.items])
+    if titles is None:
+        return None
+    lookup.cache.metrics.cache_hits.labels("stored_list").inc()
+    return _recommendation_json(lookup, request, scored, titles)
 
 
 async def _cached_or_computed(cache: Cache, store: ModelStore, settings: Settings, lookup: Lookup, compute: Compute) -> str:
@@ -232,7 +267,7 @@ async def _cached_or_computed(cache: Cache, store: ModelStore, settings: Setting
     entry = await lookup()
     if entry.value is not None:
         return entry.value
-    body = await store.run(partial(retry_if_dropped, partial(compute, entry.generation)))
+    body = await store.run(partial(retry_if_dropped, partial(compute, entry)))
     if entry.key is not None:  # stored from the loop too, after the slot is free for the next miss
         await cache.set_async(entry.key, body, settings.CACHE_TTL_S)
     return body
@@ -291,7 +326,7 @@ async def similar(
         key = list_key("sim", version.version, served.name, item_id, k)
         return CacheEntry(key, await cache.get_async(key, kind="similar"), None)
 
-    def compute(_: str | None) -> str:
+    def compute(_: CacheEntry) -> str:
         pairs = inference.similar_items(served, item_id, k)
         titles = _titles(session, cache, settings, [i for i, _ in pairs])
         response = SimilarItemsResponse(
