@@ -128,5 +128,13 @@ class EASE(Recommender):
         x = as_row_batch(rows, self.n_items, self.device, binary=True)
         return (x.sparse(self.B.dtype) @ self.B).float()  # the sum of B's rows over each user's items
 
+    @torch.no_grad()
+    def contributions(self, row, items, *, history=None, users=None, timestamps=None) -> np.ndarray:
+        """Exact: scores are x B with x binary, so history item j adds B[j, i] to item i's score, and
+        removing j lowers it by exactly that (the removal ``Recommender.contributions`` measures)."""
+        row, items, history, _ = self._explain_inputs(row, items, history)
+        h, i = (torch.from_numpy(a).to(self.B.device) for a in (history, items))
+        return self.B[h][:, i].T.float().cpu().numpy()
+
     def item_embeddings(self) -> torch.Tensor:
         return self.B.T.float()  # item j: column j of B, the weights that predict j
