@@ -234,6 +234,8 @@ class Recommender(nn.Module):
     # False: a row's items do not move its scores (a model that scores by user index, a constant
     # per item), so ``contributions`` has nothing to say and refuses
     explainable: ClassVar[bool] = True
+    # how ``contributions`` is computed: "removal" (the score drops, measured) or "weights" (exact terms)
+    explained_by: ClassVar[Literal["removal", "weights"]] = "removal"
 
     def __init__(self, config: Any, n_items: int, n_users: int, rating_range: tuple[float, float] = (1.0, 5.0)):
         super().__init__()

@@ -63,6 +63,7 @@ class EASE(Recommender):
     name = "ease"
     task = "ranking"
     closed_form = True
+    explained_by = "weights"  # contributions: B's entries, exact
     Config: ClassVar[type] = EASEConfig
 
     def __init__(self, config: EASEConfig, n_items: int, n_users: int, rating_range=(1.0, 5.0)):

@@ -32,9 +32,13 @@ from service.schemas import (
     InteractionIn,
     PredictedRating,
     RatingRequest,
+    EXPLAIN_MAX_K,
+    Explanation,
     RatingResponse,
+    Reason,
     RecommendationRequest,
     RecommendationResponse,
+    RecommendedItem,
     ScoredItem,
     SimilarItemsResponse,
 )
@@ -141,8 +145,26 @@ def _kept_history(session: Session, cache: Cache, settings: Settings, user_id: s
     return cache.user_history(user_id, generation, partial(_read_history, session, user_id), settings.CACHE_TTL_S)
 
 
-def _scored_items(pairs: list[tuple[str, float]], first_rank: int, titles: dict[str, str]) -> list[ScoredItem]:
-    return [ScoredItem(item_id=i, score=s, rank=first_rank + n, title=titles.get(i)) for n, (i, s) in enumerate(pairs)]
+def _scored_items(
+    pairs: list[tuple[str, float]], first_rank: int, titles: dict[str, str], cls: type[ScoredItem] = ScoredItem
+) -> list[ScoredItem]:
+    return [cls(item_id=i, score=s, rank=first_rank + n, title=titles.get(i)) for n, (i, s) in enumerate(pairs)]
+
+
+def _reasons(pairs: list[tuple[str, float]], titles: dict[str, str]) -> list[Reason]:
+    return [Reason(item_id=i, title=titles.get(i), contribution=c) for i, c in pairs]
+
+
+UNEXPLAINED = {"items": {"__all__": {"because"}}, "explanation": True}  # left out of an answer not asked to explain
+
+
+def check_explain_size(n_items: int, field: str) -> None:
+    """An explained answer explains at most ``EXPLAIN_MAX_K`` items (its work grows with them)."""
+    if n_items > EXPLAIN_MAX_K:
+        raise ApiError(
+            422, "explain_too_many_items", f"explain covers at most {EXPLAIN_MAX_K} items per answer; {field} is {n_items}",
+            {field: n_items, "max_explained": EXPLAIN_MAX_K},
+        )
 
 
 @dataclass(frozen=True)
@@ -176,11 +198,15 @@ def recommendation_lookup(
             422, "k_too_large", f"k + offset is {request.k + request.offset}; at most {settings.MAX_K} items can be ranked",
             {"k": request.k, "offset": request.offset, "max_k": settings.MAX_K},
         )
+    if request.explain:
+        check_explain_size(request.k, "k")
     check_list("exclude_items", request.exclude_items, settings)
     check_list("candidates", request.candidates, settings)
     version = serving_version(store)
     served = inference.resolve_model(version, request.model, settings.DEFAULT_MODEL)
-    key = list_key("rec", version.version, served.name, user_id, request.model_dump(exclude={"model"}))
+    # an explained answer under a key of its own; an unexplained one under the key it always had
+    key = list_key("rec", version.version, served.name, user_id,
+                   request.model_dump(exclude={"model"} if request.explain else {"model", "explain"}))
     return RecommendationLookup(version, served, user_id, key, cache, 2 * settings.CACHE_TTL_S)
 
 
@@ -207,12 +233,22 @@ async def recommendations(
             k=request.k, offset=request.offset, exclude_seen=request.exclude_seen,
             exclude_items=request.exclude_items, candidates=request.candidates,
         )
-        titles = _titles(session, cache, settings, [i for i, _ in scored.items])
+        item_ids = [i for i, _ in scored.items]
+        explained = inference.explain(served, user_id, history, item_ids, scored.source) if request.explain else None
+        reason_ids = [i for reasons in (explained.because or []) for i, _ in reasons] if explained else []
+        titles = _titles(session, cache, settings, list(dict.fromkeys(item_ids + reason_ids)))
+        items = _scored_items(scored.items, request.offset + 1, titles, RecommendedItem)
+        explanation = None
+        if explained is not None:
+            for item, reasons in zip(items, explained.because or []):
+                item.because = _reasons(reasons, titles)
+            explanation = Explanation(method=explained.method, history_weighed=explained.history_weighed,
+                                      history_total=explained.history_total, note=explained.note)
         response = RecommendationResponse(
             user_id=user_id, model=served.name, model_version=version.version, source=scored.source,
-            items=_scored_items(scored.items, request.offset + 1, titles), unknown_items=scored.unknown_items,
+            items=items, unknown_items=scored.unknown_items, explanation=explanation,
         )
-        return response.model_dump_json()
+        return response.model_dump_json(exclude=None if request.explain else UNEXPLAINED)
 
     return Answer(served.name, await _cached_or_computed(cache, store, settings, lookup_once, compute))
 
