@@ -129,11 +129,15 @@ class RatingRequest(Strict):
     user_id: ExternalId
     item_ids: list[ExternalId] = Field(min_length=1)
     model: ModelName | None = Field(default=None, description="A rating model; DEFAULT_RATING_MODEL if omitted.")
+    explain: bool = Field(default=False, description=EXPLAIN_DESCRIPTION.replace("`because`", "`because` (per rating)")
+                          .replace("raise its score", "raise its predicted rating") + f" Here: at most {EXPLAIN_MAX_K} item_ids.")
 
 
 class PredictedRating(BaseModel):
     item_id: str
     rating: float
+    because: list[Reason] | None = Field(
+        default=None, description="With explain: the history items that raise this predicted rating most; absent without.")
 
 
 class RatingResponse(BaseModel):
@@ -143,6 +147,7 @@ class RatingResponse(BaseModel):
     source: Literal["model", "fold-in", "cold-start"]
     ratings: list[PredictedRating]
     unknown_items: list[str] = Field(default_factory=list, description="Requested items the model does not know.")
+    explanation: Explanation | None = Field(default=None, description="With explain: how the reasons were found; absent without.")
 
 
 # ---- interactions ---------------------------------------------------------------------

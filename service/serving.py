@@ -293,6 +293,8 @@ async def ratings(
     was checked before validation (``check_ratings_size``)."""
     for r in requests:
         check_list("item_ids", r.item_ids, settings)
+        if r.explain:
+            check_explain_size(len(r.item_ids), "item_ids")
     version = serving_version(store)
     queries = [
         inference.RatingQuery(r.user_id, r.item_ids, inference.resolve_model(version, r.model, settings.DEFAULT_RATING_MODEL, rating=True))
@@ -308,10 +310,34 @@ async def ratings(
             )
             for q, r in zip(queries, inference.predict_ratings(queries, histories))
         ]
-        return _RATING_LIST.dump_json(responses).decode() if many else responses[0].model_dump_json()
+        if not any(r.explain for r in requests):
+            return _RATING_LIST.dump_json(responses).decode() if many else responses[0].model_dump_json()
+        for request, query, response in zip(requests, queries, responses):
+            if request.explain:
+                _explain_ratings(session, cache, settings, query, response, histories)
+        bodies = [response.model_dump_json(exclude=None if request.explain else UNEXPLAINED_RATINGS)
+                  for request, response in zip(requests, responses)]
+        return f"[{','.join(bodies)}]" if many else bodies[0]
 
     models = ",".join(sorted({q.model.name for q in queries}))
     return Answer(models, await store.run(partial(retry_if_dropped, predicted)))
+
+
+UNEXPLAINED_RATINGS = {"ratings": {"__all__": {"because"}}, "explanation": True}
+
+
+def _explain_ratings(
+    session: Session, cache: Cache, settings: Settings, query: inference.RatingQuery, response: RatingResponse,
+    histories: crud.History,
+) -> None:
+    """Each predicted rating's reasons, and how they were found, written into ``response``."""
+    explained = inference.explain(query.model, query.user_id, histories, [p.item_id for p in response.ratings], response.source)
+    reason_ids = [i for reasons in (explained.because or []) for i, _ in reasons]
+    titles = _titles(session, cache, settings, list(dict.fromkeys(reason_ids))) if reason_ids else {}
+    for predicted, reasons in zip(response.ratings, explained.because or []):
+        predicted.because = _reasons(reasons, titles)
+    response.explanation = Explanation(method=explained.method, history_weighed=explained.history_weighed,
+                                       history_total=explained.history_total, note=explained.note)
 
 
 async def similar(

@@ -44,21 +44,30 @@ def test_ease_explains_each_item_by_the_history_item_with_the_largest_weight(cli
         np.testing.assert_allclose([r["contribution"] for r in reasons], expected, rtol=1e-5, atol=1e-6)
 
 
-def test_other_models_explain_by_the_largest_score_drop(client, corpus, trained):
-    """AutoRec-U (a rating model, ranking here): the first reason of each item is the history item
-    whose removal lowers that item's score most, checked one removal at a time."""
-    user = next(u for n, u in enumerate(corpus.user_ids) if 20 < corpus.X[n].nnz < EXPLAIN_MAX_HISTORY)  # all weighed
-    body = recommend(client, user, k=3, model="autorec-u", explain=True)
-    model = trained["autorec-u"]
-    row, x = training_row(corpus, user)
-    assert body["explanation"] == {"method": "removal", "history_weighed": x.nnz, "history_total": x.nnz, "note": None}
+def removal_drops(model, x: sp.csr_matrix, row: int) -> np.ndarray:
+    """[history, items]: each item's score minus its score with one history item removed, one at a time."""
     full = model.scores(x, users=np.array([row]))[0].numpy()
     drops = []
     for j in range(x.nnz):
         keep = np.arange(x.nnz) != j
         less = sp.csr_matrix((x.data[keep], x.indices[keep], [0, int(keep.sum())]), shape=x.shape)
         drops.append(full - model.scores(less, users=np.array([row]))[0].numpy())
-    drops = np.array(drops)  # [history, items]
+    return np.array(drops)
+
+
+def short_history_user(corpus) -> str:
+    """A training user whose whole history is weighed (fewer than EXPLAIN_MAX_HISTORY items)."""
+    return next(u for n, u in enumerate(corpus.user_ids) if 20 < corpus.X[n].nnz < EXPLAIN_MAX_HISTORY)
+
+
+def test_other_models_explain_by_the_largest_score_drop(client, corpus, trained):
+    """AutoRec-U (a rating model, ranking here): the first reason of each item is the history item
+    whose removal lowers that item's score most, checked one removal at a time."""
+    user = short_history_user(corpus)
+    body = recommend(client, user, k=3, model="autorec-u", explain=True)
+    row, x = training_row(corpus, user)
+    assert body["explanation"] == {"method": "removal", "history_weighed": x.nnz, "history_total": x.nnz, "note": None}
+    drops = removal_drops(trained["autorec-u"], x, row)
     for item in body["items"]:
         i = corpus.item_ids.index(item["item_id"])
         top = corpus.item_ids.index(item["because"][0]["item_id"])
@@ -129,3 +138,40 @@ def test_openapi_states_the_caps(client):
     explain = schema["RecommendationRequest"]["properties"]["explain"]["description"]
     assert f"k <= {EXPLAIN_MAX_K}" in explain and f"{EXPLAIN_MAX_HISTORY} most recent" in explain
     assert "because" in schema["RecommendedItem"]["properties"]
+
+
+def test_ratings_explain_each_prediction_by_the_largest_rating_drop(client, corpus, trained):
+    """POST /ratings with explain: each predicted rating's first reason is the history item whose removal
+    lowers that prediction most (before clipping); in a list, only the entries asking are explained."""
+    user = short_history_user(corpus)
+    row, x = training_row(corpus, user)
+    unseen = [corpus.item_ids[i] for i in range(40) if i not in set(x.indices)][:4]
+    response = client.post("/ratings", json=[
+        {"user_id": user, "item_ids": unseen, "model": "autorec-u", "explain": True},
+        {"user_id": user, "item_ids": unseen, "model": "autorec-u"},
+        {"user_id": KNOWN_USER, "item_ids": unseen[:2], "model": "autorec-i", "explain": True},
+    ])
+    assert response.status_code == 200, response.text
+    explained, plain, by_index = response.json()
+    assert [p["rating"] for p in explained["ratings"]] == [p["rating"] for p in plain["ratings"]]
+    assert "explanation" not in plain and all("because" not in p for p in plain["ratings"])
+    assert explained["explanation"]["method"] == "removal" and explained["explanation"]["history_weighed"] == x.nnz
+    drops = removal_drops(trained["autorec-u"], x, row)
+    for predicted in explained["ratings"]:
+        i = corpus.item_ids.index(predicted["item_id"])
+        reasons = predicted["because"]
+        assert len(reasons) == EXPLAIN_REASONS and all(r["title"] for r in reasons)
+        top = list(x.indices).index(corpus.item_ids.index(reasons[0]["item_id"]))
+        np.testing.assert_allclose(drops[top, i], drops[:, i].max(), atol=1e-4)
+    assert by_index["explanation"]["method"] == "none" and all(p["because"] is None for p in by_index["ratings"])
+    single = client.post("/ratings", json={"user_id": user, "item_ids": unseen[:1], "model": "autorec-u", "explain": True})
+    assert single.status_code == 200 and single.json()["ratings"][0]["because"] == explained["ratings"][0]["because"]
+
+
+def test_explained_ratings_are_capped(client, corpus):
+    items = corpus.item_ids[: EXPLAIN_MAX_K + 1]
+    response = client.post("/ratings", json={"user_id": KNOWN_USER, "item_ids": items, "explain": True})
+    assert response.status_code == 422 and error_body(response)["code"] == "explain_too_many_items"
+    assert client.post("/ratings", json={"user_id": KNOWN_USER, "item_ids": items}).status_code == 200
+    schema = client.get("/openapi.json").json()["components"]["schemas"]
+    assert f"at most {EXPLAIN_MAX_K} item_ids" in schema["RatingRequest"]["properties"]["explain"]["description"]
