@@ -135,7 +135,7 @@ class EASE(Recommender):
         removing j lowers it by exactly that (the removal ``Recommender.contributions`` measures)."""
         row, items, history, _ = self._explain_inputs(row, items, history)
         h, i = (torch.from_numpy(a).to(self.B.device) for a in (history, items))
-        return self.B[h][:, i].T.float().cpu().numpy()
+        return self.B[h[None, :], i[:, None]].float().cpu().numpy()  # [items, history]: only those entries gathered
 
     def item_embeddings(self) -> torch.Tensor:
         return self.B.T.float()  # item j: column j of B, the weights that predict j
