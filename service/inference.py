@@ -20,6 +20,7 @@ from service.cache import NO_WRITE
 from service.crud import History
 from service.errors import ApiError
 from service.model_store import IdIndex, ServingModel, ServingVersion
+from service.schemas import EXPLAIN_MAX_HISTORY, EXPLAIN_REASONS
 from trainer.best import BEST
 
 log = logging.getLogger("service.inference")
@@ -253,6 +254,50 @@ def stored_items(served: ServingModel, user_id: str) -> list[str]:
         return []
     items = served.lists.items[row]
     return served.item_ids[items[items >= 0]].tolist()
+
+
+@dataclass
+class Explained:
+    """Why a user's items scored as they did (``explain``): per item, the history items that added
+    most, best first, as (item id, contribution); None with a ``note`` when the answer has none."""
+
+    because: list[list[tuple[str, float]]] | None
+    method: str  # "weights", "removal" or "none"
+    history_weighed: int = 0
+    history_total: int = 0
+    note: str | None = None
+
+
+def explain(served: ServingModel, user_id: str, history: History, item_ids: Sequence[str], source: str) -> Explained:
+    """The ``EXPLAIN_REASONS`` history items that add most to each of ``item_ids`` (items the model
+    knows: the ones it just scored for ``user_id``), from the model's ``contributions``: exact for
+    EASE and EDLAE, else the score drop of removing each of the user's ``EXPLAIN_MAX_HISTORY`` most
+    recent history items, all scored in one batched pass. ``source``: how the items were scored."""
+    model = served.model
+    if source in (COLD, "popular", "cold-start"):
+        return Explained(None, "none", note="no history of the user's for the model to read: nothing explains this answer")
+    if not model.explainable:
+        return Explained(None, "none", note=f"model {served.name}'s scores do not depend on the history it is given "
+                         "(it scores by user index or the same for everyone): nothing to explain them by")
+    rows = history_rows(served, history, [user_id])
+    X = rows.X
+    # the most recent first (ties: the higher column first), the oldest beyond the cap left out
+    order = np.lexsort((-X.indices, -rows.timestamps.data))[:EXPLAIN_MAX_HISTORY]
+    weighed = X.indices[order].astype(np.int64)
+    cols = served.item_index.get_indexer(list(item_ids))
+    user_row = served.user_index.get(user_id)
+    drops = model.contributions(
+        X, cols[cols >= 0], history=weighed, users=np.array([user_row]) if user_row >= 0 else None,
+        timestamps=rows.timestamps if model.sequential else None,
+    )
+    finite(served, drops)
+    top = np.argsort(-drops, axis=1, kind="stable")[:, :EXPLAIN_REASONS]
+    reasons = iter([[(str(served.item_ids[weighed[j]]), float(d[j])) for j in t] for d, t in zip(drops, top)])
+    because = [next(reasons) if col >= 0 else [] for col in cols]
+    note = None
+    if X.nnz > len(weighed):
+        note = f"only the {len(weighed)} most recent of the user's {X.nnz} history items were weighed"
+    return Explained(because, model.explained_by, len(weighed), int(X.nnz), note)
 
 
 def _popular(
