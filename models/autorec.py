@@ -131,6 +131,7 @@ class AutoRecI(_AutoRec):
     search_space = SEARCH_SPACE
     can_fold_in = False
     item_based = True
+    explainable = False  # scores by user index alone: the history given moves nothing
 
     def __init__(self, config: AutoRecConfig, n_items: int, n_users: int, rating_range=(1.0, 5.0)):
         super().__init__(config, n_items, n_users, rating_range)

@@ -11,7 +11,9 @@ A model file implements four things:
   * ``training_batches(data, generator)`` and ``loss(batch, **schedule)`` for
     gradient-trained models, or ``solve(data)`` for closed-form ones (EASE);
   * ``configure_optimizer()``: the optimiser the paper used;
-  * optionally ``pair_scores``: a rating model's scores at given (row, item) pairs only.
+  * optionally ``pair_scores``: a rating model's scores at given (row, item) pairs only;
+  * optionally ``contributions``: each history item's share of a row's scores (``Recommender``'s
+    default removes each item in one batched pass; EASE and EDLAE give their exact linear terms).
 Gradient-trained configs carry ``epochs``, ``batch_size``, ``lr`` and ``patience``
 (early-stopping patience in epochs, on the validation metric).
 Training-loop state (optimiser, annealing, early stopping) lives in the trainer.
@@ -229,6 +231,11 @@ class Recommender(nn.Module):
     # True: the loss may run its dense layers in bfloat16 under autocast (the trainer's
     # ``precision="bf16"``); it takes its softmax and error terms in float32 itself.
     reduced_precision: ClassVar[bool] = False
+    # False: a row's items do not move its scores (a model that scores by user index, a constant
+    # per item), so ``contributions`` has nothing to say and refuses
+    explainable: ClassVar[bool] = True
+    # how ``contributions`` is computed: "removal" (the score drops, measured) or "weights" (exact terms)
+    explained_by: ClassVar[Literal["removal", "weights"]] = "removal"
     # The key hyper-parameters ``trainer train --tune`` searches, as plain data (no Optuna here):
     # {Config field: ("log", low, high) | ("float", low, high) | ("int", low, high) | ("choice", [values])};
     # "log" is a float drawn on a log scale. Declared in each model's file beside its Config.
@@ -458,6 +465,82 @@ class Recommender(nn.Module):
             if was_training:
                 self.train()
         return np.clip(out, *self.rating_range)
+
+    # ---- explanations --------------------------------------------------------------
+    def _explain_inputs(
+        self, row: Any, items: np.ndarray, history: np.ndarray | None
+    ) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray, np.ndarray]:
+        """(row checked, items, history columns, each history column's position among the row's entries)."""
+        if not self.explainable:
+            raise ModelInputError(f"{self.name}'s scores do not depend on the history it is given: nothing to explain")
+        row = as_csr(row, self.n_items)
+        if row.shape[0] != 1:
+            raise ModelInputError(f"contributions explains one row at a time, got {row.shape[0]}")
+        items = np.asarray(items, dtype=np.int64).reshape(-1)
+        if ((items < 0) | (items >= self.n_items)).any():
+            raise ModelInputError("items contain indices outside the model's items")
+        cols = row.indices.astype(np.int64)
+        history = cols.copy() if history is None else np.asarray(history, dtype=np.int64).reshape(-1)
+        order = np.argsort(cols, kind="stable")
+        at = np.searchsorted(cols[order], history).clip(max=max(len(cols) - 1, 0))
+        if len(history) and (not len(cols) or (cols[order][at] != history).any()):
+            raise ModelInputError("history contains items that are not in the row")
+        return row, items, history, order[at] if len(history) else np.zeros(0, dtype=np.int64)
+
+    @torch.no_grad()
+    def contributions(
+        self,
+        row: sp.csr_matrix,
+        items: np.ndarray,
+        *,
+        history: np.ndarray | None = None,
+        users: np.ndarray | None = None,
+        timestamps: sp.csr_matrix | None = None,
+    ) -> np.ndarray:
+        """What each history item adds to one row's scores of ``items``, [len(items), len(history)]:
+        entry (t, h) is the score of ``items[t]`` from the whole row minus its score from the row
+        without ``history[h]`` (positive: the item pulled it up). A rating model's scores are its
+        predictions before clipping.
+
+        ``history``: columns stored in ``row`` (default: all of them, in stored order); ``users``:
+        the row's training-row index, for models that read it; ``timestamps``: the row's (a
+        sequential model reads the order). One batched pass: the row and the len(history) rows
+        each lacking one of its items are scored together (in blocks of ``score_block_rows``)."""
+        row, items, history, at = self._explain_inputs(row, items, history)
+        users = self._check_users(users, 1)
+        n_h, nnz = len(history), row.nnz
+        if n_h == 0 or len(items) == 0:
+            return np.zeros((len(items), n_h), dtype=np.float32)
+        # row 0: the whole row; row 1 + h: the row without its entry at[h]
+        keep = np.ones((n_h + 1, nnz), dtype=bool)
+        keep[1 + np.arange(n_h), at] = False
+        indptr = np.zeros(n_h + 2, dtype=np.int64)
+        np.cumsum(keep.sum(axis=1), out=indptr[1:])
+        indices = np.broadcast_to(row.indices, keep.shape)[keep]
+        batch = sp.csr_matrix((np.broadcast_to(row.data, keep.shape)[keep], indices, indptr), shape=(n_h + 1, self.n_items))
+        batch_ts = None
+        if self.sequential:
+            if timestamps is None or timestamps.shape != row.shape or timestamps.nnz != nnz:
+                raise ModelInputError(f"{self.name} reads each row's items in time order: pass the row's timestamps")
+            batch_ts = sp.csr_matrix((np.broadcast_to(timestamps.data, keep.shape)[keep], indices, indptr), shape=batch.shape)
+        device = self.device
+        inputs = DeviceRows(batch, device, binary=self.task == "ranking", timestamps=batch_ts)
+        targets = torch.from_numpy(items).to(device)
+        out = torch.empty(n_h + 1, len(items), dtype=torch.float32, device=device)
+        block = score_block_rows(self.n_items, device)
+        was_training = self.training
+        if was_training:
+            self.eval()
+        try:
+            for start in range(0, n_h + 1, block):
+                stop = min(start + block, n_h + 1)
+                part = inputs.between(start, stop)
+                s = self.scores(part, users=None if users is None else np.repeat(users, stop - start))
+                out[start:stop] = s.float()[:, targets]
+        finally:
+            if was_training:
+                self.train()
+        return (out[0:1] - out[1:]).T.contiguous().cpu().numpy()
 
     # ---- persistence ---------------------------------------------------------------
     def save(self, path: str | Path) -> None:

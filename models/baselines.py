@@ -50,6 +50,7 @@ class GlobalMean(Recommender):
     task = "rating"
     Config = GlobalMeanConfig
     closed_form = True
+    explainable = False  # one number for every pair
 
     def __init__(
         self, config: GlobalMeanConfig, n_items: int, n_users: int, rating_range: tuple[float, float] = (1.0, 5.0)
@@ -138,6 +139,7 @@ class Popularity(Recommender):
     task = "ranking"
     Config = PopularityConfig
     closed_form = True
+    explainable = False  # the same list for everyone
 
     def __init__(
         self, config: PopularityConfig, n_items: int, n_users: int, rating_range: tuple[float, float] = (0.0, 1.0)

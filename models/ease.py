@@ -67,6 +67,7 @@ class EASE(Recommender):
     name = "ease"
     task = "ranking"
     closed_form = True
+    explained_by = "weights"  # contributions: B's entries, exact
     Config: ClassVar[type] = EASEConfig
     search_space = SEARCH_SPACE
 
@@ -132,6 +133,14 @@ class EASE(Recommender):
     def scores(self, rows: RowBatch | sp.csr_matrix, users: np.ndarray | None = None, timestamps: sp.csr_matrix | None = None) -> torch.Tensor:
         x = as_row_batch(rows, self.n_items, self.device, binary=True)
         return (x.sparse(self.B.dtype) @ self.B).float()  # the sum of B's rows over each user's items
+
+    @torch.no_grad()
+    def contributions(self, row, items, *, history=None, users=None, timestamps=None) -> np.ndarray:
+        """Exact: scores are x B with x binary, so history item j adds B[j, i] to item i's score, and
+        removing j lowers it by exactly that (the removal ``Recommender.contributions`` measures)."""
+        row, items, history, _ = self._explain_inputs(row, items, history)
+        h, i = (torch.from_numpy(a).to(self.B.device) for a in (history, items))
+        return self.B[h[None, :], i[:, None]].float().cpu().numpy()  # [items, history]: only those entries gathered
 
     def item_embeddings(self) -> torch.Tensor:
         return self.B.T.float()  # item j: column j of B, the weights that predict j

@@ -4,8 +4,10 @@ A hit is one cache lookup and stored JSON, yet through the router it also paid f
 routing, the route's dependencies (session, settings, cache, store, the read-key check) and
 FastAPI's body handling: about two thirds of its time (py-spy, ml-100k, 8 clients; the
 bench's ceiling, a bare FastAPI route, answered 8,700 req/s where hits reached 2,600).
-This middleware answers a hit itself: the same validation of the body (the route's media
-type rule and pydantic model), the same key rule (``deps.READ``) and lookup
+This middleware answers a hit itself, and a miss that the user's stored top-N list answers
+(``serving.stored_answer``: a user's first request of a version, every title known here),
+with the same validation of the body (the route's media type rule and pydantic model), the
+same key rule (``deps.READ``) and lookup
 (``serving.recommendation_lookup``, with its limits), the same JSON, and the route's labels
 in the request metrics. The rate limits (``service.rate_limits``) run before it.
 
@@ -95,12 +97,17 @@ class CachedRecommendations:
         except ApiError:
             return None
         entry = await lookup()
-        if entry.value is None:
-            scope.setdefault("state", {})[ENTRY_STATE] = (lookup.key, entry)
-            return None
+        answer = entry.value
+        if answer is None:
+            answer = serving.stored_answer(lookup, request, entry)
+            if answer is None:
+                scope.setdefault("state", {})[ENTRY_STATE] = (lookup.key, entry)
+                return None
+            if entry.key is not None:  # stored for the next ask, after this answer is sent, as a hit
+                self.cache.set_later(entry.key, answer, self.settings.CACHE_TTL_S)
         scope["route"] = self.route
         scope.setdefault("state", {})["model"] = lookup.model
-        return entry.value
+        return answer
 
 
 async def _read_body(receive: Receive) -> tuple[list[Message], bytes | None]:

@@ -227,7 +227,8 @@ def _error_text(exc: ApiError) -> str:
 
 async def user_page(session: Session, cache: Cache, store: ModelStore, settings: Settings, user_id: str,
                     rate_items: list[str]) -> dict[str, Any]:
-    """A user's history, every ranker's list (the API's answer, ``serving.recommendations``), and the
+    """A user's history, every ranker's list with why each item is on it (the API's answer with
+    ``explain``, ``serving.recommendations``), and the
     rating models' predictions for ``rate_items`` (``serving.ratings``)."""
     version = serving.serving_version(store)
 
@@ -242,8 +243,11 @@ async def user_page(session: Session, cache: Cache, store: ModelStore, settings:
             continue
         try:
             answer = await serving.recommendations(session, cache, store, settings, user_id,
-                                                   RecommendationRequest(k=LIST_K, model=name))
-            lists.append({"model": name, **json.loads(answer.json), "error": None})
+                                                   RecommendationRequest(k=LIST_K, model=name, explain=True))
+            body = json.loads(answer.json)
+            for item in body["items"]:  # why: the history items that raise it (the API's reasons, those adding > 0)
+                item["why"] = [r["title"] or r["item_id"] for r in item.get("because") or [] if r["contribution"] > 0]
+            lists.append({"model": name, **body, "error": None})
         except ApiError as exc:
             lists.append({"model": name, "items": [], "source": None, "error": _error_text(exc)})
     ratings = []

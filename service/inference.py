@@ -16,9 +16,11 @@ import numpy as np
 import scipy.sparse as sp
 
 from rating_scale.latest import keep_latest_pairs
+from service.cache import NO_WRITE
 from service.crud import History
 from service.errors import ApiError
 from service.model_store import IdIndex, ServingModel, ServingVersion
+from service.schemas import EXPLAIN_MAX_HISTORY, EXPLAIN_REASONS
 from trainer.best import BEST
 
 log = logging.getLogger("service.inference")
@@ -191,6 +193,111 @@ def recommend(
     ids, scores = ids[0, offset:], scores[0, offset:]
     found = ids >= 0  # fewer than k + offset items allowed: the tail is padding
     return Scored(list(zip(served.item_ids[ids[found]].tolist(), scores[found].tolist())), source, unknown)
+
+
+def stored_recommendation(
+    served: ServingModel,
+    user_id: str,
+    written_at: float,
+    *,
+    k: int,
+    offset: int,
+    exclude_seen: bool,
+    exclude_items: Sequence[str],
+    candidates: Sequence[str] | None,
+) -> Scored | None:
+    """What ``recommend`` would answer, read from the user's stored top-N list; None when the list
+    cannot say it exactly (the request is then scored).
+
+    The list holds the model's scores of every unseen item, best first, for the history the
+    model was published with: it answers when the user has no write since (``written_at``, from
+    the cache: ``NO_WRITE``, or before ``StoredLists.valid_before``), seen items are to be
+    excluded (they already are), and after the exclusions and candidates filter it, offset + k
+    items remain whose order no item outside the list or tied with them could change.
+    """
+    lists = served.lists
+    if lists is None or not exclude_seen or not (written_at == NO_WRITE or written_at < lists.valid_before):
+        return None
+    row = served.user_index.get(user_id)
+    if row < 0 or lists.items[row, 0] < 0:
+        return None
+    items, scores = lists.items[row], lists.scores[row]
+    exclude_cols, unknown_excluded = _columns(served, exclude_items)
+    candidate_cols, unknown_candidates = _columns(served, candidates or [])
+    need = offset + k
+    complete = items[-1] < 0  # padded: every item the user may get is in the list
+    if len(exclude_cols) or candidates is not None:
+        allowed = items >= 0
+        if len(exclude_cols):
+            allowed &= ~np.isin(items, exclude_cols)
+        if candidates is not None:
+            allowed &= np.isin(items, candidate_cols)
+        positions = np.flatnonzero(allowed)
+    else:  # the usual request: the list itself, up to its padding
+        positions = np.arange(int(np.argmax(items < 0)) if complete else len(items))
+    if len(positions) < need and not complete:
+        return None
+    # a tie at the edges of the page could be ordered otherwise by scoring (torch.topk); so could an unlisted item
+    edge = scores[positions[max(0, offset - 1) : need + 1]]
+    if (len(edge) > 1 and not (edge[:-1] > edge[1:]).all()) or (
+            not complete and len(positions) == need and not scores[positions[-1]] > scores[-1]):
+        return None
+    picked = positions[offset:need]
+    pairs = list(zip(served.item_ids[items[picked]].tolist(), scores[picked].tolist()))
+    return Scored(pairs, "model", _unique(unknown_excluded + unknown_candidates))
+
+
+def stored_items(served: ServingModel, user_id: str) -> list[str]:
+    """Every item of the user's stored list (none without one): whose titles a first answer fetches at once."""
+    row = served.user_index.get(user_id) if served.lists is not None else -1
+    if row < 0:
+        return []
+    items = served.lists.items[row]
+    return served.item_ids[items[items >= 0]].tolist()
+
+
+@dataclass
+class Explained:
+    """Why a user's items scored as they did (``explain``): per item, the history items that added
+    most, best first, as (item id, contribution); None with a ``note`` when the answer has none."""
+
+    because: list[list[tuple[str, float]]] | None
+    method: str  # "weights", "removal" or "none"
+    history_weighed: int = 0
+    history_total: int = 0
+    note: str | None = None
+
+
+def explain(served: ServingModel, user_id: str, history: History, item_ids: Sequence[str], source: str) -> Explained:
+    """The ``EXPLAIN_REASONS`` history items that add most to each of ``item_ids`` (items the model
+    knows: the ones it just scored for ``user_id``), from the model's ``contributions``: exact for
+    EASE and EDLAE, else the score drop of removing each of the user's ``EXPLAIN_MAX_HISTORY`` most
+    recent history items, all scored in one batched pass. ``source``: how the items were scored."""
+    model = served.model
+    if source in (COLD, "popular", "cold-start"):
+        return Explained(None, "none", note="no history of the user's for the model to read: nothing explains this answer")
+    if not model.explainable:
+        return Explained(None, "none", note=f"model {served.name}'s scores do not depend on the history it is given "
+                         "(it scores by user index or the same for everyone): nothing to explain them by")
+    rows = history_rows(served, history, [user_id])
+    X = rows.X
+    # the most recent first (ties: the higher column first), the oldest beyond the cap left out
+    order = np.lexsort((-X.indices, -rows.timestamps.data))[:EXPLAIN_MAX_HISTORY]
+    weighed = X.indices[order].astype(np.int64)
+    cols = served.item_index.get_indexer(list(item_ids))
+    user_row = served.user_index.get(user_id)
+    drops = model.contributions(
+        X, cols[cols >= 0], history=weighed, users=np.array([user_row]) if user_row >= 0 else None,
+        timestamps=rows.timestamps if model.sequential else None,
+    )
+    finite(served, drops)
+    top = np.argsort(-drops, axis=1, kind="stable")[:, :EXPLAIN_REASONS]
+    reasons = iter([[(str(served.item_ids[weighed[j]]), float(d[j])) for j in t] for d, t in zip(drops, top)])
+    because = [next(reasons) if col >= 0 else [] for col in cols]
+    note = None
+    if X.nnz > len(weighed):
+        note = f"only the {len(weighed)} most recent of the user's {X.nnz} history items were weighed"
+    return Explained(because, model.explained_by, len(weighed), int(X.nnz), note)
 
 
 def _popular(

@@ -91,6 +91,29 @@ class ItemVectors:
         return (self.vectors @ self.vectors[col]) * (self.inverse_norms * self.inverse_norms[col])
 
 
+WRITE_CLOCK_MARGIN_S = 60.0  # the trainer's and the service's clocks may disagree by this much
+
+
+@dataclass(frozen=True)
+class StoredLists:
+    """A ranker's top-N of every user it knows, published with it (``trainer.top_lists``), memory-mapped."""
+
+    items: np.ndarray  # int32 [users, N], by the model's user row; -1 pads (a first -1: no list)
+    scores: np.ndarray  # float32 [users, N]
+    # a user written through the API at or after this (epoch seconds) has a history the lists never saw;
+    # 0 when the lists come from a file or dataset: the database's writes are none of theirs
+    valid_before: float
+
+
+def _stored_lists(loaded: LoadedModel) -> StoredLists | None:
+    if loaded.top_items is None or loaded.model.task != "ranking":
+        return None
+    info = loaded.info["top_lists"]
+    valid_before = float(info["data_read_at"]) - WRITE_CLOCK_MARGIN_S if info.get("from_database") else 0.0
+    # plain ndarrays over the same mapping: np.memmap's subclass hooks cost more than a row's filtering
+    return StoredLists(loaded.top_items.view(np.ndarray), loaded.top_scores.view(np.ndarray), valid_before)
+
+
 @dataclass(frozen=True)
 class ServingModel:
     """A loaded model plus the vectorised id maps the service needs."""
@@ -106,6 +129,7 @@ class ServingModel:
     positive_threshold: float | None = None
     # Rating models: what a user with no usable history is rated by (``inference.user_source`` says who)
     cold_start: Any = None
+    lists: StoredLists | None = None  # each known user's top-N (``inference.stored_recommendation``)
 
     @property
     def model(self):
@@ -197,6 +221,7 @@ def _serving_model(name: str, loaded: LoadedModel, popular: np.ndarray, manifest
         item_vectors=_item_vectors(loaded),
         positive_threshold=float(threshold) if threshold is not None and model.task == "ranking" else None,
         cold_start=_cold_start(loaded),
+        lists=_stored_lists(loaded),
     )
     if not items.is_unique or not served.user_index.is_unique:
         raise ArtifactError(f"model {name}: ids.json holds duplicate ids")

@@ -60,6 +60,38 @@ class ErrorBody(BaseModel):
 
 
 # ---- recommendations ------------------------------------------------------------------
+# Explanations (``explain``): bounded work, whatever the settings. A ranker's explanation scores one
+# row per history item weighed, so the history is capped; the list explained is capped too.
+EXPLAIN_MAX_K = 50  # most items explained in one answer (k of a recommendation list, item_ids of a rating request)
+EXPLAIN_MAX_HISTORY = 200  # the user's most recent history items weighed as reasons
+EXPLAIN_REASONS = 3  # reasons given per item
+EXPLAIN_DESCRIPTION = (
+    f"Give each item `because`: the (at most {EXPLAIN_REASONS}) history items of the user that raise its score "
+    f"most, best first. Only the user's {EXPLAIN_MAX_HISTORY} most recent history items are weighed (the model "
+    f"still reads the whole history; `explanation` says how many were weighed). At most {EXPLAIN_MAX_K} items are "
+    "explained per answer: more is a 422 (explain_too_many_items). EASE/EDLAE explain exactly (the weight B[j, i] "
+    "of history item j towards item i); other models by the drop in the item's score when that history item is "
+    "removed, all removals scored in one batched pass. A model whose scores do not depend on the history "
+    "(AutoRec-I, popularity) and the popularity list give `because: null` and say why in `explanation.note`."
+)
+
+
+class Reason(BaseModel):
+    item_id: str = Field(description="A history item of the user.")
+    title: str | None = None
+    contribution: float = Field(description="How much it adds to the item's score (predicted rating, for a rating "
+                                "model, before clipping): the drop when it is removed from the history.")
+
+
+class Explanation(BaseModel):
+    method: Literal["weights", "removal", "none"] = Field(
+        description="weights: the model's exact linear terms (EASE, EDLAE); removal: the score drop measured per "
+        "history item; none: no explanation (see note).")
+    history_weighed: int = Field(description=f"History items weighed as reasons (the most recent, at most {EXPLAIN_MAX_HISTORY}).")
+    history_total: int = Field(description="History items the model reads for this user.")
+    note: str | None = Field(default=None, description="Why items carry no reasons, or what was left out.")
+
+
 class RecommendationRequest(Strict):
     k: int = Field(default=10, ge=1, description="How many items to return (at most MAX_K, counting offset).")
     model: ModelName | None = Field(default=None, description="A model of the served version; the default model if omitted.")
@@ -67,6 +99,7 @@ class RecommendationRequest(Strict):
     exclude_items: list[ExternalId] = Field(default_factory=list, description="Items never to return.")
     candidates: list[ExternalId] | None = Field(default=None, description="If given, only these items may be returned.")
     offset: int = Field(default=0, ge=0, description="Skip this many of the best items (paging).")
+    explain: bool = Field(default=False, description=EXPLAIN_DESCRIPTION + f" Here: k <= {EXPLAIN_MAX_K}.")
 
 
 class ScoredItem(BaseModel):
@@ -76,13 +109,19 @@ class ScoredItem(BaseModel):
     title: str | None = None
 
 
+class RecommendedItem(ScoredItem):
+    because: list[Reason] | None = Field(
+        default=None, description="With explain: the history items that raise this item's score most; absent without.")
+
+
 class RecommendationResponse(BaseModel):
     user_id: str
     model: str
     model_version: str
     source: Literal["model", "fold-in", "popular"]
-    items: list[ScoredItem]
+    items: list[RecommendedItem]
     unknown_items: list[str] = Field(default_factory=list, description="Ids in exclude_items/candidates the model does not know.")
+    explanation: Explanation | None = Field(default=None, description="With explain: how the reasons were found; absent without.")
 
 
 # ---- ratings --------------------------------------------------------------------------
@@ -90,11 +129,15 @@ class RatingRequest(Strict):
     user_id: ExternalId
     item_ids: list[ExternalId] = Field(min_length=1)
     model: ModelName | None = Field(default=None, description="A rating model; DEFAULT_RATING_MODEL if omitted.")
+    explain: bool = Field(default=False, description=EXPLAIN_DESCRIPTION.replace("`because`", "`because` (per rating)")
+                          .replace("raise its score", "raise its predicted rating") + f" Here: at most {EXPLAIN_MAX_K} item_ids.")
 
 
 class PredictedRating(BaseModel):
     item_id: str
     rating: float
+    because: list[Reason] | None = Field(
+        default=None, description="With explain: the history items that raise this predicted rating most; absent without.")
 
 
 class RatingResponse(BaseModel):
@@ -104,6 +147,7 @@ class RatingResponse(BaseModel):
     source: Literal["model", "fold-in", "cold-start"]
     ratings: list[PredictedRating]
     unknown_items: list[str] = Field(default_factory=list, description="Requested items the model does not know.")
+    explanation: Explanation | None = Field(default=None, description="With explain: how the reasons were found; absent without.")
 
 
 # ---- interactions ---------------------------------------------------------------------

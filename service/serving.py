@@ -2,8 +2,11 @@
 
 Order for a recommendation: take the served version once (a swap mid-request cannot
 change it), look in the cache under a key made of version, model, the user's generation
-token and the request, else read the history (one query, unless a list for the same user
-under the same token read it: ``Cache.user_history``), score, add titles, cache.
+token and the request, else answer from the user's stored top-N list when it can say exactly
+what scoring would (``inference.stored_recommendation``: no write since its data, seen items
+excluded, enough items left after the filters), else read the history (one query, unless a
+list for the same user under the same token read it: ``Cache.user_history``), score, add
+titles, cache.
 Cacheable answers leave here as JSON text (``Answer``): a hit is sent as it was stored,
 with no parse and re-serialisation, and a miss is serialised once, for the cache and the
 client alike. The cached endpoints are coroutines: the cache lookup runs on the event loop
@@ -32,9 +35,13 @@ from service.schemas import (
     InteractionIn,
     PredictedRating,
     RatingRequest,
+    EXPLAIN_MAX_K,
+    Explanation,
     RatingResponse,
+    Reason,
     RecommendationRequest,
     RecommendationResponse,
+    RecommendedItem,
     ScoredItem,
     SimilarItemsResponse,
 )
@@ -43,7 +50,7 @@ from trainer.best import BEST
 
 _RATING_LIST = TypeAdapter(list[RatingResponse])
 Lookup = Callable[[], Awaitable[CacheEntry]]  # () -> cache key (None: uncachable), cached JSON, user's generation
-Compute = Callable[[str | None], str]  # (the user's generation token or None) -> the answer's JSON
+Compute = Callable[[CacheEntry], str]  # (the lookup's entry: the user's generation token, ...) -> the answer's JSON
 
 
 @dataclass(frozen=True)
@@ -141,8 +148,26 @@ def _kept_history(session: Session, cache: Cache, settings: Settings, user_id: s
     return cache.user_history(user_id, generation, partial(_read_history, session, user_id), settings.CACHE_TTL_S)
 
 
-def _scored_items(pairs: list[tuple[str, float]], first_rank: int, titles: dict[str, str]) -> list[ScoredItem]:
-    return [ScoredItem(item_id=i, score=s, rank=first_rank + n, title=titles.get(i)) for n, (i, s) in enumerate(pairs)]
+def _scored_items(
+    pairs: list[tuple[str, float]], first_rank: int, titles: dict[str, str], cls: type[ScoredItem] = ScoredItem
+) -> list[ScoredItem]:
+    return [cls(item_id=i, score=s, rank=first_rank + n, title=titles.get(i)) for n, (i, s) in enumerate(pairs)]
+
+
+def _reasons(pairs: list[tuple[str, float]], titles: dict[str, str]) -> list[Reason]:
+    return [Reason(item_id=i, title=titles.get(i), contribution=c) for i, c in pairs]
+
+
+UNEXPLAINED = {"items": {"__all__": {"because"}}, "explanation": True}  # left out of an answer not asked to explain
+
+
+def check_explain_size(n_items: int, field: str) -> None:
+    """An explained answer explains at most ``EXPLAIN_MAX_K`` items (its work grows with them)."""
+    if n_items > EXPLAIN_MAX_K:
+        raise ApiError(
+            422, "explain_too_many_items", f"explain covers at most {EXPLAIN_MAX_K} items per answer; {field} is {n_items}",
+            {field: n_items, "max_explained": EXPLAIN_MAX_K},
+        )
 
 
 @dataclass(frozen=True)
@@ -176,11 +201,15 @@ def recommendation_lookup(
             422, "k_too_large", f"k + offset is {request.k + request.offset}; at most {settings.MAX_K} items can be ranked",
             {"k": request.k, "offset": request.offset, "max_k": settings.MAX_K},
         )
+    if request.explain:
+        check_explain_size(request.k, "k")
     check_list("exclude_items", request.exclude_items, settings)
     check_list("candidates", request.candidates, settings)
     version = serving_version(store)
     served = inference.resolve_model(version, request.model, settings.DEFAULT_MODEL)
-    key = list_key("rec", version.version, served.name, user_id, request.model_dump(exclude={"model"}))
+    # an explained answer under a key of its own; an unexplained one under the key it always had
+    key = list_key("rec", version.version, served.name, user_id,
+                   request.model_dump(exclude={"model"} if request.explain else {"model", "explain"}))
     return RecommendationLookup(version, served, user_id, key, cache, 2 * settings.CACHE_TTL_S)
 
 
@@ -198,23 +227,66 @@ async def recommendations(
             return looked_up[1]
         return await lookup()
 
-    def compute(generation: str | None) -> str:
-        # the history kept under the user's generation, else one query; titles likewise: a
-        # connection is taken from the pool only for what the cache lacks
-        history = _kept_history(session, cache, settings, user_id, generation)
-        scored = inference.recommend(
-            version, served, user_id, history,
-            k=request.k, offset=request.offset, exclude_seen=request.exclude_seen,
-            exclude_items=request.exclude_items, candidates=request.candidates,
-        )
-        titles = _titles(session, cache, settings, [i for i, _ in scored.items])
-        response = RecommendationResponse(
-            user_id=user_id, model=served.name, model_version=version.version, source=scored.source,
-            items=_scored_items(scored.items, request.offset + 1, titles), unknown_items=scored.unknown_items,
-        )
-        return response.model_dump_json()
+    def compute(entry: CacheEntry) -> str:
+        # the stored list when it can answer (not an explained answer: that reads the history); else the
+        # history kept under the user's generation, or one query; titles likewise: a connection is taken
+        # from the pool only for what the cache lacks
+        scored, more = (None if request.explain else _stored(lookup, request, entry)), []
+        if scored is None:
+            history = _kept_history(session, cache, settings, user_id, entry.generation)
+            scored = inference.recommend(version, served, user_id, history, **_options(request))
+        else:  # the titles of the whole list in the same query: the user's other pages are answered before the routing
+            history, more = None, inference.stored_items(served, user_id)
+        item_ids = [i for i, _ in scored.items]
+        explained = inference.explain(served, user_id, history, item_ids, scored.source) if request.explain else None
+        reason_ids = [i for reasons in (explained.because or []) for i, _ in reasons] if explained else []
+        titles = _titles(session, cache, settings, list(dict.fromkeys(item_ids + reason_ids + more)))
+        return _recommendation_json(lookup, request, scored, titles, explained)
 
     return Answer(served.name, await _cached_or_computed(cache, store, settings, lookup_once, compute))
+
+
+def _options(request: RecommendationRequest) -> dict[str, Any]:
+    return dict(k=request.k, offset=request.offset, exclude_seen=request.exclude_seen,
+                exclude_items=request.exclude_items, candidates=request.candidates)
+
+
+def _stored(lookup: RecommendationLookup, request: RecommendationRequest, entry: CacheEntry) -> inference.Scored | None:
+    scored = inference.stored_recommendation(lookup.served, lookup.user_id, entry.written_at, **_options(request))
+    if scored is not None:
+        lookup.cache.metrics.cache_hits.labels("stored_list").inc()
+    return scored
+
+
+def _recommendation_json(lookup: RecommendationLookup, request: RecommendationRequest, scored: inference.Scored,
+                         titles: dict[str, str], explained: inference.Explained | None = None) -> str:
+    items = _scored_items(scored.items, request.offset + 1, titles, RecommendedItem)
+    explanation = None
+    if explained is not None:
+        for item, reasons in zip(items, explained.because or []):
+            item.because = _reasons(reasons, titles)
+        explanation = Explanation(method=explained.method, history_weighed=explained.history_weighed,
+                                  history_total=explained.history_total, note=explained.note)
+    response = RecommendationResponse(
+        user_id=lookup.user_id, model=lookup.served.name, model_version=lookup.version.version, source=scored.source,
+        items=items, unknown_items=scored.unknown_items, explanation=explanation,
+    )
+    return response.model_dump_json(exclude=None if request.explain else UNEXPLAINED)
+
+
+def stored_answer(lookup: RecommendationLookup, request: RecommendationRequest, entry: CacheEntry) -> str | None:
+    """The answer from the user's stored list, on the event loop: when the list can answer
+    (``inference.stored_recommendation``) and every title is in process; else None (the route answers)."""
+    if lookup.served.lists is None or request.explain:  # an explained answer reads the history: the route's
+        return None
+    scored = inference.stored_recommendation(lookup.served, lookup.user_id, entry.written_at, **_options(request))
+    if scored is None:
+        return None
+    titles = lookup.cache.known_titles([i for i, _ in scored.items])
+    if titles is None:
+        return None
+    lookup.cache.metrics.cache_hits.labels("stored_list").inc()
+    return _recommendation_json(lookup, request, scored, titles)
 
 
 async def _cached_or_computed(cache: Cache, store: ModelStore, settings: Settings, lookup: Lookup, compute: Compute) -> str:
@@ -232,7 +304,7 @@ async def _cached_or_computed(cache: Cache, store: ModelStore, settings: Setting
     entry = await lookup()
     if entry.value is not None:
         return entry.value
-    body = await store.run(partial(retry_if_dropped, partial(compute, entry.generation)))
+    body = await store.run(partial(retry_if_dropped, partial(compute, entry)))
     if entry.key is not None:  # stored from the loop too, after the slot is free for the next miss
         await cache.set_async(entry.key, body, settings.CACHE_TTL_S)
     return body
@@ -257,6 +329,8 @@ async def ratings(
     was checked before validation (``check_ratings_size``)."""
     for r in requests:
         check_list("item_ids", r.item_ids, settings)
+        if r.explain:
+            check_explain_size(len(r.item_ids), "item_ids")
     version = serving_version(store)
     queries = [
         inference.RatingQuery(r.user_id, r.item_ids, inference.resolve_model(version, r.model, settings.DEFAULT_RATING_MODEL, rating=True))
@@ -272,10 +346,34 @@ async def ratings(
             )
             for q, r in zip(queries, inference.predict_ratings(queries, histories))
         ]
-        return _RATING_LIST.dump_json(responses).decode() if many else responses[0].model_dump_json()
+        if not any(r.explain for r in requests):
+            return _RATING_LIST.dump_json(responses).decode() if many else responses[0].model_dump_json()
+        for request, query, response in zip(requests, queries, responses):
+            if request.explain:
+                _explain_ratings(session, cache, settings, query, response, histories)
+        bodies = [response.model_dump_json(exclude=None if request.explain else UNEXPLAINED_RATINGS)
+                  for request, response in zip(requests, responses)]
+        return f"[{','.join(bodies)}]" if many else bodies[0]
 
     models = ",".join(sorted({q.model.name for q in queries}))
     return Answer(models, await store.run(partial(retry_if_dropped, predicted)))
+
+
+UNEXPLAINED_RATINGS = {"ratings": {"__all__": {"because"}}, "explanation": True}
+
+
+def _explain_ratings(
+    session: Session, cache: Cache, settings: Settings, query: inference.RatingQuery, response: RatingResponse,
+    histories: crud.History,
+) -> None:
+    """Each predicted rating's reasons, and how they were found, written into ``response``."""
+    explained = inference.explain(query.model, query.user_id, histories, [p.item_id for p in response.ratings], response.source)
+    reason_ids = [i for reasons in (explained.because or []) for i, _ in reasons]
+    titles = _titles(session, cache, settings, list(dict.fromkeys(reason_ids))) if reason_ids else {}
+    for predicted, reasons in zip(response.ratings, explained.because or []):
+        predicted.because = _reasons(reasons, titles)
+    response.explanation = Explanation(method=explained.method, history_weighed=explained.history_weighed,
+                                       history_total=explained.history_total, note=explained.note)
 
 
 async def similar(
@@ -291,7 +389,7 @@ async def similar(
         key = list_key("sim", version.version, served.name, item_id, k)
         return CacheEntry(key, await cache.get_async(key, kind="similar"), None)
 
-    def compute(_: str | None) -> str:
+    def compute(_: CacheEntry) -> str:
         pairs = inference.similar_items(served, item_id, k)
         titles = _titles(session, cache, settings, [i for i, _ in pairs])
         response = SimilarItemsResponse(

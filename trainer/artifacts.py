@@ -9,7 +9,8 @@ Layout (the trainer writes, the service reads)::
         manifest.json         written last inside the staging folder; "files" holds each other file's sha256 and size
         popularity.json       {"items": [...], "counts": [...]}, most popular first
         <model>/              weights.safetensors, model.json, ids.json, metrics.json, learning_curve.png,
-                              trained_pairs.npz (the (user, item) pairs it trained on; the gate reads it)
+                              trained_pairs.npz (the (user, item) pairs it trained on; the gate reads it),
+                              top_items.npy, top_scores.npy (rankers: each user's top-N, trainer.top_lists)
           cold-start/         rating models: the bias baseline on the same training data (weights.safetensors, model.json)
       .tmp-<uuid>             a version (or LATEST) being written; readers ignore it
 
@@ -95,6 +96,9 @@ class LoadedModel:
     info: dict[str, Any] = field(default_factory=dict)  # the manifest's entry for this model
     cold_start: Recommender | None = None  # the bias baseline beside a rating model; None in versions before it
     trained_pairs_file: Path | None = None  # checksummed trained_pairs.npz; None in versions published before it
+    # each user's top-N (trainer.top_lists), memory-mapped: one copy in the page cache for every process
+    top_items: Any = None  # int32 [users, N]; None when the manifest names no lists for this model
+    top_scores: Any = None  # float32 [users, N]
 
 
 @dataclass
@@ -318,6 +322,8 @@ def load_version(root: str | Path, version: str | None = None, map_location: str
     read = [popularity_file, *(f"{sub}/{f}" for sub in subfolders.values() for f in MODEL_FILES)]
     read += [f"{subfolders[name]}/{COLD_START_DIR}/{f}" for name, info in manifest["models"].items()
              if isinstance(info, dict) and info.get("cold_start") for f in COLD_START_FILES]
+    read += [f"{subfolders[name]}/{_top_list_file(info, key, version)}" for name, info in manifest["models"].items()
+             if isinstance(info, dict) and info.get("top_lists") for key in ("items", "scores")]
     verify_checksums(folder, manifest, read)
     loaded = {}
     for name, sub in subfolders.items():
@@ -326,6 +332,8 @@ def load_version(root: str | Path, version: str | None = None, map_location: str
         pairs = f"{sub}/{TRAINED_PAIRS_FILE}"
         if (folder / pairs).is_file() and (manifest.get(CHECKSUMS_KEY) is None or pairs in manifest[CHECKSUMS_KEY]):
             loaded[name].trained_pairs_file = folder / pairs  # read on demand: the service never needs it
+        if isinstance(info, dict) and info.get("top_lists"):
+            loaded[name].top_items, loaded[name].top_scores = _load_top_lists(folder / sub, loaded[name], version)
     popularity = _read_json(folder / popularity_file, f"popularity of {version}")
     items, counts = popularity.get("items"), popularity.get("counts")
     if not isinstance(items, list) or not isinstance(counts, list) or len(items) != len(counts):
@@ -338,6 +346,33 @@ def load_version(root: str | Path, version: str | None = None, map_location: str
         popular_counts=[int(c) for c in counts],
         path=folder,
     )
+
+
+def _top_list_file(info: dict, key: str, version: str) -> str:
+    name = info["top_lists"].get(key) if isinstance(info["top_lists"], dict) else None
+    if not isinstance(name, str) or "/" in name or name.startswith("."):
+        raise ArtifactError(f"manifest of {version}: top_lists {key} {name!r} must be a file name in the model's folder")
+    return name
+
+
+def _load_top_lists(folder: Path, loaded: LoadedModel, version: str) -> tuple[Any, Any]:
+    """The model's top-N lists, memory-mapped read-only, checked against its ids and for finite scores."""
+    import numpy as np
+
+    what = f"top-N lists of {loaded.name} in {version}"
+    try:
+        items = np.load(folder / _top_list_file(loaded.info, "items", version), mmap_mode="r", allow_pickle=False)
+        scores = np.load(folder / _top_list_file(loaded.info, "scores", version), mmap_mode="r", allow_pickle=False)
+    except Exception as exc:  # a damaged .npy header surfaces as value or OS errors
+        raise ArtifactError(f"{what} are unreadable: {exc}") from exc
+    if (items.dtype != np.int32 or scores.dtype != np.float32 or items.ndim != 2 or items.shape != scores.shape
+            or items.shape[0] != len(loaded.user_ids)):
+        raise ArtifactError(f"{what}: {items.dtype} {items.shape} and {scores.dtype} {scores.shape} "
+                            f"for {len(loaded.user_ids)} users")
+    if items.size and (int(items.min()) < -1 or int(items.max()) >= len(loaded.item_ids)
+                       or not np.isfinite(scores[items >= 0]).all()):
+        raise ArtifactError(f"{what} hold item indices outside the model's items or non-finite scores")
+    return items, scores
 
 
 def read_trained_pairs(loaded: LoadedModel) -> Any:

@@ -356,6 +356,7 @@ class ModelRun:
             f"{self.name:<10} {self.protocol:<13} test {figures}  |  valid {self.valid_metric} {self.valid_value:.4f}"
             f"{versus}  |  epochs {self.log.get('best_epoch', 0)}/{self.log.get('epochs', 0)}"
             f"  |  {self.timings['total_seconds']:.1f}s (cpu {self.timings['cpu_seconds']:.1f}s)"
+            + (f"  |  top-N lists {self.timings['top_lists_seconds']:.1f}s" if "top_lists_seconds" in self.timings else "")
         )
 
 
@@ -710,6 +711,7 @@ def train_all(
         raise TrainingBusy(busy)
     try:
         started = time.perf_counter()
+        data_read_at = time.time()  # before the read: a write after it is not in the lists (trainer.top_lists)
         inter, data_note = load_source(source, progress=progress)
         if progress:
             tqdm.write(data_note, file=sys.stderr)
@@ -755,7 +757,7 @@ def train_all(
         version = None
         if dist_ctx.is_main:
             version = _publish(root, inter, source, runs, seed, overrides, keep, previous_version, previous_manifest, carried,
-                               baselines, records)
+                               baselines, records, data_read_at=data_read_at, device=torch_device)
         version = distributed.broadcast_from_main(version)
         return TrainReport(version, runs, carried, time.perf_counter() - started, source.describe(), data_note,
                            baselines, records)
@@ -869,11 +871,15 @@ def _publish(
     carried: list[str],
     baselines: dict[str, dict[str, BaselineRun]] | None = None,
     records: dict[str, dict[str, Any]] | None = None,
+    *,
+    data_read_at: float,
+    device: torch.device | None = None,
 ) -> str:
     import dataclasses
 
     staged: dict[str, StagedModel] = {}
     entries: dict[str, Any] = {}
+    lists = _top_lists(inter, runs, data_read_at, source.database_url is not None, device)
     for name, run in runs.items():
         hyper = dataclasses.asdict(run.published.config)
         png = learning_curve_png(f"{name} on {inter.name} ({run.protocol}, seed {seed})", run.log.get("curve", []),
@@ -884,7 +890,8 @@ def _publish(
             item_ids=run.item_ids,
             metrics=run.metrics_json(seed, hyper),
             cold_start=run.cold_start,
-            files={artifacts.CURVE_FILE: png, artifacts.TRAINED_PAIRS_FILE: run.trained_pairs, **run.tuning_files},
+            files={artifacts.CURVE_FILE: png, artifacts.TRAINED_PAIRS_FILE: run.trained_pairs,
+                   **(lists[name][0] if name in lists else {}), **run.tuning_files},
         )
         entries[name] = {
             "metrics": {m: run.test[m] for m in run.headline if m in run.test},
@@ -894,6 +901,7 @@ def _publish(
             "refit": run.refit,
             "fit_seconds": round(run.timings["fit_seconds"] + run.timings["refit_seconds"], 3),
             "overrides": overrides.get(name, {}),
+            **({"top_lists": lists[name][1]} if name in lists else {}),
         }
         if run.tuned is not None:
             entries[name]["tuned"] = run.tuned
@@ -946,6 +954,29 @@ def _publish(
     }
     popularity = {"items": np.asarray(inter.item_ids)[order].tolist(), "counts": counts[order].tolist()}
     return artifacts.publish(root, staged, manifest, popularity=popularity, keep=keep, carry_from=carry_from)
+
+
+def _top_lists(inter: Interactions, runs: dict[str, ModelRun], data_read_at: float, from_database: bool,
+               device: torch.device | None) -> dict[str, tuple[dict[str, bytes], dict[str, Any]]]:
+    """{model: (its list files, their manifest entry)} for each refit ranker (its rows are every user of the
+    data); the seconds each took go in its timings, so the run summary reports them."""
+    from trainer.settings import get_settings
+    from trainer.top_lists import compute_top_lists
+
+    n = get_settings().TOP_LIST_SIZE
+    eligible = {name: run for name, run in runs.items()
+                if n > 0 and run.refit and run.published.task == "ranking" and not run.published.sequential}
+    if not eligible:
+        return {}
+    X, _ = _positives(inter, positive_threshold(inter))  # the input the service builds from the same history
+    seen = sp.csr_matrix((np.ones(len(inter), np.float32), (inter.users, inter.items)), shape=X.shape)
+    seen.sum_duplicates()
+    out = {}
+    for name, run in eligible.items():
+        lists = compute_top_lists(run.published, X, seen, n, device=None if device is None else str(device))
+        run.timings["top_lists_seconds"] = round(lists.seconds, 3)
+        out[name] = (lists.files(), lists.info(data_read_at, from_database))
+    return out
 
 
 @dataclass(frozen=True)

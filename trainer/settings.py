@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 from pydantic_settings import SettingsConfigDict
 
 from rating_scale import RatingScaleSettings
@@ -25,6 +25,8 @@ class TrainerSettings(RatingScaleSettings):
     DATABASE_URL: str = "sqlite:///./aerec.db"  # for --from-db; the service's database
     GROUPLENS_URL: str = "https://files.grouplens.org/datasets/movielens"
     DOWNLOAD_TIMEOUT_S: float = 20.0
+    # each user's top-N of every refit ranker, published for the service's first requests (0: none)
+    TOP_LIST_SIZE: int = Field(default=200, ge=0)
 
 
 @lru_cache

@@ -132,3 +132,16 @@ def test_http_connection_names_timeouts_and_refusals():
         return kinds
 
     assert asyncio.run(run()) == ["ReadTimeout", "ConnectError"]
+
+
+def test_first_requests_ask_within_the_stored_lists_and_misses_past_them():
+    from bench.serving import request_makers, targets
+
+    makers = request_makers([f"u{n}" for n in range(3)], ["i1"], stored=200)
+    firsts = [makers["rec-first"](n) for n in range(3 * 190)]
+    assert len({(r.path, r.json["offset"]) for r in firsts}) == len(firsts)  # a new cache key each
+    assert all(r.json["offset"] + r.json["k"] <= 200 for r in firsts)  # the list can answer each
+    assert all(makers["rec-miss"](n).json["offset"] >= 200 for n in range(10))  # the model scores each
+    rows = [{"backend": b, "scenario": s, "replicas": 1, "concurrency": 8, "rps": rps, "p99_ms": 10.0, "failed": 0,
+             "server_p99_ms": None} for b, s, rps in (("ceiling", "ceiling", 1000.0), ("postgres", "rec-first", 650.0))]
+    assert {v["target"]: v["passed"] for v in targets(rows)}["postgres rec-first @8 throughput"]  # 65% >= 60%

@@ -210,6 +210,43 @@ def test_pair_scores_are_the_score_matrix_read_at_the_pairs(fitted):
     torch.testing.assert_close(model.pair_scores(X[users], pair_rows, items, users=users), expected)
 
 
+def _without(row: sp.csr_matrix, item: int) -> sp.csr_matrix:
+    keep = row.indices != item
+    return sp.csr_matrix((row.data[keep], row.indices[keep], [0, int(keep.sum())]), shape=row.shape)
+
+
+def test_contributions_are_the_score_drops_of_removing_each_history_item(fitted):
+    """``contributions`` (one batched pass; EASE/EDLAE: their exact weights) equals, item by item, the
+    drop in each item's score when one history item is removed, computed here one removal at a time;
+    so the top-explained history item of each item is the one whose removal lowers its score most."""
+    name, model, X, ts, withheld = fitted
+    u = int(np.flatnonzero(withheld >= 0)[0])
+    row, row_ts, users = X[u : u + 1], ts[u : u + 1], np.array([u])
+    items = np.arange(N_ITEMS)
+    if not model.explainable:  # AutoRec-I scores by user index: the history given moves nothing
+        with pytest.raises(ModelInputError, match="nothing to explain"):
+            model.contributions(row, items, users=users)
+        return
+    history = row.indices
+    got = model.contributions(row, items, history=history, users=users, timestamps=row_ts)
+    assert got.shape == (N_ITEMS, len(history)) and got.dtype == np.float32
+    full = model.scores(row, users=users, timestamps=row_ts)[0].float().cpu().numpy()
+    brute = np.empty_like(got)
+    for h, j in enumerate(history):
+        less = model.scores(_without(row, j), users=users, timestamps=_without(row_ts, j))[0].float().cpu().numpy()
+        brute[:, h] = full - less
+    np.testing.assert_allclose(got, brute, rtol=1e-4, atol=1e-4)
+    assert np.abs(brute).max() > 1e-6, f"{name}: removing history items moved no score"
+    top = got.argmax(axis=1)
+    np.testing.assert_allclose(brute[items, top], brute.max(axis=1), atol=1e-4)
+    # a subset of the history, in any order: the same columns
+    some = history[[2, 0]]
+    np.testing.assert_allclose(model.contributions(row, items[:3], history=some, users=users, timestamps=row_ts),
+                               got[:3][:, [2, 0]], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ModelInputError, match="not in the row"):
+        model.contributions(row, items, history=np.array([withheld[u]]), users=users, timestamps=row_ts)
+
+
 def test_wrong_width_rows_rejected(fitted):
     name, model, X, ts, _ = fitted
     bad = sp.csr_matrix((2, N_ITEMS + 3), dtype=np.float32)

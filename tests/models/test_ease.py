@@ -8,7 +8,7 @@ import scipy.sparse as sp
 import torch
 
 import trainer
-from models.base import ModelInputError, TrainData, build_config
+from models.base import ModelInputError, Recommender, TrainData, build_config
 from models.baselines import fit_baseline
 from models.ease import EASE, EASEConfig
 from trainer.datasets import read_dataset
@@ -112,3 +112,20 @@ def test_beats_popularity_by_a_wide_margin_on_ml100k(ml100k_dir):
     popularity = fit_baseline("popularity", TrainData(split.train))
     ours, floor = evaluate_ranking(ease, split.test)["ndcg@100"], evaluate_ranking(popularity, split.test)["ndcg@100"]
     assert ours >= floor + 0.1, f"EASE NDCG@100 {ours:.3f} against popularity {floor:.3f}"
+
+
+def test_contributions_are_the_weights_of_B_and_the_removal_drops():
+    """EASE explains exactly: history item j adds B[j, i] to item i, which is also what removing j
+    takes off (the generic batched removal of ``Recommender.contributions`` agrees); so each
+    recommended item's top explanation is the history item with the largest weight towards it."""
+    X = random_clicks()
+    model = solved(X)
+    B = model.B.numpy()
+    row = X[3:4]
+    history, items = row.indices, np.arange(X.shape[1])
+    exact = model.contributions(row, items)
+    np.testing.assert_array_equal(exact, B[history][:, items].T)
+    np.testing.assert_allclose(exact, Recommender.contributions(model, row, items), atol=1e-5)
+    recommended, _ = model.recommend(row, k=5)
+    for i in recommended[0]:
+        assert B[history[exact[i].argmax()], i] == B[history, i].max()

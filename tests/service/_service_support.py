@@ -106,10 +106,24 @@ def bias_baseline(X: sp.csr_matrix, model):
     return fit_baseline("bias", TrainData(X, rating_range=model.rating_range))
 
 
-def publish_version(root: Path, models: dict, corpus: Corpus, *, cold_start: bool = True, extra: dict | None = None) -> str:
+def top_lists(models: dict, corpus: Corpus) -> dict:
+    """{ranker: its ``trainer.top_lists.TopLists``}, from the training users' histories, as the trainer publishes them."""
+    from trainer.top_lists import compute_top_lists
+
+    positives = sp.csr_matrix(corpus.X >= POSITIVE, dtype=np.float32)
+    seen = sp.csr_matrix(corpus.X != 0, dtype=np.float32)
+    return {name: compute_top_lists(model, positives, seen) for name, model in models.items() if model.task == "ranking"}
+
+
+def publish_version(root: Path, models: dict, corpus: Corpus, *, cold_start: bool = True, lists: bool = True,
+                    extra: dict | None = None) -> str:
     """Publish ``models`` as a new version with the trainer's publisher; returns its name. ``cold_start``:
     each rating model with its bias baseline, as the trainer publishes it (False: a version from before).
+    ``lists``: each ranker's top-N of every user (``trainer.top_lists``), as the trainer publishes them.
     ``extra``: more manifest keys (e.g. the trainer's ``best`` record)."""
+    import time
+
+    stored = top_lists(models, corpus) if lists else {}
     staged = {
         name: artifacts.StagedModel(
             model=model,
@@ -117,6 +131,7 @@ def publish_version(root: Path, models: dict, corpus: Corpus, *, cold_start: boo
             item_ids=corpus.item_ids,
             metrics={"train": {"fit_seconds": model.training_log["fit_seconds"]}, "curve": model.training_log["curve"]},
             cold_start=bias_baseline(corpus.X, model) if cold_start and model.task == "rating" else None,
+            files=stored[name].files() if name in stored else {},
         )
         for name, model in models.items()
     }
@@ -126,7 +141,8 @@ def publish_version(root: Path, models: dict, corpus: Corpus, *, cold_start: boo
         "positive_threshold": POSITIVE,
         "models": {
             name: {"task": model.task, "metrics": {}, "epochs": model.training_log.get("epochs", 0),
-                   "fit_seconds": model.training_log["fit_seconds"]}
+                   "fit_seconds": model.training_log["fit_seconds"],
+                   **({"top_lists": stored[name].info(time.time(), False)} if name in stored else {})}
             for name, model in models.items()
         },
         **(extra or {}),

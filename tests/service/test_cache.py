@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import uuid
 
@@ -10,7 +11,7 @@ import pytest
 import redis
 
 from _service_support import REDIS_URL, free_port, unavailable
-from service.cache import MemoryCache, RedisCache, list_key
+from service.cache import NO_WRITE, MemoryCache, RedisCache, list_key
 from service.metrics import Metrics
 
 
@@ -78,36 +79,40 @@ def test_invalidating_a_user_changes_their_generation(cache):
 
 
 def test_a_users_entry_follows_their_generation(cache):
-    key, value, generation = cache.user_entry("u1", "rec:abc", 30, kind="recommendations")
+    key, value, generation, written_at = cache.user_entry("u1", "rec:abc", 30, kind="recommendations")
+    assert written_at == NO_WRITE  # no write recorded: a stored list may answer
     assert generation == cache.user_generation("u1", 30)  # a token drawn on first use
     assert value is None and key == f"rec:abc:{generation}"
     assert cache.set(key, "[1, 2]", 30)
-    assert cache.user_entry("u1", "rec:abc", 30, kind="recommendations") == (key, "[1, 2]", generation)
+    assert cache.user_entry("u1", "rec:abc", 30, kind="recommendations") == (key, "[1, 2]", generation, NO_WRITE)
     assert cache.user_entry("u2", "rec:abc", 30, kind="recommendations").value is None  # another user: another token
+    before = time.time()
     cache.invalidate_users(["u1"])
-    moved, value, moved_generation = cache.user_entry("u1", "rec:abc", 30, kind="recommendations")
+    moved, value, moved_generation, written_at = cache.user_entry("u1", "rec:abc", 30, kind="recommendations")
     assert value is None and moved != key and moved == f"rec:abc:{moved_generation}"
+    assert before <= written_at <= time.time()  # the write's time, read with the entry
     hits = cache.metrics.cache_hits.labels("recommendations")._value.get()
     misses = cache.metrics.cache_misses.labels("recommendations")._value.get()
     assert (hits, misses) == (1, 3)
+    assert cache.user_entry("u2", "rec:abc", 30, kind="recommendations").written_at == NO_WRITE
 
 
 def test_the_event_loop_lookups_agree_with_the_blocking_ones(cache):
     """``user_entry_async`` and ``get_async`` (Redis: its asyncio client) see what the blocking calls wrote."""
-    key, _, generation = cache.user_entry("u1", "rec:abc", 30, kind="recommendations")
+    key, _, generation, _ = cache.user_entry("u1", "rec:abc", 30, kind="recommendations")
     cache.set(key, "[1, 2]", 30)
     cache.set("sim:x", "[3]", 30)
 
     async def lookups():
         found = [await cache.user_entry_async("u1", "rec:abc", 30, kind="recommendations"),
                  await cache.get_async("sim:x", kind="similar"), await cache.get_async("sim:y", kind="similar")]
-        fresh_key, fresh, _ = await cache.user_entry_async("u9", "rec:abc", 30, kind="recommendations")
+        fresh_key, fresh, _, _ = await cache.user_entry_async("u9", "rec:abc", 30, kind="recommendations")
         assert await cache.set_async(fresh_key, "[4]", 30)
         await cache.aclose()
         return found, fresh_key, fresh
 
     found, fresh_key, fresh = asyncio.run(lookups())
-    assert found == [(key, "[1, 2]", generation), "[3]", None]
+    assert found == [(key, "[1, 2]", generation, NO_WRITE), "[3]", None]
     # a token drawn by the asyncio lookup is the one the blocking calls see next
     assert fresh is None and fresh_key == f"rec:abc:{cache.user_generation('u9', 30)}"
     assert cache.user_entry("u9", "rec:abc", 30, kind="recommendations")[:2] == (fresh_key, "[4]")
@@ -190,15 +195,15 @@ def test_unreachable_redis_is_a_counted_miss_and_fails_fast():
         assert cache.set("k", "v", 10) is False
     assert time.perf_counter() - started < 2  # after the first failure Redis is skipped, not retried per call
     assert not cache.ping() and cache.user_generation("u", 10) is None
-    assert cache.user_entry("u", "rec:x", 10, kind="recommendations") == (None, None, None)
+    assert cache.user_entry("u", "rec:x", 10, kind="recommendations") == (None, None, None, math.inf)  # no list either
 
     async def lookups():
         return (await cache.user_entry_async("u", "rec:x", 10, kind="recommendations"), await cache.get_async("k"),
                 await cache.set_async("k", "v", 10))
 
-    assert asyncio.run(lookups()) == ((None, None, None), None, False)  # backing off: no connection attempt
+    assert asyncio.run(lookups()) == ((None, None, None, math.inf), None, False)  # backing off: no connection attempt
     cache._down_until = 0.0  # the backoff over: the asyncio client meets the refused connection itself
-    assert asyncio.run(lookups()) == ((None, None, None), None, False)
+    assert asyncio.run(lookups()) == ((None, None, None, math.inf), None, False)
     assert cache._down_until > time.monotonic()  # and backs off again
     errors = sum(s.value for m in metrics.cache_errors.collect() for s in m.samples if s.name.endswith("_total"))
     assert errors >= 100

@@ -3,6 +3,7 @@ HTML, shows what the API answers, and its aggregates match the seeded corpus cou
 
 from __future__ import annotations
 
+import html as html_text
 import json
 import math
 import re
@@ -131,6 +132,10 @@ def test_users_page_shows_the_apis_lists_and_ratings_and_the_history(client):
     html = client.get("/dashboard/users", params={"user_id": "1", "items": "1, 2 50"}).text
     api = client.post("/users/1/recommendations", json={"k": 10, "model": "ease"}).json()
     assert listed(html) == {"ease": [i["item_id"] for i in api["items"]]}  # every ranker of the version: EASE here
+    explained = client.post("/users/1/recommendations", json={"k": 10, "model": "ease", "explain": True}).json()
+    why = [html_text.unescape(w) for w in re.findall(r'<span class="muted" data-testid="why">because of ([^<]+)</span>', html)]
+    assert why == ["; ".join(r["title"] for r in i["because"] if r["contribution"] > 0) for i in explained["items"]]
+    assert len(why) == 10, "every item of EASE's list says why"
     for model in ("autorec-u", "autorec-i"):
         predicted = client.post("/ratings", json={"user_id": "1", "item_ids": ["1", "2", "50"], "model": model}).json()
         cells = re.findall(rf'<td class="num" data-model="{model}">([^<]+)</td>', html)

@@ -49,7 +49,7 @@ def test_train_from_a_file_prints_a_summary_per_model(capsys, planted, tmp_path)
     lines = out.strip().splitlines()
     assert lines[0].startswith(f"data: {planted} (columns: user=user, ") and "rating scale 1:5:1" in lines[0]
     assert lines[1].startswith("ease ") and "ndcg@100" in lines[1] and "epochs 0/0" in lines[1]
-    assert re.search(r"\|\s+[\d.]+s \(cpu [\d.]+s\)$", lines[1]), lines[1]
+    assert re.search(r"\|\s+[\d.]+s \(cpu [\d.]+s\)  \|  top-N lists [\d.]+s$", lines[1]), lines[1]  # lists' time too
     assert lines[2].startswith("multdae ") and "epochs 2/2" in lines[2]
     assert lines[-1].startswith(f"published version {artifacts.latest_version(root)}")
 

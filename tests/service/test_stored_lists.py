@@ -1,0 +1,203 @@
+"""Each user's top-N list published with a ranker (``trainer.top_lists``), served to a first request.
+
+The list answers only what scoring would answer (``inference.stored_recommendation``): the
+same items, scores, ranks and unknown ids over many users and option combinations; a user
+written through the API since is scored (their new item folded in); a swap serves the new
+version's lists at once; the lists are checksummed like every other file.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import time
+import uuid
+
+import numpy as np
+import pytest
+
+from _service_support import API_KEY, copy_registry, error_body, publish_version
+from service import inference
+from service.cache import NO_WRITE
+from service.crud import History
+from service.model_store import prepare_version
+from trainer import artifacts
+
+KEY = {"X-API-Key": API_KEY}
+
+
+def corpus_history(corpus, user_id: str) -> History:
+    rows = corpus.rows
+    keep = np.asarray(rows["user_id"]) == user_id
+    return History(np.asarray(rows["user_id"], dtype=object)[keep], np.asarray(rows["item_id"], dtype=object)[keep],
+                   np.asarray(rows["rating"], dtype=np.float64)[keep], np.asarray(rows["timestamp"], dtype=np.int64)[keep])
+
+
+def test_the_list_answers_exactly_what_scoring_answers(registry, corpus):
+    version = prepare_version(registry, artifacts.latest_version(registry))
+    served = version.models["ease"]
+    assert served.lists is not None and served.lists.items.shape == (len(corpus.user_ids), 200)
+    loaded = served.loaded.top_items
+    assert isinstance(loaded, np.memmap) and np.shares_memory(served.lists.items, loaded)  # mapped, not copied
+    assert version.models["autorec-u"].lists is None  # rating models are scored as before
+    rng = np.random.default_rng(0)
+    answered = compared = 0
+    for user_id in corpus.user_ids[::7]:
+        history = corpus_history(corpus, user_id)
+        top = inference.recommend(version, served, user_id, history, k=30, offset=0, exclude_seen=True,
+                                  exclude_items=[], candidates=None).items
+        near = [i for i, _ in top]
+        for k, offset, exclude, candidates in itertools.product(
+            (1, 10, 50), (0, 5, 190),
+            ([], near[:3] + ["no-such-item"], list(rng.choice(corpus.item_ids, 40))),
+            (None, near[::2] + list(rng.choice(corpus.item_ids, 100)) + ["nope"], ["nope"]),
+        ):
+            options = dict(k=k, offset=offset, exclude_seen=True, exclude_items=exclude, candidates=candidates)
+            stored = inference.stored_recommendation(served, user_id, NO_WRITE, **options)
+            compared += 1
+            if stored is None:
+                continue
+            answered += 1
+            scored = inference.recommend(version, served, user_id, history, **options)
+            assert (stored.items, stored.source, stored.unknown_items) == (scored.items, scored.source, scored.unknown_items)
+        options = dict(k=10, offset=0, exclude_items=[], candidates=None)
+        assert inference.stored_recommendation(served, user_id, NO_WRITE, exclude_seen=False, **options) is None
+        assert inference.stored_recommendation(served, user_id, 1.0e9, exclude_seen=True, **options) is None  # written
+        assert inference.stored_recommendation(served, user_id, float("inf"), exclude_seen=True, **options) is None
+    assert answered > compared // 3, (answered, compared)  # most requests are answered from the list
+
+
+def test_a_database_versions_list_serves_writes_older_than_its_data(registry):
+    version = prepare_version(registry, artifacts.latest_version(registry))
+    served = version.models["ease"]
+    from dataclasses import replace
+
+    from service.model_store import StoredLists
+
+    user = served.loaded.user_ids[0]
+    options = dict(k=5, offset=0, exclude_seen=True, exclude_items=[], candidates=None)
+    from_db = replace(served, lists=StoredLists(served.lists.items, served.lists.scores, valid_before=1000.0))
+    assert inference.stored_recommendation(from_db, user, 999.0, **options) is not None  # written before the data was read
+    assert inference.stored_recommendation(from_db, user, 1000.0, **options) is None
+
+
+def first_user_answer(client, user_id: str, **body) -> dict:
+    response = client.post(f"/users/{user_id}/recommendations", json={"k": 10, **body})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def stored_list_hits(client) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith('aerec_cache_hits_total{kind="stored_list"}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_a_first_request_is_answered_from_the_list_and_a_write_folds_in(client, corpus, auth, route_calls):
+    user_id = corpus.user_ids[11]
+    offset = int(np.random.default_rng().integers(1, 150))  # a key no other test asked for
+    before = stored_list_hits(client)
+    first = first_user_answer(client, user_id, offset=offset)
+    assert first["source"] == "model" and len(first["items"]) == 10 and first["items"][0]["rank"] == offset + 1
+    assert stored_list_hits(client) == before + 1  # from the list
+    for _ in range(50):  # the list's answer is stored after it is sent (on Redis, at the loop's next turn): then a hit
+        if first_user_answer(client, user_id, offset=offset) == first and stored_list_hits(client) == before + 1:
+            break
+        before = stored_list_hits(client) - 1
+        time.sleep(0.05)
+    else:
+        raise AssertionError("the list's answer was never cached")
+    calls = len(route_calls)
+    same = first_user_answer(client, user_id, offset=offset, exclude_items=["no-such-item"])  # another key
+    assert same["items"] == first["items"] and same["unknown_items"] == ["no-such-item"]
+    assert len(route_calls) == calls and stored_list_hits(client) == before + 2  # before the routing: titles known
+    top = first["items"][0]["item_id"]
+
+    written = client.post("/interactions", json=[{"user_id": user_id, "item_id": top, "rating": 5.0}], headers=auth)
+    assert written.status_code in (200, 201), written.text
+    again = first_user_answer(client, user_id, offset=offset)
+    assert stored_list_hits(client) == before + 2  # scored: the history holds a write the list never saw
+    assert len(route_calls) == calls + 1
+    assert top not in [i["item_id"] for i in again["items"]]  # the new interaction is seen, so excluded
+    assert again["source"] == "model" and again["items"] != first["items"]
+
+
+def test_a_hot_swap_serves_the_new_versions_lists_at_once(tmp_path, registry, trained, corpus, seeded_backend):
+    from fastapi.testclient import TestClient
+
+    from service.main import create_app
+    from trainer.training import fit
+
+    root = tmp_path / "registry"
+    copy_registry(registry, root)
+    settings = seeded_backend.settings(root, RELOAD_INTERVAL_S=3600.0, CACHE_NAMESPACE=f"swap-{uuid.uuid4().hex[:6]}")
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        user_id = corpus.user_ids[5]
+        old = first_user_answer(client, user_id)
+        import scipy.sparse as sp
+
+        positives = sp.csr_matrix(corpus.X >= 4.0, dtype=np.float32)
+        other = {**trained, "ease": fit("ease", positives, progress=False, lam=2000.0)}  # other scores, other lists
+        new = publish_version(root, other, corpus)
+        assert client.post("/admin/reload", headers=KEY).json()["version"] == new
+        hits = stored_list_hits(client)
+        answer = first_user_answer(client, user_id)
+        assert answer["model_version"] == new and stored_list_hits(client) == hits + 1
+        stored = np.load(root / new / "ease" / "top_items.npy")[corpus.user_ids.index(user_id), :10]
+        assert [i["item_id"] for i in answer["items"]] == [corpus.item_ids[c] for c in stored]
+        assert [i["score"] for i in answer["items"]] != [i["score"] for i in old["items"]]
+
+
+def test_the_lists_are_checksummed_and_a_damaged_one_refuses_the_version(tmp_path, registry):
+    root = tmp_path / "registry"
+    good = copy_registry(registry, root)
+    manifest = json.loads((root / good / "manifest.json").read_text())
+    for name in ("ease/top_items.npy", "ease/top_scores.npy"):
+        assert manifest["files"][name]["bytes"] == (root / good / name).stat().st_size
+    assert manifest["models"]["ease"]["top_lists"]["n"] == 200
+
+    broken = artifacts.new_version_name(root)
+    shutil.copytree(root / good, root / broken)
+    manifest["version"] = broken
+    (root / broken / "manifest.json").write_text(json.dumps(manifest))
+    path = root / broken / "ease" / "top_items.npy"
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0x01  # one item of one list: still a valid array of known items
+    path.write_bytes(bytes(data))
+    with pytest.raises(artifacts.ArtifactError, match="ease/top_items.npy does not match its sha256"):
+        artifacts.load_version(root, broken)
+    os.unlink(path)
+    with pytest.raises(artifacts.ArtifactError, match="ease/top_items.npy is missing"):
+        artifacts.load_version(root, broken)
+
+
+def test_the_admin_reload_refuses_a_version_with_a_damaged_list(tmp_path, registry, seeded_backend):
+    from fastapi.testclient import TestClient
+
+    from service.main import create_app
+
+    root = tmp_path / "registry"
+    good = copy_registry(registry, root)
+    settings = seeded_backend.settings(root, RELOAD_INTERVAL_S=3600.0)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        broken = artifacts.new_version_name(root)
+        shutil.copytree(root / good, root / broken)
+        manifest = json.loads((root / broken / "manifest.json").read_text())
+        manifest["version"] = broken
+        (root / broken / "manifest.json").write_text(json.dumps(manifest))
+        path = root / broken / "ease" / "top_scores.npy"
+        data = bytearray(path.read_bytes())
+        data[-3] ^= 0x10
+        path.write_bytes(bytes(data))
+        (root / "LATEST").write_text(broken + "\n")
+        response = client.post("/admin/reload", headers=KEY)
+        assert response.status_code == 409 and "ease/top_scores.npy does not match its sha256" in error_body(response)["message"]
+        assert first_user_answer(client, corpus_user(registry))["model_version"] == good
+
+
+def corpus_user(registry) -> str:
+    version = artifacts.latest_version(registry)
+    return json.loads((registry / version / "ease" / "ids.json").read_text())["users"][0]
