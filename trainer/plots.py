@@ -13,6 +13,14 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
+def png_bytes(fig: Any) -> bytes:
+    """The laid-out figure as PNG bytes: what the artifacts writer stores (and checksums)."""
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
 def learning_curve_png(
     title: str, curve: Sequence[dict[str, Any]], metric: str | None, best_epoch: int | None = None
 ) -> bytes:
@@ -39,9 +47,6 @@ def learning_curve_png(
             loss_ax.text(0.5, 0.5, "closed form: no training epochs", ha="center", va="center",
                          transform=loss_ax.transAxes)
         loss_ax.set_title(title)
-        fig.tight_layout()
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png")
-        return buffer.getvalue()
+        return png_bytes(fig)
     finally:
         plt.close(fig)

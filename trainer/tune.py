@@ -30,7 +30,6 @@ scheduled run without ``--tune`` reuses the latest version's tuned values (``reu
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import math
 import re
@@ -300,7 +299,7 @@ def search_png(title: str, result: TuneResult) -> bytes:
     a line). Right: every trial's learning curve (validation metric per epoch), the best one highlighted."""
     from matplotlib.ticker import MaxNLocator
 
-    from trainer.plots import plt  # the Agg backend chosen there
+    from trainer.plots import plt, png_bytes  # the Agg backend chosen there
 
     fig, (ax, curves_ax) = plt.subplots(1, 2, figsize=(10.0, 4.0), dpi=100)
     try:
@@ -333,9 +332,6 @@ def search_png(title: str, result: TuneResult) -> bytes:
         curves_ax.set_title("learning curves (orange: chosen)" if any(len(t["curve"]) > 1 for t in result.trials)
                             else "closed form: one solve per trial")
         fig.suptitle(title)
-        fig.tight_layout()
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png")
-        return buffer.getvalue()
+        return png_bytes(fig)
     finally:
         plt.close(fig)
