@@ -37,7 +37,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Sized
+from collections.abc import Collection, Sized
 from typing import Any, Callable, Iterable, NamedTuple, Sequence, TypeVar
 
 import redis
@@ -167,9 +167,6 @@ class Cache(ABC):
 
     async def _set_async(self, key: str, value: str, ttl_s: float) -> bool:
         return self._set(key, value, ttl_s, False)
-
-    async def _delete_async(self, key: str) -> None:
-        self._delete_many([key])
 
     # ---- what the service caches -----------------------------------------------------
     def user_generation(self, user_id: str, ttl_s: float) -> str | None:
@@ -326,17 +323,20 @@ class Cache(ABC):
         """Delete the users' tokens and record when they were written, at once; False (counted) if the cache failed."""
         if not users:
             return True
-        tokens = [self._key(f"gen:{u}") for u in users]
-        written = {self._key(f"written:{u}"): repr(time.time()) for u in users}
         try:
-            self._invalidate(tokens, written)
+            self._invalidate(*self._write_keys(users))
             return True
         except CacheUnavailable:
             self.metrics.cache_errors.labels("delete").inc()
             return False
 
     async def _record_writes_async(self, user_id: str) -> None:
-        self._invalidate([self._key(f"gen:{user_id}")], {self._key(f"written:{user_id}"): repr(time.time())})
+        self._invalidate(*self._write_keys([user_id]))
+
+    def _write_keys(self, users: Collection[str]) -> tuple[list[str], dict[str, str]]:
+        """The users' generation tokens to delete, and their write records to set (to now)."""
+        now = repr(time.time())
+        return [self._key(f"gen:{u}") for u in users], {self._key(f"written:{u}"): now for u in users}
 
     @abstractmethod
     def _invalidate(self, tokens: list[str], written: dict[str, str]) -> None:
@@ -531,15 +531,6 @@ class RedisCache(Cache):
     async def _set_async(self, key: str, value: str, ttl_s: float) -> bool:
         return bool(await self._acall(self._async_client()[0].set, key, value, px=_ms(ttl_s)))
 
-    async def _delete_async(self, key: str) -> None:
-        # tried even while backing off, as ``_delete_many`` is
-        client = self._async_client()[0]
-        try:
-            await client.delete(key)
-        except (redis.RedisError, OSError, asyncio.TimeoutError) as exc:
-            self._failed(exc)
-            raise CacheUnavailable(str(exc)) from exc
-
     async def user_entry_async(self, user_id: str, key: str, generation_ttl_s: float, kind: str) -> CacheEntry:
         if not await self._confirmed_async(user_id):
             return CacheEntry(None, None, None)
@@ -599,9 +590,10 @@ class RedisCache(Cache):
         self._call(pipe.execute, force=True)
 
     async def _record_writes_async(self, user_id: str) -> None:
-        pipe = self._async_client()[0].pipeline(transaction=True)
-        pipe.mset({self._key(f"written:{user_id}"): repr(time.time())})
-        pipe.delete(self._key(f"gen:{user_id}"))
+        tokens, written = self._write_keys([user_id])
+        pipe = self._async_client()[0].pipeline(transaction=True)  # as ``_invalidate``'s, on the loop's client
+        pipe.mset(written)
+        pipe.delete(*tokens)
         try:  # tried even while backing off, as ``_delete_many`` is
             await pipe.execute()
         except (redis.RedisError, OSError, asyncio.TimeoutError) as exc:

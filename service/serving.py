@@ -231,11 +231,12 @@ async def recommendations(
         # the stored list when it can answer (not an explained answer: that reads the history); else the
         # history kept under the user's generation, or one query; titles likewise: a connection is taken
         # from the pool only for what the cache lacks
-        scored, more = (None if request.explain else _stored(lookup, request, entry)), []
+        scored, more = _stored(lookup, request, entry), []
         if scored is None:
             history = _kept_history(session, cache, settings, user_id, entry.generation)
             scored = inference.recommend(version, served, user_id, history, **_options(request))
         else:  # the titles of the whole list in the same query: the user's other pages are answered before the routing
+            lookup.cache.metrics.cache_hits.labels("stored_list").inc()
             history, more = None, inference.stored_items(served, user_id)
         item_ids = [i for i, _ in scored.items]
         explained = inference.explain(served, user_id, history, item_ids, scored.source) if request.explain else None
@@ -252,10 +253,11 @@ def _options(request: RecommendationRequest) -> dict[str, Any]:
 
 
 def _stored(lookup: RecommendationLookup, request: RecommendationRequest, entry: CacheEntry) -> inference.Scored | None:
-    scored = inference.stored_recommendation(lookup.served, lookup.user_id, entry.written_at, **_options(request))
-    if scored is not None:
-        lookup.cache.metrics.cache_hits.labels("stored_list").inc()
-    return scored
+    """The answer the user's stored list gives (``inference.stored_recommendation``); None for an explained
+    request (its reasons read the history) or when the list cannot say what scoring would."""
+    if request.explain:
+        return None
+    return inference.stored_recommendation(lookup.served, lookup.user_id, entry.written_at, **_options(request))
 
 
 def _recommendation_json(lookup: RecommendationLookup, request: RecommendationRequest, scored: inference.Scored,
@@ -277,9 +279,7 @@ def _recommendation_json(lookup: RecommendationLookup, request: RecommendationRe
 def stored_answer(lookup: RecommendationLookup, request: RecommendationRequest, entry: CacheEntry) -> str | None:
     """The answer from the user's stored list, on the event loop: when the list can answer
     (``inference.stored_recommendation``) and every title is in process; else None (the route answers)."""
-    if lookup.served.lists is None or request.explain:  # an explained answer reads the history: the route's
-        return None
-    scored = inference.stored_recommendation(lookup.served, lookup.user_id, entry.written_at, **_options(request))
+    scored = _stored(lookup, request, entry)
     if scored is None:
         return None
     titles = lookup.cache.known_titles([i for i, _ in scored.items])
