@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
@@ -96,13 +97,18 @@ def run_schedule(
 
     def scheduled_run() -> None:
         number = sum(outcomes.values()) + 1
-        scheduled = scheduler.get_job("train")  # already moved to its next time: the scheduler did so before running this
-        record_next_run(job.artifacts_dir, scheduled.next_run_time if scheduled else None, trigger)
+        record_next()
         outcomes[run_once(job, number)] += 1
         if max_runs is not None and sum(outcomes.values()) >= max_runs:
             log.info("done: %d run(s) as asked by --max-runs", max_runs)
             scheduler.shutdown(wait=False)
 
+    def record_next(_event: Any = None) -> None:
+        scheduled = scheduler.get_job("train")  # already moved to its next time: the scheduler does so before running it
+        record_next_run(job.artifacts_dir, scheduled.next_run_time if scheduled else None, trigger)
+
+    # a time skipped because the last run still goes moves the next one too: recorded, or it would look overdue
+    scheduler.add_listener(record_next, EVENT_JOB_MAX_INSTANCES)
     first = datetime.now(trigger.timezone) if run_now else None
     scheduler.add_job(scheduled_run, trigger, id="train", name="train", **({"next_run_time": first} if first else {}))
     record_next_run(job.artifacts_dir, first or trigger.get_next_fire_time(None, datetime.now(trigger.timezone)), trigger)
