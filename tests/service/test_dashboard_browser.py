@@ -2,8 +2,9 @@
 against a live ``python -m service`` serving the test version, at 1280 and 390 px wide.
 
 It enters the read key through the key form, loads every page, looks a user up and an item, checks
-the lists in the DOM against the API's answers, and saves a screenshot of each page under
-bench/out/dashboard/. Under CI=true a missing browser fails the test; elsewhere it skips.
+the lists in the DOM against the API's answers, then enters the admin key the same way: the admin
+actions appear (absent before) and a reload goes through the page. It saves a screenshot of each
+page under bench/out/dashboard/. Under CI=true a missing browser fails the test; elsewhere it skips.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import httpx
 import pytest
 
 from _test_servers import IN_CI
-from bench._common import ServerProcess, service_env
+from bench._common import API_KEY, ServerProcess, service_env
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 SHOTS = Path(__file__).resolve().parents[2] / "bench" / "out" / "dashboard"
@@ -149,7 +150,25 @@ def test_every_page_in_chromium_with_the_apis_lists(playwright_chromium, live_se
     page.wait_for_url("**/dashboard/items?item_id=1")
     api = _api(live_service, "GET", "/items/1/similar", params={"model": "ease", "k": 10})
     assert _dom_list(page, "ease") == [i["item_id"] for i in api["items"]]
+    often = page.locator('#recommended ~ div tr[data-model="ease"]')
+    assert int(often.get_by_test_id("top-k").inner_text()) <= int(often.get_by_test_id("top-n").inner_text())
     shot("items")
+
+    # The admin actions: none with the read key; the admin key, entered in the same form, shows them
+    page.get_by_role("navigation").get_by_role("link", name="Overview").click()
+    assert page.locator("#admin-actions").count() == 0 and page.locator('form[action^="/dashboard/admin"]').count() == 0
+    assert page.get_by_test_id("next-run").inner_text().startswith("no schedule")
+    page.get_by_role("navigation").get_by_role("link", name="Key").click()
+    page.get_by_label("API key").fill(API_KEY)
+    page.get_by_role("button", name="Open the dashboard").click()
+    page.wait_for_url(base + "/dashboard")
+    assert page.locator("#admin-actions").is_visible()
+    assert page.get_by_label("ease", exact=True).is_visible() and page.get_by_label("Seed").input_value() == "0"
+    shot("overview-admin")
+    page.get_by_role("button", name="Reload the version LATEST names").click()  # a same-origin form POST, token and all
+    page.wait_for_url(base + "/dashboard/admin/reload")
+    assert page.get_by_test_id("admin-result").inner_text() == f"version {served['version']} is already served"
+    shot("admin-reload")
 
     assert offline == [], f"the pages fetched from elsewhere: {offline}"
     context.close()
