@@ -115,6 +115,40 @@ def test_the_schedule_records_its_next_run_in_the_registry_until_it_stops(tmp_pa
     assert not (root / NEXT_RUN_FILE).exists()  # stopped: no schedule any more
 
 
+def test_a_time_skipped_while_a_run_goes_moves_the_recorded_next_run(tmp_path):
+    import json
+    import time
+
+    root = tmp_path / "registry"
+
+    class SlowJob:  # a run longer than the interval: the scheduler skips the times due meanwhile
+        artifacts_dir = root
+
+        def run(self):
+            time.sleep(2.5)
+            raise UserError("done sleeping")
+
+    seen: dict[str, float] = {}
+
+    class Records(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            line = record.getMessage()
+            for moment in ("run 1: training started", "run 1 failed"):
+                if line.startswith(moment):
+                    seen[moment] = json.loads((root / NEXT_RUN_FILE).read_text())["next_run"]
+
+    handler = Records()
+    logger = logging.getLogger("trainer.schedule")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        run_schedule(SlowJob(), make_trigger("1s", None), max_runs=1, run_now=True)
+    finally:
+        logger.removeHandler(handler)
+    # at run 1's start the next was a second away; the skips at +1 s and +2 s moved it on
+    assert seen["run 1 failed"] >= seen["run 1: training started"] + 1.5, seen
+
+
 def test_a_run_is_skipped_while_another_process_trains(tmp_path, caplog):
     root = tmp_path / "registry"
     holder = subprocess.Popen(
