@@ -102,3 +102,14 @@ def test_a_run_is_refused_while_another_process_holds_the_registry_lock(empty_ba
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_runs_folder_that_cannot_be_written_answers_503_naming_it(empty_backend, tmp_path):
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the runs folder should be")
+    with app_on(empty_backend, tmp_path / "registry", blocked) as client:
+        response = client.post("/admin/training", json={"models": ["ease"]}, headers=ADMIN)
+        assert response.status_code == 503, response.text
+        error = error_body(response)
+        assert error["code"] == "training_unavailable" and "not-a-folder" in error["message"]
+        assert client.app.state.training_runs.last is None

@@ -357,14 +357,22 @@ def test_the_training_form_goes_through_the_admin_api_with_checked_values(client
 
     def recorded(models, seed):  # the real start is tested in test_admin_training; here what reaches it
         started.append((models, seed))
-        return TrainingRun("form-run", models, seed, [], tmp_path / "none.log", 0, time.time())
+        (tmp_path / "form-run.log").write_text("loading the database\nfitting ease <&>\n")
+        runs.last = TrainingRun("form-run", models, seed, [], tmp_path / "form-run.log", 0, time.time())
+        return runs.last
 
     monkeypatch.setattr(runs, "start", recorded)
+    monkeypatch.setattr(runs, "last", None)
     browser = _admin_browser(client)
     token = _token(browser.get("/dashboard").text)
     response = browser.post("/dashboard/admin/training", data={"token": token, "models": ["ease", "multvae"], "seed": "4"})
     assert response.status_code == 202 and "training run form-run started (ease, multvae)" in response.text
     assert started == [(("ease", "multvae"), 4)]
+    overview = browser.get("/dashboard").text  # the run's state and its output's last lines, escaped
+    shown = re.search(r'<dl class="pairs" data-testid="training">(.*?)</pre>', overview, re.S).group(1)
+    assert "form-run" in shown and "running" in shown and "ease, multvae · seed 4" in shown
+    assert "fitting ease &lt;&amp;&gt;" in shown
+    assert "data-testid=\"training\"" not in client.get("/dashboard").text  # not without the admin key
     bad = browser.post("/dashboard/admin/training", data={"token": token, "models": ["ease", "rm -rf"]})
     assert bad.status_code == 422 and "validation_error" in bad.text
     unknown = browser.post("/dashboard/admin/training", data={"token": token, "models": ["nope"]})

@@ -12,6 +12,7 @@ from service.api.routing import AccessFirstRoute
 from service.errors import ApiError
 from service.schemas import ErrorBody, ReloadResult, TrainingRequest, TrainingRun
 from service.training_runs import TrainingBusy
+from trainer.errors import UserError
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminAccess], route_class=AccessFirstRoute)
 
@@ -37,7 +38,7 @@ def trainable_models(names: list[str] | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-@router.post("/training", response_model=TrainingRun, status_code=202, responses={409: {"model": ErrorBody}, 422: {"model": ErrorBody}})
+@router.post("/training", response_model=TrainingRun, status_code=202, responses={409: {"model": ErrorBody}, 422: {"model": ErrorBody}, 503: {"model": ErrorBody}})
 def start_training(body: TrainingRequest, runs: TrainingRunsDep) -> TrainingRun:
     """Start ``python -m trainer train --from-db`` on the service's database and registry, and answer at
     once (202): the run goes on in its own process; GET /admin/training follows it. Its version is
@@ -47,6 +48,8 @@ def start_training(body: TrainingRequest, runs: TrainingRunsDep) -> TrainingRun:
         run = runs.start(models, body.seed)
     except TrainingBusy as exc:
         raise ApiError(409, "training_running", str(exc), {"running": exc.running.id if exc.running else None}) from None
+    except (OSError, UserError) as exc:  # the runs folder or the registry cannot be written: the deployment's to fix
+        raise ApiError(503, "training_unavailable", f"cannot start a training run: {exc}") from None
     return TrainingRun(**runs.describe(run))
 
 
