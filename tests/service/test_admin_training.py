@@ -113,3 +113,14 @@ def test_a_runs_folder_that_cannot_be_written_answers_503_naming_it(empty_backen
         error = error_body(response)
         assert error["code"] == "training_unavailable" and "not-a-folder" in error["message"]
         assert client.app.state.training_runs.last is None
+
+
+def test_only_the_admin_key_opens_training_and_before_the_body_is_read(empty_backend, tmp_path, body_reads):
+    app = create_app(empty_backend.settings(tmp_path / "registry", TRAINING_RUNS_DIR=tmp_path / "runs", ENVIRONMENT="staging",
+                                            READ_API_KEY="read-key-91c2f0", WRITE_API_KEY="write-key-5b7e13"))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        for key in ("read-key-91c2f0", "write-key-5b7e13"):
+            for response in (client.post("/admin/training", json={"models": ["ease"]}, headers={"X-API-Key": key}),
+                             client.get("/admin/training", headers={"X-API-Key": key})):
+                assert response.status_code == 403 and error_body(response)["code"] == "insufficient_scope", response.text
+        assert "/admin/training" not in body_reads and app.state.training_runs.last is None
