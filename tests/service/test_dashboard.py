@@ -347,6 +347,9 @@ def test_admin_forms_reload_through_the_admin_api_and_refuse_cross_site_posts(cl
     }
     for why, response in refused.items():
         assert response.status_code == 403 and "<nav" in response.text, why
+    planted = TestClient(client.app).post("/dashboard/key", data={"key": API_KEY}, headers={"Sec-Fetch-Site": "cross-site"},
+                                          follow_redirects=False)
+    assert planted.status_code == 403 and "set-cookie" not in planted.headers  # another site sets no key in this browser
 
 
 def test_the_training_form_goes_through_the_admin_api_with_checked_values(client, monkeypatch, tmp_path):

@@ -69,10 +69,15 @@ def _admin_controls(request: Request, settings: Settings) -> dict[str, Any] | No
     return {"session": session, "token": _form_token(settings, session), "models": sorted(REGISTRY)}
 
 
+def _from_elsewhere(request: Request) -> bool:
+    """The browser says another site (or a sibling subdomain) sent this request (``Sec-Fetch-Site``)."""
+    return request.headers.get("sec-fetch-site") in ("cross-site", "same-site")
+
+
 async def _admin_form(request: Request, settings: Settings) -> dict[str, list[str]]:
     """The posted admin form's fields, once the request is shown to come from the dashboard's own page
     with the admin key; an ``ApiError`` (a 403 page) otherwise, before any action."""
-    if request.headers.get("sec-fetch-site") in ("cross-site", "same-site"):
+    if _from_elsewhere(request):
         raise ApiError(403, "cross_site_request", "admin actions are taken from the dashboard's own pages only")
     if key_scope(_request_key(request), settings) != KeyScope.ADMIN:
         raise ApiError(403, "insufficient_scope", "admin actions need the admin key (API_KEY): enter it at /dashboard/key")
@@ -133,6 +138,8 @@ async def keep_key(request: Request, settings: SettingsDep) -> Response:
     target = (form.get("next") or ["/dashboard"])[0]
     if not target.startswith("/dashboard") or "//" in target:  # only back into the dashboard, never off-site
         target = "/dashboard"
+    if _from_elsewhere(request):  # another site must not set this browser's key (even one of its own)
+        return _page(request, "key.html", {"wrong": False, "asked": True, "next": target}, 403)
     if key_scope(key, settings) is None:
         return _page(request, "key.html", {"wrong": True, "asked": True, "next": target}, 403)
     response = RedirectResponse(target, status_code=303)
