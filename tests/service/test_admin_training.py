@@ -124,3 +124,17 @@ def test_only_the_admin_key_opens_training_and_before_the_body_is_read(empty_bac
                              client.get("/admin/training", headers={"X-API-Key": key})):
                 assert response.status_code == 403 and error_body(response)["code"] == "insufficient_scope", response.text
         assert "/admin/training" not in body_reads and app.state.training_runs.last is None
+
+
+def test_stopping_the_service_stops_a_run_still_going(empty_backend, tmp_path):
+    import signal
+
+    root = tmp_path / "registry"
+    with app_on(empty_backend, root, tmp_path / "runs") as client:
+        runs = client.app.state.training_runs
+        assert client.post("/admin/training", json={"models": ["ease"]}, headers=ADMIN).status_code == 202
+        process = runs._process
+    # the lifespan's end terminated it (the trainer was still importing): nothing left running, nothing published
+    assert process.poll() == -signal.SIGTERM
+    wait_for(lambda: runs.last.exit_code is not None, 5, "the waiting thread")
+    assert runs.last.state == "failed" and artifacts.latest_version(root) is None
