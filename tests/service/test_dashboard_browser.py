@@ -1,5 +1,6 @@
 """The dashboard in a real browser: headless Chromium (Debian's ``chromium``, driven by Playwright)
-against a live ``python -m service`` serving the test version, at 1280 and 390 px wide.
+against a live ``python -m service`` serving the test version (SQLite, and PostgreSQL + Redis), at
+1280 and 390 px wide.
 
 It enters the read key through the key form, loads every page, looks a user up and an item, checks
 the lists in the DOM against the API's answers, then enters the admin key the same way: the admin
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import uuid
 from pathlib import Path
 
 import httpx
@@ -49,23 +49,13 @@ def playwright_chromium():
 
 
 @pytest.fixture(scope="module")
-def live_service(tmp_path_factory, registry, corpus):
-    """``python -m service`` on a SQLite database seeded with the corpus, reads keyed (the key form is tested)."""
-    from service import crud
-    from service.db.migrate import upgrade_to_head
-    from service.db.session import make_engine, make_session_factory
-
-    folder = tmp_path_factory.mktemp("live")
-    url = f"sqlite:///{folder / f'dash-{uuid.uuid4().hex[:6]}.db'}"
-    engine = make_engine(url)
-    upgrade_to_head(engine)
-    with make_session_factory(engine)() as session:
-        rows = corpus.rows
-        titles = {i: {"title": corpus.titles[i]} for i in set(rows["item_id"]) if i in corpus.titles}
-        crud.store_interactions(session, rows["user_id"], rows["item_id"], rows["rating"], rows["timestamp"], titles)
-    engine.dispose()
-    env = service_env(url, registry, None, READS_REQUIRE_KEY="true", READ_API_KEY=READ_KEY)
-    with ServerProcess.service(env, folder / "service.log") as server:
+def live_service(tmp_path_factory, registry, own_seeded_backend):
+    """``python -m service`` on a database of its own seeded with the corpus (SQLite + the in-process cache,
+    PostgreSQL + Redis), reads keyed (the key form is tested)."""
+    backend = own_seeded_backend
+    env = service_env(backend.database_url, registry, backend.redis_url, CACHE_NAMESPACE=backend.namespace,
+                      READS_REQUIRE_KEY="true", READ_API_KEY=READ_KEY)
+    with ServerProcess.service(env, tmp_path_factory.mktemp("live") / "service.log") as server:
         yield server
 
 
