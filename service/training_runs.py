@@ -56,6 +56,12 @@ class TrainingRun:
             return "running"
         return "finished" if self.exit_code == 0 else "failed"
 
+    def describe(self) -> dict:
+        """What GET /admin/training answers (``schemas.TrainingRun``) and the overview shows."""
+        return {"id": self.id, "state": self.state, "models": list(self.models) or ["all"], "seed": self.seed,
+                "pid": self.pid, "started_at": _stamp(self.started_at), "ended_at": _stamp(self.ended_at),
+                "exit_code": self.exit_code, "command": self.command, "output_tail": self.tail()}
+
     def tail(self, lines: int = 30) -> list[str]:
         """The last ``lines`` lines of the run's output so far (progress bars are off, so lines are lines)."""
         try:
@@ -118,7 +124,7 @@ class TrainingRuns:
     def _wait(self, process: subprocess.Popen, run: TrainingRun) -> None:
         code = process.wait()
         with self._lock:
-            run.exit_code, run.ended_at = code, time.time()
+            run.ended_at, run.exit_code = time.time(), code  # in this order: a reader without the lock never sees an end without a time
 
     def _drop_old_outputs(self) -> None:
         for old in sorted(self.folder.glob("*.log"))[:-KEPT_LOGS + 1]:
@@ -136,9 +142,3 @@ class TrainingRuns:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-
-    @staticmethod
-    def describe(run: TrainingRun) -> dict:
-        return {"id": run.id, "state": run.state, "models": list(run.models) or ["all"], "seed": run.seed,
-                "pid": run.pid, "started_at": _stamp(run.started_at), "ended_at": _stamp(run.ended_at),
-                "exit_code": run.exit_code, "command": run.command, "output_tail": run.tail()}

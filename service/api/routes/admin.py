@@ -50,7 +50,7 @@ def start_training(body: TrainingRequest, runs: TrainingRunsDep) -> TrainingRun:
         raise ApiError(409, "training_running", str(exc), {"running": exc.running.id if exc.running else None}) from None
     except (OSError, UserError) as exc:  # the runs folder or the registry cannot be written: the deployment's to fix
         raise ApiError(503, "training_unavailable", f"cannot start a training run: {exc}") from None
-    return TrainingRun(**runs.describe(run))
+    return TrainingRun(**run.describe())
 
 
 @router.get("/training", response_model=TrainingRun, responses={404: {"model": ErrorBody}})
@@ -60,4 +60,4 @@ def training(runs: TrainingRunsDep) -> TrainingRun:
     run = runs.last
     if run is None:
         raise ApiError(404, "no_training_run", "this service process has started no training run (POST /admin/training starts one)")
-    return TrainingRun(**runs.describe(run))
+    return TrainingRun(**run.describe())

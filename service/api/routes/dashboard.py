@@ -153,7 +153,7 @@ def overview(request: Request, session: SessionDep, cache: CacheDep, store: Stor
     controls = _admin_controls(request, settings)
     context = dashboard.overview(session, cache, store, settings)
     context["admin"] = controls
-    context["training"] = runs.describe(runs.last) if controls and runs.last else None
+    context["training"] = runs.last.describe() if controls and runs.last else None
     response = _page(request, "overview.html", context)
     if controls and request.cookies.get(SESSION_COOKIE) != controls["session"]:
         _keep(response, request, SESSION_COOKIE, controls["session"])
