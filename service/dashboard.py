@@ -12,11 +12,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import threading
+import time
+import weakref
+from collections import deque
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from prometheus_client.samples import Sample
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -28,12 +35,13 @@ from service.core.config import Settings
 from service.db.session import retry_if_dropped
 from service.errors import ApiError
 from service.metrics import Metrics
-from service.model_store import ModelStore
+from service.model_store import ModelStore, StoredLists
 from service.schemas import RatingRequest, RecommendationRequest
 from trainer import artifacts, best
 from trainer.errors import UserError
 
 RECENT_RUNS = 5  # versions listed under "last training runs"
+NEXT_RUN_FILE = "SCHEDULE.json"  # in the registry, written by ``trainer.schedule.record_next_run`` (same name: tested)
 HISTORY_ROWS = 50  # a user's latest interactions shown; the count says how many there are in all
 LIST_K = 10  # items per list on the Users and Items pages
 
@@ -93,6 +101,23 @@ def _previous_version(settings: Settings, current: str | None) -> str | None:
 
 
 # ---- Overview -------------------------------------------------------------------------------
+def next_run(settings: Settings, now: float) -> dict[str, Any]:
+    """The next scheduled training, as the trainer's ``schedule`` command records it in the registry
+    (only that process knows its trigger); ``due`` None when no schedule runs."""
+    try:
+        record = json.loads((Path(settings.ARTIFACTS_DIR) / NEXT_RUN_FILE).read_text(encoding="utf-8"))
+        due = float(record["next_run"])
+    except FileNotFoundError:
+        return {"due": None, "text": "no schedule (start one with python -m trainer schedule)", "overdue": False}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {"due": None, "text": f"the schedule's record ({NEXT_RUN_FILE}) is unreadable", "overdue": False}
+    trigger = str(record.get("trigger") or "")
+    overdue = due < now - 60  # a run is recorded as it starts: a minute late, the scheduler has likely stopped
+    text = f"{when(due)} UTC ({trigger})" if not overdue else \
+        f"was due {when(due)} UTC ({trigger}); the scheduler (pid {record.get('pid')}) seems to have stopped"
+    return {"due": due, "text": text, "overdue": overdue}
+
+
 def health(session: Session, cache: Cache, store: ModelStore) -> list[dict[str, Any]]:
     """Database, cache and model store: up or not, and why, as /readyz sees them."""
     try:
@@ -137,7 +162,7 @@ def overview(session: Session, cache: Cache, store: ModelStore, settings: Settin
     metric_names = sorted({m for model in models for m in model["metrics"]})
     return {
         "report": report, "models": models, "metric_names": metric_names, "previous": previous,
-        "runs": recent_runs(settings), "health": health(session, cache, store),
+        "runs": recent_runs(settings), "health": health(session, cache, store), "next_run": next_run(settings, time.time()),
         # what a request naming no model gets (the "best" setting resolved by the version), not the setting's word
         "defaults": {endpoint: next((m["name"] for m in report["models"] if endpoint in m["default_for"]), "–")
                      for endpoint in ("recommendations", "ratings")},
@@ -298,6 +323,57 @@ async def similar_lists(session: Session, cache: Cache, store: ModelStore, setti
     return lists
 
 
+COUNT_BLOCK_USERS = 8192  # users' lists counted at a time: 13 MB of indices at N = 200
+_list_counts_lock = threading.Lock()
+_list_counts: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, int, int]] = {}
+
+
+def _times_listed(version: str, name: str, lists: StoredLists, n_items: int) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Per item column, in how many users' stored lists it is within the top ``LIST_K`` and the top N;
+    the number of lists; N. Counted once per version (its lists never change), for the served one only."""
+    with _list_counts_lock:
+        found = _list_counts.get((version, name))
+        if found is None:
+            if any(v != version for v, _ in _list_counts):
+                _list_counts.clear()  # a version no longer served: its counts go with it
+            counts = np.zeros(2 * (n_items + 1), dtype=np.int64)
+            n, users = lists.items.shape[1], 0
+            # one bincount per block of users: column + 1 (the -1 padding lands in bin 0) in the upper half
+            # where the rank is within the top LIST_K, the lower half past it; blocks bound the temporaries
+            # (all of ML-20M's lists at once: 224 MB of int64 indices)
+            upper = (n_items + 1) * (np.arange(n) < LIST_K)
+            for start in range(0, lists.items.shape[0], COUNT_BLOCK_USERS):
+                block = np.asarray(lists.items[start:start + COUNT_BLOCK_USERS])
+                block = block[block[:, 0] >= 0]  # a first -1: no list for that user
+                users += len(block)
+                counts += np.bincount((block + 1 + upper).ravel(), minlength=len(counts))
+            in_top_k = counts[n_items + 2:]
+            found = (in_top_k, in_top_k + counts[1:n_items + 1], users, n)
+            _list_counts[(version, name)] = found
+    return found
+
+
+def how_often_recommended(store: ModelStore, item_id: str) -> list[dict[str, Any]]:
+    """For each ranker of the served version, in how many users' stored top-N lists (``trainer.top_lists``,
+    what a known user's first request is answered from) ``item_id`` is within the top ``LIST_K`` and the top N."""
+    version = serving.serving_version(store)
+    rows = []
+    for name, served in version.models.items():
+        if served.task != "ranking":
+            continue
+        row: dict[str, Any] = {"model": name, "k": LIST_K, "error": None}
+        col = served.item_index.get(item_id)
+        if served.lists is None:
+            row["error"] = "no stored lists in this version"
+        elif col < 0:
+            row["error"] = "not in this model's items"
+        else:
+            in_top_k, in_top_n, users, n = _times_listed(version.version, name, served.lists, served.model.n_items)
+            row.update(top_k=int(in_top_k[col]), top_n=int(in_top_n[col]), users=users, n=n)
+        rows.append(row)
+    return rows
+
+
 # ---- Traffic --------------------------------------------------------------------------------
 def _quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
     """The q-quantile from cumulative histogram buckets [(upper bound, count)], linear within a bucket
@@ -315,48 +391,92 @@ def _quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
     return lower
 
 
+@dataclass
+class Reading:
+    """One scrape of the registry: per (method, route, model) requests, 5xx, 4xx and latency buckets; cache lookups per kind."""
+
+    requests: dict[tuple[str, str, str], dict[str, float]]
+    buckets: dict[tuple[str, str, str], list[tuple[float, float]]]
+    hits: dict[str, float]
+    misses: dict[str, float]
+
+    @classmethod
+    def scrape(cls, metrics: Metrics) -> Reading:
+        reading = cls({}, {}, {}, {})
+        for family in metrics.registry.collect():
+            for sample in family.samples:
+                reading._add(sample)
+        for key in reading.buckets:
+            reading.buckets[key].sort()
+        return reading
+
+    def _add(self, sample: Sample) -> None:
+        labels = sample.labels
+        if sample.name == "aerec_http_requests_total":
+            row = self.requests.setdefault((labels["method"], labels["route"], labels["model"]),
+                                           {"requests": 0.0, "server_errors": 0.0, "client_errors": 0.0})
+            row["requests"] += sample.value
+            status = int(labels["status"]) if labels["status"].isdigit() else 500
+            if status >= 500:
+                row["server_errors"] += sample.value
+            elif status >= 400:
+                row["client_errors"] += sample.value
+        elif sample.name == "aerec_http_request_duration_seconds_bucket":
+            self.buckets.setdefault((labels["method"], labels["route"], labels["model"]), []).append((float(labels["le"]), sample.value))
+        elif sample.name == "aerec_cache_hits_total":
+            self.hits[labels["kind"]] = sample.value
+        elif sample.name == "aerec_cache_misses_total":
+            self.misses[labels["kind"]] = sample.value
+
+
+NO_READING = Reading({}, {}, {}, {})  # the registry as the process started: every counter at 0
+WINDOW_S = 60.0  # the rates are over about the last minute (the page refreshes itself every REFRESH_S)
+REFRESH_S = 10
+MIN_GAP_S = 1.0  # readings closer than this are not kept: a page asked in a loop keeps a few, not thousands
+_readings_lock = threading.Lock()
+_readings: weakref.WeakKeyDictionary[Metrics, deque[tuple[float, Reading]]] = weakref.WeakKeyDictionary()
+
+
+def _baseline(metrics: Metrics, now: float, reading: Reading) -> tuple[float, Reading]:
+    """The reading the window starts from: the newest kept one at least WINDOW_S old, else the oldest kept
+    (the process's start, 0 everywhere, when none is); ``reading`` is kept for the next views."""
+    with _readings_lock:
+        kept = _readings.setdefault(metrics, deque())
+        while len(kept) >= 2 and kept[1][0] <= now - WINDOW_S:
+            kept.popleft()
+        baseline = kept[0] if kept else (metrics.started, NO_READING)
+        if not kept or now - kept[-1][0] >= MIN_GAP_S:
+            kept.append((now, reading))
+    return baseline
+
+
 def traffic(metrics: Metrics, now: float) -> dict[str, Any]:
-    """Requests per route and model from this process's registry: rate since it started, latency
-    percentiles, errors (5xx, and 4xx apart), and the cache's hit rate per kind."""
-    rows: dict[tuple[str, str, str], dict[str, Any]] = {}
-    buckets: dict[tuple[str, str, str], list[tuple[float, float]]] = {}
-    hits: dict[str, float] = {}
-    misses: dict[str, float] = {}
-    for family in metrics.registry.collect():
-        for sample in family.samples:
-            _add(sample, rows, buckets, hits, misses)
-    uptime = max(now - metrics.started, 1e-9)
+    """Requests per route and model from this process's registry, over a recent window (between this
+    scrape and one kept from about WINDOW_S ago; since the process started on the first view): rate,
+    latency percentiles, errors (5xx, and 4xx apart), and the cache's hit rate per kind."""
+    current = Reading.scrape(metrics)
+    since, before = _baseline(metrics, now, current)
+    window = max(now - since, 1e-9)
     table = []
-    for key, row in sorted(rows.items()):
+    for key, row in sorted(current.requests.items()):
         if key[1].startswith("/dashboard") or key[1] == "/":
             continue  # the dashboard's own pages are not the API's traffic
-        b = sorted(buckets.get(key, []))
+        was = before.requests.get(key, {})
+        delta = {k: v - was.get(k, 0.0) for k, v in row.items()}
+        earlier = dict(before.buckets.get(key, []))
+        b = [(upper, count - earlier.get(upper, 0.0)) for upper, count in current.buckets.get(key, [])]
         table.append({
             "method": key[0], "route": key[1], "model": key[2] or "-", "requests": int(row["requests"]),
-            "per_second": row["requests"] / uptime,
-            "server_errors": row["server_errors"] / row["requests"] if row["requests"] else 0.0,
-            "client_errors": row["client_errors"] / row["requests"] if row["requests"] else 0.0,
+            "in_window": int(delta["requests"]), "per_second": delta["requests"] / window,
+            "server_errors": delta["server_errors"] / delta["requests"] if delta["requests"] else None,
+            "client_errors": delta["client_errors"] / delta["requests"] if delta["requests"] else None,
             **{f"p{int(q * 100)}": _quantile(b, q) for q in (0.5, 0.95, 0.99)},
         })
-    cache = [{"kind": kind, "hits": int(hits.get(kind, 0)), "misses": int(misses.get(kind, 0)),
-              "hit_rate": hits.get(kind, 0) / (hits.get(kind, 0) + misses.get(kind, 0)) if hits.get(kind, 0) + misses.get(kind, 0) else None}
-             for kind in sorted(set(hits) | set(misses))]
-    return {"rows": table, "cache": cache, "uptime_s": uptime, "started": when(metrics.started)}
-
-
-def _add(sample: Sample, rows: dict, buckets: dict, hits: dict, misses: dict) -> None:
-    labels = sample.labels
-    if sample.name == "aerec_http_requests_total":
-        row = rows.setdefault((labels["method"], labels["route"], labels["model"]), {"requests": 0.0, "server_errors": 0.0, "client_errors": 0.0})
-        row["requests"] += sample.value
-        status = int(labels["status"]) if labels["status"].isdigit() else 500
-        if status >= 500:
-            row["server_errors"] += sample.value
-        elif status >= 400:
-            row["client_errors"] += sample.value
-    elif sample.name == "aerec_http_request_duration_seconds_bucket":
-        buckets.setdefault((labels["method"], labels["route"], labels["model"]), []).append((float(labels["le"]), sample.value))
-    elif sample.name == "aerec_cache_hits_total":
-        hits[labels["kind"]] = sample.value
-    elif sample.name == "aerec_cache_misses_total":
-        misses[labels["kind"]] = sample.value
+    cache = []
+    for kind in sorted(set(current.hits) | set(current.misses)):
+        hits = current.hits.get(kind, 0.0) - before.hits.get(kind, 0.0)
+        misses = current.misses.get(kind, 0.0) - before.misses.get(kind, 0.0)
+        cache.append({"kind": kind, "hits": int(hits), "misses": int(misses),
+                      "hit_rate": hits / (hits + misses) if hits + misses else None})
+    return {"rows": table, "cache": cache, "window_s": window, "from_start": since == metrics.started,
+            "started": when(metrics.started), "pid": os.getpid(), "refresh_s": REFRESH_S}

@@ -27,6 +27,7 @@ from service.metrics import Metrics, RequestMetrics
 from service.model_store import ModelStore
 from service.rate_limits import RateLimited, RateLimits
 from service.serving import rating_hint
+from service.training_runs import TrainingRuns
 from service.writes import InteractionWriter
 
 log = logging.getLogger("service")
@@ -54,6 +55,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         device=settings.scoring_device,
     )
 
+    training_runs = TrainingRuns(settings)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         outcome = await run_in_threadpool(store.reload)  # off the event loop: loading takes a moment
@@ -68,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             store.stop_watcher()
+            await run_in_threadpool(training_runs.stop)
             await limits.aclose()
             await cache.aclose()
             cache.close()
@@ -81,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.writer = InteractionWriter(app.state.session_factory, cache, metrics, max_rows=settings.MAX_BATCH)
     app.state.cache = cache
     app.state.store = store
+    app.state.training_runs = training_runs
     install_error_handlers(app, field_hints={"rating": rating_hint(settings.rating_scale)})
     app.include_router(api_router)
     # Cache hits of recommendations are answered before the routing, inside the request metrics

@@ -227,3 +227,24 @@ class ReloadResult(BaseModel):
     previous: str | None
     swapped: bool
     message: str
+
+
+class TrainingRequest(Strict):
+    models: list[ModelName] | None = Field(
+        default=None, max_length=64, description="Models to train, each one of the trainer's model names; "
+        "omitted: all. Anything else is refused (422): nothing from the request reaches the command line unchecked.")
+    seed: int = Field(default=0, ge=0, le=2**31 - 1, description="Seed of the splits and of training.")
+
+
+class TrainingRun(BaseModel):
+    id: str
+    state: Literal["running", "finished", "failed"] = Field(description="failed: the trainer exited non-zero "
+                                                                          "(bad data, a refusing gate, another run holding the lock).")
+    models: list[str]
+    seed: int
+    pid: int
+    started_at: str
+    ended_at: str | None
+    exit_code: int | None
+    command: list[str] = Field(description="The trainer's command line (the database URL goes by environment, not here).")
+    output_tail: list[str] = Field(description="The last lines of the run's output so far.")

@@ -26,6 +26,7 @@ from service.core.config import Settings
 from service.errors import ApiError
 from service.metrics import Metrics
 from service.model_store import ModelStore
+from service.training_runs import TrainingRuns
 from service.writes import InteractionWriter
 
 API_KEY_HEADER = "X-API-Key"
@@ -75,12 +76,17 @@ async def get_writer(request: Request) -> InteractionWriter:
     return request.app.state.writer
 
 
+async def get_training_runs(request: Request) -> TrainingRuns:
+    return request.app.state.training_runs
+
+
 SessionDep = Annotated[Session, Depends(get_db)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 CacheDep = Annotated[Cache, Depends(get_cache)]
 StoreDep = Annotated[ModelStore, Depends(get_store)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 WriterDep = Annotated[InteractionWriter, Depends(get_writer)]
+TrainingRunsDep = Annotated[TrainingRuns, Depends(get_training_runs)]
 
 
 class KeyScope(IntEnum):

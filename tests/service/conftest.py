@@ -162,6 +162,15 @@ def seeded_backend(backend, corpus) -> Backend:
     return backend
 
 
+@pytest.fixture(scope="module", **BACKENDS)
+def own_seeded_backend(request, tmp_path_factory, corpus) -> Backend:
+    """A database of the module's own on each backend, holding the training users' histories and nothing
+    else (a module that counts the stored rows; the session's ``seeded_backend`` takes other tests' writes)."""
+    with fresh_backend(request.param, tmp_path_factory.mktemp("db")) as fresh:
+        seed_database(fresh.database_url, corpus)
+        yield fresh
+
+
 @pytest.fixture(scope="session")
 def client(seeded_backend, registry):
     """A running app (lifespan entered) on the backend, serving the registry's version."""
