@@ -1,0 +1,80 @@
+"""bench/online.py, its offline half: the held-out split, the click model, power and users needed, re-seeded A/A."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from bench._common import REPO
+from bench.online import ClickModel, Simulation, a_a_bound, api_agrees, hold_out, reseeded_a_a, users_needed_table
+
+
+def test_hold_out_takes_a_fifth_of_the_positives_of_users_with_five():
+    rows = np.array([[1, item, 5, 0] for item in range(10)]  # 10 positives: 2 held out
+                    + [[2, item, 4, 0] for item in range(4)] + [[2, 9, 2, 0]]  # 4 positives: too few, kept
+                    + [[3, item, 5 if item < 5 else 1, 0] for item in range(8)])  # 5 positives: 1 held out
+    held = hold_out(rows, seed=0)
+    assert set(held.positives) == {"1", "3"}
+    assert len(held.positives["1"]) == 2 and len(held.positives["3"]) == 1
+    assert int(next(iter(held.positives["3"]))) < 5  # only a positive is held out
+    assert len(held.kept) == len(rows) - 3
+    kept_pairs = {(str(u), str(i)) for u, i, _, _ in held.kept}
+    assert not any((user, item) in kept_pairs for user, items in held.positives.items() for item in items)
+
+
+def test_click_model_probabilities_by_position():
+    model = ClickModel(p_positive=0.5, p_other=0.01)
+    p = model.probabilities([["x", "y", "z"], ["y"]], [{"y"}, set()], k=3)
+    assert p.tolist() == [[0.01, 0.5, 0.01], [0.01, 0.0, 0.0]]  # a short list: nothing to click past its end
+
+
+def _synthetic_arms(users: int = 200, k: int = 10, seed: int = 0):
+    """Arm B's list starts with two of the user's positives; arm A's holds none."""
+    rng = np.random.default_rng(seed)
+    positives = [{f"p{u}-{j}" for j in range(3)} for u in range(users)]
+    lists_a = [[f"o{u}-{j}" for j in range(k)] for u in range(users)]
+    lists_b = [[f"p{u}-0", f"p{u}-1"] + [f"o{u}-{j}" for j in rng.permutation(k)[: k - 2]] for u in range(users)]
+    return lists_a, lists_b, positives
+
+
+def test_interleaving_needs_fewer_users_than_ab_on_a_clear_difference():
+    lists_a, lists_b, positives = _synthetic_arms()
+    simulation = Simulation(lists_a, lists_b, positives, ClickModel(0.3, 0.01), k=10)
+    expected = simulation.expected(samples=20_000)
+    # A: 10 others at 1% -> 1 - 0.99^10 = 0.0956; B: 2 positives at 30% + 8 others -> 1 - 0.7^2 0.99^8 = 0.5478
+    assert expected["ctr_a"] == pytest.approx(1 - 0.99 ** 10)
+    assert expected["ctr_b"] == pytest.approx(1 - 0.7 ** 2 * 0.99 ** 8)
+    assert expected["win_share_b"] > 0.8
+    assert simulation.power("ab", 8, runs=50, seed=0) < simulation.power("ab", 200, runs=50, seed=0)
+    table = users_needed_table(simulation, runs=60, seed=0)
+    assert table["simulated"]["interleaving"] < table["simulated"]["ab"]
+    # the simulated A/B need agrees with the closed form within the search's 5% and the power estimate's noise
+    assert table["simulated"]["ab"] == pytest.approx(table["formula"]["ab"], rel=0.5)
+
+
+def test_reseeded_a_a_names_few_winners_and_the_bound_is_alpha_plus_two_sigma():
+    lists_a, _, positives = _synthetic_arms(users=300)
+    rates = reseeded_a_a([str(u) for u in range(300)], lists_a, positives, ClickModel(0.5, 0.05), repeats=40,
+                         looks=4, seed=0)
+    assert rates["fixed"] <= 0.2 and rates["sequential"] <= 0.2 and rates["repeats"] == 40
+    assert a_a_bound(200) == pytest.approx(0.05 + 2 * math.sqrt(0.05 * 0.95 / 200))
+
+
+def test_api_agrees_compares_impressions_and_clicked_lists_per_arm():
+    result = {"arms": [{"name": "a", "impressions": 10, "ctr": {"value": 0.3}},
+                       {"name": "b", "impressions": 0, "ctr": {"value": None}}]}
+    assert api_agrees(result, {"a": [10, 3], "b": [0, 0]})[0]
+    assert not api_agrees(result, {"a": [10, 4], "b": [0, 0]})[0]
+
+
+def test_help_and_a_bad_argument_in_one_line():
+    ok = subprocess.run([sys.executable, str(REPO / "bench" / "online.py"), "--help"], capture_output=True, text=True,
+                        timeout=120)
+    assert ok.returncode == 0 and "--impressions-setting" in ok.stdout
+    bad = subprocess.run([sys.executable, str(REPO / "bench" / "online.py"), "--parts", "a,d"], capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 2 and "unknown parts: d" in bad.stderr and "Traceback" not in bad.stderr
