@@ -281,7 +281,7 @@ def run_experiment(client: httpx.Client, definition: dict[str, Any], users: Sequ
             served.append({"user": user, "arm": arm, "recommendation_id": body["recommendation_id"], "items": items,
                            "clicked": clicked})
             if clicked:
-                feedback = [{"recommendation_id": body["recommendation_id"], "item": items[p], "kind": "click"}
+                feedback = [{"recommendation_id": body["recommendation_id"], "item_id": items[p], "kind": "click"}
                             for p in clicked]
                 posted = client.post("/feedback", json=feedback, headers=AUTH)
                 if posted.status_code >= 300:

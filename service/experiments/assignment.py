@@ -106,6 +106,10 @@ def validate(experiment: Experiment) -> None:
     total = math.fsum(a.share for a in e.arms)
     if abs(total - 1.0) > SHARE_TOLERANCE:
         raise ValueError(f"experiment {e.id}: arm shares must sum to 1, they sum to {total!r}")
+    for key in ("started_at", "stopped_at"):
+        moment = getattr(e, key)
+        if moment is not None and (not isinstance(moment, datetime) or moment.utcoffset() is None):
+            raise ValueError(f"experiment {e.id}: {key} {moment!r} must be a time with a time zone (e.g. ...Z)")
     if e.started_at is not None and e.stopped_at is not None and e.stopped_at < e.started_at:
         raise ValueError(f"experiment {e.id}: stopped_at {e.stopped_at.isoformat()} is before started_at")
 
