@@ -20,8 +20,9 @@ What goes through the API, and what does not:
   assignment (``assign`` with seeds 0..199) over those logged lists with fresh clicks, offline:
   200 experiments through the API would be 200 x the users' requests;
 * (b) users needed: power simulated on the API's lists (``Simulation``), A/B (half the users on
-  each arm, the z-test) against team-draft interleaving (each user sees both, the sign test);
-  then one interleaving experiment ease against popularity through the API, every user once;
+  each arm) against team-draft interleaving (each user sees both), under the fixed rules (z-test,
+  sign test, read once) and the sequential ones (mixture SPRTs, read 10 times); then one
+  interleaving experiment ease against popularity through the API, every user once;
 * (c) the recommendation path at 8 clients with the service's impression recording on, then
   off (``--impressions-setting``), in alternating rounds on one server each.
 
@@ -53,13 +54,15 @@ from bench._common import (  # noqa: E402
 from service.experiments.assignment import Arm, Experiment, assign  # noqa: E402
 from service.experiments.interleaving import team_draft  # noqa: E402
 from service.experiments.stats import (  # noqa: E402
-    ALPHA, POWER, ArmCounts, ab_report, sign_test, two_proportion_test, users_needed_ab, users_needed_interleaving,
+    ALPHA, POWER, ArmCounts, Rule, ab_report, sign_msprt, sign_test, two_proportion_msprt, two_proportion_test,
+    users_needed_ab, users_needed_interleaving,
 )
 
 PARTS = ("a", "b", "c")
 AUTH = {"X-API-Key": API_KEY}
 INTERLEAVINGS_PER_USER = 16  # coin sequences drawn per user: the simulation samples among them
 THROUGHPUT_MARGIN = 0.05
+SEQUENTIAL_LOOKS = 10  # (b) how often the sequential rule is read in each simulated experiment
 Design = Literal["ab", "interleaving"]
 
 
@@ -139,37 +142,51 @@ class Simulation:
                 self.p_mixed[user, r] = clicks.probabilities([items], [positives[user]], k)[0]
                 self.team_b[user, r, : len(teams)] = [t == "b" for t in teams]
 
-    def rejects(self, design: Design, n_users: int, rng: np.random.Generator, alpha: float = ALPHA) -> bool:
-        """One simulated experiment of ``n_users`` users (drawn with replacement): does its test reject?"""
+    def rejects(self, design: Design, n_users: int, rng: np.random.Generator, rule: Rule = "fixed",
+                looks: int = SEQUENTIAL_LOOKS, alpha: float = ALPHA) -> bool:
+        """One simulated experiment of ``n_users`` users (drawn with replacement): does its test reject?
+        The fixed rule is read once at the end, the sequential one at ``looks`` evenly spaced looks."""
         users = rng.integers(self.users, size=n_users)
+        ends = look_ends(n_users, 1 if rule == "fixed" else looks) - 1
         if design == "ab":
             on_b = rng.random(n_users) < 0.5
             clicked = rng.random(n_users) < np.where(on_b, self.ctr_b[users], self.ctr_a[users])
-            _, p = two_proportion_test(int(clicked[~on_b].sum()), int((~on_b).sum()), int(clicked[on_b].sum()),
-                                       int(on_b.sum()))
+            n_b, x_b, x_a = (np.cumsum(v)[ends] for v in (on_b, clicked & on_b, clicked & ~on_b))
+            tallies = [(int(x_a[i]), int(ends[i] + 1 - n_b[i]), int(x_b[i]), int(n_b[i])) for i in range(len(ends))]
+            if rule == "fixed":
+                return two_proportion_test(*tallies[-1])[1] < alpha
+            p = 1.0
+            for tally in tallies:
+                p = two_proportion_msprt(*tally, previous=p)
             return p < alpha
         draft = rng.integers(INTERLEAVINGS_PER_USER, size=n_users)
         clicks = rng.random((n_users, self.k)) < self.p_mixed[users, draft]
         on_b = self.team_b[users, draft]
         wins_b, wins_a = (clicks & on_b).sum(axis=1), (clicks & ~on_b).sum(axis=1)
-        return sign_test(int((wins_a > wins_b).sum()), int((wins_b > wins_a).sum())) < alpha
+        won_a, won_b = np.cumsum(wins_a > wins_b)[ends], np.cumsum(wins_b > wins_a)[ends]
+        if rule == "fixed":
+            return sign_test(int(won_a[-1]), int(won_b[-1])) < alpha
+        p = 1.0
+        for a, b in zip(won_a, won_b):
+            p = sign_msprt(int(a), int(b), previous=p)
+        return p < alpha
 
-    def power(self, design: Design, n_users: int, runs: int, seed: int) -> float:
+    def power(self, design: Design, n_users: int, runs: int, seed: int, rule: Rule = "fixed") -> float:
         rng = np.random.default_rng(seed)  # the same seed at every n: common random numbers, a smoother curve
-        return float(np.mean([self.rejects(design, n_users, rng) for _ in range(runs)]))
+        return float(np.mean([self.rejects(design, n_users, rng, rule) for _ in range(runs)]))
 
-    def users_needed(self, design: Design, runs: int = 200, seed: int = 0, target: float = POWER,
-                     most: int = 1_000_000) -> int:
+    def users_needed(self, design: Design, runs: int = 200, seed: int = 0, rule: Rule = "fixed",
+                     target: float = POWER, most: int = 1_000_000) -> int:
         """Fewest users (both arms together for A/B) whose simulated power reaches ``target``, within 5%."""
         high = 8
-        while self.power(design, high, runs, seed) < target:
+        while self.power(design, high, runs, seed, rule) < target:
             high *= 2
             if high > most:
                 return most
         low = high // 2
         while high - low > max(2, high // 20):
             middle = (low + high) // 2
-            low, high = (low, middle) if self.power(design, middle, runs, seed) >= target else (middle, high)
+            low, high = (low, middle) if self.power(design, middle, runs, seed, rule) >= target else (middle, high)
         return high
 
     def expected(self, samples: int = 200_000, seed: int = 1) -> dict[str, float]:
@@ -186,13 +203,21 @@ class Simulation:
                 "win_share_b": float((wins_b > wins_a).sum() / max(1, decisive.sum()))}
 
 
+def look_ends(n_users: int, looks: int) -> np.ndarray:
+    """How many users each of ``looks`` evenly spaced looks has seen (the last sees them all)."""
+    return np.unique(np.maximum(1, np.round(np.linspace(n_users / looks, n_users, looks)).astype(int)))
+
+
 def users_needed_table(simulation: Simulation, runs: int, seed: int) -> dict[str, Any]:
-    """(b): users needed by each design, simulated and by the closed forms of ``stats``."""
+    """(b): users needed by each design under each rule (simulated), and by the fixed rules' closed forms."""
     expected = simulation.expected(seed=seed + 1)
-    ab = simulation.users_needed("ab", runs, seed)
-    interleaving = simulation.users_needed("interleaving", runs, seed)
+    simulated = {}
+    for rule in ("fixed", "sequential"):
+        ab = simulation.users_needed("ab", runs, seed, rule)
+        interleaving = simulation.users_needed("interleaving", runs, seed, rule)
+        simulated[rule] = {"ab": ab, "interleaving": interleaving, "ratio": ab / interleaving}
     return {
-        "simulated": {"ab": ab, "interleaving": interleaving, "ratio": ab / interleaving},
+        "simulated": simulated,
         "formula": {"ab": 2 * users_needed_ab(expected["ctr_a"], expected["ctr_b"]),
                     "interleaving": users_needed_interleaving(expected["win_share_b"], expected["decisive_share"])},
         "expected": expected, "runs_per_point": runs,
@@ -365,8 +390,8 @@ def main(argv: list[str] | None = None) -> int:
             held = hold_out(read_ml100k(), args.seed)
             users = sorted(held.positives, key=int)
             if args.users:
-                users = list(np.random.default_rng(args.seed).choice(users, size=min(args.users, len(users)),
-                                                                       replace=False))
+                users = [str(u) for u in np.random.default_rng(args.seed).choice(users, size=min(args.users, len(users)),
+                                                                                  replace=False)]
             known = write_interactions(held.kept, workdir / "known.csv")
             print(f"{len(users)} simulated users, {sum(len(held.positives[u]) for u in users):,} held-out positives; "
                   f"the service knows {len(held.kept):,} interactions", flush=True)
@@ -430,19 +455,22 @@ def part_b(client, users, lists, positives, liked, clicks, args, missing, verdic
     print("\n== (b) EASE against popularity: users needed", flush=True)
     simulation = Simulation(lists["popularity"], lists["ease"], liked, clicks, args.k, args.seed)
     table = users_needed_table(simulation, args.runs, args.seed)
-    sim, formula, expected = table["simulated"], table["formula"], table["expected"]
+    formula, expected = table["formula"], table["expected"]
     print(f"  CTR popularity {expected['ctr_a']:.3f}, EASE {expected['ctr_b']:.3f}; interleaved: "
           f"{expected['decisive_share']:.1%} of lists decisive, EASE wins {expected['win_share_b']:.1%} of them", flush=True)
-    print(f"  users for power {POWER:.0%} at alpha {ALPHA}: A/B {sim['ab']:,} (formula {formula['ab']:,.0f}), "
-          f"interleaving {sim['interleaving']:,} (formula {formula['interleaving']:,.0f}); "
-          f"ratio {sim['ratio']:.1f}x", flush=True)
+    for rule, sim in table["simulated"].items():
+        extra = (f" (formulas {formula['ab']:,.0f} and {formula['interleaving']:,.0f})" if rule == "fixed"
+                 else f" (looked at {SEQUENTIAL_LOOKS} times)")
+        print(f"  users for power {POWER:.0%} at alpha {ALPHA}, {rule} rule: A/B {sim['ab']:,}, interleaving "
+              f"{sim['interleaving']:,}, ratio {sim['ratio']:.1f}x{extra}", flush=True)
     verdicts.append(verdict("(b) EASE better than popularity", expected["ctr_b"] > expected["ctr_a"]
                             and expected["win_share_b"] > 0.5,
                             f"CTR {expected['ctr_b']:.3f} vs {expected['ctr_a']:.3f}, interleaved win share "
                             f"{expected['win_share_b']:.1%}"))
-    verdicts.append(verdict("(b) interleaving needs several times fewer users than A/B", sim["ratio"] >= 3,
-                            f"A/B {sim['ab']:,} users, interleaving {sim['interleaving']:,}: {sim['ratio']:.1f}x "
-                            f"(target >= 3x)"))
+    for rule, sim in table["simulated"].items():
+        verdicts.append(verdict(f"(b) interleaving needs several times fewer users than A/B, {rule} rule",
+                                sim["ratio"] >= 3, f"A/B {sim['ab']:,} users, interleaving {sim['interleaving']:,}: "
+                                f"{sim['ratio']:.1f}x (target >= 3x)"))
     if missing:
         verdicts.append(skipped("(b) interleaving experiment through the API", missing))
         return table

@@ -117,6 +117,22 @@ def msprt_p_value(difference: float, variance: float, mixture_sd: float, previou
     return min(1.0, previous, math.exp(-log_ratio))
 
 
+def two_proportion_msprt(x_a: int, n_a: int, x_b: int, n_b: int, mixture_sd: float = AB_MIXTURE_SD,
+                         previous: float = 1.0) -> float:
+    """Always-valid p-value of p_b = p_a: the mixture SPRT on d = p_b - p_a with its pooled null variance."""
+    if n_a == 0 or n_b == 0:
+        return min(1.0, previous)
+    return msprt_p_value(x_b / n_b - x_a / n_a, _pooled_variance(x_a, n_a, x_b, n_b), mixture_sd, previous)
+
+
+def sign_msprt(wins_a: int, wins_b: int, mixture_sd: float = INTERLEAVING_MIXTURE_SD, previous: float = 1.0) -> float:
+    """Always-valid p-value of a win share of 1/2: the mixture SPRT on d = share - 1/2, V = 1 / (4 n)."""
+    decisive = wins_a + wins_b
+    if decisive == 0:
+        return min(1.0, previous)
+    return msprt_p_value(wins_b / decisive - 0.5, 0.25 / decisive, mixture_sd, previous)
+
+
 def sign_test(wins_a: int, wins_b: int) -> float:
     """Exact two-sided binomial p-value of wins_b among the decisive impressions, share 1/2."""
     decisive = wins_a + wins_b
@@ -242,8 +258,8 @@ def ab_report(experiment: str, counts: dict[str, ArmCounts], control: str, alpha
         z, p = two_proportion_test(a.clicked, a.impressions, b.clicked, b.impressions)
         both = a.impressions > 0 and b.impressions > 0
         difference = b.clicked / b.impressions - a.clicked / a.impressions if both else None
-        sequential = msprt_p_value(difference or 0.0, _pooled_variance(a.clicked, a.impressions, b.clicked, b.impressions),
-                                   mixture_sd, (previous_p_values or {}).get(name, 1.0))
+        sequential = two_proportion_msprt(a.clicked, a.impressions, b.clicked, b.impressions, mixture_sd,
+                                          (previous_p_values or {}).get(name, 1.0))
         deciding_p = sequential if rule == "sequential" else p
         comparisons.append(Comparison(
             control, name, difference, z, p, sequential,
@@ -269,11 +285,9 @@ def interleaving_report(experiment: str, arm_a: str, arm_b: str, wins_a: int, wi
                         mixture_sd: float = INTERLEAVING_MIXTURE_SD, previous_p_value: float = 1.0) -> Report:
     """The sign test (fixed) or the mixture SPRT (sequential) on the impressions' wins; ``counts``: per-arm
     metrics when the service has them (the holdout's, or each team's items)."""
-    decisive = wins_a + wins_b
-    share = wilson(wins_b, decisive)
-    sequential = msprt_p_value((share.value or 0.5) - 0.5, 0.25 / decisive if decisive else 0.0, mixture_sd,
-                               previous_p_value)
-    result = InterleavingResult(arm_a, arm_b, wins_a, wins_b, ties, share, sign_test(wins_a, wins_b), sequential)
+    sequential = sign_msprt(wins_a, wins_b, mixture_sd, previous_p_value)
+    result = InterleavingResult(arm_a, arm_b, wins_a, wins_b, ties, wilson(wins_b, wins_a + wins_b),
+                                sign_test(wins_a, wins_b), sequential)
     deciding_p = sequential if rule == "sequential" else result.p_value
     winner = (arm_b if wins_b > wins_a else arm_a) if deciding_p < alpha and wins_a != wins_b else None
     arms = [arm_metrics(n, c) for n, c in (counts or {}).items()]

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from bench._common import REPO
-from bench.online import ClickModel, Simulation, a_a_bound, api_agrees, hold_out, reseeded_a_a, users_needed_table
+from bench.online import (
+    ClickModel, Simulation, a_a_bound, api_agrees, hold_out, look_ends, reseeded_a_a, users_needed_table,
+)
 
 
 def test_hold_out_takes_a_fifth_of_the_positives_of_users_with_five():
@@ -51,9 +53,16 @@ def test_interleaving_needs_fewer_users_than_ab_on_a_clear_difference():
     assert expected["win_share_b"] > 0.8
     assert simulation.power("ab", 8, runs=50, seed=0) < simulation.power("ab", 200, runs=50, seed=0)
     table = users_needed_table(simulation, runs=60, seed=0)
-    assert table["simulated"]["interleaving"] < table["simulated"]["ab"]
+    fixed, sequential = table["simulated"]["fixed"], table["simulated"]["sequential"]
+    assert fixed["interleaving"] < fixed["ab"] and sequential["interleaving"] < sequential["ab"]
     # the simulated A/B need agrees with the closed form within the search's 5% and the power estimate's noise
-    assert table["simulated"]["ab"] == pytest.approx(table["formula"]["ab"], rel=0.5)
+    assert fixed["ab"] == pytest.approx(table["formula"]["ab"], rel=0.5)
+
+
+def test_looks_are_evenly_spaced_and_the_last_sees_every_user():
+    assert look_ends(100, 10).tolist() == list(range(10, 101, 10))
+    assert look_ends(5, 10).tolist() == [1, 2, 3, 4, 5]  # fewer users than looks: one look per user
+    assert look_ends(7, 1).tolist() == [7]
 
 
 def test_reseeded_a_a_names_few_winners_and_the_bound_is_alpha_plus_two_sigma():

@@ -20,8 +20,8 @@ from scipy import stats as st
 from service.experiments.assignment import HOLDOUT, Arm, Experiment, assign, from_config
 from service.experiments.interleaving import credit, team_draft
 from service.experiments.stats import (
-    ArmCounts, ab_report, interleaving_report, mean_interval, minimum_detectable_effect, msprt_p_value, sign_test,
-    two_proportion_test, users_needed_ab, users_needed_interleaving, wilson,
+    ArmCounts, ab_report, interleaving_report, mean_interval, minimum_detectable_effect, msprt_p_value, sign_msprt,
+    sign_test, two_proportion_msprt, two_proportion_test, users_needed_ab, users_needed_interleaving, wilson,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -207,6 +207,15 @@ def test_msprt_p_value_by_hand():
     assert msprt_p_value(0.02, 0.0001128, 0.02) == pytest.approx(0.534780, abs=1e-6)
     assert msprt_p_value(0.02, 0.0001128, 0.02, previous=0.3) == 0.3  # it never rises
     assert msprt_p_value(0.0, 0.0001128, 0.02) == 1.0  # no difference: Lambda < 1, capped
+
+
+def test_the_sequential_tests_of_two_proportions_and_of_a_win_share():
+    # 50/1000 vs 70/1000: d = 0.02 and the pooled V = 0.0001128 of the hand-worked case above
+    assert two_proportion_msprt(50, 1000, 70, 1000, mixture_sd=0.02) == pytest.approx(0.534780, abs=1e-6)
+    # 12 of 15 decisive wins: d = 0.3, V = 1 / 60, tau = 0.1: sqrt(V / (V + tau^2)) = 0.790569,
+    # exp(tau^2 d^2 / (2 V (V + tau^2))) = exp(1.0125) = 2.752474; p = 1 / 2.176021 = 0.459554
+    assert sign_msprt(3, 12, mixture_sd=0.1) == pytest.approx(0.459554, abs=1e-6)
+    assert two_proportion_msprt(0, 0, 5, 10, previous=0.4) == 0.4 and sign_msprt(0, 0) == 1.0
 
 
 def test_sign_test_by_hand():
