@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
+import uuid
 
+import httpx
 import numpy as np
 import pytest
 
 from bench._common import REPO
 from bench.online import (
-    ClickModel, Simulation, a_a_bound, api_agrees, hold_out, look_ends, reseeded_a_a, users_needed_table,
+    ClickModel, Simulation, a_a_bound, api_agrees, experiments_api, hold_out, look_ends, reseeded_a_a, run_experiment,
+    users_needed_table,
 )
+from service.experiments.assignment import assign, from_config
+from service.experiments.stats import ArmCounts, ab_report
 
 
 def test_hold_out_takes_a_fifth_of_the_positives_of_users_with_five():
@@ -87,3 +93,61 @@ def test_help_and_a_bad_argument_in_one_line():
     bad = subprocess.run([sys.executable, str(REPO / "bench" / "online.py"), "--parts", "a,d"], capture_output=True,
                          text=True, timeout=120)
     assert bad.returncode == 2 and "unknown parts: d" in bad.stderr and "Traceback" not in bad.stderr
+
+
+class FakeExperimentApi:
+    """The experiment API's contract (issue 25) in process, for the bench's client half: A/B only."""
+
+    def __init__(self, lists: dict[str, dict[str, list[str]]]) -> None:
+        self.lists, self.experiment, self.served, self.clicked = lists, None, {}, {}
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        path, body = request.url.path, json.loads(request.content or b"null")
+        if request.method == "POST" and path == "/admin/experiments":
+            if not body:
+                return httpx.Response(422, json={"error": "invalid_experiment"})
+            self.experiment = from_config(body)
+            return httpx.Response(201, json={"id": body["id"]})
+        if request.method == "POST" and path.endswith("/stop"):
+            return httpx.Response(200, json={"status": "stopped"})
+        if request.method == "POST" and path.startswith("/users/"):
+            user = path.split("/")[2]
+            arm = assign(self.experiment, user)
+            recommendation_id = uuid.uuid4().hex
+            self.served[recommendation_id] = arm.name
+            items = self.lists[arm.model][user][: body["k"]]
+            return httpx.Response(200, json={"items": [{"item_id": i} for i in items], "recommendation_id": recommendation_id,
+                                             "experiment": {"id": self.experiment.id, "arm": arm.name}})
+        if request.method == "POST" and path == "/feedback":
+            for event in body:
+                self.clicked.setdefault(event["recommendation_id"], set()).add(event["item_id"])
+            return httpx.Response(200, json={"received": len(body)})
+        if request.method == "GET" and path.startswith("/experiments/"):
+            counts = {arm.name: ArmCounts(sum(a == arm.name for a in self.served.values()),
+                                          clicked=sum(self.served[r] == arm.name for r in self.clicked))
+                      for arm in self.experiment.arms}
+            return httpx.Response(200, json=ab_report(self.experiment.id, counts, "a").to_dict())
+        return httpx.Response(404, json={"detail": "Not Found"})
+
+
+def test_the_api_half_runs_an_experiment_and_checks_the_service_counts_against_its_own():
+    users = [str(u) for u in range(60)]
+    positives = {u: {f"i{u}-0", f"i{u}-1"} for u in users}
+    ease = {u: [f"i{u}-{j}" for j in range(10)] for u in users}
+    api = FakeExperimentApi({"ease": ease, "popularity": {u: [f"p{j}" for j in range(10)] for u in users}})
+    with httpx.Client(transport=httpx.MockTransport(api), base_url="http://fake") as client:
+        assert experiments_api(client) is None  # the empty definition was refused, nothing stored
+        definition = {"id": "bench-a-a", "kind": "ab", "seed": 3,
+                      "arms": [{"name": "a", "model": "ease", "share": 0.5}, {"name": "b", "model": "popularity",
+                                                                               "share": 0.5}]}
+        run = run_experiment(client, definition, users, positives, ClickModel(0.9, 0.0), k=10, seed=0)
+    agrees, detail = api_agrees(run["result"], run["tally"])
+    assert agrees, detail
+    assert sum(n for n, _ in run["tally"].values()) == 60 and run["tally"]["b"][1] == 0  # popularity: nothing liked
+    assert run["tally"]["a"][1] > 0.8 * run["tally"]["a"][0]  # EASE's lists open with 2 liked items: 1 - 0.1^2 click
+
+
+def test_a_missing_experiment_api_is_named():
+    with httpx.Client(transport=httpx.MockTransport(lambda r: httpx.Response(404, json={"detail": "Not Found"})),
+                      base_url="http://fake") as client:
+        assert "POST /admin/experiments is not served" in experiments_api(client)
