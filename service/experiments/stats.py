@@ -100,9 +100,10 @@ def _pooled_variance(x_a: int, n_a: int, x_b: int, n_b: int) -> float:
 
 def minimum_detectable_effect(x_a: int, n_a: int, x_b: int, n_b: int, alpha: float = ALPHA,
                               power: float = POWER) -> float | None:
-    """Smallest absolute CTR difference the z-test detects with ``power`` at this sample (None: no data)."""
+    """Smallest absolute CTR difference the z-test detects with ``power`` at this sample; None before a
+    first click (or while every list is clicked), when the pooled variance says nothing yet."""
     variance = _pooled_variance(x_a, n_a, x_b, n_b)
-    if n_a == 0 or n_b == 0:
+    if variance == 0:
         return None
     return (_z(1 - alpha) + float(st.norm.ppf(power))) * math.sqrt(variance)
 

@@ -199,6 +199,7 @@ def test_two_proportion_test_and_mde_by_hand():
     # MDE: (1.959964 + 0.841621) * 0.0106207 = 0.029755
     assert minimum_detectable_effect(50, 1000, 70, 1000) == pytest.approx(0.029755, abs=1e-6)
     assert two_proportion_test(0, 0, 3, 10) == (0.0, 1.0)
+    assert minimum_detectable_effect(0, 500, 0, 500) is None  # no click yet: no variance to size an effect by
 
 
 def test_msprt_p_value_by_hand():
