@@ -368,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=200, help="(a) A/A experiments (re-seeded)")
     parser.add_argument("--looks", type=int, default=10, help="(a) looks at the sequential rule in each")
     parser.add_argument("--runs", type=int, default=200, help="(b) simulated experiments per power point")
-    parser.add_argument("--rounds", type=int, default=3, help="(c) alternating throughput rounds")
+    parser.add_argument("--rounds", type=int, default=5, help="(c) alternating throughput rounds (medians compared)")
     parser.add_argument("--seconds", type=float, default=4.0, help="(c) seconds per round and setting")
     parser.add_argument("--clients", type=int, default=8, help="(c) concurrent clients")
     parser.add_argument("--impressions-setting", default="IMPRESSIONS_ENABLED",
