@@ -459,7 +459,11 @@ def part_a(client, users, ease_lists, positives, clicks, args, missing, verdicts
     definition = {"id": f"bench-a-a-{uuid.uuid4().hex[:6]}", "kind": "ab", "seed": args.seed,
                   "arms": [{"name": "a", "model": "ease", "version": None, "share": 0.5},
                            {"name": "b", "model": "ease", "version": None, "share": 0.5}]}
-    run = run_experiment(client, definition, users, positives, clicks, args.k, args.seed)
+    try:
+        run = run_experiment(client, definition, users, positives, clicks, args.k, args.seed)
+    except BenchError as exc:  # the integration's failure is this part's verdict; the other parts still run
+        verdicts.append(verdict("(a) A/A experiment through the API", False, str(exc)))
+        return out
     agrees, detail = api_agrees(run["result"], run["tally"])
     verdicts.append(verdict("(a) A/A through the API: GET /experiments counts what was served and clicked", agrees,
                             detail))
@@ -495,7 +499,11 @@ def part_b(client, users, lists, positives, liked, clicks, args, missing, verdic
     definition = {"id": f"bench-ease-pop-{uuid.uuid4().hex[:6]}", "kind": "interleaving", "seed": args.seed,
                   "arms": [{"name": "popularity", "model": "popularity", "version": None, "share": 0.5},
                            {"name": "ease", "model": "ease", "version": None, "share": 0.5}]}
-    run = run_experiment(client, definition, users, positives, clicks, args.k, args.seed + 1)
+    try:
+        run = run_experiment(client, definition, users, positives, clicks, args.k, args.seed + 1)
+    except BenchError as exc:
+        verdicts.append(verdict("(b) interleaving experiment through the API", False, str(exc)))
+        return table
     by_name = dict(zip(users, zip(lists["popularity"], lists["ease"])))
     redrawn = sum(team_draft(*by_name[s["user"]], args.k, s["recommendation_id"])[0] == s["items"]
                   for s in run["served"])
@@ -523,6 +531,11 @@ def part_c(env, workdir, known, users, args, missing, verdicts) -> dict[str, Any
                                workdir / "service-on.log") as on, \
             ServerProcess.service({**env, "DATABASE_URL": databases["off"], args.impressions_setting: "false"},
                                   workdir / "service-off.log") as off:
+        answer = httpx.post(f"{on.base_url}/users/{users[0]}/recommendations", json={"k": 10}, timeout=30)
+        if "recommendation_id" not in answer.json():  # no id, no impression: there would be nothing to measure
+            verdicts.append(verdict("(c) impressions recorded", False, f"an answer with impressions on carries no "
+                                    f"recommendation_id: {answer.text[:160]}"))
+            return {}
         measured = throughput_rounds({"on": on, "off": off}, users, args.rounds, args.seconds, args.clients)
     rps_ratio = float(np.median(np.divide(measured["on"]["rps"], measured["off"]["rps"])))  # paired by round
     cpu_ratio = float(np.median(measured["on"]["cpu_us"]) / np.median(measured["off"]["cpu_us"]))

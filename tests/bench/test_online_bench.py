@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 import pytest
 
-from bench._common import REPO
+from bench._common import REPO, BenchError
 from bench.online import (
     ClickModel, Simulation, a_a_bound, api_agrees, experiments_api, hold_out, look_ends, reseeded_a_a, run_experiment,
     users_needed_table,
@@ -151,3 +151,14 @@ def test_a_missing_experiment_api_is_named():
     with httpx.Client(transport=httpx.MockTransport(lambda r: httpx.Response(404, json={"detail": "Not Found"})),
                       base_url="http://fake") as client:
         assert "POST /admin/experiments is not served" in experiments_api(client)
+
+
+def test_an_answer_outside_the_experiment_is_a_bench_error_naming_it():
+    users = ["1", "2"]
+    api = FakeExperimentApi({"ease": {u: ["x"] for u in users}})
+    bare = lambda request: (httpx.Response(200, json={"items": [{"item_id": "x"}]})  # noqa: E731
+                            if request.url.path.startswith("/users/") else api(request))
+    definition = {"id": "bench-a-a", "kind": "ab", "arms": [{"name": "a", "model": "ease"}]}
+    with httpx.Client(transport=httpx.MockTransport(bare), base_url="http://fake") as client:
+        with pytest.raises(BenchError, match="user 1's answer names no experiment arm"):
+            run_experiment(client, definition, users, {u: set() for u in users}, ClickModel(), k=1, seed=0)
