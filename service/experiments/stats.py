@@ -37,7 +37,7 @@ from service.experiments.assignment import HOLDOUT
 ALPHA = 0.05
 POWER = 0.8
 CONFIDENCE = 0.95
-# Mixture sd of the SPRT: the size of effect it is most sensitive to (Johari et al. 2017, section 4.3):
+# Mixture sd of the SPRT: the size of effect it detects soonest (Johari et al. 2017 choose it from past effects):
 # a CTR difference in points for A/B, a departure of the win share from 1/2 for interleaving.
 AB_MIXTURE_SD = 0.02
 INTERLEAVING_MIXTURE_SD = 0.1
