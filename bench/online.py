@@ -53,7 +53,7 @@ from bench._common import (  # noqa: E402
     service_env, train_registry, verdict, write_json,
 )
 from service.experiments.assignment import Arm, Experiment, assign  # noqa: E402
-from service.experiments.interleaving import team_draft  # noqa: E402
+from service.experiments.interleaving import credit, team_draft  # noqa: E402
 from service.experiments.stats import (  # noqa: E402
     ALPHA, POWER, ArmCounts, Rule, ab_report, sign_msprt, sign_test, two_proportion_msprt, two_proportion_test,
     users_needed_ab, users_needed_interleaving,
@@ -504,18 +504,33 @@ def part_b(client, users, lists, positives, liked, clicks, args, missing, verdic
     except BenchError as exc:
         verdicts.append(verdict("(b) interleaving experiment through the API", False, str(exc)))
         return table
-    by_name = dict(zip(users, zip(lists["popularity"], lists["ease"])))
-    redrawn = sum(team_draft(*by_name[s["user"]], args.k, s["recommendation_id"])[0] == s["items"]
-                  for s in run["served"])
-    print(f"  served lists equal to team_draft(popularity, ease, k, recommendation_id): {redrawn}/{len(run['served'])}",
-          flush=True)
     result = run["result"]
+    redrawn, wins = bench_credit(run["served"], dict(zip(users, zip(lists["popularity"], lists["ease"]))), args.k)
+    theirs = {key: (result.get("interleaving") or {}).get(key) for key in ("wins_a", "wins_b", "ties")}
+    verdicts.append(verdict("(b) the service's interleaved lists and credit are the bench's",
+                            redrawn == len(run["served"]) and theirs == wins,
+                            f"{redrawn}/{len(run['served'])} lists equal to team_draft(popularity, ease, k, "
+                            f"recommendation_id); wins and ties: service {theirs}, bench {wins}"))
     verdicts.append(verdict(f"(b) interleaving through the API names EASE after {len(users)} users",
                             result.get("winner") == "ease",
                             f"decision {result.get('decision')!r}, winner {result.get('winner')!r}, "
                             f"interleaving {result.get('interleaving')}"))
-    table["api"] = {"result": result, "lists_equal_to_team_draft": redrawn}
+    table["api"] = {"result": result, "lists_equal_to_team_draft": redrawn, "bench_credit": wins}
     return table
+
+
+def bench_credit(served: Sequence[dict[str, Any]], lists: dict[str, tuple[list[str], list[str]]],
+                 k: int) -> tuple[int, dict[str, int]]:
+    """How many served lists the bench draws again from the two arms' lists and the recommendation id,
+    and the wins and ties (clicked lists only: an unclicked one says nothing) its own ``credit`` gives."""
+    redrawn, wins = 0, {"wins_a": 0, "wins_b": 0, "ties": 0}
+    for shown in served:
+        items, teams = team_draft(*lists[shown["user"]], k, shown["recommendation_id"])
+        redrawn += items == shown["items"]
+        if shown["clicked"]:
+            winner = credit(teams, shown["clicked"])
+            wins["ties" if winner == "tie" else f"wins_{winner}"] += 1
+    return redrawn, wins
 
 
 def part_c(env, workdir, known, users, args, missing, verdicts) -> dict[str, Any]:

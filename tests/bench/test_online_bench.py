@@ -7,6 +7,7 @@ import math
 import subprocess
 import sys
 import uuid
+from collections import Counter
 
 import httpx
 import numpy as np
@@ -14,11 +15,12 @@ import pytest
 
 from bench._common import REPO, BenchError
 from bench.online import (
-    ClickModel, Simulation, a_a_bound, api_agrees, experiments_api, hold_out, look_ends, reseeded_a_a, run_experiment,
-    users_needed_table,
+    ClickModel, Simulation, a_a_bound, api_agrees, bench_credit, experiments_api, hold_out, look_ends, reseeded_a_a,
+    run_experiment, users_needed_table,
 )
 from service.experiments.assignment import assign, from_config
-from service.experiments.stats import ArmCounts, ab_report
+from service.experiments.interleaving import credit, team_draft
+from service.experiments.stats import ArmCounts, ab_report, interleaving_report
 
 
 def test_hold_out_takes_a_fifth_of_the_positives_of_users_with_five():
@@ -96,10 +98,10 @@ def test_help_and_a_bad_argument_in_one_line():
 
 
 class FakeExperimentApi:
-    """The experiment API's contract (issue 25) in process, for the bench's client half: A/B only."""
+    """The experiment API's contract (issue 25) in process, for the bench's client half."""
 
     def __init__(self, lists: dict[str, dict[str, list[str]]]) -> None:
-        self.lists, self.experiment, self.served, self.clicked = lists, None, {}, {}
+        self.lists, self.experiment, self.served, self.clicked, self.shown = lists, None, {}, {}, {}
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         path, body = request.url.path, json.loads(request.content or b"null")
@@ -114,14 +116,26 @@ class FakeExperimentApi:
             user = path.split("/")[2]
             arm = assign(self.experiment, user)
             recommendation_id = uuid.uuid4().hex
-            self.served[recommendation_id] = arm.name
-            items = self.lists[arm.model][user][: body["k"]]
+            if self.experiment.kind == "interleaving":
+                a, b = (self.lists[x.model][user][: body["k"]] for x in self.experiment.arms)
+                items, teams = team_draft(a, b, body["k"], recommendation_id)
+                self.shown[recommendation_id], name = (items, teams), "interleaved"
+            else:
+                items, name = self.lists[arm.model][user][: body["k"]], arm.name
+            self.served[recommendation_id] = name
             return httpx.Response(200, json={"items": [{"item_id": i} for i in items], "recommendation_id": recommendation_id,
-                                             "experiment": {"id": self.experiment.id, "arm": arm.name}})
+                                             "experiment": {"id": self.experiment.id, "arm": name}})
         if request.method == "POST" and path == "/feedback":
             for event in body:
                 self.clicked.setdefault(event["recommendation_id"], set()).add(event["item_id"])
             return httpx.Response(200, json={"received": len(body)})
+        if request.method == "GET" and path.startswith("/experiments/") and self.experiment.kind == "interleaving":
+            winners = Counter(credit(teams, [items.index(i) for i in self.clicked[r]])
+                              for r, (items, teams) in self.shown.items() if r in self.clicked)
+            a, b = (x.name for x in self.experiment.arms)
+            report = interleaving_report(self.experiment.id, a, b, winners["a"], winners["b"], winners["tie"],
+                                         {"interleaved": ArmCounts(len(self.shown))})
+            return httpx.Response(200, json=report.to_dict())
         if request.method == "GET" and path.startswith("/experiments/"):
             counts = {arm.name: ArmCounts(sum(a == arm.name for a in self.served.values()),
                                           clicked=sum(self.served[r] == arm.name for r in self.clicked))
@@ -162,3 +176,19 @@ def test_an_answer_outside_the_experiment_is_a_bench_error_naming_it():
     with httpx.Client(transport=httpx.MockTransport(bare), base_url="http://fake") as client:
         with pytest.raises(BenchError, match="user 1's answer names no experiment arm"):
             run_experiment(client, definition, users, {u: set() for u in users}, ClickModel(), k=1, seed=0)
+
+
+def test_the_bench_draws_the_interleaved_lists_again_and_credits_them_as_the_service():
+    users = [str(u) for u in range(80)]
+    positives = {u: {f"e{u}-0", f"e{u}-1"} for u in users}
+    lists = {"ease": {u: [f"e{u}-{j}" for j in range(10)] for u in users},
+             "popularity": {u: [f"p{j}" for j in range(10)] for u in users}}
+    api = FakeExperimentApi(lists)
+    definition = {"id": "bench-ease-pop", "kind": "interleaving",
+                  "arms": [{"name": "popularity", "model": "popularity"}, {"name": "ease", "model": "ease"}]}
+    with httpx.Client(transport=httpx.MockTransport(api), base_url="http://fake") as client:
+        run = run_experiment(client, definition, users, positives, ClickModel(0.5, 0.05), k=10, seed=0)
+    redrawn, wins = bench_credit(run["served"], {u: (lists["popularity"][u], lists["ease"][u]) for u in users}, 10)
+    interleaving = run["result"]["interleaving"]
+    assert redrawn == 80 and wins == {key: interleaving[key] for key in ("wins_a", "wins_b", "ties")}
+    assert wins["wins_b"] > wins["wins_a"] and run["result"]["winner"] == "ease"
