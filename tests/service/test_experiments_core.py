@@ -83,6 +83,7 @@ def test_shares_hold_within_sampling_error_over_100000_users():
     (dict(arms=(Arm("a", "", None, 1.0),)), "arm a needs a model name"),
     (dict(arms=(Arm("a", "ease", None, 0.0), Arm("b", "ease", None, 1.0))), "share 0.0 must be in (0, 1]"),
     (dict(seed="7"), "seed '7' must be an integer"),
+    (dict(shadow="false"), "shadow 'false' must be true or false"),
     (dict(arms=()), "at least one arm"),
     (dict(started_at=datetime(2026, 12, 5, 10)), "must be a time with a time zone"),
     (dict(started_at=datetime(2026, 12, 5, 10, tzinfo=timezone.utc), stopped_at=datetime(2026, 12, 4, tzinfo=timezone.utc)),
