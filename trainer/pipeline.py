@@ -73,6 +73,7 @@ from trainer.loader import FileColumns
 from trainer.plots import learning_curve_png
 from trainer.protocols import PROTOCOL_TASK
 from trainer.splits import RankingSplit, RatingSplit
+from trainer.training import FitResult, TrainingLog
 
 DEFAULT_GATE_TOLERANCE = 0.02  # relative: refuse a validation metric more than 2% worse than the published one
 
@@ -300,8 +301,8 @@ class ModelRun:
     higher_is_better: bool
     test: dict[str, float]
     headline: tuple[str, ...]
-    log: dict[str, Any]
-    refit_log: dict[str, Any]
+    log: TrainingLog  # the split run's fit
+    refit_log: TrainingLog  # the refit's; empty without one
     refit: bool
     user_ids: Any  # external ids of the published model's rows / columns
     item_ids: Any
@@ -339,7 +340,7 @@ class ModelRun:
             "hyper": hyper,
             "tuned": self.tuned,
             "device": self.log.get("device"),
-            "precision": self.log.get("precision", "fp32"),  # the one it trained in (fit's training_log)
+            "precision": self.log.get("precision", "fp32"),  # the one it trained in (fit's log)
             "world_size": self.log.get("world_size", 1),  # processes under torchrun (data-parallel)
             "published_weights": "refit on all interactions for best_epoch epochs" if self.refit
             else "best-on-validation weights of the split run (--no-refit)",
@@ -442,7 +443,7 @@ def _positives(inter: Interactions, threshold: float) -> tuple[sp.csr_matrix, sp
 
 def _refit(
     name: str, inter: Interactions, threshold: float, hyper: dict[str, Any], split_log: dict[str, Any], **fit_args: Any
-) -> tuple[Any, sp.csr_matrix]:
+) -> tuple[FitResult, sp.csr_matrix]:
     """Train again on all interactions, for the epoch count early stopping chose; return it and its matrix."""
     from models import REGISTRY
     from trainer.training import fit
@@ -456,8 +457,8 @@ def _refit(
         X = inter.matrix("rating")
         return fit(name, X, rating_range=inter.rating_range, **fit_args, **refit_hyper), X
     X, ts = _positives(inter, threshold)
-    model = fit(name, X, timestamps=ts if cls.sequential else None, rating_range=(0.0, 1.0), **fit_args, **refit_hyper)
-    return model, X
+    result = fit(name, X, timestamps=ts if cls.sequential else None, rating_range=(0.0, 1.0), **fit_args, **refit_hyper)
+    return result, X
 
 
 def model_split(name: str, inter: Interactions, seed: int,
@@ -473,7 +474,7 @@ def model_split(name: str, inter: Interactions, seed: int,
     return split_cache[protocol]
 
 
-def fit_on_split(name: str, split: RatingSplit | RankingSplit, hyper: dict[str, Any], **fit_args: Any) -> Any:
+def fit_on_split(name: str, split: RatingSplit | RankingSplit, hyper: dict[str, Any], **fit_args: Any) -> FitResult:
     """``fit`` on the split's train part, early-stopped on its validation part (the run's figures and the tuner's
     trials)."""
     from models import REGISTRY
@@ -496,10 +497,10 @@ def train_model(
     split_cache: dict[str, RatingSplit | RankingSplit],
     refit: bool = True,
     precision: str = "fp32",
-    prefit: Any = None,
+    prefit: FitResult | None = None,
 ) -> ModelRun:
     """Split, fit with early stopping, test; then refit on everything, or not (see the module docstring).
-    ``prefit``: a model already fitted on this split with ``hyper`` (the tuner's best trial), used as is."""
+    ``prefit``: a fit already made on this split with ``hyper`` (the tuner's best trial), used as is."""
     from models import REGISTRY
     from trainer.evaluation import evaluate_ranking, evaluate_rating
     from trainer.protocols import PROTOCOL_METRICS, protocol_ks
@@ -513,11 +514,11 @@ def train_model(
 
     t0 = time.perf_counter()
     if prefit is not None:  # the tuner's best trial: fitted on this split with these very values
-        model = prefit
+        fitted = prefit
     else:
-        model = fit_on_split(name, split, hyper, seed=seed, device=device, progress=progress, precision=precision)
+        fitted = fit_on_split(name, split, hyper, seed=seed, device=device, progress=progress, precision=precision)
     fit_seconds = time.perf_counter() - t0
-    log = dict(model.training_log)
+    model, log = fitted.model, dict(fitted.log)
     if not math.isfinite(float(log.get("valid_value", float("nan")))):
         raise TrainingError(f"{name} gave a non-finite validation {log.get('valid_metric')}: nothing is published")
 
@@ -533,9 +534,11 @@ def train_model(
         raise TrainingError(f"{name} gave non-finite test {', '.join(bad)}: nothing is published")
 
     t0 = time.perf_counter()
+    refit_log: TrainingLog = {}
     if refit:
-        published, train_matrix = _refit(name, inter, threshold, hyper, log, seed=seed, device=device, progress=progress,
-                                         precision=precision)
+        refitted, train_matrix = _refit(name, inter, threshold, hyper, log, seed=seed, device=device, progress=progress,
+                                        precision=precision)
+        published, refit_log = refitted.model, dict(refitted.log)
         user_ids, item_ids = inter.user_ids, inter.item_ids
     elif isinstance(split, RatingSplit):  # the split's matrices span every user and item
         published, train_matrix, user_ids, item_ids = model, split.train, inter.user_ids, inter.item_ids
@@ -543,7 +546,6 @@ def train_model(
         published, train_matrix = model, None
         user_ids, item_ids = np.asarray(inter.user_ids)[split.train_users], np.asarray(inter.item_ids)[split.item_ids]
     refit_seconds = time.perf_counter() - t0
-    refit_log = dict(published.training_log) if refit else {}
     train = {"loss": (refit_log.get("curve") or log.get("curve") or [{}])[-1].get("loss")}
     cold_start = None
     if cls.task == "rating":
@@ -788,7 +790,7 @@ class _Tuning:
 
     def values(self, name: str, inter: Interactions, split_cache: dict[str, RatingSplit | RankingSplit]
                ) -> tuple[dict[str, Any], Any, tuple[dict[str, Any] | None, dict[str, bytes], str | None]]:
-        """(hyper, the tuner's best split model or None, (tuned record, study files, summary line))."""
+        """(hyper, the tuner's best fit on the split or None, (tuned record, study files, summary line))."""
         from trainer.tune import _fmt, reused_values, tune_model
 
         explicit = dict(self.overrides.get(name, {}))
@@ -828,7 +830,7 @@ class _Tuning:
         files = result.files(f"{name} on {self.dataset} (seed {self.fit_args['seed']})")
         if not result.values:
             return explicit, None, (result.record(), files, result.summary(name))
-        return {**result.values, **explicit}, result.best_model, (result.record(), files, result.summary(name))
+        return {**result.values, **explicit}, result.best_fit, (result.record(), files, result.summary(name))
 
 
 def best_records(runs: dict[str, ModelRun], baselines: dict[str, dict[str, BaselineRun]]) -> dict[str, dict[str, Any]]:

@@ -111,7 +111,7 @@ def popular_registry(tmp_path_factory, trained, corpus):
     """The service's test slice with the popularity baseline published beside the models and recorded as the best ranker."""
     from trainer.training import fit
 
-    popularity = fit("popularity", sp.csr_matrix(corpus.X >= POSITIVE, dtype=np.float32), progress=False)
+    popularity = fit("popularity", sp.csr_matrix(corpus.X >= POSITIVE, dtype=np.float32), progress=False).model
     root = tmp_path_factory.mktemp("popular-registry")
     record = {"ranking": {"model": "popularity", "reason": "best validation ndcg@100 0.3000 (popularity 0.3000)"}}
     publish_version(root, {**trained, "popularity": popularity}, corpus, extra={best.BEST_KEY: record})
