@@ -205,7 +205,7 @@ def tune_model(
     log: Callable[[str], None] | None = None,
 ) -> TuneResult:
     """One Optuna study for model ``name``: ``fit_trial(hyper, on_epoch)`` fits on the split with validation
-    (the pipeline's ``fit_on_split``) and returns its ``FitResult``, whose log holds the objective."""
+    (``trainer.runs.fit_on_split``) and returns its ``FitResult``, whose log holds the objective."""
     import optuna
 
     from trainer.training import model_class

@@ -100,7 +100,7 @@ def popularity(corpus: Corpus) -> dict[str, list]:
 
 
 def bias_baseline(X: sp.csr_matrix, model):
-    """The cold-start baseline the trainer publishes beside a rating model (``trainer.pipeline``)."""
+    """The cold-start baseline the trainer publishes beside a rating model (``trainer.runs``)."""
     from models.base import TrainData
     from models.baselines import fit_baseline
 

@@ -40,14 +40,15 @@ def losing_registry(tmp_path_factory, ml100k_csv):
     """ml-100k through the pipeline: EASE, and AutoRec-U after one epoch (it loses to the bias baseline)."""
     import torch
 
-    from trainer.pipeline import SourceSpec, train_all
+    from trainer.pipeline import TrainJob, train_all
+    from trainer.sources import SourceSpec
 
     root = tmp_path_factory.mktemp("best-registry")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        report = train_all(SourceSpec(file=ml100k_csv), ["ease", "autorec-u"], {"autorec-u": {"epochs": 1}}, "cpu", 0,
-                           root, progress=False)
+        report = train_all(TrainJob(SourceSpec(file=ml100k_csv), ["ease", "autorec-u"], {"autorec-u": {"epochs": 1}},
+                                    "cpu", 0, root, progress=False))
     finally:
         torch.set_num_threads(threads)
     assert not report.runs["autorec-u"].baseline["beats"], report.summary_lines()

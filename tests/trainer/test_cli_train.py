@@ -319,7 +319,7 @@ def test_from_db_trains_on_the_stored_scale_not_the_ratings_min_and_max(capsys, 
 
 
 def test_from_db_without_a_stored_scale_uses_the_rating_scale_setting(capsys, tmp_path, monkeypatch):
-    from trainer.pipeline import read_database
+    from trainer.sources import read_database
     from trainer.settings import get_settings
 
     url = f"sqlite:///{tmp_path / 'service.db'}"

@@ -14,7 +14,9 @@ from test_pipeline import write_planted
 from trainer import artifacts
 from trainer.cli import main
 from trainer.errors import UserError
-from trainer.pipeline import SourceSpec, TrainJob, fit_on_split, model_split, train_all
+from trainer.pipeline import TrainJob, train_all
+from trainer.runs import fit_on_split, model_split
+from trainer.sources import SourceSpec
 from trainer.training import FitResult
 from trainer.tune import TUNING_JSON, TUNING_PNG, TuneOptions, check_space, options_from, parse_budget, tune_model
 
@@ -165,8 +167,9 @@ def test_tune_records_the_values_and_the_study_and_the_next_runs_reuse_them(caps
 
 def test_the_budget_is_shared_and_explicit_values_are_not_searched(planted, tmp_path):
     budget = 12.0
-    report = train_all(SourceSpec(file=planted), ["ease", "multdae"], {"multdae": {"epochs": 200, "dims": [100]}},
-                       "cpu", 0, tmp_path / "r", progress=False, tune=TuneOptions(budget))
+    report = train_all(TrainJob(SourceSpec(file=planted), ["ease", "multdae"],
+                                {"multdae": {"epochs": 200, "dims": [100]}}, "cpu", 0, tmp_path / "r", progress=False,
+                                tune=TuneOptions(budget)))
     ease, multdae = report.runs["ease"].tuned, report.runs["multdae"].tuned
     assert ease["budget_s"] == pytest.approx(budget / 2, abs=0.5)  # each model: what is left / the models left
     assert ease["seconds"] < ease["budget_s"] and ease["trials"] == 15  # 15 trials per searched parameter
