@@ -53,7 +53,7 @@ class TrainingBusy(UserError):
 
 @dataclass(frozen=True)
 class TrainJob:
-    """Everything one training run needs, so the scheduler can repeat it (``trainer.commands.train`` builds it
+    """Everything one training run needs, so the scheduler can repeat it (``trainer.commands.options`` builds it
     from the command line; ``train_all`` checks it before reading any data)."""
 
     source: SourceSpec
