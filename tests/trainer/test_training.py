@@ -236,3 +236,18 @@ def test_fit_without_valid_beats_the_bias_baseline_on_a_90_10_split(ml100k, name
     assert "holdout" in log
     model_rmse = evaluate_rating(model, train, split.test, fallback=bias)["rmse"]
     assert model_rmse <= evaluate_rating(bias, train, split.test, fallback=bias)["rmse"] - margin
+
+
+def test_a_failed_data_parallel_fit_leaves_the_models_config_as_it_was():
+    from models.base import TrainData
+    from trainer.training import _gradient_training
+
+    X = sp.random(16, 10, density=0.3, format="csr", dtype=np.float32, random_state=0)
+    cls = model_class("multdae")
+    model = cls(cls.Config(batch_size=8, epochs=1), n_items=10, n_users=16, rating_range=(0.0, 1.0))
+    config = model.config
+    data = TrainData(X=X, rating_range=(0.0, 1.0), rank=0, world_size=2)
+    # two ranks but no process group: DDP refuses after the per-rank batch size (4) was set on the model
+    with pytest.raises((RuntimeError, ValueError)):
+        _gradient_training(model, data, None, np.random.default_rng(0), False, {"curve": []})
+    assert model.config is config
