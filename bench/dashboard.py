@@ -57,20 +57,20 @@ def publish(root: Path) -> str:
     positives = sp.csr_matrix(ratings >= 4, dtype=np.float32)
     fitted = {"ease": trainer.fit("ease", positives, progress=False),
               "autorec-u": trainer.fit("autorec-u", ratings, progress=False, epochs=5, seed=0, holdout=0)}
-    lists = {"ease": compute_top_lists(fitted["ease"], positives, sp.csr_matrix(ratings != 0, dtype=np.float32))}
-    staged = {name: artifacts.StagedModel(model, users, items, metrics={"curve": model.training_log.get("curve", []),
-                                                                         "train": {"fit_seconds": model.training_log["fit_seconds"]}},
+    lists = {"ease": compute_top_lists(fitted["ease"].model, positives, sp.csr_matrix(ratings != 0, dtype=np.float32))}
+    staged = {name: artifacts.StagedModel(model, users, items, metrics={"curve": log.get("curve", []),
+                                                                         "train": {"fit_seconds": log["fit_seconds"]}},
                                           files=lists[name].files() if name in lists else {})
-              for name, model in fitted.items()}
+              for name, (model, log) in fitted.items()}
     counts = np.asarray(positives.getnnz(axis=0)).ravel()
     order = np.argsort(-counts, kind="stable")
     manifest = {
         "source": {"dataset": "ml-100k", "n_users": inter.n_users, "n_items": inter.n_items, "n_interactions": len(inter)},
         "positive_threshold": 4.0,
-        "models": {name: {"task": m.task, "metrics": {}, "epochs": m.training_log.get("epochs", 0),
-                          "fit_seconds": m.training_log["fit_seconds"],
+        "models": {name: {"task": m.task, "metrics": {}, "epochs": log.get("epochs", 0),
+                          "fit_seconds": log["fit_seconds"],
                           **({"top_lists": lists[name].info(time.time(), False)} if name in lists else {})}
-                   for name, m in fitted.items()},
+                   for name, (m, log) in fitted.items()},
     }
     return artifacts.publish(root, staged, manifest, popularity={"items": [items[i] for i in order], "counts": counts[order].tolist()})
 

@@ -53,15 +53,20 @@ def corpus(ml100k_dir) -> Corpus:
 
 
 @pytest.fixture(scope="session")
-def trained(corpus):
+def fits(corpus):
     return train_models(corpus)
 
 
 @pytest.fixture(scope="session")
-def registry(tmp_path_factory, trained, corpus) -> Path:
+def trained(fits):
+    return {name: fit.model for name, fit in fits.items()}
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory, fits, corpus) -> Path:
     """An artifact registry with one published version (treat as read-only; copy it to change it)."""
     root = tmp_path_factory.mktemp("registry")
-    publish_version(root, trained, corpus)
+    publish_version(root, fits, corpus)  # with their logs: the recorded curves and times
     return root
 
 

@@ -140,7 +140,7 @@ def test_a_hot_swap_serves_the_new_versions_lists_at_once(tmp_path, registry, tr
         import scipy.sparse as sp
 
         positives = sp.csr_matrix(corpus.X >= 4.0, dtype=np.float32)
-        other = {**trained, "ease": fit("ease", positives, progress=False, lam=2000.0)}  # other scores, other lists
+        other = {**trained, "ease": fit("ease", positives, progress=False, lam=2000.0).model}  # other scores and lists
         new = publish_version(root, other, corpus)
         assert client.post("/admin/reload", headers=KEY).json()["version"] == new
         hits = stored_list_hits(client)

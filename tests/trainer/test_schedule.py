@@ -17,7 +17,8 @@ from test_cli_train import declare, fill_database, store
 from test_pipeline import planted_frame, write_planted
 from trainer import artifacts
 from trainer.errors import UserError
-from trainer.pipeline import SourceSpec, TrainJob
+from trainer.pipeline import TrainJob
+from trainer.sources import SourceSpec
 from trainer.schedule import NEXT_RUN_FILE, make_trigger, parse_every, run_once, run_schedule
 
 REPO = Path(__file__).resolve().parents[2]
