@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 from _service_support import API_KEY
 from models import REGISTRY
 from service import crud, dashboard, svg
+from service import traffic as traffic_page
 from service.core.config import Settings
 from service.main import create_app
 from trainer.artifacts import latest_version
@@ -173,11 +174,11 @@ def test_items_page_searches_titles_and_ids_and_shows_similar_items_per_model(cl
 
 def test_traffic_counts_the_apis_requests_per_route_and_model_and_says_whose(client):
     metrics = client.app.state.metrics
-    before = {(r["route"], r["model"]): r["requests"] for r in dashboard.traffic(metrics, time.time())["rows"]}
+    before = {(r["route"], r["model"]): r["requests"] for r in traffic_page.traffic(metrics, time.time())["rows"]}
     for _ in range(3):
         client.get("/items/1/similar", params={"model": "ease"})
     client.get("/dashboard")
-    page = dashboard.traffic(metrics, time.time())
+    page = traffic_page.traffic(metrics, time.time())
     row = next(r for r in page["rows"] if r["route"] == "/items/{item_id}/similar" and r["model"] == "ease")
     assert row["requests"] == before.get(("/items/{item_id}/similar", "ease"), 0) + 3
     assert row["in_window"] >= 3 and math.isclose(row["per_second"], row["in_window"] / page["window_s"])
@@ -185,7 +186,7 @@ def test_traffic_counts_the_apis_requests_per_route_and_model_and_says_whose(cli
     assert not [r for r in page["rows"] if r["route"].startswith("/dashboard")]
     assert any(c["kind"] == "similar" and c["hits"] >= 2 for c in page["cache"])
     html = client.get("/dashboard/traffic").text
-    assert "/items/{item_id}/similar" in html and f'http-equiv="refresh" content="{dashboard.REFRESH_S}"' in html
+    assert "/items/{item_id}/similar" in html and f'http-equiv="refresh" content="{traffic_page.REFRESH_S}"' in html
     source = re.search(r'data-testid="traffic-source">(.*?)</p>', html, re.S).group(1)
     assert "This process" in source and f"pid {os.getpid()}" in source  # one replica's view, and it says so
 
@@ -205,30 +206,30 @@ def test_traffic_rates_are_over_a_recent_window_between_two_readings():
         return next(r for r in page["rows"] if r["route"] == "/items/{item_id}/similar")
 
     similar(5)
-    first = dashboard.traffic(metrics, t + 10)  # no reading before: since the process started
+    first = traffic_page.traffic(metrics, t + 10)  # no reading before: since the process started
     assert first["from_start"] and math.isclose(row(first)["per_second"], 0.5) and row(first)["in_window"] == 5
     similar(3, seconds=0.4)
     similar(1, status="503", seconds=0.4)
-    second = dashboard.traffic(metrics, t + 40)  # from the reading at t + 10
+    second = traffic_page.traffic(metrics, t + 40)  # from the reading at t + 10
     assert not second["from_start"] and math.isclose(second["window_s"], 30)
     assert row(second)["in_window"] == 4 and row(second)["requests"] == 9 and math.isclose(row(second)["per_second"], 4 / 30)
     assert math.isclose(row(second)["server_errors"], 0.25) and row(second)["client_errors"] == 0
     assert 0.25 < row(second)["p50"] <= 0.5  # only the window's slow requests, not the 5 fast ones before it
-    dashboard.traffic(metrics, t + 40.5)  # under MIN_GAP_S after the last: not kept
+    traffic_page.traffic(metrics, t + 40.5)  # under MIN_GAP_S after the last: not kept
     similar(6)
-    third = dashboard.traffic(metrics, t + 100)  # the reading at t + 40 is now WINDOW_S old: the window starts there
+    third = traffic_page.traffic(metrics, t + 100)  # the reading at t + 40 is now WINDOW_S old: the window starts there
     assert math.isclose(third["window_s"], 60) and row(third)["in_window"] == 6 and math.isclose(row(third)["per_second"], 0.1)
     assert row(third)["server_errors"] == 0 and row(third)["p99"] <= 0.005
-    quiet = dashboard.traffic(metrics, t + 200)
+    quiet = traffic_page.traffic(metrics, t + 200)
     assert row(quiet)["in_window"] == 0 and row(quiet)["p50"] is None and row(quiet)["server_errors"] is None
 
 
 def test_quantiles_interpolate_within_buckets():
     buckets = [(0.01, 0.0), (0.1, 50.0), (1.0, 100.0), (math.inf, 100.0)]
-    assert math.isclose(dashboard._quantile(buckets, 0.5), 0.1)
-    assert math.isclose(dashboard._quantile(buckets, 0.25), 0.055)
-    assert math.isclose(dashboard._quantile(buckets, 0.75), 0.55)
-    assert dashboard._quantile([(math.inf, 0.0)], 0.5) is None
+    assert math.isclose(traffic_page._quantile(buckets, 0.5), 0.1)
+    assert math.isclose(traffic_page._quantile(buckets, 0.25), 0.055)
+    assert math.isclose(traffic_page._quantile(buckets, 0.75), 0.55)
+    assert traffic_page._quantile([(math.inf, 0.0)], 0.5) is None
 
 
 def test_pages_need_the_read_key_where_reads_do(seeded_backend, registry):

@@ -32,6 +32,7 @@ from starlette.concurrency import run_in_threadpool
 
 from models import REGISTRY
 from service import dashboard
+from service import traffic as traffic_page
 from service.api.deps import (API_KEY_HEADER, READ, CacheDep, KeyScope, MetricsDep, SessionDep, SettingsDep, StoreDep,
                               TrainingRunsDep, key_scope)
 from service.api.routes import admin
@@ -217,4 +218,4 @@ async def items(request: Request, session: SessionDep, cache: CacheDep, store: S
 
 @router.get("/dashboard/traffic", response_class=HTMLResponse)
 def traffic(request: Request, metrics: MetricsDep) -> HTMLResponse:
-    return _page(request, "traffic.html", dashboard.traffic(metrics, time.time()))
+    return _page(request, "traffic.html", traffic_page.traffic(metrics, time.time()))
