@@ -19,14 +19,13 @@ from service.api.deps import optional_key_schemes
 from service.api.main import api_router
 from service.api.routes import health, recommendations
 from service.cache import make_cache
-from service.cached_answers import ROUTE_PATH, CachedRecommendations
 from service.core.config import Settings
 from service.db.session import make_engine, make_session_factory
 from service.errors import install_error_handlers
 from service.metrics import Metrics, RequestMetrics
 from service.model_store import ModelStore
 from service.rate_limits import RateLimited, RateLimits
-from service.serving import rating_hint
+from service.request_limits import rating_hint
 from service.training_runs import TrainingRuns
 from service.writes import InteractionWriter
 
@@ -88,10 +87,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.training_runs = training_runs
     install_error_handlers(app, field_hints={"rating": rating_hint(settings.rating_scale)})
     app.include_router(api_router)
-    # Cache hits of recommendations are answered before the routing, inside the request metrics
-    recommendations_route = next(r for r in recommendations.router.routes if r.path == ROUTE_PATH)
-    app.add_middleware(CachedRecommendations, settings=settings, cache=cache, store=store, route=recommendations_route)
-    if limits.enabled:  # before the cache hits and the routes alike; probes and scrapes are never limited
+    app.add_middleware(recommendations.BeforeRouting, route=recommendations.router.routes[0], handlers=app.exception_handlers)
+    if limits.enabled:  # before the routes; probes and scrapes are never limited
         app.add_middleware(RateLimited, limits=limits, exempt_paths=[route.path for route in health.router.routes])
     app.add_middleware(RequestMetrics, metrics=metrics, max_body_bytes=settings.MAX_BODY_BYTES)
     app.openapi = lambda: _openapi_for_settings(app, settings)

@@ -15,6 +15,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstr
 ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 MODEL_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 ID_INT_LIMIT = 10**18
+ID_MAX_CHARS = 255  # the ids' column width (String(255) in service.db.tables)
 
 
 def _external_id(value: Any) -> Any:
@@ -30,12 +31,12 @@ def _external_id(value: Any) -> Any:
     return value
 
 
-IdString = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=ID_PATTERN)]
+IdString = Annotated[str, StringConstraints(min_length=1, max_length=ID_MAX_CHARS, pattern=ID_PATTERN)]
 ExternalId = Annotated[
     IdString,
     BeforeValidator(_external_id),
     WithJsonSchema({"anyOf": [
-        {"type": "string", "minLength": 1, "maxLength": 255, "pattern": ID_PATTERN},
+        {"type": "string", "minLength": 1, "maxLength": ID_MAX_CHARS, "pattern": ID_PATTERN},
         {"type": "integer", "minimum": -ID_INT_LIMIT, "maximum": ID_INT_LIMIT},
     ]}),
 ]

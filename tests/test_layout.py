@@ -50,7 +50,6 @@ OVERSIZED = {
     "service/crud.py": 453,
     "service/inference.py": 404,
     "service/model_store.py": 416,
-    "service/serving.py": 432,
     "trainer/artifacts.py": 625,
     "trainer/datasets.py": 423,
     "trainer/loader.py": 436,

@@ -104,8 +104,8 @@ def _configured_keys(settings: Settings) -> list[tuple[KeyScope, str]]:
 
 def key_scope(key: str | None, settings: Settings) -> KeyScope | None:
     """The scope ``key`` opens (the header's value as Starlette decodes it, latin-1); None if it is
-    none of the service's keys. Also the rule before the routing: ``service.cached_answers`` and
-    the rate limits (``service.rate_limits``) identify a client with it."""
+    none of the service's keys. Also the rule before the routing: the rate limits
+    (``service.rate_limits``) identify a client with it."""
     if not key:
         return None
     opened = None

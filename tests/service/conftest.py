@@ -195,19 +195,19 @@ def auth() -> dict[str, str]:
 
 
 @pytest.fixture
-def route_calls(monkeypatch):
-    """Requests that reached the recommendations route's serving code (a hit answered before the
-    routing does not), each as the lookup handed to it."""
+def computed_answers(monkeypatch):
+    """The recommendation answers computed in a scoring slot (``serving.computed_recommendation``): a cache
+    hit and a stored list answered on the event loop are not; each as the key it was looked up under."""
     from service import serving
 
     calls = []
-    original = serving.recommendations
+    original = serving.computed_recommendation
 
-    async def counted(*args, **kwargs):
-        calls.append(kwargs.get("looked_up", args[6] if len(args) > 6 else None))
-        return await original(*args, **kwargs)
+    async def counted(session, store, settings, lookup, request, entry):
+        calls.append(entry.key)
+        return await original(session, store, settings, lookup, request, entry)
 
-    monkeypatch.setattr(serving, "recommendations", counted)
+    monkeypatch.setattr(serving, "computed_recommendation", counted)
     return calls
 
 
