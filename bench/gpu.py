@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import REPO, machine_info, print_table, pyplot, save_figure, verdict, write_json  # noqa: E402
 
-RANKERS = ["multvae", "multdae", "cdae", "ease", "svae"]
+RANKERS = ["multvae", "multdae", "recvae", "cdae", "ease", "svae"]
 RATING_MODELS = ["autorec-u", "autorec-i", "deeprec"]
 K = 100
 # Timing variants beyond each model's defaults: (label, model, overrides, precision).
