@@ -7,7 +7,7 @@ from functools import cached_property
 from pydantic import field_validator, model_validator
 from pydantic_settings import BaseSettings
 
-from rating_scale import DEFAULT, RatingScale
+from rating_scale.scale import DEFAULT, RatingScale
 
 
 class RatingScaleSettings(BaseSettings):
