@@ -89,6 +89,7 @@ def next_k_targets(seqs: torch.Tensor, k: int) -> torch.Tensor:
 class SVAE(Recommender):
     name = "svae"
     task = "ranking"
+    reduced_precision = True
     Config = SVAEConfig
     search_space = SEARCH_SPACE
     can_fold_in = True
@@ -116,7 +117,10 @@ class SVAE(Recommender):
         would skip them, but is ~3x slower than the padded kernel on CPU.)
         """
         embedded = F.dropout(self.item_embed(seqs), self.config.dropout, training=train)
-        states, _ = self.gru(embedded)
+        # float32 under any autocast: bf16 quality was measured with a float32 GRU (a CPU's autocast
+        # leaves it so; cuDNN's would not), and the decoder's n_items-wide layers are where bf16 pays
+        with torch.autocast(seqs.device.type, enabled=False):
+            states, _ = self.gru(embedded.float())
         return states
 
     def _posterior(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,9 +161,10 @@ class SVAE(Recommender):
         weight = has_target
         if seqs.device.type in SELECTS_STEPS:  # decode only the steps with targets: [N, ...]
             states, targets, n_targets, weight = states[has_target], targets[has_target], n_targets[has_target], None
-        mu, logvar = self._posterior(states)
+        # float32 from here whatever the layers ran in (bfloat16 under autocast): a softmax over every item
+        mu, logvar = (t.float() for t in self._posterior(states))
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
-        log_pi = F.log_softmax(self._decode(z), dim=-1)  # [..., n_items]
+        log_pi = F.log_softmax(self._decode(z).float(), dim=-1)  # [..., n_items]
         picked = log_pi.gather(-1, (targets - 1).clamp(min=0)) * (targets > 0)
         nll = -picked.sum(-1) / n_targets.clamp(min=1)
         kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)

@@ -132,6 +132,32 @@ def test_training_batches_skip_single_item_users_and_follow_time():
     assert sorted(map(tuple, batches[0].tolist())) == [(5, 2, 0), (6, 1, 4)]  # ids + 1, time order, padded
 
 
+
+def test_an_epoch_of_sequences_is_what_scipy_and_numpy_give():
+    """Every user with 2+ items once per epoch: the last max_len of their items in time order
+    (ties by item), ids + 1, right-padded to the batch's longest; each batch's users of similar length."""
+    rng = np.random.default_rng(7)
+    X = sp.random(40, 30, density=0.25, format="csr", random_state=7, dtype=np.float32)
+    X.data[:] = 1.0
+    ts = X.copy()
+    ts.data = rng.integers(0, 20, X.nnz).astype(np.float64)  # repeated times: ties broken by item
+    model = make(n_items=30, batch_size=6, max_len=5)
+    expected = []
+    for u in range(X.shape[0]):
+        items, times = X[u].indices, ts[u].toarray()[0, X[u].indices]
+        if len(items) >= 2:
+            expected.append(tuple((items[np.lexsort((items, times))][-5:] + 1).tolist()))
+    got, widths = [], []
+    for batch in model.training_batches(TrainData(X, ts), np.random.default_rng(0)):
+        lengths = (batch > 0).sum(1)
+        assert batch.shape[1] == int(lengths.max())  # padded to the batch's longest, no wider
+        widths.append((int(lengths.min()), int(lengths.max())))
+        got += [tuple(row[row > 0].tolist()) for row in batch]
+        assert all((row[: int(n)] > 0).all() for row, n in zip(batch, lengths))  # padding only on the right
+    assert sorted(got) == sorted(expected)
+    widths.sort()
+    assert all(shorter[1] <= longer[0] for shorter, longer in zip(widths, widths[1:]))  # bucketed by length
+
 def test_a_planted_order_is_learned():
     """Half the users watch A, B, C; the other half B, A, D. After [A, B] comes C; after [B, A], D."""
     A, B, C, D, n_items = 0, 1, 2, 3, 10
