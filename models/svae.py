@@ -221,11 +221,11 @@ class SVAE(Recommender):
             return drops
         positions = by_item[at[found]] + int(longer)  # each weighed item's step in ``read``
         removed = np.unique(positions)
-        seqs = torch.zeros(2, len(read), dtype=torch.int64)
+        seqs = torch.zeros(1 + int(longer), len(read), dtype=torch.int64)  # ``read`` and, when longer, the window
         seqs[0] = torch.from_numpy(read + 1)
-        seqs[1, : len(window)] = torch.from_numpy(window + 1)
-        states = self._gru_states(seqs.to(self.device))  # [2, len(read), rnn]: ``read``'s and the window's
-        last = torch.cat([states[1:, len(window) - 1], self._removal_states(seqs[0].to(self.device), states[0], removed)])
+        seqs[-1, : len(window)] = torch.from_numpy(window + 1)
+        states = self._gru_states(seqs.to(self.device))  # one GRU call; the last row's last step is the whole row's
+        last = torch.cat([states[-1:, len(window) - 1], self._removal_states(seqs[0].to(self.device), states[0], removed)])
         scores = self._decode(self._posterior(last)[0])[:, torch.from_numpy(items).to(self.device)]
         row_of = torch.from_numpy(1 + np.searchsorted(removed, positions)).to(self.device)
         drops[:, found] = (scores[0][None] - scores[row_of]).T.float().cpu().numpy()
