@@ -487,6 +487,11 @@ class Recommender(nn.Module):
             raise ModelInputError("history contains items that are not in the row")
         return row, items, history, order[at] if len(history) else np.zeros(0, dtype=np.int64)
 
+    def _check_explain_timestamps(self, row: sp.csr_matrix, timestamps: sp.csr_matrix | None) -> None:
+        """A sequential model explains a row only with the row's timestamps (its order is what it reads)."""
+        if self.sequential and (timestamps is None or timestamps.shape != row.shape or timestamps.nnz != row.nnz):
+            raise ModelInputError(f"{self.name} reads each row's items in time order: pass the row's timestamps")
+
     @torch.no_grad()
     def contributions(
         self,
@@ -519,9 +524,8 @@ class Recommender(nn.Module):
         indices = np.broadcast_to(row.indices, keep.shape)[keep]
         batch = sp.csr_matrix((np.broadcast_to(row.data, keep.shape)[keep], indices, indptr), shape=(n_h + 1, self.n_items))
         batch_ts = None
+        self._check_explain_timestamps(row, timestamps)
         if self.sequential:
-            if timestamps is None or timestamps.shape != row.shape or timestamps.nnz != nnz:
-                raise ModelInputError(f"{self.name} reads each row's items in time order: pass the row's timestamps")
             batch_ts = sp.csr_matrix((np.broadcast_to(timestamps.data, keep.shape)[keep], indices, indptr), shape=batch.shape)
         device = self.device
         inputs = DeviceRows(batch, device, binary=self.task == "ranking", timestamps=batch_ts)

@@ -65,11 +65,15 @@ class ErrorBody(BaseModel):
 # row per history item weighed, so the history is capped; the list explained is capped too.
 EXPLAIN_MAX_K = 50  # most items explained in one answer (k of a recommendation list, item_ids of a rating request)
 EXPLAIN_MAX_HISTORY = 200  # the user's most recent history items weighed as reasons
+# A sequential model's (SVAE's) removal of the item h steps back re-runs the h steps after it: weighing
+# the last n costs ~n^2/2 GRU steps, so fewer are weighed (bench figures in the commit adding it).
+EXPLAIN_MAX_HISTORY_SEQUENTIAL = 50
 EXPLAIN_REASONS = 3  # reasons given per item
 EXPLAIN_DESCRIPTION = (
     f"Give each item `because`: the (at most {EXPLAIN_REASONS}) history items of the user that raise its score "
-    f"most, best first. Only the user's {EXPLAIN_MAX_HISTORY} most recent history items are weighed (the model "
-    f"still reads the whole history; `explanation` says how many were weighed). At most {EXPLAIN_MAX_K} items are "
+    f"most, best first. Only the user's {EXPLAIN_MAX_HISTORY} most recent history items are weighed "
+    f"({EXPLAIN_MAX_HISTORY_SEQUENTIAL} for a sequential model, SVAE: each removal re-runs the steps after it), "
+    f"though the model still reads the whole history; `explanation` says how many were weighed. At most {EXPLAIN_MAX_K} items are "
     "explained per answer: more is a 422 (explain_too_many_items). EASE/EDLAE explain exactly (the weight B[j, i] "
     "of history item j towards item i); other models by the drop in the item's score when that history item is "
     "removed, all removals scored in one batched pass. A model whose scores do not depend on the history "
@@ -88,7 +92,8 @@ class Explanation(BaseModel):
     method: Literal["weights", "removal", "none"] = Field(
         description="weights: the model's exact linear terms (EASE, EDLAE); removal: the score drop measured per "
         "history item; none: no explanation (see note).")
-    history_weighed: int = Field(description=f"History items weighed as reasons (the most recent, at most {EXPLAIN_MAX_HISTORY}).")
+    history_weighed: int = Field(description=f"History items weighed as reasons (the most recent, at most {EXPLAIN_MAX_HISTORY}; "
+                                 f"{EXPLAIN_MAX_HISTORY_SEQUENTIAL} for a sequential model).")
     history_total: int = Field(description="History items the model reads for this user.")
     note: str | None = Field(default=None, description="Why items carry no reasons, or what was left out.")
 
