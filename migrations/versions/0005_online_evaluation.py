@@ -27,6 +27,7 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("stopped_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("sequential_p_values", sa.JSON(), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_experiments")),
     )
     op.create_table(
@@ -54,6 +55,7 @@ def upgrade() -> None:
         sa.Column("kind", sa.String(length=16), nullable=False),
         sa.Column("value", sa.Float(), nullable=True),
         sa.Column("position", sa.Integer(), nullable=False),
+        sa.Column("gain", sa.Float(), nullable=True),
         sa.Column("team", sa.String(length=64), nullable=True),
         sa.Column("source", sa.String(length=16), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),

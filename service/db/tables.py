@@ -109,6 +109,8 @@ class Experiment(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # the always-valid p-values at the last look ({challenger: p}): the sequential test's running minimum
+    sequential_p_values: Mapped[dict[str, float] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
 
 
 class Impression(Base):
@@ -128,7 +130,7 @@ class Impression(Base):
     model: Mapped[str] = mapped_column(String(64))
     version: Mapped[str] = mapped_column(String(64))
     items: Mapped[list[str]] = mapped_column(JSON)  # external item ids, best first
-    teams: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)  # interleaving: the arm of each position
+    teams: Mapped[list[str] | None] = mapped_column(JSON(none_as_null=True), nullable=True)  # interleaving: the arm of each position
     k: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
@@ -145,7 +147,9 @@ class Feedback(Base):
     item_id: Mapped[str] = mapped_column(String(255))
     kind: Mapped[str] = mapped_column(String(16))  # click | rating | purchase | dismiss
     value: Mapped[float | None] = mapped_column(Float, nullable=True)  # a rating's value
-    position: Mapped[int] = mapped_column(Integer)  # 1-based rank of the item in the list (MRR, gain)
+    position: Mapped[int] = mapped_column(Integer)  # 1-based rank of the item in the list (MRR)
+    # a rating's discounted gain, value / log2(rank + 1) (service.experiments.stats), stored: SQLite may lack log2
+    gain: Mapped[float | None] = mapped_column(Float, nullable=True)
     team: Mapped[str | None] = mapped_column(String(64), nullable=True)  # interleaving: the arm credited
     source: Mapped[str] = mapped_column(String(16))  # "feedback" | "interaction"
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
