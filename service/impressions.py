@@ -1,0 +1,215 @@
+"""Impressions and the feedback interactions earn, written off the request path.
+
+A recommendation answer puts its impression on a bounded queue (``record``: no I/O, no wait)
+and one background thread writes what waits, in batches, each in one transaction of its own
+session. When the queue is full the impression is dropped and counted
+(``aerec_impressions_dropped_total{reason="queue_full"}``): serving never waits for the
+database. A stored interaction batch queues its attribution the same way (``attribute``): the
+writer turns each interaction with an item that a list shown to that user in the last
+``FEEDBACK_WINDOW_S`` held into feedback (source "interaction"), after the impressions queued
+before it are written. ``close`` (the app's clean shutdown) writes everything queued first.
+
+A list is kept in memory from ``record`` until it is written (``pending``), so feedback on it
+that arrives before the writer has stored it is still checked against it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Callable, Sequence
+
+from sqlalchemy.orm import Session
+
+from service.crud import online
+from service.db.session import retry_if_dropped
+from service.metrics import Metrics
+
+log = logging.getLogger("service.impressions")
+
+WRITE_TRIES = 3  # a batch the database refused this often is dropped (counted) so later ones are not held up
+RETRY_PAUSE_S = 0.5
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """Stored interactions to match against the lists recently shown to their users."""
+
+    user_ids: Sequence[str]
+    item_ids: Sequence[str]
+    ratings: Sequence[float | None]
+    at: Sequence[datetime]  # each interaction's time: its timestamp, else when it was posted
+
+
+def as_utc(moment: datetime) -> datetime:
+    """SQLite gives back naive datetimes of what was written in UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def interaction_time(timestamp: int | None, received: datetime) -> datetime:
+    return received if timestamp is None else datetime.fromtimestamp(timestamp, UTC)
+
+
+class ImpressionRecorder:
+    """The bounded queue of impressions and attributions, and the one thread that writes them."""
+
+    def __init__(self, session_factory: Callable[[], Session], metrics: Metrics, *, enabled: bool, queue_size: int,
+                 batch_size: int, feedback_window_s: float) -> None:
+        self._session_factory = session_factory
+        self._metrics = metrics
+        self.enabled = enabled
+        self.batch_size = batch_size
+        self.window = timedelta(seconds=feedback_window_s)
+        self._queue: queue.Queue[online.ImpressionRecord | Attribution | None] = queue.Queue(maxsize=queue_size)
+        self._pending: dict[str, online.ImpressionRecord] = {}  # queued, not yet written (dict ops are atomic)
+        self._thread: threading.Thread | None = None
+
+    # ---- the request side: never blocks ----------------------------------------------------
+    def record(self, impression: online.ImpressionRecord) -> bool:
+        """Queue an impression; False when recording is off or the queue is full (then counted as dropped)."""
+        if not self.enabled:
+            return False
+        self._pending[impression.recommendation_id] = impression
+        if not self._put(impression):
+            self._pending.pop(impression.recommendation_id, None)
+            return False
+        return True
+
+    def attribute(self, attribution: Attribution) -> bool:
+        """Queue stored interactions for attribution to recent lists; False when off or the queue is full."""
+        return self.enabled and self._put(attribution)
+
+    def _put(self, work: online.ImpressionRecord | Attribution) -> bool:
+        try:
+            self._queue.put_nowait(work)
+        except queue.Full:
+            kind = "impression" if isinstance(work, online.ImpressionRecord) else "attribution"
+            self._metrics.impressions_dropped.labels(kind, "queue_full").inc()
+            return False
+        return True
+
+    def pending(self, recommendation_id: str) -> online.ShownList | None:
+        """A list recorded here and not yet written, as the database will hold it."""
+        impression = self._pending.get(recommendation_id)
+        if impression is None or impression.shadow:
+            return None
+        return online.ShownList(impression.recommendation_id, impression.user_id, list(impression.items), impression.teams,
+                                impression.experiment_id, impression.arm, impression.created_at)
+
+    @property
+    def queued(self) -> int:
+        return self._queue.qsize()
+
+    # ---- the writer ------------------------------------------------------------------------
+    def start(self) -> None:
+        if self.enabled and self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="impression-writer", daemon=True)
+            self._thread.start()
+
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Wait until everything queued so far is written (or dropped); False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        while self._queue.unfinished_tasks:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+        return True
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Write what is queued, then stop the writer (the app's clean shutdown)."""
+        if self._thread is None:
+            return
+        self._queue.put(None)  # behind everything queued: the writer stops once that is written
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            log.error("the impression writer did not finish within %.0f s; %d queued items are lost", timeout_s, self.queued)
+        self._thread = None
+
+    def _run(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while batch[-1] is not None and len(batch) < self.batch_size:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = batch[-1] is None
+            work = [w for w in batch if w is not None]
+            try:
+                if work:
+                    self._write(work)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+            if stop:
+                return
+
+    def _write(self, work: list[online.ImpressionRecord | Attribution]) -> None:
+        impressions = [w for w in work if isinstance(w, online.ImpressionRecord)]
+        attributions = [w for w in work if isinstance(w, Attribution)]
+        if impressions and self._tried(lambda: self._store_impressions(impressions), "impression", len(impressions)):
+            for impression in impressions:
+                if impression.experiment_id is not None:
+                    self._metrics.experiment_impressions.labels(
+                        impression.experiment_id, impression.arm or "", "shadow" if impression.shadow else "served").inc()
+        for impression in impressions:
+            self._pending.pop(impression.recommendation_id, None)
+        if attributions:  # after this batch's impressions: a list queued before the interaction is there to match
+            self._tried(lambda: self._store_attributed(attributions), "attribution", len(attributions))
+
+    def _tried(self, write: Callable[[], None], kind: str, size: int) -> bool:
+        for attempt in range(1, WRITE_TRIES + 1):
+            try:
+                retry_if_dropped(write)
+                return True
+            except Exception as exc:  # noqa: BLE001 - any failure: retried, then dropped and counted, never kills the writer
+                log.warning("writing %d %s records failed (try %d of %d): %s", size, kind, attempt, WRITE_TRIES,
+                            str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                if attempt < WRITE_TRIES:
+                    time.sleep(RETRY_PAUSE_S * attempt)
+        self._metrics.impressions_dropped.labels(kind, "write_failed").inc(size)
+        return False
+
+    def _store_impressions(self, impressions: list[online.ImpressionRecord]) -> None:
+        with self._session_factory() as session:
+            online.store_impressions(session, impressions)
+
+    def _store_attributed(self, attributions: list[Attribution]) -> None:
+        events = [(u, i, r, as_utc(t)) for a in attributions for u, i, r, t in zip(a.user_ids, a.item_ids, a.ratings, a.at)]
+        with self._session_factory() as session:
+            lists = online.recent_lists(session, [u for u, *_ in events], min(t for *_, t in events) - self.window)
+            records, shown_by_id = {}, {}
+            for user_id, item_id, rating, at in events:
+                shown = self._latest_showing(lists.get(user_id, []), item_id, at)
+                if shown is None:
+                    continue
+                position = shown.position(item_id)
+                kind = "click" if rating is None or math.isnan(rating) else "rating"
+                shown_by_id[shown.recommendation_id] = shown
+                records[(shown.recommendation_id, item_id, kind)] = online.FeedbackRecord(
+                    shown.recommendation_id, item_id, kind, None if kind == "click" else float(rating), position,
+                    shown.team(position), "interaction", at)
+            if records:
+                stored = online.store_feedback(session, list(records.values()))
+                count_feedback(self._metrics, shown_by_id, stored.inserted)
+
+    def _latest_showing(self, lists: list[online.ShownList], item_id: str, at: datetime) -> online.ShownList | None:
+        """The newest list shown before ``at`` and within the window that held the item (the lists come newest first)."""
+        for shown in lists:
+            created = as_utc(shown.created_at)
+            if created <= at and at - created <= self.window and shown.position(item_id) is not None:
+                return shown
+        return None
+
+
+def count_feedback(metrics: Metrics, shown_by_id: dict[str, online.ShownList], inserted: list[online.FeedbackRecord]) -> None:
+    """The per-arm feedback counters, for events stored for the first time on experiments' lists."""
+    for record in inserted:
+        shown = shown_by_id.get(record.recommendation_id)
+        if shown is not None and shown.experiment_id is not None:
+            metrics.experiment_feedback.labels(shown.experiment_id, record.team or shown.arm or "", record.kind).inc()
