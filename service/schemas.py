@@ -172,6 +172,53 @@ class InteractionsResult(BaseModel):
     new_items: int
 
 
+# ---- feedback and experiments ---------------------------------------------------------
+RECOMMENDATION_ID_PATTERN = r"^[0-9a-f]{32}$"
+
+
+class FeedbackIn(Strict):
+    recommendation_id: str = Field(pattern=RECOMMENDATION_ID_PATTERN, description="The recommendation_id of the answer that listed the item.")
+    item_id: ExternalId = Field(description="An item of that list (another item is a 422).")
+    kind: Literal["click", "rating", "purchase", "dismiss"]
+    value: float | None = Field(default=None, strict=True, allow_inf_nan=False,
+                                description="A rating's value, on the deployment's rating scale; only for kind rating.")
+
+
+class FeedbackResult(BaseModel):
+    received: int = Field(description="Events in the request.")
+    stored: int = Field(description="Events stored for the first time.")
+    duplicates: int = Field(description="Events stored before (the same list, item and kind): not stored again.")
+
+
+class ArmIn(Strict):
+    name: str = Field(description="A slug, unique in the experiment ('holdout' is reserved).")
+    model: ModelName = Field(description="A ranking model of the version.")
+    version: str | None = Field(default=None, description="A version of the model registry; null: the version served.")
+    share: float | None = Field(default=None, description="Share of the users outside the holdout; all arms give one "
+                                "(summing to 1) or none (equal shares).")
+
+
+class ExperimentIn(Strict):
+    id: str = Field(description="A slug: lowercase letters, digits, '-' or '_'.")
+    kind: Literal["ab", "interleaving"] = Field(description="ab: each user sees their arm's list; interleaving: "
+                                                "team-draft mixes of the two arms' lists.")
+    arms: list[ArmIn] = Field(min_length=1)
+    seed: int = Field(default=0, description="Seeds the sticky assignment of users to arms (a new seed reshuffles them).")
+    holdout: float | None = Field(default=None, ge=0, lt=1, description="Share of users served the popularity list.")
+    shadow: bool = Field(default=False, description="Serve the first arm to everyone; the other arms score the same "
+                         "requests, recorded as shadow impressions, not served.")
+
+
+class ExperimentOut(BaseModel):
+    id: str
+    kind: str
+    status: Literal["running", "stopped"]
+    definition: dict[str, Any]
+    created_at: str
+    started_at: str | None
+    stopped_at: str | None
+
+
 # ---- items, models, health ------------------------------------------------------------
 class SimilarItemsResponse(BaseModel):
     item_id: str

@@ -24,6 +24,8 @@ from starlette.concurrency import run_in_threadpool
 from service.cache import Cache
 from service.core.config import Settings
 from service.errors import ApiError
+from service.experiment_registry import ExperimentRegistry
+from service.impressions import ImpressionRecorder
 from service.metrics import Metrics
 from service.model_store import ModelStore
 from service.writes import InteractionWriter
@@ -75,12 +77,22 @@ async def get_writer(request: Request) -> InteractionWriter:
     return request.app.state.writer
 
 
+async def get_recorder(request: Request) -> ImpressionRecorder:
+    return request.app.state.recorder
+
+
+async def get_experiments(request: Request) -> ExperimentRegistry:
+    return request.app.state.experiments
+
+
 SessionDep = Annotated[Session, Depends(get_db)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 CacheDep = Annotated[Cache, Depends(get_cache)]
 StoreDep = Annotated[ModelStore, Depends(get_store)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 WriterDep = Annotated[InteractionWriter, Depends(get_writer)]
+RecorderDep = Annotated[ImpressionRecorder, Depends(get_recorder)]
+ExperimentsDep = Annotated[ExperimentRegistry, Depends(get_experiments)]
 
 
 class KeyScope(IntEnum):

@@ -1,0 +1,192 @@
+"""Experiments as the service runs them: created (admin API or ``EXPERIMENTS_FILE``), checked against
+the models that can serve them, stopped, and the running one known to every replica.
+
+The experiments live in the database, so every replica serves the same ones. A replica never
+reads them per request: a thread checks a fingerprint of the table (``crud.online.experiments_fingerprint``,
+one aggregate) every ``EXPERIMENTS_REFRESH_S`` and reloads them only when it changed; the replica
+that created or stopped one reloads at once. One experiment runs at a time (it decides which model
+a request that names none gets); creating another while one runs is a 409.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import tomllib
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Callable
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from service import crud
+from service.crud import online
+from service.errors import ApiError
+from service.experiments.assignment import HOLDOUT_MODEL, Experiment, from_config
+from service.model_store import ModelStore
+from trainer.artifacts import list_versions, read_manifest
+
+log = logging.getLogger("service.experiments")
+
+
+def experiment_of(row: online.ExperimentRow) -> Experiment:
+    return from_config({**row.definition, "started_at": row.started_at and online.as_utc(row.started_at),
+                        "stopped_at": row.stopped_at and online.as_utc(row.stopped_at)})
+
+
+def build(section: dict[str, Any], store: ModelStore) -> Experiment:
+    """The experiment a request body or a config file section defines, once it can serve; a 422 naming
+    what is wrong otherwise."""
+    try:
+        experiment = from_config({k: v for k, v in section.items() if k not in ("started_at", "stopped_at")})
+    except (ValueError, TypeError) as exc:
+        raise ApiError(422, "invalid_experiment", str(exc), {"field": _field_named(str(exc))}) from None
+    check_servable(experiment, store)
+    if experiment.shadow and (experiment.kind != "ab" or len(experiment.arms) < 2):
+        raise ApiError(422, "invalid_experiment", "shadow mode serves the first arm and scores the others unserved: it needs "
+                       "an A/B experiment with at least 2 arms", {"field": "shadow"})
+    return experiment
+
+
+def _field_named(message: str) -> str | None:
+    """The body field ``from_config``'s message is about (its messages name it in words)."""
+    for words, field in (("shares", "arms.share"), ("share", "arms.share"), ("arm name", "arms.name"), ("holdout", "holdout"),
+                         ("interleaving needs", "arms"), ("kind", "kind"), ("seed", "seed"), ("id", "id"), ("arm", "arms")):
+        if words in message:
+            return field
+    return None
+
+
+def check_servable(experiment: Experiment, store: ModelStore) -> None:
+    """Every arm names a ranking model of the version it names (the served one when none), and a holdout
+    has the popularity list to serve."""
+    served = store.current
+    if served is None:
+        raise ApiError(503, "model_unavailable", "no model version is loaded yet: experiments are checked against it",
+                       None, {"Retry-After": "5"})
+    on_disk = set(list_versions(store.root))
+    for n, arm in enumerate(experiment.arms):
+        if arm.version is None or arm.version == served.version:
+            tasks = {name: model.task for name, model in served.models.items()}
+            where = f"the served version {served.version}"
+        elif arm.version not in on_disk:
+            raise ApiError(422, "unknown_version", f"arm {arm.name}: version {arm.version!r} is not in the model registry",
+                           {"field": f"arms.{n}.version", "available": sorted(on_disk)})
+        else:
+            tasks = {name: info.get("task") for name, info in read_manifest(store.root, arm.version).get("models", {}).items()}
+            where = f"version {arm.version}"
+        if tasks.get(arm.model) != "ranking":
+            rankers = sorted(name for name, task in tasks.items() if task == "ranking")
+            why = "is not in" if arm.model not in tasks else "does not rank items in"
+            raise ApiError(422, "unknown_model", f"arm {arm.name}: model {arm.model!r} {why} {where}",
+                           {"field": f"arms.{n}.model", "model": arm.model, "available": rankers})
+    if experiment.holdout > 0 and HOLDOUT_MODEL not in served.models:
+        raise ApiError(422, "invalid_experiment", f"a holdout is served the {HOLDOUT_MODEL} list, and the served version "
+                       f"{served.version} has no {HOLDOUT_MODEL!r} model", {"field": "holdout"})
+
+
+def read_experiments_file(path: Path) -> list[dict[str, Any]]:
+    """The experiment sections of a TOML file (``[[experiments]]``) or a JSON one (a list, or {"experiments": [...]})."""
+    text = path.read_text()
+    parsed = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
+    sections = parsed.get("experiments", []) if isinstance(parsed, dict) else parsed
+    if not isinstance(sections, list):
+        raise ValueError(f"{path}: experiments must be a list of tables/objects")
+    return sections
+
+
+class ExperimentRegistry:
+    """The running experiment of this replica, kept in step with the database by a polling thread."""
+
+    def __init__(self, session_factory: Callable[[], Session], store: ModelStore, refresh_s: float) -> None:
+        self._session_factory = session_factory
+        self._store = store
+        self.refresh_s = refresh_s
+        self.running: Experiment | None = None  # replaced in one assignment; a request reads it once
+        self._fingerprint: tuple | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ---- changes (worker threads) -----------------------------------------------------------
+    def create(self, section: dict[str, Any]) -> online.ExperimentRow:
+        """Check, store and start an experiment; 409 if the id exists or another one is running."""
+        experiment = build(section, self._store)
+        definition = {k: v for k, v in experiment.to_config().items() if k not in ("started_at", "stopped_at")}
+        with self._session_factory() as session:
+            running = [row.id for row in online.experiments(session, active_only=True)]
+            if running:
+                raise ApiError(409, "experiment_running", f"experiment {running[0]!r} is running: stop it first (one "
+                               "experiment decides the model of requests that name none)", {"running": running[0]})
+            if not online.create_experiment(session, experiment.id, experiment.kind, definition, datetime.now(UTC)):
+                raise ApiError(409, "experiment_exists", f"an experiment {experiment.id!r} exists already (ids are never "
+                               "reused: its impressions stay attached to it)", {"id": experiment.id})
+            row = online.experiment(session, experiment.id)
+        self.refresh(force=True)
+        return row
+
+    def stop(self, id_: str) -> online.ExperimentRow:
+        with self._session_factory() as session:
+            row = online.stop_experiment(session, id_, datetime.now(UTC))
+        if row is None:
+            raise ApiError(404, "unknown_experiment", f"no experiment {id_!r}", {"id": id_})
+        self.refresh(force=True)
+        return row
+
+    def create_from_file(self, path: Path) -> None:
+        """At start: create the file's experiments whose id is new (one that exists is left as it is)."""
+        for section in read_experiments_file(path):
+            try:
+                self.create(section)
+                log.info("experiment %s created from %s", section.get("id"), path)
+            except ApiError as exc:
+                if exc.code in ("experiment_exists", "experiment_running"):
+                    log.info("experiment %s from %s not created: %s", section.get("id"), path, exc.message)
+                else:
+                    raise ValueError(f"{path}: experiment {section.get('id')!r}: {exc.message}") from None
+
+    # ---- keeping in step ---------------------------------------------------------------------
+    def refresh(self, force: bool = False) -> bool:
+        """Reload the running experiment if the table changed (or ``force``); True when it was reloaded."""
+        with self._lock, self._session_factory() as session, crud.reads(session) as db:
+            fingerprint = online.experiments_fingerprint(db)
+            if not force and fingerprint == self._fingerprint:
+                return False
+            rows = online.experiments(db, active_only=True)
+        now = datetime.now(UTC)
+        running = [experiment_of(row) for row in rows]
+        self.running = next((e for e in running if e.running(now)), None)  # the earliest started
+        self._fingerprint = fingerprint
+        return True
+
+    def start(self, experiments_file: Path | None) -> None:
+        """At start: create the file's experiments, learn the running one, and start the watcher. A database
+        that cannot be read yet is logged; the watcher learns the experiments once it can."""
+        try:
+            if experiments_file is not None:
+                self.create_from_file(experiments_file)
+            self.refresh(force=True)
+        except SQLAlchemyError as exc:
+            log.warning("could not read the experiments at start (%s); the watcher tries every %.0f s",
+                        type(getattr(exc, "orig", None) or exc).__name__, self.refresh_s)
+        self.start_watcher()
+
+    def start_watcher(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._watch, name="experiments-watcher", daemon=True)
+        self._thread.start()
+
+    def stop_watcher(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.refresh_s):
+            try:
+                self.refresh()
+            except Exception as exc:  # noqa: BLE001 - the database may be away: keep the experiment known, try again
+                log.warning("could not check the experiments: %s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
