@@ -60,8 +60,8 @@ def _field_named(message: str) -> str | None:
 
 
 def check_servable(experiment: Experiment, store: ModelStore) -> None:
-    """Every arm names a ranking model of the version it names (the served one when none), and a holdout
-    has the popularity list to serve."""
+    """Every arm names a model of the version it names (the served one when none; any model ranks items
+    for the recommendation route), and a holdout has the popularity list to serve."""
     served = store.current
     if served is None:
         raise ApiError(503, "model_unavailable", "no model version is loaded yet: experiments are checked against it",
@@ -69,19 +69,17 @@ def check_servable(experiment: Experiment, store: ModelStore) -> None:
     on_disk = set(list_versions(store.root))
     for n, arm in enumerate(experiment.arms):
         if arm.version is None or arm.version == served.version:
-            tasks = {name: model.task for name, model in served.models.items()}
+            models = set(served.models)
             where = f"the served version {served.version}"
         elif arm.version not in on_disk:
             raise ApiError(422, "unknown_version", f"arm {arm.name}: version {arm.version!r} is not in the model registry",
                            {"field": f"arms.{n}.version", "available": sorted(on_disk)})
         else:
-            tasks = {name: info.get("task") for name, info in read_manifest(store.root, arm.version).get("models", {}).items()}
+            models = set(read_manifest(store.root, arm.version).get("models", {}))
             where = f"version {arm.version}"
-        if tasks.get(arm.model) != "ranking":
-            rankers = sorted(name for name, task in tasks.items() if task == "ranking")
-            why = "is not in" if arm.model not in tasks else "does not rank items in"
-            raise ApiError(422, "unknown_model", f"arm {arm.name}: model {arm.model!r} {why} {where}",
-                           {"field": f"arms.{n}.model", "model": arm.model, "available": rankers})
+        if arm.model not in models:
+            raise ApiError(422, "unknown_model", f"arm {arm.name}: model {arm.model!r} is not in {where}",
+                           {"field": f"arms.{n}.model", "model": arm.model, "available": sorted(models)})
     if experiment.holdout > 0 and HOLDOUT_MODEL not in served.models:
         raise ApiError(422, "invalid_experiment", f"a holdout is served the {HOLDOUT_MODEL} list, and the served version "
                        f"{served.version} has no {HOLDOUT_MODEL!r} model", {"field": "holdout"})
