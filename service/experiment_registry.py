@@ -25,7 +25,7 @@ from service import crud
 from service.crud import online
 from service.errors import ApiError
 from service.experiments.assignment import HOLDOUT_MODEL, Experiment, from_config
-from service.model_store import ModelStore
+from service.model_store import ModelStore, ServingVersion, prepare_version
 from trainer.artifacts import list_versions, read_manifest
 
 log = logging.getLogger("service.experiments")
@@ -103,6 +103,7 @@ class ExperimentRegistry:
         self._store = store
         self.refresh_s = refresh_s
         self.running: Experiment | None = None  # replaced in one assignment; a request reads it once
+        self._pinned: dict[str, ServingVersion] = {}  # versions the running experiment's arms name, loaded
         self._fingerprint: tuple | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -147,17 +148,40 @@ class ExperimentRegistry:
 
     # ---- keeping in step ---------------------------------------------------------------------
     def refresh(self, force: bool = False) -> bool:
-        """Reload the running experiment if the table changed (or ``force``); True when it was reloaded."""
-        with self._lock, self._session_factory() as session, crud.reads(session) as db:
-            fingerprint = online.experiments_fingerprint(db)
-            if not force and fingerprint == self._fingerprint:
-                return False
-            rows = online.experiments(db, active_only=True)
-        now = datetime.now(UTC)
-        running = [experiment_of(row) for row in rows]
-        self.running = next((e for e in running if e.running(now)), None)  # the earliest started
-        self._fingerprint = fingerprint
-        return True
+        """Reload the running experiment if the table changed (or ``force``); True when it was reloaded. Either
+        way, the versions its arms pin are loaded (the served version may have moved away from one)."""
+        with self._lock:
+            with self._session_factory() as session, crud.reads(session) as db:
+                fingerprint = online.experiments_fingerprint(db)
+                changed = force or fingerprint != self._fingerprint
+                rows = online.experiments(db, active_only=True) if changed else []
+            if changed:
+                now = datetime.now(UTC)
+                self.running = next((e for e in map(experiment_of, rows) if e.running(now)), None)  # the earliest started
+                self._fingerprint = fingerprint
+            self._load_pinned()
+            return changed
+
+    def _load_pinned(self) -> None:
+        """Load the versions the running experiment's arms pin (other than the one served), drop the others."""
+        running, served = self.running, self._store.current
+        wanted = {a.version for a in running.arms if a.version is not None} if running is not None else set()
+        for version in sorted(wanted - set(self._pinned)):
+            if served is None or version != served.version:
+                self._pinned[version] = prepare_version(self._store.root, version, self._store.device)
+                log.info("version %s loaded for experiment %s", version, running.id)
+        self._pinned = {v: loaded for v, loaded in self._pinned.items() if v in wanted}
+
+    def pinned_version(self, version: str) -> ServingVersion:
+        """An arm's version, loaded (a 503 for the moment between a swap away from it and the next check)."""
+        loaded = self._pinned.get(version)
+        if loaded is None:
+            served = self._store.current
+            if served is not None and served.version == version:
+                return served
+            raise ApiError(503, "experiment_version_loading", f"version {version} of the running experiment is being "
+                           "loaded", {"version": version}, {"Retry-After": str(max(1, round(self.refresh_s)))})
+        return loaded
 
     def start(self, experiments_file: Path | None) -> None:
         """At start: create the file's experiments, learn the running one, and start the watcher. A database

@@ -15,6 +15,7 @@ that arrives before the writer has stored it is still checked against it.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import queue
@@ -27,6 +28,7 @@ from typing import Callable, Sequence
 from sqlalchemy.orm import Session
 
 from service.crud import online
+from service.crud.online import as_utc
 from service.db.session import retry_if_dropped
 from service.metrics import Metrics
 
@@ -37,6 +39,29 @@ RETRY_PAUSE_S = 0.5
 
 
 @dataclass(frozen=True)
+class ServedAnswer:
+    """A recommendation answer as the route sent it (without its id): parsed into its impression by the writer."""
+
+    recommendation_id: str
+    user_id: str
+    answer_json: str
+    created_at: datetime
+    experiment_id: str | None = None
+    arm: str | None = None
+    teams: list[str] | None = None  # interleaving: the arm that contributed each item
+    shadow: bool = False
+
+    def impression(self) -> online.ImpressionRecord:
+        body = json.loads(self.answer_json)
+        items = [item["item_id"] for item in body["items"]]
+        return online.ImpressionRecord(self.recommendation_id, self.user_id, body["model"], body["model_version"], items,
+                                       len(items), self.created_at, self.experiment_id, self.arm, self.shadow, self.teams)
+
+
+Queued = online.ImpressionRecord | ServedAnswer
+
+
+@dataclass(frozen=True)
 class Attribution:
     """Stored interactions to match against the lists recently shown to their users."""
 
@@ -44,11 +69,6 @@ class Attribution:
     item_ids: Sequence[str]
     ratings: Sequence[float | None]
     at: Sequence[datetime]  # each interaction's time: its timestamp, else when it was posted
-
-
-def as_utc(moment: datetime) -> datetime:
-    """SQLite gives back naive datetimes of what was written in UTC."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def interaction_time(timestamp: int | None, received: datetime) -> datetime:
@@ -65,12 +85,12 @@ class ImpressionRecorder:
         self.enabled = enabled
         self.batch_size = batch_size
         self.window = timedelta(seconds=feedback_window_s)
-        self._queue: queue.Queue[online.ImpressionRecord | Attribution | None] = queue.Queue(maxsize=queue_size)
-        self._pending: dict[str, online.ImpressionRecord] = {}  # queued, not yet written (dict ops are atomic)
+        self._queue: queue.Queue[Queued | Attribution | None] = queue.Queue(maxsize=queue_size)
+        self._pending: dict[str, Queued] = {}  # queued, not yet written (dict ops are atomic)
         self._thread: threading.Thread | None = None
 
     # ---- the request side: never blocks ----------------------------------------------------
-    def record(self, impression: online.ImpressionRecord) -> bool:
+    def record(self, impression: Queued) -> bool:
         """Queue an impression; False when recording is off or the queue is full (then counted as dropped)."""
         if not self.enabled:
             return False
@@ -84,20 +104,21 @@ class ImpressionRecorder:
         """Queue stored interactions for attribution to recent lists; False when off or the queue is full."""
         return self.enabled and self._put(attribution)
 
-    def _put(self, work: online.ImpressionRecord | Attribution) -> bool:
+    def _put(self, work: Queued | Attribution) -> bool:
         try:
             self._queue.put_nowait(work)
         except queue.Full:
-            kind = "impression" if isinstance(work, online.ImpressionRecord) else "attribution"
+            kind = "attribution" if isinstance(work, Attribution) else "impression"
             self._metrics.impressions_dropped.labels(kind, "queue_full").inc()
             return False
         return True
 
     def pending(self, recommendation_id: str) -> online.ShownList | None:
         """A list recorded here and not yet written, as the database will hold it."""
-        impression = self._pending.get(recommendation_id)
-        if impression is None or impression.shadow:
+        queued = self._pending.get(recommendation_id)
+        if queued is None or queued.shadow:
             return None
+        impression = queued.impression() if isinstance(queued, ServedAnswer) else queued
         return online.ShownList(impression.recommendation_id, impression.user_id, list(impression.items), impression.teams,
                                 impression.experiment_id, impression.arm, impression.created_at)
 
@@ -149,8 +170,9 @@ class ImpressionRecorder:
             if stop:
                 return
 
-    def _write(self, work: list[online.ImpressionRecord | Attribution]) -> None:
-        impressions = [w for w in work if isinstance(w, online.ImpressionRecord)]
+    def _write(self, work: list[Queued | Attribution]) -> None:
+        queued = [w for w in work if not isinstance(w, Attribution)]
+        impressions = [w.impression() if isinstance(w, ServedAnswer) else w for w in queued]
         attributions = [w for w in work if isinstance(w, Attribution)]
         if impressions and self._tried(lambda: self._store_impressions(impressions), "impression", len(impressions)):
             for impression in impressions:

@@ -24,6 +24,7 @@ from service.core.config import Settings
 from service.db.session import make_engine, make_session_factory
 from service.errors import install_error_handlers
 from service.experiment_registry import ExperimentRegistry
+from service.experiment_serving import ExperimentServing
 from service.impressions import ImpressionRecorder
 from service.metrics import Metrics, RequestMetrics
 from service.model_store import ModelStore
@@ -91,6 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     experiments = ExperimentRegistry(app.state.session_factory, store, settings.EXPERIMENTS_REFRESH_S)
     app.state.recorder = recorder
     app.state.experiments = experiments
+    app.state.experiment_serving = ExperimentServing(recorder, experiments, store)
     app.state.writer = InteractionWriter(app.state.session_factory, cache, metrics, max_rows=settings.MAX_BATCH, recorder=recorder)
     app.state.cache = cache
     app.state.store = store

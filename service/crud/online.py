@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Sequence
 
 from sqlalchemy import Connection, case, distinct, func, literal, select
@@ -21,6 +21,11 @@ from service.db.tables import Experiment, Feedback, Impression
 
 FEEDBACK_KINDS = ("click", "rating", "purchase", "dismiss")
 ENGAGED_KINDS = ("click", "rating", "purchase")  # an event that says the item was wanted (a dismiss does not)
+
+
+def as_utc(moment: datetime) -> datetime:
+    """A stored time as an aware UTC datetime (SQLite gives back naive datetimes of what was written in UTC)."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 # ---- experiments -----------------------------------------------------------------------------
