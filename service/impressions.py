@@ -15,7 +15,6 @@ that arrives before the writer has stored it is still checked against it.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import queue
@@ -25,7 +24,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Callable, Sequence
 
+from pydantic import TypeAdapter
 from sqlalchemy.orm import Session
+from typing_extensions import TypedDict
 
 from service.crud import online
 from service.crud.online import as_utc
@@ -36,6 +37,21 @@ log = logging.getLogger("service.impressions")
 
 WRITE_TRIES = 3  # a batch the database refused this often is dropped (counted) so later ones are not held up
 RETRY_PAUSE_S = 0.5
+
+
+class _ShownItem(TypedDict):
+    item_id: str
+
+
+class _ShownList(TypedDict):
+    model: str
+    model_version: str
+    items: list[_ShownItem]
+
+
+# What an impression keeps of an answer: parsed in Rust, the rest of the answer skipped (8 us against
+# json.loads's 18 us for a list of 10)
+_SHOWN = TypeAdapter(_ShownList)
 
 
 @dataclass(frozen=True)
@@ -52,7 +68,7 @@ class ServedAnswer:
     shadow: bool = False
 
     def impression(self) -> online.ImpressionRecord:
-        body = json.loads(self.answer_json)
+        body = _SHOWN.validate_json(self.answer_json)
         items = [item["item_id"] for item in body["items"]]
         return online.ImpressionRecord(self.recommendation_id, self.user_id, body["model"], body["model_version"], items,
                                        len(items), self.created_at, self.experiment_id, self.arm, self.shadow, self.teams)
@@ -79,15 +95,18 @@ class ImpressionRecorder:
     """The bounded queue of impressions and attributions, and the one thread that writes them."""
 
     def __init__(self, session_factory: Callable[[], Session], metrics: Metrics, *, enabled: bool, queue_size: int,
-                 batch_size: int, feedback_window_s: float) -> None:
+                 batch_size: int, feedback_window_s: float, linger_s: float = 0.25) -> None:
         self._session_factory = session_factory
         self._metrics = metrics
         self.enabled = enabled
         self.batch_size = batch_size
+        self.linger_s = linger_s  # how often the writer looks at the queue
         self.window = timedelta(seconds=feedback_window_s)
-        self._queue: queue.Queue[Queued | Attribution | None] = queue.Queue(maxsize=queue_size)
+        self._queue: queue.Queue[Queued | Attribution] = queue.Queue(maxsize=queue_size)
         self._pending: dict[str, Queued] = {}  # queued, not yet written (dict ops are atomic)
         self._thread: threading.Thread | None = None
+        self._wake = threading.Event()  # write now: a flush, the close
+        self._closing = threading.Event()
 
     # ---- the request side: never blocks ----------------------------------------------------
     def record(self, impression: Queued) -> bool:
@@ -129,13 +148,15 @@ class ImpressionRecorder:
     # ---- the writer ------------------------------------------------------------------------
     def start(self) -> None:
         if self.enabled and self._thread is None:
+            self._closing.clear()
             self._thread = threading.Thread(target=self._run, name="impression-writer", daemon=True)
             self._thread.start()
 
     def flush(self, timeout_s: float = 10.0) -> bool:
-        """Wait until everything queued so far is written (or dropped); False on timeout."""
+        """Write everything queued so far now (or drop it, counted); False on timeout."""
         deadline = time.monotonic() + timeout_s
         while self._queue.unfinished_tasks:
+            self._wake.set()
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.005)
@@ -145,30 +166,41 @@ class ImpressionRecorder:
         """Write what is queued, then stop the writer (the app's clean shutdown)."""
         if self._thread is None:
             return
-        self._queue.put(None)  # behind everything queued: the writer stops once that is written
+        self._closing.set()
+        self._wake.set()
         self._thread.join(timeout_s)
         if self._thread.is_alive():
             log.error("the impression writer did not finish within %.0f s; %d queued items are lost", timeout_s, self.queued)
         self._thread = None
 
     def _run(self) -> None:
+        """Every ``linger_s`` (or when woken), write what waits, ``batch_size`` at a time. The writer never
+        blocks on the queue: a getter waiting there is woken by every put, and those wake-ups took the GIL from
+        the requests (cache hits at 8 clients served 26-43% of their rate with a transaction per impression,
+        70% with batches gathered by a blocking get)."""
         while True:
-            batch = [self._queue.get()]
-            while batch[-1] is not None and len(batch) < self.batch_size:
+            self._wake.wait(self.linger_s)
+            self._wake.clear()
+            closing = self._closing.is_set()
+            waiting = self._queue.qsize()  # only these: what arrives while they are written waits for the next turn
+            while waiting > 0 and (batch := self._drain(min(waiting, self.batch_size))):
+                waiting -= len(batch)
                 try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            stop = batch[-1] is None
-            work = [w for w in batch if w is not None]
-            try:
-                if work:
-                    self._write(work)
-            finally:
-                for _ in batch:
-                    self._queue.task_done()
-            if stop:
+                    self._write(batch)
+                finally:
+                    for _ in batch:
+                        self._queue.task_done()
+            if closing and self._queue.empty():
                 return
+
+    def _drain(self, most: int) -> list[Queued | Attribution]:
+        batch: list[Queued | Attribution] = []
+        while len(batch) < most:
+            try:
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return batch
 
     def _write(self, work: list[Queued | Attribution]) -> None:
         queued = [w for w in work if not isinstance(w, Attribution)]

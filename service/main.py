@@ -87,7 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.session_factory = make_session_factory(engine)
     recorder = ImpressionRecorder(
         app.state.session_factory, metrics, enabled=settings.IMPRESSIONS_ENABLED, queue_size=settings.IMPRESSION_QUEUE_SIZE,
-        batch_size=settings.IMPRESSION_BATCH, feedback_window_s=settings.FEEDBACK_WINDOW_S,
+        batch_size=settings.IMPRESSION_BATCH, feedback_window_s=settings.FEEDBACK_WINDOW_S, linger_s=settings.IMPRESSION_FLUSH_S,
     )
     experiments = ExperimentRegistry(app.state.session_factory, store, settings.EXPERIMENTS_REFRESH_S)
     app.state.recorder = recorder
