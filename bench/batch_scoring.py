@@ -64,7 +64,7 @@ def build(name: str, X: sp.csr_matrix, T: sp.csr_matrix, trained: bool, device: 
     if trained:
         hyper = {} if cls.closed_form else {"epochs": 2}
         return trainer.fit(name, X, timestamps=T if cls.sequential else None, progress=False, device=device, holdout=0,
-                           **hyper)
+                           **hyper).model
     model = cls(build_config(cls.Config, {}), n_items=X.shape[1], n_users=X.shape[0]).to(resolve_device(device))
     model.prepare_scoring(TrainData(X=X, timestamps=T if cls.sequential else None, rating_range=(0.0, 1.0)))
     return model.eval()

@@ -109,11 +109,11 @@ def publish_ease(root: Path, source: Path | None = ML100K) -> str:
     positive = inter.ratings >= 4
     X = sp.csr_matrix((np.ones(int(positive.sum()), np.float32), (inter.users[positive], inter.items[positive])),
                       shape=(inter.n_users, inter.n_items))
-    model = trainer.fit("ease", X, progress=False)
+    model, log = trainer.fit("ease", X, progress=False)
     users, items = [str(u) for u in inter.user_ids], [str(i) for i in inter.item_ids]
     counts = np.asarray(X.getnnz(axis=0)).ravel()
     order = np.argsort(-counts, kind="stable")
-    fit_seconds = model.training_log["fit_seconds"]
+    fit_seconds = log["fit_seconds"]
     staged = {"ease": artifacts.StagedModel(model, users, items, metrics={"train": {"fit_seconds": fit_seconds}})}
     manifest = {
         "source": {"dataset": "ml-100k", "n_users": X.shape[0], "n_items": X.shape[1], "n_interactions": int(X.nnz)},

@@ -180,11 +180,10 @@ def fit_and_time(name: str, data: dict, device: torch.device, epochs: int, preci
     reset_peak(device)
     closed_form = name == "ease"
     hyper = overrides if closed_form else {"epochs": epochs, **overrides}
-    seconds, model = timed(device, lambda: trainer.fit(
+    seconds, (model, log) = timed(device, lambda: trainer.fit(
         name, train, timestamps=timestamps, seed=0, device=device, progress=False, precision=precision, holdout=0,
         **hyper))
     model: Recommender
-    log = model.training_log
     row: dict[str, Any] = {"fit_s": seconds, "peak_gib": peak_memory_gib(device)}
     if not closed_form:
         row["epoch_s"] = statistics.median(point["seconds"] for point in log["curve"][1:])
@@ -206,7 +205,7 @@ def ease_scoring_variants(data: dict, device: torch.device) -> list[dict]:
     import trainer
     from trainer.metrics import ndcg_at_k
 
-    model = trainer.fit("ease", data["train"], device=device, progress=False)
+    model, log = trainer.fit("ease", data["train"], device=device, progress=False)
     B = model.B.float()
     inputs, targets = data["valid"].inputs, data["valid"].targets
     evaluated = np.flatnonzero(targets.getnnz(axis=1) > 0)

@@ -149,16 +149,15 @@ def fit_and_score(name: str, split: Any, protocol: str, seed: int, fallback: Any
     started = time.perf_counter()
     if PROTOCOL_TASK[protocol] == "rating":
         train = split.train if use_valid else (split.train + split.valid).tocsr()
-        model = fit(name, train, valid=split.valid if use_valid else None, seed=seed, progress=False,
-                    rating_range=split.rating_range, precision=precision)
+        model, log = fit(name, train, valid=split.valid if use_valid else None, seed=seed, progress=False,
+                         rating_range=split.rating_range, precision=precision)
         wall = time.perf_counter() - started
         metrics = evaluate_rating(model, train, split.test, fallback=model if fallback is None else fallback)
     else:
-        model = fit(name, split.train, valid=split.valid if use_valid else None, timestamps=split.train_timestamps,
-                    seed=seed, progress=False, precision=precision)
+        model, log = fit(name, split.train, valid=split.valid if use_valid else None, timestamps=split.train_timestamps,
+                         seed=seed, progress=False, precision=precision)
         wall = time.perf_counter() - started
         metrics = evaluate_ranking(model, split.test, ks=protocol_ks(protocol))
-    log = model.training_log
     epoch_seconds = [point["seconds"] for point in log["curve"] if "seconds" in point]
     timing = {
         "fit_seconds": wall,

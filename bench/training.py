@@ -150,9 +150,9 @@ def fit_ours(name: str, split, seed: int, epochs: int | None, patience: int | No
     cls = REGISTRY[name]
     hyper = {} if cls.closed_form else {k: v for k, v in (("epochs", epochs), ("patience", patience)) if v is not None}
     timestamps = split.train_timestamps if cls.sequential else None
-    model = trainer.fit(name, split.train, timestamps=timestamps, valid=split.valid, seed=seed, progress=False,
-                        precision=precision, **hyper)
-    return model, timings(model.training_log)
+    model, log = trainer.fit(name, split.train, timestamps=timestamps, valid=split.valid, seed=seed, progress=False,
+                             precision=precision, **hyper)
+    return model, timings(log)
 
 
 def recbole_columns(python: Path, name: str, split, workdir: Path, args) -> dict:
@@ -178,9 +178,10 @@ def rating_row(name: str, split, seed: int, epochs: int | None, patience: int | 
     from trainer.evaluation import evaluate_rating
 
     hyper = {k: v for k, v in (("epochs", epochs), ("patience", patience)) if v is not None}
-    model = trainer.fit(name, split.train, valid=split.valid, seed=seed, progress=False, rating_range=split.rating_range, **hyper)
+    model, log = trainer.fit(name, split.train, valid=split.valid, seed=seed, progress=False,
+                             rating_range=split.rating_range, **hyper)
     report = evaluate_rating(model, split.train, split.test, fallback=None)
-    return {"model": name, "protocol": "rating-random", **timings(model.training_log), "test_rmse": float(report["rmse"])}
+    return {"model": name, "protocol": "rating-random", **timings(log), "test_rmse": float(report["rmse"])}
 
 
 # ---- report -----------------------------------------------------------------------------------

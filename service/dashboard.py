@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
+import threading
+import time
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from prometheus_client.samples import Sample
+import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -27,13 +28,13 @@ from service.cache import Cache
 from service.core.config import Settings
 from service.db.session import retry_if_dropped
 from service.errors import ApiError
-from service.metrics import Metrics
-from service.model_store import ModelStore
+from service.model_store import ModelStore, StoredLists
 from service.schemas import RatingRequest, RecommendationRequest
 from trainer import artifacts, best
 from trainer.errors import UserError
 
 RECENT_RUNS = 5  # versions listed under "last training runs"
+NEXT_RUN_FILE = "SCHEDULE.json"  # in the registry, written by ``trainer.schedule.record_next_run`` (same name: tested)
 HISTORY_ROWS = 50  # a user's latest interactions shown; the count says how many there are in all
 LIST_K = 10  # items per list on the Users and Items pages
 
@@ -93,6 +94,23 @@ def _previous_version(settings: Settings, current: str | None) -> str | None:
 
 
 # ---- Overview -------------------------------------------------------------------------------
+def next_run(settings: Settings, now: float) -> dict[str, Any]:
+    """The next scheduled training, as the trainer's ``schedule`` command records it in the registry
+    (only that process knows its trigger); ``due`` None when no schedule runs."""
+    try:
+        record = json.loads((Path(settings.ARTIFACTS_DIR) / NEXT_RUN_FILE).read_text(encoding="utf-8"))
+        due = float(record["next_run"])
+    except FileNotFoundError:
+        return {"due": None, "text": "no schedule (start one with python -m trainer schedule)", "overdue": False}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {"due": None, "text": f"the schedule's record ({NEXT_RUN_FILE}) is unreadable", "overdue": False}
+    trigger = str(record.get("trigger") or "")
+    overdue = due < now - 60  # a run is recorded as it starts: a minute late, the scheduler has likely stopped
+    text = f"{when(due)} UTC ({trigger})" if not overdue else \
+        f"was due {when(due)} UTC ({trigger}); the scheduler (pid {record.get('pid')}) seems to have stopped"
+    return {"due": due, "text": text, "overdue": overdue}
+
+
 def health(session: Session, cache: Cache, store: ModelStore) -> list[dict[str, Any]]:
     """Database, cache and model store: up or not, and why, as /readyz sees them."""
     try:
@@ -137,7 +155,7 @@ def overview(session: Session, cache: Cache, store: ModelStore, settings: Settin
     metric_names = sorted({m for model in models for m in model["metrics"]})
     return {
         "report": report, "models": models, "metric_names": metric_names, "previous": previous,
-        "runs": recent_runs(settings), "health": health(session, cache, store),
+        "runs": recent_runs(settings), "health": health(session, cache, store), "next_run": next_run(settings, time.time()),
         # what a request naming no model gets (the "best" setting resolved by the version), not the setting's word
         "defaults": {endpoint: next((m["name"] for m in report["models"] if endpoint in m["default_for"]), "–")
                      for endpoint in ("recommendations", "ratings")},
@@ -298,65 +316,52 @@ async def similar_lists(session: Session, cache: Cache, store: ModelStore, setti
     return lists
 
 
-# ---- Traffic --------------------------------------------------------------------------------
-def _quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
-    """The q-quantile from cumulative histogram buckets [(upper bound, count)], linear within a bucket
-    (what Prometheus's histogram_quantile does); None without observations."""
-    total = buckets[-1][1] if buckets else 0
-    if not total:
-        return None
-    rank, lower, below = q * total, 0.0, 0.0
-    for upper, count in buckets:
-        if count >= rank:
-            if math.isinf(upper):
-                return lower  # past the last finite bound: the bound is all that is known
-            return lower + (upper - lower) * ((rank - below) / (count - below) if count > below else 0)
-        lower, below = upper, count
-    return lower
+COUNT_BLOCK_USERS = 8192  # users' lists counted at a time: 13 MB of indices at N = 200
+_list_counts_lock = threading.Lock()
+_list_counts: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, int, int]] = {}
 
 
-def traffic(metrics: Metrics, now: float) -> dict[str, Any]:
-    """Requests per route and model from this process's registry: rate since it started, latency
-    percentiles, errors (5xx, and 4xx apart), and the cache's hit rate per kind."""
-    rows: dict[tuple[str, str, str], dict[str, Any]] = {}
-    buckets: dict[tuple[str, str, str], list[tuple[float, float]]] = {}
-    hits: dict[str, float] = {}
-    misses: dict[str, float] = {}
-    for family in metrics.registry.collect():
-        for sample in family.samples:
-            _add(sample, rows, buckets, hits, misses)
-    uptime = max(now - metrics.started, 1e-9)
-    table = []
-    for key, row in sorted(rows.items()):
-        if key[1].startswith("/dashboard") or key[1] == "/":
-            continue  # the dashboard's own pages are not the API's traffic
-        b = sorted(buckets.get(key, []))
-        table.append({
-            "method": key[0], "route": key[1], "model": key[2] or "-", "requests": int(row["requests"]),
-            "per_second": row["requests"] / uptime,
-            "server_errors": row["server_errors"] / row["requests"] if row["requests"] else 0.0,
-            "client_errors": row["client_errors"] / row["requests"] if row["requests"] else 0.0,
-            **{f"p{int(q * 100)}": _quantile(b, q) for q in (0.5, 0.95, 0.99)},
-        })
-    cache = [{"kind": kind, "hits": int(hits.get(kind, 0)), "misses": int(misses.get(kind, 0)),
-              "hit_rate": hits.get(kind, 0) / (hits.get(kind, 0) + misses.get(kind, 0)) if hits.get(kind, 0) + misses.get(kind, 0) else None}
-             for kind in sorted(set(hits) | set(misses))]
-    return {"rows": table, "cache": cache, "uptime_s": uptime, "started": when(metrics.started)}
+def _times_listed(version: str, name: str, lists: StoredLists, n_items: int) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Per item column, in how many users' stored lists it is within the top ``LIST_K`` and the top N;
+    the number of lists; N. Counted once per version (its lists never change), for the served one only."""
+    with _list_counts_lock:
+        found = _list_counts.get((version, name))
+        if found is None:
+            if any(v != version for v, _ in _list_counts):
+                _list_counts.clear()  # a version no longer served: its counts go with it
+            counts = np.zeros(2 * (n_items + 1), dtype=np.int64)
+            n, users = lists.items.shape[1], 0
+            # one bincount per block of users: column + 1 (the -1 padding lands in bin 0) in the upper half
+            # where the rank is within the top LIST_K, the lower half past it; blocks bound the temporaries
+            # (all of ML-20M's lists at once: 224 MB of int64 indices)
+            upper = (n_items + 1) * (np.arange(n) < LIST_K)
+            for start in range(0, lists.items.shape[0], COUNT_BLOCK_USERS):
+                block = np.asarray(lists.items[start:start + COUNT_BLOCK_USERS])
+                block = block[block[:, 0] >= 0]  # a first -1: no list for that user
+                users += len(block)
+                counts += np.bincount((block + 1 + upper).ravel(), minlength=len(counts))
+            in_top_k = counts[n_items + 2:]
+            found = (in_top_k, in_top_k + counts[1:n_items + 1], users, n)
+            _list_counts[(version, name)] = found
+    return found
 
 
-def _add(sample: Sample, rows: dict, buckets: dict, hits: dict, misses: dict) -> None:
-    labels = sample.labels
-    if sample.name == "aerec_http_requests_total":
-        row = rows.setdefault((labels["method"], labels["route"], labels["model"]), {"requests": 0.0, "server_errors": 0.0, "client_errors": 0.0})
-        row["requests"] += sample.value
-        status = int(labels["status"]) if labels["status"].isdigit() else 500
-        if status >= 500:
-            row["server_errors"] += sample.value
-        elif status >= 400:
-            row["client_errors"] += sample.value
-    elif sample.name == "aerec_http_request_duration_seconds_bucket":
-        buckets.setdefault((labels["method"], labels["route"], labels["model"]), []).append((float(labels["le"]), sample.value))
-    elif sample.name == "aerec_cache_hits_total":
-        hits[labels["kind"]] = sample.value
-    elif sample.name == "aerec_cache_misses_total":
-        misses[labels["kind"]] = sample.value
+def how_often_recommended(store: ModelStore, item_id: str) -> list[dict[str, Any]]:
+    """For each ranker of the served version, in how many users' stored top-N lists (``trainer.top_lists``,
+    what a known user's first request is answered from) ``item_id`` is within the top ``LIST_K`` and the top N."""
+    version = serving.serving_version(store)
+    rows = []
+    for name, served in version.models.items():
+        if served.task != "ranking":
+            continue
+        row: dict[str, Any] = {"model": name, "k": LIST_K, "error": None}
+        col = served.item_index.get(item_id)
+        if served.lists is None:
+            row["error"] = "no stored lists in this version"
+        elif col < 0:
+            row["error"] = "not in this model's items"
+        else:
+            in_top_k, in_top_n, users, n = _times_listed(version.version, name, served.lists, served.model.n_items)
+            row.update(top_k=int(in_top_k[col]), top_n=int(in_top_n[col]), users=users, n=n)
+        rows.append(row)
+    return rows

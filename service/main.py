@@ -19,7 +19,6 @@ from service.api.deps import optional_key_schemes
 from service.api.main import api_router
 from service.api.routes import health, recommendations
 from service.cache import make_cache
-from service.cached_answers import ROUTE_PATH, CachedRecommendations
 from service.core.config import Settings
 from service.db.session import make_engine, make_session_factory
 from service.errors import install_error_handlers
@@ -29,7 +28,8 @@ from service.impressions import ImpressionRecorder
 from service.metrics import Metrics, RequestMetrics
 from service.model_store import ModelStore
 from service.rate_limits import RateLimited, RateLimits
-from service.serving import rating_hint
+from service.request_limits import rating_hint
+from service.training_runs import TrainingRuns
 from service.writes import InteractionWriter
 
 log = logging.getLogger("service")
@@ -57,6 +57,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         device=settings.scoring_device,
     )
 
+    training_runs = TrainingRuns(settings)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         outcome = await run_in_threadpool(store.reload)  # off the event loop: loading takes a moment
@@ -75,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             experiments.stop_watcher()
             await run_in_threadpool(recorder.close)  # what is queued is written before the connections close
             store.stop_watcher()
+            await run_in_threadpool(training_runs.stop)
             await limits.aclose()
             await cache.aclose()
             cache.close()
@@ -96,12 +99,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.writer = InteractionWriter(app.state.session_factory, cache, metrics, max_rows=settings.MAX_BATCH, recorder=recorder)
     app.state.cache = cache
     app.state.store = store
+    app.state.training_runs = training_runs
     install_error_handlers(app, field_hints={"rating": rating_hint(settings.rating_scale)})
     app.include_router(api_router)
-    # Cache hits of recommendations are answered before the routing, inside the request metrics
-    recommendations_route = next(r for r in recommendations.router.routes if r.path == ROUTE_PATH)
-    app.add_middleware(CachedRecommendations, settings=settings, cache=cache, store=store, route=recommendations_route)
-    if limits.enabled:  # before the cache hits and the routes alike; probes and scrapes are never limited
+    app.add_middleware(recommendations.BeforeRouting, route=recommendations.router.routes[0], handlers=app.exception_handlers)
+    if limits.enabled:  # before the routes; probes and scrapes are never limited
         app.add_middleware(RateLimited, limits=limits, exempt_paths=[route.path for route in health.router.routes])
     app.add_middleware(RequestMetrics, metrics=metrics, max_body_bytes=settings.MAX_BODY_BYTES)
     app.openapi = lambda: _openapi_for_settings(app, settings)

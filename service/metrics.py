@@ -9,6 +9,7 @@ cardinality bounded), the status and the model the route served (set by the rout
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.exceptions import HTTPException
@@ -83,6 +84,7 @@ class RequestMetrics:
 
     def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int) -> None:
         self.app, self.metrics, self.max_body_bytes = app, metrics, max_body_bytes
+        self._series: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}  # labels() takes a lock and a lookup each call
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -106,8 +108,12 @@ class RequestMetrics:
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             model = (scope.get("state") or {}).get("model", "")
             method = scope.get("method", "")
-            self.metrics.requests.labels(method, route, str(status["code"]), model).inc()
-            self.metrics.latency.labels(method, route, model).observe(time.perf_counter() - started)
+            key = (method, route, str(status["code"]), model)
+            series = self._series.get(key)
+            if series is None:
+                series = self._series[key] = (self.metrics.requests.labels(*key), self.metrics.latency.labels(method, route, model))
+            series[0].inc()
+            series[1].observe(time.perf_counter() - started)
 
     def _limited(self, receive: Receive) -> Receive:
         seen = 0

@@ -5,8 +5,8 @@ A client is the key a request carries, if it is one of the service's keys (``dep
 the routes' own rule: its scope names it, never the secret), else the client's address: a
 request with a wrong key counts against its address, so guessing keys is limited too.
 ``RATE_LIMIT`` bounds each address, ``RATE_LIMIT_PER_KEY`` each key. The middleware runs
-before the answers from the cache (``service.cached_answers``) and the routes, so nothing
-goes around it; the health and metrics endpoints are not counted (probes must not get 429).
+before the routes (and ``BeforeRouting``), so nothing goes around it; the health and metrics
+endpoints are not counted (probes must not get 429).
 The limits are a guard, never a dependency: when Redis fails, requests pass uncounted.
 """
 

@@ -14,7 +14,9 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstr
 # No control characters: they are never meaningful in an id and PostgreSQL refuses NUL in text.
 ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 MODEL_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+RECOMMENDATION_ID_PATTERN = r"^[0-9a-f]{32}$"  # uuid4 hex
 ID_INT_LIMIT = 10**18
+ID_MAX_CHARS = 255  # the ids' column width (String(255) in service.db.tables)
 
 
 def _external_id(value: Any) -> Any:
@@ -30,12 +32,12 @@ def _external_id(value: Any) -> Any:
     return value
 
 
-IdString = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=ID_PATTERN)]
+IdString = Annotated[str, StringConstraints(min_length=1, max_length=ID_MAX_CHARS, pattern=ID_PATTERN)]
 ExternalId = Annotated[
     IdString,
     BeforeValidator(_external_id),
     WithJsonSchema({"anyOf": [
-        {"type": "string", "minLength": 1, "maxLength": 255, "pattern": ID_PATTERN},
+        {"type": "string", "minLength": 1, "maxLength": ID_MAX_CHARS, "pattern": ID_PATTERN},
         {"type": "integer", "minimum": -ID_INT_LIMIT, "maximum": ID_INT_LIMIT},
     ]}),
 ]
@@ -114,7 +116,9 @@ class RecommendedItem(ScoredItem):
         default=None, description="With explain: the history items that raise this item's score most; absent without.")
 
 
-class RecommendationResponse(BaseModel):
+class RecommendedList(BaseModel):
+    """A recommendation answer as it is computed and cached: the same for every request it answers."""
+
     user_id: str
     model: str
     model_version: str
@@ -122,6 +126,20 @@ class RecommendationResponse(BaseModel):
     items: list[RecommendedItem]
     unknown_items: list[str] = Field(default_factory=list, description="Ids in exclude_items/candidates the model does not know.")
     explanation: Explanation | None = Field(default=None, description="With explain: how the reasons were found; absent without.")
+
+
+class ExperimentArm(BaseModel):
+    id: str = Field(description="The running experiment.")
+    arm: str = Field(description="The user's arm (sticky), 'holdout', or 'interleaved' for a team-draft mix of two arms.")
+
+
+class RecommendationResponse(RecommendedList):
+    """A ``RecommendedList`` as one request is answered: its own id (spliced into the cached answer), its experiment."""
+
+    recommendation_id: str = Field(pattern=RECOMMENDATION_ID_PATTERN, description="This answer's id (uuid4 hex), new on "
+                                   "every request: POST /feedback names it with the items clicked, rated, bought or dismissed.")
+    experiment: ExperimentArm | None = Field(default=None, description="When a running experiment chose the list (the request "
+                                             "named no model); absent otherwise.")
 
 
 # ---- ratings --------------------------------------------------------------------------
@@ -173,9 +191,6 @@ class InteractionsResult(BaseModel):
 
 
 # ---- feedback and experiments ---------------------------------------------------------
-RECOMMENDATION_ID_PATTERN = r"^[0-9a-f]{32}$"
-
-
 class FeedbackIn(Strict):
     recommendation_id: str = Field(pattern=RECOMMENDATION_ID_PATTERN, description="The recommendation_id of the answer that listed the item.")
     item_id: ExternalId = Field(description="An item of that list (another item is a 422).")
@@ -274,3 +289,24 @@ class ReloadResult(BaseModel):
     previous: str | None
     swapped: bool
     message: str
+
+
+class TrainingRequest(Strict):
+    models: list[ModelName] | None = Field(
+        default=None, max_length=64, description="Models to train, each one of the trainer's model names; "
+        "omitted: all. Anything else is refused (422): nothing from the request reaches the command line unchecked.")
+    seed: int = Field(default=0, ge=0, le=2**31 - 1, description="Seed of the splits and of training.")
+
+
+class TrainingRun(BaseModel):
+    id: str
+    state: Literal["running", "finished", "failed"] = Field(description="failed: the trainer exited non-zero "
+                                                                          "(bad data, a refusing gate, another run holding the lock).")
+    models: list[str]
+    seed: int
+    pid: int
+    started_at: str
+    ended_at: str | None
+    exit_code: int | None
+    command: list[str] = Field(description="The trainer's command line (the database URL goes by environment, not here).")
+    output_tail: list[str] = Field(description="The last lines of the run's output so far.")

@@ -2,11 +2,12 @@
 
 Order for a recommendation: take the served version once (a swap mid-request cannot
 change it), look in the cache under a key made of version, model, the user's generation
-token and the request, else answer from the user's stored top-N list when it can say exactly
-what scoring would (``inference.stored_recommendation``: no write since its data, seen items
-excluded, enough items left after the filters), else read the history (one query, unless a
-list for the same user under the same token read it: ``Cache.user_history``), score, add
-titles, cache.
+token and the request (``RecommendationLookup``), else answer from the user's stored top-N
+list when it can say exactly what scoring would (``inference.stored_recommendation``: no
+write since its data, seen items excluded, enough items left after the filters), on the
+event loop when every title is known here, else read the history (one query, unless a list
+for the same user under the same token read it: ``Cache.user_history``), score, add titles,
+cache.
 Cacheable answers leave here as JSON text (``Answer``): a hit is sent as it was stored,
 with no parse and re-serialisation, and a miss is serialised once, for the cache and the
 client alike. The cached endpoints are coroutines: the cache lookup runs on the event loop
@@ -16,15 +17,14 @@ miss's work (query, scoring, serialising) goes to a worker thread.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any, Callable, Sequence
 
-from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter
 from sqlalchemy.orm import Session
 
-from rating_scale import RatingScale
 from service import crud, inference
 from service.cache import Cache, CacheEntry, list_key
 from service.core.config import Settings
@@ -32,7 +32,6 @@ from service.db.session import retry_if_dropped
 from service.errors import ApiError
 from service.model_store import ModelStore, ServingModel, ServingVersion
 from service.schemas import (
-    InteractionIn,
     PredictedRating,
     RatingRequest,
     EXPLAIN_MAX_K,
@@ -40,7 +39,7 @@ from service.schemas import (
     RatingResponse,
     Reason,
     RecommendationRequest,
-    RecommendationResponse,
+    RecommendedList,
     RecommendedItem,
     ScoredItem,
     SimilarItemsResponse,
@@ -49,7 +48,6 @@ from trainer.best import BEST
 
 
 _RATING_LIST = TypeAdapter(list[RatingResponse])
-Lookup = Callable[[], Awaitable[CacheEntry]]  # () -> cache key (None: uncachable), cached JSON, user's generation
 Compute = Callable[[CacheEntry], str]  # (the lookup's entry: the user's generation token, ...) -> the answer's JSON
 
 
@@ -73,58 +71,6 @@ def check_list(name: str, values: Sequence | None, settings: Settings) -> None:
         raise ApiError(
             413, "batch_too_large", f"{name} has {len(values)} entries; at most {settings.MAX_BATCH} are allowed",
             {"field": name, "max": settings.MAX_BATCH},
-        )
-
-
-def check_interaction_ratings(entries: Sequence[InteractionIn], scale: RatingScale) -> None:
-    """Every rating given is on the deployment's scale; the others are a 422 like any invalid field's."""
-    rated = [(n, entry.rating) for n, entry in enumerate(entries) if entry.rating is not None]
-    on_scale = scale.allows([rating for _, rating in rated])
-    off = [{"loc": ("body", n, "rating"), "msg": f"{rating:g} is not on the rating scale {scale}", "type": "rating_off_scale"}
-           for (n, rating), ok in zip(rated, on_scale) if not ok]
-    if off:
-        raise RequestValidationError(off)
-
-
-def rating_hint(scale: RatingScale) -> str:
-    """What a rating may be, added to every refusal of one (its type is in the schema, its values are a setting)."""
-    if scale.implicit:
-        return "this deployment's rating scale is implicit: leave the rating out"
-    return f"a rating is {scale.allowed} (rating scale {scale}), or null for implicit feedback"
-
-
-def check_ratings_size(body: Any, settings: Settings) -> None:
-    """Refuses a ``POST /ratings`` body (parsed JSON, not yet validated) that asks for more than
-    ``MAX_RATING_USERS`` users or ``MAX_RATING_PAIRS`` (user, item) pairs, summed over its users:
-    the work of a request grows with both. Counted before validation, which costs ~100x the
-    count at 180,000 ids: the refusal must cost little."""
-    requests = body if isinstance(body, list) else [body]
-    if len(requests) > settings.MAX_RATING_USERS:
-        raise ApiError(
-            413, "too_many_users", f"the request asks for {len(requests)} users' ratings; at most MAX_RATING_USERS="
-            f"{settings.MAX_RATING_USERS} per request", {"users": len(requests), "max_users": settings.MAX_RATING_USERS},
-        )
-    pairs = sum(len(r["item_ids"]) for r in requests if isinstance(r, dict) and isinstance(r.get("item_ids"), list))
-    if pairs > settings.MAX_RATING_PAIRS:
-        raise ApiError(
-            413, "too_many_pairs", f"the request asks for {pairs} (user, item) ratings; at most MAX_RATING_PAIRS="
-            f"{settings.MAX_RATING_PAIRS} per request", {"pairs": pairs, "max_pairs": settings.MAX_RATING_PAIRS},
-        )
-
-
-RATING_ID_BYTES = 258  # an id of 255 ASCII characters in a JSON list: quoted, and a comma
-RATING_ENTRY_BYTES = 100  # {"user_id": ..., "item_ids": [...], "model": "<64 characters>"} around the ids
-
-
-def check_ratings_length(content_length: str | None, settings: Settings) -> None:
-    """Refuses a ``POST /ratings`` body declared larger than the largest compact one within the caps
-    (ids of 255 ASCII characters), before it is read."""
-    limit = (settings.MAX_RATING_PAIRS + settings.MAX_RATING_USERS) * RATING_ID_BYTES + settings.MAX_RATING_USERS * RATING_ENTRY_BYTES
-    if content_length is not None and content_length.isdigit() and int(content_length) > limit:
-        raise ApiError(
-            413, "payload_too_large", f"the body is {content_length} bytes; one within MAX_RATING_USERS="
-            f"{settings.MAX_RATING_USERS} and MAX_RATING_PAIRS={settings.MAX_RATING_PAIRS} is at most {limit}",
-            {"max_bytes": limit, "max_users": settings.MAX_RATING_USERS, "max_pairs": settings.MAX_RATING_PAIRS},
         )
 
 
@@ -183,6 +129,18 @@ class RecommendationLookup:
     cache: Cache
     generation_ttl_s: float
 
+    @classmethod
+    def of(cls, cache: Cache, store: ModelStore, settings: Settings, user_id: str, request: RecommendationRequest
+           ) -> RecommendationLookup:
+        """The request's lookup, after its limits are checked and its model resolved (``ApiError`` if not)."""
+        check_recommendation_limits(request, settings)
+        version = serving_version(store)
+        served = inference.resolve_model(version, request.model, settings.DEFAULT_MODEL)
+        # an explained answer under a key of its own; an unexplained one under the key it always had
+        key = list_key("rec", version.version, served.name, user_id,
+                       request.model_dump(exclude={"model"} if request.explain else {"model", "explain"}))
+        return cls(version, served, user_id, key, cache, 2 * settings.CACHE_TTL_S)
+
     @property
     def model(self) -> str:
         return self.served.name
@@ -191,11 +149,8 @@ class RecommendationLookup:
         return await self.cache.user_entry_async(self.user_id, self.key, self.generation_ttl_s, kind="recommendations")
 
 
-def recommendation_lookup(
-    cache: Cache, store: ModelStore, settings: Settings, user_id: str, request: RecommendationRequest
-) -> RecommendationLookup:
-    """The request's lookup, after its limits are checked and its model resolved (``ApiError`` if not).
-    Also used before the routing for cache hits (``service.cached_answers``)."""
+def check_recommendation_limits(request: RecommendationRequest, settings: Settings) -> None:
+    """The limits of a recommendation request that depend on settings (``ApiError`` past one)."""
     if request.k + request.offset > settings.MAX_K:
         raise ApiError(
             422, "k_too_large", f"k + offset is {request.k + request.offset}; at most {settings.MAX_K} items can be ranked",
@@ -205,46 +160,54 @@ def recommendation_lookup(
         check_explain_size(request.k, "k")
     check_list("exclude_items", request.exclude_items, settings)
     check_list("candidates", request.candidates, settings)
-    version = serving_version(store)
-    served = inference.resolve_model(version, request.model, settings.DEFAULT_MODEL)
-    # an explained answer under a key of its own; an unexplained one under the key it always had
-    key = list_key("rec", version.version, served.name, user_id,
-                   request.model_dump(exclude={"model"} if request.explain else {"model", "explain"}))
-    return RecommendationLookup(version, served, user_id, key, cache, 2 * settings.CACHE_TTL_S)
 
 
 async def recommendations(
-    session: Session, cache: Cache, store: ModelStore, settings: Settings, user_id: str, request: RecommendationRequest,
-    looked_up: tuple[str, CacheEntry] | None = None,
+    session: Session | Callable[[], Session], cache: Cache, store: ModelStore, settings: Settings, user_id: str,
+    request: RecommendationRequest,
 ) -> Answer:
-    """A ``RecommendationResponse`` as JSON. ``looked_up``: (key, entry) of a lookup already
-    made for this request (a miss seen before the routing); used if the key is still the same."""
-    lookup = recommendation_lookup(cache, store, settings, user_id, request)
-    version, served = lookup.version, lookup.served
+    """A ``RecommendedList`` as JSON: the cached one, the stored list's when its titles are all
+    known here (no thread hop, no slot), else ``computed_recommendation``'s. ``session``: the caller's, or a
+    factory of one, opened only if the answer is computed (creating one costs about what a hit does)."""
+    lookup = RecommendationLookup.of(cache, store, settings, user_id, request)
+    entry = await lookup()
+    if entry.value is not None:
+        return Answer(lookup.model, entry.value)
+    answer = stored_answer(lookup, request, entry)
+    if answer is None:
+        answer = await computed_recommendation(session, store, settings, lookup, request, entry)
+    elif entry.key is not None:  # stored for the next ask after this answer is sent: a hit then
+        cache.set_later(entry.key, answer, settings.CACHE_TTL_S)
+    return Answer(lookup.model, answer)
 
-    async def lookup_once() -> CacheEntry:
-        if looked_up is not None and looked_up[0] == lookup.key:
-            return looked_up[1]
-        return await lookup()
+
+async def computed_recommendation(
+    session: Session | Callable[[], Session], store: ModelStore, settings: Settings, lookup: RecommendationLookup,
+    request: RecommendationRequest, entry: CacheEntry,
+) -> str:
+    """A missed answer, computed in a scoring slot and cached: from the stored list with titles read from
+    the database, else scored."""
+    cache, version, served, user_id = lookup.cache, lookup.version, lookup.served, lookup.user_id
 
     def compute(entry: CacheEntry) -> str:
         # the stored list when it can answer (not an explained answer: that reads the history); else the
         # history kept under the user's generation, or one query; titles likewise: a connection is taken
-        # from the pool only for what the cache lacks
-        scored, more = _stored(lookup, request, entry), []
-        if scored is None:
-            history = _kept_history(session, cache, settings, user_id, entry.generation)
-            scored = inference.recommend(version, served, user_id, history, **_options(request))
-        else:  # the titles of the whole list in the same query: the user's other pages are answered before the routing
-            lookup.cache.metrics.cache_hits.labels("stored_list").inc()
-            history, more = None, inference.stored_items(served, user_id)
-        item_ids = [i for i, _ in scored.items]
-        explained = inference.explain(served, user_id, history, item_ids, scored.source) if request.explain else None
-        reason_ids = [i for reasons in (explained.because or []) for i, _ in reasons] if explained else []
-        titles = _titles(session, cache, settings, list(dict.fromkeys(item_ids + reason_ids + more)))
+        # from the pool only for what the cache lacks (a session opened here holds none before)
+        with nullcontext(session) if isinstance(session, Session) else session() as db:
+            scored, more = _stored(lookup, request, entry), []
+            if scored is None:
+                history = _kept_history(db, cache, settings, user_id, entry.generation)
+                scored = inference.recommend(version, served, user_id, history, **_options(request))
+            else:  # the titles of the whole list in one query: the user's other pages are then answered on the loop
+                cache.metrics.cache_hits.labels("stored_list").inc()
+                history, more = None, inference.stored_items(served, user_id)
+            item_ids = [i for i, _ in scored.items]
+            explained = inference.explain(served, user_id, history, item_ids, scored.source) if request.explain else None
+            reason_ids = [i for reasons in (explained.because or []) for i, _ in reasons] if explained else []
+            titles = _titles(db, cache, settings, list(dict.fromkeys(item_ids + reason_ids + more)))
         return _recommendation_json(lookup, request, scored, titles, explained)
 
-    return Answer(served.name, await _cached_or_computed(cache, store, settings, lookup_once, compute))
+    return await _computed_and_cached(cache, store, settings, entry, compute)
 
 
 def _options(request: RecommendationRequest) -> dict[str, Any]:
@@ -269,7 +232,7 @@ def _recommendation_json(lookup: RecommendationLookup, request: RecommendationRe
             item.because = _reasons(reasons, titles)
         explanation = Explanation(method=explained.method, history_weighed=explained.history_weighed,
                                   history_total=explained.history_total, note=explained.note)
-    response = RecommendationResponse(
+    response = RecommendedList(
         user_id=lookup.user_id, model=lookup.served.name, model_version=lookup.version.version, source=scored.source,
         items=items, unknown_items=scored.unknown_items, explanation=explanation,
     )
@@ -278,7 +241,7 @@ def _recommendation_json(lookup: RecommendationLookup, request: RecommendationRe
 
 def stored_answer(lookup: RecommendationLookup, request: RecommendationRequest, entry: CacheEntry) -> str | None:
     """The answer from the user's stored list, on the event loop: when the list can answer
-    (``inference.stored_recommendation``) and every title is in process; else None (the route answers)."""
+    (``inference.stored_recommendation``) and every title is in process; else None (it is computed)."""
     scored = _stored(lookup, request, entry)
     if scored is None:
         return None
@@ -289,8 +252,8 @@ def stored_answer(lookup: RecommendationLookup, request: RecommendationRequest, 
     return _recommendation_json(lookup, request, scored, titles)
 
 
-async def _cached_or_computed(cache: Cache, store: ModelStore, settings: Settings, lookup: Lookup, compute: Compute) -> str:
-    """The cached JSON under ``lookup``'s key, else ``compute()``'s, stored under the key.
+async def _computed_and_cached(cache: Cache, store: ModelStore, settings: Settings, entry: CacheEntry, compute: Compute) -> str:
+    """``compute(entry)``'s JSON for a lookup that missed, stored under its key.
 
     The cache is used from the event loop (in process, or Redis's asyncio client): a hit
     costs no thread hop (PostgreSQL + Redis, ml-100k, 8 clients: 525-637 hits/s against
@@ -301,9 +264,6 @@ async def _cached_or_computed(cache: Cache, store: ModelStore, settings: Setting
     on the GIL) served fewer misses on both backends (ml-100k, 8 clients: SQLite 490
     against 600 req/s, PostgreSQL 285 against 350).
     """
-    entry = await lookup()
-    if entry.value is not None:
-        return entry.value
     body = await store.run(partial(retry_if_dropped, partial(compute, entry)))
     if entry.key is not None:  # stored from the loop too, after the slot is free for the next miss
         await cache.set_async(entry.key, body, settings.CACHE_TTL_S)
@@ -326,7 +286,7 @@ async def ratings(
     session: Session, cache: Cache, store: ModelStore, settings: Settings, requests: list[RatingRequest], many: bool
 ) -> Answer:
     """A ``RatingResponse`` per request as JSON: a list of them if ``many``, else the one. Its size
-    was checked before validation (``check_ratings_size``)."""
+    was checked before validation (``request_limits.check_ratings_size``)."""
     for r in requests:
         check_list("item_ids", r.item_ids, settings)
         if r.explain:
@@ -385,9 +345,10 @@ async def similar(
     version = serving_version(store)
     served = inference.resolve_model(version, model, settings.DEFAULT_MODEL, embeddings=True)
 
-    async def lookup() -> CacheEntry:
-        key = list_key("sim", version.version, served.name, item_id, k)
-        return CacheEntry(key, await cache.get_async(key, kind="similar"), None)
+    key = list_key("sim", version.version, served.name, item_id, k)
+    entry = CacheEntry(key, await cache.get_async(key, kind="similar"), None)
+    if entry.value is not None:
+        return Answer(served.name, entry.value)
 
     def compute(_: CacheEntry) -> str:
         pairs = inference.similar_items(served, item_id, k)
@@ -397,7 +358,7 @@ async def similar(
         )
         return response.model_dump_json()
 
-    return Answer(served.name, await _cached_or_computed(cache, store, settings, lookup, compute))
+    return Answer(served.name, await _computed_and_cached(cache, store, settings, entry, compute))
 
 
 def models_report(store: ModelStore, settings: Settings) -> dict:

@@ -1,6 +1,6 @@
 """Each task's baseline, the margin a model must beat it by, and which model a version serves by default.
 
-The trainer fits each task's baselines on the same split as the models (``pipeline.train_all``)
+The trainer fits each task's baselines on the same split as the models (``trainer.pipeline.train_all``)
 and records, per task, the best-validated model, the baseline included (manifest ``"best"``).
 A model that does not beat its task's baseline by ``MARGINS`` on validation is still published,
 for inspection, but is never that record's model. The service resolves ``"best"`` with

@@ -1,7 +1,7 @@
 """`python -m trainer`: the offline job's command line (typer).
 
-Each command group lives in ``trainer/commands/``; this module builds the app and
-turns a ``UserError`` into one line on stderr and exit code 2.
+Each command group lives in ``trainer/commands/``; this module builds the app from them
+(they never import it) and turns a ``UserError`` into one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ import sys
 
 import typer
 
+from trainer.commands import baselines, data, schedule, train
+
 app = typer.Typer(
     name="trainer",
     help="Get datasets, evaluate baselines, train and publish autoencoder recommenders.",
@@ -17,17 +19,16 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-
-def _register_commands() -> None:
-    from trainer.commands import baselines, data, schedule, train  # noqa: F401  (each registers its commands on `app`)
+app.command("baselines")(baselines.baselines)
+app.command("train")(train.train)
+app.command("schedule")(schedule.schedule)
+app.add_typer(data.data_app, name="data")
 
 
 def main(argv: list[str] | None = None) -> int:
     from models.base import ModelInputError
     from trainer.errors import UserError, click_usage_error
 
-    _register_commands()
     try:
         app(args=argv, standalone_mode=False, prog_name="python -m trainer")
     except (UserError, ModelInputError) as exc:

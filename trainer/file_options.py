@@ -5,7 +5,8 @@
 ``columns: FileColumns``); the trainer's commands also take the scale options
 (``with_scale_options``: one ``rating_scale: RatingScale | None``, None to infer it). Typer
 reads a command's options from its signature, so each decorator puts its options in the
-signature in place of the one argument the command declares.
+signature in place of the one argument the command declares (``replacing``, which
+``trainer.commands.options`` uses for the training options too).
 """
 
 from __future__ import annotations
@@ -58,15 +59,17 @@ def declared_scale(rating_scale: str | None, positive_threshold: float | None) -
         raise UserError(f"--rating-scale: {exc}") from None
 
 
-def _replacing(argument: str, options: dict[str, Any], build: Callable[..., Any]):
-    """A decorator: the command's ``argument`` becomes ``options`` on the command line, built into one value."""
+def replacing(argument: str, options: dict[str, Any], build: Callable[..., Any],
+              defaults: dict[str, Any] | None = None):
+    """A decorator: the command's ``argument`` becomes ``options`` (name: annotated type; default None unless
+    ``defaults`` says) on the command line, built into one value by ``build``."""
 
     def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
         signature = inspect.signature(command, eval_str=True)
         params = list(signature.parameters.values())
         at = [p.name for p in params].index(argument)
-        added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=kind)
-                 for name, kind in options.items()]
+        added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=(defaults or {}).get(name),
+                                   annotation=kind) for name, kind in options.items()]
         params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params[:at] + params[at + 1:]]
         params[at:at] = added  # in the help, where the command declared the argument
 
@@ -82,5 +85,5 @@ def _replacing(argument: str, options: dict[str, Any], build: Callable[..., Any]
     return decorate
 
 
-with_column_options = _replacing("columns", COLUMN_OPTIONS, file_columns)
-with_scale_options = _replacing("rating_scale", SCALE_OPTIONS, declared_scale)
+with_column_options = replacing("columns", COLUMN_OPTIONS, file_columns)
+with_scale_options = replacing("rating_scale", SCALE_OPTIONS, declared_scale)

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -52,9 +52,21 @@ from trainer.splits import RankingSplit, RatingSplit
 
 if TYPE_CHECKING:
     from trainer.artifacts import LoadedModel
-    from trainer.pipeline import ModelRun
 
+DEFAULT_GATE_TOLERANCE = 0.02  # relative: refuse a validation metric more than 2% worse than the published one
 MIN_FAIR_USERS = 20  # fewer held-out users than this are too noisy to judge a model by
+
+
+class Challenger(Protocol):
+    """What the gate reads of a new model's run (``trainer.runs.ModelRun``, which records the decision)."""
+
+    name: str
+    protocol: str
+    split_model: Any  # fitted on the split's train part: scored beside the published model
+    valid_metric: str
+    valid_value: float
+    higher_is_better: bool
+    fingerprint: dict[str, Any]  # ``heldout_fingerprint`` of its split
 
 
 class GateRefused(TrainingError):
@@ -148,7 +160,7 @@ def _ranking_figure(model: Any, inputs: sp.csr_matrix, targets: sp.csr_matrix, s
 
 
 def _on_the_same_targets(
-    run: ModelRun, inter: Interactions, split: RatingSplit | RankingSplit, published: LoadedModel,
+    run: Challenger, inter: Interactions, split: RatingSplit | RankingSplit, published: LoadedModel,
     trained: sp.csr_matrix | None,
 ) -> tuple[float, float, int, int]:
     """(new, published, n users, n targets): both models on this run's validation users and targets, less
@@ -192,7 +204,7 @@ def _on_the_same_targets(
     return new, old, len(rows), n_targets
 
 
-def declared_differences(run: ModelRun, inter: Interactions, published: LoadedModel,
+def declared_differences(run: Challenger, inter: Interactions, published: LoadedModel,
                          manifest: dict[str, Any] | None) -> list[str]:
     """What the published model was trained or judged under that this run declares otherwise: rating scale,
     positive threshold (rankers only: a rating model never reads it), protocol. Undeclared: not compared."""
@@ -228,7 +240,7 @@ def decide(metric: str, new: float, old: float, higher_is_better: bool, toleranc
 
 
 def quality_gate(
-    run: ModelRun,
+    run: Challenger,
     inter: Interactions,
     split: RatingSplit | RankingSplit,
     published: LoadedModel,
@@ -281,7 +293,7 @@ def quality_gate(
                       "and its held-out set was another")
 
 
-def _unchecked(run: ModelRun, tolerance: float, basis: str, why: str) -> GateDecision:
+def _unchecked(run: Challenger, tolerance: float, basis: str, why: str) -> GateDecision:
     """A pass without a comparison: a change of data alone never refuses a model."""
     return GateDecision(True, run.valid_metric, run.valid_value, None, tolerance, basis,
                         f"{run.name}: {why}; not compared: ok")

@@ -7,8 +7,8 @@ in one call.
 
 Validation, when given, picks the epoch: rankers by NDCG@100 on held-out users
 (fold-in rows -> targets), rating models by RMSE on held-out ratings. The best
-epoch's weights are restored at the end, and ``model.training_log`` records the
-learning curve, the best epoch and timings.
+epoch's weights are restored at the end; ``fit`` returns the model with its ``TrainingLog``
+(the learning curve, the best epoch and timings).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import dataclasses
 import math
 import platform
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple, TypedDict
 
 import numpy as np
 import scipy.sparse as sp
@@ -35,6 +35,30 @@ VALID_RANKING_K = 100
 VALID_RANKING_METRIC = f"ndcg@{VALID_RANKING_K}"
 VALID_RATING_METRIC = "rmse"
 PRECISIONS = ("fp32", "bf16")
+
+
+class TrainingLog(TypedDict, total=False):
+    """What one ``fit`` recorded; a dict so that it goes into ``metrics.json`` as it is."""
+
+    model: str
+    seed: int
+    device: str
+    precision: str  # the one it trained in: bf16 only for a model that allows it
+    curve: list[dict[str, float]]  # one point an epoch: epoch, loss, seconds and the validation metric
+    epochs: int  # epochs run (0: closed form)
+    best_epoch: int
+    valid_metric: str
+    valid_value: float  # the best epoch's
+    world_size: int  # processes under torchrun
+    fit_seconds: float
+    holdout: dict[str, Any]  # without ``valid``: what was held out to choose the epochs (``_fit_on_holdout``)
+
+
+class FitResult(NamedTuple):
+    """A trained model, in eval mode, and its log: ``model, log = fit(...)``."""
+
+    model: Recommender
+    log: TrainingLog
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -137,8 +161,8 @@ def fit(
     holdout: float = HOLDOUT_FRACTION,
     on_epoch: Callable[[int, float], None] | None = None,
     **hyper: Any,
-) -> Recommender:
-    """Train model ``name`` on a users x items CSR and return it, in eval mode.
+) -> FitResult:
+    """Train model ``name`` on a users x items CSR; return it, in eval mode, with its log.
 
     ``interactions``: ratings for rating models; values > 0 are positives for rankers.
     ``timestamps``: same pattern as ``interactions``, for sequential models (svae).
@@ -146,10 +170,10 @@ def fit(
     rows of ``interactions`` (rating models); used for early stopping.
     ``holdout``: without ``valid``, a gradient-trained model holds out this fraction of its
     input to choose its number of epochs, then trains again on all of it for that many
-    (``trainer.holdout``; ``training_log["holdout"]`` says what was held out). ``0``: exactly
+    (``trainer.holdout``; the log's ``holdout`` says what was held out). ``0``: exactly
     ``epochs`` epochs on everything, nothing held out.
     ``precision``: ``fp32``, or ``bf16`` (``resolve_precision``; a model that does not allow it
-    trains in float32, and ``training_log["precision"]`` says which).
+    trains in float32, and the log's ``precision`` says which).
     ``on_epoch(epoch, value)``: called after each epoch's validation (gradient-trained models with
     ``valid``); an exception it raises ends the fit (``trainer.tune`` prunes a trial that way).
     ``hyper``: overrides of the model's config dataclass; an unknown name is an error.
@@ -184,7 +208,7 @@ def fit(
         torch.manual_seed(seed + dist_ctx.rank)
 
     started = time.perf_counter()
-    log: dict[str, Any] = {"model": name, "seed": seed, "device": str(device), "precision": precision, "curve": []}
+    log: TrainingLog = {"model": name, "seed": seed, "device": str(device), "precision": precision, "curve": []}
     if cls.closed_form:
         model.solve(data)
         model.prepare_scoring(data)
@@ -199,36 +223,51 @@ def fit(
                            on_epoch=on_epoch)
     _check_finite(model)
     log["fit_seconds"] = time.perf_counter() - started
-    model.training_log = log
-    return model.eval()
+    return FitResult(model.eval(), log)
 
 
 def _fit_on_holdout(
     name: str, cls: type[Recommender], X: sp.csr_matrix, timestamps: sp.csr_matrix | None, fraction: float, *,
     seed: int, hyper: dict[str, Any], **options: Any,
-) -> Recommender:
+) -> FitResult:
     """``fit`` without ``valid``: choose the epochs on a held-out part of X, then train on all of X for them."""
     split = hold_out(X, timestamps, rating=cls.task == "rating", sequential=cls.sequential, fraction=fraction, seed=seed)
     if split is None:
-        model = fit(name, X, timestamps=timestamps, seed=seed, holdout=0.0, **options, **hyper)
-        model.training_log["holdout"] = {"fraction": fraction, "held_out": "nothing: too little data; trained every epoch"}
-        return model
+        result = fit(name, X, timestamps=timestamps, seed=seed, holdout=0.0, **options, **hyper)
+        result.log["holdout"] = {"fraction": fraction, "held_out": "nothing: too little data; trained every epoch"}
+        return result
     chosen = fit(name, split.train, timestamps=split.timestamps, valid=split.valid, seed=seed, **options, **hyper)
-    epochs = max(1, int(chosen.training_log["best_epoch"]))
-    model = fit(name, X, timestamps=timestamps, seed=seed, holdout=0.0, **options, **{**hyper, "epochs": epochs})
-    log = chosen.training_log
-    model.training_log["holdout"] = {
+    epochs = max(1, int(chosen.log["best_epoch"]))
+    result = fit(name, X, timestamps=timestamps, seed=seed, holdout=0.0, **options, **{**hyper, "epochs": epochs})
+    log = chosen.log
+    result.log["holdout"] = {
         "fraction": fraction, "held_out": split.description, "valid_metric": log.get("valid_metric"),
         "valid_value": log.get("valid_value"), "best_epoch": epochs, "epochs_run": log.get("epochs"),
         "curve": log.get("curve", []), "seconds": log.get("fit_seconds"),
     }
-    return model
+    return result
 
 
 def _gradient_training(
-    model: Recommender, data: TrainData, valid: Any, rng: np.random.Generator, progress: bool, log: dict,
+    model: Recommender, data: TrainData, valid: Any, rng: np.random.Generator, progress: bool, log: TrainingLog,
     bf16: bool = False, on_epoch: Callable[[int, float], None] | None = None,
 ) -> None:
+    config = model.config
+    try:
+        best_state, best_epoch = _epochs(model, data, valid, rng, progress, log, bf16, on_epoch)
+    finally:
+        model.config = config  # the per-rank batch size of DDP is the epochs' alone, even when one raises
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    log.update(epochs=len(log["curve"]), best_epoch=best_epoch if best_state is not None else len(log["curve"]))
+    model.prepare_scoring(data)
+
+
+def _epochs(
+    model: Recommender, data: TrainData, valid: Any, rng: np.random.Generator, progress: bool, log: TrainingLog,
+    bf16: bool, on_epoch: Callable[[int, float], None] | None,
+) -> tuple[dict[str, torch.Tensor] | None, int]:
+    """The epoch loop of ``_gradient_training``: (the best epoch's weights or None without ``valid``, that epoch)."""
     config = model.config
     forward = None
     if data.world_size > 1:
@@ -286,11 +325,7 @@ def _gradient_training(
         if valid is not None and patience and stale >= patience:
             break
     bar.close()
-    model.config = config
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    log.update(epochs=len(log["curve"]), best_epoch=best_epoch if best_state is not None else len(log["curve"]))
-    model.prepare_scoring(data)
+    return best_state, best_epoch
 
 
 def _in_bfloat16(forward: Any, device_type: str) -> Any:

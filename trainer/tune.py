@@ -35,9 +35,12 @@ import math
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from trainer.errors import TrainingError, UserError
+
+if TYPE_CHECKING:
+    from trainer.training import FitResult
 
 DEFAULT_BUDGET = "10m"
 PRUNER_STARTUP_TRIALS = 3  # full trials before any is pruned: the median needs a few curves
@@ -153,7 +156,7 @@ class TuneResult:
     trials: list[dict[str, Any]]
     budget_s: float
     seconds: float
-    best_model: Any = None  # the best trial's split model: the pipeline uses it instead of fitting again
+    best_fit: FitResult | None = None  # the best trial's fit on the split: the run uses it instead of fitting again
     fixed: dict[str, Any] = field(default_factory=dict)  # explicit values every trial used
 
     def counts(self) -> dict[str, int]:
@@ -192,7 +195,7 @@ class _BudgetSpent(Exception):
 
 def tune_model(
     name: str,
-    fit_trial: Callable[[dict[str, Any], Callable[[int, float], None]], Any],
+    fit_trial: Callable[[dict[str, Any], Callable[[int, float], None]], FitResult],
     *,
     budget_s: float,
     seed: int,
@@ -202,7 +205,7 @@ def tune_model(
     log: Callable[[str], None] | None = None,
 ) -> TuneResult:
     """One Optuna study for model ``name``: ``fit_trial(hyper, on_epoch)`` fits on the split with validation
-    (the pipeline's ``fit_on_split``) and returns the model, whose ``training_log`` holds the objective."""
+    (``trainer.runs.fit_on_split``) and returns its ``FitResult``, whose log holds the objective."""
     import optuna
 
     from trainer.training import model_class
@@ -222,7 +225,7 @@ def tune_model(
     )
     started = time.perf_counter()
     deadline = started + budget_s
-    best: dict[str, Any] = {"model": None, "value": None}
+    best: dict[str, Any] = {"fit": None, "value": None}
     records: list[dict[str, Any]] = []
 
     def objective(trial: optuna.Trial) -> float:
@@ -241,7 +244,7 @@ def tune_model(
                 raise optuna.TrialPruned(f"epoch {epoch}: {metric} {value:.4f} below the median")
 
         try:
-            model = fit_trial({**values, **fixed}, on_epoch)
+            fitted = fit_trial({**values, **fixed}, on_epoch)
         except _BudgetSpent:
             record.update(state="PRUNED", reason="budget", seconds=round(time.perf_counter() - t0, 3))
             study.stop()
@@ -252,13 +255,13 @@ def tune_model(
         except (TrainingError, UserError) as exc:  # a diverging or refused setting: recorded, the search goes on
             record.update(state="FAIL", reason=str(exc), seconds=round(time.perf_counter() - t0, 3))
             raise
-        value = float(model.training_log["valid_value"])
+        value = float(fitted.log["valid_value"])
         if not curve:  # closed form: one point
             curve.append(value)
         record.update(state="COMPLETE", value=value, seconds=round(time.perf_counter() - t0, 3),
-                      best_epoch=model.training_log.get("best_epoch"))
+                      best_epoch=fitted.log.get("best_epoch"))
         if math.isfinite(value) and (best["value"] is None or (value > best["value"] if higher else value < best["value"])):
-            best.update(model=model, value=value, values=values)
+            best.update(fit=fitted, value=value, values=values)
         return value
 
     def stop_when_spent(study: optuna.Study, _trial: Any) -> None:
@@ -272,7 +275,7 @@ def tune_model(
     study.optimize(objective, n_trials=trials, timeout=budget_s, callbacks=[stop_when_spent],
                    catch=(TrainingError, UserError), gc_after_trial=False)
     result = TuneResult(dict(best.get("values") or {}), best["value"], metric, records, budget_s,
-                        time.perf_counter() - started, best_model=best["model"], fixed=fixed)
+                        time.perf_counter() - started, best_fit=best["fit"], fixed=fixed)
     if log:
         log(result.summary(name))
     return result

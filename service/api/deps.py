@@ -28,6 +28,7 @@ from service.experiment_registry import ExperimentRegistry
 from service.impressions import ImpressionRecorder
 from service.metrics import Metrics
 from service.model_store import ModelStore
+from service.training_runs import TrainingRuns
 from service.writes import InteractionWriter
 
 API_KEY_HEADER = "X-API-Key"
@@ -85,6 +86,10 @@ async def get_experiments(request: Request) -> ExperimentRegistry:
     return request.app.state.experiments
 
 
+async def get_training_runs(request: Request) -> TrainingRuns:
+    return request.app.state.training_runs
+
+
 SessionDep = Annotated[Session, Depends(get_db)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 CacheDep = Annotated[Cache, Depends(get_cache)]
@@ -93,6 +98,7 @@ MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 WriterDep = Annotated[InteractionWriter, Depends(get_writer)]
 RecorderDep = Annotated[ImpressionRecorder, Depends(get_recorder)]
 ExperimentsDep = Annotated[ExperimentRegistry, Depends(get_experiments)]
+TrainingRunsDep = Annotated[TrainingRuns, Depends(get_training_runs)]
 
 
 class KeyScope(IntEnum):
@@ -110,8 +116,8 @@ def _configured_keys(settings: Settings) -> list[tuple[KeyScope, str]]:
 
 def key_scope(key: str | None, settings: Settings) -> KeyScope | None:
     """The scope ``key`` opens (the header's value as Starlette decodes it, latin-1); None if it is
-    none of the service's keys. Also the rule before the routing: ``service.cached_answers`` and
-    the rate limits (``service.rate_limits``) identify a client with it."""
+    none of the service's keys. Also the rule before the routing: the rate limits
+    (``service.rate_limits``) identify a client with it."""
     if not key:
         return None
     opened = None

@@ -4,28 +4,34 @@ FastAPI reads and parses a route's JSON body before it runs any dependency, so a
 without a key would have its body (up to MAX_BODY_BYTES) parsed before its 401. This
 route class runs the route's key rule (``deps.ACCESS_RULES``) first, refuses a body that
 is not JSON with a 415, and lets a route refuse more from the headers (``before_body``);
-the dependencies run as before once the body is read.
+the dependencies run as before once the body is read. ``check_headers`` is that step alone,
+for a route that reads its body itself (``routes.recommendations``).
 """
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any, Callable, Coroutine
 
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
 from starlette.datastructures import Headers
 
-from service.api.deps import ACCESS_RULES, API_KEY_HEADER
+from service.api.deps import ACCESS_RULES, API_KEY_HEADER, Access
 from service.errors import ApiError
 
 
 def json_or_no_body(headers: Headers) -> bool:
-    """Whether the request has no body or declares it JSON (``application/json``, ``application/*+json``):
-    the one rule of the routes and of the answers before the routing (``service.cached_answers``)."""
+    """Whether the request has no body or declares it JSON (``application/json``, ``application/*+json``),
+    read as FastAPI reads it before parsing a body as JSON (``email.message``: a type with other than one
+    "/" is text/plain), so that what passes here is parsed, never validated as bytes."""
     if headers.get("content-length", "0").lstrip("0") == "" and "transfer-encoding" not in headers:
         return True
     media_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    return media_type == "application/json" or media_type.startswith("application/") and media_type.endswith("+json")
+    if media_type.count("/") != 1:
+        return False
+    main_type, subtype = media_type.split("/")
+    return main_type == "application" and (subtype == "json" or subtype.endswith("+json"))
 
 
 class AccessFirstRoute(APIRoute):
@@ -33,19 +39,26 @@ class AccessFirstRoute(APIRoute):
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
-        rules = [ACCESS_RULES[d.dependency] for d in self.dependencies if d.dependency in ACCESS_RULES]
-        takes_body = self.body_field is not None
 
         async def checked_first(request: Request) -> Response:
-            for rule in rules:
-                rule.check(request.headers.get(API_KEY_HEADER), request.app.state.settings)
-            if takes_body and not json_or_no_body(request.headers):
-                raise ApiError(415, "unsupported_media_type", "the body must be JSON (Content-Type: application/json)",
-                               {"content_type": request.headers.get("content-type")})
-            self.before_body(request)
+            self.check_headers(request)
             return await handler(request)
 
         return checked_first
+
+    @cached_property
+    def access_rules(self) -> list[Access]:
+        return [ACCESS_RULES[d.dependency] for d in self.dependencies if d.dependency in ACCESS_RULES]
+
+    def check_headers(self, request: Request) -> None:
+        """Raises the refusal a request gets from its headers alone: the key (401, 403), a body not JSON (415),
+        then ``before_body``."""
+        for rule in self.access_rules:
+            rule.check(request.headers.get(API_KEY_HEADER), request.app.state.settings)
+        if self.body_field is not None and not json_or_no_body(request.headers):
+            raise ApiError(415, "unsupported_media_type", "the body must be JSON (Content-Type: application/json)",
+                           {"content_type": request.headers.get("content-type")})
+        self.before_body(request)
 
     def before_body(self, request: Request) -> None:
         """What else the route refuses from the headers alone, before the body is read (nothing here)."""

@@ -36,6 +36,7 @@ class Settings(RatingScaleSettings):  # RATING_SCALE, POSITIVE_THRESHOLD: what P
     REDIS_URL: str | None = None  # None: an in-process TTL/LRU cache
     CACHE_NAMESPACE: str = "aerec"  # prefix of every cache key (several deployments can share one Redis)
     ARTIFACTS_DIR: Path = Path(".artifacts")  # the trainer's model registry
+    TRAINING_RUNS_DIR: Path = Path(".training-runs")  # output of the runs POST /admin/training starts
     # Keys by scope, each opening its own scope and the narrower ones (service.api.deps): API_KEY is
     # the admin key; WRITE_API_KEY and READ_API_KEY, when set, are keys for clients that need less.
     API_KEY: str = "changethis"  # refused as a placeholder outside development

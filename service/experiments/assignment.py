@@ -86,6 +86,8 @@ def validate(experiment: Experiment) -> None:
         raise ValueError(f"experiment {e.id}: needs at least one arm")
     if e.kind == "interleaving" and len(e.arms) != 2:
         raise ValueError(f"experiment {e.id}: interleaving needs exactly 2 arms, got {len(e.arms)}")
+    if not isinstance(e.shadow, bool):
+        raise ValueError(f"experiment {e.id}: shadow {e.shadow!r} must be true or false")
     if not (isinstance(e.holdout, (int, float)) and 0 <= e.holdout < 1):
         raise ValueError(f"experiment {e.id}: holdout {e.holdout!r} must be a share in [0, 1)")
     names = [a.name for a in e.arms]
@@ -106,6 +108,10 @@ def validate(experiment: Experiment) -> None:
     total = math.fsum(a.share for a in e.arms)
     if abs(total - 1.0) > SHARE_TOLERANCE:
         raise ValueError(f"experiment {e.id}: arm shares must sum to 1, they sum to {total!r}")
+    for key in ("started_at", "stopped_at"):
+        moment = getattr(e, key)
+        if moment is not None and (not isinstance(moment, datetime) or moment.utcoffset() is None):
+            raise ValueError(f"experiment {e.id}: {key} {moment!r} must be a time with a time zone (e.g. ...Z)")
     if e.started_at is not None and e.stopped_at is not None and e.stopped_at < e.started_at:
         raise ValueError(f"experiment {e.id}: stopped_at {e.stopped_at.isoformat()} is before started_at")
 
@@ -164,7 +170,7 @@ def from_config(section: dict[str, Any]) -> Experiment:
                      raw["share"] if with_share else 1 / max(1, len(raw_arms))) for raw in raw_arms)
     return Experiment(
         id=section["id"], kind=section["kind"], arms=arms, seed=section.get("seed", 0),
-        holdout=section.get("holdout") or 0.0, shadow=bool(section.get("shadow", False)),
+        holdout=section.get("holdout") or 0.0, shadow=section.get("shadow", False),
         started_at=_timestamp(section, "started_at"), stopped_at=_timestamp(section, "stopped_at"),
     )
 

@@ -37,7 +37,7 @@ from service.experiments.assignment import HOLDOUT
 ALPHA = 0.05
 POWER = 0.8
 CONFIDENCE = 0.95
-# Mixture sd of the SPRT: the size of effect it is most sensitive to (Johari et al. 2017, section 4.3):
+# Mixture sd of the SPRT: the size of effect it detects soonest (Johari et al. 2017 choose it from past effects):
 # a CTR difference in points for A/B, a departure of the win share from 1/2 for interleaving.
 AB_MIXTURE_SD = 0.02
 INTERLEAVING_MIXTURE_SD = 0.1
@@ -100,9 +100,10 @@ def _pooled_variance(x_a: int, n_a: int, x_b: int, n_b: int) -> float:
 
 def minimum_detectable_effect(x_a: int, n_a: int, x_b: int, n_b: int, alpha: float = ALPHA,
                               power: float = POWER) -> float | None:
-    """Smallest absolute CTR difference the z-test detects with ``power`` at this sample (None: no data)."""
+    """Smallest absolute CTR difference the z-test detects with ``power`` at this sample; None before a
+    first click (or while every list is clicked), when the pooled variance says nothing yet."""
     variance = _pooled_variance(x_a, n_a, x_b, n_b)
-    if n_a == 0 or n_b == 0:
+    if variance == 0:
         return None
     return (_z(1 - alpha) + float(st.norm.ppf(power))) * math.sqrt(variance)
 
@@ -115,6 +116,22 @@ def msprt_p_value(difference: float, variance: float, mixture_sd: float, previou
     log_ratio = 0.5 * math.log(variance / (variance + tau2)) + tau2 * difference * difference / (
         2 * variance * (variance + tau2))
     return min(1.0, previous, math.exp(-log_ratio))
+
+
+def two_proportion_msprt(x_a: int, n_a: int, x_b: int, n_b: int, mixture_sd: float = AB_MIXTURE_SD,
+                         previous: float = 1.0) -> float:
+    """Always-valid p-value of p_b = p_a: the mixture SPRT on d = p_b - p_a with its pooled null variance."""
+    if n_a == 0 or n_b == 0:
+        return min(1.0, previous)
+    return msprt_p_value(x_b / n_b - x_a / n_a, _pooled_variance(x_a, n_a, x_b, n_b), mixture_sd, previous)
+
+
+def sign_msprt(wins_a: int, wins_b: int, mixture_sd: float = INTERLEAVING_MIXTURE_SD, previous: float = 1.0) -> float:
+    """Always-valid p-value of a win share of 1/2: the mixture SPRT on d = share - 1/2, V = 1 / (4 n)."""
+    decisive = wins_a + wins_b
+    if decisive == 0:
+        return min(1.0, previous)
+    return msprt_p_value(wins_b / decisive - 0.5, 0.25 / decisive, mixture_sd, previous)
 
 
 def sign_test(wins_a: int, wins_b: int) -> float:
@@ -242,8 +259,8 @@ def ab_report(experiment: str, counts: dict[str, ArmCounts], control: str, alpha
         z, p = two_proportion_test(a.clicked, a.impressions, b.clicked, b.impressions)
         both = a.impressions > 0 and b.impressions > 0
         difference = b.clicked / b.impressions - a.clicked / a.impressions if both else None
-        sequential = msprt_p_value(difference or 0.0, _pooled_variance(a.clicked, a.impressions, b.clicked, b.impressions),
-                                   mixture_sd, (previous_p_values or {}).get(name, 1.0))
+        sequential = two_proportion_msprt(a.clicked, a.impressions, b.clicked, b.impressions, mixture_sd,
+                                          (previous_p_values or {}).get(name, 1.0))
         deciding_p = sequential if rule == "sequential" else p
         comparisons.append(Comparison(
             control, name, difference, z, p, sequential,
@@ -269,11 +286,9 @@ def interleaving_report(experiment: str, arm_a: str, arm_b: str, wins_a: int, wi
                         mixture_sd: float = INTERLEAVING_MIXTURE_SD, previous_p_value: float = 1.0) -> Report:
     """The sign test (fixed) or the mixture SPRT (sequential) on the impressions' wins; ``counts``: per-arm
     metrics when the service has them (the holdout's, or each team's items)."""
-    decisive = wins_a + wins_b
-    share = wilson(wins_b, decisive)
-    sequential = msprt_p_value((share.value or 0.5) - 0.5, 0.25 / decisive if decisive else 0.0, mixture_sd,
-                               previous_p_value)
-    result = InterleavingResult(arm_a, arm_b, wins_a, wins_b, ties, share, sign_test(wins_a, wins_b), sequential)
+    sequential = sign_msprt(wins_a, wins_b, mixture_sd, previous_p_value)
+    result = InterleavingResult(arm_a, arm_b, wins_a, wins_b, ties, wilson(wins_b, wins_a + wins_b),
+                                sign_test(wins_a, wins_b), sequential)
     deciding_p = sequential if rule == "sequential" else result.p_value
     winner = (arm_b if wins_b > wins_a else arm_a) if deciding_p < alpha and wins_a != wins_b else None
     arms = [arm_metrics(n, c) for n, c in (counts or {}).items()]

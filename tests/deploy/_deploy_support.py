@@ -166,8 +166,8 @@ def ddp_worker(rank: int, world: int, port: int, out: str, names: list[str], val
     results = {}
     for name in names:
         sequential = REGISTRY[name].sequential
-        model = fit(name, X, timestamps=ts if sequential else None, valid=valid if name == validate else None,
-                    seed=0, device="cpu", progress=False, epochs=3, batch_size=16, holdout=0)
+        model, log = fit(name, X, timestamps=ts if sequential else None, valid=valid if name == validate else None,
+                         seed=0, device="cpu", progress=False, epochs=3, batch_size=16, holdout=0)
         results[name] = {"state": {k: v.detach().clone() for k, v in model.state_dict().items()},
-                         "log": model.training_log}
+                         "log": log}
     torch.save(results, Path(out) / f"rank{rank}.pt")

@@ -28,13 +28,14 @@ def _publish_ease(root, ml100k_dir, lam: float) -> str:
     """Train EASE on ml-100k (strong protocol, then on everything) and publish it; the version's name."""
     import torch
 
-    from trainer.pipeline import SourceSpec, train_all
+    from trainer.pipeline import TrainJob, train_all
+    from trainer.sources import SourceSpec
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the replicas run beside it on a shared 2-core machine
     try:
-        report = train_all(SourceSpec(dataset="ml-100k", source=ml100k_dir), ["ease"], {"ease": {"lam": lam}},
-                           device="cpu", artifacts_dir=root, gate=False, progress=False)
+        report = train_all(TrainJob(SourceSpec(dataset="ml-100k", source=ml100k_dir), ["ease"], {"ease": {"lam": lam}},
+                           device="cpu", artifacts_dir=root, gate=False, progress=False))
     finally:
         torch.set_num_threads(threads)
     return report.version

@@ -117,7 +117,7 @@ def test_item_autorec_refuses_unknown_users():
 
 def test_user_autorec_folds_in_a_new_user_like_a_trained_one():
     X = ratings()
-    model = trainer.fit("autorec-u", X, seed=0, progress=False, epochs=5, hidden=8, holdout=0)
+    model = trainer.fit("autorec-u", X, seed=0, progress=False, epochs=5, hidden=8, holdout=0).model
     new_user_row = sp.csr_matrix(X[[5]].toarray())  # the same ratings, arriving as a stranger
     torch.testing.assert_close(model.scores(new_user_row), model.scores(X[[5]], users=np.array([5])))
     items = np.array([2])
@@ -138,7 +138,7 @@ def test_beats_bias_baseline_on_ml100k(ml100k_dir, name, epochs, margin):
     """Validation RMSE on ml-100k (rating-random, seed 0) with the default hyper-parameters, epochs capped."""
     split = make_split("rating-random", read_dataset("ml-100k", ml100k_dir), seed=0)
     bias = fit_baseline("bias", TrainData(split.train, rating_range=split.rating_range))
-    model = trainer.fit(name, split.train, valid=split.valid, seed=0, progress=False, epochs=epochs)
+    model = trainer.fit(name, split.train, valid=split.valid, seed=0, progress=False, epochs=epochs).model
     model_rmse = evaluate_rating(model, split.train, split.valid, fallback=bias)["rmse"]
     bias_rmse = evaluate_rating(bias, split.train, split.valid, fallback=bias)["rmse"]
     assert model_rmse < bias_rmse - margin

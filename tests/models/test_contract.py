@@ -65,8 +65,8 @@ def fitted(request):
     name = request.param
     cls = models.REGISTRY[name]
     X, ts, withheld = planted(cls.task)
-    model = trainer.fit(name, X, timestamps=ts, seed=0, progress=False, holdout=0, **FAST[name])
-    return name, model, X, ts, withheld
+    model, log = trainer.fit(name, X, timestamps=ts, seed=0, progress=False, holdout=0, **FAST[name])
+    return name, model, X, ts, withheld, log
 
 
 def _users(model, n: int) -> np.ndarray | None:
@@ -83,7 +83,7 @@ def test_registry_names():
 
 
 def test_recommend_shapes_and_order(fitted):
-    name, model, X, ts, _ = fitted
+    name, model, X, ts, _, _ = fitted
     ids, scores = model.recommend(X[:5], k=7, users=_users(model, 5), timestamps=ts[:5])
     assert ids.shape == (5, 7) and scores.shape == (5, 7)
     assert ids.dtype.kind == "i" and scores.dtype == np.float32
@@ -91,7 +91,7 @@ def test_recommend_shapes_and_order(fitted):
 
 
 def test_seen_items_excluded(fitted):
-    name, model, X, ts, _ = fitted
+    name, model, X, ts, _, _ = fitted
     ids, _ = model.recommend(X, k=N_ITEMS, users=_users(model, N_USERS), timestamps=ts)
     for u in range(N_USERS):
         seen = set(X[u].indices)
@@ -101,7 +101,7 @@ def test_seen_items_excluded(fitted):
 
 
 def test_exclude_and_candidates(fitted):
-    name, model, X, ts, withheld = fitted
+    name, model, X, ts, withheld, _ = fitted
     u = int(np.flatnonzero(withheld >= 0)[0])
     rows, users = X[u : u + 1], _users(model, 1) if model.can_fold_in else np.array([u])
     ids, _ = model.recommend(rows, k=3, users=users, exclude=np.array([withheld[u]]), timestamps=ts[u : u + 1])
@@ -112,7 +112,7 @@ def test_exclude_and_candidates(fitted):
 
 
 def test_planted_item_ranks_first(fitted):
-    name, model, X, ts, withheld = fitted
+    name, model, X, ts, withheld, _ = fitted
     a_users = np.flatnonzero(withheld >= 0)
     users = a_users if not model.can_fold_in else None
     ids, _ = model.recommend(X[a_users], k=1, users=users, timestamps=ts[a_users])
@@ -121,8 +121,8 @@ def test_planted_item_ranks_first(fitted):
 
 
 def test_deterministic_with_seed(fitted):
-    name, model, X, ts, _ = fitted
-    again = trainer.fit(name, X, timestamps=ts, seed=0, progress=False, holdout=0, **FAST[name])
+    name, model, X, ts, _, _ = fitted
+    again = trainer.fit(name, X, timestamps=ts, seed=0, progress=False, holdout=0, **FAST[name]).model
     users = _users(model, N_USERS)
     a = model.scores(X, users=users, timestamps=ts) if users is None else model.scores(X, users=users)
     b = again.scores(X, users=users, timestamps=ts) if users is None else again.scores(X, users=users)
@@ -130,7 +130,7 @@ def test_deterministic_with_seed(fitted):
 
 
 def test_save_load_identical(fitted, tmp_path):
-    name, model, X, ts, _ = fitted
+    name, model, X, ts, _, _ = fitted
     model.save(tmp_path / name)
     loaded = models.load(tmp_path / name)
     assert type(loaded) is type(model) and loaded.config == model.config
@@ -142,15 +142,15 @@ def test_save_load_identical(fitted, tmp_path):
 
 
 def test_training_is_finite(fitted):
-    name, model, X, ts, _ = fitted
+    name, model, X, ts, _, log = fitted
     for key, tensor in model.state_dict().items():
         if tensor.is_floating_point():
             assert torch.isfinite(tensor).all(), key
-    assert model.training_log["fit_seconds"] > 0
+    assert log["fit_seconds"] > 0
 
 
 def test_fold_in_or_clear_refusal(fitted):
-    name, model, X, ts, withheld = fitted
+    name, model, X, ts, withheld, _ = fitted
     new_user = X[0].copy()  # a user with the same taste, unknown to the model
     if model.can_fold_in:
         ids, scores = model.recommend(new_user, k=3, timestamps=ts[0])
@@ -163,7 +163,7 @@ def test_fold_in_or_clear_refusal(fitted):
 
 
 def test_rating_predictions_clipped(fitted):
-    name, model, X, ts, withheld = fitted
+    name, model, X, ts, withheld, _ = fitted
     if model.task != "rating":
         with pytest.raises(ModelInputError):
             model.predict(X[:1], np.array([0]))
@@ -179,7 +179,7 @@ def test_rating_predictions_clipped(fitted):
 
 
 def test_rating_pairs_score_each_row_once(fitted, monkeypatch):
-    name, model, X, ts, withheld = fitted
+    name, model, X, ts, withheld, _ = fitted
     if model.task != "rating":
         return
     # pairs in a scrambled order, several items per row, two rows asked about and one not
@@ -201,7 +201,7 @@ def test_rating_pairs_score_each_row_once(fitted, monkeypatch):
 
 
 def test_pair_scores_are_the_score_matrix_read_at_the_pairs(fitted):
-    name, model, X, ts, withheld = fitted
+    name, model, X, ts, withheld, _ = fitted
     if model.task != "rating":
         return
     users = np.array([7, 2, 9, 0, 4])
@@ -219,7 +219,7 @@ def test_contributions_are_the_score_drops_of_removing_each_history_item(fitted)
     """``contributions`` (one batched pass; EASE/EDLAE: their exact weights) equals, item by item, the
     drop in each item's score when one history item is removed, computed here one removal at a time;
     so the top-explained history item of each item is the one whose removal lowers its score most."""
-    name, model, X, ts, withheld = fitted
+    name, model, X, ts, withheld, _ = fitted
     u = int(np.flatnonzero(withheld >= 0)[0])
     row, row_ts, users = X[u : u + 1], ts[u : u + 1], np.array([u])
     items = np.arange(N_ITEMS)
@@ -248,7 +248,7 @@ def test_contributions_are_the_score_drops_of_removing_each_history_item(fitted)
 
 
 def test_wrong_width_rows_rejected(fitted):
-    name, model, X, ts, _ = fitted
+    name, model, X, ts, _, _ = fitted
     bad = sp.csr_matrix((2, N_ITEMS + 3), dtype=np.float32)
     with pytest.raises(ModelInputError, match="columns"):
         model.recommend(bad, k=3, users=np.array([0, 1]))

@@ -152,7 +152,7 @@ def test_refeeding_is_the_papers_two_updates():
 
 def test_folds_in_new_users():
     X = ratings()
-    model = trainer.fit("deeprec", X, seed=0, progress=False, epochs=3, layers=(8,), dropout=0.5, holdout=0)
+    model = trainer.fit("deeprec", X, seed=0, progress=False, epochs=3, layers=(8,), dropout=0.5, holdout=0).model
     stranger = sp.csr_matrix(X[[4]].toarray())
     torch.testing.assert_close(model.scores(stranger), model.scores(X[[4]], users=np.array([4])))
 
@@ -164,7 +164,7 @@ def test_beats_bias_baseline_on_ml100k(ml100k_dir):
     Measured: 0.933 (28 epochs) against the bias baseline's 0.953."""
     split = make_split("rating-random", read_dataset("ml-100k", ml100k_dir), seed=0)
     bias = fit_baseline("bias", TrainData(split.train, rating_range=split.rating_range))
-    model = trainer.fit("deeprec", split.train, valid=split.valid, seed=0, progress=False, epochs=40)
+    model = trainer.fit("deeprec", split.train, valid=split.valid, seed=0, progress=False, epochs=40).model
     model_rmse = evaluate_rating(model, split.train, split.valid, fallback=bias)["rmse"]
     bias_rmse = evaluate_rating(bias, split.train, split.valid, fallback=bias)["rmse"]
     assert model_rmse < bias_rmse - 0.01

@@ -108,7 +108,7 @@ def test_bad_options_are_rejected():
 def test_beats_popularity_by_a_wide_margin_on_ml100k(ml100k_dir):
     """Real data, the ``strong`` protocol, seed 0: EASE's closed form against the popularity floor."""
     split = make_split("strong", read_dataset("ml-100k", ml100k_dir), seed=0)
-    ease = trainer.fit("ease", split.train, valid=split.valid, seed=0, progress=False, device="cpu")
+    ease = trainer.fit("ease", split.train, valid=split.valid, seed=0, progress=False, device="cpu").model
     popularity = fit_baseline("popularity", TrainData(split.train))
     ours, floor = evaluate_ranking(ease, split.test)["ndcg@100"], evaluate_ranking(popularity, split.test)["ndcg@100"]
     assert ours >= floor + 0.1, f"EASE NDCG@100 {ours:.3f} against popularity {floor:.3f}"

@@ -74,6 +74,7 @@ def make_corpus(inter: Interactions) -> Corpus:
 
 
 def train_models(corpus: Corpus) -> dict:
+    """{name: ``FitResult``} of EASE, AutoRec-U and AutoRec-I on the corpus."""
     import torch
 
     from trainer.training import fit
@@ -99,7 +100,7 @@ def popularity(corpus: Corpus) -> dict[str, list]:
 
 
 def bias_baseline(X: sp.csr_matrix, model):
-    """The cold-start baseline the trainer publishes beside a rating model (``trainer.pipeline``)."""
+    """The cold-start baseline the trainer publishes beside a rating model (``trainer.runs``)."""
     from models.base import TrainData
     from models.baselines import fit_baseline
 
@@ -117,19 +118,25 @@ def top_lists(models: dict, corpus: Corpus) -> dict:
 
 def publish_version(root: Path, models: dict, corpus: Corpus, *, cold_start: bool = True, lists: bool = True,
                     extra: dict | None = None) -> str:
-    """Publish ``models`` as a new version with the trainer's publisher; returns its name. ``cold_start``:
+    """Publish ``models`` as a new version with the trainer's publisher; returns its name. ``models``: {name:
+    a ``FitResult``, whose log gives the recorded curve and times, or a bare model (none recorded)}. ``cold_start``:
     each rating model with its bias baseline, as the trainer publishes it (False: a version from before).
     ``lists``: each ranker's top-N of every user (``trainer.top_lists``), as the trainer publishes them.
     ``extra``: more manifest keys (e.g. the trainer's ``best`` record)."""
     import time
 
+    from trainer.training import FitResult
+
+    logs = {name: entry.log if isinstance(entry, FitResult) else {} for name, entry in models.items()}
+    models = {name: entry.model if isinstance(entry, FitResult) else entry for name, entry in models.items()}
     stored = top_lists(models, corpus) if lists else {}
     staged = {
         name: artifacts.StagedModel(
             model=model,
             user_ids=corpus.user_ids,
             item_ids=corpus.item_ids,
-            metrics={"train": {"fit_seconds": model.training_log["fit_seconds"]}, "curve": model.training_log["curve"]},
+            metrics={"train": {"fit_seconds": logs[name].get("fit_seconds", 0.0)},
+                     "curve": logs[name].get("curve", [])},
             cold_start=bias_baseline(corpus.X, model) if cold_start and model.task == "rating" else None,
             files=stored[name].files() if name in stored else {},
         )
@@ -140,8 +147,8 @@ def publish_version(root: Path, models: dict, corpus: Corpus, *, cold_start: boo
                    "n_interactions": int(corpus.X.nnz)},
         "positive_threshold": POSITIVE,
         "models": {
-            name: {"task": model.task, "metrics": {}, "epochs": model.training_log.get("epochs", 0),
-                   "fit_seconds": model.training_log["fit_seconds"],
+            name: {"task": model.task, "metrics": {}, "epochs": logs[name].get("epochs", 0),
+                   "fit_seconds": logs[name].get("fit_seconds", 0.0),
                    **({"top_lists": stored[name].info(time.time(), False)} if name in stored else {})}
             for name, model in models.items()
         },

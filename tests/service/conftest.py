@@ -53,15 +53,20 @@ def corpus(ml100k_dir) -> Corpus:
 
 
 @pytest.fixture(scope="session")
-def trained(corpus):
+def fits(corpus):
     return train_models(corpus)
 
 
 @pytest.fixture(scope="session")
-def registry(tmp_path_factory, trained, corpus) -> Path:
+def trained(fits):
+    return {name: fit.model for name, fit in fits.items()}
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory, fits, corpus) -> Path:
     """An artifact registry with one published version (treat as read-only; copy it to change it)."""
     root = tmp_path_factory.mktemp("registry")
-    publish_version(root, trained, corpus)
+    publish_version(root, fits, corpus)  # with their logs: the recorded curves and times
     return root
 
 
@@ -162,6 +167,15 @@ def seeded_backend(backend, corpus) -> Backend:
     return backend
 
 
+@pytest.fixture(scope="module", **BACKENDS)
+def own_seeded_backend(request, tmp_path_factory, corpus) -> Backend:
+    """A database of the module's own on each backend, holding the training users' histories and nothing
+    else (a module that counts the stored rows; the session's ``seeded_backend`` takes other tests' writes)."""
+    with fresh_backend(request.param, tmp_path_factory.mktemp("db")) as fresh:
+        seed_database(fresh.database_url, corpus)
+        yield fresh
+
+
 @pytest.fixture(scope="session")
 def client(seeded_backend, registry):
     """A running app (lifespan entered) on the backend, serving the registry's version."""
@@ -181,19 +195,19 @@ def auth() -> dict[str, str]:
 
 
 @pytest.fixture
-def route_calls(monkeypatch):
-    """Requests that reached the recommendations route's serving code (a hit answered before the
-    routing does not), each as the lookup handed to it."""
+def computed_answers(monkeypatch):
+    """The recommendation answers computed in a scoring slot (``serving.computed_recommendation``): a cache
+    hit and a stored list answered on the event loop are not; each as the key it was looked up under."""
     from service import serving
 
     calls = []
-    original = serving.recommendations
+    original = serving.computed_recommendation
 
-    async def counted(*args, **kwargs):
-        calls.append(kwargs.get("looked_up", args[6] if len(args) > 6 else None))
-        return await original(*args, **kwargs)
+    async def counted(session, store, settings, lookup, request, entry):
+        calls.append(entry.key)
+        return await original(session, store, settings, lookup, request, entry)
 
-    monkeypatch.setattr(serving, "recommendations", counted)
+    monkeypatch.setattr(serving, "computed_recommendation", counted)
     return calls
 
 

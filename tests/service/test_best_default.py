@@ -40,14 +40,15 @@ def losing_registry(tmp_path_factory, ml100k_csv):
     """ml-100k through the pipeline: EASE, and AutoRec-U after one epoch (it loses to the bias baseline)."""
     import torch
 
-    from trainer.pipeline import SourceSpec, train_all
+    from trainer.pipeline import TrainJob, train_all
+    from trainer.sources import SourceSpec
 
     root = tmp_path_factory.mktemp("best-registry")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        report = train_all(SourceSpec(file=ml100k_csv), ["ease", "autorec-u"], {"autorec-u": {"epochs": 1}}, "cpu", 0,
-                           root, progress=False)
+        report = train_all(TrainJob(SourceSpec(file=ml100k_csv), ["ease", "autorec-u"], {"autorec-u": {"epochs": 1}},
+                                    "cpu", 0, root, progress=False))
     finally:
         torch.set_num_threads(threads)
     assert not report.runs["autorec-u"].baseline["beats"], report.summary_lines()
@@ -111,7 +112,7 @@ def popular_registry(tmp_path_factory, trained, corpus):
     """The service's test slice with the popularity baseline published beside the models and recorded as the best ranker."""
     from trainer.training import fit
 
-    popularity = fit("popularity", sp.csr_matrix(corpus.X >= POSITIVE, dtype=np.float32), progress=False)
+    popularity = fit("popularity", sp.csr_matrix(corpus.X >= POSITIVE, dtype=np.float32), progress=False).model
     root = tmp_path_factory.mktemp("popular-registry")
     record = {"ranking": {"model": "popularity", "reason": "best validation ndcg@100 0.3000 (popularity 0.3000)"}}
     publish_version(root, {**trained, "popularity": popularity}, corpus, extra={best.BEST_KEY: record})

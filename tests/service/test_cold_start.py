@@ -34,7 +34,7 @@ def models(trained, corpus) -> dict:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:  # small and quick: what matters is how it answers an empty row (centred: 1.0, the bottom of the scale)
-        deeprec = fit("deeprec", corpus.X, progress=False, epochs=5, layers=(32,), seed=0, holdout=0)
+        deeprec = fit("deeprec", corpus.X, progress=False, epochs=5, layers=(32,), seed=0, holdout=0).model
     finally:
         torch.set_num_threads(threads)
     return {**trained, "deeprec": deeprec}

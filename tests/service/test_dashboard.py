@@ -6,8 +6,10 @@ from __future__ import annotations
 import html as html_text
 import json
 import math
+import os
 import re
 import shutil
+import time
 from collections import Counter
 
 import numpy as np
@@ -15,7 +17,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from _service_support import API_KEY
+from models import REGISTRY
 from service import crud, dashboard, svg
+from service import traffic as traffic_page
+from service.core.config import Settings
 from service.main import create_app
 from trainer.artifacts import latest_version
 
@@ -167,27 +172,64 @@ def test_items_page_searches_titles_and_ids_and_shows_similar_items_per_model(cl
     assert set(lists) == {"ease", "autorec-u", "autorec-i"}
 
 
-def test_traffic_counts_the_apis_requests_per_route_and_model(client):
-    before = {(r["route"], r["model"]): r["requests"] for r in dashboard.traffic(client.app.state.metrics, 0)["rows"]}
+def test_traffic_counts_the_apis_requests_per_route_and_model_and_says_whose(client):
+    metrics = client.app.state.metrics
+    before = {(r["route"], r["model"]): r["requests"] for r in traffic_page.traffic(metrics, time.time())["rows"]}
     for _ in range(3):
         client.get("/items/1/similar", params={"model": "ease"})
     client.get("/dashboard")
-    page = dashboard.traffic(client.app.state.metrics, client.app.state.metrics.started + 10)
+    page = traffic_page.traffic(metrics, time.time())
     row = next(r for r in page["rows"] if r["route"] == "/items/{item_id}/similar" and r["model"] == "ease")
     assert row["requests"] == before.get(("/items/{item_id}/similar", "ease"), 0) + 3
-    assert math.isclose(row["per_second"], row["requests"] / 10)
+    assert row["in_window"] >= 3 and math.isclose(row["per_second"], row["in_window"] / page["window_s"])
     assert 0 < row["p50"] <= row["p95"] <= row["p99"]
     assert not [r for r in page["rows"] if r["route"].startswith("/dashboard")]
     assert any(c["kind"] == "similar" and c["hits"] >= 2 for c in page["cache"])
-    assert "/items/{item_id}/similar" in client.get("/dashboard/traffic").text
+    html = client.get("/dashboard/traffic").text
+    assert "/items/{item_id}/similar" in html and f'http-equiv="refresh" content="{traffic_page.REFRESH_S}"' in html
+    source = re.search(r'data-testid="traffic-source">(.*?)</p>', html, re.S).group(1)
+    assert "This process" in source and f"pid {os.getpid()}" in source  # one replica's view, and it says so
+
+
+def test_traffic_rates_are_over_a_recent_window_between_two_readings():
+    from service.metrics import Metrics
+
+    metrics = Metrics()
+    t = metrics.started
+
+    def similar(n: int, status: str = "200", seconds: float = 0.004) -> None:
+        for _ in range(n):
+            metrics.requests.labels("GET", "/items/{item_id}/similar", status, "ease").inc()
+            metrics.latency.labels("GET", "/items/{item_id}/similar", "ease").observe(seconds)
+
+    def row(page: dict) -> dict:
+        return next(r for r in page["rows"] if r["route"] == "/items/{item_id}/similar")
+
+    similar(5)
+    first = traffic_page.traffic(metrics, t + 10)  # no reading before: since the process started
+    assert first["from_start"] and math.isclose(row(first)["per_second"], 0.5) and row(first)["in_window"] == 5
+    similar(3, seconds=0.4)
+    similar(1, status="503", seconds=0.4)
+    second = traffic_page.traffic(metrics, t + 40)  # from the reading at t + 10
+    assert not second["from_start"] and math.isclose(second["window_s"], 30)
+    assert row(second)["in_window"] == 4 and row(second)["requests"] == 9 and math.isclose(row(second)["per_second"], 4 / 30)
+    assert math.isclose(row(second)["server_errors"], 0.25) and row(second)["client_errors"] == 0
+    assert 0.25 < row(second)["p50"] <= 0.5  # only the window's slow requests, not the 5 fast ones before it
+    traffic_page.traffic(metrics, t + 40.5)  # under MIN_GAP_S after the last: not kept
+    similar(6)
+    third = traffic_page.traffic(metrics, t + 100)  # the reading at t + 40 is now WINDOW_S old: the window starts there
+    assert math.isclose(third["window_s"], 60) and row(third)["in_window"] == 6 and math.isclose(row(third)["per_second"], 0.1)
+    assert row(third)["server_errors"] == 0 and row(third)["p99"] <= 0.005
+    quiet = traffic_page.traffic(metrics, t + 200)
+    assert row(quiet)["in_window"] == 0 and row(quiet)["p50"] is None and row(quiet)["server_errors"] is None
 
 
 def test_quantiles_interpolate_within_buckets():
     buckets = [(0.01, 0.0), (0.1, 50.0), (1.0, 100.0), (math.inf, 100.0)]
-    assert math.isclose(dashboard._quantile(buckets, 0.5), 0.1)
-    assert math.isclose(dashboard._quantile(buckets, 0.25), 0.055)
-    assert math.isclose(dashboard._quantile(buckets, 0.75), 0.55)
-    assert dashboard._quantile([(math.inf, 0.0)], 0.5) is None
+    assert math.isclose(traffic_page._quantile(buckets, 0.5), 0.1)
+    assert math.isclose(traffic_page._quantile(buckets, 0.25), 0.055)
+    assert math.isclose(traffic_page._quantile(buckets, 0.75), 0.55)
+    assert traffic_page._quantile([(math.inf, 0.0)], 0.5) is None
 
 
 def test_pages_need_the_read_key_where_reads_do(seeded_backend, registry):
@@ -208,3 +250,136 @@ def test_pages_need_the_read_key_where_reads_do(seeded_backend, registry):
         assert off_site.headers["location"] == "/dashboard"
     with TestClient(app) as script:
         assert script.get("/dashboard", headers={"X-API-Key": "write-key-2a9c44"}).status_code == 200
+
+
+def test_items_page_says_how_often_each_ranker_recommends_the_item(client, registry):
+    from trainer import top_lists
+
+    version = latest_version(registry)
+    served = client.app.state.store.current.models["ease"]
+    stored = np.load(registry / version / "ease" / top_lists.ITEMS_FILE)  # the published file, read plainly
+    with_lists = stored[stored[:, 0] >= 0]
+    rows = dashboard.how_often_recommended(client.app.state.store, "50")
+    assert [r["model"] for r in rows] == ["ease"]  # the rankers only: AutoRec-U and -I rate
+    col = served.item_index.get("50")
+    expected_k = int(sum(col in user[:dashboard.LIST_K] for user in with_lists))
+    expected_n = int(sum(col in user for user in with_lists))
+    assert rows[0] == {"model": "ease", "k": dashboard.LIST_K, "error": None, "top_k": expected_k, "top_n": expected_n,
+                       "users": len(with_lists), "n": stored.shape[1]}
+    assert 0 < expected_k <= expected_n
+    counted = dashboard._list_counts[(version, "ease")]
+    in_top_k, in_top_n = counted[0], counted[1]
+    assert in_top_k.sum() == (with_lists[:, :dashboard.LIST_K] >= 0).sum() and in_top_n.sum() == (with_lists >= 0).sum()
+    dashboard.how_often_recommended(client.app.state.store, "1")
+    assert dashboard._list_counts[(version, "ease")] is counted  # once per version, not per request
+    assert dashboard.how_often_recommended(client.app.state.store, "no-such-item")[0]["error"] == "not in this model's items"
+    html = client.get("/dashboard/items", params={"item_id": "50"}).text
+    assert f'<td class="num" data-testid="top-k">{expected_k}</td>' in html and f'data-testid="top-n">{expected_n}<' in html
+
+
+def test_next_scheduled_run_is_read_from_the_schedules_record(tmp_path):
+    from datetime import UTC, datetime
+
+    from trainer import schedule
+
+    assert dashboard.NEXT_RUN_FILE == schedule.NEXT_RUN_FILE  # the writer's name and the reader's copy
+    settings = Settings(ARTIFACTS_DIR=tmp_path)
+    now = time.time()
+    assert dashboard.next_run(settings, now)["due"] is None and "no schedule" in dashboard.next_run(settings, now)["text"]
+    trigger = schedule.make_trigger(None, "0 3 * * *")
+    due = datetime.fromtimestamp(now + 3600, UTC)
+    schedule.record_next_run(tmp_path, due, trigger)
+    shown = dashboard.next_run(settings, now)
+    assert shown["due"] == due.timestamp() and not shown["overdue"]
+    assert shown["text"] == f"{dashboard.when(due.timestamp())} UTC ({trigger})"
+    late = dashboard.next_run(settings, now + 7200)  # a record an hour past due: the scheduler stopped without removing it
+    assert late["overdue"] and f"pid {os.getpid()}" in late["text"]
+    (tmp_path / schedule.NEXT_RUN_FILE).write_text("{not json")
+    assert "unreadable" in dashboard.next_run(settings, now)["text"]
+    schedule.record_next_run(tmp_path, None, trigger)
+    assert not (tmp_path / schedule.NEXT_RUN_FILE).exists() and dashboard.next_run(settings, now)["due"] is None
+
+
+def _admin_browser(client) -> TestClient:
+    """A browser of its own (its own cookies) on the session's app, holding the admin key in the dashboard's cookie."""
+    browser = TestClient(client.app, raise_server_exceptions=False)
+    kept = browser.post("/dashboard/key", data={"key": API_KEY, "next": "/dashboard"}, follow_redirects=False)
+    assert kept.status_code == 303
+    return browser
+
+
+def _token(html: str) -> str:
+    return re.search(r'name="token" value="([0-9a-f]{64})"', html).group(1)
+
+
+def test_admin_actions_show_only_with_the_admin_key(client):
+    html = client.get("/dashboard").text  # development: no key needed to read, and none given
+    assert 'id="admin-actions"' not in html and "/dashboard/admin/" not in html
+    browser = _admin_browser(client)
+    page = browser.get("/dashboard")
+    session = page.cookies.get("aerec_dashboard_session")  # set with the first admin page, HttpOnly and SameSite=Strict
+    assert session and "samesite=strict" in page.headers["set-cookie"].lower() and "httponly" in page.headers["set-cookie"].lower()
+    assert 'id="admin-actions"' in page.text and 'action="/dashboard/admin/reload"' in page.text
+    assert re.findall(r'name="models" value="([^"]+)"', page.text) == sorted(REGISTRY)
+    assert _token(page.text) == _token(browser.get("/dashboard").text)  # the same session, the same token
+    other = _admin_browser(client)
+    assert _token(other.get("/dashboard").text) != _token(page.text)  # bound to each browser's session
+    header_only = TestClient(client.app).get("/dashboard", headers={"X-API-Key": API_KEY})
+    assert 'id="admin-actions"' in header_only.text  # the key by header (a proxy that adds it) shows them too
+
+
+def test_admin_forms_reload_through_the_admin_api_and_refuse_cross_site_posts(client):
+    browser = _admin_browser(client)
+    token = _token(browser.get("/dashboard").text)
+    reader = TestClient(client.app)  # the same session cookie, without the admin key
+    reader.cookies.set("aerec_dashboard_session", browser.cookies.get("aerec_dashboard_session"), path="/dashboard")
+    done = browser.post("/dashboard/admin/reload", data={"token": token})
+    served = client.get("/models").json()["version"]
+    assert done.status_code == 200 and f"version {served} is already served" in done.text  # POST /admin/reload's own answer
+    assert 'data-testid="admin-result"' in done.text
+    refused = {
+        "no token": browser.post("/dashboard/admin/reload", data={}),
+        "a wrong token": browser.post("/dashboard/admin/reload", data={"token": "0" * 64}),
+        "the browser says cross-site": browser.post("/dashboard/admin/reload", data={"token": token},
+                                                    headers={"Sec-Fetch-Site": "cross-site"}),
+        # the admin key by header but no session cookie: a proxy adding the key does not open the forms to other sites
+        "no session": TestClient(client.app).post("/dashboard/admin/reload", data={"token": token}, headers={"X-API-Key": API_KEY}),
+        "no admin key": reader.post("/dashboard/admin/reload", data={"token": token}),
+    }
+    for why, response in refused.items():
+        assert response.status_code == 403 and "<nav" in response.text, why
+    planted = TestClient(client.app).post("/dashboard/key", data={"key": API_KEY}, headers={"Sec-Fetch-Site": "cross-site"},
+                                          follow_redirects=False)
+    assert planted.status_code == 403 and "set-cookie" not in planted.headers  # another site sets no key in this browser
+
+
+def test_the_training_form_goes_through_the_admin_api_with_checked_values(client, monkeypatch, tmp_path):
+    from service.training_runs import TrainingRun
+
+    runs = client.app.state.training_runs
+    started = []
+
+    def recorded(models, seed):  # the real start is tested in test_admin_training; here what reaches it
+        started.append((models, seed))
+        (tmp_path / "form-run.log").write_text("loading the database\nfitting ease <&>\n")
+        runs.last = TrainingRun("form-run", models, seed, [], tmp_path / "form-run.log", 0, time.time())
+        return runs.last
+
+    monkeypatch.setattr(runs, "start", recorded)
+    monkeypatch.setattr(runs, "last", None)
+    browser = _admin_browser(client)
+    token = _token(browser.get("/dashboard").text)
+    response = browser.post("/dashboard/admin/training", data={"token": token, "models": ["ease", "multvae"], "seed": "4"})
+    assert response.status_code == 202 and "training run form-run started (ease, multvae)" in response.text
+    assert started == [(("ease", "multvae"), 4)]
+    overview = browser.get("/dashboard").text  # the run's state and its output's last lines, escaped
+    shown = re.search(r'<dl class="pairs" data-testid="training">(.*?)</pre>', overview, re.S).group(1)
+    assert "form-run" in shown and "running" in shown and "ease, multvae · seed 4" in shown
+    assert "fitting ease &lt;&amp;&gt;" in shown
+    assert "data-testid=\"training\"" not in client.get("/dashboard").text  # not without the admin key
+    bad = browser.post("/dashboard/admin/training", data={"token": token, "models": ["ease", "rm -rf"]})
+    assert bad.status_code == 422 and "validation_error" in bad.text
+    unknown = browser.post("/dashboard/admin/training", data={"token": token, "models": ["nope"]})
+    assert unknown.status_code == 422 and "unknown_model" in unknown.text
+    assert browser.post("/dashboard/admin/training", data={"token": token, "seed": "x"}).status_code == 422
+    assert started == [(("ease", "multvae"), 4)]

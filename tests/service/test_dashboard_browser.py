@@ -1,23 +1,24 @@
 """The dashboard in a real browser: headless Chromium (Debian's ``chromium``, driven by Playwright)
-against a live ``python -m service`` serving the test version, at 1280 and 390 px wide.
+against a live ``python -m service`` serving the test version (SQLite, and PostgreSQL + Redis), at
+1280 and 390 px wide.
 
 It enters the read key through the key form, loads every page, looks a user up and an item, checks
-the lists in the DOM against the API's answers, and saves a screenshot of each page under
-bench/out/dashboard/. Under CI=true a missing browser fails the test; elsewhere it skips.
+the lists in the DOM against the API's answers, then enters the admin key the same way: the admin
+actions appear (absent before) and a reload goes through the page. It saves a screenshot of each
+page under bench/out/dashboard/. Under CI=true a missing browser fails the test; elsewhere it skips.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import uuid
 from pathlib import Path
 
 import httpx
 import pytest
 
 from _test_servers import IN_CI
-from bench._common import ServerProcess, service_env
+from bench._common import API_KEY, ServerProcess, service_env
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 SHOTS = Path(__file__).resolve().parents[2] / "bench" / "out" / "dashboard"
@@ -48,23 +49,13 @@ def playwright_chromium():
 
 
 @pytest.fixture(scope="module")
-def live_service(tmp_path_factory, registry, corpus):
-    """``python -m service`` on a SQLite database seeded with the corpus, reads keyed (the key form is tested)."""
-    from service import crud
-    from service.db.migrate import upgrade_to_head
-    from service.db.session import make_engine, make_session_factory
-
-    folder = tmp_path_factory.mktemp("live")
-    url = f"sqlite:///{folder / f'dash-{uuid.uuid4().hex[:6]}.db'}"
-    engine = make_engine(url)
-    upgrade_to_head(engine)
-    with make_session_factory(engine)() as session:
-        rows = corpus.rows
-        titles = {i: {"title": corpus.titles[i]} for i in set(rows["item_id"]) if i in corpus.titles}
-        crud.store_interactions(session, rows["user_id"], rows["item_id"], rows["rating"], rows["timestamp"], titles)
-    engine.dispose()
-    env = service_env(url, registry, None, READS_REQUIRE_KEY="true", READ_API_KEY=READ_KEY)
-    with ServerProcess.service(env, folder / "service.log") as server:
+def live_service(tmp_path_factory, registry, own_seeded_backend):
+    """``python -m service`` on a database of its own seeded with the corpus (SQLite + the in-process cache,
+    PostgreSQL + Redis), reads keyed (the key form is tested)."""
+    backend = own_seeded_backend
+    env = service_env(backend.database_url, registry, backend.redis_url, CACHE_NAMESPACE=backend.namespace,
+                      READS_REQUIRE_KEY="true", READ_API_KEY=READ_KEY)
+    with ServerProcess.service(env, tmp_path_factory.mktemp("live") / "service.log") as server:
         yield server
 
 
@@ -149,7 +140,25 @@ def test_every_page_in_chromium_with_the_apis_lists(playwright_chromium, live_se
     page.wait_for_url("**/dashboard/items?item_id=1")
     api = _api(live_service, "GET", "/items/1/similar", params={"model": "ease", "k": 10})
     assert _dom_list(page, "ease") == [i["item_id"] for i in api["items"]]
+    often = page.locator('#recommended ~ div tr[data-model="ease"]')
+    assert int(often.get_by_test_id("top-k").inner_text()) <= int(often.get_by_test_id("top-n").inner_text())
     shot("items")
+
+    # The admin actions: none with the read key; the admin key, entered in the same form, shows them
+    page.get_by_role("navigation").get_by_role("link", name="Overview").click()
+    assert page.locator("#admin-actions").count() == 0 and page.locator('form[action^="/dashboard/admin"]').count() == 0
+    assert page.get_by_test_id("next-run").inner_text().startswith("no schedule")
+    page.get_by_role("navigation").get_by_role("link", name="Key").click()
+    page.get_by_label("API key").fill(API_KEY)
+    page.get_by_role("button", name="Open the dashboard").click()
+    page.wait_for_url(base + "/dashboard")
+    assert page.locator("#admin-actions").is_visible()
+    assert page.get_by_label("ease", exact=True).is_visible() and page.get_by_label("Seed").input_value() == "0"
+    shot("overview-admin")
+    page.get_by_role("button", name="Reload the version LATEST names").click()  # a same-origin form POST, token and all
+    page.wait_for_url(base + "/dashboard/admin/reload")
+    assert page.get_by_test_id("admin-result").inner_text() == f"version {served['version']} is already served"
+    shot("admin-reload")
 
     assert offline == [], f"the pages fetched from elsewhere: {offline}"
     context.close()

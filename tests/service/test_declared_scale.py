@@ -124,7 +124,7 @@ def cli_env(empty_backend, tmp_path, monkeypatch):
 
 
 def test_migrate_stores_the_scale_with_the_data_and_says_when_it_changes(cli_env, monkeypatch, capsys):
-    from trainer.pipeline import read_database
+    from trainer.sources import read_database
 
     assert main(["migrate"]) == 0
     assert stored_scale(cli_env) == ("1:5:1", 4.0)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import tomllib
 from collections import Counter
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +20,8 @@ from scipy import stats as st
 from service.experiments.assignment import HOLDOUT, Arm, Experiment, assign, from_config
 from service.experiments.interleaving import credit, team_draft
 from service.experiments.stats import (
-    ArmCounts, ab_report, interleaving_report, mean_interval, minimum_detectable_effect, msprt_p_value, sign_test,
-    two_proportion_test, users_needed_ab, users_needed_interleaving, wilson,
+    ArmCounts, ab_report, interleaving_report, mean_interval, minimum_detectable_effect, msprt_p_value, sign_msprt,
+    sign_test, two_proportion_msprt, two_proportion_test, users_needed_ab, users_needed_interleaving, wilson,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -81,11 +83,15 @@ def test_shares_hold_within_sampling_error_over_100000_users():
     (dict(arms=(Arm("a", "", None, 1.0),)), "arm a needs a model name"),
     (dict(arms=(Arm("a", "ease", None, 0.0), Arm("b", "ease", None, 1.0))), "share 0.0 must be in (0, 1]"),
     (dict(seed="7"), "seed '7' must be an integer"),
+    (dict(shadow="false"), "shadow 'false' must be true or false"),
     (dict(arms=()), "at least one arm"),
+    (dict(started_at=datetime(2026, 12, 5, 10)), "must be a time with a time zone"),
+    (dict(started_at=datetime(2026, 12, 5, 10, tzinfo=timezone.utc), stopped_at=datetime(2026, 12, 4, tzinfo=timezone.utc)),
+     "stopped_at 2026-12-04T00:00:00+00:00 is before started_at"),
 ])
 def test_a_bad_definition_is_refused_naming_what_is_wrong(change, message):
     fields = {"id": "home-page", "kind": "ab", "arms": three_arms().arms, "seed": 7, **change}
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         Experiment(**fields)
 
 
@@ -194,6 +200,7 @@ def test_two_proportion_test_and_mde_by_hand():
     # MDE: (1.959964 + 0.841621) * 0.0106207 = 0.029755
     assert minimum_detectable_effect(50, 1000, 70, 1000) == pytest.approx(0.029755, abs=1e-6)
     assert two_proportion_test(0, 0, 3, 10) == (0.0, 1.0)
+    assert minimum_detectable_effect(0, 500, 0, 500) is None  # no click yet: no variance to size an effect by
 
 
 def test_msprt_p_value_by_hand():
@@ -202,6 +209,15 @@ def test_msprt_p_value_by_hand():
     assert msprt_p_value(0.02, 0.0001128, 0.02) == pytest.approx(0.534780, abs=1e-6)
     assert msprt_p_value(0.02, 0.0001128, 0.02, previous=0.3) == 0.3  # it never rises
     assert msprt_p_value(0.0, 0.0001128, 0.02) == 1.0  # no difference: Lambda < 1, capped
+
+
+def test_the_sequential_tests_of_two_proportions_and_of_a_win_share():
+    # 50/1000 vs 70/1000: d = 0.02 and the pooled V = 0.0001128 of the hand-worked case above
+    assert two_proportion_msprt(50, 1000, 70, 1000, mixture_sd=0.02) == pytest.approx(0.534780, abs=1e-6)
+    # 12 of 15 decisive wins: d = 0.3, V = 1 / 60, tau = 0.1: sqrt(V / (V + tau^2)) = 0.790569,
+    # exp(tau^2 d^2 / (2 V (V + tau^2))) = exp(1.0125) = 2.752474; p = 1 / 2.176021 = 0.459554
+    assert sign_msprt(3, 12, mixture_sd=0.1) == pytest.approx(0.459554, abs=1e-6)
+    assert two_proportion_msprt(0, 0, 5, 10, previous=0.4) == 0.4 and sign_msprt(0, 0) == 1.0
 
 
 def test_sign_test_by_hand():

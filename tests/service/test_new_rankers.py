@@ -30,8 +30,8 @@ def models(trained, corpus) -> dict:
     try:  # small and quick: what matters is that they serve as every ranker does
         return {
             **trained,
-            "recvae": fit("recvae", positives, progress=False, epochs=3, hidden=32, latent=8, seed=0, holdout=0),
-            "edlae": fit("edlae", positives, progress=False),
+            "recvae": fit("recvae", positives, progress=False, epochs=3, hidden=32, latent=8, seed=0, holdout=0).model,
+            "edlae": fit("edlae", positives, progress=False).model,
         }
     finally:
         torch.set_num_threads(threads)

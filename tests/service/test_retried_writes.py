@@ -89,7 +89,7 @@ def test_a_re_rating_replaces_the_older_one_and_an_older_entry_does_not(empty_cl
 
 
 def test_serving_and_the_trainers_from_db_read_the_same_latest_rating(empty_client):
-    from trainer.pipeline import read_database
+    from trainer.sources import read_database
 
     user = new_user()
     post(empty_client, [{"user_id": user, "item_id": "50", "rating": 5, "timestamp": 100},

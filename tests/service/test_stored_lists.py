@@ -96,7 +96,7 @@ def stored_list_hits(client) -> float:
     return 0.0
 
 
-def test_a_first_request_is_answered_from_the_list_and_a_write_folds_in(client, corpus, auth, route_calls):
+def test_a_first_request_is_answered_from_the_list_and_a_write_folds_in(client, corpus, auth, computed_answers):
     user_id = corpus.user_ids[11]
     offset = int(np.random.default_rng().integers(1, 150))  # a key no other test asked for
     before = stored_list_hits(client)
@@ -110,17 +110,17 @@ def test_a_first_request_is_answered_from_the_list_and_a_write_folds_in(client, 
         time.sleep(0.05)
     else:
         raise AssertionError("the list's answer was never cached")
-    calls = len(route_calls)
+    calls = len(computed_answers)
     same = first_user_answer(client, user_id, offset=offset, exclude_items=["no-such-item"])  # another key
     assert same["items"] == first["items"] and same["unknown_items"] == ["no-such-item"]
-    assert len(route_calls) == calls and stored_list_hits(client) == before + 2  # before the routing: titles known
+    assert len(computed_answers) == calls and stored_list_hits(client) == before + 2  # on the event loop: titles known
     top = first["items"][0]["item_id"]
 
     written = client.post("/interactions", json=[{"user_id": user_id, "item_id": top, "rating": 5.0}], headers=auth)
     assert written.status_code in (200, 201), written.text
     again = first_user_answer(client, user_id, offset=offset)
     assert stored_list_hits(client) == before + 2  # scored: the history holds a write the list never saw
-    assert len(route_calls) == calls + 1
+    assert len(computed_answers) == calls + 1
     assert top not in [i["item_id"] for i in again["items"]]  # the new interaction is seen, so excluded
     assert again["source"] == "model" and again["items"] != first["items"]
 
@@ -140,7 +140,7 @@ def test_a_hot_swap_serves_the_new_versions_lists_at_once(tmp_path, registry, tr
         import scipy.sparse as sp
 
         positives = sp.csr_matrix(corpus.X >= 4.0, dtype=np.float32)
-        other = {**trained, "ease": fit("ease", positives, progress=False, lam=2000.0)}  # other scores, other lists
+        other = {**trained, "ease": fit("ease", positives, progress=False, lam=2000.0).model}  # other scores and lists
         new = publish_version(root, other, corpus)
         assert client.post("/admin/reload", headers=KEY).json()["version"] == new
         hits = stored_list_hits(client)

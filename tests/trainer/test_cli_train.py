@@ -129,6 +129,23 @@ def test_missing_sources_are_one_line_errors(capsys, tmp_path):
     assert artifacts.latest_version(root) is None
 
 
+def test_train_and_schedule_take_the_same_declared_options():
+    import typer.main
+
+    from trainer.cli import app
+    from trainer.commands.options import with_train_options
+
+    group = typer.main.get_command(app)
+    options = {name: {p.name: (p.opts, p.default, p.help) for p in group.commands[name].params}
+               for name in ("train", "schedule")}
+    schedule_own = {"every", "cron", "run_now", "max_runs"}
+    fixed_in_schedule = {"tune", "tune_budget", "progress"}  # a search on a timer, bars in a log: neither
+    assert {k: v for k, v in options["schedule"].items() if k not in schedule_own} == {
+        k: v for k, v in options["train"].items() if k not in fixed_in_schedule}
+    with pytest.raises(TypeError, match=r"not training options: \['tunes'\]"):
+        with_train_options(tunes=False)
+
+
 def test_nan_in_training_exits_2_and_publishes_nothing(capsys, planted, tmp_path):
     root = tmp_path / "registry"
     code, _, err = train(capsys, "--file", str(planted), "--models", "autorec-u", "--set", "autorec-u.lr=1e30",
@@ -319,7 +336,7 @@ def test_from_db_trains_on_the_stored_scale_not_the_ratings_min_and_max(capsys, 
 
 
 def test_from_db_without_a_stored_scale_uses_the_rating_scale_setting(capsys, tmp_path, monkeypatch):
-    from trainer.pipeline import read_database
+    from trainer.sources import read_database
     from trainer.settings import get_settings
 
     url = f"sqlite:///{tmp_path / 'service.db'}"

@@ -12,7 +12,8 @@ from models.base import TrainData
 from models.baselines import fit_baseline
 from trainer import artifacts
 from trainer.loader import load_file
-from trainer.pipeline import SourceSpec, train_all
+from trainer.pipeline import TrainJob, train_all
+from trainer.sources import SourceSpec
 
 FAST = {"autorec-u": {"epochs": 2, "hidden": 16}}
 
@@ -31,8 +32,8 @@ def ratings_csv(tmp_path):
 @pytest.mark.parametrize("refit", [True, False])
 def test_a_rating_model_is_published_with_its_bias_baseline(ratings_csv, tmp_path, refit):
     root = tmp_path / "registry"
-    report = train_all(SourceSpec(file=ratings_csv), ["autorec-u", "ease"], FAST, "cpu", 0, root, progress=False,
-                       refit=refit)
+    report = train_all(TrainJob(SourceSpec(file=ratings_csv), ["autorec-u", "ease"], FAST, "cpu", 0, root,
+                                progress=False, refit=refit))
     loaded = artifacts.load_version(root)
     assert loaded.manifest["models"]["autorec-u"]["cold_start"] == "bias"
     assert "cold_start" not in loaded.manifest["models"]["ease"] and loaded.models["ease"].cold_start is None

@@ -15,9 +15,10 @@ import pytest
 
 from rating_scale import RatingScale
 from tests.trainer._ml100k import ml100k
-from trainer import artifacts, pipeline
+from trainer import artifacts, runs
 from trainer.gate import MIN_FAIR_USERS, GateRefused
-from trainer.pipeline import SourceSpec, train_all
+from trainer.pipeline import TrainJob, train_all
+from trainer.sources import SourceSpec
 
 EASE = {"ease": {}}  # closed form: a second on ml-100k, and the same model for the same data
 
@@ -42,7 +43,8 @@ def train(data: pd.DataFrame | Path, root: Path, tmp_path: Path, scale: RatingSc
     path = data if isinstance(data, Path) else tmp_path / f"data-{len(list(tmp_path.glob('data-*.csv')))}.csv"
     if not isinstance(data, Path):
         data.to_csv(path, index=False)
-    return train_all(SourceSpec(file=path, rating_scale=scale), ["ease"], EASE, "cpu", 0, root, progress=False, **kwargs)
+    return train_all(TrainJob(SourceSpec(file=path, rating_scale=scale), ["ease"], EASE, "cpu", 0, root, progress=False,
+                              **kwargs))
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +135,7 @@ def test_a_different_declared_scale_or_threshold_refuses_naming_both(registry, c
 
 
 def test_a_different_protocol_refuses_naming_both(registry, clean_registry, tmp_path, monkeypatch):
-    monkeypatch.setattr(pipeline, "protocol_for", lambda cls: "temporal")
+    monkeypatch.setattr(runs, "protocol_for", lambda cls: "temporal")
     with pytest.raises(GateRefused, match="protocol strong there, temporal here"):
         train(clean_registry[1], registry, tmp_path)
 
@@ -167,8 +169,8 @@ RATING = {"autorec-u": {"epochs": 3, "hidden": 16}, "autorec-i": {"epochs": 2, "
 def train_rating(data: pd.DataFrame, root: Path, tmp_path: Path, model: str, **hyper):
     path = tmp_path / f"data-{len(list(tmp_path.glob('data-*.csv')))}.csv"
     data.to_csv(path, index=False)
-    return train_all(SourceSpec(file=path), [model], {model: {**RATING[model], **hyper}}, "cpu", 0, root,
-                     progress=False).runs[model]
+    return train_all(TrainJob(SourceSpec(file=path), [model], {model: {**RATING[model], **hyper}}, "cpu", 0, root,
+                              progress=False)).runs[model]
 
 
 def test_a_rating_model_is_judged_on_the_validation_ratings_the_published_one_never_trained_on(ml100k_dir, tmp_path):

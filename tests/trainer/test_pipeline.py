@@ -16,7 +16,8 @@ import pytest
 from trainer import artifacts
 from trainer.errors import DataError, TrainingError, UserError
 from trainer.gate import GateRefused
-from trainer.pipeline import SourceSpec, TrainingBusy, positive_threshold, snapshot, train_all
+from trainer.pipeline import TrainingBusy, TrainJob, train_all
+from trainer.sources import SourceSpec, positive_threshold, snapshot
 from trainer.loader import load_file
 
 FAST = {  # few epochs, small layers: these tests check the plumbing, not the models' quality
@@ -52,7 +53,8 @@ def planted(tmp_path) -> Path:
 
 
 def run(source: Path, root: Path, models, overrides=None, **kwargs):
-    return train_all(SourceSpec(file=source), models, overrides or FAST, "cpu", 0, root, progress=False, **kwargs)
+    return train_all(TrainJob(SourceSpec(file=source), models, overrides or FAST, "cpu", 0, root, progress=False,
+                              **kwargs))
 
 
 def test_publishes_each_protocol_with_ids_metrics_curve_and_manifest(planted, tmp_path):
@@ -224,7 +226,7 @@ def test_metrics_json_records_split_seed_and_heldout_hashes(planted, tmp_path):
     assert metrics["seed"] == 0 and metrics["heldout"]["seed"] == 0
     assert len(metrics["heldout"]["valid_users_sha256"]) == 64
     assert metrics["heldout"]["n_valid_users"] == 24  # 10% of 240 eligible users (protocols: strong)
-    other = train_all(SourceSpec(file=planted), ["ease"], {}, "cpu", 1, tmp_path / "other", progress=False)
+    other = train_all(TrainJob(SourceSpec(file=planted), ["ease"], {}, "cpu", 1, tmp_path / "other", progress=False))
     assert other.runs["ease"].fingerprint["valid_users_sha256"] != metrics["heldout"]["valid_users_sha256"]
 
 

@@ -17,8 +17,9 @@ from test_cli_train import declare, fill_database, store
 from test_pipeline import planted_frame, write_planted
 from trainer import artifacts
 from trainer.errors import UserError
-from trainer.pipeline import SourceSpec, TrainJob
-from trainer.schedule import make_trigger, parse_every, run_once, run_schedule
+from trainer.pipeline import TrainJob
+from trainer.sources import SourceSpec
+from trainer.schedule import NEXT_RUN_FILE, make_trigger, parse_every, run_once, run_schedule
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -81,6 +82,72 @@ def test_schedule_survives_a_failed_run_and_runs_again(tmp_path):
     assert any("run 1 failed" in line and "not-a-number" in line for line in handler.lines), handler.lines
     assert any("published version" in line for line in handler.lines)
     assert artifacts.latest_version(root) is not None
+
+
+def test_the_schedule_records_its_next_run_in_the_registry_until_it_stops(tmp_path):
+    import json
+    import time
+
+    root = tmp_path / "registry"
+    job = TrainJob(source=SourceSpec(file=write_planted(tmp_path / "d.csv")), models=("ease",), artifacts_dir=root,
+                   device="cpu", progress=False)
+    seen: dict[str, dict] = {}
+
+    class Records(logging.Handler):  # reads the record as each line is logged: at start, and as run 1 starts
+        def emit(self, record: logging.LogRecord) -> None:
+            line = record.getMessage()
+            for moment in ("schedule:", "run 1: training started"):
+                if line.startswith(moment):
+                    seen[moment] = json.loads((root / NEXT_RUN_FILE).read_text())
+
+    handler = Records()
+    logger = logging.getLogger("trainer.schedule")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        began = time.time()
+        assert run_schedule(job, make_trigger("1h", None), max_runs=1, run_now=True)["published"] == 1
+    finally:
+        logger.removeHandler(handler)
+    assert began - 1 <= seen["schedule:"]["next_run"] <= time.time()  # --run-now: the first run is due now
+    after = seen["run 1: training started"]
+    assert began + 3600 - 1 <= after["next_run"] <= time.time() + 3600  # as run 1 starts, the next is an hour on
+    assert after["trigger"] == str(make_trigger("1h", None)) and after["pid"] == os.getpid()
+    assert not (root / NEXT_RUN_FILE).exists()  # stopped: no schedule any more
+
+
+def test_a_time_skipped_while_a_run_goes_moves_the_recorded_next_run(tmp_path):
+    import json
+    import time
+
+    root = tmp_path / "registry"
+
+    class SlowJob:  # a run longer than the interval: the scheduler skips the times due meanwhile
+        artifacts_dir = root
+
+        def run(self):
+            time.sleep(2.5)
+            raise UserError("done sleeping")
+
+    seen: dict[str, float] = {}
+
+    class Records(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            line = record.getMessage()
+            for moment in ("run 1: training started", "run 1 failed"):
+                if line.startswith(moment):
+                    seen[moment] = json.loads((root / NEXT_RUN_FILE).read_text())["next_run"]
+
+    handler = Records()
+    logger = logging.getLogger("trainer.schedule")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        run_schedule(SlowJob(), make_trigger("1s", None), max_runs=1, run_now=True)
+    finally:
+        logger.removeHandler(handler)
+    # at run 1's start the next was a second away; the skips at +1 s and +2 s moved it on
+    assert seen["run 1 failed"] >= seen["run 1: training started"] + 1.5, seen
 
 
 def test_a_run_is_skipped_while_another_process_trains(tmp_path, caplog):

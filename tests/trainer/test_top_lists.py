@@ -29,7 +29,7 @@ def test_each_list_is_one_requests_answer(name, options, blocks):
     from trainer.training import fit
 
     X, seen = _data()
-    model = fit(name, X, progress=False, **options)
+    model = fit(name, X, progress=False, **options).model
     lists = compute_top_lists(model, X, seen, n=30)
     assert lists.items.dtype == np.int32 and lists.scores.dtype == np.float32 and lists.items.shape == (60, 30)
     if blocks is not None:

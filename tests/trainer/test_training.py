@@ -31,9 +31,8 @@ def ml100k(ml100k_dir):
 
 
 def test_early_stopping_restores_best_epoch(strong_split):
-    model = trainer.fit("multdae", strong_split.train, valid=strong_split.valid, seed=0, progress=False,
-                        epochs=12, patience=3, lr=3e-3)
-    log = model.training_log
+    model, log = trainer.fit("multdae", strong_split.train, valid=strong_split.valid, seed=0, progress=False,
+                             epochs=12, patience=3, lr=3e-3)
     curve = [point["ndcg@100"] for point in log["curve"]]
     best = int(np.argmax(curve))
     assert log["best_epoch"] == best + 1
@@ -46,9 +45,9 @@ def test_early_stopping_restores_best_epoch(strong_split):
 
 
 def test_closed_form_records_validation(strong_split):
-    model = trainer.fit("ease", strong_split.train, valid=strong_split.valid, progress=False)
-    assert model.training_log["valid_metric"] == "ndcg@100"
-    assert model.training_log["valid_value"] > 0.3
+    model, log = trainer.fit("ease", strong_split.train, valid=strong_split.valid, progress=False)
+    assert log["valid_metric"] == "ndcg@100"
+    assert log["valid_value"] > 0.3
 
 
 def test_unknown_model_is_a_user_error():
@@ -96,13 +95,14 @@ def test_bf16_runs_the_dense_layers_in_bfloat16_and_keeps_float32_weights(strong
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(cls, "network", spy)
-        model = trainer.fit(name, strong_split.train, valid=strong_split.valid, seed=0, progress=False, epochs=3,
-                            precision="bf16")
-        fp32 = trainer.fit(name, strong_split.train, valid=strong_split.valid, seed=0, progress=False, epochs=3)
+        model, log = trainer.fit(name, strong_split.train, valid=strong_split.valid, seed=0, progress=False, epochs=3,
+                                 precision="bf16")
+        fp32, fp32_log = trainer.fit(name, strong_split.train, valid=strong_split.valid, seed=0, progress=False,
+                                     epochs=3)
     assert seen == {torch.bfloat16, torch.float32}  # bf16 run, then the default run
-    assert model.training_log["precision"] == "bf16" and fp32.training_log["precision"] == "fp32"
+    assert log["precision"] == "bf16" and fp32_log["precision"] == "fp32"
     assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())
-    bf16_ndcg, fp32_ndcg = model.training_log["valid_value"], fp32.training_log["valid_value"]
+    bf16_ndcg, fp32_ndcg = log["valid_value"], fp32_log["valid_value"]
     assert bf16_ndcg > 0.1 and abs(bf16_ndcg - fp32_ndcg) < 0.02  # learns as float32 does (untrained: 0.02-0.04)
 
 
@@ -115,8 +115,8 @@ def test_precision_is_checked_and_recorded():
         trainer.fit("ease", X, progress=False, precision="half")  # checked for every model
     ratings = X.copy()
     ratings.data[:] = 4.0
-    autorec = trainer.fit("autorec-u", ratings, progress=False, epochs=1, precision="bf16")
-    assert autorec.training_log["precision"] == "fp32"  # a model that does not allow bf16 trains in float32
+    autorec, autorec_log = trainer.fit("autorec-u", ratings, progress=False, epochs=1, precision="bf16")
+    assert autorec_log["precision"] == "fp32"  # a model that does not allow bf16 trains in float32
 
 
 _MALLOC_OF_A_16_MIB_BLOCK = """
@@ -200,24 +200,25 @@ def test_holdout_splits_follow_the_protocols_rules():
 
 def test_fit_without_valid_chooses_its_epochs_on_a_holdout_then_trains_on_everything():
     X, _ = clicks()
-    model = trainer.fit("multdae", X, seed=0, progress=False, epochs=40, patience=3, batch_size=16, dims=(8,))
-    held = model.training_log["holdout"]
+    model, log = trainer.fit("multdae", X, seed=0, progress=False, epochs=40, patience=3, batch_size=16, dims=(8,))
+    held = log["holdout"]
     assert held["valid_metric"] == "ndcg@100" and held["epochs_run"] <= 40
     assert "6 of 60 users" in held["held_out"]
-    assert model.training_log["epochs"] == held["best_epoch"] >= 1  # the refit ran exactly the chosen epochs
+    assert log["epochs"] == held["best_epoch"] >= 1  # the refit ran exactly the chosen epochs
     assert model.n_users == 60  # the returned model was trained on every user
-    again = trainer.fit("multdae", X, seed=0, progress=False, epochs=40, patience=3, batch_size=16, dims=(8,))
-    assert again.training_log["holdout"]["best_epoch"] == held["best_epoch"]  # seeded
+    again, again_log = trainer.fit("multdae", X, seed=0, progress=False, epochs=40, patience=3, batch_size=16,
+                                   dims=(8,))
+    assert again_log["holdout"]["best_epoch"] == held["best_epoch"]  # seeded
 
 
 def test_holdout_zero_trains_every_epoch_and_a_bad_fraction_is_refused():
     X, _ = clicks()
-    model = trainer.fit("multdae", X, seed=0, progress=False, epochs=3, dims=(8,), holdout=0)
-    assert model.training_log["epochs"] == 3 and "holdout" not in model.training_log
+    model, log = trainer.fit("multdae", X, seed=0, progress=False, epochs=3, dims=(8,), holdout=0)
+    assert log["epochs"] == 3 and "holdout" not in log
     with pytest.raises(UserError, match="holdout"):
         trainer.fit("multdae", X, progress=False, epochs=1, holdout=1.0)
-    tiny = trainer.fit("autorec-u", X[:3].multiply(4.0).tocsr(), progress=False, epochs=2, hidden=4)
-    assert tiny.training_log["epochs"] == 2 and "too little data" in tiny.training_log["holdout"]["held_out"]
+    tiny, tiny_log = trainer.fit("autorec-u", X[:3].multiply(4.0).tocsr(), progress=False, epochs=2, hidden=4)
+    assert tiny_log["epochs"] == 2 and "too little data" in tiny_log["holdout"]["held_out"]
 
 
 @pytest.mark.slow
@@ -231,7 +232,22 @@ def test_fit_without_valid_beats_the_bias_baseline_on_a_90_10_split(ml100k, name
     split = make_split("rating-random", ml100k, seed=0)
     train = (split.train + split.valid).tocsr()
     bias = fit_baseline("bias", TrainData(train, rating_range=split.rating_range))
-    model = trainer.fit(name, train, seed=0, progress=False)
-    assert "holdout" in model.training_log
+    model, log = trainer.fit(name, train, seed=0, progress=False)
+    assert "holdout" in log
     model_rmse = evaluate_rating(model, train, split.test, fallback=bias)["rmse"]
     assert model_rmse <= evaluate_rating(bias, train, split.test, fallback=bias)["rmse"] - margin
+
+
+def test_a_failed_data_parallel_fit_leaves_the_models_config_as_it_was():
+    from models.base import TrainData
+    from trainer.training import _gradient_training
+
+    X = sp.random(16, 10, density=0.3, format="csr", dtype=np.float32, random_state=0)
+    cls = model_class("multdae")
+    model = cls(cls.Config(batch_size=8, epochs=1), n_items=10, n_users=16, rating_range=(0.0, 1.0))
+    config = model.config
+    data = TrainData(X=X, rating_range=(0.0, 1.0), rank=0, world_size=2)
+    # two ranks but no process group: DDP refuses after the per-rank batch size (4) was set on the model
+    with pytest.raises((RuntimeError, ValueError)):
+        _gradient_training(model, data, None, np.random.default_rng(0), False, {"curve": []})
+    assert model.config is config

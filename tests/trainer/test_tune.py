@@ -14,7 +14,10 @@ from test_pipeline import write_planted
 from trainer import artifacts
 from trainer.cli import main
 from trainer.errors import UserError
-from trainer.pipeline import SourceSpec, TrainJob, fit_on_split, model_split, train_all
+from trainer.pipeline import TrainJob, train_all
+from trainer.runs import fit_on_split, model_split
+from trainer.sources import SourceSpec
+from trainer.training import FitResult
 from trainer.tune import TUNING_JSON, TUNING_PNG, TuneOptions, check_space, options_from, parse_budget, tune_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,7 +71,7 @@ def _fake_fit(epochs: int, value_of, seconds_per_epoch: float = 0.0):
             time.sleep(seconds_per_epoch)
             curve.append(value_of(hyper, epoch))
             on_epoch(epoch, curve[-1])
-        return SimpleNamespace(training_log={"valid_value": max(curve), "best_epoch": curve.index(max(curve)) + 1})
+        return FitResult(SimpleNamespace(), {"valid_value": max(curve), "best_epoch": curve.index(max(curve)) + 1})
 
     return fit_trial
 
@@ -112,9 +115,9 @@ def test_a_real_search_reports_every_epoch_prunes_and_keeps_the_best_split_model
     for t in trials:
         if t["state"] == "COMPLETE":  # the callback saw every epoch's validation value, as the log has it
             assert len(t["curve"]) == 10 and t["value"] == max(t["curve"])
-    model = result.best_model
+    model, log = result.best_fit
     assert model.config.lr == result.values["lr"] and model.config.epochs == 10
-    assert model.training_log["valid_value"] == result.best_value
+    assert log["valid_value"] == result.best_value
 
 
 def test_tune_records_the_values_and_the_study_and_the_next_runs_reuse_them(capsys, planted, tmp_path):
@@ -164,8 +167,9 @@ def test_tune_records_the_values_and_the_study_and_the_next_runs_reuse_them(caps
 
 def test_the_budget_is_shared_and_explicit_values_are_not_searched(planted, tmp_path):
     budget = 12.0
-    report = train_all(SourceSpec(file=planted), ["ease", "multdae"], {"multdae": {"epochs": 200, "dims": [100]}},
-                       "cpu", 0, tmp_path / "r", progress=False, tune=TuneOptions(budget))
+    report = train_all(TrainJob(SourceSpec(file=planted), ["ease", "multdae"],
+                                {"multdae": {"epochs": 200, "dims": [100]}}, "cpu", 0, tmp_path / "r", progress=False,
+                                tune=TuneOptions(budget)))
     ease, multdae = report.runs["ease"].tuned, report.runs["multdae"].tuned
     assert ease["budget_s"] == pytest.approx(budget / 2, abs=0.5)  # each model: what is left / the models left
     assert ease["seconds"] < ease["budget_s"] and ease["trials"] == 15  # 15 trials per searched parameter

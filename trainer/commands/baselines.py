@@ -13,7 +13,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from trainer.cli import app
 from trainer.errors import UserError
 from trainer.protocols import PROTOCOLS
 
@@ -37,7 +36,6 @@ def write_json(report: dict, path: Path) -> None:
         raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
-@app.command("baselines")
 def baselines(
     dataset: Annotated[str, typer.Option("--dataset", help="A MovieLens dataset by name, e.g. ml-100k.")],
     source: Annotated[

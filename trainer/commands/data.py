@@ -18,7 +18,6 @@ import typer
 from typer.core import TyperGroup
 
 from rating_scale import RatingScale
-from trainer.cli import app
 from trainer.dataset import Interactions
 from trainer.datasets import DATASETS
 from trainer.errors import UserError
@@ -44,7 +43,6 @@ data_app = typer.Typer(
     help="Get and verify MovieLens datasets, check your own interaction file, or generate synthetic data.",
     no_args_is_help=True,
 )
-app.add_typer(data_app, name="data")
 
 SourceOption = Annotated[
     Optional[Path], typer.Option("--source", help="A local folder or .zip holding the GroupLens files (offline use).")

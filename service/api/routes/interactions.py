@@ -10,7 +10,8 @@ from service import crud
 from service.api.deps import API_KEY_HEADER, SettingsDep, WriteAccess, WriterDep
 from service.api.routing import AccessFirstRoute
 from service.schemas import InteractionIn, InteractionsResult
-from service.serving import check_interaction_ratings, check_list
+from service.request_limits import check_interaction_ratings
+from service.serving import check_list
 from service.writes import IDEMPOTENCY_HEADER, idempotency_claim
 
 router = APIRouter(tags=["interactions"], dependencies=[WriteAccess], route_class=AccessFirstRoute)

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from service import serving
 from service.api.deps import CacheDep, ReadAccess, SessionDep, SettingsDep, StoreDep
 from service.api.routing import AccessFirstRoute
-from service.schemas import ID_PATTERN, MODEL_PATTERN, SimilarItemsResponse
+from service.schemas import ID_MAX_CHARS, ID_PATTERN, MODEL_PATTERN, SimilarItemsResponse
 
 router = APIRouter(tags=["items"], dependencies=[ReadAccess], route_class=AccessFirstRoute)
 
@@ -17,7 +17,7 @@ router = APIRouter(tags=["items"], dependencies=[ReadAccess], route_class=Access
 @router.get("/items/{item_id}/similar", response_model=SimilarItemsResponse)
 async def similar_items(
     request: Request,
-    item_id: Annotated[str, Path(min_length=1, max_length=255, pattern=ID_PATTERN)],
+    item_id: Annotated[str, Path(min_length=1, max_length=ID_MAX_CHARS, pattern=ID_PATTERN)],
     session: SessionDep,
     cache: CacheDep,
     store: StoreDep,

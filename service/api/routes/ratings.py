@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Request, Response
 
-from service import serving
+from service import request_limits, serving
 from service.api.deps import CacheDep, ReadAccess, SessionDep, SettingsDep, StoreDep
 from service.api.routing import AccessFirstRoute
 from service.schemas import RatingRequest, RatingResponse
@@ -15,16 +15,16 @@ from service.schemas import RatingRequest, RatingResponse
 class RatingsRoute(AccessFirstRoute):
     def before_body(self, request: Request) -> None:
         """A body declared larger than the caps allow is refused unread: reading it on a busy event loop costs more than the refusal may."""
-        serving.check_ratings_length(request.headers.get("content-length"), request.app.state.settings)
+        request_limits.check_ratings_length(request.headers.get("content-length"), request.app.state.settings)
 
 
 router = APIRouter(tags=["ratings"], dependencies=[ReadAccess], route_class=RatingsRoute)
 
 
 async def size_within_caps(request: Request, settings: SettingsDep) -> None:
-    """Runs before the body is validated (``serving.check_ratings_size``); FastAPI has parsed it by then."""
+    """Runs before the body is validated (``request_limits.check_ratings_size``); FastAPI has parsed it by then."""
     if await request.body():
-        serving.check_ratings_size(await request.json(), settings)
+        request_limits.check_ratings_size(await request.json(), settings)
 
 
 @router.post("/ratings", response_model=RatingResponse | list[RatingResponse], dependencies=[Depends(size_within_caps)])
