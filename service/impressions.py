@@ -87,8 +87,15 @@ class Attribution:
     at: Sequence[datetime]  # each interaction's time: its timestamp, else when it was posted
 
 
-def interaction_time(timestamp: int | None, received: datetime) -> datetime:
-    return received if timestamp is None else datetime.fromtimestamp(timestamp, UTC)
+def interaction_time(timestamp: int | None, received: datetime) -> datetime | None:
+    """When an interaction happened: its timestamp, else when it was posted; None past the calendar's end
+    (year 9999: no list was shown then)."""
+    if timestamp is None:
+        return received
+    try:
+        return datetime.fromtimestamp(timestamp, UTC)
+    except (OverflowError, ValueError, OSError):
+        return None
 
 
 class ImpressionRecorder:

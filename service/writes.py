@@ -177,11 +177,10 @@ class InteractionWriter:
         if self._recorder is None:
             return
         received = datetime.now(UTC)
-        self._recorder.attribute(Attribution(
-            [u for b in batches for u in b.user_ids], [i for b in batches for i in b.item_ids],
-            [r for b in batches for r in b.ratings],
-            [interaction_time(t, received) for b in batches for t in b.timestamps],
-        ))
+        rows = [(u, i, r, at) for b in batches for u, i, r, t in zip(b.user_ids, b.item_ids, b.ratings, b.timestamps)
+                if (at := interaction_time(t, received)) is not None]
+        if rows:
+            self._recorder.attribute(Attribution(*map(list, zip(*rows))))
 
     def _store(self, batches: list[crud.InteractionBatch]) -> list[Outcome]:
         with self._session_factory() as session:  # a session per try: see retry_if_dropped

@@ -183,3 +183,13 @@ def test_a_full_queue_drops_and_counts_and_recording_can_be_turned_off(empty_bac
     off = create_app(empty_backend.settings(registry, IMPRESSIONS_ENABLED=False))
     with TestClient(off) as client:
         assert not client.app.state.recorder.record(records[0])
+
+
+def test_an_interaction_dated_past_the_calendar_is_stored_and_not_attributed(empty_client):
+    user = new_user()
+    rid = show(empty_client, user, ["50"])
+    far = empty_client.post("/interactions", json=[{"user_id": user, "item_id": "50", "timestamp": 281_687_974_660}],
+                            headers={**KEY, "Idempotency-Key": uuid.uuid4().hex})
+    assert far.status_code == 201, far.text  # year 10896: no list was shown then
+    assert empty_client.app.state.recorder.flush()
+    assert feedback_of(empty_client, rid) == []
