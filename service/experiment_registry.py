@@ -26,7 +26,6 @@ from service.crud import online
 from service.errors import ApiError
 from service.experiments.assignment import HOLDOUT_MODEL, Experiment, from_config
 from service.model_store import ModelStore, ServingVersion, prepare_version
-from trainer.artifacts import list_versions, read_manifest
 
 log = logging.getLogger("service.experiments")
 
@@ -36,14 +35,14 @@ def experiment_of(row: online.ExperimentRow) -> Experiment:
                         "stopped_at": row.stopped_at and online.as_utc(row.stopped_at)})
 
 
-def build(section: dict[str, Any], store: ModelStore) -> Experiment:
+def build(section: dict[str, Any], store: ModelStore, load_version: Callable[[str], ServingVersion]) -> Experiment:
     """The experiment a request body or a config file section defines, once it can serve; a 422 naming
     what is wrong otherwise."""
     try:
         experiment = from_config({k: v for k, v in section.items() if k not in ("started_at", "stopped_at")})
     except (ValueError, TypeError) as exc:
         raise ApiError(422, "invalid_experiment", str(exc), {"field": _field_named(str(exc))}) from None
-    check_servable(experiment, store)
+    check_servable(experiment, store, load_version)
     if experiment.shadow and (experiment.kind != "ab" or len(experiment.arms) < 2):
         raise ApiError(422, "invalid_experiment", "shadow mode serves the first arm and scores the others unserved: it needs "
                        "an A/B experiment with at least 2 arms", {"field": "shadow"})
@@ -59,27 +58,26 @@ def _field_named(message: str) -> str | None:
     return None
 
 
-def check_servable(experiment: Experiment, store: ModelStore) -> None:
+def check_servable(experiment: Experiment, store: ModelStore, load_version: Callable[[str], ServingVersion]) -> None:
     """Every arm names a model of the version it names (the served one when none; any model ranks items
-    for the recommendation route), and a holdout has the popularity list to serve."""
+    for the recommendation route), a version other than the served one loads (``load_version``), and a
+    holdout has the popularity list to serve."""
     served = store.current
     if served is None:
         raise ApiError(503, "model_unavailable", "no model version is loaded yet: experiments are checked against it",
                        None, {"Retry-After": "5"})
-    on_disk = set(list_versions(store.root))
     for n, arm in enumerate(experiment.arms):
-        if arm.version is None or arm.version == served.version:
-            models = set(served.models)
-            where = f"the served version {served.version}"
-        elif arm.version not in on_disk:
-            raise ApiError(422, "unknown_version", f"arm {arm.name}: version {arm.version!r} is not in the model registry",
-                           {"field": f"arms.{n}.version", "available": sorted(on_disk)})
-        else:
-            models = set(read_manifest(store.root, arm.version).get("models", {}))
-            where = f"version {arm.version}"
-        if arm.model not in models:
-            raise ApiError(422, "unknown_model", f"arm {arm.name}: model {arm.model!r} is not in {where}",
-                           {"field": f"arms.{n}.model", "model": arm.model, "available": sorted(models)})
+        version = served
+        if arm.version is not None and arm.version != served.version:
+            try:
+                version = load_version(arm.version)
+            except Exception as exc:  # noqa: BLE001 - any reason it cannot serve: the body names the field, the log why
+                log.warning("experiment %s: version %s does not load: %s", experiment.id, arm.version, exc)
+                raise ApiError(422, "unknown_version", f"arm {arm.name}: version {arm.version!r} is not in the model "
+                               f"registry or does not load ({type(exc).__name__})", {"field": f"arms.{n}.version"}) from None
+        if arm.model not in version.models:
+            raise ApiError(422, "unknown_model", f"arm {arm.name}: model {arm.model!r} is not in version {version.version}",
+                           {"field": f"arms.{n}.model", "model": arm.model, "available": sorted(version.models)})
     if experiment.holdout > 0 and HOLDOUT_MODEL not in served.models:
         raise ApiError(422, "invalid_experiment", f"a holdout is served the {HOLDOUT_MODEL} list, and the served version "
                        f"{served.version} has no {HOLDOUT_MODEL!r} model", {"field": "holdout"})
@@ -105,14 +103,14 @@ class ExperimentRegistry:
         self.running: Experiment | None = None  # replaced in one assignment; a request reads it once
         self._pinned: dict[str, ServingVersion] = {}  # versions the running experiment's arms name, loaded
         self._fingerprint: tuple | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # a refresh loads pinned versions under it, as a create does
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     # ---- changes (worker threads) -----------------------------------------------------------
     def create(self, section: dict[str, Any]) -> online.ExperimentRow:
         """Check, store and start an experiment; 409 if the id exists or another one is running."""
-        experiment = build(section, self._store)
+        experiment = build(section, self._store, self._loaded)
         definition = {k: v for k, v in experiment.to_config().items() if k not in ("started_at", "stopped_at")}
         with self._session_factory() as session:
             running = [row.id for row in online.experiments(session, active_only=True)]
@@ -162,14 +160,21 @@ class ExperimentRegistry:
             self._load_pinned()
             return changed
 
+    def _loaded(self, version: str) -> ServingVersion:
+        """A version an arm pins, loaded once (``prepare_version``: the same checks as a version that serves)."""
+        with self._lock:
+            if version not in self._pinned:
+                self._pinned[version] = prepare_version(self._store.root, version, self._store.device)
+                log.info("version %s loaded for an experiment's arm", version)
+            return self._pinned[version]
+
     def _load_pinned(self) -> None:
         """Load the versions the running experiment's arms pin (other than the one served), drop the others."""
         running, served = self.running, self._store.current
         wanted = {a.version for a in running.arms if a.version is not None} if running is not None else set()
-        for version in sorted(wanted - set(self._pinned)):
+        for version in sorted(wanted):
             if served is None or version != served.version:
-                self._pinned[version] = prepare_version(self._store.root, version, self._store.device)
-                log.info("version %s loaded for experiment %s", version, running.id)
+                self._loaded(version)
         self._pinned = {v: loaded for v, loaded in self._pinned.items() if v in wanted}
 
     def pinned_version(self, version: str) -> ServingVersion:
