@@ -69,6 +69,9 @@ def check_servable(experiment: Experiment, store: ModelStore, load_version: Call
     for n, arm in enumerate(experiment.arms):
         version = served
         if arm.version is not None and arm.version != served.version:
+            if Path(arm.version).name != arm.version or arm.version.startswith("."):  # a folder of the registry, no path
+                raise ApiError(422, "unknown_version", f"arm {arm.name}: {arm.version!r} is not a version name",
+                               {"field": f"arms.{n}.version"})
             try:
                 version = load_version(arm.version)
             except Exception as exc:  # noqa: BLE001 - any reason it cannot serve: the body names the field, the log why

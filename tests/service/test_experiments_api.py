@@ -61,6 +61,7 @@ def test_an_experiment_is_created_listed_and_stopped(empty_client):
     ({"arms": [{"name": "a", "model": "ease", "share": 0.5}, {"name": "b", "model": "nope", "share": 0.5}]}, "unknown_model", "arms.1.model"),
     ({"arms": [{"name": "a", "model": "ease", "share": 0.5}, {"name": "b", "model": "autorec-i", "share": 0.4}]}, "invalid_experiment", "arms.share"),
     ({"arms": [{"name": "a", "model": "ease", "version": "20990101T000000Z-000000", "share": 1.0}]}, "unknown_version", "arms.0.version"),
+    ({"arms": [{"name": "a", "model": "ease", "version": "../registry", "share": 1.0}]}, "unknown_version", "arms.0.version"),
     ({"holdout": 0.1}, "invalid_experiment", "holdout"),  # the served version has no popularity list model
     ({"id": "Not A Slug"}, "invalid_experiment", "id"),
     ({"kind": "interleaving", "arms": [{"name": "a", "model": "ease"}]}, "invalid_experiment", "arms"),
