@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import logging
 import math
-import queue
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Callable, Sequence
@@ -109,7 +109,11 @@ class ImpressionRecorder:
         self.batch_size = batch_size
         self.linger_s = linger_s  # how often the writer looks at the queue
         self.window = timedelta(seconds=feedback_window_s)
-        self._queue: queue.Queue[Queued | Attribution] = queue.Queue(maxsize=queue_size)
+        # a deque, not a queue.Queue: append and popleft are atomic under the GIL, so the request side and the
+        # writer never meet on a lock (a Queue's mutex, taken by both, handed the GIL back and forth)
+        self._queue: deque[Queued | Attribution] = deque()
+        self.queue_size = queue_size
+        self._writing = 0  # items taken by the writer and not yet written
         self._pending: dict[str, Queued] = {}  # queued, not yet written (dict ops are atomic)
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()  # write now: a flush, the close
@@ -131,12 +135,11 @@ class ImpressionRecorder:
         return self.enabled and self._put(attribution)
 
     def _put(self, work: Queued | Attribution) -> bool:
-        try:
-            self._queue.put_nowait(work)
-        except queue.Full:
+        if len(self._queue) >= self.queue_size:
             kind = "attribution" if isinstance(work, Attribution) else "impression"
             self._metrics.impressions_dropped.labels(kind, "queue_full").inc()
             return False
+        self._queue.append(work)
         return True
 
     def pending(self, recommendation_id: str) -> online.ShownList | None:
@@ -150,7 +153,7 @@ class ImpressionRecorder:
 
     @property
     def queued(self) -> int:
-        return self._queue.qsize()
+        return len(self._queue)
 
     # ---- the writer ------------------------------------------------------------------------
     def start(self) -> None:
@@ -162,7 +165,7 @@ class ImpressionRecorder:
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Write everything queued so far now (or drop it, counted); False on timeout."""
         deadline = time.monotonic() + timeout_s
-        while self._queue.unfinished_tasks:
+        while self._queue or self._writing:
             self._wake.set()
             if time.monotonic() > deadline:
                 return False
@@ -189,23 +192,23 @@ class ImpressionRecorder:
             self._wake.wait(self.linger_s)
             self._wake.clear()
             closing = self._closing.is_set()
-            waiting = self._queue.qsize()  # only these: what arrives while they are written waits for the next turn
+            waiting = len(self._queue)  # only these: what arrives while they are written waits for the next turn
             while waiting > 0 and (batch := self._drain(min(waiting, self.batch_size))):
                 waiting -= len(batch)
                 try:
                     self._write(batch)
                 finally:
-                    for _ in batch:
-                        self._queue.task_done()
-            if closing and self._queue.empty():
+                    self._writing = 0
+            if closing and not self._queue:
                 return
 
     def _drain(self, most: int) -> list[Queued | Attribution]:
         batch: list[Queued | Attribution] = []
+        self._writing = most  # before the first popleft: a flush never sees an item neither queued nor writing
         while len(batch) < most:
             try:
-                batch.append(self._queue.get_nowait())
-            except queue.Empty:
+                batch.append(self._queue.popleft())
+            except IndexError:
                 break
         return batch
 
