@@ -39,7 +39,7 @@ from service.schemas import (
     RatingResponse,
     Reason,
     RecommendationRequest,
-    RecommendationResponse,
+    RecommendedList,
     RecommendedItem,
     ScoredItem,
     SimilarItemsResponse,
@@ -166,7 +166,7 @@ async def recommendations(
     session: Session | Callable[[], Session], cache: Cache, store: ModelStore, settings: Settings, user_id: str,
     request: RecommendationRequest,
 ) -> Answer:
-    """A ``RecommendationResponse`` as JSON: the cached one, the stored list's when its titles are all
+    """A ``RecommendedList`` as JSON: the cached one, the stored list's when its titles are all
     known here (no thread hop, no slot), else ``computed_recommendation``'s. ``session``: the caller's, or a
     factory of one, opened only if the answer is computed (creating one costs about what a hit does)."""
     lookup = RecommendationLookup.of(cache, store, settings, user_id, request)
@@ -232,7 +232,7 @@ def _recommendation_json(lookup: RecommendationLookup, request: RecommendationRe
             item.because = _reasons(reasons, titles)
         explanation = Explanation(method=explained.method, history_weighed=explained.history_weighed,
                                   history_total=explained.history_total, note=explained.note)
-    response = RecommendationResponse(
+    response = RecommendedList(
         user_id=lookup.user_id, model=lookup.served.name, model_version=lookup.version.version, source=scored.source,
         items=items, unknown_items=scored.unknown_items, explanation=explanation,
     )

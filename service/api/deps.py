@@ -24,6 +24,8 @@ from starlette.concurrency import run_in_threadpool
 from service.cache import Cache
 from service.core.config import Settings
 from service.errors import ApiError
+from service.experiment_registry import ExperimentRegistry
+from service.impressions import ImpressionRecorder
 from service.metrics import Metrics
 from service.model_store import ModelStore
 from service.training_runs import TrainingRuns
@@ -76,6 +78,14 @@ async def get_writer(request: Request) -> InteractionWriter:
     return request.app.state.writer
 
 
+async def get_recorder(request: Request) -> ImpressionRecorder:
+    return request.app.state.recorder
+
+
+async def get_experiments(request: Request) -> ExperimentRegistry:
+    return request.app.state.experiments
+
+
 async def get_training_runs(request: Request) -> TrainingRuns:
     return request.app.state.training_runs
 
@@ -86,6 +96,8 @@ CacheDep = Annotated[Cache, Depends(get_cache)]
 StoreDep = Annotated[ModelStore, Depends(get_store)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 WriterDep = Annotated[InteractionWriter, Depends(get_writer)]
+RecorderDep = Annotated[ImpressionRecorder, Depends(get_recorder)]
+ExperimentsDep = Annotated[ExperimentRegistry, Depends(get_experiments)]
 TrainingRunsDep = Annotated[TrainingRuns, Depends(get_training_runs)]
 
 
