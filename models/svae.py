@@ -211,9 +211,8 @@ class SVAE(Recommender):
         each shortened row (tests/models/test_svae.py); the cost grows with the square of the steps
         after the oldest item weighed, so weigh the most recent items.
         """
-        row, items, history, _ = self._explain_inputs(row, items, history)
+        row, items, history, _ = self._explain_inputs(row, items, history, timestamps)
         self._check_users(users, 1)
-        self._check_explain_timestamps(row, timestamps)
         drops = np.zeros((len(items), len(history)), dtype=np.float32)
         sequence = DeviceRows(row, "cpu", binary=True, timestamps=timestamps).indices.numpy()  # positives, time order
         longer = len(sequence) > self.config.max_len  # then removing a window item lets one more item in
