@@ -561,35 +561,6 @@ class Recommender(nn.Module):
         (path / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
 
 
-@dataclass(frozen=True)
-class DataShape:
-    """The size of a training matrix, all that a Config's size rules read (``for_data``)."""
-
-    n_users: int
-    n_items: int
-    nnz: int  # stored interactions
-
-    @classmethod
-    def of(cls, X: sp.spmatrix) -> "DataShape":
-        return cls(n_users=int(X.shape[0]), n_items=int(X.shape[1]), nnz=int(X.nnz))
-
-    def batches(self, batch_size: int) -> int:
-        """Minibatches in one epoch over the users: the updates an epoch makes."""
-        return max(1, -(-self.n_users // int(batch_size)))
-
-
-def for_data(config: Any, shape: DataShape) -> Any:
-    """``config`` with the fields it leaves to the data (default None) set by its class's rules.
-
-    A Config whose defaults depend on the data's size declares them ``None`` and implements
-    ``for_data(shape) -> Config``, filling only the Nones: a value given by the user (``--set``,
-    a tuned value) is never None, so it always wins. ``trainer.fit`` calls this before building
-    the model, so the saved config holds the values the model trained with.
-    """
-    rule = getattr(config, "for_data", None)
-    return config if rule is None else rule(shape)
-
-
 def build_config(config_cls: type, overrides: dict[str, Any]) -> Any:
     """Build a model's config from overrides; an unknown key is an error, not a silent None."""
     known = {f.name: f for f in dataclasses.fields(config_cls)}

@@ -40,7 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import DataShape, ModelInputError, Recommender, TrainData, as_row_batch
+from models.base import ModelInputError, Recommender, TrainData, as_row_batch
+from models.sizes import DataShape
 from models.rows import RowBatch
 
 # weight_decay's rule, WEIGHT_DECAY_RATINGS / training ratings: the loss is a mean over the observed

@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import DataShape, InputLayer, ModelInputError, Recommender, TrainData, as_row_batch, sparse_rows
+from models.base import InputLayer, ModelInputError, Recommender, TrainData, as_row_batch, sparse_rows
+from models.sizes import DataShape
 from models.rows import RowBatch
 
 # total_anneal_steps' rule: beta reaches the cap 0.2 at epoch 100 (0.2 x 500), half the epoch cap.

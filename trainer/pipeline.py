@@ -264,7 +264,7 @@ class _Tuning:
     def values(self, name: str, inter: Interactions, split_cache: dict[str, RatingSplit | RankingSplit]
                ) -> tuple[dict[str, Any], Any, tuple[dict[str, Any] | None, dict[str, bytes], str | None]]:
         """(hyper, the tuner's best fit on the split or None, (tuned record, study files, summary line))."""
-        from models.base import DataShape
+        from models.sizes import DataShape
         from trainer.tune import _fmt, reused_values, tune_model
 
         explicit = dict(self.overrides.get(name, {}))

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 from trainer.errors import TrainingError, UserError
 
 if TYPE_CHECKING:
-    from models.base import DataShape
+    from models.sizes import DataShape
     from trainer.training import FitResult
 
 DEFAULT_BUDGET = "10m"
@@ -131,7 +131,7 @@ def default_params(config_cls: type, space: Mapping[str, tuple], shape: DataShap
     """The Config's defaults as Optuna parameters of ``space`` (a choice by its index; a default outside
     its range or choices is left to the sampler); with ``shape``, the size rules' values for that data
     (``models.base.for_data``), the values a plain fit on it would use."""
-    from models.base import for_data
+    from models.sizes import for_data
 
     config = config_cls() if shape is None else for_data(config_cls(), shape)
     defaults = {f.name: getattr(config, f.name) for f in dataclasses.fields(config_cls)}

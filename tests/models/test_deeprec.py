@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 import trainer
-from models.base import DataShape, ModelInputError, TrainData, for_data
+from models.base import ModelInputError, TrainData
+from models.sizes import DataShape, for_data
 from models.baselines import fit_baseline
 from models.deeprec import PAPER_NETFLIX, DeepRec, DeepRecConfig
 from trainer.datasets import read_dataset

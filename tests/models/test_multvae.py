@@ -9,7 +9,8 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from models.base import DataShape, ModelInputError, TrainData, build_config, for_data
+from models.base import ModelInputError, TrainData, build_config
+from models.sizes import DataShape, for_data
 from models.multvae import ANNEAL_EPOCHS, MultVAE, MultVAEConfig
 
 N_ITEMS = 6
