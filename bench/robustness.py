@@ -165,16 +165,18 @@ def tuned_means(per_seed: list[dict[str, dict]], protocol: str) -> dict[str, flo
     return {m: float(np.mean([s[m]["metrics"][metric] for s in per_seed])) for m in names}
 
 
-def tuned_rows(results: dict) -> list[dict]:
-    """One row per (variant, protocol, model): the defaults' mean and the tuned mean of the main metric,
-    with the values the first tuned seed chose."""
+def tuned_rows(results: dict, seeds: list[int], tune_seeds: list[int]) -> list[dict]:
+    """One row per (variant, protocol, model): the defaults' mean on the tuned seeds (None when one of
+    them had no defaults run) and the tuned mean of the main metric, with the first tuned seed's values."""
     rows = []
     for name, block in results.items():
         for protocol, tuned in block.get("tuned", {}).items():
             metric = BASELINE[protocol][1]
             for model, value in tuned["means"].items():
+                per_seed = block["protocols"][protocol][model]["metrics"][metric]["values"]
+                paired = [per_seed[seeds.index(s)] for s in tune_seeds if s in seeds]
                 rows.append({"variant": name, "protocol": protocol, "model": model,
-                             "defaults": block["protocols"][protocol][model]["metrics"][metric]["mean"],
+                             "defaults": float(np.mean(paired)) if len(paired) == len(tune_seeds) else None,
                              "tuned": value,
                              "values": ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                                  for k, v in tuned["seeds"][0][model]["values"].items())
@@ -279,8 +281,9 @@ def main(argv: list[str] | None = None) -> int:
         write_json(report, args.out)
         plot(results, args.out.with_suffix(".png"))
     if args.tune:
-        print_table(tuned_rows(results), [("variant", "variant", ""), ("protocol", "protocol", ""),
-                                          ("model", "model", ""), ("defaults", "defaults", ".4f"),
+        print_table(tuned_rows(results, seeds, tune_seeds), [
+            ("variant", "variant", ""), ("protocol", "protocol", ""), ("model", "model", ""),
+            ("defaults", "defaults (same seeds)", ".4f"),
                                           ("tuned", f"tuned ({args.tune_budget})", ".4f"), ("values", "chosen", "")])
     lines = criteria(results) + tuned_criteria(results)
     print_table(lines, [("variant", "variant", ""), ("protocol", "protocol", ""), ("model", "model", ""),

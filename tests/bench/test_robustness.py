@@ -6,7 +6,8 @@ from bench.robustness import NEURAL_OVER_TUNED_EASE, criteria, tuned_criteria, t
 
 
 def _per_model(values: dict[str, float], baselines: tuple[str, ...], metric: str) -> dict:
-    return {m: {"baseline": m in baselines, "metrics": {metric: {"mean": v}}} for m, v in values.items()}
+    return {m: {"baseline": m in baselines, "metrics": {metric: {"mean": v, "values": [v + 0.1, v]}}}
+            for m, v in values.items()}
 
 
 def _results(variant: str, strong: dict[str, float], tuned: dict[str, float]) -> dict:
@@ -30,5 +31,6 @@ def test_tuned_neural_rankers_need_0_95x_the_tuned_ease_and_synthetic_is_not_jud
     verdict = {c["model"]: c["status"] for c in tuned_criteria(_results("full", {"popularity": 0.2}, tuned))}
     assert verdict == {"multvae": "PASS", "cdae": "FAIL"}  # EASE and EDLAE are closed forms: the reference, not judged
     assert tuned_criteria(_results("synthetic", {"popularity": 0.2}, tuned)) == []
-    rows = {r["model"]: r["values"] for r in tuned_rows(_results("full", {"popularity": 0.2, **tuned}, tuned))}
-    assert rows["ease"] == "lam=300" and rows["multvae"] == "the defaults"
+    rows = {r["model"]: r for r in tuned_rows(_results("full", {"popularity": 0.2, **tuned}, tuned), [0, 1], [1])}
+    assert rows["ease"]["values"] == "lam=300" and rows["multvae"]["values"] == "the defaults"
+    assert rows["ease"]["defaults"] == ease  # the defaults on the tuned seed (1), not the mean over seeds 0-1
