@@ -283,8 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.tune:
         print_table(tuned_rows(results, seeds, tune_seeds), [
             ("variant", "variant", ""), ("protocol", "protocol", ""), ("model", "model", ""),
-            ("defaults", "defaults (same seeds)", ".4f"),
-                                          ("tuned", f"tuned ({args.tune_budget})", ".4f"), ("values", "chosen", "")])
+            ("defaults", "defaults (same seeds)", ".4f"), ("tuned", f"tuned ({args.tune_budget})", ".4f"),
+            ("values", "chosen", "")])
     lines = criteria(results) + tuned_criteria(results)
     print_table(lines, [("variant", "variant", ""), ("protocol", "protocol", ""), ("model", "model", ""),
                         ("metric", "metric", ""), ("value", "ours", ".4f"), ("baseline", "baseline", ".4f"),
