@@ -19,6 +19,7 @@ Users are folded in from their rows: the model scores any row, trained on or not
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar, Iterator
 
@@ -29,7 +30,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.base import InputLayer, ModelInputError, Recommender, TrainData, as_row_batch, sparse_rows
+from models.sizes import DataShape
 from models.rows import RowBatch
+
+# total_anneal_steps' rule: beta reaches the cap 0.2 at epoch 100 (0.2 x 500), half the epoch cap.
+# On ml-100k (2 updates an epoch: 1,000 updates) mean validation NDCG@100 over seeds 0-4 for 500 /
+# 1,000 / 2,000 / 10,000 updates was 0.449 / 0.450 / 0.448 / 0.443; on ML-20M the rule gives
+# ~117,000 (the paper: 200,000). Checked on the 15% and synthetic variants: bench/RESULTS.md,
+# "Defaults as rules of the data".
+ANNEAL_EPOCHS = 500
 
 
 @dataclass(frozen=True)
@@ -39,13 +48,11 @@ class MultVAEConfig:
     dims: tuple[int, ...] = (600, 200)
     dropout: float = 0.5  # dropout on the normalised input (keep probability 0.5)
     anneal_cap: float = 0.2  # beta stops growing here (the paper's best beta on ML-20M)
-    # The paper anneals over 200,000 updates (ML-20M: ~233 updates per epoch at batch 500, so
-    # beta reaches the cap late in its 200 epochs); that count would keep beta near 0 for the
-    # whole run on ml-100k, whose strong split has ~740 training users: 2 updates per epoch.
-    # Mean validation NDCG@100 on ml-100k (seeds 0-4) for 500 / 1,000 / 2,000 / 10,000 updates:
-    # 0.449 / 0.450 / 0.448 / 0.443. With 1,000, beta reaches the cap at epoch 100.
-    # (A cap of 0.4 gave 0.452: within noise, so the paper's 0.2 stays.)
-    total_anneal_steps: int = 1000
+    # Updates over which beta grows from 0 to 1 (it stops at the cap); None: ANNEAL_EPOCHS epochs'
+    # worth of updates for the data (``for_data``). A count of updates does not carry over: the
+    # paper's 200,000 (ML-20M, ~233 updates an epoch at batch 500) would keep beta near 0 for the
+    # whole run on ml-100k, whose strong split has ~740 training users: 2 updates an epoch.
+    total_anneal_steps: int | None = None
     # lambda of lambda * sum ||W||^2 (weights, not biases): the authors' code applies tf's
     # l2_regularizer(lam) times 2, i.e. lam * ||W||^2, and trains Mult-VAE with lam = 0.
     # ml-100k validation NDCG@100 (seeds 0-2, batch 100): 0.455 with 0, 0.441 with 0.01.
@@ -66,8 +73,15 @@ class MultVAEConfig:
             raise ModelInputError(f"Mult-VAE dims must be positive layer widths ending in the latent size, got {self.dims}")
         if not 0.0 <= self.dropout < 1.0:
             raise ModelInputError(f"Mult-VAE dropout must be in [0, 1), got {self.dropout}")
-        if self.total_anneal_steps < 1:
+        if self.total_anneal_steps is not None and self.total_anneal_steps < 1:
             raise ModelInputError(f"Mult-VAE total_anneal_steps must be at least 1, got {self.total_anneal_steps}")
+
+
+    def for_data(self, shape: DataShape) -> MultVAEConfig:
+        """total_anneal_steps, when not given: ANNEAL_EPOCHS epochs of ``shape``'s updates."""
+        if self.total_anneal_steps is not None:
+            return self
+        return dataclasses.replace(self, total_anneal_steps=ANNEAL_EPOCHS * shape.batches(self.batch_size))
 
 
 # `trainer train --tune` searches these on the validation split (format: models.base.Recommender.search_space)
@@ -131,6 +145,8 @@ class MultVAE(Recommender):
         return self.decode(z), mu, logvar
 
     def schedule(self, step: int, epoch: int) -> dict[str, float]:
+        if self.config.total_anneal_steps is None:  # trainer.fit sets it; a hand-built config must too
+            raise ModelInputError("Mult-VAE total_anneal_steps is None: set it or apply models.base.for_data")
         return {"anneal": min(self.config.anneal_cap, step / self.config.total_anneal_steps)}
 
     def training_batches(self, data: TrainData, generator: np.random.Generator) -> Iterator[RowBatch]:

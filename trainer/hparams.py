@@ -70,9 +70,15 @@ def read_config_file(path: str | Path) -> Overrides:
     return {str(model): dict(values) for model, values in data.items()}
 
 
+# a field a size rule fills (default None, ``models.sizes``) is checked as the type it is declared with
+_TYPE_OF_RULE_FIELD = {"float | None": 0.0, "int | None": 0}
+
+
 def _coerce(model: str, field: dataclasses.Field, value: Any) -> Any:
     default = field.default
     where = f"{model}.{field.name}"
+    if default is None:
+        default = _TYPE_OF_RULE_FIELD.get(str(field.type), None)
     if default is dataclasses.MISSING or default is None:
         return value
     if isinstance(default, bool):

@@ -264,6 +264,7 @@ class _Tuning:
     def values(self, name: str, inter: Interactions, split_cache: dict[str, RatingSplit | RankingSplit]
                ) -> tuple[dict[str, Any], Any, tuple[dict[str, Any] | None, dict[str, bytes], str | None]]:
         """(hyper, the tuner's best fit on the split or None, (tuned record, study files, summary line))."""
+        from models.sizes import DataShape
         from trainer.tune import _fmt, reused_values, tune_model
 
         explicit = dict(self.overrides.get(name, {}))
@@ -298,7 +299,8 @@ class _Tuning:
         result = tune_model(
             name, lambda hyper, on_epoch: fit_on_split(name, split, hyper, progress=False, on_epoch=on_epoch,
                                                        **self.fit_args),
-            budget_s=share, seed=self.fit_args["seed"], fixed=explicit, trials=self.options.trials, log=self._say)
+            budget_s=share, seed=self.fit_args["seed"], fixed=explicit, trials=self.options.trials, log=self._say,
+            shape=DataShape.of(split.train))
         self.searched += result.seconds
         files = result.files(f"{name} on {self.dataset} (seed {self.fit_args['seed']})")
         if not result.values:

@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from models.base import ModelInputError, Recommender, TrainData, build_config, use_tensor_cores
+from models.sizes import DataShape, for_data
 from trainer import distributed
 from trainer.errors import TrainingError, UserError
 from trainer.holdout import HOLDOUT_FRACTION, hold_out
@@ -182,7 +183,7 @@ def fit(
     X = _check_inputs(cls, interactions, timestamps)
     reuse_freed_memory()
     try:
-        config = build_config(cls.Config, hyper)
+        config = for_data(build_config(cls.Config, hyper), DataShape.of(X))  # size rules fill what was not given
     except (ModelInputError, TypeError) as exc:
         raise UserError(str(exc)) from None
     if not 0.0 <= holdout < 1.0:

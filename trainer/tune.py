@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 from trainer.errors import TrainingError, UserError
 
 if TYPE_CHECKING:
+    from models.sizes import DataShape
     from trainer.training import FitResult
 
 DEFAULT_BUDGET = "10m"
@@ -126,10 +127,14 @@ def suggest(trial: Any, space: Mapping[str, tuple]) -> dict[str, Any]:
     return values
 
 
-def default_params(config_cls: type, space: Mapping[str, tuple]) -> dict[str, Any]:
+def default_params(config_cls: type, space: Mapping[str, tuple], shape: DataShape | None = None) -> dict[str, Any]:
     """The Config's defaults as Optuna parameters of ``space`` (a choice by its index; a default outside
-    its range or choices is left to the sampler)."""
-    defaults = {f.name: f.default for f in dataclasses.fields(config_cls)}
+    its range or choices is left to the sampler); with ``shape``, the size rules' values for that data
+    (``models.base.for_data``), the values a plain fit on it would use."""
+    from models.sizes import for_data
+
+    config = config_cls() if shape is None else for_data(config_cls(), shape)
+    defaults = {f.name: getattr(config, f.name) for f in dataclasses.fields(config_cls)}
     params: dict[str, Any] = {}
     for key, spec in space.items():
         value = defaults.get(key)
@@ -203,9 +208,11 @@ def tune_model(
     trials: int | None = None,
     space: Mapping[str, tuple] | None = None,
     log: Callable[[str], None] | None = None,
+    shape: DataShape | None = None,
 ) -> TuneResult:
     """One Optuna study for model ``name``: ``fit_trial(hyper, on_epoch)`` fits on the split with validation
-    (``trainer.runs.fit_on_split``) and returns its ``FitResult``, whose log holds the objective."""
+    (``trainer.runs.fit_on_split``) and returns its ``FitResult``, whose log holds the objective. ``shape``:
+    the split's training matrix, whose size rules give the first trial's values (``default_params``)."""
     import optuna
 
     from trainer.training import model_class
@@ -270,7 +277,7 @@ def tune_model(
 
     if not space:  # every key fixed by the user (or nothing declared): nothing to search
         return TuneResult({}, None, metric, [], budget_s, 0.0, fixed=fixed)
-    study.enqueue_trial(default_params(cls.Config, space), skip_if_exists=True)
+    study.enqueue_trial(default_params(cls.Config, space, shape), skip_if_exists=True)
     trials = trials or TRIALS_PER_PARAMETER * len(space)
     study.optimize(objective, n_trials=trials, timeout=budget_s, callbacks=[stop_when_spent],
                    catch=(TrainingError, UserError), gc_after_trial=False)

@@ -10,7 +10,8 @@ import scipy.sparse as sp
 import torch
 
 from models.base import ModelInputError, TrainData, build_config
-from models.multvae import MultVAE, MultVAEConfig
+from models.sizes import DataShape, for_data
+from models.multvae import ANNEAL_EPOCHS, MultVAE, MultVAEConfig
 
 N_ITEMS = 6
 
@@ -37,6 +38,17 @@ def test_kl_anneal_schedule():
     assert model.schedule(200, 0)["anneal"] == pytest.approx(0.2)
     assert model.schedule(10_000, 0)["anneal"] == pytest.approx(0.2)  # capped
     assert model.schedule(150, 0) == model.schedule(150, 99)  # a function of the step only
+
+
+def test_anneal_steps_are_a_number_of_epochs_of_the_data():
+    # 740 users at batch 500: 2 updates an epoch (ml-100k's strong split); 116,000 (ML-20M's): 232
+    small, large = DataShape(740, 1_600, 45_000), DataShape(116_000, 20_000, 9_000_000)
+    assert for_data(MultVAEConfig(), small).total_anneal_steps == ANNEAL_EPOCHS * 2 == 1_000
+    assert for_data(MultVAEConfig(), large).total_anneal_steps == ANNEAL_EPOCHS * 232
+    assert for_data(MultVAEConfig(batch_size=100), small).total_anneal_steps == ANNEAL_EPOCHS * 8
+    assert for_data(MultVAEConfig(total_anneal_steps=300), large).total_anneal_steps == 300  # given: kept
+    with pytest.raises(ModelInputError, match="for_data"):  # an unresolved config refuses to train
+        make().schedule(0, 0)
 
 
 def test_architecture_is_mirrored():

@@ -89,6 +89,8 @@ def test_overrides_from_toml_yaml_and_set_reach_the_model(capsys, planted, tmp_p
         (["--set", "ease.lambda=3"], ["unknown hyper-parameter ease.lambda", "lam"]),
         (["--set", "ease=3"], ["expected model.key=value"]),
         (["--set", "multdae.epochs=0.5", "--models", "multdae"], ["multdae.epochs must be an integer"]),
+        (["--set", "multvae.total_anneal_steps=1.5"], ["multvae.total_anneal_steps must be an integer"]),  # a size rule's
+        (["--set", "deeprec.weight_decay=true"], ["deeprec.weight_decay must be a number"]),
         (["--set", "nope.x=1"], ["unknown model 'nope'"]),
         (["--models", "ease,nope"], ["unknown model 'nope'", "known models"]),
         (["--device", "tpu"], ["--device must be auto, cpu or cuda"]),

@@ -50,6 +50,18 @@ def test_closed_form_records_validation(strong_split):
     assert log["valid_value"] > 0.3
 
 
+def test_fit_fills_the_size_rules_and_a_given_value_wins():
+    from models.multvae import ANNEAL_EPOCHS
+
+    X = sp.random(60, 30, density=0.3, format="csr", random_state=0, dtype=np.float32)
+    X.data[:] = 1.0
+    small = dict(dims=(8, 4), epochs=1, batch_size=25, holdout=0.0, progress=False)
+    model, _ = trainer.fit("multvae", X, **small)
+    assert model.config.total_anneal_steps == ANNEAL_EPOCHS * 3  # 60 users at 25 a batch: 3 updates an epoch
+    model, _ = trainer.fit("multvae", X, total_anneal_steps=7, **small)
+    assert model.config.total_anneal_steps == 7
+
+
 def test_unknown_model_is_a_user_error():
     with pytest.raises(UserError, match="unknown model 'nope'.*ease"):
         trainer.fit("nope", sp.eye(3, format="csr"))
