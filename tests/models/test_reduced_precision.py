@@ -12,6 +12,7 @@ from torch import nn
 
 import models
 from models.base import TrainData
+from models.sizes import DataShape, for_data
 
 TINY = {
     "autorec-i": dict(hidden=16), "autorec-u": dict(hidden=16), "deeprec": dict(layers=(16, 8)),
@@ -24,7 +25,8 @@ def first_batch_loss(name: str, X: sp.csr_matrix, ts: sp.csr_matrix, bf16: bool)
     """The loss of the model's first training batch (same seed, same weights), and the dtypes its Linear layers gave."""
     cls = models.REGISTRY[name]
     torch.manual_seed(0)
-    model = cls(cls.Config(**TINY[name], batch_size=16), n_items=X.shape[1], n_users=X.shape[0]).train()
+    config = for_data(cls.Config(**TINY[name], batch_size=16), DataShape.of(X))  # the trainer's size rules, as fit applies them
+    model = cls(config, n_items=X.shape[1], n_users=X.shape[0]).train()
     batch = next(iter(model.training_batches(TrainData(X, ts), np.random.default_rng(0))))
     dtypes: set[torch.dtype] = set()
     hooks = [m.register_forward_hook(lambda _m, _i, out: dtypes.add(out.dtype))
