@@ -57,7 +57,7 @@ def test_unreachable_database_answers_503(tmp_path, registry, database_url):
 
 def test_database_dying_mid_batch_leaves_nothing_half_written(client):
     """The connection fails at the interactions INSERT, after the batch's new users and items went in."""
-    engine = client.app.state.engine
+    engine = client.app.state.parts.engine
     backend = engine.dialect.name
 
     def die(conn, cursor, statement, parameters, context, executemany):
@@ -67,7 +67,7 @@ def test_database_dying_mid_batch_leaves_nothing_half_written(client):
             raise sqlite3.OperationalError("disk I/O error")
 
     def counts():
-        with client.app.state.session_factory() as session:
+        with client.app.state.parts.session_factory() as session:
             return crud.counts(session)
 
     before = counts()
@@ -106,7 +106,7 @@ def _drop_pooled_connections(engine, count: int = 3) -> list[int]:
 def test_connections_a_database_restart_dropped_cost_no_failed_request(client, auth, caplog):
     """Pooled connections are not pinged before use: the first statement on a dropped one fails,
     and the request's work runs again on a new connection instead of answering 503."""
-    engine = client.app.state.engine
+    engine = client.app.state.parts.engine
     assert engine.dialect.name == "postgresql"
     user = new_user()
     calls = {
