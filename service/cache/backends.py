@@ -331,7 +331,7 @@ class RedisCache(Backend):
 
     def set_later(self, key: str, value: str, ttl_s: float) -> None:
         # the sets of one turn of the loop go in one pipeline: a round trip each cost a first request a third
-        # of its throughput (bench/serving.py rec-miss)
+        # of its throughput (bench/RESULTS.md, the write-behind pipeline; bench/serving.py rec-first)
         first = not self._later
         self._later[self.key(key)] = (value, ms(ttl_s))
         if first:
