@@ -253,10 +253,7 @@ def prepare_version(root: Path, version: str, device: str = "cpu") -> ServingVer
                     "history are rated at the middle of the rating scale until the next training", version, ", ".join(without))
     tasks = {name: served.task for name, served in models.items()}
     return ServingVersion(
-        version=loaded.version,
-        manifest=loaded.manifest,
-        models=models,
-        popular_items=pd.Index(popular),
+        version=loaded.version, manifest=loaded.manifest, models=models, popular_items=pd.Index(popular),
         popular_counts=np.asarray(loaded.popular_counts, dtype=np.float64),
         defaults={task: best.default_model(loaded.manifest, task, tasks) for task in best.TASK_BASELINE},
     )

@@ -48,7 +48,6 @@ OVERSIZED = {
     "models/base.py": 580,
     "service/crud.py": 453,
     "service/inference.py": 404,
-    "service/model_store.py": 402,
     "trainer/artifacts.py": 625,
     "trainer/datasets.py": 423,
     "trainer/loader.py": 436,
