@@ -20,6 +20,10 @@ each, written here so nothing of the project's code is in them:
 Each figure is printed with its ratio to its floor (1.0 = as fast as the floor); JSON and PNG go
 to ``bench/out/gpu.json`` and ``gpu.png``. The targets of issue 22 are PASS/FAIL lines on a GPU at
 scale 1; elsewhere they are not judged.
+
+It needs torch, numpy, scipy, pandas, matplotlib and tqdm, none of the service's packages
+(tests/bench/test_gpu_bench.py runs it with them unimportable); ``--train-all`` runs the
+trainer's CLI, which also needs pydantic and pydantic-settings (bench/RESULTS.md, "On a GPU").
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import REPO, machine_info, print_table, pyplot, save_figure, verdict, write_json  # noqa: E402
 
-RANKERS = ["multvae", "multdae", "cdae", "ease", "svae"]
+RANKERS = ["multvae", "multdae", "recvae", "cdae", "ease", "svae"]
 RATING_MODELS = ["autorec-u", "autorec-i", "deeprec"]
 K = 100
 # Timing variants beyond each model's defaults: (label, model, overrides, precision).
@@ -58,6 +62,11 @@ VARIANTS = [
     ("multdae bf16", "multdae", {}, "bf16"),
     ("multdae b4096 bf16", "multdae", {"batch_size": 4096}, "bf16"),
     ("cdae bf16", "cdae", {}, "bf16"),
+    ("recvae bf16", "recvae", {}, "bf16"),
+    ("autorec-u bf16", "autorec-u", {}, "bf16"),
+    ("autorec-i bf16", "autorec-i", {}, "bf16"),
+    ("deeprec bf16", "deeprec", {}, "bf16"),
+    ("svae bf16", "svae", {}, "bf16"),
     ("svae b256", "svae", {"batch_size": 256}, "fp32"),
 ]
 # issue 22's targets on one H100/H200 at the ML-20M shape: seconds (at most) or users/s (at least)
@@ -184,7 +193,7 @@ def fit_and_time(name: str, data: dict, device: torch.device, epochs: int, preci
         name, train, timestamps=timestamps, seed=0, device=device, progress=False, precision=precision, holdout=0,
         **hyper))
     model: Recommender
-    row: dict[str, Any] = {"fit_s": seconds, "peak_gib": peak_memory_gib(device)}
+    row: dict[str, Any] = {"fit_s": seconds, "peak_gib": peak_memory_gib(device), "precision": log["precision"]}
     if not closed_form:
         row["epoch_s"] = statistics.median(point["seconds"] for point in log["curve"][1:])
         row["first_epoch_s"] = log["curve"][0]["seconds"]

@@ -2,7 +2,8 @@
 
     python bench/quality.py [--dataset ml-100k] [--source DIR] [--models autorec-i,ease]
                             [--seeds 0,1,2,3,4] [--protocols rating-random,strong,temporal[,seed-ranking]]
-                            [--out bench/out/quality.json] [--threads 1]
+                            [--out bench/out/quality.json] [--threads 1] [--precision bf16]
+                            [--set multvae.batch_size=1000 --set multvae.lr=2e-3]
 
 Which model runs where (protocols.md):
   * rating models (autorec-i, autorec-u, deeprec) on ``rating-random``: RMSE, MAE;
@@ -49,6 +50,7 @@ from trainer.dataset import Interactions  # noqa: E402
 from trainer.datasets import get_dataset  # noqa: E402
 from trainer.errors import UserError  # noqa: E402
 from trainer.evaluation import FALLBACK_BASELINE, evaluate_ranking, evaluate_rating, summarise  # noqa: E402
+from trainer.hparams import resolve  # noqa: E402
 from trainer.protocols import PROTOCOL_METRICS, PROTOCOL_TASK, PROTOCOLS, make_split, protocol_ks  # noqa: E402
 from trainer.training import fit, model_class  # noqa: E402
 
@@ -143,19 +145,20 @@ def plan(protocols: list[str], models: list[str]) -> dict[str, list[str]]:
 
 
 def fit_and_score(name: str, split: Any, protocol: str, seed: int, fallback: Any,
-                  precision: str = "fp32", use_valid: bool = True) -> tuple[dict, Any]:
+                  precision: str = "fp32", use_valid: bool = True, hyper: dict | None = None) -> tuple[dict, Any]:
     """Fit ``name`` on the split's train part (validation for early stopping; without ``use_valid``,
-    ``trainer.fit``'s own holdout), score it on test."""
+    ``trainer.fit``'s own holdout), score it on test; ``hyper``: overrides of its config (``--set``)."""
+    hyper = hyper or {}
     started = time.perf_counter()
     if PROTOCOL_TASK[protocol] == "rating":
         train = split.train if use_valid else (split.train + split.valid).tocsr()
         model, log = fit(name, train, valid=split.valid if use_valid else None, seed=seed, progress=False,
-                         rating_range=split.rating_range, precision=precision)
+                         rating_range=split.rating_range, precision=precision, **hyper)
         wall = time.perf_counter() - started
         metrics = evaluate_rating(model, train, split.test, fallback=model if fallback is None else fallback)
     else:
         model, log = fit(name, split.train, valid=split.valid if use_valid else None, timestamps=split.train_timestamps,
-                         seed=seed, progress=False, precision=precision)
+                         seed=seed, progress=False, precision=precision, **hyper)
         wall = time.perf_counter() - started
         metrics = evaluate_ranking(model, split.test, ks=protocol_ks(protocol))
     epoch_seconds = [point["seconds"] for point in log["curve"] if "seconds" in point]
@@ -169,12 +172,13 @@ def fit_and_score(name: str, split: Any, protocol: str, seed: int, fallback: Any
 
 
 def run_seed(interactions: Interactions, protocol: str, names: list[str], seed: int,
-             precision: str = "fp32", use_valid: bool = True) -> dict[str, dict]:
+             precision: str = "fp32", use_valid: bool = True, overrides: dict | None = None) -> dict[str, dict]:
     """{model: outcome} of every model on one seed's split of ``protocol``."""
     split = make_split(protocol, interactions, seed)
     fallback, outcomes = None, {}
     for name in names:  # baselines first, so the bias model is the raters' fallback
-        outcome, model = fit_and_score(name, split, protocol, seed, fallback, precision, use_valid)
+        outcome, model = fit_and_score(name, split, protocol, seed, fallback, precision, use_valid,
+                                       (overrides or {}).get(name))
         if name == FALLBACK_BASELINE and PROTOCOL_TASK[protocol] == "rating":
             fallback = model
         outcomes[name] = outcome
@@ -356,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench/out/quality.json"), help="JSON to write (.png beside)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice)")
     parser.add_argument("--precision", default="fp32", help="training precision: fp32, or bf16 (trainer --precision)")
+    parser.add_argument("--set", action="append", default=[], metavar="MODEL.KEY=VALUE",
+                        help="a hyper-parameter override, as `trainer train --set` (repeatable)")
     parser.add_argument("--no-valid", action="store_true",
                         help="fit with no valid, as the Python API's default: trainer.fit's own holdout picks the epochs")
     args = parser.parse_args(argv)
@@ -365,12 +371,13 @@ def main(argv: list[str] | None = None) -> int:
         models = _names(args.models, list(REGISTRY), "model(s)")
         protocols = _names(args.protocols, PROTOCOLS, "protocol(s)")
         seeds = parse_seeds(args.seeds)
+        overrides = resolve(None, args.set, {name: cls.Config for name, cls in REGISTRY.items()})
         source = args.source
         if source is None and args.dataset == "ml-100k" and (SHARED_ML100K / "u.data").is_file():
             source = SHARED_ML100K
         interactions = get_dataset(args.dataset, source=source, progress=False)
         report: dict[str, Any] = {
-            "dataset": args.dataset, "seeds": seeds, "models": models, "valid": not args.no_valid,
+            "dataset": args.dataset, "seeds": seeds, "models": models, "valid": not args.no_valid, "overrides": overrides,
             "std": "sample standard deviation over seeds (ddof=1)",
             "environment": {
                 "torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version(),
@@ -391,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{args.dataset} · {protocol} · seed {seed}: {', '.join(names)}", file=sys.stderr, flush=True)
                 protocol_started = time.perf_counter()
                 for name, outcome in run_seed(interactions, protocol, names, seed, args.precision,
-                                              use_valid=not args.no_valid).items():
+                                              use_valid=not args.no_valid, overrides=overrides).items():
                     outcomes[protocol][name].append(outcome)
                 block = report["protocols"].setdefault(
                     protocol, {"metrics": list(PROTOCOL_METRICS[protocol]), "seeds_done": [], "seconds": 0.0}

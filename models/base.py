@@ -468,14 +468,17 @@ class Recommender(nn.Module):
 
     # ---- explanations --------------------------------------------------------------
     def _explain_inputs(
-        self, row: Any, items: np.ndarray, history: np.ndarray | None
+        self, row: Any, items: np.ndarray, history: np.ndarray | None, timestamps: sp.csr_matrix | None = None
     ) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray, np.ndarray]:
-        """(row checked, items, history columns, each history column's position among the row's entries)."""
+        """(row checked, items, history columns, each history column's position among the row's entries);
+        a sequential model's row comes with its timestamps (its order is what it reads)."""
         if not self.explainable:
             raise ModelInputError(f"{self.name}'s scores do not depend on the history it is given: nothing to explain")
         row = as_csr(row, self.n_items)
         if row.shape[0] != 1:
             raise ModelInputError(f"contributions explains one row at a time, got {row.shape[0]}")
+        if self.sequential and (timestamps is None or timestamps.shape != row.shape or timestamps.nnz != row.nnz):
+            raise ModelInputError(f"{self.name} reads each row's items in time order: pass the row's timestamps")
         items = np.asarray(items, dtype=np.int64).reshape(-1)
         if ((items < 0) | (items >= self.n_items)).any():
             raise ModelInputError("items contain indices outside the model's items")
@@ -506,7 +509,7 @@ class Recommender(nn.Module):
         the row's training-row index, for models that read it; ``timestamps``: the row's (a
         sequential model reads the order). One batched pass: the row and the len(history) rows
         each lacking one of its items are scored together (in blocks of ``score_block_rows``)."""
-        row, items, history, at = self._explain_inputs(row, items, history)
+        row, items, history, at = self._explain_inputs(row, items, history, timestamps)
         users = self._check_users(users, 1)
         n_h, nnz = len(history), row.nnz
         if n_h == 0 or len(items) == 0:
@@ -518,11 +521,8 @@ class Recommender(nn.Module):
         np.cumsum(keep.sum(axis=1), out=indptr[1:])
         indices = np.broadcast_to(row.indices, keep.shape)[keep]
         batch = sp.csr_matrix((np.broadcast_to(row.data, keep.shape)[keep], indices, indptr), shape=(n_h + 1, self.n_items))
-        batch_ts = None
-        if self.sequential:
-            if timestamps is None or timestamps.shape != row.shape or timestamps.nnz != nnz:
-                raise ModelInputError(f"{self.name} reads each row's items in time order: pass the row's timestamps")
-            batch_ts = sp.csr_matrix((np.broadcast_to(timestamps.data, keep.shape)[keep], indices, indptr), shape=batch.shape)
+        batch_ts = sp.csr_matrix((np.broadcast_to(timestamps.data, keep.shape)[keep], indices, indptr),
+                                 shape=batch.shape) if self.sequential else None
         device = self.device
         inputs = DeviceRows(batch, device, binary=self.task == "ranking", timestamps=batch_ts)
         targets = torch.from_numpy(items).to(device)

@@ -109,6 +109,7 @@ class DeepRec(Recommender):
 
     name = "deeprec"
     task = "rating"
+    reduced_precision = True
     Config: ClassVar[type] = DeepRecConfig
     search_space = SEARCH_SPACE
 
@@ -171,7 +172,7 @@ class DeepRec(Recommender):
         """MMSE over the observed entries; ``observed=None`` means every entry (a re-fed dense example)."""
         x, observed = batch
         x = x.to(self.device)
-        squared_error = (self.reconstruct(x) - x) ** 2
+        squared_error = (self.reconstruct(x).float() - x) ** 2  # float32 errors, as AutoRec's
         if observed is None:
             return squared_error.mean()
         observed = observed.to(self.device)

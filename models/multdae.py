@@ -39,7 +39,10 @@ class MultDAEConfig:
     # the same with 0 (0.458 either way, at batch 100).
     weight_decay: float = 2e-5
     lr: float = 1e-3  # Adam at 1e-3, as the paper
-    batch_size: int = 500  # users per batch, as the paper
+    # Users per batch, as the paper. A larger batch makes fewer updates an epoch and needs a larger
+    # lr: at 1,000 (all of ml-100k's strong training users) 2e-3 kept NDCG@100, 1e-3 lost 0.017
+    # (seeds 0-2; bench/RESULTS.md, "Larger batches"). Beyond that, measure: bench/quality.py --set.
+    batch_size: int = 500
     epochs: int = 200  # the authors train 200 epochs and keep the best validation NDCG@100
     patience: int = 30  # early stopping; on ml-100k the best epoch is 110-200 at batch 500
 

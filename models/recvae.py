@@ -112,6 +112,7 @@ class RecVAE(Recommender):
 
     name = "recvae"
     task = "ranking"
+    reduced_precision = True
     Config: ClassVar[type] = RecVAEConfig
     search_space = SEARCH_SPACE
 
@@ -141,12 +142,13 @@ class RecVAE(Recommender):
         encoder_step = batch.encoder_step if isinstance(batch, PhaseBatch) else True
         rows = as_row_batch(batch.rows if isinstance(batch, PhaseBatch) else batch, self.n_items, self.device, binary=True)
         x_sparse = rows.sparse()
-        mu, logvar = self.encoder(x_sparse, self.input_dropout if encoder_step else KEEP_ALL)
+        # float32 from here whatever the layers ran in (bfloat16 under autocast): the softmax and the prior's densities
+        mu, logvar = (t.float() for t in self.encoder(x_sparse, self.input_dropout if encoder_step else KEEP_ALL))
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
         x = rows.dense()
-        log_likelihood = (F.log_softmax(self.decoder(z), dim=1) * x).sum(dim=1)
+        log_likelihood = (F.log_softmax(self.decoder(z).float(), dim=1) * x).sum(dim=1)
         with torch.no_grad():
-            old_mu, old_logvar = self.prior_encoder(x_sparse, KEEP_ALL)
+            old_mu, old_logvar = (t.float() for t in self.prior_encoder(x_sparse, KEEP_ALL))
         standard, old, wide = self.log_mixture
         log_prior = torch.logsumexp(torch.stack([
             log_normal(z, 0.0, 0.0) + standard,

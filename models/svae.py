@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.base import Recommender, TrainData, as_row_batch
-from models.rows import RowBatch, pad_recent
+from models.rows import DeviceRows, RowBatch, pad_recent
 
 SCORE_CHUNK_ROWS = 256  # users per GRU pass when scoring: bounds the [rows, max_len, embed] activations
 # Devices on which the loss selects the steps that have targets. Elsewhere (a GPU) every step is
@@ -89,6 +89,7 @@ def next_k_targets(seqs: torch.Tensor, k: int) -> torch.Tensor:
 class SVAE(Recommender):
     name = "svae"
     task = "ranking"
+    reduced_precision = True
     Config = SVAEConfig
     search_space = SEARCH_SPACE
     can_fold_in = True
@@ -116,7 +117,10 @@ class SVAE(Recommender):
         would skip them, but is ~3x slower than the padded kernel on CPU.)
         """
         embedded = F.dropout(self.item_embed(seqs), self.config.dropout, training=train)
-        states, _ = self.gru(embedded)
+        # float32 under any autocast: bf16 quality was measured with a float32 GRU (a CPU's autocast
+        # leaves it so; cuDNN's would not), and the decoder's n_items-wide layers are where bf16 pays
+        with torch.autocast(seqs.device.type, enabled=False):
+            states, _ = self.gru(embedded.float())
         return states
 
     def _posterior(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,9 +161,10 @@ class SVAE(Recommender):
         weight = has_target
         if seqs.device.type in SELECTS_STEPS:  # decode only the steps with targets: [N, ...]
             states, targets, n_targets, weight = states[has_target], targets[has_target], n_targets[has_target], None
-        mu, logvar = self._posterior(states)
+        # float32 from here whatever the layers ran in (bfloat16 under autocast): a softmax over every item
+        mu, logvar = (t.float() for t in self._posterior(states))
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
-        log_pi = F.log_softmax(self._decode(z), dim=-1)  # [..., n_items]
+        log_pi = F.log_softmax(self._decode(z).float(), dim=-1)  # [..., n_items]
         picked = log_pi.gather(-1, (targets - 1).clamp(min=0)) * (targets > 0)
         nll = -picked.sum(-1) / n_targets.clamp(min=1)
         kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)
@@ -184,6 +189,71 @@ class SVAE(Recommender):
             mu, _ = self._posterior(self._gru_states(seqs)[torch.arange(len(seqs), device=self.device), last])
             out[start:stop] = self._decode(mu)
         return out
+
+    @torch.no_grad()
+    def contributions(
+        self,
+        row: sp.csr_matrix,
+        items: np.ndarray,
+        *,
+        history: np.ndarray | None = None,
+        users: np.ndarray | None = None,
+        timestamps: sp.csr_matrix | None = None,
+    ) -> np.ndarray:
+        """``Recommender.contributions`` (the drop in each item's score when one history item is removed),
+        without re-reading each shortened sequence from its start.
+
+        Removing the item at step p leaves the GRU states before p as they were, so the sequence's
+        states are computed once and each removal restarts from the state before p and runs only the
+        steps after it. With more than ``max_len`` items, removing one inside the window lets the item
+        just before the window in, so those states are the last ``max_len + 1`` items'; removing an item
+        older than the window leaves the window as it was: a drop of exactly 0. The same drops as scoring
+        each shortened row (tests/models/test_svae.py); the cost grows with the square of the steps
+        after the oldest item weighed, so weigh the most recent items.
+        """
+        row, items, history, _ = self._explain_inputs(row, items, history, timestamps)
+        self._check_users(users, 1)
+        drops = np.zeros((len(items), len(history)), dtype=np.float32)
+        sequence = DeviceRows(row, "cpu", binary=True, timestamps=timestamps).indices.numpy()  # positives, time order
+        longer = len(sequence) > self.config.max_len  # then removing a window item lets one more item in
+        read = sequence[max(0, len(sequence) - self.config.max_len - 1) :]  # the window, and that item
+        window = read[int(longer) :]
+        by_item = np.argsort(window, kind="stable")
+        at = np.searchsorted(window[by_item], history).clip(max=max(len(window) - 1, 0))
+        found = window[by_item][at] == history if len(window) else np.zeros(len(history), dtype=bool)
+        if len(items) == 0 or not found.any():  # none of the weighed items is read: removing them moves nothing
+            return drops
+        positions = by_item[at[found]] + int(longer)  # each weighed item's step in ``read``
+        removed = np.unique(positions)
+        seqs = torch.zeros(1 + int(longer), len(read), dtype=torch.int64)  # ``read`` and, when longer, the window
+        seqs[0] = torch.from_numpy(read + 1)
+        seqs[-1, : len(window)] = torch.from_numpy(window + 1)
+        states = self._gru_states(seqs.to(self.device))  # one GRU call; the last row's last step is the whole row's
+        last = torch.cat([states[-1:, len(window) - 1], self._removal_states(seqs[0].to(self.device), states[0], removed)])
+        scores = self._decode(self._posterior(last)[0])[:, torch.from_numpy(items).to(self.device)]
+        row_of = torch.from_numpy(1 + np.searchsorted(removed, positions)).to(self.device)
+        drops[:, found] = (scores[0][None] - scores[row_of]).T.float().cpu().numpy()
+        return drops
+
+    def _removal_states(self, seq: torch.Tensor, states: torch.Tensor, removed: np.ndarray) -> torch.Tensor:
+        """[len(removed), rnn]: the GRU's last state over ``seq`` (ids + 1, whose states are ``states``)
+        without its step ``removed[r]``, for each r (``removed``: sorted, distinct). Each removal restarts
+        from the state before it; at step t the rows whose suffix is longer than t run, a prefix of them as
+        removals are sorted, their number known on the host (no sync per step)."""
+        if len(seq) == 1:  # the one item removed: the empty row reads one padding step (``scores``)
+            return self._gru_states(torch.zeros(1, 1, dtype=torch.int64, device=seq.device))[:, 0]
+        gru = self.gru
+        inputs = F.linear(self.item_embed(seq), gru.weight_ih_l0, gru.bias_ih_l0)  # [L, 3 rnn]: each step's input part
+        removed_on_device = torch.from_numpy(removed).to(seq.device)
+        h = torch.cat([torch.zeros_like(states[:1]), states])[removed_on_device]  # the state before each removal
+        running = np.searchsorted(removed, len(seq) - 2 - np.arange(len(seq) - 1 - removed[0]), side="right")
+        for t, n in enumerate(running.tolist()):
+            x_r, x_z, x_n = inputs[removed_on_device[:n] + 1 + t].chunk(3, dim=1)
+            h_r, h_z, h_n = F.linear(h[:n], gru.weight_hh_l0, gru.bias_hh_l0).chunk(3, dim=1)
+            reset, update = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)
+            candidate = torch.tanh(x_n + reset * h_n)
+            h[:n] = candidate + update * (h[:n] - candidate)  # torch.nn.GRU's (1 - z) * n + z * h
+        return h
 
     def item_embeddings(self) -> torch.Tensor:
         return self.decoder_out.weight.detach()  # [n_items, hidden]: the vector each item's logit reads

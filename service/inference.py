@@ -20,7 +20,7 @@ from service.cache import NO_WRITE
 from service.crud import History
 from service.errors import ApiError
 from service.model_store import IdIndex, ServingModel, ServingVersion
-from service.schemas import EXPLAIN_MAX_HISTORY, EXPLAIN_REASONS
+from service.schemas import EXPLAIN_MAX_HISTORY, EXPLAIN_MAX_HISTORY_SEQUENTIAL, EXPLAIN_REASONS
 from trainer.best import BEST
 
 log = logging.getLogger("service.inference")
@@ -271,8 +271,8 @@ class Explained:
 def explain(served: ServingModel, user_id: str, history: History, item_ids: Sequence[str], source: str) -> Explained:
     """The ``EXPLAIN_REASONS`` history items that add most to each of ``item_ids`` (items the model
     knows: the ones it just scored for ``user_id``), from the model's ``contributions``: exact for
-    EASE and EDLAE, else the score drop of removing each of the user's ``EXPLAIN_MAX_HISTORY`` most
-    recent history items, all scored in one batched pass. ``source``: how the items were scored."""
+    EASE and EDLAE, else the score drop of removing each of the user's ``EXPLAIN_MAX_HISTORY`` most recent
+    history items (a sequential model: ``EXPLAIN_MAX_HISTORY_SEQUENTIAL``), in one batched pass. ``source``: how scored."""
     model = served.model
     if source in (COLD, "popular", "cold-start"):
         return Explained(None, "none", note="no history of the user's for the model to read: nothing explains this answer")
@@ -282,7 +282,7 @@ def explain(served: ServingModel, user_id: str, history: History, item_ids: Sequ
     rows = history_rows(served, history, [user_id])
     X = rows.X
     # the most recent first (ties: the higher column first), the oldest beyond the cap left out
-    order = np.lexsort((-X.indices, -rows.timestamps.data))[:EXPLAIN_MAX_HISTORY]
+    order = np.lexsort((-X.indices, -rows.timestamps.data))[:EXPLAIN_MAX_HISTORY_SEQUENTIAL if model.sequential else EXPLAIN_MAX_HISTORY]
     weighed = X.indices[order].astype(np.int64)
     cols = served.item_index.get_indexer(list(item_ids))
     user_row = served.user_index.get(user_id)

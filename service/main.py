@@ -22,6 +22,9 @@ from service.cache import make_cache
 from service.core.config import Settings
 from service.db.session import make_engine, make_session_factory
 from service.errors import install_error_handlers
+from service.experiment_registry import ExperimentRegistry
+from service.experiment_serving import ExperimentServing
+from service.impressions import ImpressionRecorder
 from service.metrics import Metrics, RequestMetrics
 from service.model_store import ModelStore
 from service.parts import ServiceParts
@@ -54,10 +57,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                        device=settings.scoring_device)
     training_runs = TrainingRuns(settings)
     session_factory = make_session_factory(engine)
+    recorder = ImpressionRecorder(
+        session_factory, metrics, enabled=settings.IMPRESSIONS_ENABLED, queue_size=settings.IMPRESSION_QUEUE_SIZE,
+        batch_size=settings.IMPRESSION_BATCH, feedback_window_s=settings.FEEDBACK_WINDOW_S, linger_s=settings.IMPRESSION_FLUSH_S,
+    )
+    experiments = ExperimentRegistry(session_factory, store, settings.EXPERIMENTS_REFRESH_S)
     parts = ServiceParts(
         settings=settings, metrics=metrics, engine=engine, session_factory=session_factory, cache=cache, store=store,
         scoring=ScoringSlots(settings.SCORING_CONCURRENCY), training_runs=training_runs,
-        writer=InteractionWriter(session_factory, cache.users, metrics, max_rows=settings.MAX_BATCH),
+        writer=InteractionWriter(session_factory, cache.users, metrics, max_rows=settings.MAX_BATCH, recorder=recorder),
+        recorder=recorder, experiments=experiments, experiment_serving=ExperimentServing(recorder, experiments, store),
     )
 
     @asynccontextmanager
@@ -70,9 +79,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         gc.collect()  # garbage first: what is frozen is never collected
         gc.freeze()
         store.start_watcher()
+        recorder.start()
+        await run_in_threadpool(experiments.start, settings.EXPERIMENTS_FILE)
         try:
             yield
         finally:
+            experiments.stop_watcher()
+            await run_in_threadpool(recorder.close)  # what is queued is written before the connections close
             store.stop_watcher()
             await run_in_threadpool(training_runs.stop)
             await limits.aclose()

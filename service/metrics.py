@@ -52,6 +52,18 @@ class Metrics:
             "aerec_interaction_batches_per_commit", "Interaction batches (requests) written by one transaction",
             buckets=(1, 2, 4, 8, 16, 32, 64), registry=r,
         )
+        self.impressions_dropped = Counter(
+            "aerec_impressions_dropped", "Impressions (or interactions to attribute) not recorded: the queue was full "
+            "(queue_full), or the database refused the batch (write_failed)", ["kind", "reason"], registry=r,
+        )
+        self.experiment_impressions = Counter(
+            "aerec_experiment_impressions", "Lists of an experiment's arm written (served, or scored in shadow)",
+            ["experiment", "arm", "mode"], registry=r,
+        )
+        self.experiment_feedback = Counter(
+            "aerec_experiment_feedback", "Feedback events stored on an experiment's lists, by the arm credited",
+            ["experiment", "arm", "kind"], registry=r,
+        )
 
     def served_version(self, version: str) -> None:
         self.model_info.clear()

@@ -11,6 +11,9 @@ from sqlalchemy.orm import Session
 
 from service.cache import Cache
 from service.core.config import Settings
+from service.experiment_registry import ExperimentRegistry
+from service.experiment_serving import ExperimentServing
+from service.impressions import ImpressionRecorder
 from service.metrics import Metrics
 from service.model_store import ModelStore
 from service.scoring import ScoringSlots
@@ -29,3 +32,6 @@ class ServiceParts:
     scoring: ScoringSlots  # where a request's model work runs
     writer: InteractionWriter
     training_runs: TrainingRuns
+    recorder: ImpressionRecorder  # the impressions of answers sent, written off the request path
+    experiments: ExperimentRegistry
+    experiment_serving: ExperimentServing  # which arm answers a request while an experiment runs

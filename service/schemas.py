@@ -7,6 +7,7 @@ Limits that depend on settings (``MAX_K``, ``MAX_BATCH``) are checked by the rou
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, WithJsonSchema
@@ -14,6 +15,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstr
 # No control characters: they are never meaningful in an id and PostgreSQL refuses NUL in text.
 ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 MODEL_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+RECOMMENDATION_ID_PATTERN = r"^[0-9a-f]{32}$"  # uuid4 hex
 ID_INT_LIMIT = 10**18
 ID_MAX_CHARS = 255  # the ids' column width (String(255) in service.db.tables)
 
@@ -65,11 +67,15 @@ class ErrorBody(BaseModel):
 # row per history item weighed, so the history is capped; the list explained is capped too.
 EXPLAIN_MAX_K = 50  # most items explained in one answer (k of a recommendation list, item_ids of a rating request)
 EXPLAIN_MAX_HISTORY = 200  # the user's most recent history items weighed as reasons
+# A sequential model's (SVAE's) removal of the item h steps back re-runs the h steps after it: weighing
+# the last n costs ~n^2/2 GRU steps, so fewer are weighed (bench figures in the commit adding it).
+EXPLAIN_MAX_HISTORY_SEQUENTIAL = 50
 EXPLAIN_REASONS = 3  # reasons given per item
 EXPLAIN_DESCRIPTION = (
     f"Give each item `because`: the (at most {EXPLAIN_REASONS}) history items of the user that raise its score "
-    f"most, best first. Only the user's {EXPLAIN_MAX_HISTORY} most recent history items are weighed (the model "
-    f"still reads the whole history; `explanation` says how many were weighed). At most {EXPLAIN_MAX_K} items are "
+    f"most, best first. Only the user's {EXPLAIN_MAX_HISTORY} most recent history items are weighed "
+    f"({EXPLAIN_MAX_HISTORY_SEQUENTIAL} for a sequential model, SVAE: each removal re-runs the steps after it), "
+    f"though the model still reads the whole history; `explanation` says how many were weighed. At most {EXPLAIN_MAX_K} items are "
     "explained per answer: more is a 422 (explain_too_many_items). EASE/EDLAE explain exactly (the weight B[j, i] "
     "of history item j towards item i); other models by the drop in the item's score when that history item is "
     "removed, all removals scored in one batched pass. A model whose scores do not depend on the history "
@@ -88,7 +94,8 @@ class Explanation(BaseModel):
     method: Literal["weights", "removal", "none"] = Field(
         description="weights: the model's exact linear terms (EASE, EDLAE); removal: the score drop measured per "
         "history item; none: no explanation (see note).")
-    history_weighed: int = Field(description=f"History items weighed as reasons (the most recent, at most {EXPLAIN_MAX_HISTORY}).")
+    history_weighed: int = Field(description=f"History items weighed as reasons (the most recent, at most {EXPLAIN_MAX_HISTORY}; "
+                                 f"{EXPLAIN_MAX_HISTORY_SEQUENTIAL} for a sequential model).")
     history_total: int = Field(description="History items the model reads for this user.")
     note: str | None = Field(default=None, description="Why items carry no reasons, or what was left out.")
 
@@ -115,7 +122,9 @@ class RecommendedItem(ScoredItem):
         default=None, description="With explain: the history items that raise this item's score most; absent without.")
 
 
-class RecommendationResponse(BaseModel):
+class RecommendedList(BaseModel):
+    """A recommendation answer as it is computed and cached: the same for every request it answers."""
+
     user_id: str
     model: str
     model_version: str
@@ -123,6 +132,20 @@ class RecommendationResponse(BaseModel):
     items: list[RecommendedItem]
     unknown_items: list[str] = Field(default_factory=list, description="Ids in exclude_items/candidates the model does not know.")
     explanation: Explanation | None = Field(default=None, description="With explain: how the reasons were found; absent without.")
+
+
+class ExperimentArm(BaseModel):
+    id: str = Field(description="The running experiment.")
+    arm: str = Field(description="The user's arm (sticky), 'holdout', or 'interleaved' for a team-draft mix of two arms.")
+
+
+class RecommendationResponse(RecommendedList):
+    """A ``RecommendedList`` as one request is answered: its own id (spliced into the cached answer), its experiment."""
+
+    recommendation_id: str = Field(pattern=RECOMMENDATION_ID_PATTERN, description="This answer's id (uuid4 hex), new on "
+                                   "every request: POST /feedback names it with the items clicked, rated, bought or dismissed.")
+    experiment: ExperimentArm | None = Field(default=None, description="When a running experiment chose the list (the request "
+                                             "named no model); absent otherwise.")
 
 
 # ---- ratings --------------------------------------------------------------------------
@@ -171,6 +194,50 @@ class InteractionsResult(BaseModel):
     duplicates: int = Field(description="received - inserted: entries that stored no new pair (kept for older clients).")
     new_users: int
     new_items: int
+
+
+# ---- feedback and experiments ---------------------------------------------------------
+class FeedbackIn(Strict):
+    recommendation_id: str = Field(pattern=RECOMMENDATION_ID_PATTERN, description="The recommendation_id of the answer that listed the item.")
+    item_id: ExternalId = Field(description="An item of that list (another item is a 422).")
+    kind: Literal["click", "rating", "purchase", "dismiss"]
+    value: float | None = Field(default=None, strict=True, allow_inf_nan=False,
+                                description="A rating's value, on the deployment's rating scale; only for kind rating.")
+
+
+class FeedbackResult(BaseModel):
+    received: int = Field(description="Events in the request.")
+    stored: int = Field(description="Events stored for the first time.")
+    duplicates: int = Field(description="Events stored before (the same list, item and kind): not stored again.")
+
+
+class ArmIn(Strict):
+    name: str = Field(description="A slug, unique in the experiment ('holdout' is reserved).")
+    model: ModelName = Field(description="A ranking model of the version.")
+    version: str | None = Field(default=None, description="A version of the model registry; null: the version served.")
+    share: float | None = Field(default=None, description="Share of the users outside the holdout; all arms give one "
+                                "(summing to 1) or none (equal shares).")
+
+
+class ExperimentIn(Strict):
+    id: str = Field(description="A slug: lowercase letters, digits, '-' or '_'.")
+    kind: Literal["ab", "interleaving"] = Field(description="ab: each user sees their arm's list; interleaving: "
+                                                "team-draft mixes of the two arms' lists.")
+    arms: list[ArmIn] = Field(min_length=1)
+    seed: int = Field(default=0, description="Seeds the sticky assignment of users to arms (a new seed reshuffles them).")
+    holdout: float | None = Field(default=None, ge=0, lt=1, description="Share of users served the popularity list.")
+    shadow: bool = Field(default=False, description="Serve the first arm to everyone; the other arms score the same "
+                         "requests, recorded as shadow impressions, not served.")
+
+
+class ExperimentOut(BaseModel):
+    id: str
+    kind: str
+    status: Literal["running", "stopped"]
+    definition: dict[str, Any]
+    created_at: str
+    started_at: str | None
+    stopped_at: str | None
 
 
 # ---- items, models, health ------------------------------------------------------------
@@ -249,3 +316,11 @@ class TrainingRun(BaseModel):
     exit_code: int | None
     command: list[str] = Field(description="The trainer's command line (the database URL goes by environment, not here).")
     output_tail: list[str] = Field(description="The last lines of the run's output so far.")
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A response body already serialised (a hit's as it was cached), and the model that produced it (for the metrics)."""
+
+    model: str
+    json: str

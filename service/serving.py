@@ -33,6 +33,7 @@ from service.errors import ApiError
 from service.model_store import ModelStore, ServingModel, ServingVersion
 from service.parts import ServiceParts
 from service.schemas import (
+    Answer,
     PredictedRating,
     RatingRequest,
     EXPLAIN_MAX_K,
@@ -40,7 +41,7 @@ from service.schemas import (
     RatingResponse,
     Reason,
     RecommendationRequest,
-    RecommendationResponse,
+    RecommendedList,
     RecommendedItem,
     ScoredItem,
     SimilarItemsResponse,
@@ -50,14 +51,6 @@ from trainer.best import BEST
 
 _RATING_LIST = TypeAdapter(list[RatingResponse])
 Compute = Callable[[CacheEntry], str]  # (the lookup's entry: the user's generation token, ...) -> the answer's JSON
-
-
-@dataclass(frozen=True)
-class Answer:
-    """A response body already serialised, and the model that produced it (for the metrics)."""
-
-    model: str
-    json: str
 
 
 def serving_version(store: ModelStore) -> ServingVersion:
@@ -166,7 +159,7 @@ def check_recommendation_limits(request: RecommendationRequest, settings: Settin
 async def recommendations(
     session: Session | Callable[[], Session], parts: ServiceParts, user_id: str, request: RecommendationRequest
 ) -> Answer:
-    """A ``RecommendationResponse`` as JSON: the cached one, the stored list's when its titles are all
+    """A ``RecommendedList`` as JSON: the cached one, the stored list's when its titles are all
     known here (no thread hop, no slot), else ``computed_recommendation``'s. ``session``: the caller's, or a
     factory of one, opened only if the answer is computed (creating one costs about what a hit does)."""
     lookup = RecommendationLookup.of(parts, user_id, request)
@@ -232,7 +225,7 @@ def _recommendation_json(lookup: RecommendationLookup, request: RecommendationRe
             item.because = _reasons(reasons, titles)
         explanation = Explanation(method=explained.method, history_weighed=explained.history_weighed,
                                   history_total=explained.history_total, note=explained.note)
-    response = RecommendationResponse(
+    response = RecommendedList(
         user_id=lookup.user_id, model=lookup.served.name, model_version=lookup.version.version, source=scored.source,
         items=items, unknown_items=scored.unknown_items, explanation=explanation,
     )

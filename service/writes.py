@@ -27,6 +27,7 @@ import hashlib
 import json
 from collections import deque
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Callable
 
 from pydantic import BaseModel
@@ -37,18 +38,21 @@ from service import crud
 from service.cache import UserLists
 from service.db.session import retry_if_dropped
 from service.errors import DATABASE_UNAVAILABLE, ApiError
+from service.impressions import Attribution, ImpressionRecorder, interaction_time
 from service.metrics import Metrics
 
 Outcome = dict[str, int] | BaseException
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
-def idempotency_claim(key: str | None, api_key: str | None, entries: list[BaseModel], ttl_s: float) -> crud.IdempotencyClaim | None:
-    """The request's claim on ``key`` (None without one): scoped by the API key used, bound to the
-    batch as validated (the same entries in other JSON spacing or id types are the same body)."""
+def idempotency_claim(key: str | None, api_key: str | None, entries: list[BaseModel], ttl_s: float,
+                      endpoint: str = "") -> crud.IdempotencyClaim | None:
+    """The request's claim on ``key`` (None without one): scoped by the API key used and the endpoint
+    (``""``: POST /interactions, as its keys were always stored), bound to the batch as validated (the
+    same entries in other JSON spacing or id types are the same body)."""
     if key is None:
         return None
-    scope = hashlib.sha256((api_key or "").encode()).hexdigest()  # the key itself is never stored
+    scope = hashlib.sha256(f"{endpoint}\0{api_key or ''}".encode() if endpoint else (api_key or "").encode()).hexdigest()
     body = json.dumps([e.model_dump() for e in entries], sort_keys=True, separators=(",", ":"))
     return crud.IdempotencyClaim(scope, key, hashlib.sha256(body.encode()).hexdigest(), ttl_s)
 
@@ -72,13 +76,30 @@ def cache_not_invalidated(counts: dict[str, int]) -> ApiError:
     )
 
 
+def recorded_answer(session_factory: Callable[[], Session], claim: crud.IdempotencyClaim) -> dict[str, int] | None:
+    """The answer recorded under the claim's key (None: none yet); a 422 if it was recorded for another body.
+    In a worker thread."""
+    with session_factory() as session, crud.reads(session) as db:
+        recorded = crud.idempotent_answer(db, claim)
+    if recorded is None:
+        return None
+    if recorded[0] != claim.body_sha256:
+        raise ApiError(
+            422, "idempotency_key_reused", f"the {IDEMPOTENCY_HEADER} header holds a key already used with another "
+            "body; a retry must send the same batch, a new batch a new key", {"header": IDEMPOTENCY_HEADER},
+        )
+    return recorded[1]
+
+
 class InteractionWriter:
     """Stores interaction batches, writing those that wait together in one transaction."""
 
-    def __init__(self, session_factory: Callable[[], Session], user_lists: UserLists, metrics: Metrics, max_rows: int) -> None:
+    def __init__(self, session_factory: Callable[[], Session], user_lists: UserLists, metrics: Metrics, max_rows: int,
+                 recorder: ImpressionRecorder | None = None) -> None:
         self._session_factory = session_factory
         self._user_lists = user_lists
         self._metrics = metrics
+        self._recorder = recorder  # stored batches are queued there for attribution to the lists shown
         self.max_rows = max_rows  # most rows in one group (a bigger batch is written alone)
         self._waiting: deque[_Waiting] = deque()
         self._writing: asyncio.Task | None = None
@@ -143,22 +164,23 @@ class InteractionWriter:
                 return [exc]
             return [outcome for batch in batches for outcome in self._write([batch])]
         self._metrics.write_group.observe(len(batches))
+        self._attribute(batches)
         if not self._user_lists.invalidate_users({u for batch in batches for u in batch.user_ids}):
             return [cache_not_invalidated(c) if isinstance(c, dict) else c for c in counts]
         return counts
 
     def _recorded(self, claim: crud.IdempotencyClaim) -> dict[str, int] | None:
-        """The answer recorded under the key (None: none yet); a 422 if it was recorded for another body."""
-        with self._session_factory() as session, crud.reads(session) as db:
-            recorded = crud.idempotent_answer(db, claim)
-        if recorded is None:
-            return None
-        if recorded[0] != claim.body_sha256:
-            raise ApiError(
-                422, "idempotency_key_reused", f"the {IDEMPOTENCY_HEADER} header holds a key already used with another "
-                "body; a retry must send the same batch, a new batch a new key", {"header": IDEMPOTENCY_HEADER},
-            )
-        return recorded[1]
+        return recorded_answer(self._session_factory, claim)
+
+    def _attribute(self, batches: list[crud.InteractionBatch]) -> None:
+        """Queue the stored interactions for attribution to the lists recently shown (``service.impressions``)."""
+        if self._recorder is None:
+            return
+        received = datetime.now(UTC)
+        rows = [(u, i, r, at) for b in batches for u, i, r, t in zip(b.user_ids, b.item_ids, b.ratings, b.timestamps)
+                if (at := interaction_time(t, received)) is not None]
+        if rows:
+            self._recorder.attribute(Attribution(*map(list, zip(*rows))))
 
     def _store(self, batches: list[crud.InteractionBatch]) -> list[Outcome]:
         with self._session_factory() as session:  # a session per try: see retry_if_dropped

@@ -46,7 +46,7 @@ KNOWN_CROSSINGS = {
 # never grow, and leave the list once split.
 OVERSIZED = {
     "models/base.py": 580,
-    "service/crud.py": 453,
+    "service/crud/__init__.py": 453,
     "service/inference.py": 404,
     "trainer/artifacts.py": 625,
     "trainer/datasets.py": 423,

@@ -25,6 +25,8 @@ from starlette.concurrency import run_in_threadpool
 from service.cache import Cache
 from service.core.config import Settings
 from service.errors import ApiError
+from service.experiment_registry import ExperimentRegistry
+from service.impressions import ImpressionRecorder
 from service.metrics import Metrics
 from service.model_store import ModelStore
 from service.parts import ServiceParts
@@ -82,6 +84,14 @@ async def get_writer(request: Request) -> InteractionWriter:
     return request.app.state.parts.writer
 
 
+async def get_recorder(request: Request) -> ImpressionRecorder:
+    return request.app.state.parts.recorder
+
+
+async def get_experiments(request: Request) -> ExperimentRegistry:
+    return request.app.state.parts.experiments
+
+
 async def get_training_runs(request: Request) -> TrainingRuns:
     return request.app.state.parts.training_runs
 
@@ -93,6 +103,8 @@ CacheDep = Annotated[Cache, Depends(get_cache)]
 StoreDep = Annotated[ModelStore, Depends(get_store)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 WriterDep = Annotated[InteractionWriter, Depends(get_writer)]
+RecorderDep = Annotated[ImpressionRecorder, Depends(get_recorder)]
+ExperimentsDep = Annotated[ExperimentRegistry, Depends(get_experiments)]
 TrainingRunsDep = Annotated[TrainingRuns, Depends(get_training_runs)]
 
 

@@ -61,6 +61,15 @@ class Settings(RatingScaleSettings):  # RATING_SCALE, POSITIVE_THRESHOLD: what P
     # that at 8 concurrent requests: a PostgreSQL connect, or SQLite's PRAGMAs, per request).
     DB_POOL_SIZE: int = Field(default=20, ge=1)
     IDEMPOTENCY_TTL_S: float = Field(default=86_400.0, gt=0)  # how long a POST /interactions Idempotency-Key is remembered
+    # Online evaluation (service.impressions, service.experiment_registry): every list served is recorded
+    # off the request path through a bounded queue (full: dropped and counted, never waited on).
+    IMPRESSIONS_ENABLED: bool = True
+    IMPRESSION_QUEUE_SIZE: int = Field(default=10_000, ge=1)
+    IMPRESSION_BATCH: int = Field(default=500, ge=1)  # most queued records one transaction writes
+    IMPRESSION_FLUSH_S: float = Field(default=0.25, gt=0)  # how often the writer stores what is queued
+    FEEDBACK_WINDOW_S: float = Field(default=1800.0, gt=0)  # an interaction this soon after a list showing its item is feedback
+    EXPERIMENTS_FILE: Path | None = None  # TOML or JSON experiments created at start (those whose id is new)
+    EXPERIMENTS_REFRESH_S: float = Field(default=5.0, gt=0)  # how often a replica checks for started or stopped experiments
     MAX_BATCH: int = Field(default=1000, ge=1)  # most entries of any list in a request (interactions, item ids, ...)
     MAX_K: int = Field(default=1000, ge=1)  # k + offset of one recommendation list
     # One POST /ratings: users scored and (user, item) pairs, summed over its users (the work grows with both)

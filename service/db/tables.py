@@ -1,5 +1,5 @@
-"""The database schema: users, items, their interactions, the rating scale they were written under and
-the idempotency keys of writes (SQLAlchemy 2 ORM).
+"""The database schema: users, items, their interactions, the rating scale they were written under,
+the idempotency keys of writes, and online evaluation's experiments, impressions and feedback (SQLAlchemy 2 ORM).
 
 Alembic owns the schema (``migrations/``); these classes describe it for queries and
 for the trainer's ``--from-db``. External ids are the dataset's own ids, as strings.
@@ -11,7 +11,9 @@ import time
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Integer, MetaData, String, UniqueConstraint, func
+from sqlalchemy import (
+    JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, MetaData, String, UniqueConstraint, func,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY, so the big key is INTEGER there.
@@ -93,3 +95,61 @@ class IdempotencyKey(Base):
     answer: Mapped[dict[str, Any]] = mapped_column(JSON)
     expires_at: Mapped[int] = mapped_column(BigInteger, index=True)  # epoch seconds
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class Experiment(Base):
+    """An A/B or interleaving experiment: ``definition`` is its arms, shares, seed, holdout and shadow flag
+    (``service.experiments.from_config`` reads it); running from ``started_at`` until ``stopped_at``."""
+
+    __tablename__ = "experiments"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # "ab" | "interleaving"
+    definition: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # the always-valid p-values at the last look ({challenger: p}): the sequential test's running minimum
+    sequential_p_values: Mapped[dict[str, float] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
+
+
+class Impression(Base):
+    """One recommendation list served (or, ``shadow``, scored and not served): what a user was shown, by which arm."""
+
+    __tablename__ = "impressions"
+    __table_args__ = (
+        Index("ix_impressions_experiment_id_arm", "experiment_id", "arm"),  # per-arm aggregates
+        Index("ix_impressions_user_id_created_at", "user_id", "created_at"),  # an interaction's recent lists
+    )
+
+    recommendation_id: Mapped[str] = mapped_column(String(32), primary_key=True)  # uuid4 hex, in the response
+    user_id: Mapped[str] = mapped_column(String(255))  # the external id (a user may have no row in users yet)
+    experiment_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    arm: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    shadow: Mapped[bool] = mapped_column(Boolean, default=False)
+    model: Mapped[str] = mapped_column(String(64))
+    version: Mapped[str] = mapped_column(String(64))
+    items: Mapped[list[str]] = mapped_column(JSON)  # external item ids, best first
+    teams: Mapped[list[str] | None] = mapped_column(JSON(none_as_null=True), nullable=True)  # interleaving: the arm of each position
+    k: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Feedback(Base):
+    """An event on an item of a served list: from ``POST /feedback``, or an interaction attributed to the list."""
+
+    __tablename__ = "feedback"
+    # a retried batch (or the same click posted and then written as an interaction) is stored once
+    __table_args__ = (UniqueConstraint("recommendation_id", "item_id", "kind"),)
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    recommendation_id: Mapped[str] = mapped_column(String(32), index=True)
+    item_id: Mapped[str] = mapped_column(String(255))
+    kind: Mapped[str] = mapped_column(String(16))  # click | rating | purchase | dismiss
+    value: Mapped[float | None] = mapped_column(Float, nullable=True)  # a rating's value
+    position: Mapped[int] = mapped_column(Integer)  # 1-based rank of the item in the list (MRR)
+    # a rating's discounted gain, value / log2(rank + 1) (service.experiments.stats), stored: SQLite may lack log2
+    gain: Mapped[float | None] = mapped_column(Float, nullable=True)
+    team: Mapped[str | None] = mapped_column(String(64), nullable=True)  # interleaving: the arm credited
+    source: Mapped[str] = mapped_column(String(16))  # "feedback" | "interaction"
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

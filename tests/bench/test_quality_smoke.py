@@ -100,6 +100,17 @@ def test_ml100k_ease_run_prints_one_table_and_writes_json_and_png(ml100k_dir, tm
     assert out.with_suffix(".png").stat().st_size > 0
 
 
+
+def test_set_overrides_a_models_config_and_is_recorded(ml100k_dir, tmp_data_dir, tmp_path):
+    argv = ["--source", str(ml100k_dir), "--models", "ease", "--seeds", "0", "--protocols", "strong"]
+    ndcg = {}
+    for label, extra in (("default", []), ("lam 5000", ["--set", "ease.lam=5000"])):
+        main([*argv, *extra, "--out", str(tmp_path / f"{label}.json")])
+        report = json.loads((tmp_path / f"{label}.json").read_text())
+        ndcg[label] = report["protocols"]["strong"]["results"]["ease"]["metrics"]["ndcg@100"]["mean"]
+    assert report["overrides"] == {"ease": {"lam": 5000.0}}  # typed as the config's field, and kept with the figures
+    assert ndcg["lam 5000"] != ndcg["default"]
+
 def test_fake_ml1m_folder_runs_the_ml1m_path(tmp_path: Path):
     """A small log in ml-1m's ``ratings.dat`` layout: 600 + 600 held-out users, ML-1M figures beside ours."""
     rng = np.random.default_rng(0)
@@ -131,6 +142,7 @@ def test_fake_ml1m_folder_runs_the_ml1m_path(tmp_path: Path):
         (["--protocols", "random"], "unknown protocol(s) random"),
         (["--models", "ease", "--protocols", "rating-random"], "none of the models ease runs on rating-random"),
         (["--seeds", "0,x"], "--seeds must be"),
+        (["--models", "ease", "--set", "ease.nope=1"], "unknown hyper-parameter ease.nope"),
     ],
 )
 def test_bad_arguments_are_one_line(ml100k_dir, tmp_data_dir, tmp_path, capsys, args, message):

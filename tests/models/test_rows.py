@@ -7,10 +7,12 @@ import pytest
 import scipy.sparse as sp
 import torch
 
+import models
 import models.rows
 from models.base import TrainData
 from models.multvae import MultVAE, MultVAEConfig
-from models.rows import DeviceRows, gram
+from models.recvae import PhaseBatch
+from models.rows import DeviceRows, RowBatch, gram
 
 
 def ratings(n_rows: int = 37, n_cols: int = 23, seed: int = 0) -> sp.csr_matrix:
@@ -71,3 +73,26 @@ def test_gram_equals_scipy(monkeypatch, dense_path):
     G = gram(DeviceRows(X, "cpu", binary=True))
     assert G.dtype == torch.float32
     np.testing.assert_array_equal(G.numpy(), (X.T @ X).toarray())
+
+
+def batch_rows(batch) -> np.ndarray:
+    """The dense rows a model's training batch holds, whatever its form."""
+    if isinstance(batch, PhaseBatch):  # RecVAE's: a RowBatch and which half it updates
+        batch = batch.rows
+    return (batch.dense() if isinstance(batch, RowBatch) else batch[0]).numpy()  # AutoRec, DeepRec: (ratings, observed)
+
+
+@pytest.mark.parametrize("name", ["autorec-i", "autorec-u", "deeprec", "cdae", "multvae", "multdae", "recvae"])
+def test_every_model_trains_on_the_rows_scipy_would_slice_for_a_seed(name):
+    """A whole epoch of each gradient model's batches, built on the device, against scipy's slices
+    of the matrix in the seeded order (SVAE's sequences: tests/models/test_svae.py)."""
+    X = ratings(41, 23)
+    cls = models.REGISTRY[name]
+    model = cls(cls.Config(batch_size=8), n_items=X.shape[1], n_users=X.shape[0])
+    source = sp.csr_matrix(X.T) if name == "autorec-i" else X  # I-AutoRec trains on one row per item
+    expected = source if cls.task == "rating" else sp.csr_matrix(X > 0, dtype=np.float32)
+    rng, seeded = np.random.default_rng(5), np.random.default_rng(5)
+    passes = model.config.encoder_passes + 1 if name == "recvae" else 1  # RecVAE: encoder passes, then the decoder's
+    got = np.concatenate([batch_rows(b) for b in model.training_batches(TrainData(X), rng)])
+    order = np.concatenate([seeded.permutation(source.shape[0]) for _ in range(passes)])
+    np.testing.assert_array_equal(got, expected[order].toarray())

@@ -7,7 +7,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from models.base import ModelInputError, TrainData
+from models.base import ModelInputError, Recommender, TrainData
 import models.svae as svae
 from models.rows import DeviceRows, pad_recent
 from models.svae import SVAE, SVAEConfig, next_k_targets
@@ -132,6 +132,32 @@ def test_training_batches_skip_single_item_users_and_follow_time():
     assert sorted(map(tuple, batches[0].tolist())) == [(5, 2, 0), (6, 1, 4)]  # ids + 1, time order, padded
 
 
+
+def test_an_epoch_of_sequences_is_what_scipy_and_numpy_give():
+    """Every user with 2+ items once per epoch: the last max_len of their items in time order
+    (ties by item), ids + 1, right-padded to the batch's longest; each batch's users of similar length."""
+    rng = np.random.default_rng(7)
+    X = sp.random(40, 30, density=0.25, format="csr", random_state=7, dtype=np.float32)
+    X.data[:] = 1.0
+    ts = X.copy()
+    ts.data = rng.integers(0, 20, X.nnz).astype(np.float64)  # repeated times: ties broken by item
+    model = make(n_items=30, batch_size=6, max_len=5)
+    expected = []
+    for u in range(X.shape[0]):
+        items, times = X[u].indices, ts[u].toarray()[0, X[u].indices]
+        if len(items) >= 2:
+            expected.append(tuple((items[np.lexsort((items, times))][-5:] + 1).tolist()))
+    got, widths = [], []
+    for batch in model.training_batches(TrainData(X, ts), np.random.default_rng(0)):
+        lengths = (batch > 0).sum(1)
+        assert batch.shape[1] == int(lengths.max())  # padded to the batch's longest, no wider
+        widths.append((int(lengths.min()), int(lengths.max())))
+        got += [tuple(row[row > 0].tolist()) for row in batch]
+        assert all((row[: int(n)] > 0).all() for row, n in zip(batch, lengths))  # padding only on the right
+    assert sorted(got) == sorted(expected)
+    widths.sort()
+    assert all(shorter[1] <= longer[0] for shorter, longer in zip(widths, widths[1:]))  # bucketed by length
+
 def test_a_planted_order_is_learned():
     """Half the users watch A, B, C; the other half B, A, D. After [A, B] comes C; after [B, A], D."""
     A, B, C, D, n_items = 0, 1, 2, 3, 10
@@ -158,3 +184,64 @@ def test_a_planted_order_is_learned():
     ids, _ = model.recommend(rows, k=1, timestamps=b_then_a)
     assert ids[0, 0] == D
     assert not torch.allclose(model.scores(rows, timestamps=a_then_b), model.scores(rows, timestamps=b_then_a))
+
+
+def random_row(rng: np.random.Generator, n_items: int, length: int, ties: bool) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """One row of ``length`` items: ratings with some non-positive (not read), timestamps with repeats (ties
+    broken by item) or distinct, stored in a random column order."""
+    items = rng.choice(n_items, length, replace=False)
+    values = rng.choice(np.array([-1.0, 1.0, 4.0, 5.0], dtype=np.float32), length, p=[0.15, 0.25, 0.3, 0.3])
+    times = rng.integers(0, max(2, length // 3), length) if ties else rng.permutation(length)
+    zeros = np.zeros(length, dtype=np.int64)
+    shape = (1, n_items)
+    return sp.csr_matrix((values, (zeros, items)), shape=shape), sp.csr_matrix((times.astype(np.float64) + 1, (zeros, items)), shape=shape)
+
+
+@pytest.mark.parametrize("length", [1, 2, 5, 6, 7, 13, 30])
+@pytest.mark.parametrize("ties", [False, True], ids=["distinct times", "tied times"])
+def test_contributions_are_the_generic_removals(length, ties):
+    """SVAE's contributions (each removal restarts from the state before it) equal the base class's,
+    which scores every shortened row from its start: rows shorter than, as long as, one longer than and
+    far longer than max_len (removing a window item lets an older one in), with non-positive entries
+    (not read: they move nothing) and a history given in any order, repeats included."""
+    rng = np.random.default_rng(length * 2 + ties)
+    model = make(n_items=40, max_len=6)
+    row, ts = random_row(rng, 40, length, ties)
+    items = rng.permutation(40)[:11]
+    for history in (None, rng.permutation(row.indices)[: max(1, length // 2)], row.indices[[0, 0]]):
+        got = model.contributions(row, items, history=history, timestamps=ts)
+        generic = Recommender.contributions(model, row, items, history=history, timestamps=ts)
+        assert got.shape == generic.shape and got.dtype == np.float32
+        np.testing.assert_allclose(got, generic, rtol=1e-5, atol=1e-6)
+
+
+def test_contributions_of_items_older_than_the_window_are_exactly_zero():
+    """Removing an item older than the last max_len leaves the window as it was (drop 0, not a rounding
+    error); removing the oldest item of the window lets the one before it in (a real drop)."""
+    model = make(n_items=20, max_len=3)
+    row, ts = rows_from([[4, 9, 1, 7, 2, 5]], 20)  # window: 7, 2, 5
+    got = model.contributions(row, np.arange(20), history=np.array([4, 9, 1, 7]), timestamps=ts)
+    assert (got[:, :3] == 0).all() and np.abs(got[:, 3]).max() > 1e-6
+    shifted, shifted_ts = rows_from([[1, 2, 5]], 20)
+    full = model.scores(row, timestamps=ts)[0].numpy()
+    np.testing.assert_allclose(got[:, 3], full - model.scores(shifted, timestamps=shifted_ts)[0].numpy(), atol=1e-6)
+
+
+def test_contributions_of_an_empty_history_or_list():
+    model = make(n_items=10)
+    row, ts = rows_from([[3, 1, 4]], 10)
+    assert model.contributions(row, np.arange(10), history=np.array([], dtype=np.int64), timestamps=ts).shape == (10, 0)
+    assert model.contributions(row, np.array([], dtype=np.int64), timestamps=ts).shape == (0, 3)
+    empty = sp.csr_matrix((1, 10), dtype=np.float32)
+    assert model.contributions(empty, np.arange(10), timestamps=sp.csr_matrix((1, 10))).shape == (10, 0)
+    negative = sp.csr_matrix(np.array([[0, -1.0, 0, 0, 0, 0, 0, 0, 0, 0]], dtype=np.float32))  # stored, not a positive
+    assert (model.contributions(negative, np.arange(10), timestamps=sp.csr_matrix(np.eye(1, 10, 1))) == 0).all()
+
+
+def test_contributions_need_the_rows_timestamps():
+    model = make(n_items=10)
+    row, ts = rows_from([[3, 1, 4]], 10)
+    for wrong in (None, rows_from([[3, 1]], 10)[1]):
+        for contributions in (model.contributions, lambda *a, **k: Recommender.contributions(model, *a, **k)):
+            with pytest.raises(ModelInputError, match="pass the row's timestamps"):
+                contributions(row, np.arange(10), timestamps=wrong)

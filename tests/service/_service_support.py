@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import threading
@@ -206,6 +207,17 @@ def plant_broken_version(root: Path, damage: str) -> str:
     tmp.write_text(name + "\n")
     os.replace(tmp, root / "LATEST")
     return name
+
+
+_RECOMMENDATION_ID = re.compile(rb'^\{"recommendation_id":"[0-9a-f]{32}",')
+
+
+def listed(response) -> bytes:
+    """A recommendation answer's body without its ``recommendation_id`` (new on every answer, spliced in first):
+    the list as it was computed and cached."""
+    body, found = _RECOMMENDATION_ID.subn(b"{", response.content, count=1)
+    assert found == 1, response.content[:120]
+    return body
 
 
 def error_body(response) -> dict:

@@ -27,7 +27,9 @@ def seen_items(corpus, user_id: str) -> set[str]:
 def recommend(client, user_id, **body):
     response = client.post(f"/users/{user_id}/recommendations", json=body)
     assert response.status_code == 200, response.text
-    return response.json()
+    answer = response.json()
+    assert len(answer.pop("recommendation_id")) == 32  # new on every answer; the rest is the list
+    return answer
 
 
 def item_list(body) -> list[str]:

@@ -8,7 +8,7 @@ import scipy.sparse as sp
 
 from _service_support import POSITIVE, error_body, new_user
 from service import inference
-from service.schemas import EXPLAIN_MAX_HISTORY, EXPLAIN_MAX_K, EXPLAIN_REASONS
+from service.schemas import EXPLAIN_MAX_HISTORY, EXPLAIN_MAX_HISTORY_SEQUENTIAL, EXPLAIN_MAX_K, EXPLAIN_REASONS
 
 KNOWN_USER = "1"
 
@@ -108,6 +108,37 @@ def test_only_the_most_recent_history_is_weighed(client, corpus, monkeypatch):
     assert all({r["item_id"] for r in item["because"]} <= recent for item in body["items"])
 
 
+def test_a_sequential_model_weighs_its_most_recent_history_only():
+    """SVAE (a removal re-runs the GRU steps after it) weighs the EXPLAIN_MAX_HISTORY_SEQUENTIAL most
+    recent items, says so, and its reasons are the drops of removing each of them from the whole row."""
+    import torch
+
+    from models.svae import SVAE, SVAEConfig
+    from service.crud import History
+    from service.model_store import IdIndex, ServingModel
+    from trainer.artifacts import LoadedModel
+
+    n_items, n_history = 120, EXPLAIN_MAX_HISTORY_SEQUENTIAL + 30
+    torch.manual_seed(0)
+    model = SVAE(SVAEConfig(item_embed_size=16, rnn_size=16, hidden_size=16, latent_size=8, max_len=60), n_items, 1).eval()
+    item_ids = [f"i{n}" for n in range(n_items)]
+    loaded = LoadedModel("svae", model, ["u"], item_ids, {"u": 0}, {i: n for n, i in enumerate(item_ids)}, {})
+    served = ServingModel("svae", loaded, IdIndex(item_ids), IdIndex(["u"]), np.array(item_ids, dtype=object), None, 4.0)
+    seen = np.random.default_rng(0).permutation(n_items)[:n_history]  # in time order
+    history = History(np.full(n_history, "u", dtype=object), np.array([item_ids[i] for i in seen], dtype=object),
+                      np.full(n_history, 5.0), 1000 + np.arange(n_history, dtype=np.int64))
+    asked = [item_ids[i] for i in range(n_items) if i not in set(seen)][:4]
+    explained = inference.explain(served, "u", history, asked, "fold-in")
+    assert (explained.method, explained.history_weighed, explained.history_total) == ("removal", EXPLAIN_MAX_HISTORY_SEQUENTIAL, n_history)
+    assert f"only the {EXPLAIN_MAX_HISTORY_SEQUENTIAL} most recent" in explained.note
+    rows = inference.history_rows(served, history, ["u"])
+    recent = seen[-EXPLAIN_MAX_HISTORY_SEQUENTIAL:]
+    drops = model.contributions(rows.X, np.array([item_ids.index(i) for i in asked]), history=recent, timestamps=rows.timestamps)
+    for reasons, d in zip(explained.because, drops):
+        assert [r[0] for r in reasons] == [item_ids[recent[j]] for j in np.argsort(-d, kind="stable")[:EXPLAIN_REASONS]]
+        np.testing.assert_allclose([r[1] for r in reasons], np.sort(d)[::-1][:EXPLAIN_REASONS], rtol=1e-6)
+
+
 def test_explained_lists_are_capped(client):
     response = client.post(f"/users/{KNOWN_USER}/recommendations", json={"k": EXPLAIN_MAX_K + 1, "explain": True})
     assert response.status_code == 422
@@ -123,6 +154,8 @@ def test_cache_keeps_explained_and_unexplained_answers_apart(client, computed_an
     for user, first in (("2", False), ("3", True)):
         kinds = [first, not first, first, not first]
         bodies = [recommend(client, user, k=8, explain=kind) for kind in kinds]
+        for body in bodies:
+            body.pop("recommendation_id")  # new on every answer, hit or miss
         for kind, body in zip(kinds, bodies):
             assert all(("because" in item) == kind for item in body["items"])
             assert ("explanation" in body) == kind
@@ -139,6 +172,7 @@ def test_openapi_states_the_caps(client):
     schema = client.get("/openapi.json").json()["components"]["schemas"]
     explain = schema["RecommendationRequest"]["properties"]["explain"]["description"]
     assert f"k <= {EXPLAIN_MAX_K}" in explain and f"{EXPLAIN_MAX_HISTORY} most recent" in explain
+    assert f"{EXPLAIN_MAX_HISTORY_SEQUENTIAL} for a sequential model" in explain
     assert "because" in schema["RecommendedItem"]["properties"]
 
 

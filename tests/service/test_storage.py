@@ -16,7 +16,7 @@ from service.db.migrate import alembic_config, upgrade_to_head
 from service.db.session import make_engine, make_session_factory
 from service.db.tables import Base
 
-HEAD = "0004"
+HEAD = "0005"
 
 
 def test_migrations_build_exactly_the_orm_schema(seeded_backend):

@@ -249,6 +249,6 @@ def test_the_training_precision_reaches_the_published_metrics(planted, tmp_path)
     version = run(planted, root, ["multdae", "autorec-u"], precision="bf16").version
     recorded = {name: json.loads((root / version / name / "metrics.json").read_text())["precision"]
                 for name in ("multdae", "autorec-u")}
-    assert recorded == {"multdae": "bf16", "autorec-u": "fp32"}  # AutoRec does not allow bf16: float32
+    assert recorded == {"multdae": "bf16", "autorec-u": "bf16"}  # every gradient model allows it
     with pytest.raises(UserError, match="--precision must be fp32 or bf16"):
         run(planted, tmp_path / "other", ["multdae"], precision="fp16")

@@ -47,7 +47,7 @@ class TrainOptions:
     config: Optional[Path] = _option(None, "--config", "TOML/YAML file: one table of overrides per model.")
     device: str = _option("auto", "--device", "auto (GPU when present), cpu or cuda.")
     precision: str = _option(
-        "fp32", "--precision", "fp32, or bf16: Mult-VAE's, Mult-DAE's and CDAE's dense layers in bfloat16 (mixed "
+        "fp32", "--precision", "fp32, or bf16: every gradient-trained model's dense layers in bfloat16 (mixed "
         "precision; fast on GPUs and on CPUs with AVX512-BF16 or AMX, slow elsewhere).")
     seed: int = _option(0, "--seed", "Seed of the splits and of training.")
     artifacts_dir: Optional[Path] = _option(

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Annotated, Any, Callable, Coroutine
+from dataclasses import replace
+from typing import Annotated, Any, Awaitable, Callable, Coroutine
 
 from fastapi import APIRouter, Body, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -107,8 +108,16 @@ def _validated(adapter: TypeAdapter, value: Any, loc: tuple[str, ...], errors: l
 
 async def recommend(parts: PartsDep, user_id: UserIdPath, body: RequestBody = None) -> serving.Answer:
     """Top-k items for a user: from the model for users it was trained on, by fold-in from the
-    stored history for users who arrived after training, the popularity list for users with none."""
-    return await serving.recommendations(parts.session_factory, parts, user_id, body or RecommendationRequest())
+    stored history for users who arrived after training, the popularity list for users with none.
+    Every answer has its own `recommendation_id` (for POST /feedback); while an experiment runs, a
+    request that names no model is answered by the user's arm, or a team-draft mix of two arms'
+    lists (`experiment` says which)."""
+
+    def answer(store: Any, request: RecommendationRequest) -> Awaitable[serving.Answer]:
+        served = parts if store is parts.store else replace(parts, store=store)  # an arm's pinned version
+        return serving.recommendations(parts.session_factory, served, user_id, request)
+
+    return await parts.experiment_serving.recommend(user_id, body or RecommendationRequest(), answer)
 
 
 router = APIRouter(tags=["recommendations"], dependencies=[ReadAccess], route_class=RecommendationsRoute)

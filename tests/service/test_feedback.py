@@ -1,0 +1,195 @@
+"""Feedback (issue 25): POST /feedback checked against the list served, interactions attributed to recent
+lists, and impressions recorded off the request path (bounded, counted drops, flushed on a clean shutdown);
+on SQLite + the in-process cache and PostgreSQL + Redis."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from _service_support import API_KEY, error_body, new_user
+from service.crud import online
+from service.db.session import make_engine, make_session_factory
+from service.db.tables import Feedback, Impression
+from service.impressions import ImpressionRecorder
+from service.main import create_app
+from service.metrics import Metrics
+
+KEY = {"X-API-Key": API_KEY}
+
+
+def show(client, user: str, items: list[str], *, at: datetime | None = None, flush: bool = True, **fields) -> str:
+    """Record a served list through the app's recorder, as the recommendation route does; its recommendation_id."""
+    rid = uuid.uuid4().hex
+    record = online.ImpressionRecord(rid, user, "ease", "v1", items, len(items), at or datetime.now(UTC), **fields)
+    assert client.app.state.parts.recorder.record(record)
+    if flush:
+        assert client.app.state.parts.recorder.flush()
+    return rid
+
+
+def rows(database_url: str, table, *where) -> list:
+    engine = make_engine(database_url)
+    try:
+        with make_session_factory(engine)() as session:
+            return list(session.scalars(select(table).where(*where)))
+    finally:
+        engine.dispose()
+
+
+def feedback_of(client, rid: str) -> list[tuple]:
+    found = rows(client.backend.database_url, Feedback, Feedback.recommendation_id == rid)
+    return sorted((f.item_id, f.kind, f.value, f.position, f.source) for f in found)
+
+
+def post(client, body, headers=None):
+    return client.post("/feedback", json=body, headers={**KEY, **(headers or {})})
+
+
+def test_an_event_and_a_batch_are_stored_once_with_the_rank_of_the_item(empty_client):
+    rid = show(empty_client, new_user(), ["50", "100", "181"])
+    one = post(empty_client, {"recommendation_id": rid, "item_id": 100, "kind": "click"})
+    assert one.status_code == 201, one.text
+    assert one.json() == {"received": 1, "stored": 1, "duplicates": 0}
+    batch = [{"recommendation_id": rid, "item_id": "100", "kind": "click"},
+             {"recommendation_id": rid, "item_id": "181", "kind": "rating", "value": 4},
+             {"recommendation_id": rid, "item_id": "50", "kind": "purchase"}]
+    assert post(empty_client, batch).json() == {"received": 3, "stored": 2, "duplicates": 1}
+    assert post(empty_client, batch).json() == {"received": 3, "stored": 0, "duplicates": 3}  # a retried batch
+    assert feedback_of(empty_client, rid) == [("100", "click", None, 2, "feedback"), ("181", "rating", 4.0, 3, "feedback"),
+                                              ("50", "purchase", None, 1, "feedback")]
+
+
+def test_an_unknown_list_is_a_404_and_an_item_not_shown_a_422_naming_it(empty_client):
+    rid = show(empty_client, new_user(), ["50", "100"])
+    stranger = uuid.uuid4().hex
+    unknown = post(empty_client, [{"recommendation_id": rid, "item_id": "50", "kind": "click"},
+                                  {"recommendation_id": stranger, "item_id": "50", "kind": "click"}])
+    assert unknown.status_code == 404
+    assert error_body(unknown)["code"] == "unknown_recommendation"
+    assert error_body(unknown)["details"] == {"recommendation_ids": [stranger], "entries": [1]}
+    not_shown = post(empty_client, [{"recommendation_id": rid, "item_id": "50", "kind": "click"},
+                                    {"recommendation_id": rid, "item_id": "7", "kind": "click"}])
+    assert not_shown.status_code == 422
+    error = error_body(not_shown)
+    assert error["code"] == "item_not_recommended" and "'7'" in error["message"]
+    assert error["details"] == {"loc": ["body", 1, "item_id"], "item_id": "7", "recommendation_id": rid}
+    assert feedback_of(empty_client, rid) == []  # all or nothing
+    for bad, field in (({"kind": "rating"}, "value"), ({"kind": "rating", "value": 9}, "value"),
+                       ({"kind": "click", "value": 1}, "value"), ({"kind": "view"}, "kind")):
+        answer = post(empty_client, {"recommendation_id": rid, "item_id": "50", **bad})
+        assert answer.status_code == 422, bad
+        assert error_body(answer)["details"][0]["loc"][-1] == field, answer.text
+    malformed = post(empty_client, {"recommendation_id": "not-an-id", "item_id": "50", "kind": "click"})
+    assert malformed.status_code == 422 and "recommendation_id" in error_body(malformed)["message"]
+    assert empty_client.post("/feedback", json={"recommendation_id": rid, "item_id": "50", "kind": "click"}).status_code == 401
+
+
+def test_feedback_on_a_list_not_yet_written_is_checked_from_memory(empty_client):
+    rid = show(empty_client, new_user(), ["50", "100"], flush=False)  # may still be queued: either way it is known
+    assert post(empty_client, {"recommendation_id": rid, "item_id": "100", "kind": "click"}).status_code == 201
+
+
+def test_the_idempotency_key_returns_the_first_answer(empty_client):
+    rid = show(empty_client, new_user(), ["50", "100"])
+    body = [{"recommendation_id": rid, "item_id": "50", "kind": "click"}]
+    key = {"Idempotency-Key": f"fb-{uuid.uuid4().hex}"}
+    first, again = post(empty_client, body, key), post(empty_client, body, key)
+    assert first.json() == again.json() == {"received": 1, "stored": 1, "duplicates": 0}  # not "duplicates: 1"
+    other = post(empty_client, [{"recommendation_id": rid, "item_id": "100", "kind": "click"}], key)
+    assert other.status_code == 422 and error_body(other)["code"] == "idempotency_key_reused"
+    # the same key on /interactions is another endpoint's: no clash
+    interactions = empty_client.post("/interactions", json=[{"user_id": new_user(), "item_id": "50"}], headers={**KEY, **key})
+    assert interactions.status_code == 201
+
+
+def test_an_interaction_soon_after_a_list_with_its_item_counts_as_feedback(empty_client):
+    user, other = new_user(), new_user()
+    old = show(empty_client, user, ["1", "2"], at=datetime.now(UTC) - timedelta(hours=2))  # outside the 1800 s window
+    recent = show(empty_client, user, ["50", "100", "181"])
+    posted = empty_client.post("/interactions", json=[
+        {"user_id": user, "item_id": "100"},  # a click on the recent list's 2nd item
+        {"user_id": user, "item_id": "181", "rating": 5},  # a rating, its value kept
+        {"user_id": user, "item_id": "2"},  # only on the old list: too late to count
+        {"user_id": user, "item_id": "300"},  # never shown
+        {"user_id": other, "item_id": "50"},  # shown to someone else
+    ], headers=KEY)
+    assert posted.status_code == 201, posted.text
+    assert empty_client.app.state.parts.recorder.flush()
+    assert feedback_of(empty_client, recent) == [("100", "click", None, 2, "interaction"), ("181", "rating", 5.0, 3, "interaction")]
+    assert feedback_of(empty_client, old) == []
+    # the same click posted to /feedback afterwards is the one already stored
+    again = post(empty_client, {"recommendation_id": recent, "item_id": "100", "kind": "click"})
+    assert again.json() == {"received": 1, "stored": 0, "duplicates": 1}
+
+
+def test_an_interaction_dated_before_the_list_is_not_its_feedback(empty_client):
+    user = new_user()
+    rid = show(empty_client, user, ["50"])
+    earlier = int((datetime.now(UTC) - timedelta(minutes=5)).timestamp())
+    empty_client.post("/interactions", json=[{"user_id": user, "item_id": "50", "timestamp": earlier}], headers=KEY)
+    assert empty_client.app.state.parts.recorder.flush()
+    assert feedback_of(empty_client, rid) == []
+
+
+def _count(database_url: str, table, *where) -> int:
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            return connection.scalar(select(func.count()).select_from(table).where(*where))
+    finally:
+        engine.dispose()
+
+
+def test_a_clean_shutdown_writes_every_queued_impression_and_feedback(empty_backend, registry):
+    from service.db.migrate import upgrade_to_head
+
+    engine = make_engine(empty_backend.database_url)
+    upgrade_to_head(engine)
+    engine.dispose()
+    user = new_user()
+    app = create_app(empty_backend.settings(registry, IMPRESSION_BATCH=7))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        ids = [show(client, user, ["50", str(n)], flush=False) for n in range(200)]
+        # interactions queue behind the impressions: attributed once those are written
+        assert client.post("/interactions", json=[{"user_id": user, "item_id": "50"}], headers=KEY).status_code == 201
+    # the lifespan has ended: nothing may be left in the queue
+    assert _count(empty_backend.database_url, Impression, Impression.user_id == user) == 200
+    newest = rows(empty_backend.database_url, Feedback, Feedback.recommendation_id.in_(ids))
+    assert len(newest) == 1 and newest[0].source == "interaction"
+
+
+def test_a_full_queue_drops_and_counts_and_recording_can_be_turned_off(empty_backend, registry):
+    from service.db.migrate import upgrade_to_head
+
+    engine = make_engine(empty_backend.database_url)
+    upgrade_to_head(engine)
+    metrics = Metrics()
+    recorder = ImpressionRecorder(make_session_factory(engine), metrics, enabled=True, queue_size=3, batch_size=10,
+                                  feedback_window_s=60)
+    user = new_user()
+    records = [online.ImpressionRecord(uuid.uuid4().hex, user, "ease", "v1", ["1"], 1, datetime.now(UTC)) for _ in range(5)]
+    accepted = [recorder.record(r) for r in records]  # the writer is not started: nothing drains
+    assert accepted == [True, True, True, False, False]
+    assert metrics.registry.get_sample_value("aerec_impressions_dropped_total", {"kind": "impression", "reason": "queue_full"}) == 2
+    recorder.start()
+    recorder.close()
+    assert _count(empty_backend.database_url, Impression, Impression.user_id == user) == 3
+    engine.dispose()
+
+    off = create_app(empty_backend.settings(registry, IMPRESSIONS_ENABLED=False))
+    with TestClient(off) as client:
+        assert not client.app.state.parts.recorder.record(records[0])
+
+
+def test_an_interaction_dated_past_the_calendar_is_stored_and_not_attributed(empty_client):
+    user = new_user()
+    rid = show(empty_client, user, ["50"])
+    far = empty_client.post("/interactions", json=[{"user_id": user, "item_id": "50", "timestamp": 281_687_974_660}],
+                            headers={**KEY, "Idempotency-Key": uuid.uuid4().hex})
+    assert far.status_code == 201, far.text  # year 10896: no list was shown then
+    assert empty_client.app.state.parts.recorder.flush()
+    assert feedback_of(empty_client, rid) == []
