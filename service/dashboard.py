@@ -29,6 +29,7 @@ from service.core.config import Settings
 from service.db.session import retry_if_dropped
 from service.errors import ApiError
 from service.model_store import ModelStore, StoredLists
+from service.parts import ServiceParts
 from service.schemas import RatingRequest, RecommendationRequest
 from trainer import artifacts, best
 from trainer.errors import UserError
@@ -125,8 +126,8 @@ def health(session: Session, cache: Cache, store: ModelStore) -> list[dict[str, 
         models = (False, f"serving {version.version}; the version LATEST names was refused: {store.fallback}")
     else:
         models = (True, f"serving {version.version}")
-    cached = cache.ping()
-    checks = {"database": database, "cache": (cached, f"{cache.backend} {'reachable' if cached else 'unreachable'}"), "model store": models}
+    cached = cache.backend.ping()
+    checks = {"database": database, "cache": (cached, f"{cache.backend.name} {'reachable' if cached else 'unreachable'}"), "model store": models}
     return [{"name": name, "ok": ok, "detail": detail} for name, (ok, detail) in checks.items()]
 
 
@@ -243,12 +244,11 @@ def _error_text(exc: ApiError) -> str:
     return f"{exc.code}: {exc.message}"
 
 
-async def user_page(session: Session, cache: Cache, store: ModelStore, settings: Settings, user_id: str,
-                    rate_items: list[str]) -> dict[str, Any]:
+async def user_page(session: Session, parts: ServiceParts, user_id: str, rate_items: list[str]) -> dict[str, Any]:
     """A user's history, every ranker's list with why each item is on it (the API's answer with
     ``explain``, ``serving.recommendations``), and the
     rating models' predictions for ``rate_items`` (``serving.ratings``)."""
-    version = serving.serving_version(store)
+    version = serving.serving_version(parts.store)
 
     def read() -> tuple[int, list]:
         with crud.reads(session) as db:
@@ -260,7 +260,7 @@ async def user_page(session: Session, cache: Cache, store: ModelStore, settings:
         if served.task != "ranking":
             continue
         try:
-            answer = await serving.recommendations(session, cache, store, settings, user_id,
+            answer = await serving.recommendations(session, parts, user_id,
                                                    RecommendationRequest(k=LIST_K, model=name, explain=True))
             body = json.loads(answer.json)
             for item in body["items"]:  # why: the history items that raise it (the API's reasons, those adding > 0)
@@ -271,10 +271,10 @@ async def user_page(session: Session, cache: Cache, store: ModelStore, settings:
     ratings = []
     rating_models = [n for n, m in version.models.items() if m.task == "rating"]
     if rate_items and rating_models:
-        serving.check_list("items", rate_items, settings)
+        serving.check_list("items", rate_items, parts.settings)
         for name in rating_models:
             try:
-                answer = await serving.ratings(session, cache, store, settings,
+                answer = await serving.ratings(session, parts,
                                                [RatingRequest(user_id=user_id, item_ids=rate_items, model=name)], many=False)
                 ratings.append({"model": name, **json.loads(answer.json), "error": None})
             except ApiError as exc:
@@ -303,13 +303,13 @@ async def item_title(session: Session, item_id: str) -> str | None:
     return (await run_in_threadpool(retry_if_dropped, read)).get(item_id)
 
 
-async def similar_lists(session: Session, cache: Cache, store: ModelStore, settings: Settings, item_id: str) -> list[dict[str, Any]]:
+async def similar_lists(session: Session, parts: ServiceParts, item_id: str) -> list[dict[str, Any]]:
     """Every model's similar items (the API's answer, ``serving.similar``); a model without item embeddings says so."""
-    version = serving.serving_version(store)
+    version = serving.serving_version(parts.store)
     lists = []
     for name in version.models:
         try:
-            answer = await serving.similar(session, cache, store, settings, item_id, LIST_K, name)
+            answer = await serving.similar(session, parts, item_id, LIST_K, name)
             lists.append({"model": name, **json.loads(answer.json), "error": None})
         except ApiError as exc:
             lists.append({"model": name, "items": [], "error": _error_text(exc)})

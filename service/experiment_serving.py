@@ -27,8 +27,7 @@ from service.experiments.assignment import Arm, Experiment, assign
 from service.experiments.interleaving import team_draft
 from service.impressions import ImpressionRecorder, ServedAnswer
 from service.model_store import ModelStore, ServingVersion
-from service.schemas import RecommendationRequest
-from service.serving import Answer
+from service.schemas import Answer, RecommendationRequest
 
 log = logging.getLogger("service.experiments")
 
@@ -38,14 +37,11 @@ Compute = Callable[[Any, RecommendationRequest], Awaitable[Answer]]
 
 @dataclass(frozen=True)
 class PinnedStore:
-    """A ``ModelStore`` as ``serving`` uses it (``current``, ``run``), serving an arm's pinned version: its
-    answers are cached under that version's name, its scoring takes the same slots."""
+    """A ``ModelStore`` as ``serving`` uses it (``current``), serving an arm's pinned version: its answers are
+    cached under that version's name; its scoring takes the same slots (``ServiceParts.scoring``)."""
 
     store: ModelStore
     current: ServingVersion
-
-    async def run(self, work, *args):
-        return await self.store.run(work, *args)
 
 
 def with_id(answer_json: str, recommendation_id: str, experiment: Experiment | None = None, arm: str | None = None) -> str:

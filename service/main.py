@@ -27,8 +27,10 @@ from service.experiment_serving import ExperimentServing
 from service.impressions import ImpressionRecorder
 from service.metrics import Metrics, RequestMetrics
 from service.model_store import ModelStore
+from service.parts import ServiceParts
 from service.rate_limits import RateLimited, RateLimits
 from service.request_limits import rating_hint
+from service.scoring import ScoringSlots
 from service.training_runs import TrainingRuns
 from service.writes import InteractionWriter
 
@@ -51,13 +53,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         history_rows=settings.HISTORY_CACHE_ROWS,
     )
     limits = RateLimits(settings, metrics)
-    store = ModelStore(
-        settings.ARTIFACTS_DIR, metrics, settings.RELOAD_INTERVAL_S,
-        torch_threads=settings.TORCH_THREADS, scoring_concurrency=settings.SCORING_CONCURRENCY,
-        device=settings.scoring_device,
-    )
-
+    store = ModelStore(settings.ARTIFACTS_DIR, metrics, settings.RELOAD_INTERVAL_S, torch_threads=settings.TORCH_THREADS,
+                       device=settings.scoring_device)
     training_runs = TrainingRuns(settings)
+    session_factory = make_session_factory(engine)
+    recorder = ImpressionRecorder(
+        session_factory, metrics, enabled=settings.IMPRESSIONS_ENABLED, queue_size=settings.IMPRESSION_QUEUE_SIZE,
+        batch_size=settings.IMPRESSION_BATCH, feedback_window_s=settings.FEEDBACK_WINDOW_S, linger_s=settings.IMPRESSION_FLUSH_S,
+    )
+    experiments = ExperimentRegistry(session_factory, store, settings.EXPERIMENTS_REFRESH_S)
+    parts = ServiceParts(
+        settings=settings, metrics=metrics, engine=engine, session_factory=session_factory, cache=cache, store=store,
+        scoring=ScoringSlots(settings.SCORING_CONCURRENCY), training_runs=training_runs,
+        writer=InteractionWriter(session_factory, cache.users, metrics, max_rows=settings.MAX_BATCH, recorder=recorder),
+        recorder=recorder, experiments=experiments, experiment_serving=ExperimentServing(recorder, experiments, store),
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -84,22 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             engine.dispose()
 
     app = FastAPI(title="aerec", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
-    app.state.settings = settings
-    app.state.metrics = metrics
-    app.state.engine = engine
-    app.state.session_factory = make_session_factory(engine)
-    recorder = ImpressionRecorder(
-        app.state.session_factory, metrics, enabled=settings.IMPRESSIONS_ENABLED, queue_size=settings.IMPRESSION_QUEUE_SIZE,
-        batch_size=settings.IMPRESSION_BATCH, feedback_window_s=settings.FEEDBACK_WINDOW_S, linger_s=settings.IMPRESSION_FLUSH_S,
-    )
-    experiments = ExperimentRegistry(app.state.session_factory, store, settings.EXPERIMENTS_REFRESH_S)
-    app.state.recorder = recorder
-    app.state.experiments = experiments
-    app.state.experiment_serving = ExperimentServing(recorder, experiments, store)
-    app.state.writer = InteractionWriter(app.state.session_factory, cache, metrics, max_rows=settings.MAX_BATCH, recorder=recorder)
-    app.state.cache = cache
-    app.state.store = store
-    app.state.training_runs = training_runs
+    app.state.parts = parts
     install_error_handlers(app, field_hints={"rating": rating_hint(settings.rating_scale)})
     app.include_router(api_router)
     app.add_middleware(recommendations.BeforeRouting, route=recommendations.router.routes[0], handlers=app.exception_handlers)

@@ -25,9 +25,8 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Sequence
 
-import anyio
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -37,8 +36,6 @@ from trainer import best
 from trainer.artifacts import ArtifactError, LoadedModel, latest_version, list_versions, load_version, version_stamp
 
 log = logging.getLogger("service.model_store")
-
-T = TypeVar("T")
 
 
 class IdIndex:
@@ -256,10 +253,7 @@ def prepare_version(root: Path, version: str, device: str = "cpu") -> ServingVer
                     "history are rated at the middle of the rating scale until the next training", version, ", ".join(without))
     tasks = {name: served.task for name, served in models.items()}
     return ServingVersion(
-        version=loaded.version,
-        manifest=loaded.manifest,
-        models=models,
-        popular_items=pd.Index(popular),
+        version=loaded.version, manifest=loaded.manifest, models=models, popular_items=pd.Index(popular),
         popular_counts=np.asarray(loaded.popular_counts, dtype=np.float64),
         defaults={task: best.default_model(loaded.manifest, task, tasks) for task in best.TASK_BASELINE},
     )
@@ -269,11 +263,10 @@ class ModelStore:
     """Holds the served version and the watcher thread that polls ``LATEST``."""
 
     def __init__(self, root: Path, metrics: Metrics, interval_s: float, torch_threads: int | None = None,
-                 scoring_concurrency: int = 1, device: str = "cpu") -> None:
+                 device: str = "cpu") -> None:
         self.root = Path(root)
         self.device = device  # where the models score: recommend() masks and ranks there too
         self.torch_threads = torch_threads  # scoring threads, set when a version loads (torch comes in with it)
-        self.scoring_slots = anyio.CapacityLimiter(scoring_concurrency)
         self.metrics = metrics
         self.interval_s = interval_s
         self.current: ServingVersion | None = None  # replaced in one assignment; readers grab it once
@@ -375,16 +368,6 @@ class ModelStore:
         if why is None:
             self.last_error = None
         self.metrics.model_fallback.set(0 if why is None else 1)
-
-    async def run(self, work: Callable[..., T], *args) -> T:
-        """``work(*args)`` in a worker thread, at most ``scoring_concurrency`` at once.
-
-        For a request's model work (its history query, scoring, serialising the answer). The
-        rest wait their turn on the event loop, not in threads: threads running Python only
-        take turns on the GIL, and 8 of them at once served a third fewer uncached
-        recommendations than one at a time (ml-100k, 8 clients: 360 against 530 req/s).
-        """
-        return await anyio.to_thread.run_sync(work, *args, limiter=self.scoring_slots)
 
     def _set_torch_threads(self) -> None:
         if self.torch_threads is None:

@@ -28,7 +28,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.deps import API_KEY_HEADER, key_scope
-from service.cache import BACKOFF_S
+from service.cache.backends import BACKOFF_S
 from service.core.config import Settings
 from service.errors import error_response
 from service.metrics import Metrics

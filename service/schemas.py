@@ -7,6 +7,7 @@ Limits that depend on settings (``MAX_K``, ``MAX_BATCH``) are checked by the rou
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, WithJsonSchema
@@ -315,3 +316,11 @@ class TrainingRun(BaseModel):
     exit_code: int | None
     command: list[str] = Field(description="The trainer's command line (the database URL goes by environment, not here).")
     output_tail: list[str] = Field(description="The last lines of the run's output so far.")
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A response body already serialised (a hit's as it was cached), and the model that produced it (for the metrics)."""
+
+    model: str
+    json: str

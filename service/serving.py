@@ -6,13 +6,13 @@ token and the request (``RecommendationLookup``), else answer from the user's st
 list when it can say exactly what scoring would (``inference.stored_recommendation``: no
 write since its data, seen items excluded, enough items left after the filters), on the
 event loop when every title is known here, else read the history (one query, unless a list
-for the same user under the same token read it: ``Cache.user_history``), score, add titles,
+for the same user under the same token read it: ``Histories.user_history``), score, add titles,
 cache.
 Cacheable answers leave here as JSON text (``Answer``): a hit is sent as it was stored,
 with no parse and re-serialisation, and a miss is serialised once, for the cache and the
 client alike. The cached endpoints are coroutines: the cache lookup runs on the event loop
 (in process, or through Redis's asyncio client), so a hit costs no thread hop; only a
-miss's work (query, scoring, serialising) goes to a worker thread.
+miss's work (query, scoring, serialising) goes to a worker thread (``ServiceParts.scoring``).
 """
 
 from __future__ import annotations
@@ -31,7 +31,9 @@ from service.core.config import Settings
 from service.db.session import retry_if_dropped
 from service.errors import ApiError
 from service.model_store import ModelStore, ServingModel, ServingVersion
+from service.parts import ServiceParts
 from service.schemas import (
+    Answer,
     PredictedRating,
     RatingRequest,
     EXPLAIN_MAX_K,
@@ -51,14 +53,6 @@ _RATING_LIST = TypeAdapter(list[RatingResponse])
 Compute = Callable[[CacheEntry], str]  # (the lookup's entry: the user's generation token, ...) -> the answer's JSON
 
 
-@dataclass(frozen=True)
-class Answer:
-    """A response body already serialised, and the model that produced it (for the metrics)."""
-
-    model: str
-    json: str
-
-
 def serving_version(store: ModelStore) -> ServingVersion:
     version = store.current  # read the reference once; this object serves the whole request
     if version is None:  # why is in the log: the body never carries paths or exception texts
@@ -76,7 +70,7 @@ def check_list(name: str, values: Sequence | None, settings: Settings) -> None:
 
 def _titles(session: Session, cache: Cache, settings: Settings, item_ids: list[str]) -> dict[str, str]:
     """Titles from the cache; the ones it lacks from the database (a connection only for those)."""
-    return cache.item_titles(item_ids, partial(_read_titles, session), settings.CACHE_TTL_S)
+    return cache.titles.item_titles(item_ids, partial(_read_titles, session), settings.CACHE_TTL_S)
 
 
 def _read_titles(session: Session, item_ids: list[str]) -> dict[str, str]:
@@ -90,8 +84,8 @@ def _read_history(session: Session, user_id: str) -> crud.History:
 
 
 def _kept_history(session: Session, cache: Cache, settings: Settings, user_id: str, generation: str | None) -> crud.History:
-    """The user's history kept in process under ``generation``, else one query (``Cache.user_history``)."""
-    return cache.user_history(user_id, generation, partial(_read_history, session, user_id), settings.CACHE_TTL_S)
+    """The user's history kept in process under ``generation``, else one query (``Histories.user_history``)."""
+    return cache.histories.user_history(user_id, generation, partial(_read_history, session, user_id), settings.CACHE_TTL_S)
 
 
 def _scored_items(
@@ -130,23 +124,23 @@ class RecommendationLookup:
     generation_ttl_s: float
 
     @classmethod
-    def of(cls, cache: Cache, store: ModelStore, settings: Settings, user_id: str, request: RecommendationRequest
-           ) -> RecommendationLookup:
+    def of(cls, parts: ServiceParts, user_id: str, request: RecommendationRequest) -> RecommendationLookup:
         """The request's lookup, after its limits are checked and its model resolved (``ApiError`` if not)."""
+        settings = parts.settings
         check_recommendation_limits(request, settings)
-        version = serving_version(store)
+        version = serving_version(parts.store)
         served = inference.resolve_model(version, request.model, settings.DEFAULT_MODEL)
         # an explained answer under a key of its own; an unexplained one under the key it always had
         key = list_key("rec", version.version, served.name, user_id,
                        request.model_dump(exclude={"model"} if request.explain else {"model", "explain"}))
-        return cls(version, served, user_id, key, cache, 2 * settings.CACHE_TTL_S)
+        return cls(version, served, user_id, key, parts.cache, 2 * settings.CACHE_TTL_S)
 
     @property
     def model(self) -> str:
         return self.served.name
 
     async def __call__(self) -> CacheEntry:
-        return await self.cache.user_entry_async(self.user_id, self.key, self.generation_ttl_s, kind="recommendations")
+        return await self.cache.users.user_entry_async(self.user_id, self.key, self.generation_ttl_s, kind="recommendations")
 
 
 def check_recommendation_limits(request: RecommendationRequest, settings: Settings) -> None:
@@ -163,31 +157,30 @@ def check_recommendation_limits(request: RecommendationRequest, settings: Settin
 
 
 async def recommendations(
-    session: Session | Callable[[], Session], cache: Cache, store: ModelStore, settings: Settings, user_id: str,
-    request: RecommendationRequest,
+    session: Session | Callable[[], Session], parts: ServiceParts, user_id: str, request: RecommendationRequest
 ) -> Answer:
     """A ``RecommendedList`` as JSON: the cached one, the stored list's when its titles are all
     known here (no thread hop, no slot), else ``computed_recommendation``'s. ``session``: the caller's, or a
     factory of one, opened only if the answer is computed (creating one costs about what a hit does)."""
-    lookup = RecommendationLookup.of(cache, store, settings, user_id, request)
+    lookup = RecommendationLookup.of(parts, user_id, request)
     entry = await lookup()
     if entry.value is not None:
         return Answer(lookup.model, entry.value)
     answer = stored_answer(lookup, request, entry)
     if answer is None:
-        answer = await computed_recommendation(session, store, settings, lookup, request, entry)
+        answer = await computed_recommendation(session, parts, lookup, request, entry)
     elif entry.key is not None:  # stored for the next ask after this answer is sent: a hit then
-        cache.set_later(entry.key, answer, settings.CACHE_TTL_S)
+        parts.cache.backend.set_later(entry.key, answer, parts.settings.CACHE_TTL_S)
     return Answer(lookup.model, answer)
 
 
 async def computed_recommendation(
-    session: Session | Callable[[], Session], store: ModelStore, settings: Settings, lookup: RecommendationLookup,
+    session: Session | Callable[[], Session], parts: ServiceParts, lookup: RecommendationLookup,
     request: RecommendationRequest, entry: CacheEntry,
 ) -> str:
     """A missed answer, computed in a scoring slot and cached: from the stored list with titles read from
     the database, else scored."""
-    cache, version, served, user_id = lookup.cache, lookup.version, lookup.served, lookup.user_id
+    cache, settings, version, served, user_id = lookup.cache, parts.settings, lookup.version, lookup.served, lookup.user_id
 
     def compute(entry: CacheEntry) -> str:
         # the stored list when it can answer (not an explained answer: that reads the history); else the
@@ -207,7 +200,7 @@ async def computed_recommendation(
             titles = _titles(db, cache, settings, list(dict.fromkeys(item_ids + reason_ids + more)))
         return _recommendation_json(lookup, request, scored, titles, explained)
 
-    return await _computed_and_cached(cache, store, settings, entry, compute)
+    return await _computed_and_cached(parts, entry, compute)
 
 
 def _options(request: RecommendationRequest) -> dict[str, Any]:
@@ -245,28 +238,28 @@ def stored_answer(lookup: RecommendationLookup, request: RecommendationRequest, 
     scored = _stored(lookup, request, entry)
     if scored is None:
         return None
-    titles = lookup.cache.known_titles([i for i, _ in scored.items])
+    titles = lookup.cache.titles.known([i for i, _ in scored.items])
     if titles is None:
         return None
     lookup.cache.metrics.cache_hits.labels("stored_list").inc()
     return _recommendation_json(lookup, request, scored, titles)
 
 
-async def _computed_and_cached(cache: Cache, store: ModelStore, settings: Settings, entry: CacheEntry, compute: Compute) -> str:
+async def _computed_and_cached(parts: ServiceParts, entry: CacheEntry, compute: Compute) -> str:
     """``compute(entry)``'s JSON for a lookup that missed, stored under its key.
 
     The cache is used from the event loop (in process, or Redis's asyncio client): a hit
     costs no thread hop (PostgreSQL + Redis, ml-100k, 8 clients: 525-637 hits/s against
     495-555 with the lookup in a worker thread), and a miss holds its scoring slot
-    (``ModelStore.run``) only for the query, scoring and serialising, not for the store
+    (``ScoringSlots.run``) only for the query, scoring and serialising, not for the store
     of its answer. A hit never queues behind other requests' scoring. The history query
     stays inside the slot: moving it out (a thread hop more, and more threads taking turns
     on the GIL) served fewer misses on both backends (ml-100k, 8 clients: SQLite 490
     against 600 req/s, PostgreSQL 285 against 350).
     """
-    body = await store.run(partial(retry_if_dropped, partial(compute, entry)))
+    body = await parts.scoring.run(partial(retry_if_dropped, partial(compute, entry)))
     if entry.key is not None:  # stored from the loop too, after the slot is free for the next miss
-        await cache.set_async(entry.key, body, settings.CACHE_TTL_S)
+        await parts.cache.backend.set_async(entry.key, body, parts.settings.CACHE_TTL_S)
     return body
 
 
@@ -277,21 +270,20 @@ def _rating_histories(session: Session, cache: Cache, settings: Settings, user_i
     cost a Redis round trip per user)."""
     if len(set(user_ids)) == 1:
         user_id = user_ids[0]
-        return _kept_history(session, cache, settings, user_id, cache.user_generation(user_id, 2 * settings.CACHE_TTL_S))
+        return _kept_history(session, cache, settings, user_id, cache.users.user_generation(user_id, 2 * settings.CACHE_TTL_S))
     with crud.reads(session) as db:
         return crud.user_histories(db, user_ids)
 
 
-async def ratings(
-    session: Session, cache: Cache, store: ModelStore, settings: Settings, requests: list[RatingRequest], many: bool
-) -> Answer:
+async def ratings(session: Session, parts: ServiceParts, requests: list[RatingRequest], many: bool) -> Answer:
     """A ``RatingResponse`` per request as JSON: a list of them if ``many``, else the one. Its size
     was checked before validation (``request_limits.check_ratings_size``)."""
+    cache, settings = parts.cache, parts.settings
     for r in requests:
         check_list("item_ids", r.item_ids, settings)
         if r.explain:
             check_explain_size(len(r.item_ids), "item_ids")
-    version = serving_version(store)
+    version = serving_version(parts.store)
     queries = [
         inference.RatingQuery(r.user_id, r.item_ids, inference.resolve_model(version, r.model, settings.DEFAULT_RATING_MODEL, rating=True))
         for r in requests
@@ -316,7 +308,7 @@ async def ratings(
         return f"[{','.join(bodies)}]" if many else bodies[0]
 
     models = ",".join(sorted({q.model.name for q in queries}))
-    return Answer(models, await store.run(partial(retry_if_dropped, predicted)))
+    return Answer(models, await parts.scoring.run(partial(retry_if_dropped, predicted)))
 
 
 UNEXPLAINED_RATINGS = {"ratings": {"__all__": {"because"}}, "explanation": True}
@@ -336,17 +328,16 @@ def _explain_ratings(
                                        history_total=explained.history_total, note=explained.note)
 
 
-async def similar(
-    session: Session, cache: Cache, store: ModelStore, settings: Settings, item_id: str, k: int, model: str | None
-) -> Answer:
+async def similar(session: Session, parts: ServiceParts, item_id: str, k: int, model: str | None) -> Answer:
     """A ``SimilarItemsResponse`` as JSON."""
+    cache, settings = parts.cache, parts.settings
     if k > settings.MAX_K:
         raise ApiError(422, "k_too_large", f"k is {k}; at most {settings.MAX_K}", {"k": k, "max_k": settings.MAX_K})
-    version = serving_version(store)
+    version = serving_version(parts.store)
     served = inference.resolve_model(version, model, settings.DEFAULT_MODEL, embeddings=True)
 
     key = list_key("sim", version.version, served.name, item_id, k)
-    entry = CacheEntry(key, await cache.get_async(key, kind="similar"), None)
+    entry = CacheEntry(key, await cache.backend.get_async(key, kind="similar"), None)
     if entry.value is not None:
         return Answer(served.name, entry.value)
 
@@ -358,7 +349,7 @@ async def similar(
         )
         return response.model_dump_json()
 
-    return Answer(served.name, await _computed_and_cached(cache, store, settings, entry, compute))
+    return Answer(served.name, await _computed_and_cached(parts, entry, compute))
 
 
 def models_report(store: ModelStore, settings: Settings) -> dict:

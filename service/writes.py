@@ -9,7 +9,7 @@ themselves. A request is answered only after the commit that holds its rows, as 
 
 A batch is stored once its transaction commits; if its users' cached lists cannot be
 invalidated after that, it is answered 503 ``cache_not_invalidated`` (saying it was stored),
-and those users are read uncached meanwhile (``Cache.invalidate_users``).
+and those users are read uncached meanwhile (``UserLists.invalidate_users``).
 
 A batch with an ``Idempotency-Key`` records its answer in its own transaction; the same key
 again (same body) gets that answer and writes nothing, with another body a 422.
@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from service import crud
-from service.cache import Cache
+from service.cache import UserLists
 from service.db.session import retry_if_dropped
 from service.errors import DATABASE_UNAVAILABLE, ApiError
 from service.impressions import Attribution, ImpressionRecorder, interaction_time
@@ -68,7 +68,7 @@ class _Waiting:
 
 
 def cache_not_invalidated(counts: dict[str, int]) -> ApiError:
-    """The answer to a stored batch whose users' cached lists could not be invalidated (``Cache.invalidate_users``)."""
+    """The answer to a stored batch whose users' cached lists could not be invalidated (``UserLists.invalidate_users``)."""
     return ApiError(
         503, "cache_not_invalidated",
         "the interactions were stored (a retry stores nothing again), but the cache could not be told: these users' "
@@ -94,10 +94,10 @@ def recorded_answer(session_factory: Callable[[], Session], claim: crud.Idempote
 class InteractionWriter:
     """Stores interaction batches, writing those that wait together in one transaction."""
 
-    def __init__(self, session_factory: Callable[[], Session], cache: Cache, metrics: Metrics, max_rows: int,
+    def __init__(self, session_factory: Callable[[], Session], user_lists: UserLists, metrics: Metrics, max_rows: int,
                  recorder: ImpressionRecorder | None = None) -> None:
         self._session_factory = session_factory
-        self._cache = cache
+        self._user_lists = user_lists
         self._metrics = metrics
         self._recorder = recorder  # stored batches are queued there for attribution to the lists shown
         self.max_rows = max_rows  # most rows in one group (a bigger batch is written alone)
@@ -165,7 +165,7 @@ class InteractionWriter:
             return [outcome for batch in batches for outcome in self._write([batch])]
         self._metrics.write_group.observe(len(batches))
         self._attribute(batches)
-        if not self._cache.invalidate_users({u for batch in batches for u in batch.user_ids}):
+        if not self._user_lists.invalidate_users({u for batch in batches for u in batch.user_ids}):
             return [cache_not_invalidated(c) if isinstance(c, dict) else c for c in counts]
         return counts
 

@@ -1,6 +1,7 @@
-"""Request dependencies: the DB session, settings, cache, model store, and the API keys' scopes and checks.
+"""Request dependencies: the service's parts (``ServiceParts``) or one of them, a DB session, and the API keys'
+scopes and checks.
 
-Everything comes from ``request.app.state``, filled by the app factory, so a test can
+Everything comes from ``request.app.state.parts``, built by the app factory, so a test can
 build an app with its own settings and database. Every dependency is ``async def``:
 FastAPI runs a plain ``def`` dependency in its thread pool, a thread hop per dependency
 per request (two for one with ``yield``), which on the cached path cost more than the
@@ -28,6 +29,7 @@ from service.experiment_registry import ExperimentRegistry
 from service.impressions import ImpressionRecorder
 from service.metrics import Metrics
 from service.model_store import ModelStore
+from service.parts import ServiceParts
 from service.training_runs import TrainingRuns
 from service.writes import InteractionWriter
 
@@ -47,8 +49,12 @@ metrics_key_header = APIKeyHeader(
 )
 
 
+async def get_parts(request: Request) -> ServiceParts:
+    return request.app.state.parts
+
+
 async def get_db(request: Request) -> AsyncIterator[Session]:
-    session: Session = request.app.state.session_factory()  # lazy: no connection yet
+    session: Session = request.app.state.parts.session_factory()  # lazy: no connection yet
     try:
         yield session
     finally:
@@ -59,37 +65,38 @@ async def get_db(request: Request) -> AsyncIterator[Session]:
 
 
 async def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
+    return request.app.state.parts.settings
 
 
 async def get_cache(request: Request) -> Cache:
-    return request.app.state.cache
+    return request.app.state.parts.cache
 
 
 async def get_store(request: Request) -> ModelStore:
-    return request.app.state.store
+    return request.app.state.parts.store
 
 
 async def get_metrics(request: Request) -> Metrics:
-    return request.app.state.metrics
+    return request.app.state.parts.metrics
 
 
 async def get_writer(request: Request) -> InteractionWriter:
-    return request.app.state.writer
+    return request.app.state.parts.writer
 
 
 async def get_recorder(request: Request) -> ImpressionRecorder:
-    return request.app.state.recorder
+    return request.app.state.parts.recorder
 
 
 async def get_experiments(request: Request) -> ExperimentRegistry:
-    return request.app.state.experiments
+    return request.app.state.parts.experiments
 
 
 async def get_training_runs(request: Request) -> TrainingRuns:
-    return request.app.state.training_runs
+    return request.app.state.parts.training_runs
 
 
+PartsDep = Annotated[ServiceParts, Depends(get_parts)]  # all of them: for a route that hands them on (``serving``)
 SessionDep = Annotated[Session, Depends(get_db)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 CacheDep = Annotated[Cache, Depends(get_cache)]

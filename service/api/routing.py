@@ -54,7 +54,7 @@ class AccessFirstRoute(APIRoute):
         """Raises the refusal a request gets from its headers alone: the key (401, 403), a body not JSON (415),
         then ``before_body``."""
         for rule in self.access_rules:
-            rule.check(request.headers.get(API_KEY_HEADER), request.app.state.settings)
+            rule.check(request.headers.get(API_KEY_HEADER), request.app.state.parts.settings)
         if self.body_field is not None and not json_or_no_body(request.headers):
             raise ApiError(415, "unsupported_media_type", "the body must be JSON (Content-Type: application/json)",
                            {"content_type": request.headers.get("content-type")})

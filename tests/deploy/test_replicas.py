@@ -56,10 +56,13 @@ def _histories(ml100k_dir) -> list[dict]:
 
 
 def _recommend(base: str, user: str, k: int) -> dict:
+    """The answer without its ``recommendation_id``: every answer has its own, cached or not."""
     # ENVIRONMENT=production: reads need a key too (API_KEY opens every scope)
     response = httpx.post(f"{base}/users/{user}/recommendations", json={"k": k}, headers={"X-API-Key": API_KEY}, timeout=30)
     assert response.status_code == 200, response.text
-    return response.json()
+    answer = response.json()
+    assert answer.pop("recommendation_id")
+    return answer
 
 
 def _agreeing_lists(bases: list[str], version: str) -> dict[str, list[str]]:

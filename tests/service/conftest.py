@@ -203,9 +203,9 @@ def computed_answers(monkeypatch):
     calls = []
     original = serving.computed_recommendation
 
-    async def counted(session, store, settings, lookup, request, entry):
+    async def counted(session, parts, lookup, request, entry):
         calls.append(entry.key)
-        return await original(session, store, settings, lookup, request, entry)
+        return await original(session, parts, lookup, request, entry)
 
     monkeypatch.setattr(serving, "computed_recommendation", counted)
     return calls

@@ -81,7 +81,7 @@ def test_training_requests_are_checked_before_anything_runs(client):
     assert client.post("/admin/training", json={"models": ["ease"]}).status_code == 401
     assert client.post("/admin/training", json={"models": ["ease"]}, headers={"X-API-Key": "wrong"}).status_code == 403
     assert client.get("/admin/training").status_code == 401
-    assert client.app.state.training_runs.last is None  # none of these started anything
+    assert client.app.state.parts.training_runs.last is None  # none of these started anything
 
 
 def test_a_run_is_refused_while_another_process_holds_the_registry_lock(empty_backend, tmp_path):
@@ -98,7 +98,7 @@ def test_a_run_is_refused_while_another_process_holds_the_registry_lock(empty_ba
             assert response.status_code == 409, response.text
             error = error_body(response)
             assert error["code"] == "training_running" and error["details"] == {"running": None}
-            assert "registry lock" in error["message"] and client.app.state.training_runs.last is None
+            assert "registry lock" in error["message"] and client.app.state.parts.training_runs.last is None
     finally:
         holder.kill()
         holder.wait()
@@ -112,7 +112,7 @@ def test_a_runs_folder_that_cannot_be_written_answers_503_naming_it(empty_backen
         assert response.status_code == 503, response.text
         error = error_body(response)
         assert error["code"] == "training_unavailable" and "not-a-folder" in error["message"]
-        assert client.app.state.training_runs.last is None
+        assert client.app.state.parts.training_runs.last is None
 
 
 def test_only_the_admin_key_opens_training_and_before_the_body_is_read(empty_backend, tmp_path, body_reads):
@@ -123,7 +123,7 @@ def test_only_the_admin_key_opens_training_and_before_the_body_is_read(empty_bac
             for response in (client.post("/admin/training", json={"models": ["ease"]}, headers={"X-API-Key": key}),
                              client.get("/admin/training", headers={"X-API-Key": key})):
                 assert response.status_code == 403 and error_body(response)["code"] == "insufficient_scope", response.text
-        assert "/admin/training" not in body_reads and app.state.training_runs.last is None
+        assert "/admin/training" not in body_reads and app.state.parts.training_runs.last is None
 
 
 def test_stopping_the_service_stops_a_run_still_going(empty_backend, tmp_path):
@@ -131,7 +131,7 @@ def test_stopping_the_service_stops_a_run_still_going(empty_backend, tmp_path):
 
     root = tmp_path / "registry"
     with app_on(empty_backend, root, tmp_path / "runs") as client:
-        runs = client.app.state.training_runs
+        runs = client.app.state.parts.training_runs
         assert client.post("/admin/training", json={"models": ["ease"]}, headers=ADMIN).status_code == 202
         process = runs._process
     # the lifespan's end terminated it (the trainer was still importing): nothing left running, nothing published

@@ -39,7 +39,7 @@ def test_the_amplification_request_is_refused_unread(client, scoring_calls, body
 
 
 def test_ratings_past_the_caps_are_refused_before_validation_and_scoring(client, scoring_calls):
-    settings = client.app.state.settings
+    settings = client.app.state.parts.settings
     pairs = client.post("/ratings", json=[{"user_id": u, "item_ids": list(range(1, 501))} for u in (1, 2, 3)])
     error = error_body(pairs)
     assert pairs.status_code == 413 and error["code"] == "too_many_pairs", pairs.text

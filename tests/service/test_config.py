@@ -32,24 +32,24 @@ def test_apps_do_not_share_state(tmp_path):
 
     first = create_app(Settings(DATABASE_URL=f"sqlite:///{tmp_path / 'a.db'}", ARTIFACTS_DIR=tmp_path))
     second = create_app(Settings(DATABASE_URL=f"sqlite:///{tmp_path / 'b.db'}", ARTIFACTS_DIR=tmp_path))
-    assert first.state.engine is not second.state.engine
-    assert first.state.metrics.registry is not second.state.metrics.registry
+    assert first.state.parts.engine is not second.state.parts.engine
+    assert first.state.parts.metrics.registry is not second.state.parts.metrics.registry
 
 
 def test_the_app_keeps_db_pool_size_connections(tmp_path):
     from service.main import create_app
 
     app = create_app(Settings(DATABASE_URL=f"sqlite:///{tmp_path / 'p.db'}", ARTIFACTS_DIR=tmp_path, DB_POOL_SIZE=12))
-    assert app.state.engine.pool.size() == 12
-    assert create_app(Settings(DATABASE_URL=f"sqlite:///{tmp_path / 'q.db'}", ARTIFACTS_DIR=tmp_path)).state.engine.pool.size() == 20
+    assert app.state.parts.engine.pool.size() == 12
+    assert create_app(Settings(DATABASE_URL=f"sqlite:///{tmp_path / 'q.db'}", ARTIFACTS_DIR=tmp_path)).state.parts.engine.pool.size() == 20
 
 
-def test_scoring_concurrency_sets_the_model_stores_slots(tmp_path):
+def test_scoring_concurrency_sets_the_scoring_slots(tmp_path):
     from service.main import create_app
 
     app = create_app(Settings(DATABASE_URL=f"sqlite:///{tmp_path / 's.db'}", ARTIFACTS_DIR=tmp_path, SCORING_CONCURRENCY=3))
-    assert app.state.store.scoring_slots.total_tokens == 3
-    assert create_app(Settings(DATABASE_URL=f"sqlite:///{tmp_path / 't.db'}", ARTIFACTS_DIR=tmp_path)).state.store.scoring_slots.total_tokens == 1
+    assert app.state.parts.scoring.limiter.total_tokens == 3
+    assert create_app(Settings(DATABASE_URL=f"sqlite:///{tmp_path / 't.db'}", ARTIFACTS_DIR=tmp_path)).state.parts.scoring.limiter.total_tokens == 1
     with pytest.raises(ValidationError, match="SCORING_CONCURRENCY"):
         Settings(DATABASE_URL=f"sqlite:///{tmp_path / 'u.db'}", ARTIFACTS_DIR=tmp_path, SCORING_CONCURRENCY=0)
 
@@ -62,7 +62,7 @@ def test_scoring_device_is_the_gpu_when_there_is_one_and_the_store_loads_onto_it
     here = "cuda" if torch.cuda.is_available() else "cpu"
     settings = Settings(DATABASE_URL=f"sqlite:///{tmp_path / 'd.db'}", ARTIFACTS_DIR=tmp_path)
     assert settings.SCORING_DEVICE == "auto" and settings.scoring_device == here
-    assert create_app(settings).state.store.device == here
+    assert create_app(settings).state.parts.store.device == here
     assert Settings(DATABASE_URL=f"sqlite:///{tmp_path / 'e.db'}", SCORING_DEVICE="cpu").scoring_device == "cpu"
     if not torch.cuda.is_available():
         with pytest.raises(ValidationError, match="SCORING_DEVICE=cuda but torch sees no CUDA GPU"):

@@ -80,8 +80,8 @@ def test_overview_data_puts_the_previous_versions_metrics_beside(client, registr
     (root / "LATEST").write_text(newer + "\n")
     store = ModelStore(root, Metrics(), 60)
     assert store.reload().version == newer
-    settings = client.app.state.settings.model_copy(update={"ARTIFACTS_DIR": root})
-    page = dashboard.overview(client.app.state.session_factory(), client.app.state.cache, store, settings)
+    settings = client.app.state.parts.settings.model_copy(update={"ARTIFACTS_DIR": root})
+    page = dashboard.overview(client.app.state.parts.session_factory(), client.app.state.parts.cache, store, settings)
     assert page["previous"] == older and [r["version"] for r in page["runs"]] == [newer, older]
     ease = next(m for m in page["models"] if m["name"] == "ease")
     assert ease["metrics"] == {"ndcg@10": 0.5} and ease["previous"] == {"ndcg@10": 0.4}
@@ -114,7 +114,7 @@ def test_data_aggregates_match_the_stored_rows(client):
 
     from service.db.tables import Interaction
 
-    with crud.reads(client.app.state.session_factory()) as db:
+    with crud.reads(client.app.state.parts.session_factory()) as db:
         stored = db.execute(select(Interaction.user_id, Interaction.item_id, Interaction.rating, Interaction.timestamp)).all()
         counts = crud.counts(db)
         histogram = crud.rating_histogram(db)
@@ -145,7 +145,7 @@ def test_users_page_shows_the_apis_lists_and_ratings_and_the_history(client):
         predicted = client.post("/ratings", json={"user_id": "1", "item_ids": ["1", "2", "50"], "model": model}).json()
         cells = re.findall(rf'<td class="num" data-model="{model}">([^<]+)</td>', html)
         assert cells == [f"{r['rating']:.2f}" for r in predicted["ratings"]]
-    with crud.reads(client.app.state.session_factory()) as db:
+    with crud.reads(client.app.state.parts.session_factory()) as db:
         history = crud.user_history(db, "1")  # as stored now: other tests of the session may write for user 1
     n = len(history)
     assert (f"{n} interactions; the latest {dashboard.HISTORY_ROWS}" if n > dashboard.HISTORY_ROWS else f"{n} interactions.") in html
@@ -161,7 +161,7 @@ def test_users_page_says_why_a_list_is_missing(client):
 def test_items_page_searches_titles_and_ids_and_shows_similar_items_per_model(client, corpus):
     html = client.get("/dashboard/items", params={"q": "toy story"}).text
     assert 'href="/dashboard/items?item_id=1"' in html  # Toy Story (1995) is item 1 of ml-100k
-    with crud.reads(client.app.state.session_factory()) as db:
+    with crud.reads(client.app.state.parts.session_factory()) as db:
         assert crud.search_items(db, "1")[0][0] == "1"  # an exact id comes first
         assert crud.search_items(db, "100%") == []  # "%" is a character, not a wildcard
     html = client.get("/dashboard/items", params={"item_id": "1"}).text
@@ -173,7 +173,7 @@ def test_items_page_searches_titles_and_ids_and_shows_similar_items_per_model(cl
 
 
 def test_traffic_counts_the_apis_requests_per_route_and_model_and_says_whose(client):
-    metrics = client.app.state.metrics
+    metrics = client.app.state.parts.metrics
     before = {(r["route"], r["model"]): r["requests"] for r in traffic_page.traffic(metrics, time.time())["rows"]}
     for _ in range(3):
         client.get("/items/1/similar", params={"model": "ease"})
@@ -256,10 +256,10 @@ def test_items_page_says_how_often_each_ranker_recommends_the_item(client, regis
     from trainer import top_lists
 
     version = latest_version(registry)
-    served = client.app.state.store.current.models["ease"]
+    served = client.app.state.parts.store.current.models["ease"]
     stored = np.load(registry / version / "ease" / top_lists.ITEMS_FILE)  # the published file, read plainly
     with_lists = stored[stored[:, 0] >= 0]
-    rows = dashboard.how_often_recommended(client.app.state.store, "50")
+    rows = dashboard.how_often_recommended(client.app.state.parts.store, "50")
     assert [r["model"] for r in rows] == ["ease"]  # the rankers only: AutoRec-U and -I rate
     col = served.item_index.get("50")
     expected_k = int(sum(col in user[:dashboard.LIST_K] for user in with_lists))
@@ -270,9 +270,9 @@ def test_items_page_says_how_often_each_ranker_recommends_the_item(client, regis
     counted = dashboard._list_counts[(version, "ease")]
     in_top_k, in_top_n = counted[0], counted[1]
     assert in_top_k.sum() == (with_lists[:, :dashboard.LIST_K] >= 0).sum() and in_top_n.sum() == (with_lists >= 0).sum()
-    dashboard.how_often_recommended(client.app.state.store, "1")
+    dashboard.how_often_recommended(client.app.state.parts.store, "1")
     assert dashboard._list_counts[(version, "ease")] is counted  # once per version, not per request
-    assert dashboard.how_often_recommended(client.app.state.store, "no-such-item")[0]["error"] == "not in this model's items"
+    assert dashboard.how_often_recommended(client.app.state.parts.store, "no-such-item")[0]["error"] == "not in this model's items"
     html = client.get("/dashboard/items", params={"item_id": "50"}).text
     assert f'<td class="num" data-testid="top-k">{expected_k}</td>' in html and f'data-testid="top-n">{expected_n}<' in html
 
@@ -356,7 +356,7 @@ def test_admin_forms_reload_through_the_admin_api_and_refuse_cross_site_posts(cl
 def test_the_training_form_goes_through_the_admin_api_with_checked_values(client, monkeypatch, tmp_path):
     from service.training_runs import TrainingRun
 
-    runs = client.app.state.training_runs
+    runs = client.app.state.parts.training_runs
     started = []
 
     def recorded(models, seed):  # the real start is tested in test_admin_training; here what reaches it

@@ -291,7 +291,7 @@ def test_no_non_finite_score_leaves_the_api(tmp_path, seeded_backend, registry):
     copy_registry(registry, tmp_path / "registry")
     settings = seeded_backend.settings(tmp_path / "registry", RELOAD_INTERVAL_S=3600.0, CACHE_NAMESPACE=uuid.uuid4().hex)
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
-        version = client.app.state.store.current
+        version = client.app.state.parts.store.current
         with torch.no_grad():
             version.models["autorec-u"].model.decoder.weight[version.models["autorec-u"].item_index.get("50")] = math.nan
             version.models["ease"].model.B[version.models["ease"].item_index.get("50")] = math.nan

@@ -43,14 +43,14 @@ def test_an_experiment_is_created_listed_and_stopped(empty_client):
     created = create(empty_client, body)
     assert created.status_code == 201, created.text
     assert created.json()["status"] == "running" and created.json()["definition"]["arms"][1]["model"] == "autorec-u"
-    assert empty_client.app.state.experiments.running.id == body["id"]  # this replica knows at once
+    assert empty_client.app.state.parts.experiments.running.id == body["id"]  # this replica knows at once
     assert create(empty_client, body).status_code == 409
     running = create(empty_client, experiment())
     assert running.status_code == 409 and error_body(running)["code"] == "experiment_running"
     assert [e["id"] for e in empty_client.get("/admin/experiments", headers=KEY).json()] == [body["id"]]
     stopped = empty_client.post(f"/admin/experiments/{body['id']}/stop", headers=KEY)
     assert stopped.status_code == 200 and stopped.json()["status"] == "stopped" and stopped.json()["stopped_at"]
-    assert empty_client.app.state.experiments.running is None
+    assert empty_client.app.state.parts.experiments.running is None
     again = create(empty_client, body)
     assert again.status_code == 409 and error_body(again)["code"] == "experiment_exists"  # ids are never reused
     assert empty_client.post("/admin/experiments/nope/stop", headers=KEY).status_code == 404
@@ -95,7 +95,7 @@ def _post_feedback(client, events):
 def test_ab_results_on_a_hand_worked_case(empty_client):
     body = experiment()
     assert create(empty_client, body).status_code == 201
-    recorder = empty_client.app.state.recorder
+    recorder = empty_client.app.state.parts.recorder
     ids = [uuid.uuid4().hex for _ in range(7)]
     for rid in ids[:4]:
         recorder.record(_impression(rid, body["id"], "control", ["1", "2", "3"]))
@@ -133,7 +133,7 @@ def test_ab_results_on_a_hand_worked_case(empty_client):
 def test_interleaving_credit_on_a_hand_worked_case(empty_client):
     body = experiment(kind="interleaving")
     assert create(empty_client, body).status_code == 201
-    recorder = empty_client.app.state.recorder
+    recorder = empty_client.app.state.parts.recorder
     teams = ["control", "challenger", "control", "challenger"]
     ids = [uuid.uuid4().hex for _ in range(4)]
     for rid in ids:
@@ -162,14 +162,14 @@ def test_replicas_learn_of_an_experiment_through_the_database(empty_backend, reg
         body = experiment()
         assert create(one, body).status_code == 201
         deadline = time.monotonic() + 5
-        while two.app.state.experiments.running is None and time.monotonic() < deadline:
+        while two.app.state.parts.experiments.running is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert two.app.state.experiments.running.id == body["id"]
+        assert two.app.state.parts.experiments.running.id == body["id"]
         one.post(f"/admin/experiments/{body['id']}/stop", headers=KEY)
         deadline = time.monotonic() + 5
-        while two.app.state.experiments.running is not None and time.monotonic() < deadline:
+        while two.app.state.parts.experiments.running is not None and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert two.app.state.experiments.running is None
+        assert two.app.state.parts.experiments.running is None
 
 
 def test_experiments_are_read_from_a_file_at_start(empty_backend, registry, tmp_path):
@@ -180,8 +180,8 @@ def test_experiments_are_read_from_a_file_at_start(empty_backend, registry, tmp_
     toml.write_text('[[experiments]]\nid = "from-file"\nkind = "ab"\nseed = 3\n\n'
                     '[[experiments.arms]]\nname = "a"\nmodel = "ease"\n\n[[experiments.arms]]\nname = "b"\nmodel = "autorec-u"\n')
     with TestClient(create_app(empty_backend.settings(registry, EXPERIMENTS_FILE=toml))) as client:
-        assert client.app.state.experiments.running.id == "from-file"
-        assert [a.share for a in client.app.state.experiments.running.arms] == [0.5, 0.5]
+        assert client.app.state.parts.experiments.running.id == "from-file"
+        assert [a.share for a in client.app.state.parts.experiments.running.arms] == [0.5, 0.5]
     # started again with the same file: the experiment exists, nothing changes
     with TestClient(create_app(empty_backend.settings(registry, EXPERIMENTS_FILE=toml))) as client:
         assert [e["id"] for e in client.get("/admin/experiments", headers=KEY).json()] == ["from-file"]

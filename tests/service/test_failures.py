@@ -57,7 +57,7 @@ def test_unreachable_database_answers_503(tmp_path, registry, database_url):
 
 def test_database_dying_mid_batch_leaves_nothing_half_written(client):
     """The connection fails at the interactions INSERT, after the batch's new users and items went in."""
-    engine = client.app.state.engine
+    engine = client.app.state.parts.engine
     backend = engine.dialect.name
 
     def die(conn, cursor, statement, parameters, context, executemany):
@@ -67,7 +67,7 @@ def test_database_dying_mid_batch_leaves_nothing_half_written(client):
             raise sqlite3.OperationalError("disk I/O error")
 
     def counts():
-        with client.app.state.session_factory() as session:
+        with client.app.state.parts.session_factory() as session:
             return crud.counts(session)
 
     before = counts()
@@ -106,7 +106,7 @@ def _drop_pooled_connections(engine, count: int = 3) -> list[int]:
 def test_connections_a_database_restart_dropped_cost_no_failed_request(client, auth, caplog):
     """Pooled connections are not pinged before use: the first statement on a dropped one fails,
     and the request's work runs again on a new connection instead of answering 503."""
-    engine = client.app.state.engine
+    engine = client.app.state.parts.engine
     assert engine.dialect.name == "postgresql"
     user = new_user()
     calls = {
@@ -124,7 +124,7 @@ def test_connections_a_database_restart_dropped_cost_no_failed_request(client, a
             response = call()
         assert response.status_code in (200, 201), (name, response.text)
         assert any("dropped" in r.getMessage() for r in caplog.records), f"{name} never met a dropped connection"
-        assert client.app.state.recorder.flush()  # its impression or attribution written: the next drop is the next call's
+        assert client.app.state.parts.recorder.flush()  # its impression or attribution written: the next drop is the next call's
         with engine.connect() as connection:  # the pool now hands out new connections
             assert connection.exec_driver_sql("SELECT pg_backend_pid()").scalar_one() not in pids
     with engine.connect() as connection:

@@ -25,9 +25,9 @@ def show(client, user: str, items: list[str], *, at: datetime | None = None, flu
     """Record a served list through the app's recorder, as the recommendation route does; its recommendation_id."""
     rid = uuid.uuid4().hex
     record = online.ImpressionRecord(rid, user, "ease", "v1", items, len(items), at or datetime.now(UTC), **fields)
-    assert client.app.state.recorder.record(record)
+    assert client.app.state.parts.recorder.record(record)
     if flush:
-        assert client.app.state.recorder.flush()
+        assert client.app.state.parts.recorder.flush()
     return rid
 
 
@@ -118,7 +118,7 @@ def test_an_interaction_soon_after_a_list_with_its_item_counts_as_feedback(empty
         {"user_id": other, "item_id": "50"},  # shown to someone else
     ], headers=KEY)
     assert posted.status_code == 201, posted.text
-    assert empty_client.app.state.recorder.flush()
+    assert empty_client.app.state.parts.recorder.flush()
     assert feedback_of(empty_client, recent) == [("100", "click", None, 2, "interaction"), ("181", "rating", 5.0, 3, "interaction")]
     assert feedback_of(empty_client, old) == []
     # the same click posted to /feedback afterwards is the one already stored
@@ -131,7 +131,7 @@ def test_an_interaction_dated_before_the_list_is_not_its_feedback(empty_client):
     rid = show(empty_client, user, ["50"])
     earlier = int((datetime.now(UTC) - timedelta(minutes=5)).timestamp())
     empty_client.post("/interactions", json=[{"user_id": user, "item_id": "50", "timestamp": earlier}], headers=KEY)
-    assert empty_client.app.state.recorder.flush()
+    assert empty_client.app.state.parts.recorder.flush()
     assert feedback_of(empty_client, rid) == []
 
 
@@ -182,7 +182,7 @@ def test_a_full_queue_drops_and_counts_and_recording_can_be_turned_off(empty_bac
 
     off = create_app(empty_backend.settings(registry, IMPRESSIONS_ENABLED=False))
     with TestClient(off) as client:
-        assert not client.app.state.recorder.record(records[0])
+        assert not client.app.state.parts.recorder.record(records[0])
 
 
 def test_an_interaction_dated_past_the_calendar_is_stored_and_not_attributed(empty_client):
@@ -191,5 +191,5 @@ def test_an_interaction_dated_past_the_calendar_is_stored_and_not_attributed(emp
     far = empty_client.post("/interactions", json=[{"user_id": user, "item_id": "50", "timestamp": 281_687_974_660}],
                             headers={**KEY, "Idempotency-Key": uuid.uuid4().hex})
     assert far.status_code == 201, far.text  # year 10896: no list was shown then
-    assert empty_client.app.state.recorder.flush()
+    assert empty_client.app.state.parts.recorder.flush()
     assert feedback_of(empty_client, rid) == []

@@ -10,7 +10,7 @@ from sqlalchemy import event
 from sqlalchemy.exc import OperationalError
 
 from service import crud
-from service.cache import MemoryCache
+from service.cache import MemoryCache, UserLists
 from service.db.session import make_engine, make_session_factory
 from service.metrics import Metrics
 from service.writes import InteractionWriter
@@ -55,7 +55,7 @@ def test_batches_in_one_transaction_get_the_counts_they_would_get_one_after_anot
 def _writer(database_url: str) -> tuple[InteractionWriter, Metrics, object]:
     engine = make_engine(database_url)
     metrics = Metrics()
-    writer = InteractionWriter(make_session_factory(engine), MemoryCache(metrics, namespace="t", max_entries=10),
+    writer = InteractionWriter(make_session_factory(engine), UserLists(MemoryCache(metrics, namespace="t", max_entries=10)),
                                metrics, max_rows=100)
     return writer, metrics, engine
 

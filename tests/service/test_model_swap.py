@@ -160,7 +160,7 @@ def test_requests_keep_the_version_they_started_with(tmp_path, registry, trained
     root = tmp_path / "registry"
     copy_registry(registry, root)
     client = app_on(root, RELOAD_INTERVAL_S=3600.0)
-    store = client.app.state.store
+    store = client.app.state.parts.store
     grabbed = store.current
     publish_version(root, trained, corpus)
     assert store.reload().swapped
@@ -184,18 +184,17 @@ def test_loading_a_version_sets_the_scoring_threads(registry):
         torch.set_num_threads(before)
 
 
-def test_model_work_runs_at_most_scoring_concurrency_at_once(tmp_path):
-    """``ModelStore.run``: with 2 slots, 6 requests' work runs 2 at a time, and all of it runs."""
+def test_model_work_runs_at_most_scoring_concurrency_at_once():
+    """``ScoringSlots.run``: with 2 slots, 6 requests' work runs 2 at a time, and all of it runs."""
     import threading
     import time
 
     import anyio
 
-    from service.metrics import Metrics
-    from service.model_store import ModelStore
+    from service.scoring import ScoringSlots
 
     for slots in (1, 2):
-        store = ModelStore(tmp_path, Metrics(), interval_s=60, scoring_concurrency=slots)
+        scoring = ScoringSlots(slots)
         lock, running, most, done = threading.Lock(), [0], [0], []
 
         def work(n: int) -> int:
@@ -210,7 +209,7 @@ def test_model_work_runs_at_most_scoring_concurrency_at_once(tmp_path):
         async def six_requests() -> None:
             async with anyio.create_task_group() as group:
                 for n in range(6):
-                    group.start_soon(lambda n=n: _append(done, store.run(work, n)))
+                    group.start_soon(lambda n=n: _append(done, scoring.run(work, n)))
 
         anyio.run(six_requests)
         assert most[0] == slots and sorted(done) == list(range(6))

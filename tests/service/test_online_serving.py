@@ -33,7 +33,7 @@ def recommend(client, user: str, **body) -> dict:
 
 
 def impressions(client, *where) -> list[Impression]:
-    assert client.app.state.recorder.flush()
+    assert client.app.state.parts.recorder.flush()
     engine = make_engine(client.backend.database_url)
     try:
         with make_session_factory(engine)() as session:
@@ -49,7 +49,7 @@ def running(client, **definition):
     created = client.post("/admin/experiments", json=body, headers=KEY)
     assert created.status_code == 201, created.text
     try:
-        yield client.app.state.experiments.running
+        yield client.app.state.parts.experiments.running
     finally:
         client.post(f"/admin/experiments/{body['id']}/stop", headers=KEY)
 
@@ -182,7 +182,7 @@ def test_held_out_users_get_the_popularity_list(tmp_path, trained, corpus, seede
                 assert answer["model"] == ("popularity" if arms[user] == "holdout" else "ease")
                 assert arms[user] == assign(experiment, user).name
             assert set(arms.values()) == {"ease", "holdout"}
-            assert client.app.state.recorder.flush()
+            assert client.app.state.parts.recorder.flush()
             report = client.get(f"/experiments/{experiment.id}").json()
             counts = {a["name"]: a["impressions"] for a in report["arms"]}
             assert counts == {"ease": sum(a == "ease" for a in arms.values()), "holdout": sum(a == "holdout" for a in arms.values())}

@@ -129,10 +129,10 @@ def test_a_hit_reads_the_key_as_the_route_does(tmp_path, registry, computed_answ
                         READS_REQUIRE_KEY=True)
     app = create_app(settings)
     with TestClient(app, raise_server_exceptions=False) as c:
-        state = app.state
-        lookup = serving.RecommendationLookup.of(state.cache, state.store, settings, "1", RecommendationRequest(k=3))
+        parts = app.state.parts
+        lookup = serving.RecommendationLookup.of(parts, "1", RecommendationRequest(k=3))
         entry = asyncio.run(lookup())
-        assert entry.value is None and state.cache.set(entry.key, '{"cached": true}', 60)  # an answer is cached
+        assert entry.value is None and parts.cache.backend.set(entry.key, '{"cached": true}', 60)  # an answer is cached
         utf8 = c.post("/users/1/recommendations", json={"k": 3}, headers={"X-API-Key": key.encode("utf-8")})
         assert utf8.status_code == 403 and error_body(utf8)["code"] == "invalid_api_key"
         assert c.post("/users/1/recommendations", json={"k": 3}).status_code == 401
@@ -146,10 +146,10 @@ def test_a_user_id_the_route_refuses_gets_no_cached_answer(client, computed_answ
 
     from service.schemas import RecommendationRequest
 
-    state = client.app.state
-    lookup = serving.RecommendationLookup.of(state.cache, state.store, state.settings, "1\n", RecommendationRequest(k=3))
-    entry = asyncio.run(lookup()) if state.cache.backend == "memory" else client.portal.call(lookup)
-    assert state.cache.set(entry.key, '{"cached": true}', 60)
+    parts = client.app.state.parts
+    lookup = serving.RecommendationLookup.of(parts, "1\n", RecommendationRequest(k=3))
+    entry = asyncio.run(lookup()) if parts.cache.backend.name == "memory" else client.portal.call(lookup)
+    assert parts.cache.backend.set(entry.key, '{"cached": true}', 60)
     response = client.post("/users/1%0A/recommendations", json={"k": 3})
     assert response.status_code == 422 and error_body(response)["code"] == "validation_error"
 
@@ -195,7 +195,7 @@ def test_chunked_and_large_bodies(client, computed_answers):
     padded = client.post("/users/4/recommendations", content=b'{"k": 6, "exclude_seen": false}' + b" " * 70_000,
                          headers={"content-type": "application/json"})
     assert listed(padded) == listed(first) and len(computed_answers) == 1
-    limit = client.app.state.settings.MAX_BODY_BYTES
+    limit = client.app.state.parts.settings.MAX_BODY_BYTES
     large = client.post("/users/4/recommendations", content=b"[" + b" " * limit + b"]", headers={"content-type": "application/json"})
     assert large.status_code == 413 and error_body(large)["code"] == "payload_too_large"
     assert client.get("/users/4/recommendations").status_code == 405  # other methods: the router's answer

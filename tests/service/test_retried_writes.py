@@ -111,8 +111,8 @@ def test_serving_and_the_trainers_from_db_read_the_same_latest_rating(empty_clie
 def refusing_deletes(client):
     """``refuse(True/False)``: the cache refuses DEL. Redis: a user of its own whose ACL drops ``del``
     (what a Redis that refuses the command really answers); in process: a delete that raises."""
-    cache = client.app.state.cache
-    if cache.backend == "memory":
+    cache = client.app.state.parts.cache.backend
+    if cache.name == "memory":
         real = cache._delete_many
 
         def refuse(on: bool) -> None:
@@ -190,7 +190,7 @@ def test_a_failed_invalidation_is_retried_counted_503_and_no_stale_list_is_serve
         assert ratings.status_code == 200
         refuse(False)  # deletes work again: the background retry confirms the invalidation (no read needed,
         deadline = time.monotonic() + 5  # other replicas read the same tokens), and caching resumes
-        while client.app.state.cache._unconfirmed:
+        while client.app.state.parts.cache.users._unconfirmed:
             assert time.monotonic() < deadline, "the failed invalidation was not retried in the background"
             time.sleep(0.05)
         assert recommended(client, user) == after and recommended(client, user) == after

@@ -28,7 +28,7 @@ def _check(case, headers):
 
 
 def test_no_generated_request_causes_a_server_error(empty_client, tmp_path):
-    runs = empty_client.app.state.training_runs
+    runs = empty_client.app.state.parts.training_runs
 
     def recorded(models, seed):  # the request is checked for real; no trainer process per generated case
         runs.last = TrainingRun("fuzz", models, seed, [], tmp_path / "none.log", 0, 0.0, 0.0, 0)

@@ -33,7 +33,7 @@ from starlette.concurrency import run_in_threadpool
 from models import REGISTRY
 from service import dashboard
 from service import traffic as traffic_page
-from service.api.deps import (API_KEY_HEADER, READ, CacheDep, KeyScope, MetricsDep, SessionDep, SettingsDep, StoreDep,
+from service.api.deps import (API_KEY_HEADER, READ, CacheDep, KeyScope, MetricsDep, PartsDep, SessionDep, SettingsDep, StoreDep,
                               TrainingRunsDep, key_scope)
 from service.api.routes import admin
 from service.core.config import Settings
@@ -99,7 +99,7 @@ class KeyedPage(APIRoute):
         handler = super().get_route_handler()
 
         async def keyed(request: Request) -> Response:
-            settings = request.app.state.settings
+            settings = request.app.state.parts.settings
             key = _request_key(request)
             if not READ.allows(key, settings):
                 here = request.url.path + (f"?{request.url.query}" if request.url.query else "")  # back to the same lookup
@@ -193,26 +193,26 @@ def data(request: Request, session: SessionDep) -> HTMLResponse:
 
 
 @router.get("/dashboard/users", response_class=HTMLResponse)
-async def users(request: Request, session: SessionDep, cache: CacheDep, store: StoreDep, settings: SettingsDep,
+async def users(request: Request, session: SessionDep, parts: PartsDep,
                 user_id: UserId = "", items: ItemsText = "") -> HTMLResponse:
     rate_items = [i for i in (part.strip() for part in items.replace(",", " ").split()) if i]
     context: dict[str, Any] = {"user_id": user_id, "items_text": items, "page": None}
     if user_id:
-        context["page"] = await dashboard.user_page(session, cache, store, settings, user_id, rate_items)
+        context["page"] = await dashboard.user_page(session, parts, user_id, rate_items)
     return _page(request, "users.html", context)
 
 
 @router.get("/dashboard/items", response_class=HTMLResponse)
-async def items(request: Request, session: SessionDep, cache: CacheDep, store: StoreDep, settings: SettingsDep,
+async def items(request: Request, session: SessionDep, parts: PartsDep,
                 q: SearchText = "", item_id: UserId = "") -> HTMLResponse:
     context: dict[str, Any] = {"q": q, "item_id": item_id, "found": None, "similar": None, "title": None, "recommended": None}
     if q.strip():
         context["found"] = await dashboard.item_search(session, q.strip())
     if item_id:
-        context["similar"] = await dashboard.similar_lists(session, cache, store, settings, item_id)
+        context["similar"] = await dashboard.similar_lists(session, parts, item_id)
         context["title"] = await dashboard.item_title(session, item_id)
         # the first call of a version counts every list (memory-mapped files): off the event loop
-        context["recommended"] = await run_in_threadpool(dashboard.how_often_recommended, store, item_id)
+        context["recommended"] = await run_in_threadpool(dashboard.how_often_recommended, parts.store, item_id)
     return _page(request, "items.html", context)
 
 

@@ -42,7 +42,7 @@ async def add_feedback(
     feedback.check_values(events, settings.rating_scale)
     claim = idempotency_claim(idempotency_key, request.headers.get(API_KEY_HEADER), events, settings.IDEMPOTENCY_TTL_S,
                               endpoint="feedback")
-    factory = request.app.state.session_factory
+    factory = request.app.state.parts.session_factory
     if claim is not None:
         recorded = await run_in_threadpool(retry_if_dropped, lambda: recorded_answer(factory, claim))
         if recorded is not None:

@@ -38,7 +38,7 @@ def readyz(session: SessionDep, cache: CacheDep, store: StoreDep) -> Readiness:
     except SQLAlchemyError as exc:
         checks["database"] = {"ok": False, "detail": f"unreachable: {type(getattr(exc, 'orig', None) or exc).__name__}"}
     checks["cache"] = (
-        {"ok": True, "detail": f"{cache.backend} reachable"} if cache.ping() else {"ok": False, "detail": f"{cache.backend} unreachable"}
+        {"ok": True, "detail": f"{cache.backend.name} reachable"} if cache.backend.ping() else {"ok": False, "detail": f"{cache.backend.name} unreachable"}
     )
     if not all(c["ok"] for c in checks.values()):
         failing = ", ".join(f"{name}: {c['detail']}" for name, c in checks.items() if not c["ok"])

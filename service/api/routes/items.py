@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Request, Response
 
 from service import serving
-from service.api.deps import CacheDep, ReadAccess, SessionDep, SettingsDep, StoreDep
+from service.api.deps import PartsDep, ReadAccess, SessionDep
 from service.api.routing import AccessFirstRoute
 from service.schemas import ID_MAX_CHARS, ID_PATTERN, MODEL_PATTERN, SimilarItemsResponse
 
@@ -19,13 +19,11 @@ async def similar_items(
     request: Request,
     item_id: Annotated[str, Path(min_length=1, max_length=ID_MAX_CHARS, pattern=ID_PATTERN)],
     session: SessionDep,
-    cache: CacheDep,
-    store: StoreDep,
-    settings: SettingsDep,
+    parts: PartsDep,
     k: Annotated[int, Query(ge=1)] = 10,
     model: Annotated[str | None, Query(pattern=MODEL_PATTERN)] = None,
 ) -> Response:
     """The k most similar items (cosine of the model's item embeddings: EASE's weights, AE decoders)."""
-    answer = await serving.similar(session, cache, store, settings, item_id, k, model)
+    answer = await serving.similar(session, parts, item_id, k, model)
     request.state.model = answer.model
     return Response(answer.json, media_type="application/json")  # already the response model's JSON

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Depends, Request, Response
 
 from service import request_limits, serving
-from service.api.deps import CacheDep, ReadAccess, SessionDep, SettingsDep, StoreDep
+from service.api.deps import PartsDep, ReadAccess, SessionDep, SettingsDep
 from service.api.routing import AccessFirstRoute
 from service.schemas import RatingRequest, RatingResponse
 
@@ -15,7 +15,7 @@ from service.schemas import RatingRequest, RatingResponse
 class RatingsRoute(AccessFirstRoute):
     def before_body(self, request: Request) -> None:
         """A body declared larger than the caps allow is refused unread: reading it on a busy event loop costs more than the refusal may."""
-        request_limits.check_ratings_length(request.headers.get("content-length"), request.app.state.settings)
+        request_limits.check_ratings_length(request.headers.get("content-length"), request.app.state.parts.settings)
 
 
 router = APIRouter(tags=["ratings"], dependencies=[ReadAccess], route_class=RatingsRoute)
@@ -31,13 +31,11 @@ async def size_within_caps(request: Request, settings: SettingsDep) -> None:
 async def predict_ratings(
     request: Request,
     session: SessionDep,
-    cache: CacheDep,
-    store: StoreDep,
-    settings: SettingsDep,
+    parts: PartsDep,
     body: Annotated[RatingRequest | list[RatingRequest], Body()],
 ) -> Response:
     """Ratings clipped to the model's rating range; a list of requests gets a list back, in order."""
     many = isinstance(body, list)
-    answer = await serving.ratings(session, cache, store, settings, body if many else [body], many)
+    answer = await serving.ratings(session, parts, body if many else [body], many)
     request.state.model = answer.model
     return Response(answer.json, media_type="application/json")  # already the response model's JSON

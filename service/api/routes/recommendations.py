@@ -15,18 +15,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Annotated, Any, Awaitable, Callable, Coroutine
 
-from fastapi import APIRouter, Body, Depends, Path, Request, Response
+from fastapi import APIRouter, Body, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter, ValidationError
-from starlette.datastructures import State
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import serving
-from service.api.deps import ReadAccess
+from service.api.deps import PartsDep, ReadAccess
 from service.api.routing import AccessFirstRoute
 from service.schemas import ID_MAX_CHARS, ID_PATTERN, RecommendationRequest, RecommendationResponse
 
@@ -35,13 +35,6 @@ RequestBody = Annotated[RecommendationRequest | None, Body()]
 _USER_ID = TypeAdapter(UserIdPath)
 _BODY = TypeAdapter(RequestBody)
 _BODY_JSON = TypeAdapter(RecommendationRequest)  # JSON mode: the same coercions as Python mode for these fields
-
-
-async def app_state(request: Request) -> State:
-    return request.app.state
-
-
-AppState = Annotated[State, Depends(app_state)]  # the service's parts: a dependency, so not in the OpenAPI document
 
 
 class RecommendationsRoute(AccessFirstRoute):
@@ -56,7 +49,7 @@ class RecommendationsRoute(AccessFirstRoute):
     async def answer(self, request: Request) -> bytes:
         """The body answering one request, hit or miss; a refusal is raised, for the app's error handlers."""
         user_id, body = await self.parse(request)
-        answer = await recommend(request.app.state, user_id, body)
+        answer = await recommend(request.app.state.parts, user_id, body)
         request.state.model = answer.model  # the request metrics' model label
         return answer.json.encode()  # the one place a hit's and a miss's answer becomes the body sent
 
@@ -113,7 +106,7 @@ def _validated(adapter: TypeAdapter, value: Any, loc: tuple[str, ...], errors: l
         return None
 
 
-async def recommend(state: AppState, user_id: UserIdPath, body: RequestBody = None) -> serving.Answer:
+async def recommend(parts: PartsDep, user_id: UserIdPath, body: RequestBody = None) -> serving.Answer:
     """Top-k items for a user: from the model for users it was trained on, by fold-in from the
     stored history for users who arrived after training, the popularity list for users with none.
     Every answer has its own `recommendation_id` (for POST /feedback); while an experiment runs, a
@@ -121,9 +114,10 @@ async def recommend(state: AppState, user_id: UserIdPath, body: RequestBody = No
     lists (`experiment` says which)."""
 
     def answer(store: Any, request: RecommendationRequest) -> Awaitable[serving.Answer]:
-        return serving.recommendations(state.session_factory, state.cache, store, state.settings, user_id, request)
+        served = parts if store is parts.store else replace(parts, store=store)  # an arm's pinned version
+        return serving.recommendations(parts.session_factory, served, user_id, request)
 
-    return await state.experiment_serving.recommend(user_id, body or RecommendationRequest(), answer)
+    return await parts.experiment_serving.recommend(user_id, body or RecommendationRequest(), answer)
 
 
 router = APIRouter(tags=["recommendations"], dependencies=[ReadAccess], route_class=RecommendationsRoute)

@@ -1,0 +1,383 @@
+"""The key-value stores behind the cache: ``RedisCache`` (redis-py) when ``REDIS_URL`` is set,
+``MemoryCache`` (TTL + LRU, in process) otherwise; get / set / delete_many / ping, blocking and on the
+event loop.
+
+The cache is an optimisation, never a dependency: a Redis error or timeout is counted in
+``aerec_cache_errors_total`` and answered as a miss, and after a failure Redis is left alone for
+``BACKOFF_S`` so a dead server costs nothing per request. Besides the plain operations each backend
+does the two steps of the users' lists atomically (``service.cache.users``): reading a user's
+generation token, their write record and an entry in one step (on Redis, one round trip: a Lua
+script), and deleting tokens while recording writes (``record_writes``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from typing import Any, Iterable, NamedTuple
+
+import redis
+import redis.asyncio
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from service.metrics import Metrics
+
+log = logging.getLogger("service.cache")
+
+BACKOFF_S = 2.0  # after a Redis failure, skip Redis this long (requests go uncached, fast)
+
+
+class CacheUnavailable(Exception):
+    pass
+
+
+class UserEntryKeys(NamedTuple):
+    """What ``Backend.user_entry`` reads, namespaced: the user's generation token and write record, and the
+    entry's key before the token; and a fresh token to draw, with its TTL, if the user has none."""
+
+    generation: str
+    written: str
+    entry_prefix: str
+    fresh_token: str
+    ttl_ms: int
+
+
+class FoundEntry(NamedTuple):
+    generation: str
+    value: str | None
+    known: bool  # the token was there (False: ``fresh_token`` was drawn now)
+    written: str | None = None  # (the script's reply drops a trailing nil)
+
+
+def ms(ttl_s: float) -> int:
+    return max(1, int(ttl_s * 1000))  # Redis TTLs in whole milliseconds, at least one
+
+
+class Backend(ABC):
+    """get/set/delete_many/ping; failures of the backend become misses and are counted."""
+
+    name: str  # "memory" or "redis", as readiness reports it
+
+    def __init__(self, metrics: Metrics, namespace: str = "aerec") -> None:
+        self.metrics = metrics
+        self.namespace = namespace
+
+    def key(self, key: str) -> str:
+        return f"{self.namespace}:{key}"
+
+    def get(self, key: str, kind: str = "other") -> str | None:
+        try:
+            value = self._get(self.key(key))
+        except CacheUnavailable:
+            self.metrics.cache_errors.labels("get").inc()
+            return None
+        return self.counted(value, kind)
+
+    def counted(self, value: str | None, kind: str) -> str | None:
+        (self.metrics.cache_hits if value is not None else self.metrics.cache_misses).labels(kind).inc()
+        return value
+
+    def set(self, key: str, value: str, ttl_s: float, *, only_if_absent: bool = False) -> bool:
+        """Store ``value`` for ``ttl_s`` seconds; with ``only_if_absent`` keep an existing value. True if stored."""
+        try:
+            return self._set(self.key(key), value, ttl_s, only_if_absent)
+        except CacheUnavailable:
+            self.metrics.cache_errors.labels("set").inc()
+            return False
+
+    def delete_many(self, keys: Iterable[str]) -> bool:
+        keys = [self.key(k) for k in keys]
+        if not keys:
+            return True
+        try:
+            self._delete_many(keys)
+            return True
+        except CacheUnavailable:
+            self.metrics.cache_errors.labels("delete").inc()
+            return False
+
+    def ping(self) -> bool:
+        try:
+            return self._ping()
+        except CacheUnavailable:
+            return False
+
+    def close(self) -> None:
+        """Close the blocking connections (after ``aclose``, at shutdown)."""
+
+    async def aclose(self) -> None:
+        """Close what belongs to the running event loop (before ``close``, at shutdown)."""
+
+    # What a request does on the event loop. Redis answers through its asyncio client, so a
+    # hit costs no thread hop; errors and metrics as in ``get`` and ``set``.
+    async def get_async(self, key: str, kind: str = "other") -> str | None:
+        try:
+            value = await self._get_async(self.key(key))
+        except CacheUnavailable:
+            self.metrics.cache_errors.labels("get").inc()
+            return None
+        return self.counted(value, kind)
+
+    async def set_async(self, key: str, value: str, ttl_s: float) -> bool:
+        try:
+            return await self._set_async(self.key(key), value, ttl_s)
+        except CacheUnavailable:
+            self.metrics.cache_errors.labels("set").inc()
+            return False
+
+    def set_later(self, key: str, value: str, ttl_s: float) -> None:
+        """``set_async`` without waiting for it, from the event loop (the answer goes out first); in process: now."""
+        self.set(key, value, ttl_s)
+
+    @abstractmethod
+    def _get(self, key: str) -> str | None: ...
+
+    @abstractmethod
+    def _set(self, key: str, value: str, ttl_s: float, only_if_absent: bool) -> bool: ...
+
+    @abstractmethod
+    def _delete_many(self, keys: list[str]) -> None: ...
+
+    @abstractmethod
+    def _ping(self) -> bool: ...
+
+    # In process the asyncio hooks are the blocking ones (no I/O); Redis overrides them.
+    async def _get_async(self, key: str) -> str | None:
+        return self._get(key)
+
+    async def _set_async(self, key: str, value: str, ttl_s: float) -> bool:
+        return self._set(key, value, ttl_s, False)
+
+    # ---- the users' lists' steps (``service.cache.users``); namespaced keys; raise ``CacheUnavailable`` ----
+    @abstractmethod
+    def user_entry(self, keys: UserEntryKeys) -> FoundEntry:
+        """The user's token (``keys.fresh_token`` set if there was none), the entry under it and the write record."""
+
+    async def user_entry_async(self, keys: UserEntryKeys) -> FoundEntry:
+        return self.user_entry(keys)
+
+    @abstractmethod
+    def read_record(self, key: str) -> str | None:
+        """A write record (``record_writes``'s), which is never evicted nor expired."""
+
+    @abstractmethod
+    def record_writes(self, tokens: list[str], written: dict[str, str]) -> None:
+        """Delete ``tokens`` and set ``written`` (never evicted nor expired) at once; tried even while backing off."""
+
+    async def record_writes_async(self, tokens: list[str], written: dict[str, str]) -> None:
+        self.record_writes(tokens, written)
+
+
+class MemoryCache(Backend):
+    """In-process TTL + LRU: an OrderedDict in recency order, bounded by ``max_entries``."""
+
+    name = "memory"
+
+    def __init__(self, metrics: Metrics, namespace: str = "aerec", max_entries: int = 10_000) -> None:
+        super().__init__(metrics, namespace)
+        self.max_entries = max_entries
+        self._entries: OrderedDict[str, tuple[float, str]] = OrderedDict()
+        self._written: dict[str, str] = {}  # out of the LRU: a lost record would let a stale list be served
+        self._lock = threading.Lock()
+
+    def _live(self, key: str, now: float) -> str | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry[0] <= now:
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return entry[1]
+
+    def _get(self, key: str) -> str | None:
+        with self._lock:
+            return self._live(key, time.monotonic())
+
+    def _set(self, key: str, value: str, ttl_s: float, only_if_absent: bool) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            return self._put(key, value, now + ttl_s, now, only_if_absent)
+
+    def _put(self, key: str, value: str, expires: float, now: float, only_if_absent: bool = False) -> bool:
+        if only_if_absent and self._live(key, now) is not None:
+            return False
+        self._entries[key] = (expires, value)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)  # least recently used
+        return True
+
+    def _delete_many(self, keys: list[str]) -> None:
+        with self._lock:
+            for key in keys:
+                self._entries.pop(key, None)
+
+    def _ping(self) -> bool:
+        return True
+
+    def user_entry(self, keys: UserEntryKeys) -> FoundEntry:
+        now = time.monotonic()
+        with self._lock:  # one step, as Redis's script is
+            generation = self._live(keys.generation, now)
+            if generation is None:
+                self._put(keys.generation, keys.fresh_token, now + keys.ttl_ms / 1000, now)
+                return FoundEntry(keys.fresh_token, None, False, self._written.get(keys.written))
+            return FoundEntry(generation, self._live(f"{keys.entry_prefix}:{generation}", now), True,
+                              self._written.get(keys.written))
+
+    def read_record(self, key: str) -> str | None:
+        return self._written.get(key)
+
+    def record_writes(self, tokens: list[str], written: dict[str, str]) -> None:
+        with self._lock:
+            self._written.update(written)  # first: a reader between the two sees the write and scores
+        self._delete_many(tokens)
+
+
+# A user's entry in one round trip instead of two or three (GET the generation, SET a fresh one
+# if there is none, GET the entry). Atomic, as the SET NX of ``UserLists.user_generation`` is.
+# KEYS[1]: the generation key, KEYS[2] the user's write record; ARGV: a fresh token, its TTL in ms,
+# the entry's key before the token. Returns the token, the entry, whether the token was there, the record.
+_USER_ENTRY_LUA = """
+local written = redis.call('GET', KEYS[2])
+local generation = redis.call('GET', KEYS[1])
+if not generation then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return {ARGV[1], false, 0, written}
+end
+return {generation, redis.call('GET', ARGV[3] .. ':' .. generation), 1, written}
+"""
+
+
+class RedisCache(Backend):
+    """Redis with short timeouts; any Redis error is a ``CacheUnavailable`` (counted, served uncached)."""
+
+    name = "redis"
+
+    def __init__(self, url: str, metrics: Metrics, namespace: str = "aerec", timeout_s: float = 0.25) -> None:
+        super().__init__(metrics, namespace)
+        # the blocking client and the asyncio one alike; no client-side retries: a failure is a miss at once
+        self._url, self._options = url, dict(
+            socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry_on_timeout=False,
+            health_check_interval=30, decode_responses=True,
+        )
+        self.client = redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **self._options)
+        self._down_until = 0.0
+        self._user_entry = self.client.register_script(_USER_ENTRY_LUA)  # EVALSHA, loaded again after a restart
+        self._async: tuple[asyncio.AbstractEventLoop, redis.asyncio.Redis, Any] | None = None
+        self._later: dict[str, tuple[str, int]] = {}  # ``set_later``'s, until the loop's next turn
+        self._flushing: set[asyncio.Task] = set()
+
+    def _async_client(self) -> tuple[redis.asyncio.Redis, Any]:
+        """The asyncio client of the running loop (its connections belong to that loop), and its script."""
+        loop = asyncio.get_running_loop()
+        if self._async is None or self._async[0] is not loop:
+            client = redis.asyncio.Redis.from_url(self._url, retry=AsyncRetry(NoBackoff(), 0), **self._options)
+            self._async = (loop, client, client.register_script(_USER_ENTRY_LUA))
+        return self._async[1], self._async[2]
+
+    def _call(self, fn, *args, force: bool = False, **kwargs):
+        if not force and time.monotonic() < self._down_until:
+            raise CacheUnavailable("redis is backing off after a failure")
+        try:
+            return fn(*args, **kwargs)
+        except (redis.RedisError, OSError) as exc:
+            self._failed(exc)
+            raise CacheUnavailable(str(exc)) from exc
+
+    async def _acall(self, fn, *args, force: bool = False, **kwargs):
+        if not force and time.monotonic() < self._down_until:
+            raise CacheUnavailable("redis is backing off after a failure")
+        try:
+            return await fn(*args, **kwargs)
+        except (redis.RedisError, OSError, asyncio.TimeoutError) as exc:
+            self._failed(exc)
+            raise CacheUnavailable(str(exc)) from exc
+
+    def _failed(self, exc: BaseException) -> None:
+        if self._down_until == 0.0 or time.monotonic() >= self._down_until + BACKOFF_S:
+            log.warning("redis unavailable, serving uncached: %s", exc)
+        self._down_until = time.monotonic() + BACKOFF_S
+
+    def _get(self, key: str) -> str | None:
+        return self._call(self.client.get, key)
+
+    def _set(self, key: str, value: str, ttl_s: float, only_if_absent: bool) -> bool:
+        return bool(self._call(self.client.set, key, value, px=ms(ttl_s), nx=only_if_absent))
+
+    def _delete_many(self, keys: list[str]) -> None:
+        # Invalidation is tried even while backing off: a missed delete could serve a stale list.
+        self._call(self.client.delete, *keys, force=True)
+
+    def _ping(self) -> bool:
+        # readiness asks Redis itself, ignoring the backoff, so it reports recovery at once
+        try:
+            return bool(self.client.ping())
+        except (redis.RedisError, OSError):
+            return False
+
+    async def _get_async(self, key: str) -> str | None:
+        return await self._acall(self._async_client()[0].get, key)
+
+    async def _set_async(self, key: str, value: str, ttl_s: float) -> bool:
+        return bool(await self._acall(self._async_client()[0].set, key, value, px=ms(ttl_s)))
+
+    def set_later(self, key: str, value: str, ttl_s: float) -> None:
+        # the sets of one turn of the loop go in one pipeline: a round trip each cost a first request a third
+        # of its throughput (bench/RESULTS.md, the write-behind pipeline; bench/serving.py rec-first)
+        first = not self._later
+        self._later[self.key(key)] = (value, ms(ttl_s))
+        if first:
+            task = asyncio.get_running_loop().create_task(self._flush_later())
+            self._flushing.add(task)  # a reference until done: the loop keeps weak ones
+            task.add_done_callback(self._flushing.discard)
+
+    async def _flush_later(self) -> None:
+        await asyncio.sleep(0)  # let the other requests of this turn add theirs
+        pending, self._later = self._later, {}
+        pipe = self._async_client()[0].pipeline(transaction=False)
+        for key, (value, ttl_ms) in pending.items():
+            pipe.set(key, value, px=ttl_ms)
+        try:
+            await self._acall(pipe.execute)
+        except CacheUnavailable:
+            self.metrics.cache_errors.labels("set").inc()
+
+    def user_entry(self, keys: UserEntryKeys) -> FoundEntry:
+        return FoundEntry(*self._call(self._user_entry, keys=[keys.generation, keys.written],
+                                      args=[keys.fresh_token, keys.ttl_ms, keys.entry_prefix]))
+
+    async def user_entry_async(self, keys: UserEntryKeys) -> FoundEntry:
+        script = self._async_client()[1]
+        return FoundEntry(*await self._acall(script, keys=[keys.generation, keys.written],
+                                             args=[keys.fresh_token, keys.ttl_ms, keys.entry_prefix]))
+
+    def read_record(self, key: str) -> str | None:
+        return self._get(key)
+
+    def record_writes(self, tokens: list[str], written: dict[str, str]) -> None:
+        pipe = self.client.pipeline(transaction=True)  # MULTI/EXEC: a lookup sees both changes or neither
+        pipe.mset(written)
+        pipe.delete(*tokens)
+        self._call(pipe.execute, force=True)
+
+    async def record_writes_async(self, tokens: list[str], written: dict[str, str]) -> None:
+        pipe = self._async_client()[0].pipeline(transaction=True)  # as ``record_writes``'s, on the loop's client
+        pipe.mset(written)
+        pipe.delete(*tokens)
+        await self._acall(pipe.execute, force=True)
+
+    async def aclose(self) -> None:
+        if self._async is not None and self._async[0] is asyncio.get_running_loop():
+            await self._async[1].aclose()
+            self._async = None
+
+    def close(self) -> None:
+        self.client.close()
