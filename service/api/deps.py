@@ -15,7 +15,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Annotated, Any, AsyncIterator, Callable
+from typing import Annotated, Any, AsyncIterator, Awaitable, Callable
 
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
@@ -64,48 +64,26 @@ async def get_db(request: Request) -> AsyncIterator[Session]:
             session.close()
 
 
-async def get_settings(request: Request) -> Settings:
-    return request.app.state.parts.settings
+def _part(name: str) -> Callable[[Request], Awaitable[Any]]:
+    """A dependency giving one of the service's parts (``ServiceParts``), by its field name."""
 
+    async def get(request: Request) -> Any:
+        return getattr(request.app.state.parts, name)
 
-async def get_cache(request: Request) -> Cache:
-    return request.app.state.parts.cache
-
-
-async def get_store(request: Request) -> ModelStore:
-    return request.app.state.parts.store
-
-
-async def get_metrics(request: Request) -> Metrics:
-    return request.app.state.parts.metrics
-
-
-async def get_writer(request: Request) -> InteractionWriter:
-    return request.app.state.parts.writer
-
-
-async def get_recorder(request: Request) -> ImpressionRecorder:
-    return request.app.state.parts.recorder
-
-
-async def get_experiments(request: Request) -> ExperimentRegistry:
-    return request.app.state.parts.experiments
-
-
-async def get_training_runs(request: Request) -> TrainingRuns:
-    return request.app.state.parts.training_runs
+    get.__name__ = f"get_{name}"
+    return get
 
 
 PartsDep = Annotated[ServiceParts, Depends(get_parts)]  # all of them: for a route that hands them on (``serving``)
 SessionDep = Annotated[Session, Depends(get_db)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-CacheDep = Annotated[Cache, Depends(get_cache)]
-StoreDep = Annotated[ModelStore, Depends(get_store)]
-MetricsDep = Annotated[Metrics, Depends(get_metrics)]
-WriterDep = Annotated[InteractionWriter, Depends(get_writer)]
-RecorderDep = Annotated[ImpressionRecorder, Depends(get_recorder)]
-ExperimentsDep = Annotated[ExperimentRegistry, Depends(get_experiments)]
-TrainingRunsDep = Annotated[TrainingRuns, Depends(get_training_runs)]
+SettingsDep = Annotated[Settings, Depends(_part("settings"))]
+CacheDep = Annotated[Cache, Depends(_part("cache"))]
+StoreDep = Annotated[ModelStore, Depends(_part("store"))]
+MetricsDep = Annotated[Metrics, Depends(_part("metrics"))]
+WriterDep = Annotated[InteractionWriter, Depends(_part("writer"))]
+RecorderDep = Annotated[ImpressionRecorder, Depends(_part("recorder"))]
+ExperimentsDep = Annotated[ExperimentRegistry, Depends(_part("experiments"))]
+TrainingRunsDep = Annotated[TrainingRuns, Depends(_part("training_runs"))]
 
 
 class KeyScope(IntEnum):
