@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Annotated, Any, AsyncIterator, Awaitable, Callable
 
-from fastapi import Depends, Request, Security
+from fastapi import Depends, Header, Request, Security
 from fastapi.security import APIKeyHeader
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -31,7 +31,7 @@ from service.metrics import Metrics
 from service.model_store import ModelStore
 from service.parts import ServiceParts
 from service.training_runs import TrainingRuns
-from service.writes import InteractionWriter
+from service.writes import IDEMPOTENCY_HEADER, InteractionWriter
 
 API_KEY_HEADER = "X-API-Key"
 api_key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="API_KEY, or WRITE_API_KEY for writes.")
@@ -74,6 +74,11 @@ def _part(name: str) -> Callable[[Request], Awaitable[Any]]:
     return get
 
 
+IdempotencyKey = Annotated[str | None, Header(
+    alias=IDEMPOTENCY_HEADER, min_length=1, max_length=255,
+    description="Any string unique to this batch: a retry with the same key and body returns the first answer "
+    "and stores nothing (for IDEMPOTENCY_TTL_S); the same key with another body is a 422.",
+)]  # the one declaration of the header the write endpoints honour (service.writes)
 PartsDep = Annotated[ServiceParts, Depends(get_parts)]  # all of them: for a route that hands them on (``serving``)
 SessionDep = Annotated[Session, Depends(get_db)]
 SettingsDep = Annotated[Settings, Depends(_part("settings"))]

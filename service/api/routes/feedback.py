@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, Header, Request
+from fastapi import APIRouter, Body, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from service import crud, feedback
-from service.api.deps import API_KEY_HEADER, MetricsDep, RecorderDep, SessionDep, SettingsDep, WriteAccess
+from service.api.deps import API_KEY_HEADER, IdempotencyKey, MetricsDep, RecorderDep, SessionDep, SettingsDep, WriteAccess
 from service.api.routing import AccessFirstRoute
 from service.db.session import retry_if_dropped
 from service.schemas import FeedbackIn, FeedbackResult
 from service.serving import check_list
-from service.writes import IDEMPOTENCY_HEADER, idempotency_claim, recorded_answer
+from service.writes import idempotency_claim, recorded_answer
 
 router = APIRouter(tags=["feedback"], dependencies=[WriteAccess], route_class=AccessFirstRoute)
 
@@ -26,11 +26,7 @@ async def add_feedback(
     metrics: MetricsDep,
     recorder: RecorderDep,
     body: Annotated[FeedbackIn | list[FeedbackIn], Body()],
-    idempotency_key: Annotated[str | None, Header(
-        alias=IDEMPOTENCY_HEADER, min_length=1, max_length=255,
-        description="As for POST /interactions: a retry with the same key and body returns the first answer and "
-        "stores nothing; the same key with another body is a 422.",
-    )] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> FeedbackResult:
     """One event or a list of them, all or nothing. 404 unknown_recommendation when no served list has a
     recommendation_id; 422 item_not_recommended when an item was not in its list; a rating needs a value

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Header, Request
+from fastapi import APIRouter, Body, Request
 
 from service import crud
-from service.api.deps import API_KEY_HEADER, SettingsDep, WriteAccess, WriterDep
+from service.api.deps import API_KEY_HEADER, IdempotencyKey, SettingsDep, WriteAccess, WriterDep
 from service.api.routing import AccessFirstRoute
 from service.schemas import InteractionIn, InteractionsResult
 from service.request_limits import check_interaction_ratings
 from service.serving import check_list
-from service.writes import IDEMPOTENCY_HEADER, idempotency_claim
+from service.writes import idempotency_claim
 
 router = APIRouter(tags=["interactions"], dependencies=[WriteAccess], route_class=AccessFirstRoute)
 
@@ -23,11 +23,7 @@ async def add_interactions(
     settings: SettingsDep,
     request: Request,
     body: Annotated[list[InteractionIn], Body(min_length=1)],
-    idempotency_key: Annotated[str | None, Header(
-        alias=IDEMPOTENCY_HEADER, min_length=1, max_length=255,
-        description="Any string unique to this batch: a retry with the same key and body returns the first answer "
-        "and writes nothing (for IDEMPOTENCY_TTL_S); the same key with another body is a 422.",
-    )] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> InteractionsResult:
     """All or nothing; new users and items are created. One row per (user, item): the latest entry
     of a pair wins (the newest timestamp, ties to the last), replacing a stored row no newer than it.
