@@ -15,7 +15,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstr
 # No control characters: they are never meaningful in an id and PostgreSQL refuses NUL in text.
 ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 MODEL_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
-RECOMMENDATION_ID_PATTERN = r"^[0-9a-f]{32}$"  # uuid4 hex
+RECOMMENDATION_ID_PATTERN = r"^[0-9a-f]{32}$"  # a UUID in hex (the service makes UUIDv7s)
 ID_INT_LIMIT = 10**18
 ID_MAX_CHARS = 255  # the ids' column width (String(255) in service.db.tables)
 
@@ -142,7 +142,7 @@ class ExperimentArm(BaseModel):
 class RecommendationResponse(RecommendedList):
     """A ``RecommendedList`` as one request is answered: its own id (spliced into the cached answer), its experiment."""
 
-    recommendation_id: str = Field(pattern=RECOMMENDATION_ID_PATTERN, description="This answer's id (uuid4 hex), new on "
+    recommendation_id: str = Field(pattern=RECOMMENDATION_ID_PATTERN, description="This answer's id (a UUIDv7 in hex), new on "
                                    "every request: POST /feedback names it with the items clicked, rated, bought or dismissed.")
     experiment: ExperimentArm | None = Field(default=None, description="When a running experiment chose the list (the request "
                                              "named no model); absent otherwise.")

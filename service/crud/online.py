@@ -7,6 +7,7 @@ the number of impressions.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from functools import lru_cache
@@ -14,8 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Sequence
 
-from sqlalchemy import Connection, Dialect, bindparam, case, distinct, func, literal, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, case, distinct, func, literal, select
 from sqlalchemy.orm import Session
 
 from service.crud import IdempotencyClaim, _chunks, _connection, _insert, _one_writer, _record_answers
@@ -100,8 +100,16 @@ def experiments_fingerprint(db: Session | Connection) -> tuple:
 
 
 # ---- impressions -----------------------------------------------------------------------------
+# One impression as it is inserted, in ``_IMPRESSION_COLUMNS`` order: plain values, its items and teams as JSON text
+ImpressionRow = tuple[str, str, str | None, str | None, bool, str, str, str, str | None, int, datetime]
+_IMPRESSION_COLUMNS = ("recommendation_id", "user_id", "experiment_id", "arm", "shadow", "model", "version", "items", "teams",
+                      "k", "created_at")
+
+
 @dataclass(frozen=True)
 class ImpressionRecord:
+    """An impression from its parts (a served answer is cut into its row by ``service.impressions.ServedAnswer``)."""
+
     recommendation_id: str
     user_id: str
     model: str
@@ -114,52 +122,61 @@ class ImpressionRecord:
     shadow: bool = False
     teams: list[str] | None = None
 
-
-_IMPRESSION_COLUMNS = ("recommendation_id", "user_id", "experiment_id", "arm", "shadow", "model", "version", "items", "teams",
-                       "k", "created_at")
-IMPRESSION_ROWS_PER_STATEMENT = 100  # 1,100 parameters: under every driver's limit
-
-
-@lru_cache(maxsize=None)
-def _impressions_insert(dialect: Dialect, rows: int) -> tuple[str, bool, tuple[str, ...], list[tuple[int, int]]]:
-    """The statement inserting ``rows`` impressions in one multi-row VALUES, compiled once per size: its SQL,
-    whether its parameters are positional, their names, and the (row, column) each one takes."""
-    table = Impression.__table__
-    insert = postgresql.insert(table) if dialect.name == "postgresql" else sqlite.insert(table)
-    values = [{c: bindparam(f"p{n}_{i}", type_=table.c[c].type) for i, c in enumerate(_IMPRESSION_COLUMNS)} for n in range(rows)]
-    compiled = insert.values(values).on_conflict_do_nothing(index_elements=["recommendation_id"]).compile(dialect=dialect)
-    names = tuple(compiled.positiontup if compiled.positional else compiled.binds)
-    plan = [(int(row), int(column)) for row, column in (name[1:].split("_") for name in names)]
-    return str(compiled), compiled.positional, names, plan
+    def row(self) -> ImpressionRow:
+        return (self.recommendation_id, self.user_id, self.experiment_id, self.arm, self.shadow, self.model, self.version,
+                json.dumps(self.items), None if self.teams is None else json.dumps(self.teams), self.k, self.created_at)
 
 
-def store_impressions(session: Session, records: Sequence[ImpressionRecord]) -> int:
+SQLITE_ROWS_PER_STATEMENT = 512  # 5,632 parameters, under SQLite's limit (32,766)
+
+
+def _statement_sizes(rows: int) -> list[int]:
+    """``rows`` as full statements and then powers of two: ten statement texts in all, each prepared once per
+    connection (SQLite's statement cache), where a text per batch size would be prepared again every batch."""
+    sizes = [SQLITE_ROWS_PER_STATEMENT] * (rows // SQLITE_ROWS_PER_STATEMENT)
+    rest = rows % SQLITE_ROWS_PER_STATEMENT
+    return sizes + [1 << bit for bit in reversed(range(rest.bit_length())) if rest & (1 << bit)]
+
+
+@lru_cache(maxsize=32)
+def _impressions_insert(dialect_name: str, paramstyle: str, rows: int = 1) -> str:
+    """The driver's own INSERT of ``rows`` impressions in one VALUES (a list's JSON text cast on PostgreSQL)."""
+    mark = "?" if paramstyle == "qmark" else "%s"
+    json_mark = f"{mark}::json" if dialect_name == "postgresql" else mark
+    row = "(" + ", ".join(json_mark if c in ("items", "teams") else mark for c in _IMPRESSION_COLUMNS) + ")"
+    return (f"INSERT INTO impressions ({', '.join(_IMPRESSION_COLUMNS)}) VALUES {', '.join([row] * rows)} "
+            "ON CONFLICT (recommendation_id) DO NOTHING")
+
+
+def _sqlite_time(moment: datetime) -> str:
+    """A UTC time as SQLAlchemy's SQLite DateTime stores it (naive, microseconds): what its reads and comparisons expect."""
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def store_impressions(session: Session, rows: Sequence[ImpressionRow]) -> int:
     """Insert a batch in one transaction; an id stored already is skipped (a batch written again adds nothing).
     Returns the rows inserted.
 
-    A hundred rows per statement, compiled once per size, each value through its column's bind processor:
-    SQLAlchemy's per-row parameter building for an executemany was most of the writer's Python time."""
-    if not records:
+    Plain values straight to the driver: SQLAlchemy's per-value bind processing was most of the writer's Python
+    time. SQLite takes up to 512 rows a statement (an executemany hands the GIL back and forth with the requests
+    at every row's step); psycopg an executemany, which it pipelines (one multi-row VALUES cost it 5x the CPU)."""
+    if not rows:
         return 0
-    table = Impression.__table__
     inserted = 0
     with _one_writer(session):
         try:
             connection = session.connection()
             dialect = connection.dialect
-            processors = [(i, process) for i, c in enumerate(_IMPRESSION_COLUMNS)
-                          if (process := table.c[c].type._cached_bind_processor(dialect)) is not None]
-            for chunk in _chunks(records, IMPRESSION_ROWS_PER_STATEMENT):
-                sql, positional, names, plan = _impressions_insert(dialect, len(chunk))
-                rows = []
-                for r in chunk:
-                    row = [r.recommendation_id, r.user_id, r.experiment_id, r.arm, r.shadow, r.model, r.version, r.items,
-                           r.teams, r.k, r.created_at]
-                    for i, process in processors:
-                        row[i] = process(row[i])
-                    rows.append(row)
-                values = [rows[n][i] for n, i in plan]
-                inserted += connection.exec_driver_sql(sql, tuple(values) if positional else dict(zip(names, values))).rowcount
+            if dialect.name != "sqlite":
+                inserted = connection.exec_driver_sql(_impressions_insert(dialect.name, dialect.paramstyle), list(rows)).rowcount
+            else:
+                rows = [(*row[:-1], _sqlite_time(row[-1])) for row in rows]  # created_at: last
+                start = 0
+                for size in _statement_sizes(len(rows)):
+                    sql = _impressions_insert(dialect.name, dialect.paramstyle, size)
+                    values = tuple(value for row in rows[start : start + size] for value in row)
+                    inserted += connection.exec_driver_sql(sql, values).rowcount
+                    start += size
             session.commit()
         except BaseException:
             session.rollback()

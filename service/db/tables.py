@@ -122,7 +122,7 @@ class Impression(Base):
         Index("ix_impressions_user_id_created_at", "user_id", "created_at"),  # an interaction's recent lists
     )
 
-    recommendation_id: Mapped[str] = mapped_column(String(32), primary_key=True)  # uuid4 hex, in the response
+    recommendation_id: Mapped[str] = mapped_column(String(32), primary_key=True)  # a UUIDv7 in hex (time-ordered), in the response
     user_id: Mapped[str] = mapped_column(String(255))  # the external id (a user may have no row in users yet)
     experiment_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     arm: Mapped[str | None] = mapped_column(String(64), nullable=True)

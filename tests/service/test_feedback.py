@@ -4,6 +4,7 @@ on SQLite + the in-process cache and PostgreSQL + Redis."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -12,9 +13,10 @@ from sqlalchemy import func, select
 
 from _service_support import API_KEY, error_body, new_user
 from service.crud import online
+from service.crud.online import as_utc
 from service.db.session import make_engine, make_session_factory
 from service.db.tables import Feedback, Impression
-from service.impressions import ImpressionRecorder
+from service.impressions import ImpressionRecorder, ServedAnswer
 from service.main import create_app
 from service.metrics import Metrics
 
@@ -193,3 +195,34 @@ def test_an_interaction_dated_past_the_calendar_is_stored_and_not_attributed(emp
     assert far.status_code == 201, far.text  # year 10896: no list was shown then
     assert empty_client.app.state.parts.recorder.flush()
     assert feedback_of(empty_client, rid) == []
+
+
+def test_a_served_answer_is_cut_into_the_row_a_parse_gives_and_stored_once(empty_backend):
+    from service.db.migrate import upgrade_to_head
+    from service.schemas import RecommendedList
+
+    items = [{"item_id": i, "score": 1.0 - n / 10, "rank": n + 1, "title": 'a "model":"x" title'}
+             for n, i in enumerate(['1', 'quo"te', 'back\\slash', 'ünï', '"item_id":"7"'])]
+    plain = RecommendedList(user_id='u"1', model="ease", model_version="v1", source="model", items=items,
+                            unknown_items=['"item_id":"9"']).model_dump_json(exclude_none=True)
+    explained = RecommendedList(user_id="u1", model="ease", model_version="v1", source="model", unknown_items=[],
+                                items=[{**items[0], "because": [{"item_id": "8", "contribution": 0.5}]}]).model_dump_json()
+    at = datetime.now(UTC)
+    for answer in (plain, explained):  # cut, and the explained one parsed: the same row as the record from its parts
+        served = ServedAnswer(uuid.uuid4().hex, "u1", answer, at, "exp", "a")
+        ids = [i["item_id"] for i in json.loads(answer)["items"]]
+        record = online.ImpressionRecord(served.recommendation_id, "u1", "ease", "v1", ids, len(ids), at, "exp", "a")
+        row, expected = served.row(), record.row()
+        assert row[:7] + row[8:] == expected[:7] + expected[8:] and json.loads(row[7]) == ids
+
+    engine = make_engine(empty_backend.database_url)
+    upgrade_to_head(engine)
+    user = new_user()
+    rows = [ServedAnswer(uuid.uuid4().hex, user, plain, at).row() for _ in range(3)]
+    with make_session_factory(engine)() as session:
+        assert online.store_impressions(session, rows) == 3
+        assert online.store_impressions(session, rows) == 0  # a batch written again adds nothing
+        shown = online.shown_lists(session, [rows[0][0]])[rows[0][0]]
+        assert shown.items == [i["item_id"] for i in items] and as_utc(shown.created_at) == at
+        assert online.recent_lists(session, [user], at)[user][0].items == shown.items  # the time compares as stored
+    engine.dispose()

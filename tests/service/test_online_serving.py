@@ -59,6 +59,8 @@ def test_every_answer_hits_too_has_its_own_id_and_impression(client):
     for answer in (first, hit):
         assert re.fullmatch(r"[0-9a-f]{32}", answer["recommendation_id"]) and "experiment" not in answer
     assert first["recommendation_id"] != hit["recommendation_id"]
+    assert {uuid.UUID(a["recommendation_id"]).version for a in (first, hit)} == {7}  # time-ordered: the key grows at one end
+    assert first["recommendation_id"][:12] <= hit["recommendation_id"][:12]  # the millisecond prefix
     assert {k: v for k, v in first.items() if k != "recommendation_id"} == {k: v for k, v in hit.items() if k != "recommendation_id"}
     [stored] = impressions(client, Impression.recommendation_id == hit["recommendation_id"])
     assert stored.items == [i["item_id"] for i in hit["items"]] and stored.k == 5 and stored.user_id == "7"
