@@ -144,6 +144,26 @@ def test_every_page_in_chromium_with_the_apis_lists(playwright_chromium, live_se
     assert int(often.get_by_test_id("top-k").inner_text()) <= int(often.get_by_test_id("top-n").inner_text())
     shot("items")
 
+    # An experiment started through the admin API: its row in the list, then its report, one interval chart per metric
+    experiment_id = f"browser-{size}"
+    arms = [{"name": "ease", "model": "ease", "share": 0.5}, {"name": "autorec", "model": "autorec-u", "share": 0.5}]
+    created = httpx.post(base + "/admin/experiments", json={"id": experiment_id, "kind": "ab", "arms": arms},
+                         headers={"X-API-Key": API_KEY}, timeout=30)
+    assert created.status_code == 201, created.text
+    try:
+        for user in ("1", "2", "3", "4"):
+            assert _api(live_service, "POST", f"/users/{user}/recommendations", json={"k": 5})["experiment"]["id"] == experiment_id
+        page.get_by_role("navigation").get_by_role("link", name="Experiments").click()
+        assert page.locator("h1").inner_text() == "Experiments"
+        shot("experiments")
+        page.get_by_role("link", name=experiment_id, exact=True).click()
+        page.wait_for_url(f"**/dashboard/experiments/{experiment_id}")
+        assert page.locator("tr[data-arm]").count() == 2 and page.locator("svg.chart").count() == 5
+        assert page.get_by_test_id("decision").inner_text() == _api(live_service, "GET", f"/experiments/{experiment_id}")["decision"]
+        shot("experiment")
+    finally:
+        httpx.post(base + f"/admin/experiments/{experiment_id}/stop", headers={"X-API-Key": API_KEY}, timeout=30)
+
     # The admin actions: none with the read key; the admin key, entered in the same form, shows them
     page.get_by_role("navigation").get_by_role("link", name="Overview").click()
     assert page.locator("#admin-actions").count() == 0 and page.locator('form[action^="/dashboard/admin"]').count() == 0

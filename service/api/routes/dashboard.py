@@ -31,11 +31,12 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from models import REGISTRY
-from service import dashboard
+from service import dashboard, dashboard_experiments
 from service import traffic as traffic_page
 from service.api.deps import (API_KEY_HEADER, READ, CacheDep, KeyScope, MetricsDep, PartsDep, SessionDep, SettingsDep, StoreDep,
                               TrainingRunsDep, key_scope)
 from service.api.routes import admin
+from service.api.routes.experiments import ExperimentId
 from service.core.config import Settings
 from service.errors import ApiError
 from service.schemas import ID_PATTERN, MODEL_PATTERN, TrainingRequest
@@ -219,3 +220,13 @@ async def items(request: Request, session: SessionDep, parts: PartsDep,
 @router.get("/dashboard/traffic", response_class=HTMLResponse)
 def traffic(request: Request, metrics: MetricsDep) -> HTMLResponse:
     return _page(request, "traffic.html", traffic_page.traffic(metrics, time.time()))
+
+
+@router.get("/dashboard/experiments", response_class=HTMLResponse)
+def experiments(request: Request, session: SessionDep) -> HTMLResponse:
+    return _page(request, "experiments.html", dashboard_experiments.experiments_page(session))
+
+
+@router.get("/dashboard/experiments/{experiment_id}", response_class=HTMLResponse)
+def experiment(request: Request, session: SessionDep, experiment_id: ExperimentId) -> HTMLResponse:
+    return _page(request, "experiment.html", dashboard_experiments.experiment_page(session, experiment_id))
