@@ -201,8 +201,7 @@ class AutoRecU(_AutoRec):
     def pair_scores(
         self, rows: RowBatch | sp.csr_matrix, pair_rows: torch.Tensor, items: torch.Tensor, users: np.ndarray | None = None
     ) -> torch.Tensor:
-        # h(r) = W sigmoid(V r + mu) + b read at the asked items only: rows W_i of the decoder,
-        # not all n_items of them (predict for one user's 10 items, paired: 359 us against 459)
+        # h(r) = W sigmoid(V r + mu) + b read at the asked items only (decoder rows W_i): faster (bench/RESULTS.md, "Figures moved out")
         x, offset = self._centred(as_row_batch(rows, self.n_items, self.device, binary=False).dense())
         code = torch.sigmoid(self.encoder(x))
         offset = offset[pair_rows, 0] if isinstance(offset, torch.Tensor) else offset

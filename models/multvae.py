@@ -33,11 +33,8 @@ from models.base import InputLayer, ModelInputError, Recommender, TrainData, as_
 from models.sizes import DataShape
 from models.rows import RowBatch
 
-# total_anneal_steps' rule: beta reaches the cap 0.2 at epoch 100 (0.2 x 500), half the epoch cap.
-# On ml-100k (2 updates an epoch: 1,000 updates) mean validation NDCG@100 over seeds 0-4 for 500 /
-# 1,000 / 2,000 / 10,000 updates was 0.449 / 0.450 / 0.448 / 0.443; on ML-20M the rule gives
-# ~117,000 (the paper: 200,000). Checked on the 15% and synthetic variants: bench/RESULTS.md,
-# "Defaults as rules of the data".
+# total_anneal_steps' rule: beta reaches the cap 0.2 at epoch 100 (0.2 x 500), half the epoch cap; checked on
+# validation across data sizes (bench/RESULTS.md, "Defaults as rules of the data", "Figures moved out").
 ANNEAL_EPOCHS = 500
 
 
