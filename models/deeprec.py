@@ -67,7 +67,7 @@ class DeepRecConfig:
     """
 
     # Encoder sizes; the decoder mirrors them. The paper: (128, 256, 256) for its smallest
-    # Netflix split, (512, 512, 1024) for the full one ((256, 256, 256) here: 0.9202).
+    # Netflix split, (512, 512, 1024) for the full one (256s here: bench/RESULTS.md, "Figures moved out").
     layers: tuple[int, ...] = (128, 256, 256)
     dropout: float = 0.65  # drop probability on the code: dp(0.65) with those layers, dp(0.8) for the big one
     constrained: bool = False  # tie each decoder weight to its encoder's transpose
@@ -76,16 +76,14 @@ class DeepRecConfig:
     last_layer_activation: bool = False
     center: bool = True  # predict mu + g(x - mu) per row (module docstring); False: the paper's f(x)
     refeed: bool = True  # dense re-feeding: one extra update on (f(x), f(x)) per batch
-    # The paper trains with SGD, momentum 0.9, lr 0.001 (and reports Adam variants). On ml-100k
-    # SGD needs hundreds of epochs (lr 0.005: still improving at 150 epochs); Adam at 1e-3
-    # stops early after 20-40 epochs.
+    # The paper: SGD, momentum 0.9 (and Adam variants); Adam converges far sooner (bench/RESULTS.md, "Figures moved out").
     optimizer: Literal["momentum", "adam"] = "adam"
     lr: float = 1e-3
     momentum: float = 0.9  # for optimizer="momentum"
     # The paper regularises with dropout only; with ~900 users L2 is what stops overfitting.
     # None: WEIGHT_DECAY_RATINGS / the training ratings (``for_data``).
     weight_decay: float | None = None
-    batch_size: int = 128  # the authors' script (64: 0.9202; 256 with lr 2e-3: 0.9201)
+    batch_size: int = 128  # the authors' script (other sizes: bench/RESULTS.md, "Figures moved out")
     epochs: int = 100  # early stopping ends every seed before 45
     patience: int = 10
 

@@ -52,17 +52,15 @@ class MultVAEConfig:
     total_anneal_steps: int | None = None
     # lambda of lambda * sum ||W||^2 (weights, not biases): the authors' code applies tf's
     # l2_regularizer(lam) times 2, i.e. lam * ||W||^2, and trains Mult-VAE with lam = 0.
-    # ml-100k validation NDCG@100 (seeds 0-2, batch 100): 0.455 with 0, 0.441 with 0.01.
+    # 0 also validates better on ml-100k (bench/RESULTS.md, "Figures moved out").
     weight_decay: float = 0.0
     lr: float = 1e-3  # Adam at 1e-3, as the paper
     # Users per batch, as the paper. A larger batch makes fewer updates an epoch: scale
-    # total_anneal_steps by 500 / batch_size, and lr by about sqrt(batch_size / 500): at 1,000 (all
-    # of ml-100k's strong training users) 1.41e-3 kept NDCG@100, 1e-3 and 2e-3 lost some (seeds 0-2;
-    # bench/RESULTS.md, "Larger batches"). Beyond that, measure: bench/quality.py --set.
+    # total_anneal_steps by 500 / batch_size, and lr by about sqrt(batch_size / 500) (bench/RESULTS.md,
+    # "Larger batches"). Beyond that, measure: bench/quality.py --set.
     batch_size: int = 500
     epochs: int = 200  # the authors train 200 epochs and keep the best validation NDCG@100
-    # Early stopping after 30 epochs without a better validation NDCG@100; on ml-100k the
-    # best epoch is 110-180 (batch 100 gets there in ~50 epochs, to the same NDCG@100).
+    # Early stopping after 30 epochs without a better validation NDCG@100 (bench/RESULTS.md, "Figures moved out").
     patience: int = 30
 
     def __post_init__(self) -> None:

@@ -58,7 +58,7 @@ class SVAEConfig:
     batch_size: int = 32  # authors trained one user at a time; padded batches are the same loss, faster
     # Adam at 3e-3: as good as the authors' (effective) 1e-3 in about half the time (bench/RESULTS.md, "Figures moved out").
     lr: float = 3e-3
-    weight_decay: float = 0.0  # authors: Adam's L2 of 5e-3 on ML-1M (1e-5 here: see above)
+    weight_decay: float = 0.0  # authors: Adam's L2 of 5e-3 on ML-1M (1e-5 validated worse here)
     patience: int = 5
     # Dropout on the item embeddings fed to the GRU (authors: none) validates better (bench/RESULTS.md, "Figures moved out").
     dropout: float = 0.5
