@@ -372,7 +372,7 @@ class Recommender(nn.Module):
         top_scores = torch.empty(n_rows, k_eff, dtype=torch.float32, device=device)
         block = score_block_rows(self.n_items, device)
         was_training = self.training
-        if was_training:  # a served model is in eval mode already: walking the modules costs ~30 us a call
+        if was_training:  # a served model is in eval mode already: walking its modules costs time each call
             self.eval()
         try:
             for start in range(0, n_rows, block):

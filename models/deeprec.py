@@ -54,16 +54,8 @@ WEIGHT_DECAY_RATINGS = 256.5
 @dataclass(frozen=True)
 class DeepRecConfig:
     """Defaults for MovieLens-scale data (tuned on ml-100k validation, rating-random); the
-    paper's best Netflix setup is ``PAPER_NETFLIX`` below, to pass as overrides.
-
-    Figures: ml-100k rating-random validation RMSE, mean over seeds 0-4 (bias baseline
-    0.939 on test). These defaults: 0.9177, early-stopped after 20-41 epochs (~5 s on one
-    CPU thread). One change at a time: center off 0.9397 (and SELU output too, the paper's
-    math: 0.9362; the best we found for it, lr 3e-4 and weight decay 1e-3, 0.9247 in ~100
-    epochs, 19 s), SELU output 0.9208, re-feeding off 0.9310, constrained 0.9518, dropout
-    0.5 0.9195 / 0.8 0.9215, weight decay 2e-3 0.9248 / 5e-3 0.9287, lr 3e-4 0.9174 (twice
-    the epochs). On seed 0 the paper's Netflix network reached only 1.012 with Adam: 943
-    users cannot feed a 3.3M-weight network.
+    paper's best Netflix setup is ``PAPER_NETFLIX`` below, to pass as overrides. 943 users
+    cannot feed the paper's 3.3M-weight network (bench/RESULTS.md, "Figures moved out").
     """
 
     # Encoder sizes; the decoder mirrors them. The paper: (128, 256, 256) for its smallest
