@@ -35,9 +35,7 @@ CODE_BATCH = 4096  # training vectors encoded per pass when caching I-AutoRec's 
 @dataclass(frozen=True)
 class AutoRecConfig:
     hidden: int = 500  # "k = 500 hidden units" throughout the paper's experiments
-    # lambda of the L2 term. The paper tunes it over {0.001, 0.01, 0.1, 1, 100, 1000} on
-    # held-out training ratings; 100 had the best validation RMSE on ml-100k (rating-random,
-    # seed 0: 30 -> 0.9003, 100 -> 0.8973, 300 -> 0.9031, 1000 -> 0.964).
+    # lambda of the L2 term: best validation RMSE on ml-100k (bench/RESULTS.md, "Figures moved out").
     weight_decay: float = 100.0
     # The paper optimises with L-BFGS / Rprop (full batch). We use Adam on minibatches: one
     # epoch of minibatches costs what one full-batch step does, and Adam converges in tens of
@@ -201,8 +199,7 @@ class AutoRecU(_AutoRec):
     def pair_scores(
         self, rows: RowBatch | sp.csr_matrix, pair_rows: torch.Tensor, items: torch.Tensor, users: np.ndarray | None = None
     ) -> torch.Tensor:
-        # h(r) = W sigmoid(V r + mu) + b read at the asked items only: rows W_i of the decoder,
-        # not all n_items of them (predict for one user's 10 items, paired: 359 us against 459)
+        # h(r) = W sigmoid(V r + mu) + b read at the asked items only (decoder rows W_i): faster (bench/RESULTS.md, "Figures moved out")
         x, offset = self._centred(as_row_batch(rows, self.n_items, self.device, binary=False).dense())
         code = torch.sigmoid(self.encoder(x))
         offset = offset[pair_rows, 0] if isinstance(offset, torch.Tensor) else offset

@@ -158,9 +158,7 @@ def sparse_rows(x: torch.Tensor, dropout: nn.Module, normalize: bool = False) ->
         return torch.sparse_csr_tensor(crow, col, dropout(values), x.shape, check_invariants=False)  # valid: x's own
 
 
-# The first layer's forward + backward on AMX in bfloat16, 500 rows x 600 outputs, dense
-# against sparse: 3.7 / 5.5 ms at 4% non-zeros (1,682 items), 12.5 / 17.1 ms at 4% (5,000), but
-# 50 / 25 ms at 0.7% (20,000 items, ml-20m's density) and 54 / 13 ms at 0.2%: dense from 2.5%.
+# Density from which the first layer's dense bf16 product on AMX beats the sparse (bench/RESULTS.md, "Figures moved out").
 DENSE_MIN_DENSITY = 0.025
 
 
@@ -181,8 +179,8 @@ class InputLayer(nn.Module):
 
     ``nn.Linear`` stores W as [out, n_items]; here it is ``item_weight`` [n_items, out], so a
     sparse batch's product is a sum of its items' rows (``embedding_bag``), and so is W's
-    gradient. Training Mult-VAE on ml-100k in bfloat16 took 46 ms an epoch against 54 ms with
-    a sparse x dense product through ``nn.Linear``'s layout (bench/RESULTS.md, round F).
+    gradient: faster epochs than a sparse x dense product through ``nn.Linear``'s layout
+    (bench/RESULTS.md, "Figures moved out").
     """
 
     def __init__(self, layer: nn.Linear):
@@ -200,10 +198,7 @@ class InputLayer(nn.Module):
         if x.layout == torch.strided:
             return torch.addmm(self.bias, x, self.item_weight)
         if _bfloat16_matrix_units(x.device) and x.values().numel() >= DENSE_MIN_DENSITY * x.shape[0] * x.shape[1]:
-            # A CPU with AMX multiplies bfloat16 matrices ~5x faster than float32 ones: there the
-            # dense batch x W beats the sparse sum, whose backward pass sorts the batch's items,
-            # unless the batch is mostly zeros. Paired on ml-100k, bf16 epochs: Mult-VAE 37.4 ms
-            # against 38.8, Mult-DAE 17.9 against 19.8.
+            # On AMX dense bf16 x W beats the sparse sum, whose backward sorts (bench/RESULTS.md, "Figures moved out").
             return torch.addmm(self.bias, x.to_dense(), self.item_weight)
         # float32 whatever the autocast: a sum of a few rows gains nothing from bfloat16
         with torch.autocast(x.device.type, enabled=False):
@@ -377,7 +372,7 @@ class Recommender(nn.Module):
         top_scores = torch.empty(n_rows, k_eff, dtype=torch.float32, device=device)
         block = score_block_rows(self.n_items, device)
         was_training = self.training
-        if was_training:  # a served model is in eval mode already: walking the modules costs ~30 us a call
+        if was_training:  # a served model is in eval mode already: walking its modules costs time each call
             self.eval()
         try:
             for start in range(0, n_rows, block):

@@ -37,21 +37,16 @@ from models.rows import RowBatch
 @dataclass(frozen=True)
 class CDAEConfig:
     hidden: int = 50  # K, the number of latent factors; the paper reports K = 50
-    # q of the drop-out corruption; the paper tunes q in {0, 0.2, ..., 1}. ml-100k validation
-    # NDCG@100 (seeds 0-2, weight_decay 1): 0.441 at q = 0.2, 0.445 at 0.5, 0.435 at 0.8.
+    # q of the drop-out corruption, tuned on ml-100k validation (bench/RESULTS.md, "Figures moved out").
     corruption: float = 0.5
     output: Literal["sigmoid", "identity"] = "sigmoid"
-    # The paper's logistic ("bce") and square losses. ml-100k validation: 0.445 with bce,
-    # 0.416 with square loss on the identity output.
+    # The paper's logistic ("bce") and square losses; bce ranks better (bench/RESULTS.md, "Figures moved out").
     loss: Literal["bce", "square"] = "bce"
-    # Negatives sampled per positive, as the paper does for speed; 0 = every zero counts (exact).
-    # ml-100k: 0.445 dense, 0.434 with 5 negatives per positive.
+    # Negatives per positive, as the paper does for speed; 0 = every zero counts (exact, better) (bench/RESULTS.md, "Figures moved out").
     negatives: int = 0
-    # lambda of the paper's L2 term; ml-100k validation: 0.440 / 0.445 / 0.445 / 0.421 / 0.302
-    # for lambda = 0.3 / 1 / 3 / 10 / 100.
+    # lambda of the paper's L2 term, chosen on ml-100k validation (bench/RESULTS.md, "Figures moved out").
     weight_decay: float = 1.0
-    # Adam (the paper uses AdaGrad). At Adam's usual 1e-3 CDAE still ranked like popularity after
-    # 60 epochs on ml-100k (validation NDCG@100 0.24); 1e-2: 0.428, 3e-2: 0.445.
+    # Adam (the paper: AdaGrad); at Adam's usual 1e-3 CDAE ranks like popularity (bench/RESULTS.md, "Figures moved out").
     lr: float = 0.03
     batch_size: int = 64
     epochs: int = 200  # early stopping ends it: the best epoch on ml-100k is 25-45

@@ -54,20 +54,12 @@ WEIGHT_DECAY_RATINGS = 256.5
 @dataclass(frozen=True)
 class DeepRecConfig:
     """Defaults for MovieLens-scale data (tuned on ml-100k validation, rating-random); the
-    paper's best Netflix setup is ``PAPER_NETFLIX`` below, to pass as overrides.
-
-    Figures: ml-100k rating-random validation RMSE, mean over seeds 0-4 (bias baseline
-    0.939 on test). These defaults: 0.9177, early-stopped after 20-41 epochs (~5 s on one
-    CPU thread). One change at a time: center off 0.9397 (and SELU output too, the paper's
-    math: 0.9362; the best we found for it, lr 3e-4 and weight decay 1e-3, 0.9247 in ~100
-    epochs, 19 s), SELU output 0.9208, re-feeding off 0.9310, constrained 0.9518, dropout
-    0.5 0.9195 / 0.8 0.9215, weight decay 2e-3 0.9248 / 5e-3 0.9287, lr 3e-4 0.9174 (twice
-    the epochs). On seed 0 the paper's Netflix network reached only 1.012 with Adam: 943
-    users cannot feed a 3.3M-weight network.
+    paper's best Netflix setup is ``PAPER_NETFLIX`` below, to pass as overrides. 943 users
+    cannot feed the paper's 3.3M-weight network (bench/RESULTS.md, "Figures moved out").
     """
 
     # Encoder sizes; the decoder mirrors them. The paper: (128, 256, 256) for its smallest
-    # Netflix split, (512, 512, 1024) for the full one ((256, 256, 256) here: 0.9202).
+    # Netflix split, (512, 512, 1024) for the full one (256s here: bench/RESULTS.md, "Figures moved out").
     layers: tuple[int, ...] = (128, 256, 256)
     dropout: float = 0.65  # drop probability on the code: dp(0.65) with those layers, dp(0.8) for the big one
     constrained: bool = False  # tie each decoder weight to its encoder's transpose
@@ -76,16 +68,14 @@ class DeepRecConfig:
     last_layer_activation: bool = False
     center: bool = True  # predict mu + g(x - mu) per row (module docstring); False: the paper's f(x)
     refeed: bool = True  # dense re-feeding: one extra update on (f(x), f(x)) per batch
-    # The paper trains with SGD, momentum 0.9, lr 0.001 (and reports Adam variants). On ml-100k
-    # SGD needs hundreds of epochs (lr 0.005: still improving at 150 epochs); Adam at 1e-3
-    # stops early after 20-40 epochs.
+    # The paper: SGD, momentum 0.9 (and Adam variants); Adam converges far sooner (bench/RESULTS.md, "Figures moved out").
     optimizer: Literal["momentum", "adam"] = "adam"
     lr: float = 1e-3
     momentum: float = 0.9  # for optimizer="momentum"
     # The paper regularises with dropout only; with ~900 users L2 is what stops overfitting.
     # None: WEIGHT_DECAY_RATINGS / the training ratings (``for_data``).
     weight_decay: float | None = None
-    batch_size: int = 128  # the authors' script (64: 0.9202; 256 with lr 2e-3: 0.9201)
+    batch_size: int = 128  # the authors' script (other sizes: bench/RESULTS.md, "Figures moved out")
     epochs: int = 100  # early stopping ends every seed before 45
     patience: int = 10
 

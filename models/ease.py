@@ -43,9 +43,8 @@ FLOAT32_MAX_CONDITION = 1_000.0
 
 @dataclass(frozen=True)
 class EASEConfig:
-    # The paper's best lambda is ~500 on ML-20M (1000 Netflix, 200 MSD). On ml-100k's strong
-    # split (~740 training users), mean validation NDCG@100 over seeds 0-4 for lambda in
-    # {100, 150, 200, 250, 300, 400, 500} is 0.445 / 0.448 / 0.449 / 0.452 / 0.451 / 0.450 / 0.447: 250.
+    # The paper's best lambda is ~500 on ML-20M (1000 Netflix, 200 MSD); 250 is best on ml-100k's strong
+    # split validation (bench/RESULTS.md, "Figures moved out").
     # A constant, not a rule of the data's size: the loss is summed over the users, so lambda is a
     # prior of fixed weight. On 40% and 15% of ml-100k (nnz / n_items 14.5 and 6, against 31) the
     # best validation lambda stayed 250-400, not 110 and 50 (bench/RESULTS.md, "Defaults as rules").

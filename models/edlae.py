@@ -25,9 +25,8 @@ from models.ease import DTYPES, EASE
 
 @dataclass(frozen=True)
 class EDLAEConfig:
-    # The author's notebook: p = 0.25, lambda = 70 on MSD. On ml-100k's strong split (seeds 0-4),
-    # validation NDCG@100 is flat near the top: 150/0.75, 200/0.6 and 150/0.67 within 0.0005 of
-    # the best (0.456, EASE 0.452); the middle one (bench/RESULTS.md, "EDLAE").
+    # The author's notebook: p = 0.25, lambda = 70 on MSD. On ml-100k validation is flat near the top:
+    # the middle of the best three (bench/RESULTS.md, "RecVAE and EDLAE").
     lam: float = 150.0
     dropout: float = 0.67  # p: the emphasis on each item's own count is p / (1 - p)
     dtype: Literal["auto", "float32", "float64"] = "auto"  # as EASE's

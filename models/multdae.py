@@ -35,13 +35,11 @@ class MultDAEConfig:
     dims: tuple[int, ...] = (200,)
     dropout: float = 0.5  # dropout on the normalised input (keep probability 0.5)
     # lambda of lambda * sum ||W||^2 (weights, not biases): the authors' code uses
-    # lam = 0.01 / batch_size = 2e-5 for Mult-DAE. ml-100k validation NDCG@100 (seeds 0-2) is
-    # the same with 0 (0.458 either way, at batch 100).
+    # lam = 0.01 / batch_size = 2e-5 for Mult-DAE; 0 validates the same (bench/RESULTS.md, "Figures moved out").
     weight_decay: float = 2e-5
     lr: float = 1e-3  # Adam at 1e-3, as the paper
     # Users per batch, as the paper. A larger batch makes fewer updates an epoch and needs a larger
-    # lr: at 1,000 (all of ml-100k's strong training users) 2e-3 kept NDCG@100, 1e-3 lost 0.017
-    # (seeds 0-2; bench/RESULTS.md, "Larger batches"). Beyond that, measure: bench/quality.py --set.
+    # lr (bench/RESULTS.md, "Larger batches"). Beyond that, measure: bench/quality.py --set.
     batch_size: int = 500
     epochs: int = 200  # the authors train 200 epochs and keep the best validation NDCG@100
     patience: int = 30  # early stopping; on ml-100k the best epoch is 110-200 at batch 500

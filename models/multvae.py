@@ -33,11 +33,8 @@ from models.base import InputLayer, ModelInputError, Recommender, TrainData, as_
 from models.sizes import DataShape
 from models.rows import RowBatch
 
-# total_anneal_steps' rule: beta reaches the cap 0.2 at epoch 100 (0.2 x 500), half the epoch cap.
-# On ml-100k (2 updates an epoch: 1,000 updates) mean validation NDCG@100 over seeds 0-4 for 500 /
-# 1,000 / 2,000 / 10,000 updates was 0.449 / 0.450 / 0.448 / 0.443; on ML-20M the rule gives
-# ~117,000 (the paper: 200,000). Checked on the 15% and synthetic variants: bench/RESULTS.md,
-# "Defaults as rules of the data".
+# total_anneal_steps' rule: beta reaches the cap 0.2 at epoch 100 (0.2 x 500), half the epoch cap; checked on
+# validation across data sizes (bench/RESULTS.md, "Defaults as rules of the data", "Figures moved out").
 ANNEAL_EPOCHS = 500
 
 
@@ -55,17 +52,15 @@ class MultVAEConfig:
     total_anneal_steps: int | None = None
     # lambda of lambda * sum ||W||^2 (weights, not biases): the authors' code applies tf's
     # l2_regularizer(lam) times 2, i.e. lam * ||W||^2, and trains Mult-VAE with lam = 0.
-    # ml-100k validation NDCG@100 (seeds 0-2, batch 100): 0.455 with 0, 0.441 with 0.01.
+    # 0 also validates better on ml-100k (bench/RESULTS.md, "Figures moved out").
     weight_decay: float = 0.0
     lr: float = 1e-3  # Adam at 1e-3, as the paper
     # Users per batch, as the paper. A larger batch makes fewer updates an epoch: scale
-    # total_anneal_steps by 500 / batch_size, and lr by about sqrt(batch_size / 500): at 1,000 (all
-    # of ml-100k's strong training users) 1.41e-3 kept NDCG@100, 1e-3 and 2e-3 lost some (seeds 0-2;
-    # bench/RESULTS.md, "Larger batches"). Beyond that, measure: bench/quality.py --set.
+    # total_anneal_steps by 500 / batch_size, and lr by about sqrt(batch_size / 500) (bench/RESULTS.md,
+    # "Larger batches"). Beyond that, measure: bench/quality.py --set.
     batch_size: int = 500
     epochs: int = 200  # the authors train 200 epochs and keep the best validation NDCG@100
-    # Early stopping after 30 epochs without a better validation NDCG@100; on ml-100k the
-    # best epoch is 110-180 (batch 100 gets there in ~50 epochs, to the same NDCG@100).
+    # Early stopping after 30 epochs without a better validation NDCG@100 (bench/RESULTS.md, "Figures moved out").
     patience: int = 30
 
     def __post_init__(self) -> None:

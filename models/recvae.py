@@ -48,9 +48,8 @@ class RecVAEConfig:
     hidden: int = 600  # width of the encoder's five layers, as the paper
     latent: int = 200
     dropout: float = 0.5  # input dropout of the encoder's updates
-    # beta(x) = gamma * |x|. The paper's 0.005 stopped early on ml-100k (~740 training users); mean
-    # validation NDCG@100 over strong seeds 0-4: 0.01 0.454, 0.02 0.457, (0.035 0.454 on seeds 0-2)
-    # (bench/RESULTS.md, "RecVAE and EDLAE"): a stronger pull to the prior on a small set.
+    # beta(x) = gamma * |x|: a stronger pull to the prior than the paper's 0.005 suits a small set
+    # (validation, bench/RESULTS.md, "RecVAE and EDLAE").
     gamma: float = 0.02
     # weights of N(0, I), q_old(z|x) and N(0, e^wide_logvar I) in the composite prior, as the paper
     mixture: tuple[float, float, float] = (0.15, 0.75, 0.10)

@@ -169,9 +169,8 @@ def pad_recent(batch: RowBatch, max_len: int, width: int | None = None) -> torch
 
 # A dense row block of at most this many elements (1 GiB in bfloat16) is multiplied at a time on a GPU.
 GRAM_BLOCK_ELEMENTS = 1 << 29
-# On a CPU, scipy's sparse X^T X makes sum_u n_u^2 updates at ~0.15 G/s and a float32 BLAS product
-# n_users * n_items^2 multiply-adds at ~20 G/s (2 threads): the sparse one is chosen while its count
-# is under 1/130 of the dense one's (equal at ml-100k; 3x faster at 3% density; bench/RESULTS.md, round I).
+# On a CPU the sparse X^T X (sum_u n_u^2 updates) is chosen while its count is under 1/130 of the dense one's
+# n_users * n_items^2, their measured rate ratio (bench/RESULTS.md, "Figures moved out").
 CPU_DENSE_OVER_SPARSE_RATE = 130.0
 
 

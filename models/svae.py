@@ -36,42 +36,31 @@ from models.base import Recommender, TrainData, as_row_batch
 from models.rows import DeviceRows, RowBatch, pad_recent
 
 SCORE_CHUNK_ROWS = 256  # users per GRU pass when scoring: bounds the [rows, max_len, embed] activations
-# Devices on which the loss selects the steps that have targets. Elsewhere (a GPU) every step is
-# decoded and the others weigh 0: selecting would make the host wait for their count each step.
-# On a CPU selecting is 6-9% faster an epoch (ml-100k temporal; bench/RESULTS.md, round I).
+# Where the loss selects steps with targets (faster on a CPU; a GPU would wait for their count) (bench/RESULTS.md, "Figures moved out").
 SELECTS_STEPS = ("cpu",)
 
 
 @dataclass(frozen=True)
 class SVAEConfig:
-    # Chosen on ml-100k, protocol temporal, mean VALIDATION NDCG@100 / Recall@10 over seeds 0-4
-    # ("3s": seeds 0-2). Mult-VAE there: 0.297 / 0.165 (3s: 0.299 / 0.169). The paper's settings with
-    # β cap 0.2, lr 1e-3, no dropout: 0.257 / 0.137 (3s). These defaults: 0.298 / 0.182. Other points
-    # (from these defaults): batch 16 0.300 / 0.174; next_k 2 0.298 / 0.176, 8 0.290 / 0.171; β cap
-    # 0.001 0.292 / 0.161, 0.02 0.295 / 0.177; dropout 0.7 0.288 / 0.173; weight decay 1e-5 0.296 / 0.176;
-    # GRU 400, hidden 300, latent 128: 0.303 / 0.176 at ~1.8x the fit time. Diagnostic: each user's
-    # order shuffled (train and fold-in): 0.270 / 0.142, so the model does use the time order.
+    # Chosen on ml-100k temporal validation over seeds 0-4 (bench/quality.py; bench/RESULTS.md, "Figures moved out").
     item_embed_size: int = 256  # paper / authors' code: item embedding of 256
     rnn_size: int = 200  # GRU state of 200
     hidden_size: int = 150  # one tanh layer of 150 in the encoder and in the decoder (authors' code)
     latent_size: int = 64  # z_t of 64 dimensions
-    next_k: int = 4  # the authors' "next_k" loss with k = 4 (3s, β cap 0.005: k=2 0.286, 4 0.289, 8 0.281)
+    next_k: int = 4  # the authors' "next_k" loss with k = 4, also the best on validation
     max_len: int = 200  # keep the most recent 200 items per user (GRU steps are sequential: speed)
     # β weighs each step's KL against that step's likelihood, as in the paper's ELBO. The authors'
     # code averages the KL over steps but SUMS the likelihood over them: β/T per step, ~0.2/60 on
-    # ml-100k. A cap of 0.2 per step over-regularises (3s, lr 1e-3, no dropout): 0.2 -> 0.257,
-    # 0.02 -> 0.280, 0.005 -> 0.289 / 0.165, 0.001 -> 0.290, 0 -> 0.280.
+    # ml-100k. A cap of 0.2 per step over-regularises (bench/RESULTS.md, "Figures moved out").
     anneal_cap: float = 0.005
     total_anneal_steps: int = 2000  # batches to reach the cap (authors: 200k one-user steps, ~33 ML-1M epochs)
     epochs: int = 30
     batch_size: int = 32  # authors trained one user at a time; padded batches are the same loss, faster
-    # Adam; the authors' config says lr 0.01 but does not pass it on, so Adam's 1e-3 was used.
-    # 3e-3 reaches as good an epoch in about half the time (3s, β cap 0.005: 0.291 vs 0.289).
+    # Adam at 3e-3: as good as the authors' (effective) 1e-3 in about half the time (bench/RESULTS.md, "Figures moved out").
     lr: float = 3e-3
-    weight_decay: float = 0.0  # authors: Adam's L2 of 5e-3 on ML-1M (1e-5 here: see above)
+    weight_decay: float = 0.0  # authors: Adam's L2 of 5e-3 on ML-1M (1e-5 validated worse here)
     patience: int = 5
-    # Dropout on the item embeddings fed to the GRU (the authors used none). 3s, β cap 0.005,
-    # lr 1e-3: 0 -> 0.289 / 0.165, 0.2 -> 0.288 / 0.174, 0.5 -> 0.293 / 0.177.
+    # Dropout on the item embeddings fed to the GRU (authors: none) validates better (bench/RESULTS.md, "Figures moved out").
     dropout: float = 0.5
 
 

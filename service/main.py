@@ -75,7 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.info("startup: %s", outcome.message)
         # What is alive now (imported libraries, the first model version: ~300k objects at
         # ml-100k) lives as long as the process: move it out of the collector's sight, so a
-        # full collection walks only what requests create. It took 180 ms, a latency spike.
+        # full collection walks only what requests create (else a latency spike; figures in bench/RESULTS.md).
         gc.collect()  # garbage first: what is frozen is never collected
         gc.freeze()
         store.start_watcher()

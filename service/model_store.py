@@ -41,9 +41,8 @@ log = logging.getLogger("service.model_store")
 class IdIndex:
     """External id -> position (-1 for an unknown id), for a whole array of ids at once.
 
-    A dict lookup per id, deliberately: at 20,000 known ids it measured faster than
-    ``pandas.Index.get_indexer`` at every request size from 100 ids (12 us against 190 us;
-    pandas pays a fixed cost per call) to 20,000 (4.9 ms against 8.7 ms).
+    A dict lookup per id, deliberately: it measured faster than ``pandas.Index.get_indexer``
+    (a fixed cost per call) at every request size (bench/RESULTS.md, "Figures moved out").
     """
 
     def __init__(self, ids: Sequence[str]) -> None:
@@ -203,9 +202,7 @@ def _cold_start(loaded: LoadedModel) -> Any:
 def _serving_model(name: str, loaded: LoadedModel, popular: np.ndarray, manifest: dict) -> ServingModel:
     model = loaded.model
     # Served in float32: a ranking or a clipped rating needs no more. EASE's B can be float64
-    # from the solve (ease.dtype, models/ease.py); in float32 it takes half the memory (1.6 GB
-    # at 20,000 items, per replica) and a 140-item user's scores read it in half the time
-    # (1.4 -> 0.7 ms at 20,000 items).
+    # from the solve (ease.dtype, models/ease.py); float32 halves memory and scoring time (bench/RESULTS.md, "Figures moved out").
     model.float()
     items = IdIndex.from_positions(loaded.item_index, len(loaded.item_ids))
     threshold = (loaded.info or {}).get("positive_threshold", manifest.get("positive_threshold"))

@@ -13,7 +13,7 @@ class ScoringSlots:
     """At most ``concurrency`` requests' model work (their history query, scoring, serialising the answer) at once.
 
     The rest wait their turn on the event loop, not in threads: threads running Python only take turns on the
-    GIL, and more of them at once served fewer uncached recommendations than one at a time (bench/RESULTS.md, round C).
+    GIL, and more of them at once served fewer uncached recommendations than one at a time (bench/serving.py).
     """
 
     def __init__(self, concurrency: int = 1) -> None:

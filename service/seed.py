@@ -21,9 +21,8 @@ def seed_interactions(database_url: str, inter: Interactions) -> dict[str, int]:
     timestamps = inter.timestamps.tolist() if inter.timestamps is not None else [None] * len(inter)
     engine = make_engine(database_url)
     # A load is millions of tuples and dicts alive until its commit, and with the cyclic
-    # collector on every full collection walks all of them again: 2M rows into SQLite took
-    # 36.7 s against 15.4 s with it paused, and the gap grows with the load (20M rows: over
-    # 20 minutes). The load makes no reference cycles; reference counting frees it all.
+    # collector on every full collection walks all of them again, a cost that grows with the load
+    # (bench/RESULTS.md, "Figures moved out"). The load makes no reference cycles; reference counting frees it all.
     collecting = gc.isenabled()
     gc.disable()
     try:

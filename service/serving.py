@@ -249,13 +249,12 @@ async def _computed_and_cached(parts: ServiceParts, entry: CacheEntry, compute: 
     """``compute(entry)``'s JSON for a lookup that missed, stored under its key.
 
     The cache is used from the event loop (in process, or Redis's asyncio client): a hit
-    costs no thread hop (PostgreSQL + Redis, ml-100k, 8 clients: 525-637 hits/s against
-    495-555 with the lookup in a worker thread), and a miss holds its scoring slot
+    costs no thread hop (more hits/s than the lookup in a worker thread), and a miss holds its scoring slot
     (``ScoringSlots.run``) only for the query, scoring and serialising, not for the store
     of its answer. A hit never queues behind other requests' scoring. The history query
     stays inside the slot: moving it out (a thread hop more, and more threads taking turns
-    on the GIL) served fewer misses on both backends (ml-100k, 8 clients: SQLite 490
-    against 600 req/s, PostgreSQL 285 against 350).
+    on the GIL) served fewer misses on both backends (bench/serving.py; bench/RESULTS.md,
+    "Figures moved out").
     """
     body = await parts.scoring.run(partial(retry_if_dropped, partial(compute, entry)))
     if entry.key is not None:  # stored from the loop too, after the slot is free for the next miss

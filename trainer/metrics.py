@@ -69,8 +69,8 @@ def hit_matrix(ranked: np.ndarray, targets: sp.spmatrix) -> tuple[np.ndarray, np
     """(hits bool [n, k]: is ranked[u, r] in T_u, n_targets int [n]: |T_u|).
 
     Membership by lookup in a dense boolean mask of T, built for a block of rows at a time
-    (``HIT_LOOKUP_CELLS``): one scatter and one gather per block, ~10x faster than a binary
-    search of the (row, item) keys for ml-100k's 943 users x 100.
+    (``HIT_LOOKUP_CELLS``): one scatter and one gather per block, faster than a binary
+    search of the (row, item) keys (bench/RESULTS.md, "Figures moved out").
     """
     t = _target_pattern(targets, np.shape(ranked)[0])
     n_rows, n_items = t.shape

@@ -112,8 +112,7 @@ def validation_score(model: Recommender, train: sp.csr_matrix, valid: Any) -> tu
 
 # glibc's malloc hands a freed block of more than 128 KiB (its default) back to the kernel and
 # page-faults a new one in on the next allocation. A training step allocates and frees the same
-# few-MiB tensors (bfloat16 copies of the weights, their gradients) every batch, so it paid those
-# page faults every step: Mult-VAE's bfloat16 epoch on ml-100k took 54 ms instead of 40.
+# few-MiB tensors (bf16 copies of the weights, their gradients) each batch: page faults each step (bench/RESULTS.md, "Figures moved out").
 MALLOC_MMAP_THRESHOLD = 32 << 20  # blocks under 32 MiB (glibc's most) come from the heap and are reused
 MALLOC_TRIM_THRESHOLD = 256 << 20  # up to 256 MiB of freed heap is kept for the next step
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (malloc.h)
@@ -333,9 +332,8 @@ def _in_bfloat16(forward: Any, device_type: str) -> Any:
     """``forward`` (the loss) under bfloat16 autocast. Only the forward pass is wrapped: the
     backward pass replays the dtypes it recorded, and the weights, their gradients and the
     optimiser stay float32. On ml-100k Mult-VAE's epoch took half the time on a CPU with
-    AVX512-BF16 (bench/RESULTS.md, "Training speed"). Validation and serving stay float32: with
-    bfloat16 scores, validation was 10 ms faster an epoch but its NDCG@100 moved by up to 0.001,
-    enough to stop earlier, and the strong test NDCG@100 fell 0.003-0.005 (seeds 0-4, round F)."""
+    AVX512-BF16 (bench/RESULTS.md, "Training speed"). Validation and serving stay float32: bfloat16
+    scores stopped training earlier and lowered test NDCG@100 (bench/RESULTS.md, "Figures moved out")."""
 
     def run(batch: Any, **schedule: float) -> torch.Tensor:
         with torch.autocast(device_type=device_type, dtype=torch.bfloat16):

@@ -78,8 +78,7 @@ class Settings(RatingScaleSettings):  # RATING_SCALE, POSITIVE_THRESHOLD: what P
     MAX_BODY_BYTES: int = Field(default=1_000_000, ge=1024)
     MAX_HEADER_BYTES: int = Field(default=16_384, ge=1024)  # request line and headers, when `python -m service` serves
     # torch threads per request's scoring. A second one fights the event loop and the other
-    # requests' threads for the same cores (on 2 busy cores one EASE score went from 0.6 ms
-    # to 8 ms with 2 threads); a large model on many cores may want more.
+    # requests' threads for the same cores (bench/RESULTS.md); a large model on many cores may want more.
     TORCH_THREADS: int = Field(default=1, ge=1)
     # Requests whose model work (history query, scoring) runs at once; the others queue on the
     # event loop. Python-bound scoring holds the GIL, so more threads only take turns on it.

@@ -92,7 +92,7 @@ def reads(session: Session) -> Iterator[Connection]:
     """A connection of the session's engine for a request's reads, back in the pool when the block ends.
 
     In autocommit on PostgreSQL: each read is one statement, and a transaction around it cost
-    a BEGIN and a ROLLBACK round trip (a history read: 700 us with them, 420 without).
+    a BEGIN and a ROLLBACK round trip (bench/RESULTS.md, "Figures moved out").
     SQLite's driver opens no transaction for a SELECT. Returned at the end of the block, in
     the worker thread that used it, rather than when the request ends (one more thread hop).
     """
@@ -396,8 +396,8 @@ def _stored_interactions(connection: Connection, pairs: list[tuple[int, int]]) -
 
 
 # SQLite takes one writer at a time, and a writer that finds the lock taken sleeps in growing
-# steps (up to 100 ms) before it retries: at 8 concurrent writers that made the p99 of a write
-# 372 ms. Writers of this process wait their turn on a lock instead (other processes still
+# steps before it retries: a long write p99 under concurrent writers (bench/RESULTS.md, "Figures moved out").
+# Writers of this process wait their turn on a lock instead (other processes still
 # meet SQLite's busy timeout). PostgreSQL locks rows, not the database: no lock there.
 _SQLITE_WRITER = threading.Lock()
 WRITER_WAIT_S = 5.0
@@ -420,7 +420,7 @@ def refresh_statistics(session: Session) -> None:
     """Refresh the query planner's statistics after a bulk load (``ANALYZE``).
 
     Right after a seed PostgreSQL has none, and plans a history read with a hash of the
-    whole items table (0.28 ms for 1,682 items, per request) until autovacuum gets to it.
+    whole items table (a cost per request) until autovacuum gets to it.
     """
     session.execute(text("ANALYZE"))  # the whole database: the service's own tables (SQLite and PostgreSQL alike)
     session.commit()
