@@ -115,11 +115,10 @@ class ExperimentServing:
                  for n, (item, team) in enumerate(zip(items, teams))]
         body = {**parsed[0], "model": f"{parsed[0]['model']}+{parsed[1]['model']}", "items": mixed,
                 "unknown_items": sorted(set(parsed[0]["unknown_items"]) | set(parsed[1]["unknown_items"]))}
-        team_names = [names[team] for team in teams]
-        self.recorder.record(ServedAnswer(recommendation_id, user_id, json.dumps(body, separators=(",", ":")),
-                                          datetime.now(UTC), experiment.id, None, teams=team_names))
-        body = {"recommendation_id": recommendation_id, "experiment": {"id": experiment.id, "arm": "interleaved"}, **body}
-        return Answer(body["model"], json.dumps(body, separators=(",", ":")))
+        answer_json = json.dumps(body, separators=(",", ":"))
+        self.recorder.record(ServedAnswer(recommendation_id, user_id, answer_json, datetime.now(UTC), experiment.id, None,
+                                          teams=[names[team] for team in teams]))
+        return Answer(body["model"], with_id(answer_json, recommendation_id, experiment, "interleaved"))
 
     def _score_in_shadow(self, experiment: Experiment, arm: Arm, user_id: str, request: RecommendationRequest,
                          compute: Compute) -> None:

@@ -54,12 +54,13 @@ def shown_lists(session: Session, recorder: ImpressionRecorder, ids: Sequence[st
 
 
 def records(events: Sequence[FeedbackIn], lists: dict[str, online.ShownList]) -> list[online.FeedbackRecord]:
-    unknown = sorted({e.recommendation_id for e in events} - set(lists))
+    unknown = {e.recommendation_id for e in events} - set(lists)
     if unknown:
-        raise ApiError(404, "unknown_recommendation", f"no served list has the recommendation_id {unknown[0]!r}"
-                       + (f" (nor {len(unknown) - 1} more)" if len(unknown) > 1 else ""),
-                       {"recommendation_ids": unknown,
-                        "entries": [n for n, e in enumerate(events) if e.recommendation_id in set(unknown)]})
+        named = sorted(unknown)
+        raise ApiError(404, "unknown_recommendation", f"no served list has the recommendation_id {named[0]!r}"
+                       + (f" (nor {len(named) - 1} more)" if len(named) > 1 else ""),
+                       {"recommendation_ids": named,
+                        "entries": [n for n, e in enumerate(events) if e.recommendation_id in unknown]})
     now = datetime.now(UTC)
     built = []
     for n, event in enumerate(events):

@@ -197,9 +197,8 @@ class ImpressionRecorder:
 
     def _run(self) -> None:
         """Every ``linger_s`` (or when woken), write what waits, ``batch_size`` at a time. The writer never
-        blocks on the queue: a getter waiting there is woken by every put, and those wake-ups took the GIL from
-        the requests (cache hits at 8 clients served 26-43% of their rate with a transaction per impression,
-        70% with batches gathered by a blocking get)."""
+        blocks on the queue: a getter waiting there is woken by every put, and those wake-ups take the GIL from
+        the requests (bench/online.py --parts c; bench/RESULTS.md, "What recording impressions costs")."""
         while True:
             self._wake.wait(self.linger_s)
             self._wake.clear()
