@@ -53,7 +53,7 @@ def publish(root: Path, every_ranker: bool = False, epochs: int = 2) -> str:
     import scipy.sparse as sp
 
     import trainer
-    from trainer import artifacts
+    import registry
     from trainer.datasets import read_dataset
     from trainer.top_lists import compute_top_lists
 
@@ -73,7 +73,7 @@ def publish(root: Path, every_ranker: bool = False, epochs: int = 2) -> str:
     seen = sp.csr_matrix(ratings != 0, dtype=np.float32)
     lists = {name: compute_top_lists(fit.model, positives, seen) for name, fit in fitted.items()
              if fit.model.task == "ranking" and not fit.model.sequential}  # as the trainer publishes them
-    staged = {name: artifacts.StagedModel(model, users, items, metrics={"curve": log.get("curve", []),
+    staged = {name: registry.StagedModel(model, users, items, metrics={"curve": log.get("curve", []),
                                                                          "train": {"fit_seconds": log["fit_seconds"]}},
                                           files=lists[name].files() if name in lists else {})
               for name, (model, log) in fitted.items()}
@@ -87,7 +87,7 @@ def publish(root: Path, every_ranker: bool = False, epochs: int = 2) -> str:
                           **({"top_lists": lists[name].info(time.time(), False)} if name in lists else {})}
                    for name, (m, log) in fitted.items()},
     }
-    return artifacts.publish(root, staged, manifest, popularity={"items": [items[i] for i in order], "counts": counts[order].tolist()})
+    return registry.publish(root, staged, manifest, popularity={"items": [items[i] for i in order], "counts": counts[order].tolist()})
 
 
 def seed(database_url: str) -> None:

@@ -53,7 +53,7 @@ from rating_scale import RatingScale  # noqa: E402
 from trainer.commands.baselines import parse_seeds, write_json  # noqa: E402
 from trainer.dataset import Interactions  # noqa: E402
 from trainer.datasets import get_dataset  # noqa: E402
-from trainer.errors import UserError  # noqa: E402
+from errors import UserError  # noqa: E402
 from trainer.evaluation import FALLBACK_BASELINE, evaluate_ranking, evaluate_rating  # noqa: E402
 from trainer.protocols import PROTOCOL_TASK, make_split, protocol_ks  # noqa: E402
 from trainer.runs import fit_on_split  # noqa: E402

@@ -118,7 +118,7 @@ def seed(
 ) -> None:
     """Load users, items (with titles) and interactions into the database, in bulk; idempotent.
     Ratings must be on the deployment's RATING_SCALE (under an implicit one they are left out)."""
-    from trainer.errors import UserError
+    from errors import UserError
 
     if (dataset is None) == (file is None):
         raise CliError("give exactly one of --dataset NAME or --file PATH")
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     import click
     from sqlalchemy.exc import OperationalError
 
-    from trainer.errors import click_usage_error
+    from errors import click_usage_error
 
     try:
         app(args=argv, standalone_mode=False, prog_name="python -m service")

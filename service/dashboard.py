@@ -31,8 +31,9 @@ from service.errors import ApiError
 from service.model_store import ModelStore, StoredLists
 from service.parts import ServiceParts
 from service.schemas import RatingRequest, RecommendationRequest
-from trainer import artifacts, best
-from trainer.errors import UserError
+import registry
+from registry import best
+from errors import UserError
 
 RECENT_RUNS = 5  # versions listed under "last training runs"
 NEXT_RUN_FILE = "SCHEDULE.json"  # in the registry, written by ``trainer.schedule.record_next_run`` (same name: tested)
@@ -48,7 +49,7 @@ def when(timestamp: float | None) -> str:
 @lru_cache(maxsize=256)
 def _manifest(root: str, version: str) -> dict[str, Any] | None:
     try:
-        return artifacts.read_manifest(root, version)
+        return registry.read_manifest(root, version)
     except UserError:  # removed by retention, or damaged: the page says "unreadable"
         return None
 
@@ -58,7 +59,7 @@ def _model_metrics(root: str, version: str, name: str) -> dict[str, Any]:
     manifest = _manifest(root, version) or {"models": {}}
     folder = Path(root) / version / manifest["models"].get(name, {}).get("path", name)
     try:
-        return json.loads((folder / artifacts.METRICS_FILE).read_text(encoding="utf-8"))
+        return json.loads((folder / registry.METRICS_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
 
@@ -71,7 +72,7 @@ def recent_runs(settings: Settings) -> list[dict[str, Any]]:
     """The latest published versions, newest first, each model's gate decision (or "carried from")."""
     root = str(settings.ARTIFACTS_DIR)
     runs = []
-    for version in reversed(artifacts.list_versions(root)[-RECENT_RUNS:]):
+    for version in reversed(registry.list_versions(root)[-RECENT_RUNS:]):
         manifest = _manifest(root, version)
         if manifest is None:
             runs.append({"version": version, "created_at": None, "models": []})
@@ -89,7 +90,7 @@ def recent_runs(settings: Settings) -> list[dict[str, Any]]:
 
 
 def _previous_version(settings: Settings, current: str | None) -> str | None:
-    versions = artifacts.list_versions(settings.ARTIFACTS_DIR)
+    versions = registry.list_versions(settings.ARTIFACTS_DIR)
     older = [v for v in versions if current is None or v < current]
     return older[-1] if older else None
 

@@ -21,7 +21,7 @@ from service.crud import History
 from service.errors import ApiError
 from service.model_store import IdIndex, ServingModel, ServingVersion
 from service.schemas import EXPLAIN_MAX_HISTORY, EXPLAIN_MAX_HISTORY_SEQUENTIAL, EXPLAIN_REASONS
-from trainer.best import BEST
+from registry.best import BEST
 
 log = logging.getLogger("service.inference")
 

@@ -46,7 +46,7 @@ from service.schemas import (
     ScoredItem,
     SimilarItemsResponse,
 )
-from trainer.best import BEST
+from registry.best import BEST
 
 
 _RATING_LIST = TypeAdapter(list[RatingResponse])

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from rating_scale import RatingScale
 from trainer.dataset import STARS, Interactions
-from trainer.errors import DataError, UserError
+from errors import DataError, UserError
 from trainer.loader import FileColumns, interactions_from_columns, load_file
 from trainer.settings import get_settings
 

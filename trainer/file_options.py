@@ -18,7 +18,7 @@ from typing import Annotated, Any, Callable, Optional
 import typer
 
 from rating_scale import RatingScale
-from trainer.errors import UserError
+from errors import UserError
 from trainer.loader import FileColumns
 
 COLUMN_OPTIONS = {

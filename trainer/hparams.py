@@ -25,7 +25,7 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from models.base import ModelInputError, build_config
-from trainer.errors import UserError
+from errors import UserError
 
 Overrides = dict[str, dict[str, Any]]  # model name -> {field: value}
 

@@ -19,7 +19,7 @@ import pandas as pd
 from rating_scale import RatingScale
 from rating_scale.latest import keep_latest_pairs  # the rule serving shares (re-exported for trainer.pipeline)
 from trainer.dataset import Interactions
-from trainer.errors import DataError
+from errors import DataError
 
 IMPLICIT = RatingScale.parse("implicit")
 ROLES = ("user", "item", "rating", "timestamp")  # also the order of a headerless file's columns

@@ -29,7 +29,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from trainer.dataset import Interactions
-from trainer.errors import DataError, UserError
+from errors import DataError, UserError
 from trainer.splits import HeldOut, RankingSplit, RatingSplit
 
 PROTOCOLS = ("rating-random", "seed-ranking", "strong", "temporal")

@@ -13,7 +13,7 @@ from pydantic import Field, ValidationError
 from pydantic_settings import SettingsConfigDict
 
 from rating_scale import RatingScaleSettings
-from trainer.errors import UserError
+from errors import UserError
 
 
 class TrainerSettings(RatingScaleSettings):

@@ -18,7 +18,7 @@ import scipy.sparse as sp
 
 from rating_scale import RatingScale
 from trainer.dataset import Interactions
-from trainer.errors import DataError, UserError
+from errors import DataError, UserError
 from trainer.loader import FileColumns
 
 

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from trainer.dataset import STARS, Interactions
-from trainer.errors import UserError
+from errors import UserError
 
 _FIRST_TIME = 946_684_800  # 2000-01-01 UTC
 _LAST_TIME = 1_420_070_400  # 2015-01-01 UTC

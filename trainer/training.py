@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from models.base import ModelInputError, Recommender, TrainData, build_config, use_tensor_cores
 from models.sizes import DataShape, for_data
 from trainer import distributed
-from trainer.errors import TrainingError, UserError
+from errors import TrainingError, UserError
 from trainer.holdout import HOLDOUT_FRACTION, hold_out
 from trainer.splits import HeldOut
 

@@ -16,7 +16,7 @@ import torch
 import models
 import trainer
 from models.base import ModelInputError
-from trainer.errors import UserError
+from errors import UserError
 
 N_USERS, N_ITEMS, BLOCK = 60, 24, 12
 

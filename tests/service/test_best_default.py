@@ -17,7 +17,7 @@ from service.errors import ApiError
 from service.inference import resolve_model
 from service.main import create_app
 from service.model_store import prepare_version
-from trainer import best
+from registry import best
 
 AUTH = {"X-API-Key": API_KEY}
 HISTORY = {"1": 5.0, "50": 4.0, "100": 2.0, "181": 5.0, "258": 1.0}

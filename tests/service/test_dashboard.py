@@ -22,7 +22,7 @@ from service import crud, dashboard, svg
 from service import traffic as traffic_page
 from service.core.config import Settings
 from service.main import create_app
-from trainer.artifacts import latest_version
+from registry import latest_version
 
 PAGES = ["/dashboard", "/dashboard/models/ease", "/dashboard/models/autorec-u", "/dashboard/data", "/dashboard/traffic",
          "/dashboard/users", "/dashboard/users?user_id=1&items=1,2,50", "/dashboard/items", "/dashboard/items?q=toy&item_id=1"]
@@ -64,7 +64,7 @@ def test_overview_data_puts_the_previous_versions_metrics_beside(client, registr
     from _service_support import copy_registry
     from service.metrics import Metrics
     from service.model_store import ModelStore
-    from trainer import artifacts
+    import registry as artifacts
 
     root = tmp_path / "registry"
     older = copy_registry(registry, root)

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from _service_support import API_KEY, POSITIVE, copy_registry, error_body
 from _service_support import new_user
 from service.main import create_app
-from trainer.artifacts import latest_version
+from registry import latest_version
 
 KNOWN_USER = "1"
 AUTH = {"X-API-Key": API_KEY}

@@ -116,7 +116,7 @@ def test_a_sequential_model_weighs_its_most_recent_history_only():
     from models.svae import SVAE, SVAEConfig
     from service.crud import History
     from service.model_store import IdIndex, ServingModel
-    from trainer.artifacts import LoadedModel
+    from registry import LoadedModel
 
     n_items, n_history = 120, EXPLAIN_MAX_HISTORY_SEQUENTIAL + 30
     torch.manual_seed(0)

@@ -13,7 +13,7 @@ from service.crud import History
 from service.errors import ApiError
 from service.inference import RatingQuery, history_rows, predict_ratings, similar_items
 from service.model_store import IdIndex, ItemVectors, ServingModel
-from trainer.artifacts import LoadedModel
+from registry import LoadedModel
 
 ITEMS = ["a", "b", "c", "d"]
 USERS = ["u1", "u2"]

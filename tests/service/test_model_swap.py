@@ -227,7 +227,7 @@ def test_models_are_served_in_float32_with_the_same_scores(registry):
 
     from service.metrics import Metrics
     from service.model_store import ModelStore
-    from trainer.artifacts import latest_version, load_version
+    from registry import latest_version, load_version
 
     store = ModelStore(registry, Metrics(), interval_s=60)
     assert store.reload().swapped

@@ -20,7 +20,7 @@ from service.db.session import make_engine, make_session_factory
 from service.db.tables import Feedback, Impression
 from service.experiments.assignment import assign
 from service.main import create_app
-from trainer import artifacts
+import registry as artifacts
 
 KEY = {"X-API-Key": API_KEY}
 TRAINED_USERS = [str(u) for u in range(1, 41)]  # users the models know, their histories seeded

@@ -23,7 +23,7 @@ from service import inference
 from service.cache import NO_WRITE
 from service.crud import History
 from service.model_store import prepare_version
-from trainer import artifacts
+import registry as artifacts
 
 KEY = {"X-API-Key": API_KEY}
 

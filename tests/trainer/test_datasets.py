@@ -17,7 +17,7 @@ import pytest
 
 from trainer import synthetic
 from trainer.datasets import MARKER, dataset_origin, get_dataset, read_dataset
-from trainer.errors import DataError, UserError
+from errors import DataError, UserError
 from trainer.loader import load_file
 from trainer.settings import get_settings
 

@@ -13,7 +13,7 @@ import models.base
 
 from models.base import ModelInputError, TrainData
 from models.baselines import Popularity, fit_baseline
-from trainer.errors import UserError
+from errors import UserError
 from trainer.evaluation import baseline_report, evaluate_ranking, evaluate_rating, format_table, summarise
 from trainer.metrics import rmse
 from trainer.splits import HeldOut

@@ -15,7 +15,8 @@ import pytest
 
 from rating_scale import RatingScale
 from tests.trainer._ml100k import ml100k
-from trainer import artifacts, runs
+import registry as artifacts
+from trainer import runs
 from trainer.gate import MIN_FAIR_USERS, GateRefused
 from trainer.pipeline import TrainJob, train_all
 from trainer.sources import SourceSpec

@@ -10,7 +10,7 @@ import pytest
 
 from rating_scale import RatingScale
 from trainer.datasets import read_dataset
-from trainer.errors import DataError
+from errors import DataError
 from trainer.loader import FileColumns, load_file
 
 

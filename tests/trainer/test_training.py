@@ -13,7 +13,7 @@ import scipy.sparse as sp
 import torch
 
 import trainer
-from trainer.errors import TrainingError, UserError
+from errors import TrainingError, UserError
 from trainer.protocols import make_split
 from trainer.training import model_class, resolve_device
 

@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from trainer.errors import UserError
+from errors import UserError
 from trainer.protocols import PROTOCOLS
 
 

@@ -20,7 +20,7 @@ from typer.core import TyperGroup
 from rating_scale import RatingScale
 from trainer.dataset import Interactions
 from trainer.datasets import DATASETS
-from trainer.errors import UserError
+from errors import UserError
 from trainer.file_options import with_column_options, with_scale_options
 from trainer.loader import FileColumns
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 from rating_scale import RatingScale
-from trainer.errors import UserError
+from errors import UserError
 from trainer.file_options import replacing
 from trainer.gate import DEFAULT_GATE_TOLERANCE
 from trainer.loader import FileColumns

@@ -12,7 +12,7 @@ from service.api.routing import AccessFirstRoute
 from service.errors import ApiError
 from service.schemas import ErrorBody, ReloadResult, TrainingRequest, TrainingRun
 from service.training_runs import TrainingBusy
-from trainer.errors import UserError
+from errors import UserError
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminAccess], route_class=AccessFirstRoute)
 

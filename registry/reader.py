@@ -52,12 +52,12 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from filelock import FileLock
 
-from trainer.errors import UserError
+from errors import UserError
 
 if TYPE_CHECKING:
     from models.base import Recommender
 
-log = logging.getLogger("trainer.artifacts")
+log = logging.getLogger("registry")
 
 LATEST_FILE = "LATEST"
 LOCK_FILE = ".lock"
