@@ -38,7 +38,7 @@ def rankers() -> list[str]:
 def matrices(args) -> tuple[str, sp.csr_matrix, sp.csr_matrix]:
     """(description, binary user x item matrix, timestamps with the same pattern)."""
     if args.scale == "ml-100k":
-        from trainer.datasets import get_dataset
+        from interactions.datasets import get_dataset
 
         inter = get_dataset("ml-100k", source=ML100K, progress=False)
         desc = "ml-100k"

@@ -54,7 +54,7 @@ def publish(root: Path, every_ranker: bool = False, epochs: int = 2) -> str:
 
     import trainer
     import registry
-    from trainer.datasets import read_dataset
+    from interactions.movielens import read_dataset
     from trainer.top_lists import compute_top_lists
 
     inter = read_dataset("ml-100k", ML100K)
@@ -94,7 +94,7 @@ def seed(database_url: str) -> None:
     from service.db.migrate import upgrade_to_head
     from service.db.session import make_engine
     from service.seed import seed_interactions
-    from trainer.datasets import read_dataset
+    from interactions.movielens import read_dataset
 
     engine = make_engine(database_url)
     upgrade_to_head(engine)
@@ -106,7 +106,7 @@ def heaviest_users(n: int) -> list[str]:
     """ml-100k's ``n`` users with the most positives (rating >= 4), the most first: the longest explanations."""
     import numpy as np
 
-    from trainer.datasets import read_dataset
+    from interactions.movielens import read_dataset
 
     inter = read_dataset("ml-100k", ML100K)
     counts = np.bincount(inter.users[inter.ratings >= 4], minlength=inter.n_users)

@@ -102,7 +102,8 @@ def publish_ease(root: Path, source: Path | None = ML100K) -> str:
 
     import trainer
     import registry
-    from trainer.datasets import get_dataset, read_dataset
+    from interactions.datasets import get_dataset
+    from interactions.movielens import read_dataset
 
     # a local folder is read as it is (no cache written); otherwise the trainer's dataset cache
     inter = read_dataset("ml-100k", source) if source else get_dataset("ml-100k", progress=False)

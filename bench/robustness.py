@@ -51,8 +51,8 @@ from bench.quality import BASELINES_FOR_TASK, SHARED_ML100K, _names, plan, run_s
 from models.sizes import DataShape  # noqa: E402
 from rating_scale import RatingScale  # noqa: E402
 from trainer.commands.baselines import parse_seeds, write_json  # noqa: E402
-from trainer.dataset import Interactions  # noqa: E402
-from trainer.datasets import get_dataset  # noqa: E402
+from interactions import Interactions  # noqa: E402
+from interactions.datasets import get_dataset  # noqa: E402
 from errors import UserError  # noqa: E402
 from trainer.evaluation import FALLBACK_BASELINE, evaluate_ranking, evaluate_rating  # noqa: E402
 from trainer.protocols import PROTOCOL_TASK, make_split, protocol_ks  # noqa: E402

@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch._dynamo  # noqa: F401
 
     from models import REGISTRY
-    from trainer.datasets import get_dataset
+    from interactions.datasets import get_dataset
     from trainer.evaluation import evaluate_ranking
     from trainer.protocols import make_split
 

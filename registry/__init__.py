@@ -31,16 +31,19 @@ refusing it would turn upgrading the service into an outage. The checksums catch
 (a truncated copy, a flipped bit), not a writer who can also rewrite the manifest.
 
 The trainer publishes (``registry.writer``) and the service reads (``registry.reader``); both
-import this package and never each other. It imports only the standard library and ``filelock``
+import this package (its names: ``registry.versions``, its checks: ``registry.checksums``) and
+never each other. It imports only the standard library and ``filelock``
 at import time; torch and the models load inside ``load_version``. ``registry.best`` is the rule
 for which model a version serves by default.
 """
 
-from registry.reader import (  # noqa: F401  the registry's API, in one namespace
-    ArtifactError, LoadedModel, LoadedVersion, is_version_name, latest_version, list_versions, read_manifest,
-    file_sha256, file_checksums, verify_checksums, non_finite_weights, version_stamp, load_version,
-    read_trained_pairs, trained_pairs_bytes, StagedModel, registry_lock, new_version_name,
-    remove_stale_temporaries, apply_retention, publish, LATEST_FILE, LOCK_FILE, MANIFEST_FILE, CHECKSUMS_KEY,
-    POPULARITY_FILE, IDS_FILE, METRICS_FILE, CURVE_FILE, TRAINED_PAIRS_FILE, TMP_PREFIX, MODEL_FILES,
-    COLD_START_DIR, COLD_START_FILES, VERSION_PATTERN,
+from registry.checksums import file_checksums, file_sha256, non_finite_weights, verify_checksums  # noqa: F401
+from registry.reader import LoadedModel, LoadedVersion, load_version, read_trained_pairs  # noqa: F401
+from registry.versions import (  # noqa: F401
+    CHECKSUMS_KEY, COLD_START_DIR, COLD_START_FILES, CURVE_FILE, IDS_FILE, LATEST_FILE, LOCK_FILE, MANIFEST_FILE,
+    METRICS_FILE, MODEL_FILES, POPULARITY_FILE, TMP_PREFIX, TRAINED_PAIRS_FILE, VERSION_PATTERN, ArtifactError,
+    is_version_name, latest_version, list_versions, new_version_name, read_manifest, version_stamp,
+)
+from registry.writer import (  # noqa: F401
+    StagedModel, apply_retention, publish, registry_lock, remove_stale_temporaries, trained_pairs_bytes,
 )

@@ -15,8 +15,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from trainer.file_options import with_column_options
-from trainer.loader import FileColumns
+from interactions.file_options import with_column_options
+from interactions.files import FileColumns
 
 app = typer.Typer(
     name="service",
@@ -131,7 +131,7 @@ def seed(
     scale = settings.rating_scale
     try:
         if dataset is not None:
-            from trainer.datasets import get_dataset
+            from interactions.datasets import get_dataset
 
             inter = get_dataset(dataset, source=source, progress=False)
             refusal = None if scale.implicit else scale.refusal(inter.ratings, dataset, lambda n: (
@@ -141,7 +141,7 @@ def seed(
                 raise CliError(f"{refusal}; RATING_SCALE={inter.rating_scale} would take them")
             inter = replace(inter, rating_scale=scale) if scale.implicit else inter
         else:
-            from trainer.loader import load_file
+            from interactions.files import load_file
 
             inter, report = load_file(file, columns, rating_scale=scale)
             for note in report.notes():

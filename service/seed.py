@@ -1,4 +1,4 @@
-"""Load a dataset (``trainer.dataset.Interactions``) into the database through ``crud``, in bulk."""
+"""Load a dataset (``interactions.Interactions``) into the database through ``crud``, in bulk."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 
 from service import crud
 from service.db.session import make_engine, make_session_factory
-from trainer.dataset import Interactions
+from interactions import Interactions
 
 
 def seed_interactions(database_url: str, inter: Interactions) -> dict[str, int]:

@@ -21,7 +21,7 @@ import scipy.sparse as sp
 
 from models.base import ModelInputError, Recommender, TrainData, as_csr
 from models.baselines import BASELINES, fit_baseline
-from trainer.dataset import Interactions
+from interactions import Interactions
 from errors import DataError, UserError
 from trainer.metrics import mae, ranking_report, rmse
 from trainer.protocols import PROTOCOL_METRICS, PROTOCOL_TASK, make_split, protocol_ks

@@ -46,7 +46,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from trainer.dataset import Interactions
+from interactions import Interactions
 from errors import TrainingError
 from trainer.splits import RankingSplit, RatingSplit
 

@@ -39,7 +39,7 @@ from trainer import distributed
 import registry
 from registry import best
 from registry import ArtifactError, LoadedModel
-from trainer.dataset import Interactions
+from interactions import Interactions
 from errors import DataError, UserError
 from trainer.gate import DEFAULT_GATE_TOLERANCE, GateRefused, quality_gate
 from trainer.protocols import PROTOCOL_TASK

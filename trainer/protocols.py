@@ -28,7 +28,7 @@ from typing import Callable
 import numpy as np
 import scipy.sparse as sp
 
-from trainer.dataset import Interactions
+from interactions import Interactions
 from errors import DataError, UserError
 from trainer.splits import HeldOut, RankingSplit, RatingSplit
 

@@ -21,7 +21,7 @@ import torch
 import registry
 from registry import best
 from registry import StagedModel
-from trainer.dataset import Interactions
+from interactions import Interactions
 from trainer.plots import learning_curve_png
 from trainer.runs import BaselineRun, ModelRun
 from trainer.sources import SourceSpec, positive_threshold, positives, snapshot

@@ -42,7 +42,7 @@ import torch
 
 import registry
 from registry import best
-from trainer.dataset import Interactions
+from interactions import Interactions
 from errors import TrainingError
 from trainer.gate import GateDecision, heldout_fingerprint
 from trainer.sources import positive_threshold, positives

@@ -17,9 +17,9 @@ import numpy as np
 import scipy.sparse as sp
 
 from rating_scale import RatingScale
-from trainer.dataset import Interactions
+from interactions import Interactions
 from errors import DataError, UserError
-from trainer.loader import FileColumns
+from interactions.files import FileColumns
 
 
 @dataclass(frozen=True)
@@ -65,12 +65,12 @@ def _redact(url: str) -> str:
 def load_source(spec: SourceSpec, progress: bool = True) -> tuple[Interactions, str]:
     """The source's interactions, and one line naming them and the rating scale they are on, and who declared it."""
     if spec.file:
-        from trainer.loader import load_file
+        from interactions.files import load_file
 
         inter, report = load_file(spec.file, spec.columns, rating_scale=spec.rating_scale)
         return inter, f"data: {spec.file} ({report.columns_note()}), {report.scale_note()}"
     if spec.dataset:
-        from trainer.datasets import get_dataset
+        from interactions.datasets import get_dataset
 
         inter, origin = get_dataset(spec.dataset, source=spec.source, progress=progress), f"{spec.dataset}'s own"
     else:
@@ -95,7 +95,7 @@ def read_database(url: str) -> tuple[Interactions, str]:
 
     from service.db.session import make_engine
     from service.db.tables import DeclaredRatingScale, Interaction, Item, User
-    from trainer.loader import interactions_from_columns, keep_latest_pairs
+    from interactions.files import interactions_from_columns, keep_latest_pairs
     from trainer.settings import get_settings
 
     query = (

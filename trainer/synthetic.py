@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from trainer.dataset import STARS, Interactions
+from interactions import STARS, Interactions
 from errors import UserError
 
 _FIRST_TIME = 946_684_800  # 2000-01-01 UTC

@@ -11,7 +11,7 @@ import trainer
 from models.autorec import AutoRecConfig, AutoRecI, AutoRecU, AutoRecUConfig, masked_squared_error
 from models.base import ModelInputError, TrainData
 from models.baselines import fit_baseline
-from trainer.datasets import read_dataset
+from interactions.movielens import read_dataset
 from trainer.evaluation import evaluate_rating
 from trainer.protocols import make_split
 

@@ -15,7 +15,7 @@ from models.base import ModelInputError, TrainData
 from models.sizes import DataShape, for_data
 from models.baselines import fit_baseline
 from models.deeprec import PAPER_NETFLIX, DeepRec, DeepRecConfig
-from trainer.datasets import read_dataset
+from interactions.movielens import read_dataset
 from trainer.evaluation import evaluate_rating
 from trainer.protocols import make_split
 

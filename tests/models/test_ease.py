@@ -11,7 +11,7 @@ import trainer
 from models.base import ModelInputError, Recommender, TrainData, build_config
 from models.baselines import fit_baseline
 from models.ease import EASE, EASEConfig
-from trainer.datasets import read_dataset
+from interactions.movielens import read_dataset
 from trainer.evaluation import evaluate_ranking
 from trainer.protocols import make_split
 

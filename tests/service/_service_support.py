@@ -23,7 +23,7 @@ import scipy.sparse as sp
 
 from _test_servers import PG_URL, REDIS_URL, free_port, unavailable  # noqa: F401 (re-exported to the tests)
 import registry
-from trainer.dataset import Interactions
+from interactions import Interactions
 
 def new_user() -> str:
     return f"late-{uuid.uuid4().hex[:10]}"

@@ -47,7 +47,7 @@ class Backend:
 
 @pytest.fixture(scope="session")
 def corpus(ml100k_dir) -> Corpus:
-    from trainer.datasets import read_dataset
+    from interactions.movielens import read_dataset
 
     return make_corpus(read_dataset("ml-100k", ml100k_dir))
 

@@ -26,7 +26,7 @@ ASKED = ["2", "3", "7", "300", "313"]
 
 @pytest.fixture(scope="module")
 def ml100k_csv(tmp_path_factory, ml100k_dir):
-    from trainer.datasets import read_dataset
+    from interactions.movielens import read_dataset
 
     inter = read_dataset("ml-100k", ml100k_dir)
     path = tmp_path_factory.mktemp("ml100k") / "ml100k.csv"
@@ -66,7 +66,7 @@ def bias_predictions(csv, history: dict[str, float], asked: list[str]) -> np.nda
     """The bias baseline fitted on every rating of the file, for a user with ``history``: what "bias" must serve."""
     from models.base import TrainData
     from models.baselines import fit_baseline
-    from trainer.loader import load_file
+    from interactions.files import load_file
 
     inter, _ = load_file(csv)
     bias = fit_baseline("bias", TrainData(inter.matrix("rating"), rating_range=inter.rating_range))

@@ -118,6 +118,6 @@ def test_the_latest_rating_decides_even_when_an_older_one_was_a_positive():
 def test_serving_and_the_trainer_import_one_latest_rule():
     from rating_scale import latest
     from service import inference
-    from trainer import loader
+    from interactions import files as loader
 
     assert loader.keep_latest_pairs is latest.keep_latest_pairs is inference.keep_latest_pairs

@@ -19,7 +19,7 @@ import torch
 
 from models.autorec import AutoRecU, AutoRecUConfig
 import registry
-from registry import ArtifactError, StagedModel, reader
+from registry import ArtifactError, StagedModel, writer
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -84,7 +84,7 @@ def test_retention_keeps_last_n_and_never_the_latest(tmp_path):
     versions = [publish_tiny(tmp_path, seed=s, keep=2) for s in range(3)]
     assert registry.list_versions(tmp_path) == versions[1:]
     # Roll LATEST back to the older one: retention with keep=1 must still keep it.
-    reader._write_pointer(tmp_path, versions[1])
+    writer._write_pointer(tmp_path, versions[1])
     assert registry.apply_retention(tmp_path, keep=1) == []
     assert registry.list_versions(tmp_path) == versions[1:]
     newest = publish_tiny(tmp_path, seed=9, keep=1)
@@ -97,7 +97,7 @@ _KILLED_WRITER = """
 import sys, time
 from pathlib import Path
 sys.path.insert(0, {tests!r})
-from registry import reader as writer
+from registry import writer
 from test_artifacts import publish_tiny
 
 root, marker, point = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]

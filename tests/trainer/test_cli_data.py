@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from trainer.cli import main
-from trainer.loader import load_file
+from interactions.files import load_file
 
 REPO = Path(__file__).resolve().parents[2]
 

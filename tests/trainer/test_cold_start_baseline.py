@@ -11,7 +11,7 @@ import torch
 from models.base import TrainData
 from models.baselines import fit_baseline
 import registry
-from trainer.loader import load_file
+from interactions.files import load_file
 from trainer.pipeline import TrainJob, train_all
 from trainer.sources import SourceSpec
 

@@ -16,9 +16,10 @@ import pandas as pd
 import pytest
 
 from trainer import synthetic
-from trainer.datasets import MARKER, dataset_origin, get_dataset, read_dataset
+from interactions.datasets import MARKER, dataset_origin, get_dataset
+from interactions.movielens import read_dataset
 from errors import DataError, UserError
-from trainer.loader import load_file
+from interactions.files import load_file
 from trainer.settings import get_settings
 
 

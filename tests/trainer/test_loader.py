@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from rating_scale import RatingScale
-from trainer.datasets import read_dataset
+from interactions.movielens import read_dataset
 from errors import DataError
-from trainer.loader import FileColumns, load_file
+from interactions.files import FileColumns, load_file
 
 
 def write(path: Path, text: str) -> Path:

@@ -18,7 +18,7 @@ from errors import DataError, TrainingError, UserError
 from trainer.gate import GateRefused
 from trainer.pipeline import TrainingBusy, TrainJob, train_all
 from trainer.sources import SourceSpec, positive_threshold, snapshot
-from trainer.loader import load_file
+from interactions.files import load_file
 
 FAST = {  # few epochs, small layers: these tests check the plumbing, not the models' quality
     "autorec-u": {"epochs": 2, "hidden": 16},

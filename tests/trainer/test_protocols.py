@@ -9,7 +9,7 @@ import pytest
 import scipy.sparse as sp
 
 from rating_scale import RatingScale
-from trainer.dataset import Interactions
+from interactions import Interactions
 from errors import DataError, UserError
 from trainer.protocols import PROTOCOLS, make_split, protocol_ks, rating_random, seed_ranking, strong, temporal
 from trainer.splits import HeldOut, RankingSplit, RatingSplit

@@ -25,7 +25,7 @@ def strong_split(ml100k):
 
 @pytest.fixture(scope="module")
 def ml100k(ml100k_dir):
-    from trainer.datasets import read_dataset
+    from interactions.movielens import read_dataset
 
     return read_dataset("ml-100k", ml100k_dir)
 

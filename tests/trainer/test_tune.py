@@ -100,7 +100,7 @@ def test_the_budget_stops_the_running_trial_at_the_next_epoch():
 
 
 def test_a_real_search_reports_every_epoch_prunes_and_keeps_the_best_split_model(planted):
-    from trainer.loader import load_file
+    from interactions.files import load_file
 
     inter, _ = load_file(planted)
     split = model_split("multdae", inter, 0, {})

@@ -19,7 +19,7 @@ import typer
 
 from rating_scale import RatingScale
 from errors import UserError
-from trainer.loader import FileColumns
+from interactions.files import FileColumns
 
 COLUMN_OPTIONS = {
     "user_col": Annotated[Optional[str], typer.Option(
