@@ -91,8 +91,8 @@ def publish(root: Path, every_ranker: bool = False, epochs: int = 2) -> str:
 
 
 def seed(database_url: str) -> None:
-    from service.db.migrate import upgrade_to_head
-    from service.db.session import make_engine
+    from storage.migrate import upgrade_to_head
+    from storage.session import make_engine
     from service.seed import seed_interactions
     from interactions.movielens import read_dataset
 

@@ -292,8 +292,8 @@ def _stored_rows(database_url: str, user_prefix: str) -> set[tuple[str, str, int
     """(user, item, timestamp) of every stored interaction of this run's users, read directly (no proxy)."""
     from sqlalchemy import select
 
-    from service.db.session import make_engine
-    from service.db.tables import Interaction, Item, User
+    from storage.session import make_engine
+    from storage.tables import Interaction, Item, User
 
     engine = make_engine(database_url)
     try:
@@ -697,8 +697,8 @@ POISON = (1000, -3, "5", True)  # off the 1-5 scale, below it, a string, a boole
 
 def _store_directly(database_url: str, user: str, item: str, rating: float) -> None:
     """One interaction written past the API, as a script or a bad migration could."""
-    from service import crud
-    from service.db.session import make_engine, make_session_factory
+    from storage import crud
+    from storage.session import make_engine, make_session_factory
 
     engine = make_engine(database_url)
     try:

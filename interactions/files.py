@@ -18,7 +18,7 @@ from interactions import Interactions
 from interactions.file_reading import (PARQUET_SUFFIXES, FileColumns, read_parquet, read_text, resolve_columns,
                                        validated_columns)
 from rating_scale import RatingScale
-from rating_scale.latest import keep_latest_pairs
+from interactions.rows import keep_latest_pairs
 
 IMPLICIT = RatingScale.parse("implicit")
 

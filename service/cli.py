@@ -47,9 +47,9 @@ def _migrate(settings) -> None:
     """The schema at head, and the settings' rating scale stored with the data (the trainer's ``--from-db`` reads it)."""
     from sqlalchemy.exc import OperationalError
 
-    from service import crud
-    from service.db.migrate import upgrade_to_head
-    from service.db.session import make_engine, make_session_factory
+    from storage import crud
+    from storage.migrate import upgrade_to_head
+    from storage.session import make_engine, make_session_factory
 
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 

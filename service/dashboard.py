@@ -23,10 +23,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from service import crud, serving, svg
+from service import serving, svg
+from storage import crud
 from service.cache import Cache
 from service.core.config import Settings
-from service.db.session import retry_if_dropped
+from storage.session import retry_if_dropped
 from service.errors import ApiError
 from service.model_store import ModelStore, StoredLists
 from service.parts import ServiceParts

@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from service.crud import online
+from storage.crud import online
 from service.experiment_registry import experiment_of
 from service.experiments.assignment import HOLDOUT
 from service.experiments.stats import ArmCounts, Report, ab_report, interleaving_report

@@ -20,7 +20,7 @@ from service.api.main import api_router
 from service.api.routes import health, recommendations
 from service.cache import make_cache
 from service.core.config import Settings
-from service.db.session import make_engine, make_session_factory
+from storage.session import make_engine, make_session_factory
 from service.errors import install_error_handlers
 from service.experiment_registry import ExperimentRegistry
 from service.experiment_serving import ExperimentServing

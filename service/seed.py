@@ -6,8 +6,8 @@ import gc
 
 import numpy as np
 
-from service import crud
-from service.db.session import make_engine, make_session_factory
+from storage import crud
+from storage.session import make_engine, make_session_factory
 from interactions import Interactions
 
 

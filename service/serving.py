@@ -25,10 +25,11 @@ from typing import Any, Callable, Sequence
 from pydantic import TypeAdapter
 from sqlalchemy.orm import Session
 
-from service import crud, inference
+from service import inference
+from storage import crud
 from service.cache import Cache, CacheEntry, list_key
 from service.core.config import Settings
-from service.db.session import retry_if_dropped
+from storage.session import retry_if_dropped
 from service.errors import ApiError
 from service.model_store import ModelStore, ServingModel, ServingVersion
 from service.parts import ServiceParts

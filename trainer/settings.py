@@ -15,6 +15,7 @@ from pydantic_settings import SettingsConfigDict
 from errors import invalid_settings
 from interactions.settings import DatasetSettings
 from rating_scale import RatingScaleSettings
+from storage.settings import DEFAULT_DATABASE_URL
 
 
 class TrainerSettings(RatingScaleSettings, DatasetSettings):  # DATA_DIR, GROUPLENS_URL, DOWNLOAD_TIMEOUT_S
@@ -22,7 +23,7 @@ class TrainerSettings(RatingScaleSettings, DatasetSettings):  # DATA_DIR, GROUPL
 
     ARTIFACTS_DIR: Path = Path(".artifacts")  # the model registry the service reads
     KEEP_VERSIONS: int = 5  # published versions kept; older ones are deleted
-    DATABASE_URL: str = "sqlite:///./aerec.db"  # for --from-db; the service's database
+    DATABASE_URL: str = DEFAULT_DATABASE_URL  # for --from-db; the service's database
     # each user's top-N of every refit ranker, published for the service's first requests (0: none)
     TOP_LIST_SIZE: int = Field(default=200, ge=0)
 

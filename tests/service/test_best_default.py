@@ -11,8 +11,8 @@ import scipy.sparse as sp
 from fastapi.testclient import TestClient
 
 from _service_support import API_KEY, POSITIVE, new_user, publish_version
-from service.db.migrate import upgrade_to_head
-from service.db.session import make_engine
+from storage.migrate import upgrade_to_head
+from storage.session import make_engine
 from service.errors import ApiError
 from service.inference import resolve_model
 from service.main import create_app

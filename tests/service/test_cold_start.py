@@ -13,9 +13,9 @@ from fastapi.testclient import TestClient
 
 from _service_support import API_KEY, bias_baseline, new_user, publish_version
 from service import inference
-from service.crud import History
-from service.db.migrate import upgrade_to_head
-from service.db.session import make_engine
+from storage.crud import History
+from storage.migrate import upgrade_to_head
+from storage.session import make_engine
 from service.main import create_app
 from service.model_store import prepare_version
 import registry

@@ -18,7 +18,8 @@ from fastapi.testclient import TestClient
 
 from _service_support import API_KEY
 from models import REGISTRY
-from service import crud, dashboard, svg
+from service import dashboard, svg
+from storage import crud
 from service import traffic as traffic_page
 from service.core.config import Settings
 from service.main import create_app
@@ -112,7 +113,7 @@ def test_data_aggregates_match_the_stored_rows(client):
     # the stored rows, read plainly and counted in numpy (other tests of this session write to this database too)
     from sqlalchemy import select
 
-    from service.db.tables import Interaction
+    from storage.tables import Interaction
 
     with crud.reads(client.app.state.parts.session_factory()) as db:
         stored = db.execute(select(Interaction.user_id, Interaction.item_id, Interaction.rating, Interaction.timestamp)).all()

@@ -114,7 +114,7 @@ def test_a_sequential_model_weighs_its_most_recent_history_only():
     import torch
 
     from models.svae import SVAE, SVAEConfig
-    from service.crud import History
+    from storage.crud import History
     from service.model_store import IdIndex, ServingModel
     from registry import LoadedModel
 

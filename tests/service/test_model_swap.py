@@ -16,8 +16,8 @@ from fastapi.testclient import TestClient
 
 from _service_support import API_KEY, DAMAGES, copy_registry, error_body, plant_broken_version, publish_version
 from service.core.config import Settings
-from service.db.migrate import upgrade_to_head
-from service.db.session import make_engine
+from storage.migrate import upgrade_to_head
+from storage.session import make_engine
 from service.main import create_app
 
 KEY = {"X-API-Key": API_KEY}

@@ -15,9 +15,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from _service_support import API_KEY, copy_registry
-from service.db.migrate import upgrade_to_head
-from service.db.session import make_engine, make_session_factory
-from service.db.tables import Feedback, Impression
+from storage.migrate import upgrade_to_head
+from storage.session import make_engine, make_session_factory
+from storage.tables import Feedback, Impression
 from service.experiments.assignment import assign
 from service.main import create_app
 import registry as artifacts

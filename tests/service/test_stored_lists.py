@@ -21,7 +21,7 @@ import pytest
 from _service_support import API_KEY, copy_registry, error_body, publish_version
 from service import inference
 from service.cache import NO_WRITE
-from service.crud import History
+from storage.crud import History
 from service.model_store import prepare_version
 import registry as artifacts
 

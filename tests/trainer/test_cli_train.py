@@ -175,9 +175,9 @@ def fill_database(url: str, frame: pd.DataFrame, unrated: bool = True) -> None:
     """Migrate with the service's Alembic scripts, then store ``frame`` through the service's ORM.
 
     ``unrated``: also store a user and an item with no interaction (the trainer must not train on them)."""
-    from service.db.migrate import upgrade_to_head
-    from service.db.session import make_engine
-    from service.db.tables import Interaction, Item, User
+    from storage.migrate import upgrade_to_head
+    from storage.session import make_engine
+    from storage.tables import Interaction, Item, User
 
     engine = make_engine(url)
     try:
@@ -273,8 +273,8 @@ def database_url(request, tmp_path):
 def declare(url: str, scale: str, positive: float | None = None) -> None:
     """What ``python -m service migrate`` stores for RATING_SCALE / POSITIVE_THRESHOLD."""
     from rating_scale import RatingScale
-    from service import crud
-    from service.db.session import make_engine
+    from storage import crud
+    from storage.session import make_engine
 
     engine = make_engine(url)
     try:
@@ -285,8 +285,8 @@ def declare(url: str, scale: str, positive: float | None = None) -> None:
 
 
 def store(url: str, rows: list[tuple[str, str, float | None]]) -> None:
-    from service import crud
-    from service.db.session import make_engine
+    from storage import crud
+    from storage.session import make_engine
 
     engine = make_engine(url)
     try:

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Request
 
-from service import crud
+from storage import crud
 from service.api.deps import API_KEY_HEADER, IdempotencyKey, SettingsDep, WriteAccess, WriterDep
 from service.api.routing import AccessFirstRoute
 from service.schemas import InteractionIn, InteractionsResult
