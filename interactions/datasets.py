@@ -161,7 +161,7 @@ def _replace_folder(new: Path, folder: Path) -> None:
 
 
 def _wanted(spec: DatasetSpec, file_name: str) -> bool:
-    # Only what the readers use plus the licence/README; ml-25m's zip also holds ~1 GB of tag genome.
+    # Only what the readers use plus the licence/README: ml-25m's zip also holds a tag genome larger than its ratings.
     return file_name in (spec.ratings_file, spec.titles_file) or file_name.upper().startswith("README")
 
 

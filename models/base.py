@@ -169,7 +169,7 @@ def cpu_has_amx_bf16() -> bool:
 
 def _bfloat16_matrix_units(device: torch.device) -> bool:
     """A bfloat16 autocast is on for ``device`` and the device multiplies bfloat16 matrices in
-    hardware built for it (measured: AMX; a CPU with only AVX512-BF16 was faster sparse)."""
+    hardware built for it: AMX, not AVX512-BF16 alone (bench/RESULTS.md, "Figures moved out")."""
     return (device.type == "cpu" and torch.is_autocast_enabled("cpu")
             and torch.get_autocast_dtype("cpu") == torch.bfloat16 and cpu_has_amx_bf16())
 

@@ -103,7 +103,7 @@ class SVAE(Recommender):
 
         The GRU is causal, so a state at a real step never sees the padding after it;
         states at padding steps are garbage and every caller masks them out. (Packing
-        would skip them, but is ~3x slower than the padded kernel on CPU.)
+        would skip them, but is slower than the padded kernel on CPU: bench/RESULTS.md, "Figures moved out".)
         """
         embedded = F.dropout(self.item_embed(seqs), self.config.dropout, training=train)
         # float32 under any autocast: bf16 quality was measured with a float32 GRU (a CPU's autocast

@@ -73,9 +73,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         outcome = await run_in_threadpool(store.reload)  # off the event loop: loading takes a moment
         log.info("startup: %s", outcome.message)
-        # What is alive now (imported libraries, the first model version: ~300k objects at
-        # ml-100k) lives as long as the process: move it out of the collector's sight, so a
-        # full collection walks only what requests create (else a latency spike; figures in bench/RESULTS.md).
+        # What is alive now (imported libraries, the first model version) lives as long as the
+        # process: move it out of the collector's sight, so a full collection walks only what
+        # requests create (else a latency spike: bench/RESULTS.md, "Figures moved out").
         gc.collect()  # garbage first: what is frozen is never collected
         gc.freeze()
         store.start_watcher()

@@ -369,7 +369,7 @@ class ModelStore:
     def _set_torch_threads(self) -> None:
         if self.torch_threads is None:
             return
-        import torch  # not at import: an API with no version to serve stays without torch (~180 MiB)
+        import torch  # not at import: an API with no version to serve stays without torch (bench/RESULTS.md, "Memory")
 
         if torch.get_num_threads() != self.torch_threads:
             torch.set_num_threads(self.torch_threads)  # process-wide

@@ -28,8 +28,8 @@ def make_engine(database_url: str, *, timeout_s: int = 5, **kwargs) -> Engine:
     """An engine that fails fast when the database is unreachable.
 
     Pooled connections are not pinged before each use (``pool_pre_ping``): on PostgreSQL
-    that ping is a round trip per request, and dropping it served a median 14-15% more
-    uncached recommendations and ratings (ml-100k, 8 clients, five paired runs). A connection that a database
+    that ping is a round trip per request, and dropping it served more uncached recommendations
+    and ratings (bench/serving.py; bench/RESULTS.md, "Figures moved out"). A connection that a database
     restart dropped fails on its first statement instead; the request's work runs once
     more on a new connection (``retry_if_dropped``).
     """

@@ -20,7 +20,7 @@
    back 10-20% of the data. Refitting gives id maps covering the whole source (``ids.json``:
    every user and item in it). The reported metrics are those of the split run: the refit's
    configuration evaluated without leakage. The cost is a second fit (no validation passes,
-   no patience epochs; about 45% of a run's time on ml-100k). ``refit=False``
+   no patience epochs; its share of a run: bench/RESULTS.md, "Figures moved out"). ``refit=False``
    (``--no-refit``) publishes the split run's best weights instead, for when time matters
    more: held-out users are then folded in at serving time, and ``ids.json`` lists only
    the split's training users and items.

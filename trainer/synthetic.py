@@ -9,7 +9,7 @@ The defaults give ML-20M's size (140k users, 20k items, 20M ratings). The shape:
   are unique), popular ones tending to come first, as MovieLens' sign-up page shows them;
 - rating = round(3.2 + b_user + b_item + noise) clipped to 1..5, where popular items
   have higher b_item; timestamps strictly increase within each user.
-Everything is vectorised: the default 20M rows take about 8 s of CPU (one core).
+Everything is vectorised, no loop per user (its time for 20M rows: bench/RESULTS.md, "ML-20M scale").
 """
 
 from __future__ import annotations

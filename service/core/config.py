@@ -65,7 +65,8 @@ class Settings(RatingScaleSettings):  # RATING_SCALE, POSITIVE_THRESHOLD: what P
     # Online evaluation (service.impressions, service.experiment_registry): every list served is recorded
     # off the request path through a bounded queue (full: dropped and counted, never waited on).
     IMPRESSIONS_ENABLED: bool = True
-    IMPRESSION_QUEUE_SIZE: int = Field(default=20_000, ge=1)  # a flush interval of requests at 20,000 req/s
+    # room for a flush interval of the fastest cache hits (bench/RESULTS.md, "Figures moved out")
+    IMPRESSION_QUEUE_SIZE: int = Field(default=20_000, ge=1)
     IMPRESSION_BATCH: int = Field(default=5000, ge=1)  # most queued records one transaction writes
     IMPRESSION_FLUSH_S: float = Field(default=1.0, gt=0)  # how often the writer stores what is queued (rarer: cheaper per row)
     FEEDBACK_WINDOW_S: float = Field(default=1800.0, gt=0)  # an interaction this soon after a list showing its item is feedback
@@ -78,8 +79,8 @@ class Settings(RatingScaleSettings):  # RATING_SCALE, POSITIVE_THRESHOLD: what P
     MAX_RATING_PAIRS: int = Field(default=1000, ge=1)
     MAX_BODY_BYTES: int = Field(default=1_000_000, ge=1024)
     MAX_HEADER_BYTES: int = Field(default=16_384, ge=1024)  # request line and headers, when `python -m service` serves
-    # torch threads per request's scoring. A second one fights the event loop and the other
-    # requests' threads for the same cores (bench/RESULTS.md); a large model on many cores may want more.
+    # torch threads per request's scoring. A second one fights the event loop and the other requests'
+    # threads for the same cores (bench/RESULTS.md, "Figures moved out"); a large model on many cores may want more.
     TORCH_THREADS: int = Field(default=1, ge=1)
     # Requests whose model work (history query, scoring) runs at once; the others queue on the
     # event loop. Python-bound scoring holds the GIL, so more threads only take turns on it.
