@@ -55,9 +55,9 @@ def matrices(args) -> tuple[str, sp.csr_matrix, sp.csr_matrix]:
 
 
 def build(name: str, X: sp.csr_matrix, T: sp.csr_matrix, trained: bool, device: str):
-    import trainer
     from models import REGISTRY
     from models.base import TrainData, build_config
+    import trainer
     from trainer.training import resolve_device
 
     cls = REGISTRY[name]

@@ -52,9 +52,9 @@ def publish(root: Path, every_ranker: bool = False, epochs: int = 2) -> str:
     import numpy as np
     import scipy.sparse as sp
 
-    import trainer
-    import registry
     from interactions.movielens import read_dataset
+    import registry
+    import trainer
     from trainer.top_lists import compute_top_lists
 
     inter = read_dataset("ml-100k", ML100K)
@@ -91,10 +91,10 @@ def publish(root: Path, every_ranker: bool = False, epochs: int = 2) -> str:
 
 
 def seed(database_url: str) -> None:
+    from interactions.movielens import read_dataset
+    from service.seed import seed_interactions
     from storage.migrate import upgrade_to_head
     from storage.session import make_engine
-    from service.seed import seed_interactions
-    from interactions.movielens import read_dataset
 
     engine = make_engine(database_url)
     upgrade_to_head(engine)

@@ -100,10 +100,10 @@ def publish_ease(root: Path, source: Path | None = ML100K) -> str:
     import numpy as np
     import scipy.sparse as sp
 
-    import trainer
-    import registry
     from interactions.datasets import get_dataset
     from interactions.movielens import read_dataset
+    import registry
+    import trainer
 
     # a local folder is read as it is (no cache written); otherwise the trainer's dataset cache
     inter = read_dataset("ml-100k", source) if source else get_dataset("ml-100k", progress=False)

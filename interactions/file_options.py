@@ -17,9 +17,9 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 
-from rating_scale import RatingScale
 from errors import UserError
 from interactions.files import FileColumns
+from rating_scale import RatingScale
 
 COLUMN_OPTIONS = {
     "user_col": Annotated[Optional[str], typer.Option(

@@ -17,8 +17,8 @@ from errors import DataError
 from interactions import Interactions
 from interactions.file_reading import (PARQUET_SUFFIXES, FileColumns, read_parquet, read_text, resolve_columns,
                                        validated_columns)
-from rating_scale import RatingScale
 from interactions.rows import keep_latest_pairs
+from rating_scale import RatingScale
 
 IMPLICIT = RatingScale.parse("implicit")
 

@@ -23,18 +23,18 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from errors import UserError
+import registry
+from registry import best
 from service import serving, svg
-from storage import crud
 from service.cache import Cache
 from service.core.config import Settings
-from storage.session import retry_if_dropped
 from service.errors import ApiError
 from service.model_store import ModelStore, StoredLists
 from service.parts import ServiceParts
 from service.schemas import RatingRequest, RecommendationRequest
-import registry
-from registry import best
-from errors import UserError
+from storage import crud
+from storage.session import retry_if_dropped
 
 RECENT_RUNS = 5  # versions listed under "last training runs"
 NEXT_RUN_FILE = "SCHEDULE.json"  # in the registry, written by ``trainer.schedule.record_next_run`` (same name: tested)

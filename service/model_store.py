@@ -31,9 +31,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from service.metrics import Metrics
-from registry import best
 from registry import ArtifactError, LoadedModel, latest_version, list_versions, load_version, version_stamp
+from registry import best
+from service.metrics import Metrics
 
 log = logging.getLogger("service.model_store")
 

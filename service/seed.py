@@ -6,9 +6,9 @@ import gc
 
 import numpy as np
 
+from interactions import Interactions
 from storage import crud
 from storage.session import make_engine, make_session_factory
-from interactions import Interactions
 
 
 def seed_interactions(database_url: str, inter: Interactions) -> dict[str, int]:

@@ -26,13 +26,13 @@ from pydantic import TypeAdapter
 from sqlalchemy.orm import Session
 
 from service import inference
-from storage import crud
 from service.cache import Cache, CacheEntry, list_key
 from service.core.config import Settings
-from storage.session import retry_if_dropped
 from service.errors import ApiError
 from service.model_store import ModelStore, ServingModel, ServingVersion
 from service.parts import ServiceParts
+from storage import crud
+from storage.session import retry_if_dropped
 from service.schemas import (
     Answer,
     PredictedRating,

@@ -23,8 +23,8 @@ from pathlib import Path
 
 from filelock import Timeout
 
-from service.core.config import Settings
 import registry
+from service.core.config import Settings
 
 KEPT_LOGS = 20  # output files of older runs are deleted when a new one starts
 TAIL_BYTES = 16_384  # read from the end of the output for its last lines

@@ -46,8 +46,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from interactions import Interactions
 from errors import TrainingError
+from interactions import Interactions
 from trainer.splits import RankingSplit, RatingSplit
 
 if TYPE_CHECKING:

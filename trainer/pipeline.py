@@ -35,12 +35,12 @@ from typing import Any, Sequence
 from filelock import Timeout
 from tqdm.auto import tqdm
 
-from trainer import distributed
-import registry
-from registry import best
-from registry import ArtifactError, LoadedModel
-from interactions import Interactions
 from errors import DataError, UserError
+from interactions import Interactions
+import registry
+from registry import ArtifactError, LoadedModel
+from registry import best
+from trainer import distributed
 from trainer.gate import DEFAULT_GATE_TOLERANCE, GateRefused, quality_gate
 from trainer.protocols import PROTOCOL_TASK
 from trainer.publishing import best_records, publish_version

@@ -18,10 +18,10 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-import registry
-from registry import best
-from registry import StagedModel
 from interactions import Interactions
+import registry
+from registry import StagedModel
+from registry import best
 from trainer.plots import learning_curve_png
 from trainer.runs import BaselineRun, ModelRun
 from trainer.sources import SourceSpec, positive_threshold, positives, snapshot

@@ -40,10 +40,10 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from errors import TrainingError
+from interactions import Interactions
 import registry
 from registry import best
-from interactions import Interactions
-from errors import TrainingError
 from trainer.gate import GateDecision, heldout_fingerprint
 from trainer.sources import positive_threshold, positives
 from trainer.splits import RankingSplit, RatingSplit

@@ -25,10 +25,10 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
+from errors import TrainingError, UserError
 from models.base import ModelInputError, Recommender, TrainData, build_config, use_tensor_cores
 from models.sizes import DataShape, for_data
 from trainer import distributed
-from errors import TrainingError, UserError
 from trainer.holdout import HOLDOUT_FRACTION, hold_out
 from trainer.splits import HeldOut
 

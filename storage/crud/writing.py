@@ -11,8 +11,8 @@ from sqlalchemy import Connection, bindparam, func, select, text, tuple_
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
-from rating_scale import RatingScale
 from interactions.rows import keep_latest_pairs
+from rating_scale import RatingScale
 from storage.crud.common import ARRAY_CHUNK, chunks, core_connection, dialect_insert, one_writer
 from storage.tables import DeclaredRatingScale, IdempotencyKey, Interaction, Item, User
 

@@ -15,11 +15,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from trainer import synthetic
-from interactions.datasets import MARKER, dataset_origin, get_dataset
-from interactions.movielens import read_dataset
 from errors import DataError, UserError
+from interactions.datasets import MARKER, dataset_origin, get_dataset
 from interactions.files import load_file
+from interactions.movielens import read_dataset
+from trainer import synthetic
 from trainer.settings import get_settings
 
 

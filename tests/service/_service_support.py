@@ -22,8 +22,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from _test_servers import PG_URL, REDIS_URL, free_port, unavailable  # noqa: F401 (re-exported to the tests)
-import registry
 from interactions import Interactions
+import registry
 
 def new_user() -> str:
     return f"late-{uuid.uuid4().hex[:10]}"

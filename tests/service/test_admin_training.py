@@ -12,8 +12,8 @@ from contextlib import contextmanager
 from fastapi.testclient import TestClient
 
 from _service_support import API_KEY, error_body
-from service.main import create_app
 import registry as artifacts
+from service.main import create_app
 
 ADMIN = {"X-API-Key": API_KEY}
 

@@ -12,13 +12,13 @@ import scipy.sparse as sp
 from fastapi.testclient import TestClient
 
 from _service_support import API_KEY, bias_baseline, new_user, publish_version
+import registry
 from service import inference
+from service.main import create_app
+from service.model_store import prepare_version
 from storage.crud import History
 from storage.migrate import upgrade_to_head
 from storage.session import make_engine
-from service.main import create_app
-from service.model_store import prepare_version
-import registry
 
 AUTH = {"X-API-Key": API_KEY}
 RATING_MODELS = ("deeprec", "autorec-u", "autorec-i")

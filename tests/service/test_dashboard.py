@@ -18,12 +18,12 @@ from fastapi.testclient import TestClient
 
 from _service_support import API_KEY
 from models import REGISTRY
+from registry import latest_version
 from service import dashboard, svg
-from storage import crud
 from service import traffic as traffic_page
 from service.core.config import Settings
 from service.main import create_app
-from registry import latest_version
+from storage import crud
 
 PAGES = ["/dashboard", "/dashboard/models/ease", "/dashboard/models/autorec-u", "/dashboard/data", "/dashboard/traffic",
          "/dashboard/users", "/dashboard/users?user_id=1&items=1,2,50", "/dashboard/items", "/dashboard/items?q=toy&item_id=1"]
@@ -63,9 +63,9 @@ def test_overview_shows_the_served_version_models_defaults_and_health(client, re
 
 def test_overview_data_puts_the_previous_versions_metrics_beside(client, registry, tmp_path):
     from _service_support import copy_registry
+    import registry as artifacts
     from service.metrics import Metrics
     from service.model_store import ModelStore
-    import registry as artifacts
 
     root = tmp_path / "registry"
     older = copy_registry(registry, root)

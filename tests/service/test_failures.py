@@ -21,11 +21,11 @@ from sqlalchemy import create_engine, event, text
 from sqlalchemy.pool import NullPool
 
 from _service_support import API_KEY, PG_URL, REDIS_URL, RedisGate, error_body, free_port, new_user, unavailable
-from storage import crud
 from service.core.config import Settings
+from service.main import create_app
+from storage import crud
 from storage.migrate import upgrade_to_head
 from storage.session import make_engine
-from service.main import create_app
 
 KEY = {"X-API-Key": API_KEY}
 

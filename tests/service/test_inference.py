@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from models import REGISTRY, build_config
-from storage.crud import History
+from registry import LoadedModel
 from service.errors import ApiError
 from service.inference import RatingQuery, history_rows, predict_ratings, similar_items
 from service.model_store import IdIndex, ItemVectors, ServingModel
-from registry import LoadedModel
+from storage.crud import History
 
 ITEMS = ["a", "b", "c", "d"]
 USERS = ["u1", "u2"]

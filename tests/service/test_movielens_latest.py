@@ -15,9 +15,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from _service_support import API_KEY, new_user
+import registry
 from service.cli import main
 from service.main import create_app
-import registry
 from trainer.cli import main as trainer_main
 
 SCALE_NOTE = "rating scale 0.5:5:0.5, positives >= 4 (inferred from ratings.csv; --rating-scale declares it)"

@@ -15,12 +15,12 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from _service_support import API_KEY, copy_registry
+import registry as artifacts
+from service.experiments.assignment import assign
+from service.main import create_app
 from storage.migrate import upgrade_to_head
 from storage.session import make_engine, make_session_factory
 from storage.tables import Feedback, Impression
-from service.experiments.assignment import assign
-from service.main import create_app
-import registry as artifacts
 
 KEY = {"X-API-Key": API_KEY}
 TRAINED_USERS = [str(u) for u in range(1, 41)]  # users the models know, their histories seeded

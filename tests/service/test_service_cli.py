@@ -13,8 +13,8 @@ import pytest
 from sqlalchemy import create_engine, inspect, text
 
 from _service_support import API_KEY, free_port
-from storage import crud
 from service.cli import main
+from storage import crud
 from storage.session import make_engine, make_session_factory
 
 

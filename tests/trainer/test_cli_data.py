@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from trainer.cli import main
 from interactions.files import load_file
+from trainer.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 

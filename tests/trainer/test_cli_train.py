@@ -338,8 +338,8 @@ def test_from_db_trains_on_the_stored_scale_not_the_ratings_min_and_max(capsys, 
 
 
 def test_from_db_without_a_stored_scale_uses_the_rating_scale_setting(capsys, tmp_path, monkeypatch):
-    from trainer.sources import read_database
     from trainer.settings import get_settings
+    from trainer.sources import read_database
 
     url = f"sqlite:///{tmp_path / 'service.db'}"
     fill_database(url, planted_frame().iloc[:20], unrated=False)

@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 import torch
 
+from interactions.files import load_file
 from models.base import TrainData
 from models.baselines import fit_baseline
 import registry
-from interactions.files import load_file
 from trainer.pipeline import TrainJob, train_all
 from trainer.sources import SourceSpec
 

@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 
 from rating_scale import RatingScale
-from tests.trainer._ml100k import ml100k
 import registry as artifacts
+from tests.trainer._ml100k import ml100k
 from trainer import runs
 from trainer.gate import MIN_FAIR_USERS, GateRefused
 from trainer.pipeline import TrainJob, train_all

@@ -13,12 +13,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import registry
 from errors import DataError, TrainingError, UserError
+from interactions.files import load_file
+import registry
 from trainer.gate import GateRefused
 from trainer.pipeline import TrainingBusy, TrainJob, train_all
 from trainer.sources import SourceSpec, positive_threshold, snapshot
-from interactions.files import load_file
 
 FAST = {  # few epochs, small layers: these tests check the plumbing, not the models' quality
     "autorec-u": {"epochs": 2, "hidden": 16},

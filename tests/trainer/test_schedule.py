@@ -15,11 +15,11 @@ from apscheduler.triggers.cron import CronTrigger
 
 from test_cli_train import declare, fill_database, store
 from test_pipeline import planted_frame, write_planted
-import registry
 from errors import UserError
+import registry
 from trainer.pipeline import TrainJob
-from trainer.sources import SourceSpec
 from trainer.schedule import NEXT_RUN_FILE, make_trigger, parse_every, run_once, run_schedule
+from trainer.sources import SourceSpec
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -12,8 +12,8 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-import trainer
 from errors import TrainingError, UserError
+import trainer
 from trainer.protocols import make_split
 from trainer.training import model_class, resolve_device
 

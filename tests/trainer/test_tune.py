@@ -11,9 +11,9 @@ from types import SimpleNamespace
 import pytest
 
 from test_pipeline import write_planted
+from errors import UserError
 import registry
 from trainer.cli import main
-from errors import UserError
 from trainer.pipeline import TrainJob, train_all
 from trainer.runs import fit_on_split, model_split
 from trainer.sources import SourceSpec

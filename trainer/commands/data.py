@@ -17,12 +17,12 @@ import numpy as np
 import typer
 from typer.core import TyperGroup
 
-from rating_scale import RatingScale
-from interactions import Interactions
-from interactions.movielens import DATASETS
 from errors import UserError
+from interactions import Interactions
 from interactions.file_options import with_column_options, with_scale_options
 from interactions.files import FileColumns
+from interactions.movielens import DATASETS
+from rating_scale import RatingScale
 
 
 

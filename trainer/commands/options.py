@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from rating_scale import RatingScale
 from errors import UserError
 from interactions.file_options import replacing
-from trainer.gate import DEFAULT_GATE_TOLERANCE
 from interactions.files import FileColumns
+from rating_scale import RatingScale
+from trainer.gate import DEFAULT_GATE_TOLERANCE
 
 if TYPE_CHECKING:
     from trainer.pipeline import TrainJob

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import typer
 
-from trainer.commands.options import TrainOptions, with_train_options
 from interactions.file_options import with_column_options, with_scale_options
+from trainer.commands.options import TrainOptions, with_train_options
 
 
 @with_scale_options
