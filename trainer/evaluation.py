@@ -19,7 +19,8 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.sparse as sp
 
-from models.base import ModelInputError, Recommender, TrainData, as_csr
+from models.base import ModelInputError, Recommender, TrainData
+from models.rows import as_csr
 from models.baselines import BASELINES, fit_baseline
 from trainer.dataset import Interactions
 from trainer.errors import DataError, UserError
