@@ -46,7 +46,6 @@ KNOWN_CROSSINGS = {
 # never grow, and leave the list once split.
 OVERSIZED = {
     "service/crud/__init__.py": 453,
-    "service/inference.py": 404,
     "trainer/artifacts.py": 625,
     "trainer/datasets.py": 423,
     "trainer/loader.py": 436,

@@ -78,7 +78,7 @@ def test_users_the_model_trained_on_are_passed_and_others_refused():
     inputs, targets = binary([[0], [1]], 3), binary([[2], [0]], 3)
     known = evaluate_ranking(model, HeldOut(inputs, targets, np.arange(2), np.array([0, 2])), ks=(1,))
     assert known["recall@1"] == pytest.approx(1.0)
-    with pytest.raises(UserError, match="cannot fold in"):
+    with pytest.raises(ModelInputError, match="cannot fold in new users: it was not trained on user index -1"):
         evaluate_ranking(model, HeldOut(inputs, targets, np.arange(2), np.array([0, -1])), ks=(1,))
 
 
