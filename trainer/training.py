@@ -25,7 +25,8 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
-from models.base import ModelInputError, Recommender, TrainData, build_config, use_tensor_cores
+from models.base import ModelInputError, Recommender, TrainData, build_config
+from models.scoring import use_tensor_cores
 from models.sizes import DataShape, for_data
 from trainer import distributed
 from trainer.errors import TrainingError, UserError
