@@ -63,10 +63,10 @@ def build(name: str, X: sp.csr_matrix, T: sp.csr_matrix, trained: bool, device: 
     cls = REGISTRY[name]
     if trained:
         hyper = {} if cls.closed_form else {"epochs": 2}
-        return trainer.fit(name, X, timestamps=T if cls.sequential else None, progress=False, device=device, holdout=0,
+        return trainer.fit(name, X, timestamps=T, progress=False, device=device, holdout=0,
                            **hyper).model
     model = cls(build_config(cls.Config, {}), n_items=X.shape[1], n_users=X.shape[0]).to(resolve_device(device))
-    model.prepare_scoring(TrainData(X=X, timestamps=T if cls.sequential else None, rating_range=(0.0, 1.0)))
+    model.prepare_scoring(TrainData(X=X, timestamps=T, rating_range=(0.0, 1.0)))
     return model.eval()
 
 
@@ -78,7 +78,7 @@ def score_all(model, X: sp.csr_matrix, T: sp.csr_matrix, batch_rows: int) -> flo
     started = time.perf_counter()
     for start in range(0, X.shape[0], batch_rows):
         rows = slice(start, start + batch_rows)
-        model.recommend(X[rows], k=K, users=users[rows], timestamps=T[rows] if model.sequential else None)
+        model.recommend(X[rows], k=K, users=users[rows], timestamps=T[rows])
     if model.device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - started

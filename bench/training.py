@@ -125,8 +125,8 @@ def same_footing_report(split, ranked: np.ndarray) -> dict[str, float]:
 def our_ranked(model, split) -> np.ndarray:
     """Our model's top 100 from each user's train row, train (seen) and validation items excluded."""
     users = np.arange(split.train.shape[0])
-    timestamps = split.train_timestamps if model.sequential else None
-    ids, _ = model.recommend(split.train, k=max(KS), users=users, exclude=split.valid.targets, timestamps=timestamps)
+    ids, _ = model.recommend(split.train, k=max(KS), users=users, exclude=split.valid.targets,
+                             timestamps=split.train_timestamps)
     return ids
 
 
@@ -149,8 +149,7 @@ def fit_ours(name: str, split, seed: int, epochs: int | None, patience: int | No
 
     cls = REGISTRY[name]
     hyper = {} if cls.closed_form else {k: v for k, v in (("epochs", epochs), ("patience", patience)) if v is not None}
-    timestamps = split.train_timestamps if cls.sequential else None
-    model, log = trainer.fit(name, split.train, timestamps=timestamps, valid=split.valid, seed=seed, progress=False,
+    model, log = trainer.fit(name, split.train, timestamps=split.train_timestamps, valid=split.valid, seed=seed, progress=False,
                              precision=precision, **hyper)
     return model, timings(log)
 

@@ -40,9 +40,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import ModelInputError, Recommender, TrainData, as_row_batch
+from models.base import ModelInputError, Recommender, TrainData
 from models.sizes import DataShape
-from models.rows import RowBatch
+from models.rows import RowBatch, as_row_batch
 
 # weight_decay's rule, WEIGHT_DECAY_RATINGS / training ratings: the loss is a mean over the observed
 # ratings, so an L2 prior of fixed strength weighs 1/nnz against it (MAP); 256.5 keeps ml-100k's

@@ -31,8 +31,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from models.base import ModelInputError, Recommender, TrainData, as_row_batch
-from models.rows import RowBatch, gram
+from models.base import ModelInputError, Recommender, TrainData
+from models.rows import RowBatch, as_row_batch, gram
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # float32 rounds at 6e-8; times a condition number under 1,000 the inverse's relative error
@@ -139,7 +139,7 @@ class EASE(Recommender):
     def contributions(self, row, items, *, history=None, users=None, timestamps=None) -> np.ndarray:
         """Exact: scores are x B with x binary, so history item j adds B[j, i] to item i's score, and
         removing j lowers it by exactly that (the removal ``Recommender.contributions`` measures)."""
-        row, items, history, _ = self._explain_inputs(row, items, history)
+        row, items, history, _, _ = self._explain_inputs(row, items, history, timestamps)
         h, i = (torch.from_numpy(a).to(self.B.device) for a in (history, items))
         return self.B[h[None, :], i[:, None]].float().cpu().numpy()  # [items, history]: only those entries gathered
 

@@ -73,11 +73,10 @@ def _load_model(folder: Path, name: str, info: dict, map_location: str) -> Loade
         )
     users, items = [str(u) for u in users], [str(i) for i in items]
     cold_start = _load_cold_start(folder, name, info, model, map_location)
-    # Smoke test: an empty history must give finite scores (fold-in models), or a known user must (the rest).
+    # Smoke test: an empty history of user 0 must give finite scores.
     empty = sp.csr_matrix((1, model.n_items), dtype=np.float32)
-    known = None if model.can_fold_in else np.zeros(1, dtype=np.int64)
     try:
-        _, scores = model.recommend(empty, k=min(10, model.n_items), users=known)
+        _, scores = model.recommend(empty, k=min(10, model.n_items), users=np.zeros(1, dtype=np.int64), timestamps=empty)
     except Exception as exc:
         raise ArtifactError(f"model {name} in {folder.parent.name} fails a smoke recommendation: {exc}") from exc
     if not np.isfinite(scores).all():

@@ -219,12 +219,12 @@ def _serving_model(name: str, loaded: LoadedModel, popular: np.ndarray, manifest
     )
     if not items.is_unique or not served.user_index.is_unique:
         raise ArtifactError(f"model {name}: ids.json holds duplicate ids")
-    # Smoke test on a real history (the most popular items), through the same calls requests make.
+    # Smoke test: a real history (the most popular items) as user 0's, through the same calls requests make.
     cols = items.get_indexer(popular[:5])
     cols = np.unique(cols[cols >= 0]) if len(popular) else np.array([], dtype=np.int64)
     row = sp.csr_matrix((np.ones(len(cols), np.float32), (np.zeros(len(cols), int), cols)), shape=(1, model.n_items))
-    users = None if model.can_fold_in else np.zeros(1, dtype=np.int64)
-    ids, scores = model.recommend(row, k=min(10, model.n_items), users=users, timestamps=row if model.sequential else None)
+    users = np.zeros(1, dtype=np.int64)
+    ids, scores = model.recommend(row, k=min(10, model.n_items), users=users, timestamps=row)
     if not np.isfinite(scores[ids >= 0]).all():
         raise ArtifactError(f"model {name} gives non-finite scores for a real history")
     if model.task == "rating":

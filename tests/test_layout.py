@@ -29,11 +29,8 @@ LAYERS = {
     "migrations": {"storage"},  # Alembic's env reads the tables and the database URL
 }
 # Modules over MAX_LINES as they stand, each with its line count as the most it may have: they may shrink,
-# never grow, and leave the list once split.
-OVERSIZED = {
-    "models/base.py": 580,
-    "service/inference.py": 404,
-}
+# never grow, and leave the list once split. None is left.
+OVERSIZED: dict[str, int] = {}
 
 
 def project_modules(root: Path) -> dict[str, Path]:

@@ -211,7 +211,7 @@ def _refit(
         X = inter.matrix("rating")
         return fit(name, X, rating_range=inter.rating_range, **fit_args, **refit_hyper), X
     X, ts = positives(inter, threshold)
-    result = fit(name, X, timestamps=ts if cls.sequential else None, rating_range=(0.0, 1.0), **fit_args, **refit_hyper)
+    result = fit(name, X, timestamps=ts, rating_range=(0.0, 1.0), **fit_args, **refit_hyper)
     return result, X
 
 
@@ -231,12 +231,10 @@ def model_split(name: str, inter: Interactions, seed: int,
 def fit_on_split(name: str, split: RatingSplit | RankingSplit, hyper: dict[str, Any], **fit_args: Any) -> FitResult:
     """``fit`` on the split's train part, early-stopped on its validation part (the run's figures and the tuner's
     trials)."""
-    from models import REGISTRY
-
     if isinstance(split, RatingSplit):
         return fit(name, split.train, valid=split.valid, rating_range=split.rating_range, **fit_args, **hyper)
-    return fit(name, split.train, timestamps=split.train_timestamps if REGISTRY[name].sequential else None,
-               valid=split.valid, rating_range=(0.0, 1.0), **fit_args, **hyper)
+    return fit(name, split.train, timestamps=split.train_timestamps, valid=split.valid, rating_range=(0.0, 1.0),
+               **fit_args, **hyper)
 
 
 def train_model(

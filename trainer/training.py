@@ -26,7 +26,8 @@ import torch
 from tqdm.auto import tqdm
 
 from errors import TrainingError, UserError
-from models.base import ModelInputError, Recommender, TrainData, build_config, use_tensor_cores
+from models.base import ModelInputError, Recommender, TrainData, build_config
+from models.scoring import use_tensor_cores
 from models.sizes import DataShape, for_data
 from trainer import distributed
 from trainer.holdout import HOLDOUT_FRACTION, hold_out
