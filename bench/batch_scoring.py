@@ -38,7 +38,7 @@ def rankers() -> list[str]:
 def matrices(args) -> tuple[str, sp.csr_matrix, sp.csr_matrix]:
     """(description, binary user x item matrix, timestamps with the same pattern)."""
     if args.scale == "ml-100k":
-        from trainer.datasets import get_dataset
+        from interactions.datasets import get_dataset
 
         inter = get_dataset("ml-100k", source=ML100K, progress=False)
         desc = "ml-100k"
@@ -55,9 +55,9 @@ def matrices(args) -> tuple[str, sp.csr_matrix, sp.csr_matrix]:
 
 
 def build(name: str, X: sp.csr_matrix, T: sp.csr_matrix, trained: bool, device: str):
-    import trainer
     from models import REGISTRY
     from models.base import TrainData, build_config
+    import trainer
     from trainer.training import resolve_device
 
     cls = REGISTRY[name]

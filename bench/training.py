@@ -144,8 +144,8 @@ def timings(log: dict) -> dict:
 
 def fit_ours(name: str, split, seed: int, epochs: int | None, patience: int | None,
              precision: str = "fp32") -> tuple[object, dict]:
-    import trainer
     from models import REGISTRY
+    import trainer
 
     cls = REGISTRY[name]
     hyper = {} if cls.closed_form else {k: v for k, v in (("epochs", epochs), ("patience", patience)) if v is not None}
@@ -222,8 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     # runner does this import before its clock too, so neither side's first fit pays for it.
     import torch._dynamo  # noqa: F401
 
+    from interactions.datasets import get_dataset
     from models import REGISTRY
-    from trainer.datasets import get_dataset
     from trainer.evaluation import evaluate_ranking
     from trainer.protocols import make_split
 

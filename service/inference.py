@@ -15,13 +15,13 @@ from typing import Sequence
 import numpy as np
 import scipy.sparse as sp
 
-from rating_scale.latest import keep_latest_pairs
+from interactions.rows import is_positive, keep_latest_pairs
+from registry.best import BEST
 from service.cache import NO_WRITE
-from service.crud import History
 from service.errors import ApiError
 from service.model_store import IdIndex, ServingModel, ServingVersion
 from service.schemas import EXPLAIN_MAX_HISTORY, EXPLAIN_MAX_HISTORY_SEQUENTIAL, EXPLAIN_REASONS
-from trainer.best import BEST
+from storage.crud import History
 
 log = logging.getLogger("service.inference")
 
@@ -90,7 +90,7 @@ def history_rows(served: ServingModel, history: History, users: Sequence[str]) -
     c = served.item_index.get_indexer(history.item_ids)
     keep = (r >= 0) & (c >= 0)
     r, c, ratings, ts = r[keep], c[keep], history.ratings[keep], history.timestamps[keep]
-    # The latest interaction per (user, item), by the rule the trainer keeps (ties: the last row)
+    # The latest interaction per (user, item), by the rule the trainer keeps (interactions.rows)
     latest, _ = keep_latest_pairs(r, c, ts)
     r, c, ratings, ts = r[latest], c[latest], ratings[latest], ts[latest]
     order = np.lexsort((c, r))  # CSR order, so every matrix is built from its arrays directly
@@ -100,7 +100,7 @@ def history_rows(served: ServingModel, history: History, users: Sequence[str]) -
     if served.task == "rating":
         use = ~np.isnan(ratings)  # implicit feedback has no rating to reconstruct
     elif served.positive_threshold is not None:
-        use = np.isnan(ratings) | (ratings >= served.positive_threshold)  # implicit feedback is a positive
+        use = is_positive(ratings, served.positive_threshold)
     else:
         use = np.ones(len(r), dtype=bool)
     r, c, ratings, ts = r[use], c[use], ratings[use], ts[use]

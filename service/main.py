@@ -20,7 +20,6 @@ from service.api.main import api_router
 from service.api.routes import health, recommendations
 from service.cache import make_cache
 from service.core.config import Settings
-from service.db.session import make_engine, make_session_factory
 from service.errors import install_error_handlers
 from service.experiment_registry import ExperimentRegistry
 from service.experiment_serving import ExperimentServing
@@ -33,6 +32,7 @@ from service.request_limits import rating_hint
 from service.scoring import ScoringSlots
 from service.training_runs import TrainingRuns
 from service.writes import InteractionWriter
+from storage.session import make_engine, make_session_factory
 
 log = logging.getLogger("service")
 

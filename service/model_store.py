@@ -3,8 +3,8 @@
 ``ModelStore.current`` is one reference to an immutable ``ServingVersion``. A request
 reads it once and works on that object to the end, so a swap never changes a model
 under a running request. New versions are loaded and checked off the request path (the
-watcher thread, or ``POST /admin/reload`` in a worker thread): ``trainer.artifacts.
-load_version`` checks the manifest, the files, id maps against weight shapes and a smoke
+watcher thread, or ``POST /admin/reload`` in a worker thread): ``registry.load_version``
+checks the manifest, the files, id maps against weight shapes and a smoke
 recommendation; here each model also predicts for a real history and builds its id
 indexes. Only then is the reference replaced.
 
@@ -31,9 +31,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from registry import ArtifactError, LoadedModel, latest_version, list_versions, load_version, version_stamp
+from registry import best
 from service.metrics import Metrics
-from trainer import best
-from trainer.artifacts import ArtifactError, LoadedModel, latest_version, list_versions, load_version, version_stamp
 
 log = logging.getLogger("service.model_store")
 
@@ -154,7 +154,7 @@ class ServingVersion:
     popular_items: pd.Index  # external ids, most popular first
     popular_counts: np.ndarray
     loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
-    # task -> (model, why): what "best" names here (``trainer.best.default_model``), resolved once per version
+    # task -> (model, why): what "best" names here (``registry.best.default_model``), resolved once per version
     defaults: dict[str, tuple[str | None, str]] = field(default_factory=dict)
 
 

@@ -23,8 +23,8 @@ from pathlib import Path
 
 from filelock import Timeout
 
+import registry
 from service.core.config import Settings
-from trainer import artifacts
 
 KEPT_LOGS = 20  # output files of older runs are deleted when a new one starts
 TAIL_BYTES = 16_384  # read from the end of the output for its last lines
@@ -94,7 +94,7 @@ class TrainingRuns:
         with self._lock:
             if self.last is not None and self.last.state == "running":
                 raise TrainingBusy(f"training run {self.last.id} is running (started {_stamp(self.last.started_at)})", self.last)
-            lock = artifacts.registry_lock(self.settings.ARTIFACTS_DIR)
+            lock = registry.registry_lock(self.settings.ARTIFACTS_DIR)
             try:  # a scheduled trainer (or another replica's run) would make ours skip: say so now
                 lock.acquire(blocking=False)
                 lock.release()

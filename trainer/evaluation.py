@@ -19,11 +19,11 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.sparse as sp
 
+from errors import DataError, UserError
+from interactions import Interactions
 from models.base import ModelInputError, Recommender, TrainData
 from models.rows import as_csr
 from models.baselines import BASELINES, fit_baseline
-from trainer.dataset import Interactions
-from trainer.errors import DataError, UserError
 from trainer.metrics import mae, ranking_report, rmse
 from trainer.protocols import PROTOCOL_METRICS, PROTOCOL_TASK, make_split, protocol_ks
 from trainer.splits import HeldOut

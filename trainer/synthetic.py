@@ -20,8 +20,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from trainer.dataset import STARS, Interactions
-from trainer.errors import UserError
+from errors import UserError
+from interactions import STARS, Interactions
 
 _FIRST_TIME = 946_684_800  # 2000-01-01 UTC
 _LAST_TIME = 1_420_070_400  # 2015-01-01 UTC

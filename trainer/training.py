@@ -25,11 +25,11 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
+from errors import TrainingError, UserError
 from models.base import ModelInputError, Recommender, TrainData, build_config
 from models.scoring import use_tensor_cores
 from models.sizes import DataShape, for_data
 from trainer import distributed
-from trainer.errors import TrainingError, UserError
 from trainer.holdout import HOLDOUT_FRACTION, hold_out
 from trainer.splits import HeldOut
 

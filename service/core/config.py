@@ -14,6 +14,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from rating_scale import RatingScaleSettings
+from storage.settings import DEFAULT_DATABASE_URL
 
 PLACEHOLDER_KEYS = {"", "secret", "password", "apikey", "api-key", "dev-key", "test"}
 PLACEHOLDER_PREFIXES = ("change", "replace", "your-", "<")  # changethis, change-me-api-key, <your key>
@@ -32,7 +33,7 @@ class Settings(RatingScaleSettings):  # RATING_SCALE, POSITIVE_THRESHOLD: what P
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
 
     ENVIRONMENT: Literal["development", "staging", "production"] = "development"
-    DATABASE_URL: str = "sqlite:///./aerec.db"
+    DATABASE_URL: str = DEFAULT_DATABASE_URL
     REDIS_URL: str | None = None  # None: an in-process TTL/LRU cache
     CACHE_NAMESPACE: str = "aerec"  # prefix of every cache key (several deployments can share one Redis)
     ARTIFACTS_DIR: Path = Path(".artifacts")  # the trainer's model registry
@@ -87,7 +88,7 @@ class Settings(RatingScaleSettings):  # RATING_SCALE, POSITIVE_THRESHOLD: what P
     # Where the models score: "auto" is the GPU when torch sees one; recommend() masks seen items and
     # takes the top k on the same device (models.base), so only ids and scores come back.
     SCORING_DEVICE: Literal["auto", "cpu", "cuda"] = "auto"
-    # A model name, or "best": the served version's best-validated model of the task (trainer/best.py),
+    # A model name, or "best": the served version's best-validated model of the task (registry/best.py),
     # a baseline included; a version published without that record serves ease / autorec-u.
     DEFAULT_MODEL: str = "best"
     DEFAULT_RATING_MODEL: str = "best"

@@ -13,10 +13,10 @@ import pytest
 import scipy.sparse as sp
 import torch
 
+from errors import UserError
 import models
-import trainer
 from models.base import ModelInputError
-from trainer.errors import UserError
+import trainer
 
 N_USERS, N_ITEMS, BLOCK = 60, 24, 12
 

@@ -12,8 +12,8 @@ from contextlib import contextmanager
 from fastapi.testclient import TestClient
 
 from _service_support import API_KEY, error_body
+import registry as artifacts
 from service.main import create_app
-from trainer import artifacts
 
 ADMIN = {"X-API-Key": API_KEY}
 
@@ -87,7 +87,7 @@ def test_training_requests_are_checked_before_anything_runs(client):
 def test_a_run_is_refused_while_another_process_holds_the_registry_lock(empty_backend, tmp_path):
     root = tmp_path / "registry"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from trainer.artifacts import registry_lock; "
+        [sys.executable, "-c", "import sys, time; from registry import registry_lock; "
          "lock = registry_lock(sys.argv[1]); lock.acquire(); print('locked', flush=True); time.sleep(60)", str(root)],
         stdout=subprocess.PIPE, text=True,
     )

@@ -11,9 +11,9 @@ import scipy.sparse as sp
 
 import models.scoring
 
+from errors import UserError
 from models.base import ModelInputError, TrainData
 from models.baselines import Popularity, fit_baseline
-from trainer.errors import UserError
 from trainer.evaluation import baseline_report, evaluate_ranking, evaluate_rating, format_table, summarise
 from trainer.metrics import rmse
 from trainer.splits import HeldOut

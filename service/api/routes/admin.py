@@ -8,13 +8,13 @@ import logging
 
 from fastapi import APIRouter
 
+from errors import UserError
 from models import REGISTRY
 from service.api.deps import AdminAccess, StoreDep, TrainingRunsDep
 from service.api.routing import AccessFirstRoute
 from service.errors import ApiError
 from service.schemas import ErrorBody, ReloadResult, TrainingRequest, TrainingRun
 from service.training_runs import TrainingBusy
-from trainer.errors import UserError
 
 log = logging.getLogger("service.admin")
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminAccess], route_class=AccessFirstRoute)

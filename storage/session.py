@@ -11,9 +11,17 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-log = logging.getLogger("service.db")
+log = logging.getLogger("storage")
 
 T = TypeVar("T")
+
+
+def redacted(url: str) -> str:
+    """A database URL without its password, for manifests, logs and messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy understands: whoever connects reports that itself
+        return "<unparsable url>"
 
 
 def make_engine(database_url: str, *, timeout_s: int = 5, **kwargs) -> Engine:

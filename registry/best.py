@@ -6,7 +6,7 @@ A model that does not beat its task's baseline by ``MARGINS`` on validation is s
 for inspection, but is never that record's model. The service resolves ``"best"`` with
 ``default_model``: the record, or for a version published before it, the old defaults.
 
-Read by the service too: standard library only.
+The trainer records, the service resolves: standard library only.
 """
 
 from __future__ import annotations
