@@ -31,7 +31,7 @@ from models.scoring import use_tensor_cores
 from models.sizes import DataShape, for_data
 from trainer import distributed
 from trainer.holdout import HOLDOUT_FRACTION, hold_out
-from trainer.splits import HeldOut
+from trainer.protocols import HeldOut
 
 VALID_RANKING_K = 100
 VALID_RANKING_METRIC = f"ndcg@{VALID_RANKING_K}"
