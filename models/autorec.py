@@ -110,7 +110,7 @@ class _AutoRec(Recommender):
             r = batch.dense()
             yield r, (r != 0).float()
 
-    def loss(self, batch: tuple[torch.Tensor, torch.Tensor], **schedule: float) -> torch.Tensor:
+    def loss(self, batch: tuple[torch.Tensor, torch.Tensor], **annealing: float) -> torch.Tensor:
         r, observed = (t.to(self.device) for t in batch)
         # float32 errors whatever the layers ran in (bfloat16 under autocast rounds a rating near 4 by 0.016)
         squared_error = masked_squared_error(self.reconstruct(r).float(), r, observed).mean()
