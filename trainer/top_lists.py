@@ -87,7 +87,7 @@ def compute_top_lists(model, X: sp.csr_matrix, seen: sp.csr_matrix, n: int = DEF
         ids, s = score(rows)
         items[rows], scores[rows] = ids.astype(np.int32), s
     if not np.isfinite(scores[items >= 0]).all():
-        from trainer.errors import TrainingError
+        from errors import TrainingError
 
         raise TrainingError("a top-N list holds a non-finite score: nothing is published")
     return TopLists(items, scores, time.perf_counter() - started, row_by_row)

@@ -330,8 +330,8 @@ class RedisCache(Backend):
         return bool(await self._acall(self._async_client()[0].set, key, value, px=ms(ttl_s)))
 
     def set_later(self, key: str, value: str, ttl_s: float) -> None:
-        # the sets of one turn of the loop go in one pipeline: a round trip each cost a first request a third
-        # of its throughput (bench/RESULTS.md, the write-behind pipeline; bench/serving.py rec-first)
+        # the sets of one turn of the loop go in one pipeline, not a round trip each (bench/serving.py rec-first;
+        # bench/RESULTS.md, "First requests from stored top-N lists")
         first = not self._later
         self._later[self.key(key)] = (value, ms(ttl_s))
         if first:

@@ -2,7 +2,7 @@
 
 A slice of ml-100k (users 1..TRAIN_USERS, items 1..MAX_ITEM) trains EASE (closed form),
 AutoRec-U and AutoRec-I (a few epochs) with ``trainer.fit``; ``publish_version`` writes
-them through the trainer's own ``artifacts.publish``. Users TRAIN_USERS+1.. are "late":
+them through the trainer's own ``registry.publish``. Users TRAIN_USERS+1.. are "late":
 the models never saw them, so they exercise fold-in.
 """
 
@@ -22,8 +22,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from _test_servers import PG_URL, REDIS_URL, free_port, unavailable  # noqa: F401 (re-exported to the tests)
-from trainer import artifacts
-from trainer.dataset import Interactions
+from interactions import Interactions
+import registry
 
 def new_user() -> str:
     return f"late-{uuid.uuid4().hex[:10]}"
@@ -132,7 +132,7 @@ def publish_version(root: Path, models: dict, corpus: Corpus, *, cold_start: boo
     models = {name: entry.model if isinstance(entry, FitResult) else entry for name, entry in models.items()}
     stored = top_lists(models, corpus) if lists else {}
     staged = {
-        name: artifacts.StagedModel(
+        name: registry.StagedModel(
             model=model,
             user_ids=corpus.user_ids,
             item_ids=corpus.item_ids,
@@ -155,12 +155,12 @@ def publish_version(root: Path, models: dict, corpus: Corpus, *, cold_start: boo
         },
         **(extra or {}),
     }
-    return artifacts.publish(root, staged, manifest, popularity=popularity(corpus), keep=10)
+    return registry.publish(root, staged, manifest, popularity=popularity(corpus), keep=10)
 
 
 def copy_registry(source: Path, target: Path) -> str:
     """A private registry holding the version ``source``'s LATEST names (tests that swap or break versions)."""
-    version = artifacts.latest_version(source)
+    version = registry.latest_version(source)
     target.mkdir(parents=True, exist_ok=True)
     shutil.copytree(source / version, target / version)
     (target / "LATEST").write_text(version + "\n")
@@ -173,8 +173,8 @@ DAMAGES = ("weights", "ids", "missing-file", "truncated", "bit-flipped", "huge-r
 def plant_broken_version(root: Path, damage: str) -> str:
     """Copy the served version under a new name (its manifest and checksums with it), damage it,
     and point LATEST at it."""
-    good = artifacts.latest_version(root)
-    name = artifacts.new_version_name(root)
+    good = registry.latest_version(root)
+    name = registry.new_version_name(root)
     folder = root / name
     shutil.copytree(root / good, folder)
     manifest = json.loads((folder / "manifest.json").read_text())

@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 
 from _service_support import API_KEY, copy_registry, error_body, publish_version
+import registry as artifacts
 from service import inference
 from service.cache import NO_WRITE
-from service.crud import History
 from service.model_store import prepare_version
-from trainer import artifacts
+from storage.crud import History
 
 KEY = {"X-API-Key": API_KEY}
 
