@@ -76,6 +76,10 @@ class TrainData:
         per_rank = n // self.world_size
         return order[self.rank * per_rank : (self.rank + 1) * per_rank]
 
+    def cached(self, key: Any, build: Any) -> Any:
+        """``build()`` once per fit, kept beside the resident matrices (e.g. the bias model a rating AE centres on)."""
+        return self._resident[key] if key in self._resident else self._resident.setdefault(key, build())
+
     def on_device(
         self, device: torch.device, n_items: int, *, binary: bool, items_as_rows: bool = False,
         in_time_order: bool = False,

@@ -64,8 +64,9 @@ class CDAEConfig:
             raise ModelInputError(f"CDAE corruption q must be in [0, 1), got {self.corruption}")
 
 
-# `trainer train --tune` searches these on the validation split (format: models.base.Recommender.search_space)
-SEARCH_SPACE = {"corruption": ("float", 0.0, 0.9), "weight_decay": ("log", 0.1, 10.0)}
+# `trainer train --tune` searches these on the validation split (format: models.base.Recommender.search_space);
+# K too: the paper's 50 is narrow for dense implicit data (binarised ml-100k: bench/RESULTS.md, "Centred on the bias model")
+SEARCH_SPACE = {"corruption": ("float", 0.0, 0.9), "weight_decay": ("log", 0.1, 10.0), "hidden": ("int", 50, 400)}
 
 
 class CDAE(Recommender):

@@ -142,7 +142,7 @@ def user_source(served: ServingModel, known: bool, has_input: bool) -> str:
     ``has_input``: the user's stored history gives a non-empty input row for this model."""
     if not served.can_fold_in:  # scores from the training row alone
         return "model" if known else (STRANGER if has_input else COLD)
-    if not has_input:  # a model reading an empty row answers as for no one (DeepRec: 1.0 for every item)
+    if not has_input:  # a model reading an empty row answers as for no one (a user-mean-centred DeepRec: 1.0 for every item)
         return COLD
     return "model" if known else "fold-in"
 

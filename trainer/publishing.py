@@ -177,15 +177,16 @@ def _top_lists(inter: Interactions, runs: dict[str, ModelRun], data_read_at: flo
 
     n = get_settings().TOP_LIST_SIZE
     eligible = {name: run for name, run in runs.items()
-                if n > 0 and run.refit and run.published.task == "ranking" and not run.published.sequential}
+                if n > 0 and run.refit and run.published.task == "ranking"}
     if not eligible:
         return {}
-    X, _ = positives(inter, positive_threshold(inter))  # the input the service builds from the same history
+    X, timestamps = positives(inter, positive_threshold(inter))  # the input the service builds from the same history
     seen = sp.csr_matrix((np.ones(len(inter), np.float32), (inter.users, inter.items)), shape=X.shape)
     seen.sum_duplicates()
     out = {}
     for name, run in eligible.items():
-        lists = compute_top_lists(run.published, X, seen, n, device=None if device is None else str(device))
+        lists = compute_top_lists(run.published, X, seen, n, device=None if device is None else str(device),
+                                  timestamps=timestamps)
         run.timings["top_lists_seconds"] = round(lists.seconds, 3)
         out[name] = (lists.files(), lists.info(data_read_at, from_database))
     return out

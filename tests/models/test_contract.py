@@ -8,6 +8,8 @@ a model that learnt anything must put it first among the items it may rank.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -132,6 +134,32 @@ def test_save_load_identical(fitted, tmp_path):
     ids_b, s_b = loaded.recommend(X, k=5, users=users, timestamps=ts)
     np.testing.assert_array_equal(ids_a, ids_b)
     np.testing.assert_array_equal(s_a, s_b)
+
+
+@pytest.mark.parametrize("name", ["autorec-i", "autorec-u", "deeprec"])
+def test_a_rating_model_saved_before_bias_centring_loads_and_predicts_as_before(name, tmp_path):
+    """A model.json written before ``center`` existed (I-AutoRec) or held a bool (U-AutoRec, DeepRec)
+    rebuilds the network it trained, with no bias model (whose buffers such a save lacks)."""
+    X, _, _ = planted("rating")
+    for saved, center in ((None, "none"), (True, "user"), (False, "none")):
+        if saved is not None and name == "autorec-i":
+            continue  # I-AutoRec never had a bool ``center``
+        model = trainer.fit(name, X, seed=0, progress=False, holdout=0, **{**FAST[name], "epochs": 3},
+                            center=center).model
+        model.save(tmp_path / name)
+        meta_file = tmp_path / name / "model.json"
+        meta = json.loads(meta_file.read_text())
+        if saved is None:
+            del meta["config"]["center"]
+        else:
+            meta["config"]["center"] = saved
+        meta_file.write_text(json.dumps(meta))
+        loaded = models.load(tmp_path / name)
+        assert loaded.config.center == center and loaded.offset is None
+        users = np.arange(N_USERS)
+        items = np.arange(N_USERS) % N_ITEMS  # one pair a row
+        np.testing.assert_array_equal(loaded.predict(X, items, users=users), model.predict(X, items, users=users))
+        torch.testing.assert_close(loaded.scores(X, users=users), model.scores(X, users=users))
 
 
 def test_training_is_finite(fitted):

@@ -108,13 +108,24 @@ def bias_baseline(X: sp.csr_matrix, model):
     return fit_baseline("bias", TrainData(X, rating_range=model.rating_range))
 
 
+def positive_timestamps(corpus: Corpus) -> sp.csr_matrix:
+    """When each of the training users' positives was, on ``corpus.X >= POSITIVE``'s pattern (a sequential model reads it)."""
+    rows, cols = corpus.user_ids.index, corpus.item_ids.index
+    r = np.array([rows(u) for u in corpus.rows["user_id"]])
+    c = np.array([cols(i) for i in corpus.rows["item_id"]])
+    keep = np.asarray(corpus.rows["rating"]) >= POSITIVE
+    return sp.csr_matrix((np.asarray(corpus.rows["timestamp"], dtype=np.float64)[keep], (r[keep], c[keep])), shape=corpus.X.shape)
+
+
 def top_lists(models: dict, corpus: Corpus) -> dict:
     """{ranker: its ``trainer.top_lists.TopLists``}, from the training users' histories, as the trainer publishes them."""
     from trainer.top_lists import compute_top_lists
 
     positives = sp.csr_matrix(corpus.X >= POSITIVE, dtype=np.float32)
     seen = sp.csr_matrix(corpus.X != 0, dtype=np.float32)
-    return {name: compute_top_lists(model, positives, seen) for name, model in models.items() if model.task == "ranking"}
+    timestamps = positive_timestamps(corpus)
+    return {name: compute_top_lists(model, positives, seen, timestamps=timestamps)
+            for name, model in models.items() if model.task == "ranking"}
 
 
 def publish_version(root: Path, models: dict, corpus: Corpus, *, cold_start: bool = True, lists: bool = True,
