@@ -162,7 +162,7 @@ class _AutoRec(Recommender):
             r = batch.dense()
             yield *self._pair(r, batch.rows, user_bias), (r != 0).float()
 
-    def loss(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], **schedule: float) -> torch.Tensor:
+    def loss(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], **annealing: float) -> torch.Tensor:
         x, target, observed = (t.to(self.device) for t in batch)
         # float32 errors whatever the layers ran in (bfloat16 under autocast rounds a rating near 4 by 0.016)
         squared_error = masked_squared_error(self.reconstruct(x).float(), target, observed).mean()

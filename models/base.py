@@ -17,7 +17,7 @@ and each model reads what it needs, so callers never ask what a model is:
 A model file implements four things:
   * ``Config``: a frozen dataclass of hyper-parameters, defaults from the paper;
   * ``scores(rows, users=None, timestamps=None) -> Tensor[n, n_items]``;
-  * ``training_batches(data, generator)`` and ``loss(batch, **schedule)`` for
+  * ``training_batches(data, generator)`` and ``loss(batch, **annealing)`` for
     gradient-trained models, or ``solve(data)`` for closed-form ones (EASE);
   * ``configure_optimizer()``: the optimiser the paper used;
   * optionally ``pair_scores``: a rating model's scores at given (row, item) pairs only;
@@ -146,7 +146,7 @@ class Recommender(nn.Module):
     def training_batches(self, data: TrainData, generator: np.random.Generator) -> Iterator[Any]:
         raise NotImplementedError(f"{self.name} is not trained by gradient steps")
 
-    def loss(self, batch: Any, **schedule: float) -> torch.Tensor:
+    def loss(self, batch: Any, **annealing: float) -> torch.Tensor:
         raise NotImplementedError(f"{self.name} is not trained by gradient steps")
 
     def solve(self, data: TrainData) -> None:
@@ -164,16 +164,16 @@ class Recommender(nn.Module):
     def prepare_scoring(self, data: TrainData) -> None:
         """Run before validation and after training with the training data (e.g. cache item codes)."""
 
-    def schedule(self, step: int, epoch: int) -> dict[str, float]:
-        """Per-step values the paper's loss needs (e.g. the KL weight); a pure function of the step."""
+    def annealing(self, step: int, epoch: int) -> dict[str, float]:
+        """Loss weights annealed by step, by name (the VAEs' KL weight); a pure function of the step."""
         return {}
 
-    def forward(self, batch: Any, **schedule: float) -> torch.Tensor:
+    def forward(self, batch: Any, **annealing: float) -> torch.Tensor:
         """Training forward pass = the loss, so a DistributedDataParallel wrapper can drive it."""
-        return self.loss(batch, **schedule)
+        return self.loss(batch, **annealing)
 
     def train_step(
-        self, batch: Any, optimizer: torch.optim.Optimizer, *, forward: Any = None, **schedule: float
+        self, batch: Any, optimizer: torch.optim.Optimizer, *, forward: Any = None, **annealing: float
     ) -> torch.Tensor:
         """One optimiser step; returns the loss, detached, on the device (reading it would make
         the host wait for the step). Models with a special update (DeepRec's re-feeding) override it.
@@ -183,7 +183,7 @@ class Recommender(nn.Module):
         """
         forward = self if forward is None else forward
         optimizer.zero_grad(set_to_none=True)
-        loss = forward(batch, **schedule)
+        loss = forward(batch, **annealing)
         loss.backward()
         optimizer.step()
         return loss.detach()

@@ -111,7 +111,7 @@ class CDAE(Recommender):
         # a batch's ``rows`` are its users' training rows: they pick the user nodes V_u
         yield from clicks.batches(data.epoch_order(clicks.n_rows, generator), self.config.batch_size)
 
-    def loss(self, batch: RowBatch, **schedule: float) -> torch.Tensor:
+    def loss(self, batch: RowBatch, **annealing: float) -> torch.Tensor:
         rows = as_row_batch(batch, self.n_items, self.device, binary=True)
         v = self.user_nodes(rows.rows)
         out = self.network(rows.sparse(), v).float()  # errors in float32

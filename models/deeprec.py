@@ -192,7 +192,7 @@ class DeepRec(Recommender):
             x = batch.dense()
             yield x, (x != 0).float()  # a stored 0 is no rating (team convention)
 
-    def loss(self, batch: tuple[torch.Tensor, torch.Tensor | None], **schedule: float) -> torch.Tensor:
+    def loss(self, batch: tuple[torch.Tensor, torch.Tensor | None], **annealing: float) -> torch.Tensor:
         """MMSE over the observed entries; ``observed=None`` means every entry (a re-fed dense example)."""
         x, observed = batch
         x = x.to(self.device)
@@ -208,16 +208,16 @@ class DeepRec(Recommender):
         optimizer: torch.optim.Optimizer,
         *,
         forward: Any = None,
-        **schedule: float,
+        **annealing: float,
     ) -> torch.Tensor:
         """The paper's two updates: MMSE on the sparse x, then MSE of f(f(x)) against the dense f(x)."""
         if self.config.refeed:
             # f(x) at this step's weights (dropout on, as in training), taken before the first update changes them
             with torch.no_grad():
                 dense = self.reconstruct(batch[0].to(self.device))
-        loss = super().train_step(batch, optimizer, forward=forward, **schedule)
+        loss = super().train_step(batch, optimizer, forward=forward, **annealing)
         if self.config.refeed:
-            super().train_step((dense, None), optimizer, forward=forward, **schedule)
+            super().train_step((dense, None), optimizer, forward=forward, **annealing)
         return loss
 
     def prepare_scoring(self, data: TrainData) -> None:

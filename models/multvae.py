@@ -140,7 +140,7 @@ class MultVAE(Recommender):
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
         return self.decode(z), mu, logvar
 
-    def schedule(self, step: int, epoch: int) -> dict[str, float]:
+    def annealing(self, step: int, epoch: int) -> dict[str, float]:
         if self.config.total_anneal_steps is None:  # trainer.fit sets it; a hand-built config must too
             raise ModelInputError("Mult-VAE total_anneal_steps is None: set it or apply models.base.for_data")
         return {"anneal": min(self.config.anneal_cap, step / self.config.total_anneal_steps)}

@@ -136,7 +136,7 @@ class SVAE(Recommender):
             rows = sequences.take(on_device[batch], nnz=int(stored[users[batch]].sum()))
             yield pad_recent(rows, self.config.max_len, width=int(lengths[users[batch]].max()))
 
-    def schedule(self, step: int, epoch: int) -> dict[str, float]:
+    def annealing(self, step: int, epoch: int) -> dict[str, float]:
         c = self.config
         beta = c.anneal_cap if c.total_anneal_steps <= 0 else min(c.anneal_cap, step / c.total_anneal_steps)
         return {"anneal": float(beta)}

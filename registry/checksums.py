@@ -69,7 +69,7 @@ def non_finite_weights(model: Recommender) -> dict[str, int]:
         for name, tensor in model.state_dict().items():
             if not tensor.is_floating_point() or tensor.numel() == 0:
                 continue
-            # NaN and inf reach the min or max: one pass and no mask (a mask of EASE's B is 400 MB at 20,000 items)
+            # NaN and inf reach the min or max: one pass and no mask (bench/RESULTS.md, "Verified artifacts and fallback")
             if bool(torch.isfinite(torch.stack(torch.aminmax(tensor))).all()):
                 continue
             counts[name] = sum(int((~torch.isfinite(chunk)).sum()) for chunk in tensor.reshape(-1).split(1 << 24))

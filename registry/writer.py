@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 def trained_pairs_bytes(matrix: Any) -> bytes:
     """``TRAINED_PAIRS_FILE``'s content: the nonzero pattern of a training matrix, 4 bytes a pair (int32
-    column indices; zlib would halve that at ~1 s per million pairs)."""
+    column indices; uncompressed: zlib's saving costs time, bench/RESULTS.md, "Figures moved out")."""
     import io
 
     import numpy as np

@@ -25,8 +25,7 @@ from models.base import ModelInputError, Recommender, TrainData
 from models.rows import as_csr
 from models.baselines import BASELINES, fit_baseline
 from trainer.metrics import mae, ranking_report, rmse
-from trainer.protocols import PROTOCOL_METRICS, PROTOCOL_TASK, make_split, protocol_ks
-from trainer.splits import HeldOut
+from trainer.protocols import PROTOCOL_METRICS, PROTOCOL_TASK, HeldOut, make_split, protocol_ks
 
 FALLBACK_BASELINE = "bias"  # protocols.md: unknown users/items in rating-random get the bias prediction
 

@@ -48,7 +48,7 @@ import scipy.sparse as sp
 
 from errors import TrainingError
 from interactions import Interactions
-from trainer.splits import RankingSplit, RatingSplit
+from trainer.protocols import RankingSplit, RatingSplit
 
 if TYPE_CHECKING:
     from registry import LoadedModel

@@ -42,11 +42,10 @@ from registry import ArtifactError, LoadedModel
 from registry import best
 from trainer import distributed
 from trainer.gate import DEFAULT_GATE_TOLERANCE, GateRefused, quality_gate
-from trainer.protocols import PROTOCOL_TASK
+from trainer.protocols import PROTOCOL_TASK, RankingSplit, RatingSplit
 from trainer.publishing import best_records, publish_version
 from trainer.runs import BaselineRun, ModelRun, fit_on_split, model_split, split_baselines, train_model, versus_baseline
 from trainer.sources import SourceSpec, is_implicit, load_source
-from trainer.splits import RankingSplit, RatingSplit
 
 
 class TrainingBusy(UserError):

@@ -45,8 +45,8 @@ from interactions import Interactions
 import registry
 from registry import best
 from trainer.gate import GateDecision, heldout_fingerprint
+from trainer.protocols import RankingSplit, RatingSplit
 from trainer.sources import positive_threshold, positives
-from trainer.splits import RankingSplit, RatingSplit
 from trainer.training import FitResult, TrainingLog, fit
 
 def protocol_for(cls: type) -> str:

@@ -31,7 +31,7 @@ from models.scoring import use_tensor_cores
 from models.sizes import DataShape, for_data
 from trainer import distributed
 from trainer.holdout import HOLDOUT_FRACTION, hold_out
-from trainer.splits import HeldOut
+from trainer.protocols import HeldOut
 
 VALID_RANKING_K = 100
 VALID_RANKING_METRIC = f"ndcg@{VALID_RANKING_K}"
@@ -294,7 +294,7 @@ def _epochs(
         # every step before it can queue the next one (bench/gpu.py)
         loss_sum, steps = torch.zeros((), device=model.device), 0
         for batch in model.training_batches(data, rng):
-            loss_sum += model.train_step(batch, optimizer, forward=forward, **model.schedule(step, epoch))
+            loss_sum += model.train_step(batch, optimizer, forward=forward, **model.annealing(step, epoch))
             step, steps = step + 1, steps + 1
         mean_loss = float(loss_sum) / steps if steps else float("nan")
         if steps and not math.isfinite(mean_loss):
@@ -336,9 +336,9 @@ def _in_bfloat16(forward: Any, device_type: str) -> Any:
     and serving stay float32: bfloat16 scores stopped training earlier and lowered test NDCG@100
     (bench/RESULTS.md, "Figures moved out")."""
 
-    def run(batch: Any, **schedule: float) -> torch.Tensor:
+    def run(batch: Any, **annealing: float) -> torch.Tensor:
         with torch.autocast(device_type=device_type, dtype=torch.bfloat16):
-            return forward(batch, **schedule)
+            return forward(batch, **annealing)
 
     return run
 

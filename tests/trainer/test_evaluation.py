@@ -16,7 +16,7 @@ from models.base import ModelInputError, TrainData
 from models.baselines import Popularity, fit_baseline
 from trainer.evaluation import baseline_report, evaluate_ranking, evaluate_rating, format_table, summarise
 from trainer.metrics import rmse
-from trainer.splits import HeldOut
+from trainer.protocols import HeldOut
 
 from tests.trainer._ml100k import ml100k
 

@@ -12,7 +12,7 @@ from errors import DataError, UserError
 from interactions import Interactions
 from rating_scale import RatingScale
 from trainer.protocols import PROTOCOLS, make_split, protocol_ks, rating_random, seed_ranking, strong, temporal
-from trainer.splits import HeldOut, RankingSplit, RatingSplit
+from trainer.protocols import HeldOut, RankingSplit, RatingSplit
 
 from tests.trainer._ml100k import ml100k
 
