@@ -67,6 +67,7 @@ class Backend(ABC):
     def __init__(self, metrics: Metrics, namespace: str = "aerec") -> None:
         self.metrics = metrics
         self.namespace = namespace
+        self._counters: dict[tuple[bool, str], Any] = {}  # labels() takes a lock and a lookup each call
 
     def key(self, key: str) -> str:
         return f"{self.namespace}:{key}"
@@ -80,8 +81,15 @@ class Backend(ABC):
         return self.counted(value, kind)
 
     def counted(self, value: str | None, kind: str) -> str | None:
-        (self.metrics.cache_hits if value is not None else self.metrics.cache_misses).labels(kind).inc()
+        self.count(value is not None, kind)
         return value
+
+    def count(self, hit: bool, kind: str) -> None:
+        """One more cache hit (or miss) of ``kind``."""
+        counter = self._counters.get((hit, kind))
+        if counter is None:
+            counter = self._counters[hit, kind] = (self.metrics.cache_hits if hit else self.metrics.cache_misses).labels(kind)
+        counter.inc()
 
     def set(self, key: str, value: str, ttl_s: float, *, only_if_absent: bool = False) -> bool:
         """Store ``value`` for ``ttl_s`` seconds; with ``only_if_absent`` keep an existing value. True if stored."""
