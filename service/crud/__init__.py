@@ -295,8 +295,8 @@ def store_interaction_batches(
     with _one_writer(session):
         try:
             connection = session.connection()  # Core statements: the ORM's execute path costs more than they do
-            user_map, new_users = _ensure(connection, User, [{"external_id": u} for u in user_ids])
-            item_rows = [{"external_id": i, "title": None, "metadata": None} for i in item_ids]
+            user_map, new_users = _ensure(connection, User, [{"external_id": u} for u in dict.fromkeys(user_ids)])  # one per id
+            item_rows = [{"external_id": i, "title": None, "metadata": None} for i in dict.fromkeys(item_ids)]
             item_rows += [{"external_id": i, "title": v.get("title"), "metadata": v.get("metadata")} for i, v in item_info.items()]
             item_map, new_items = _ensure(connection, Item, item_rows)
             users = np.fromiter((user_map[u] for u in user_ids), dtype=np.int64, count=len(user_ids))
