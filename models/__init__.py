@@ -10,7 +10,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from models.base import CONFIG_FILE, WEIGHTS_FILE, ModelInputError, Recommender, TrainData, build_config, use_tensor_cores
+from models.base import CONFIG_FILE, WEIGHTS_FILE, ModelInputError, Recommender, TrainData, build_config
+from models.scoring import use_tensor_cores
 
 if TYPE_CHECKING:
     REGISTRY: dict[str, type[Recommender]]

@@ -26,8 +26,8 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from models.base import ModelInputError, Recommender, TrainData, as_row_batch, count_rows
-from models.rows import DeviceRows, RowBatch
+from models.base import ModelInputError, Recommender, TrainData
+from models.rows import DeviceRows, RowBatch, as_row_batch, count_rows
 
 CODE_BATCH = 4096  # training vectors encoded per pass when caching I-AutoRec's item codes
 
@@ -156,7 +156,8 @@ class AutoRecI(_AutoRec):
 
     @torch.no_grad()
     def pair_scores(
-        self, rows: RowBatch | sp.csr_matrix, pair_rows: torch.Tensor, items: torch.Tensor, users: np.ndarray | None = None
+        self, rows: RowBatch | sp.csr_matrix, pair_rows: torch.Tensor, items: torch.Tensor, users: np.ndarray | None = None,
+        timestamps: sp.csr_matrix | None = None,
     ) -> torch.Tensor:
         users = self._check_users(users, count_rows(rows, self.n_items))
         u = torch.from_numpy(users).to(self.device)[pair_rows]
@@ -197,7 +198,8 @@ class AutoRecU(_AutoRec):
 
     @torch.no_grad()
     def pair_scores(
-        self, rows: RowBatch | sp.csr_matrix, pair_rows: torch.Tensor, items: torch.Tensor, users: np.ndarray | None = None
+        self, rows: RowBatch | sp.csr_matrix, pair_rows: torch.Tensor, items: torch.Tensor, users: np.ndarray | None = None,
+        timestamps: sp.csr_matrix | None = None,
     ) -> torch.Tensor:
         # h(r) = W sigmoid(V r + mu) + b read at the asked items only (decoder rows W_i): faster (bench/RESULTS.md, "Figures moved out")
         x, offset = self._centred(as_row_batch(rows, self.n_items, self.device, binary=False).dense())

@@ -22,7 +22,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from models.base import ModelInputError, Recommender, TrainData, as_csr, as_row_batch, build_config, count_rows
+from models.base import ModelInputError, Recommender, TrainData, build_config
+from models.rows import as_csr, as_row_batch, count_rows
 
 
 def _ratings(data: TrainData, n_items: int) -> sp.csr_matrix:

@@ -30,8 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import ModelInputError, Recommender, TrainData, as_row_batch, sparse_rows
-from models.rows import RowBatch
+from models.base import ModelInputError, Recommender, TrainData
+from models.layers import sparse_rows
+from models.rows import RowBatch, as_row_batch
 
 
 @dataclass(frozen=True)

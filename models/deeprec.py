@@ -40,14 +40,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import ModelInputError, Recommender, TrainData, as_row_batch
+from models.base import ModelInputError, Recommender, TrainData
 from models.sizes import DataShape
-from models.rows import RowBatch
+from models.rows import RowBatch, as_row_batch
 
 # weight_decay's rule, WEIGHT_DECAY_RATINGS / training ratings: the loss is a mean over the observed
-# ratings, so an L2 prior of fixed strength weighs 1/nnz against it (MAP). 256.5 gives ml-100k's
-# rating-random split (85,500 ratings) its validated 3e-3; at 40% of the ratings 7.5e-3 took the
-# validation RMSE below the bias baseline's (bench/RESULTS.md, "Defaults as rules of the data").
+# ratings, so an L2 prior of fixed strength weighs 1/nnz against it (MAP); 256.5 keeps ml-100k's
+# validated weight decay (bench/RESULTS.md, "Defaults as rules of the data").
 WEIGHT_DECAY_RATINGS = 256.5
 
 

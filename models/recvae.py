@@ -37,8 +37,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import InputLayer, ModelInputError, Recommender, TrainData, as_row_batch, sparse_rows
-from models.rows import RowBatch
+from models.base import ModelInputError, Recommender, TrainData
+from models.layers import InputLayer, sparse_rows
+from models.rows import RowBatch, as_row_batch
 
 KEEP_ALL = nn.Identity()  # no input dropout: the decoder's updates, the prior's old encoder
 

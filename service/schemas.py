@@ -16,7 +16,7 @@ ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 MODEL_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 RECOMMENDATION_ID_PATTERN = r"^[0-9a-f]{32}$"  # a UUID in hex (the service makes UUIDv7s)
 ID_INT_LIMIT = 10**18
-ID_MAX_CHARS = 255  # the ids' column width (String(255) in service.db.tables)
+ID_MAX_CHARS = 255  # the ids' column width (String(255) in storage.tables)
 
 
 def _external_id(value: Any) -> Any:

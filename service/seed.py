@@ -1,4 +1,4 @@
-"""Load a dataset (``trainer.dataset.Interactions``) into the database through ``crud``, in bulk."""
+"""Load a dataset (``interactions.Interactions``) into the database through ``crud``, in bulk."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import gc
 
 import numpy as np
 
-from service import crud
-from service.db.session import make_engine, make_session_factory
-from trainer.dataset import Interactions
+from interactions import Interactions
+from storage import crud
+from storage.session import make_engine, make_session_factory
 
 
 SEED_CHUNK_ROWS = 5_000_000  # interactions a transaction: a load's memory grows with its rows (bench/RESULTS.md, issue 26)

@@ -28,8 +28,9 @@ from typing import Callable
 import numpy as np
 import scipy.sparse as sp
 
-from trainer.dataset import Interactions
-from trainer.errors import DataError, UserError
+from errors import DataError, UserError
+from interactions import Interactions
+from interactions.rows import is_positive
 from trainer.splits import HeldOut, RankingSplit, RatingSplit
 
 PROTOCOLS = ("rating-random", "seed-ranking", "strong", "temporal")
@@ -178,7 +179,7 @@ def _user_heldout(
         raise DataError(f"{interactions.name} has no timestamps: the temporal protocol needs them")
     rng = np.random.default_rng(seed)
     min_rating = interactions.rating_scale.positive if min_rating is None else min_rating
-    positive = interactions.ratings >= min_rating
+    positive = is_positive(interactions.ratings, min_rating)
     users, items = interactions.users[positive].astype(np.int64), interactions.items[positive].astype(np.int64)
     ts = None if interactions.timestamps is None else interactions.timestamps[positive]
     if users.size == 0:

@@ -342,7 +342,8 @@ class RedisCache(Backend):
 
     def set_later(self, key: str, value: str, ttl_s: float) -> None:
         # stored by the next lookup's script, in its round trip; a round trip of their own cost a first request
-        # most of what it costs more than a hit (bench/RESULTS.md, issue 26; bench/request_cpu.py)
+        # most of what it costs more than a hit (bench/request_cpu.py; bench/RESULTS.md,
+        # "First requests from stored top-N lists")
         if not self._later:
             asyncio.get_running_loop().call_later(LATER_S, self._flush_later)  # if no lookup comes first
         self._later[self.key(key)] = (value, ms(ttl_s))

@@ -7,11 +7,11 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-import trainer
+from interactions.movielens import read_dataset
 from models.autorec import AutoRecConfig, AutoRecI, AutoRecU, AutoRecUConfig, masked_squared_error
 from models.base import ModelInputError, TrainData
 from models.baselines import fit_baseline
-from trainer.datasets import read_dataset
+import trainer
 from trainer.evaluation import evaluate_rating
 from trainer.protocols import make_split
 

@@ -10,12 +10,12 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
-import trainer
+from interactions.movielens import read_dataset
 from models.base import ModelInputError, TrainData
-from models.sizes import DataShape, for_data
 from models.baselines import fit_baseline
 from models.deeprec import PAPER_NETFLIX, DeepRec, DeepRecConfig
-from trainer.datasets import read_dataset
+from models.sizes import DataShape, for_data
+import trainer
 from trainer.evaluation import evaluate_rating
 from trainer.protocols import make_split
 

@@ -243,5 +243,5 @@ def test_contributions_need_the_rows_timestamps():
     row, ts = rows_from([[3, 1, 4]], 10)
     for wrong in (None, rows_from([[3, 1]], 10)[1]):
         for contributions in (model.contributions, lambda *a, **k: Recommender.contributions(model, *a, **k)):
-            with pytest.raises(ModelInputError, match="pass the row's timestamps"):
+            with pytest.raises(ModelInputError, match="pass the rows' timestamps"):
                 contributions(row, np.arange(10), timestamps=wrong)

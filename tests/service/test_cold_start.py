@@ -12,13 +12,13 @@ import scipy.sparse as sp
 from fastapi.testclient import TestClient
 
 from _service_support import API_KEY, bias_baseline, new_user, publish_version
+import registry
 from service import inference
-from service.crud import History
-from service.db.migrate import upgrade_to_head
-from service.db.session import make_engine
 from service.main import create_app
 from service.model_store import prepare_version
-from trainer import artifacts
+from storage.crud import History
+from storage.migrate import upgrade_to_head
+from storage.session import make_engine
 
 AUTH = {"X-API-Key": API_KEY}
 RATING_MODELS = ("deeprec", "autorec-u", "autorec-i")
@@ -151,11 +151,11 @@ def test_one_rule_decides_the_source():
 
 
 def test_the_baseline_is_published_checked_and_loaded(cold_registry, models, corpus):
-    version = artifacts.latest_version(cold_registry)
-    manifest = artifacts.read_manifest(cold_registry, version)
+    version = registry.latest_version(cold_registry)
+    manifest = registry.read_manifest(cold_registry, version)
     for name in RATING_MODELS:
         assert manifest["models"][name]["cold_start"] == "bias"
-        assert f"{name}/{artifacts.COLD_START_DIR}/weights.safetensors" in manifest[artifacts.CHECKSUMS_KEY]
+        assert f"{name}/{registry.COLD_START_DIR}/weights.safetensors" in manifest[registry.CHECKSUMS_KEY]
     assert "cold_start" not in manifest["models"]["ease"]
     served = prepare_version(cold_registry, version)
     assert served.models["ease"].cold_start is None
@@ -167,14 +167,14 @@ def test_the_baseline_is_published_checked_and_loaded(cold_registry, models, cor
 def test_a_damaged_baseline_refuses_the_version(tmp_path, cold_registry):
     import shutil
 
-    version = artifacts.latest_version(cold_registry)
+    version = registry.latest_version(cold_registry)
     shutil.copytree(cold_registry / version, tmp_path / version)
-    weights = tmp_path / version / "deeprec" / artifacts.COLD_START_DIR / "weights.safetensors"
+    weights = tmp_path / version / "deeprec" / registry.COLD_START_DIR / "weights.safetensors"
     data = bytearray(weights.read_bytes())
     data[-2] ^= 0x04
     weights.write_bytes(bytes(data))
-    with pytest.raises(artifacts.ArtifactError, match="sha256"):
-        artifacts.load_version(tmp_path, version)
+    with pytest.raises(registry.ArtifactError, match="sha256"):
+        registry.load_version(tmp_path, version)
 
 
 def test_a_version_from_before_rates_cold_users_at_the_middle_of_the_scale(tmp_path, models, corpus, caplog):

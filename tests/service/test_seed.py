@@ -1,14 +1,14 @@
-"""``service.seed``: a load in transactions of a bounded size stores what one transaction stores, on both backends."""
+"""``service.seed``: a load in transactions of a bounded size stores every row once, on both backends."""
 
 from __future__ import annotations
 
 import numpy as np
 from sqlalchemy import text
 
-from service.db.migrate import upgrade_to_head
-from service.db.session import make_engine
+from interactions import Interactions
 from service.seed import seed_interactions
-from trainer.dataset import Interactions
+from storage.migrate import upgrade_to_head
+from storage.session import make_engine
 
 
 def _interactions() -> Interactions:

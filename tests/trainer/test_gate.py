@@ -14,8 +14,9 @@ import pandas as pd
 import pytest
 
 from rating_scale import RatingScale
+import registry as artifacts
 from tests.trainer._ml100k import ml100k
-from trainer import artifacts, runs
+from trainer import runs
 from trainer.gate import MIN_FAIR_USERS, GateRefused
 from trainer.pipeline import TrainJob, train_all
 from trainer.sources import SourceSpec

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from errors import DataError, UserError
+from interactions import Interactions
 from rating_scale import RatingScale
-from trainer.dataset import Interactions
-from trainer.errors import DataError, UserError
 from trainer.protocols import PROTOCOLS, make_split, protocol_ks, rating_random, seed_ranking, strong, temporal
 from trainer.splits import HeldOut, RankingSplit, RatingSplit
 
