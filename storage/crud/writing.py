@@ -130,7 +130,10 @@ def store_interaction_batches(
             stamps = np.fromiter((now if t is None else int(t) for b in batches for t in b.timestamps),
                                  dtype=np.int64, count=len(user_ids))
             ratings = [r for b in batches for r in b.ratings]
-            stored = _stored_interactions(connection, sorted(set(zip(users.tolist(), items.tolist()))))
+            # a user created in this transaction has no stored rows: a seed's later transactions look none up
+            fresh = {user_map[u] for u in new_users}
+            stored = _stored_interactions(connection, sorted({(u, i) for u, i in zip(users.tolist(), items.tolist())
+                                                              if u not in fresh}))
             state = dict(stored)  # (user, item) -> (rating, timestamp), as each batch in turn leaves it
             counts, start = [], 0
             credited_users: set[str] = set()
