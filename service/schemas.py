@@ -7,8 +7,7 @@ Limits that depend on settings (``MAX_K``, ``MAX_BATCH``) are checked by the rou
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, WithJsonSchema
 
@@ -318,9 +317,9 @@ class TrainingRun(BaseModel):
     output_tail: list[str] = Field(description="The last lines of the run's output so far.")
 
 
-@dataclass(frozen=True)
-class Answer:
-    """A response body already serialised (a hit's as it was cached), and the model that produced it (for the metrics)."""
+class Answer(NamedTuple):
+    """A response body already serialised (a hit's as it was cached), and the model that produced it (for the metrics).
+    A tuple: built twice a cache hit, where a frozen dataclass's ``__init__`` costs more (bench/RESULTS.md, issue 23)."""
 
     model: str
     json: str

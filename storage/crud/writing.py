@@ -121,8 +121,8 @@ def store_interaction_batches(
     with one_writer(session):
         try:
             connection = session.connection()  # Core statements: the ORM's execute path costs more than they do
-            user_map, new_users = _ensure(connection, User, [{"external_id": u} for u in user_ids])
-            item_rows = [{"external_id": i, "title": None, "metadata": None} for i in item_ids]
+            user_map, new_users = _ensure(connection, User, [{"external_id": u} for u in dict.fromkeys(user_ids)])  # one per id
+            item_rows = [{"external_id": i, "title": None, "metadata": None} for i in dict.fromkeys(item_ids)]
             item_rows += [{"external_id": i, "title": v.get("title"), "metadata": v.get("metadata")} for i, v in item_info.items()]
             item_map, new_items = _ensure(connection, Item, item_rows)
             users = np.fromiter((user_map[u] for u in user_ids), dtype=np.int64, count=len(user_ids))
@@ -130,7 +130,10 @@ def store_interaction_batches(
             stamps = np.fromiter((now if t is None else int(t) for b in batches for t in b.timestamps),
                                  dtype=np.int64, count=len(user_ids))
             ratings = [r for b in batches for r in b.ratings]
-            stored = _stored_interactions(connection, sorted(set(zip(users.tolist(), items.tolist()))))
+            # a user created in this transaction has no stored rows: a seed's later transactions look none up
+            fresh = {user_map[u] for u in new_users}
+            stored = _stored_interactions(connection, sorted({(u, i) for u, i in zip(users.tolist(), items.tolist())
+                                                              if u not in fresh}))
             state = dict(stored)  # (user, item) -> (rating, timestamp), as each batch in turn leaves it
             counts, start = [], 0
             credited_users: set[str] = set()
