@@ -12,9 +12,11 @@ import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from sqlalchemy.exc import SQLAlchemyError
 from fastapi.openapi.utils import get_openapi
 from starlette.concurrency import run_in_threadpool
 
+from service import serving
 from service.api.deps import optional_key_schemes
 from service.api.main import api_router
 from service.api.routes import health, recommendations
@@ -73,6 +75,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         outcome = await run_in_threadpool(store.reload)  # off the event loop: loading takes a moment
         log.info("startup: %s", outcome.message)
+        try:
+            log.info("startup: %d item titles read", await run_in_threadpool(serving.warm_titles, parts))
+        except SQLAlchemyError as exc:  # the database may come up later: titles are then read as lists need them
+            log.warning("startup: item titles not read (%s)", type(exc).__name__)
         # What is alive now (imported libraries, the first model version) lives as long as the
         # process: move it out of the collector's sight, so a full collection walks only what
         # requests create (else a latency spike: bench/RESULTS.md, "Figures moved out").

@@ -161,6 +161,14 @@ def test_a_first_request_is_answered_from_the_list_and_a_write_folds_in(client, 
     assert again["source"] == "model" and again["items"] != first["items"]
 
 
+def test_the_titles_read_at_start_let_a_users_very_first_request_be_answered_on_the_event_loop(client, corpus,
+                                                                                               computed_answers):
+    before = stored_list_hits(client)
+    answer = first_user_answer(client, corpus.user_ids[23], offset=int(np.random.default_rng().integers(1, 150)))
+    assert stored_list_hits(client) == before + 1 and computed_answers == []  # from the list, with no slot and no query
+    assert all(item["title"] == corpus.titles[item["item_id"]] for item in answer["items"])
+
+
 def test_a_hot_swap_serves_the_new_versions_lists_at_once(tmp_path, registry, trained, corpus, seeded_backend):
     from fastapi.testclient import TestClient
 
