@@ -80,20 +80,16 @@ def _read_titles(session: Session, item_ids: list[str]) -> dict[str, str]:
         return crud.item_titles(db, item_ids)
 
 
-TITLES_WARMED_PER_QUERY = 2_000  # ids per IN list when the served version's titles are read at start
-
-
-def warm_titles(parts: ServiceParts) -> int:
-    """Read the titles of the served version's items into the titles memo (how many were read): a first
-    request's stored list is then answered on the event loop from the start, instead of each new list
-    fetching its unseen titles in a scoring slot (bench/RESULTS.md, "First requests from stored top-N lists")."""
+def warm_titles(parts: ServiceParts, per_query: int = 2_000) -> int:
+    """The served version's item titles read into the memo (how many): a first request's list is answered on the
+    event loop from the start, not in a slot (bench/RESULTS.md, "First requests from stored top-N lists")."""
     version = parts.store.current
     if version is None or len(version.popular_items) > MAX_TITLES:
         return 0
-    item_ids = version.popular_items.tolist()
     with parts.session_factory() as session:
-        for start in range(0, len(item_ids), TITLES_WARMED_PER_QUERY):
-            _titles(session, parts.cache, parts.settings, item_ids[start : start + TITLES_WARMED_PER_QUERY])
+        item_ids = version.popular_items.tolist()
+        for start in range(0, len(item_ids), per_query):  # ids per IN list
+            _titles(session, parts.cache, parts.settings, item_ids[start : start + per_query])
     return len(item_ids)
 
 
