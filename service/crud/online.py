@@ -12,7 +12,7 @@ import math
 import time
 from functools import lru_cache
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Sequence
 
 from sqlalchemy import Connection, case, distinct, func, literal, select
@@ -148,9 +148,20 @@ def _impressions_insert(dialect_name: str, paramstyle: str, rows: int = 1) -> st
             "ON CONFLICT (recommendation_id) DO NOTHING")
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_SECOND = timedelta(seconds=1)
+
+
+@lru_cache(maxsize=8)
+def _sqlite_second(epoch_s: int) -> str:
+    return (_EPOCH + epoch_s * _SECOND).replace(tzinfo=None).isoformat(" ")
+
+
 def _sqlite_time(moment: datetime) -> str:
-    """A UTC time as SQLAlchemy's SQLite DateTime stores it (naive, microseconds): what its reads and comparisons expect."""
-    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+    """A UTC time as SQLAlchemy's SQLite DateTime stores it (naive, microseconds): what its reads and comparisons
+    expect. A batch's times share a few seconds: each second is formatted once (isoformat per row cost 2-4 us)."""
+    seconds, rest = divmod(as_utc(moment) - _EPOCH, _SECOND)
+    return f"{_sqlite_second(seconds)}.{rest.microseconds:06d}"
 
 
 def store_impressions(session: Session, rows: Sequence[ImpressionRow]) -> int:
