@@ -30,7 +30,7 @@ from pydantic import TypeAdapter
 from sqlalchemy.orm import Session
 from typing_extensions import TypedDict
 
-from service.crud import online
+from service.crud import impression_rows, online
 from service.crud.online import as_utc
 from service.db.session import retry_if_dropped
 from service.metrics import Metrics
@@ -281,7 +281,7 @@ class ImpressionRecorder:
 
     def _store_impressions(self, rows: list[online.ImpressionRow]) -> None:
         with self._session_factory() as session:
-            online.store_impressions(session, rows)
+            impression_rows.store_impressions(session, rows)
 
     def _store_attributed(self, attributions: list[Attribution]) -> None:
         events = [(u, i, r, as_utc(t)) for a in attributions for u, i, r, t in zip(a.user_ids, a.item_ids, a.ratings, a.at)]

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from _service_support import API_KEY, error_body, new_user
-from service.crud import online
+from service.crud import impression_rows, online
 from service.crud.online import as_utc
 from service.db.session import make_engine, make_session_factory
 from service.db.tables import Feedback, Impression
@@ -228,8 +228,8 @@ def test_a_served_answer_is_cut_into_the_row_a_parse_gives_and_stored_once(empty
     user = new_user()
     rows = [ServedAnswer(uuid.uuid4().hex, user, plain, at).row() for _ in range(3)]
     with make_session_factory(engine)() as session:
-        assert online.store_impressions(session, rows) == 3
-        assert online.store_impressions(session, rows) == 0  # a batch written again adds nothing
+        assert impression_rows.store_impressions(session, rows) == 3
+        assert impression_rows.store_impressions(session, rows) == 0  # a batch written again adds nothing
         shown = online.shown_lists(session, [rows[0][0]])[rows[0][0]]
         assert shown.items == [i["item_id"] for i in items] and as_utc(shown.created_at) == at
         assert online.recent_lists(session, [user], at)[user][0].items == shown.items  # the time compares as stored
@@ -240,7 +240,7 @@ def test_a_time_is_written_for_sqlite_as_isoformat_writes_it():
     """The writer formats each second once: the same text as SQLAlchemy's SQLite DateTime, at every edge."""
     from datetime import timezone
 
-    from service.crud.online import _sqlite_time
+    from service.crud.impression_rows import _sqlite_time
 
     odd = timezone(timedelta(hours=5, minutes=30, microseconds=7))
     moments = [datetime.now(UTC), datetime(1960, 5, 1, 3, 4, 5, 999_999, tzinfo=UTC), datetime(1, 1, 1, tzinfo=UTC),
