@@ -64,9 +64,11 @@ class Settings(RatingScaleSettings):  # RATING_SCALE, POSITIVE_THRESHOLD: what P
     # Online evaluation (service.impressions, service.experiment_registry): every list served is recorded
     # off the request path through a bounded queue (full: dropped and counted, never waited on).
     IMPRESSIONS_ENABLED: bool = True
-    IMPRESSION_QUEUE_SIZE: int = Field(default=20_000, ge=1)  # a flush interval of requests at 20,000 req/s
+    IMPRESSION_QUEUE_SIZE: int = Field(default=60_000, ge=1)  # a flush interval of requests at 20,000 req/s
     IMPRESSION_BATCH: int = Field(default=5000, ge=1)  # most queued records one transaction writes
-    IMPRESSION_FLUSH_S: float = Field(default=1.0, gt=0)  # how often the writer stores what is queued (rarer: cheaper per row)
+    # how often the writer stores what is queued: rarer is cheaper per row, each user's index page written once per
+    # batch whatever its rows (bench/RESULTS.md, "What recording impressions costs"); a crash loses at most the queue
+    IMPRESSION_FLUSH_S: float = Field(default=3.0, gt=0)
     FEEDBACK_WINDOW_S: float = Field(default=1800.0, gt=0)  # an interaction this soon after a list showing its item is feedback
     EXPERIMENTS_FILE: Path | None = None  # TOML or JSON experiments created at start (those whose id is new)
     EXPERIMENTS_REFRESH_S: float = Field(default=5.0, gt=0)  # how often a replica checks for started or stopped experiments
