@@ -23,8 +23,10 @@ What goes through the API, and what does not:
   each arm) against team-draft interleaving (each user sees both), under the fixed rules (z-test,
   sign test, read once) and the sequential ones (mixture SPRTs, read 10 times); then one
   interleaving experiment ease against popularity through the API, every user once;
-* (c) the recommendation path at 8 clients with the service's impression recording on, then
-  off (``--impressions-setting``), in alternating rounds on one server each.
+* (c) the recommendation path (cache hits) at 8 clients on two servers, impression recording on
+  and off (``--impressions-setting``), SQLite + in-process cache or PostgreSQL + Redis
+  (``--backend``), in alternating rounds; the verdict is the median of the paired rounds' ratios
+  of the whole service's CPU per request (every thread and any process below the server).
 
 The experiment API (issue 25) is probed first: where it is missing, the parts that need it print
 SKIP with the reason, and the parts on the lists still run.
@@ -33,6 +35,7 @@ SKIP with the reason, and the parts on the lists still run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
@@ -49,8 +52,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import (  # noqa: E402
-    API_KEY, ML100K, BenchError, Request, ServerProcess, machine_info, run_load, seed_database,
-    service_env, train_registry, verdict, write_json,
+    API_KEY, ML100K, REDIS_URL, BenchError, Request, ServerProcess, machine_info, postgres_database, redis_namespace,
+    run_load, seed_database, service_env, train_registry, verdict, write_json,
 )
 from service.experiments.assignment import Arm, Experiment, assign  # noqa: E402
 from service.experiments.interleaving import credit, team_draft  # noqa: E402
@@ -63,6 +66,7 @@ PARTS = ("a", "b", "c")
 AUTH = {"X-API-Key": API_KEY}
 INTERLEAVINGS_PER_USER = 16  # coin sequences drawn per user: the simulation samples among them
 THROUGHPUT_MARGIN = 0.05
+PACED_SHARE = 0.5  # (c) the paced rounds' offered rate, a share of the 8-client req/s without recording
 SEQUENTIAL_LOOKS = 10  # (b) how often the sequential rule is read in each simulated experiment
 Design = Literal["ab", "interleaving"]
 
@@ -344,34 +348,44 @@ def _stat_cpu(path: str) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (a writer process may be a fork server's child), as ``/proc`` lists them now."""
+    found, todo = [], [pid]
+    while todo:
+        tasks = Path(f"/proc/{todo.pop()}/task")
+        try:
+            children = [int(c) for task in tasks.iterdir() for c in (task / "children").read_text().split()]
+        except OSError:  # ended meanwhile
+            continue
+        found += children
+        todo += children
+    return found
+
+
 def service_cpu(pid: int) -> dict[str, float]:
     """CPU seconds a server has used: its main thread (the event loop: the recommendation path), the whole process
-    (its other threads too), and with its child processes (a writer process, if any), living ones read directly."""
-    children = [int(c) for t in Path(f"/proc/{pid}/task").iterdir()
-                for c in (t / "children").read_text().split()] if Path(f"/proc/{pid}/task").is_dir() else []
+    (its other threads too), and with every process below it (a writer process, if any; living ones read directly)."""
     process = _stat_cpu(f"/proc/{pid}/stat")
-    child_cpu = 0.0
-    for child in children:
+    below = 0.0
+    for child in _descendants(pid):
         try:
-            child_cpu += _stat_cpu(f"/proc/{child}/stat")
+            below += _stat_cpu(f"/proc/{child}/stat")
         except OSError:  # ended between the two reads
             pass
-    return {"main_thread": _stat_cpu(f"/proc/{pid}/task/{pid}/stat"), "process": process, "service": process + child_cpu}
+    return {"main_thread": _stat_cpu(f"/proc/{pid}/task/{pid}/stat"), "process": process, "service": process + below}
 
 
 CPU_PARTS = ("main_thread", "process", "service")
 
 
 def throughput_rounds(servers: dict[str, ServerProcess], users: Sequence[str], rounds: int, seconds: float,
-                      clients: int) -> dict[str, dict[str, list[float]]]:
+                      clients: int, rate: float | None = None) -> dict[str, dict[str, list[float]]]:
     """Per server, each round's req/s and the server's CPU us per request (``service_cpu``'s three parts), in
-    alternating order (on, off; off, on; ...) so that the machine's drift falls on both alike."""
+    alternating order (on, off; off, on; ...) so that the machine's drift falls on both alike; as fast as the
+    clients go, or at ``rate`` requests a second (open loop, the clients bounding what is in flight)."""
     def ask(i: int) -> Request:
         return Request("POST", f"/users/{users[i % len(users)]}/recommendations", {"k": 10})
 
-    for label, server in servers.items():  # every user asked once: the rounds measure the steady state
-        run_load(server.base_url, ask, scenario="warm-up", concurrency=clients, seconds=60, max_requests=len(users),
-                 warmup_s=0)
     measured = {label: {"rps": [], **{part: [] for part in CPU_PARTS}} for label in servers}
     labels = list(servers)
     for round_number in range(rounds):
@@ -379,7 +393,7 @@ def throughput_rounds(servers: dict[str, ServerProcess], users: Sequence[str], r
             server = servers[label]
             before = service_cpu(server.pid)
             result = run_load(server.base_url, ask, scenario=f"impressions {label}", concurrency=clients,
-                              seconds=seconds, warmup_s=0)
+                              seconds=seconds, warmup_s=0, rate=rate)
             after = service_cpu(server.pid)
             if result.failed:
                 raise BenchError(f"{label}: {result.failed} failed requests: {result.failures[:3]}")
@@ -389,10 +403,27 @@ def throughput_rounds(servers: dict[str, ServerProcess], users: Sequence[str], r
     return measured
 
 
+def warm_up(servers: dict[str, ServerProcess], users: Sequence[str], clients: int) -> None:
+    """Every user asked once of each server: the rounds measure cache hits, the steady state."""
+    for server in servers.values():
+        run_load(server.base_url, lambda i: Request("POST", f"/users/{users[i % len(users)]}/recommendations", {"k": 10}),
+                 scenario="warm-up", concurrency=clients, seconds=60, max_requests=len(users), warmup_s=0)
+
+
 def paired_ratio(on: Sequence[float], off: Sequence[float]) -> float:
     """The median over rounds of on / off, each round's two runs side by side in time: the drift of a shared
     machine (tens of percent between rounds) cancels within a pair."""
     return float(np.median(np.divide(on, off)))
+
+
+def impressions_cost(closed: dict[str, dict[str, list[float]]], paced: dict[str, dict[str, list[float]]]) -> float:
+    """What recording adds to a request's CPU, as a share of a request's CPU at full speed: the added us measured
+    at one offered rate (paired rounds' median) over the CPU per request of the server without recording as fast
+    as the clients go. At full speed a server that is slowed answers fewer requests per wake-up of its event loop
+    and so spends more on each: the closed loop's own ratio counts a cost twice. At one rate both servers wake
+    alike and only the added work differs."""
+    added = float(np.median(np.subtract(paced["on"]["service"], paced["off"]["service"])))
+    return 1 + added / float(np.median(closed["off"]["service"]))
 
 
 # ---- the run ----------------------------------------------------------------------------
@@ -411,9 +442,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=200, help="(a) A/A experiments (re-seeded)")
     parser.add_argument("--looks", type=int, default=10, help="(a) looks at the sequential rule in each")
     parser.add_argument("--runs", type=int, default=200, help="(b) simulated experiments per power point")
-    parser.add_argument("--rounds", type=int, default=16, help="(c) alternating throughput rounds (paired ratios' median)")
+    parser.add_argument("--rounds", type=int, default=12, help="(c) alternating throughput rounds (paired ratios' median)")
     parser.add_argument("--seconds", type=float, default=2.0, help="(c) seconds per round and setting")
     parser.add_argument("--clients", type=int, default=8, help="(c) concurrent clients")
+    parser.add_argument("--rate", type=float, default=0, help="(c) req/s of the paced rounds (0: half the 8-client req/s)")
+    parser.add_argument("--backend", choices=("embedded", "postgres"), default="embedded",
+                        help="(c) SQLite + in-process cache, or PostgreSQL (BENCH_PG_URL) + Redis (BENCH_REDIS_URL)")
     parser.add_argument("--impressions-setting", default="IMPRESSIONS_ENABLED",
                         help="(c) the service setting that turns impression recording on and off")
     parser.add_argument("--seed", type=int, default=0)
@@ -563,34 +597,49 @@ def part_c(env, workdir, known, users, args, missing, verdicts) -> dict[str, Any
     if missing:
         verdicts.append(skipped("(c) impressions cost", missing))
         return {}
-    databases = {}
-    for label in ("on", "off"):  # a database each: one server's impression writes never slow the other's reads
-        databases[label] = f"sqlite:///{workdir / f'impressions-{label}.db'}"
-        seed_database(databases[label], ["--file", str(known)])
-    with ServerProcess.service({**env, "DATABASE_URL": databases["on"], args.impressions_setting: "true"},
-                               workdir / "service-on.log") as on, \
-            ServerProcess.service({**env, "DATABASE_URL": databases["off"], args.impressions_setting: "false"},
-                                  workdir / "service-off.log") as off:
-        answer = httpx.post(f"{on.base_url}/users/{users[0]}/recommendations", json={"k": 10}, timeout=30)
+    with contextlib.ExitStack() as stack:
+        servers = {}
+        for label in ("on", "off"):  # a database (and cache) each: one server's impression writes never slow the other
+            if args.backend == "postgres":
+                database = stack.enter_context(postgres_database("aerec_online"))
+                store = {"REDIS_URL": REDIS_URL, "CACHE_NAMESPACE": stack.enter_context(redis_namespace(REDIS_URL))}
+            else:
+                database, store = f"sqlite:///{workdir / f'impressions-{label}.db'}", {}
+            seed_database(database, ["--file", str(known)])
+            servers[label] = stack.enter_context(ServerProcess.service(
+                {**env, **store, "DATABASE_URL": database, args.impressions_setting: str(label == "on").lower()},
+                workdir / f"service-{label}.log"))
+        answer = httpx.post(f"{servers['on'].base_url}/users/{users[0]}/recommendations", json={"k": 10}, timeout=30)
         if "recommendation_id" not in answer.json():  # no id, no impression: there would be nothing to measure
             verdicts.append(verdict("(c) impressions recorded", False, f"an answer with impressions on carries no "
                                     f"recommendation_id: {answer.text[:160]}"))
             return {}
-        measured = throughput_rounds({"on": on, "off": off}, users, args.rounds, args.seconds, args.clients)
-    ratios = {part: paired_ratio(measured["on"][part], measured["off"][part]) for part in ("rps", *CPU_PARTS)}
-    for label in ("on", "off"):
-        print(f"  impressions {label:>3}: req/s {[round(r) for r in measured[label]['rps']]}, service CPU us/request "
-              f"{[round(c) for c in measured[label]['service']]}, of it the main thread "
-              f"{[round(c) for c in measured[label]['main_thread']]}", flush=True)
-    print(f"  on / off, median of paired rounds: main thread {ratios['main_thread']:.1%}, server process "
-          f"{ratios['process']:.1%}, with child processes {ratios['service']:.1%}; req/s {ratios['rps']:.1%}", flush=True)
-    # On shared cores one round's req/s moves by tens of percent; CPU per request is the steadier measure of the
-    # same cost, counted for the whole service (every thread, any writer process): work moved elsewhere still counts
-    verdicts.append(verdict(f"(c) impressions cost < {THROUGHPUT_MARGIN:.0%} of throughput at {args.clients} clients",
-                            ratios["service"] <= 1 + THROUGHPUT_MARGIN,
-                            f"service CPU per request {ratios['service']:.1%} of without (median of {args.rounds} "
-                            f"paired rounds); req/s {ratios['rps']:.1%} of without"))
-    return {**measured, "ratios": ratios}
+        warm_up(servers, users, args.clients)
+        closed = throughput_rounds(servers, users, args.rounds, args.seconds, args.clients)
+        rate = args.rate or round(PACED_SHARE * float(np.median(closed["off"]["rps"])))
+        paced = throughput_rounds(servers, users, args.rounds, args.seconds, args.clients, rate=rate)
+    for name, measured in (("as fast as the clients go", closed), (f"at {rate:.0f} req/s", paced)):
+        ratios = {part: paired_ratio(measured["on"][part], measured["off"][part]) for part in ("rps", *CPU_PARTS)}
+        print(f"  {name}:", flush=True)
+        for label in ("on", "off"):
+            print(f"    impressions {label:>3}: req/s {[round(r) for r in measured[label]['rps']]}, service CPU us/request "
+                  f"{[round(c) for c in measured[label]['service']]}, of it the main thread "
+                  f"{[round(c) for c in measured[label]['main_thread']]}", flush=True)
+        print(f"    on / off, median of paired rounds: main thread {ratios['main_thread']:.1%}, server process "
+              f"{ratios['process']:.1%}, with the processes below it {ratios['service']:.1%}; req/s {ratios['rps']:.1%}",
+              flush=True)
+    full_speed = float(np.median(closed["off"]["service"]))
+    added = impressions_cost(closed, paced) - 1
+    # CPU per request, not req/s, decides: on shared cores one round's req/s moves by tens of percent. It counts the
+    # whole service (every thread, any process below the server): work moved elsewhere still costs
+    verdicts.append(verdict(f"(c) impressions cost < {THROUGHPUT_MARGIN:.0%} of throughput at {args.clients} clients "
+                            f"({args.backend})", added <= THROUGHPUT_MARGIN,
+                            f"recording adds {added * full_speed:.1f} us of service CPU a request at {rate:.0f} req/s "
+                            f"(median of {args.rounds} paired rounds): {added:.1%} of a request's {full_speed:.0f} us "
+                            f"without it at {args.clients} clients; at full speed, on / off: CPU "
+                            f"{paired_ratio(closed['on']['service'], closed['off']['service']):.1%}, req/s "
+                            f"{paired_ratio(closed['on']['rps'], closed['off']['rps']):.1%}"))
+    return {"full_speed": closed, "paced": paced, "rate": rate, "added_share": added, "backend": args.backend}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections import Counter
 
@@ -15,8 +18,8 @@ import pytest
 
 from bench._common import REPO, BenchError
 from bench.online import (
-    ClickModel, Simulation, a_a_bound, api_agrees, bench_credit, experiments_api, hold_out, look_ends, reseeded_a_a,
-    run_experiment, users_needed_table,
+    ClickModel, Simulation, _descendants, a_a_bound, api_agrees, bench_credit, experiments_api, hold_out, impressions_cost,
+    look_ends, paired_ratio, reseeded_a_a, run_experiment, service_cpu, users_needed_table,
 )
 from service.experiments.assignment import assign, from_config
 from service.experiments.interleaving import credit, team_draft
@@ -192,3 +195,31 @@ def test_the_bench_draws_the_interleaved_lists_again_and_credits_them_as_the_ser
     interleaving = run["result"]["interleaving"]
     assert redrawn == 80 and wins == {key: interleaving[key] for key in ("wins_a", "wins_b", "ties")}
     assert wins["wins_b"] > wins["wins_a"] and run["result"]["winner"] == "ease"
+
+
+def test_the_impressions_cost_is_the_added_cpu_at_one_rate_over_a_request_at_full_speed():
+    full_speed = {"on": {"service": [150.0, 170.0, 160.0]}, "off": {"service": [100.0, 130.0, 120.0]}}
+    paced = {"on": {"service": [210.0, 206.0, 260.0]}, "off": {"service": [200.0, 200.0, 200.0]}}
+    # added us per paired round: 10, 6, 60 -> median 10; a request at full speed without recording: median 120
+    assert impressions_cost(full_speed, paced) == pytest.approx(1 + 10 / 120)
+    assert paired_ratio([110.0, 300.0, 99.0], [100.0, 100.0, 100.0]) == pytest.approx(1.1)
+
+
+def test_the_service_cpu_counts_the_processes_below_the_server():
+    """A writer forked by a fork server is the server's grandchild: its CPU is the service's too."""
+    busy = "import time; end = time.process_time() + 0.5\nwhile time.process_time() < end: pass\ntime.sleep(30)"
+    parent = subprocess.Popen([sys.executable, "-c", f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {busy!r}]); time.sleep(30)"])
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            cpu = service_cpu(parent.pid)
+            if cpu["service"] - cpu["process"] >= 0.5:
+                break
+            time.sleep(0.1)
+        assert cpu["service"] - cpu["process"] >= 0.5 and cpu["main_thread"] <= cpu["process"]
+        assert len(_descendants(parent.pid)) == 1
+    finally:
+        for pid in _descendants(parent.pid):
+            os.kill(pid, signal.SIGKILL)
+        parent.kill()
+        parent.wait()
