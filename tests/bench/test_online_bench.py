@@ -19,7 +19,7 @@ import pytest
 from bench._common import REPO, BenchError
 from bench.online import (
     ClickModel, Simulation, _descendants, a_a_bound, api_agrees, bench_credit, experiments_api, hold_out, impressions_cost,
-    look_ends, paired_ratio, reseeded_a_a, run_experiment, service_cpu, users_needed_table,
+    look_ends, paired_ratio, pooled, reseeded_a_a, run_experiment, service_cpu, users_needed_table,
 )
 from service.experiments.assignment import assign, from_config
 from service.experiments.interleaving import credit, team_draft
@@ -197,11 +197,18 @@ def test_the_bench_draws_the_interleaved_lists_again_and_credits_them_as_the_ser
     assert wins["wins_b"] > wins["wins_a"] and run["result"]["winner"] == "ease"
 
 
-def test_the_impressions_cost_is_the_added_cpu_at_one_rate_over_a_request_at_full_speed():
-    full_speed = {"on": {"service": [150.0, 170.0, 160.0]}, "off": {"service": [100.0, 130.0, 120.0]}}
-    paced = {"on": {"service": [210.0, 206.0, 260.0]}, "off": {"service": [200.0, 200.0, 200.0]}}
-    # added us per paired round: 10, 6, 60 -> median 10; a request at full speed without recording: median 120
-    assert impressions_cost(full_speed, paced) == pytest.approx(1 + 10 / 120)
+def test_the_impressions_cost_is_the_loop_added_at_one_rate_and_the_writer_at_full_speed():
+    def run(service, main, requests):
+        return {"service": service, "main_thread": main, "requests": requests}
+
+    # full speed: the writer's 10 us a request (service - main thread); the main thread's 150 vs 140 is not counted
+    full_speed = {"on": run([160.0, 160.0], [150.0, 150.0], [3, 1]), "off": run([100.0, 140.0], [100.0, 140.0], [3, 1])}
+    # one rate: the loop's 4 us, pooled (the second round's 8 counts whatever round it fell in)
+    paced = {"on": run([0.0, 0.0], [200.0, 208.0], [1, 1]), "off": run([0.0, 0.0], [200.0, 200.0], [1, 1])}
+    assert pooled(full_speed["off"], "service") == pytest.approx(110.0)  # (3 * 100 + 140) / 4
+    assert impressions_cost(full_speed, paced) == pytest.approx(1 + (4 + 10) / 110)
+    paced["on"]["main_thread"] = [190.0, 200.0]  # a loop cheaper with recording on is noise: it counts as 0
+    assert impressions_cost(full_speed, paced) == pytest.approx(1 + 10 / 110)
     assert paired_ratio([110.0, 300.0, 99.0], [100.0, 100.0, 100.0]) == pytest.approx(1.1)
 
 
