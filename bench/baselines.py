@@ -19,9 +19,9 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from errors import UserError  # noqa: E402
+from interactions.datasets import get_dataset  # noqa: E402
 from trainer.commands.baselines import write_json  # noqa: E402
-from trainer.datasets import get_dataset  # noqa: E402
-from trainer.errors import UserError  # noqa: E402
 from trainer.evaluation import baseline_report, format_table  # noqa: E402
 
 DATASET = "ml-100k"

@@ -38,7 +38,7 @@ def rankers() -> list[str]:
 def matrices(args) -> tuple[str, sp.csr_matrix, sp.csr_matrix]:
     """(description, binary user x item matrix, timestamps with the same pattern)."""
     if args.scale == "ml-100k":
-        from trainer.datasets import get_dataset
+        from interactions.datasets import get_dataset
 
         inter = get_dataset("ml-100k", source=ML100K, progress=False)
         desc = "ml-100k"
@@ -55,18 +55,18 @@ def matrices(args) -> tuple[str, sp.csr_matrix, sp.csr_matrix]:
 
 
 def build(name: str, X: sp.csr_matrix, T: sp.csr_matrix, trained: bool, device: str):
-    import trainer
     from models import REGISTRY
     from models.base import TrainData, build_config
+    import trainer
     from trainer.training import resolve_device
 
     cls = REGISTRY[name]
     if trained:
         hyper = {} if cls.closed_form else {"epochs": 2}
-        return trainer.fit(name, X, timestamps=T if cls.sequential else None, progress=False, device=device, holdout=0,
+        return trainer.fit(name, X, timestamps=T, progress=False, device=device, holdout=0,
                            **hyper).model
     model = cls(build_config(cls.Config, {}), n_items=X.shape[1], n_users=X.shape[0]).to(resolve_device(device))
-    model.prepare_scoring(TrainData(X=X, timestamps=T if cls.sequential else None, rating_range=(0.0, 1.0)))
+    model.prepare_scoring(TrainData(X=X, timestamps=T, rating_range=(0.0, 1.0)))
     return model.eval()
 
 
@@ -78,7 +78,7 @@ def score_all(model, X: sp.csr_matrix, T: sp.csr_matrix, batch_rows: int) -> flo
     started = time.perf_counter()
     for start in range(0, X.shape[0], batch_rows):
         rows = slice(start, start + batch_rows)
-        model.recommend(X[rows], k=K, users=users[rows], timestamps=T[rows] if model.sequential else None)
+        model.recommend(X[rows], k=K, users=users[rows], timestamps=T[rows])
     if model.device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - started

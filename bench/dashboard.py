@@ -52,9 +52,9 @@ def publish(root: Path, every_ranker: bool = False, epochs: int = 2) -> str:
     import numpy as np
     import scipy.sparse as sp
 
+    from interactions.movielens import read_dataset
+    import registry
     import trainer
-    from trainer import artifacts
-    from trainer.datasets import read_dataset
     from trainer.top_lists import compute_top_lists
 
     inter = read_dataset("ml-100k", ML100K)
@@ -73,7 +73,7 @@ def publish(root: Path, every_ranker: bool = False, epochs: int = 2) -> str:
     seen = sp.csr_matrix(ratings != 0, dtype=np.float32)
     lists = {name: compute_top_lists(fit.model, positives, seen) for name, fit in fitted.items()
              if fit.model.task == "ranking" and not fit.model.sequential}  # as the trainer publishes them
-    staged = {name: artifacts.StagedModel(model, users, items, metrics={"curve": log.get("curve", []),
+    staged = {name: registry.StagedModel(model, users, items, metrics={"curve": log.get("curve", []),
                                                                          "train": {"fit_seconds": log["fit_seconds"]}},
                                           files=lists[name].files() if name in lists else {})
               for name, (model, log) in fitted.items()}
@@ -87,14 +87,14 @@ def publish(root: Path, every_ranker: bool = False, epochs: int = 2) -> str:
                           **({"top_lists": lists[name].info(time.time(), False)} if name in lists else {})}
                    for name, (m, log) in fitted.items()},
     }
-    return artifacts.publish(root, staged, manifest, popularity={"items": [items[i] for i in order], "counts": counts[order].tolist()})
+    return registry.publish(root, staged, manifest, popularity={"items": [items[i] for i in order], "counts": counts[order].tolist()})
 
 
 def seed(database_url: str) -> None:
-    from service.db.migrate import upgrade_to_head
-    from service.db.session import make_engine
+    from interactions.movielens import read_dataset
     from service.seed import seed_interactions
-    from trainer.datasets import read_dataset
+    from storage.migrate import upgrade_to_head
+    from storage.session import make_engine
 
     engine = make_engine(database_url)
     upgrade_to_head(engine)
@@ -106,7 +106,7 @@ def heaviest_users(n: int) -> list[str]:
     """ml-100k's ``n`` users with the most positives (rating >= 4), the most first: the longest explanations."""
     import numpy as np
 
-    from trainer.datasets import read_dataset
+    from interactions.movielens import read_dataset
 
     inter = read_dataset("ml-100k", ML100K)
     counts = np.bincount(inter.users[inter.ratings >= 4], minlength=inter.n_users)

@@ -100,9 +100,10 @@ def publish_ease(root: Path, source: Path | None = ML100K) -> str:
     import numpy as np
     import scipy.sparse as sp
 
+    from interactions.datasets import get_dataset
+    from interactions.movielens import read_dataset
+    import registry
     import trainer
-    from trainer import artifacts
-    from trainer.datasets import get_dataset, read_dataset
 
     # a local folder is read as it is (no cache written); otherwise the trainer's dataset cache
     inter = read_dataset("ml-100k", source) if source else get_dataset("ml-100k", progress=False)
@@ -114,14 +115,14 @@ def publish_ease(root: Path, source: Path | None = ML100K) -> str:
     counts = np.asarray(X.getnnz(axis=0)).ravel()
     order = np.argsort(-counts, kind="stable")
     fit_seconds = log["fit_seconds"]
-    staged = {"ease": artifacts.StagedModel(model, users, items, metrics={"train": {"fit_seconds": fit_seconds}})}
+    staged = {"ease": registry.StagedModel(model, users, items, metrics={"train": {"fit_seconds": fit_seconds}})}
     manifest = {
         "source": {"dataset": "ml-100k", "n_users": X.shape[0], "n_items": X.shape[1], "n_interactions": int(X.nnz)},
         "positive_threshold": 4.0,
         "models": {"ease": {"task": "ranking", "metrics": {}, "epochs": 0, "fit_seconds": fit_seconds}},
     }
     popularity = {"items": [items[i] for i in order], "counts": counts[order].tolist()}
-    return artifacts.publish(root, staged, manifest, popularity=popularity)
+    return registry.publish(root, staged, manifest, popularity=popularity)
 
 
 @contextmanager
@@ -291,8 +292,8 @@ def _stored_rows(database_url: str, user_prefix: str) -> set[tuple[str, str, int
     """(user, item, timestamp) of every stored interaction of this run's users, read directly (no proxy)."""
     from sqlalchemy import select
 
-    from service.db.session import make_engine
-    from service.db.tables import Interaction, Item, User
+    from storage.session import make_engine
+    from storage.tables import Interaction, Item, User
 
     engine = make_engine(database_url)
     try:
@@ -310,7 +311,7 @@ def _stored_rows(database_url: str, user_prefix: str) -> set[tuple[str, str, int
 # ---- model versions ---------------------------------------------------------------------------
 def _copy_version(root: Path, good: str) -> tuple[str, Path]:
     """A copy of version ``good`` under a new name, its manifest (and checksums) with it."""
-    from trainer.artifacts import new_version_name
+    from registry import new_version_name
 
     name = new_version_name(root)
     folder = root / name
@@ -347,7 +348,7 @@ def plant(root: Path, good: str, damage: str) -> str | None:
         _point_latest(root, "not-a-version\x00")
         return None
     if damage == "missing-folder":
-        from trainer.artifacts import new_version_name
+        from registry import new_version_name
 
         name = new_version_name(root)
         _point_latest(root, name + "\n")
@@ -365,7 +366,7 @@ def plant(root: Path, good: str, damage: str) -> str | None:
         text = (folder / "manifest.json").read_text()
         (folder / "manifest.json").write_text(text[: len(text) // 2])
     elif damage == "nan-weights":  # under checksums that match, as a publisher without the finiteness check would write
-        from trainer.artifacts import file_checksums
+        from registry import file_checksums
 
         _nan_weights(weights)
         manifest = json.loads((folder / "manifest.json").read_text())
@@ -696,8 +697,8 @@ POISON = (1000, -3, "5", True)  # off the 1-5 scale, below it, a string, a boole
 
 def _store_directly(database_url: str, user: str, item: str, rating: float) -> None:
     """One interaction written past the API, as a script or a bad migration could."""
-    from service import crud
-    from service.db.session import make_engine, make_session_factory
+    from storage import crud
+    from storage.session import make_engine, make_session_factory
 
     engine = make_engine(database_url)
     try:
@@ -710,7 +711,7 @@ def _store_directly(database_url: str, user: str, item: str, rating: float) -> N
 def poisoning(rig: Rig, seconds: float = 20, concurrency: int = 8) -> dict:
     """Under read load: each poisoned rating posted to the API, then two written straight into the database and
     one scheduled training run on it (``trainer schedule --from-db --run-now --max-runs 1``)."""
-    from trainer.artifacts import latest_version
+    from registry import latest_version
 
     base = rig.server.base_url
     good = _served_version(base)

@@ -330,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--scale must be in (0, 1], got {args.scale}")
     if args.epochs < 2:
         parser.error("--epochs must be at least 2 (the first epoch is not counted)")
-    from models.base import use_tensor_cores
+    from models.scoring import use_tensor_cores
     from trainer.training import resolve_device
 
     device = resolve_device(args.device)

@@ -98,7 +98,7 @@ def hold_out(rows: np.ndarray, seed: int, share: float = 0.2, threshold: float =
 
 def read_ml100k() -> np.ndarray:
     if ML100K is None:
-        from trainer.datasets import get_dataset
+        from interactions.datasets import get_dataset
 
         data = get_dataset("ml-100k", progress=False)
         return np.column_stack([data.user_ids[data.users], data.item_ids[data.items], data.ratings,

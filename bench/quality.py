@@ -45,10 +45,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from errors import UserError  # noqa: E402
+from interactions import Interactions  # noqa: E402
+from interactions.datasets import get_dataset  # noqa: E402
 from trainer.commands.baselines import parse_seeds, write_json  # noqa: E402
-from trainer.dataset import Interactions  # noqa: E402
-from trainer.datasets import get_dataset  # noqa: E402
-from trainer.errors import UserError  # noqa: E402
 from trainer.evaluation import FALLBACK_BASELINE, evaluate_ranking, evaluate_rating, summarise  # noqa: E402
 from trainer.hparams import resolve  # noqa: E402
 from trainer.protocols import PROTOCOL_METRICS, PROTOCOL_TASK, PROTOCOLS, make_split, protocol_ks  # noqa: E402

@@ -48,12 +48,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import print_table, pyplot  # noqa: E402
 from bench.quality import BASELINES_FOR_TASK, SHARED_ML100K, _names, plan, run_seed, summarise_outcomes  # noqa: E402
+from errors import UserError  # noqa: E402
+from interactions import Interactions  # noqa: E402
+from interactions.datasets import get_dataset  # noqa: E402
 from models.sizes import DataShape  # noqa: E402
 from rating_scale import RatingScale  # noqa: E402
 from trainer.commands.baselines import parse_seeds, write_json  # noqa: E402
-from trainer.dataset import Interactions  # noqa: E402
-from trainer.datasets import get_dataset  # noqa: E402
-from trainer.errors import UserError  # noqa: E402
 from trainer.evaluation import FALLBACK_BASELINE, evaluate_ranking, evaluate_rating  # noqa: E402
 from trainer.protocols import PROTOCOL_TASK, make_split, protocol_ks  # noqa: E402
 from trainer.runs import fit_on_split  # noqa: E402

@@ -1,7 +1,7 @@
 """Alembic environment: runs the migrations against the service's database.
 
 The URL is, in order: a connection handed over in ``config.attributes["connection"]``
-(tests, ``service.db.migrate``), the ``sqlalchemy.url`` option, or ``Settings().DATABASE_URL``.
+(tests, ``storage.migrate``), the ``sqlalchemy.url`` option, or the ``DATABASE_URL`` setting.
 ``render_as_batch`` lets the same migrations alter tables on SQLite.
 """
 
@@ -11,7 +11,7 @@ from logging.config import fileConfig
 
 from alembic import context
 
-from service.db.tables import Base
+from storage.tables import Base
 
 config = context.config
 if config.config_file_name is not None and not config.attributes.get("skip_logging"):
@@ -24,9 +24,9 @@ def _url() -> str:
     url = config.get_main_option("sqlalchemy.url")
     if url:
         return url
-    from service.core.config import Settings
+    from storage.settings import DatabaseSettings
 
-    return Settings().DATABASE_URL
+    return DatabaseSettings().DATABASE_URL
 
 
 def run_offline() -> None:
@@ -46,7 +46,7 @@ def run_online() -> None:
     if connection is not None:
         _run(connection)
         return
-    from service.db.session import make_engine
+    from storage.session import make_engine
 
     engine = make_engine(_url())
     try:

@@ -10,7 +10,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from models.base import CONFIG_FILE, WEIGHTS_FILE, ModelInputError, Recommender, TrainData, build_config, use_tensor_cores
+from models.base import CONFIG_FILE, WEIGHTS_FILE, ModelInputError, Recommender, TrainData, build_config
+from models.scoring import use_tensor_cores
 
 if TYPE_CHECKING:
     REGISTRY: dict[str, type[Recommender]]
@@ -60,8 +61,10 @@ def load(path: str | Path, map_location: str = "cpu") -> Recommender:
     if meta.get("model") not in registry:
         raise ModelInputError(f"{meta_file}: unknown model {meta.get('model')!r}")
     cls = registry[meta["model"]]
+    # a field newer than the saved config takes the value that config trained with, not today's default
+    saved = {**getattr(cls.Config, "legacy_defaults", {}), **meta["config"]}
     model = cls(
-        build_config(cls.Config, meta["config"]),
+        build_config(cls.Config, saved),
         n_items=meta["n_items"],
         n_users=meta["n_users"],
         rating_range=tuple(meta["rating_range"]),

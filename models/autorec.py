@@ -14,10 +14,27 @@ h_i = sigmoid(V r_i + mu) is item i's code computed from the training matrix. It
 therefore serves only users it was trained on (no fold-in). U-AutoRec reads a user's row
 and folds in new users for free, but is the weaker model in the paper (ML-1M RMSE 0.874
 against 0.831).
+
+One departure, on by default (``center="bias"``; ``"none"`` is the paper's math): the network
+learns the residual on the user+item bias model (``models.baselines``),
+
+    o_ui = μ + b_u + b_i,     x_ui = r_ui - o_ui on the rated entries (0 elsewhere),
+    U-AutoRec:  r̂_u = o_u + h(x_u)         (reads and rebuilds the user's residuals)
+    I-AutoRec:  r̂_ui = o_ui + h(r_i)[u]    (reads item i's ratings, rebuilds its residuals x_i)
+
+    min  sum ||x - h(.)||^2_O  +  lambda/2 · (||W||_F^2 + ||V||_F^2 + ||b||^2)
+
+μ and b_i fitted on the training matrix by ALS and saved with the weights, b_u the ALS user
+step on the user's own ratings (so a new user's offset is known at fold-in). b repeats b_u or
+b_i, so it is penalised too: a strongly regularised AutoRec falls back to the bias baseline
+instead of below it (bench/robustness.py). I-AutoRec reads the raw column: which users rated an
+item is signal that residuals near 0 would hide (bench/RESULTS.md, "Centred on the bias model").
+U-AutoRec also offers ``center="user"``: o_u = the row's mean rating.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar, Iterator
 
@@ -26,14 +43,23 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from models.base import ModelInputError, Recommender, TrainData, as_row_batch, count_rows
-from models.rows import DeviceRows, RowBatch
+from models.base import ModelInputError, Recommender, TrainData
+from models.baselines import BiasOffset, centre
+from models.rows import DeviceRows, RowBatch, as_row_batch, count_rows
+from models.sizes import DataShape
 
 CODE_BATCH = 4096  # training vectors encoded per pass when caching I-AutoRec's item codes
+# U-AutoRec's lambda rule, LAMBDA_U x (RATINGS_PER_USER / the training ratings a user) ** LAMBDA_POWER:
+# ml-100k's validated 100 on its rating-random split; thinner rows want a stronger prior on the
+# validation parts of its subsamples (bench/RESULTS.md, "Centred on the bias model").
+LAMBDA_U, RATINGS_PER_USER, LAMBDA_POWER = 100.0, 85_500 / 943, 2.5
 
 
 @dataclass(frozen=True)
 class AutoRecConfig:
+    # a config saved before ``center`` existed trained the paper's h(r) (models.load reads this)
+    legacy_defaults: ClassVar[dict] = {"center": "none"}
+
     hidden: int = 500  # "k = 500 hidden units" throughout the paper's experiments
     # lambda of the L2 term: best validation RMSE on ml-100k (bench/RESULTS.md, "Figures moved out").
     weight_decay: float = 100.0
@@ -44,11 +70,15 @@ class AutoRecConfig:
     batch_size: int = 256  # smaller batches at lr 1e-3 gave a noisier, worse validation curve
     epochs: int = 300
     patience: int = 10
+    # "bias": learn r - (μ + b_u + b_i) (module docstring); "none": the paper's h(r)
+    center: str = "bias"
+    centres: ClassVar[tuple[str, ...]] = ("bias", "none")  # I-AutoRec's columns mix users: no row mean
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "center", centre(self.center, self.centres))
         if self.hidden < 1:
             raise ModelInputError(f"AutoRec hidden must be a positive number of units, got {self.hidden}")
-        if self.weight_decay < 0:
+        if self.weight_decay is not None and not self.weight_decay >= 0:
             raise ModelInputError(f"AutoRec weight_decay (lambda) must be >= 0, got {self.weight_decay}")
 
 
@@ -60,15 +90,25 @@ class AutoRecUConfig(AutoRecConfig):
     """
 
     lr: float = 2e-3
-    # Each row centred on its own mean rating m: m + h(r - m) on the rated entries (DeepRec's
-    # ``center``), so a missing rating reads as "the user's average", not as a rating of 0.
-    # False: the paper's h(r). Figures in bench/RESULTS.md ("AutoRec-U centred").
-    center: bool = True
+    # None: LAMBDA_U x (RATINGS_PER_USER / ratings a user) ** LAMBDA_POWER (``for_data``): fewer ratings
+    # a row, more of the prior (bench/RESULTS.md, "Centred on the bias model")
+    weight_decay: float | None = None
+    # also "user": each row centred on its own mean rating m, m + h(r - m) on the rated entries
+    # (bench/RESULTS.md, "AutoRec-U centred"); a missing rating then reads as "the user's average"
+    centres: ClassVar[tuple[str, ...]] = ("bias", "user", "none")
+
+    def for_data(self, shape: DataShape) -> AutoRecUConfig:
+        """weight_decay, when not given: the LAMBDA_U rule above."""
+        if self.weight_decay is not None:
+            return self
+        per_user = shape.nnz / max(1, shape.n_users)
+        return dataclasses.replace(self, weight_decay=LAMBDA_U * (RATINGS_PER_USER / per_user) ** LAMBDA_POWER)
 
 
 # `trainer train --tune` searches these on the validation split (format: models.base.Recommender.search_space);
-# the paper's lambda grid spans 0.001-1000, the top of it is where ml-100k's validation RMSE is best
-SEARCH_SPACE = {"hidden": ("int", 100, 800), "weight_decay": ("log", 1.0, 1000.0)}
+# the paper's lambda grid spans 0.001-1000; centred on the bias model, sparse data's validation RMSE
+# wants more (LAMBDA_U; bench/RESULTS.md, "Centred on the bias model")
+SEARCH_SPACE = {"hidden": ("int", 100, 800), "weight_decay": ("log", 1.0, 30_000.0)}
 
 
 def masked_squared_error(predicted: torch.Tensor, target: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
@@ -90,6 +130,8 @@ class _AutoRec(Recommender):
         self.n_vectors, n_in = (self.n_items, self.n_users) if self.item_based else (self.n_users, self.n_items)
         self.encoder = nn.Linear(n_in, config.hidden)  # V, mu
         self.decoder = nn.Linear(config.hidden, n_in)  # W, b
+        # μ + b_u + b_i that the network's output is added to (module docstring); none in an older save
+        self.offset = BiasOffset(n_items) if config.center == "bias" else None
 
     def _training_vectors(self, data: TrainData) -> DeviceRows:
         """The training matrix on the device, one training vector per row (items x users for I-AutoRec)."""
@@ -101,26 +143,43 @@ class _AutoRec(Recommender):
         """h(r) = W sigmoid(V r + mu) + b."""
         return self.decoder(torch.sigmoid(self.encoder(r)))
 
+    def _fit_offset(self, data: TrainData) -> torch.Tensor | None:
+        """Fit the bias model centred on (once per fit); the training users' b_u, None without one."""
+        return None if self.offset is None else self.offset.fit(data)
+
+    def _pair(self, r: torch.Tensor, vectors: torch.Tensor, user_bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(what the network reads, what it must rebuild on the rated entries) for training vectors ``r``
+        (indices ``vectors``): (r, r) here, U-AutoRec centres inside ``reconstruct``; I-AutoRec overrides it."""
+        return r, r
+
     def training_batches(
         self, data: TrainData, generator: np.random.Generator
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(ratings, observed) per minibatch of training vectors; a stored 0 is no rating (team convention)."""
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(inputs, targets, observed) per minibatch of training vectors; a stored 0 is no rating (team convention)."""
         vectors = self._training_vectors(data)
+        user_bias = self._fit_offset(data)
         for batch in vectors.batches(data.epoch_order(vectors.n_rows, generator), self.config.batch_size):
             r = batch.dense()
-            yield r, (r != 0).float()
+            yield *self._pair(r, batch.rows, user_bias), (r != 0).float()
 
-    def loss(self, batch: tuple[torch.Tensor, torch.Tensor], **schedule: float) -> torch.Tensor:
-        r, observed = (t.to(self.device) for t in batch)
+    def loss(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], **annealing: float) -> torch.Tensor:
+        x, target, observed = (t.to(self.device) for t in batch)
         # float32 errors whatever the layers ran in (bfloat16 under autocast rounds a rating near 4 by 0.016)
-        squared_error = masked_squared_error(self.reconstruct(r).float(), r, observed).mean()
+        squared_error = masked_squared_error(self.reconstruct(x).float(), target, observed).mean()
         # The objective summed over all N training vectors, divided by N: a minibatch's mean
         # error estimates the first term, so the L2 term is lambda / (2N) and keeps the paper's scale.
         l2 = self.encoder.weight.pow(2).sum() + self.decoder.weight.pow(2).sum()
+        if self.offset is not None:  # b repeats b_u or b_i, which the bias model shrinks: shrink it too
+            l2 = l2 + self.decoder.bias.pow(2).sum()
         return squared_error + self.config.weight_decay / (2 * self.n_vectors) * l2
 
     def configure_optimizer(self) -> torch.optim.Optimizer:
+        if self.config.weight_decay is None:  # trainer.fit sets it; a hand-built config must too
+            raise ModelInputError(f"{self.name} weight_decay is None: set it or apply models.sizes.for_data")
         return torch.optim.Adam(self.parameters(), lr=self.config.lr)
+
+    def prepare_scoring(self, data: TrainData) -> None:
+        self._fit_offset(data)
 
 
 class AutoRecI(_AutoRec):
@@ -138,12 +197,27 @@ class AutoRecI(_AutoRec):
         # h_i for every item, from the training matrix; saved with the weights so a loaded model scores.
         self.register_buffer("item_codes", torch.zeros(n_items, config.hidden))
 
+    def _pair(self, r: torch.Tensor, vectors: torch.Tensor, user_bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Item columns ``r`` [items, n_users] as they are and their residuals on μ + b_i + b_u (the rated
+        entries): the network reads the ratings and rebuilds the residual (module docstring)."""
+        if self.offset is None:
+            return r, r
+        offset = self.offset.mean + self.offset.item_bias[vectors, None] + user_bias[None, :]
+        return r, torch.where(r != 0, r - offset, torch.zeros_like(r))
+
     @torch.no_grad()
     def prepare_scoring(self, data: TrainData) -> None:
         columns = self._training_vectors(data)
+        self._fit_offset(data)
         for start in range(0, self.n_items, CODE_BATCH):
             stop = min(start + CODE_BATCH, self.n_items)
             self.item_codes[start:stop] = torch.sigmoid(self.encoder(columns.between(start, stop).dense()))
+
+    def _offset(self, rows: RowBatch | sp.csr_matrix) -> torch.Tensor | float:
+        """μ + b_u + b_i [n_rows, n_items], b_u from the rows given (a training row: its trained b_u); 0 without."""
+        if self.offset is None:
+            return 0.0
+        return self.offset(as_row_batch(rows, self.n_items, self.device, binary=False).dense())
 
     @torch.no_grad()
     def scores(
@@ -151,17 +225,20 @@ class AutoRecI(_AutoRec):
     ) -> torch.Tensor:
         users = self._check_users(users, count_rows(rows, self.n_items))  # raises for None or users it was not trained on
         u = torch.from_numpy(users).to(self.device)
-        # prediction(u, i) = W[u] · h_i + b[u], for all items at once
-        return self.decoder.weight[u] @ self.item_codes.T + self.decoder.bias[u, None]
+        # prediction(u, i) = o_ui + W[u] · h_i + b[u], for all items at once
+        return self.decoder.weight[u] @ self.item_codes.T + self.decoder.bias[u, None] + self._offset(rows)
 
     @torch.no_grad()
     def pair_scores(
-        self, rows: RowBatch | sp.csr_matrix, pair_rows: torch.Tensor, items: torch.Tensor, users: np.ndarray | None = None
+        self, rows: RowBatch | sp.csr_matrix, pair_rows: torch.Tensor, items: torch.Tensor, users: np.ndarray | None = None,
+        timestamps: sp.csr_matrix | None = None,
     ) -> torch.Tensor:
         users = self._check_users(users, count_rows(rows, self.n_items))
         u = torch.from_numpy(users).to(self.device)[pair_rows]
-        # W[u] · h_i + b[u] for the asked pairs only, not for every item
-        return (self.decoder.weight[u] * self.item_codes[items]).sum(dim=1) + self.decoder.bias[u]
+        # o_ui + W[u] · h_i + b[u] for the asked pairs only, not for every item
+        offset = self._offset(rows)
+        offset = offset[pair_rows, items] if isinstance(offset, torch.Tensor) else offset
+        return (self.decoder.weight[u] * self.item_codes[items]).sum(dim=1) + self.decoder.bias[u] + offset
 
     def item_embeddings(self) -> torch.Tensor:
         return self.item_codes.detach()
@@ -176,16 +253,20 @@ class AutoRecU(_AutoRec):
     item_based = False
 
     def _centred(self, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | float]:
-        """(the rows the network reads, the offset its output is added to): (r - m on rated entries, m) with
-        ``center``, m each row's mean rating (0 for an empty row); (r, 0) without."""
-        if not self.config.center:
+        """(the rows the network reads, the offset o its output is added to): (r - o on rated entries, o),
+        o = μ + b_u + b_i [n, n_items] (``center="bias"``) or each row's mean rating [n, 1] (0 for an empty
+        row, ``"user"``); (r, 0) with ``"none"``."""
+        if self.config.center == "none":
             return r, 0.0
         rated = r != 0
-        mean = r.sum(dim=1, keepdim=True) / rated.sum(dim=1, keepdim=True).clamp(min=1)
-        return torch.where(rated, r - mean, torch.zeros_like(r)), mean
+        if self.offset is not None:
+            offset = self.offset(r)
+        else:
+            offset = r.sum(dim=1, keepdim=True) / rated.sum(dim=1, keepdim=True).clamp(min=1)
+        return torch.where(rated, r - offset, torch.zeros_like(r)), offset
 
     def reconstruct(self, r: torch.Tensor) -> torch.Tensor:
-        """h(r) = W sigmoid(V r + mu) + b, or m + h(r - m) with ``center``."""
+        """h(r) = W sigmoid(V r + mu) + b, or o + h(r - o) when centred on o."""
         x, offset = self._centred(r)
         return self.decoder(torch.sigmoid(self.encoder(x))) + offset
 
@@ -197,12 +278,14 @@ class AutoRecU(_AutoRec):
 
     @torch.no_grad()
     def pair_scores(
-        self, rows: RowBatch | sp.csr_matrix, pair_rows: torch.Tensor, items: torch.Tensor, users: np.ndarray | None = None
+        self, rows: RowBatch | sp.csr_matrix, pair_rows: torch.Tensor, items: torch.Tensor, users: np.ndarray | None = None,
+        timestamps: sp.csr_matrix | None = None,
     ) -> torch.Tensor:
         # h(r) = W sigmoid(V r + mu) + b read at the asked items only (decoder rows W_i): faster (bench/RESULTS.md, "Figures moved out")
         x, offset = self._centred(as_row_batch(rows, self.n_items, self.device, binary=False).dense())
         code = torch.sigmoid(self.encoder(x))
-        offset = offset[pair_rows, 0] if isinstance(offset, torch.Tensor) else offset
+        if isinstance(offset, torch.Tensor):  # [n, n_items] on the bias model, [n, 1] on the row's mean
+            offset = offset[pair_rows, items if offset.shape[1] > 1 else 0]
         return (self.decoder.weight[items] * code[pair_rows]).sum(dim=1) + self.decoder.bias[items] + offset
 
     def item_embeddings(self) -> torch.Tensor:

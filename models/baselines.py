@@ -21,8 +21,10 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 import torch
+from torch import nn
 
-from models.base import ModelInputError, Recommender, TrainData, as_csr, as_row_batch, build_config, count_rows
+from models.base import ModelInputError, Recommender, TrainData, build_config
+from models.rows import as_csr, as_row_batch, count_rows
 
 
 def _ratings(data: TrainData, n_items: int) -> sp.csr_matrix:
@@ -81,6 +83,21 @@ class UserItemBiasConfig:
             raise ModelInputError(f"n_iters must be a positive integer, got {self.n_iters!r}")
 
 
+def als_biases(X: sp.csr_matrix, config: UserItemBiasConfig) -> tuple[float, np.ndarray, np.ndarray]:
+    """(μ, b_i, b_u) of a ratings matrix with no stored zeros, by the module docstring's ALS."""
+    X = X.tocoo()
+    u, i, r = X.row, X.col, X.data.astype(np.float64)
+    n_users, n_items = X.shape
+    mu = float(r.mean())
+    per_item = np.bincount(i, minlength=n_items)
+    per_user = np.bincount(u, minlength=n_users)
+    b_u, b_i = np.zeros(n_users), np.zeros(n_items)
+    for _ in range(int(config.n_iters)):
+        b_i = np.bincount(i, r - mu - b_u[u], minlength=n_items) / (config.reg_items + per_item)
+        b_u = np.bincount(u, r - mu - b_i[i], minlength=n_users) / (config.reg_users + per_user)
+    return mu, b_i, b_u
+
+
 class UserItemBias(Recommender):
     name = "bias"
     task = "rating"
@@ -95,16 +112,7 @@ class UserItemBias(Recommender):
         self.register_buffer("item_bias", torch.zeros(n_items))
 
     def solve(self, data: TrainData) -> None:
-        X = _ratings(data, self.n_items).tocoo()
-        u, i, r = X.row, X.col, X.data.astype(np.float64)
-        n_users = X.shape[0]
-        mu = r.mean()
-        per_item = np.bincount(i, minlength=self.n_items)
-        per_user = np.bincount(u, minlength=n_users)
-        b_u, b_i = np.zeros(n_users), np.zeros(self.n_items)
-        for _ in range(int(self.config.n_iters)):
-            b_i = np.bincount(i, r - mu - b_u[u], minlength=self.n_items) / (self.config.reg_items + per_item)
-            b_u = np.bincount(u, r - mu - b_i[i], minlength=n_users) / (self.config.reg_users + per_user)
+        mu, b_i, _ = als_biases(_ratings(data, self.n_items), self.config)
         self.mean.fill_(mu)
         self.item_bias.copy_(torch.from_numpy(b_i))
 
@@ -119,6 +127,57 @@ class UserItemBias(Recommender):
     def scores(self, rows, users=None, timestamps=None) -> torch.Tensor:
         b_u = self.user_bias(rows).to(self.item_bias)
         return self.mean + b_u[:, None] + self.item_bias[None, :]
+
+
+CENTRES = ("bias", "user", "none")  # what a rating autoencoder's output is added to: see centre()
+
+
+def centre(value: str | bool, allowed: tuple[str, ...] = CENTRES) -> str:
+    """A rating autoencoder's ``center`` as one of ``allowed``: "bias" (μ + b_u + b_i, ``BiasOffset``),
+    "user" (the row's mean rating) or "none"; a bool is how a config saved before "bias" said
+    "user" (True) or "none" (False)."""
+    if isinstance(value, bool):
+        value = "user" if value else "none"
+    if value not in allowed:
+        raise ModelInputError(f"center must be one of {', '.join(allowed)}, got {value!r}")
+    return value
+
+
+class BiasOffset(nn.Module):
+    """The bias model's μ + b_u + b_i as a part of a rating autoencoder that learns the residual on it.
+
+    μ and b_i are fitted on the training matrix (``fit``) and kept as buffers, saved with the
+    network; b_u is the ALS user step on the ratings at hand, so a row seen in training gets its
+    trained bias and a new user's comes from their history at request time (fold-in).
+    """
+
+    def __init__(self, n_items: int, config: UserItemBiasConfig = UserItemBiasConfig()):
+        super().__init__()
+        self.config = config
+        self.register_buffer("mean", torch.zeros(()))
+        self.register_buffer("item_bias", torch.zeros(n_items))
+
+    def fit(self, data: TrainData) -> torch.Tensor:
+        """Set μ and b_i from ``data`` (once per fit: kept with its resident matrices); return the
+        training rows' b_u [n_users] on the buffers' device."""
+        def solve() -> tuple[float, torch.Tensor, torch.Tensor]:
+            mu, b_i, b_u = als_biases(_ratings(data, self.item_bias.shape[0]), self.config)
+            return mu, torch.from_numpy(b_i).to(self.item_bias), torch.from_numpy(b_u).to(self.item_bias)
+
+        mu, b_i, b_u = data.cached(("bias-offset", self.config, str(self.item_bias.device)), solve)
+        self.mean.fill_(mu)
+        self.item_bias.copy_(b_i)
+        return b_u
+
+    def user_bias(self, r: torch.Tensor) -> torch.Tensor:
+        """b_u [n, 1] of dense rows ``r`` [n, n_items] (0: no rating)."""
+        rated = r != 0
+        residual = torch.where(rated, r - self.mean - self.item_bias, torch.zeros_like(r))
+        return residual.sum(dim=1, keepdim=True) / (self.config.reg_users + rated.sum(dim=1, keepdim=True))
+
+    def forward(self, r: torch.Tensor) -> torch.Tensor:
+        """μ + b_u + b_i [n, n_items] for dense rows ``r``."""
+        return self.mean + self.item_bias + self.user_bias(r)
 
 
 # ---- popularity -------------------------------------------------------------------------

@@ -15,16 +15,22 @@ and "dense re-feeding": after the update on x, the dense f(x) is fed in again as
 fully observed example (target f(x)) and a second update is made. New users fold in
 from their row.
 
-One departure, on by default and off for the paper's math (``center=False``): each row is
-centred on its own mean rating mu (mean of its non-zero entries),
+One departure, on by default and off for the paper's math (``center="none"``): each row is
+centred on an offset o, and the network learns the residual on it,
 
-    f_c(x) = mu + g(m * (x - mu)),     g = the network above with an identity output,
+    f_c(x) = o + g(m * (x - o)),     g = the network above with an identity output,
 
-so a missing rating enters as "the user's average" rather than as 0, a rating far below the
-scale that the network must learn to ignore, and the network predicts deviations from the
-user's mean instead of rebuilding the rating scale. A re-fed dense f(x) is centred the same
-way (every entry observed). On ml-100k it takes validation RMSE from 0.9247 (the best we
-found for the paper's math) to 0.9177, in a third of the epochs: figures in the config.
+    o_ui = μ + b_u + b_i     (``center="bias"``, the default: the user+item bias model,
+                              ``models.baselines``; μ and b_i fitted on the training matrix by
+                              ALS and saved with the weights, b_u the ALS user step on the row)
+    o_ui = mean of the row's ratings     (``center="user"``)
+
+so a missing rating enters as "no news" rather than as 0, a rating far below the scale that
+the network must learn to ignore, and the network predicts deviations instead of rebuilding
+the rating scale. b_u comes from the row itself, so a new user folds in. On the bias model,
+weight decay pulls g towards a constant ≈ 0 and the model falls back to the bias baseline
+rather than below it on sparse data (bench/robustness.py). A re-fed dense f(x) is centred
+the same way (every entry observed).
 """
 
 from __future__ import annotations
@@ -40,14 +46,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import ModelInputError, Recommender, TrainData, as_row_batch
+from models.base import ModelInputError, Recommender, TrainData
+from models.baselines import BiasOffset, centre
 from models.sizes import DataShape
-from models.rows import RowBatch
+from models.rows import RowBatch, as_row_batch
 
 # weight_decay's rule, WEIGHT_DECAY_RATINGS / training ratings: the loss is a mean over the observed
-# ratings, so an L2 prior of fixed strength weighs 1/nnz against it (MAP). 256.5 gives ml-100k's
-# rating-random split (85,500 ratings) its validated 3e-3; at 40% of the ratings 7.5e-3 took the
-# validation RMSE below the bias baseline's (bench/RESULTS.md, "Defaults as rules of the data").
+# ratings, so an L2 prior of fixed strength weighs 1/nnz against it (MAP); 256.5 keeps ml-100k's
+# validated weight decay (bench/RESULTS.md, "Defaults as rules of the data").
 WEIGHT_DECAY_RATINGS = 256.5
 
 
@@ -58,6 +64,9 @@ class DeepRecConfig:
     cannot feed the paper's 3.3M-weight network (bench/RESULTS.md, "Figures moved out").
     """
 
+    # a config saved before ``center`` existed trained the paper's f(x) (models.load reads this)
+    legacy_defaults: ClassVar[dict] = {"center": "none"}
+
     # Encoder sizes; the decoder mirrors them. The paper: (128, 256, 256) for its smallest
     # Netflix split, (512, 512, 1024) for the full one (256s here: bench/RESULTS.md, "Figures moved out").
     layers: tuple[int, ...] = (128, 256, 256)
@@ -66,7 +75,7 @@ class DeepRecConfig:
     # The authors' code puts SELU on the output too; a centred output is a signed deviation
     # (a 1 from a user averaging 4 is -3, below SELU's floor of -1.76), so identity here.
     last_layer_activation: bool = False
-    center: bool = True  # predict mu + g(x - mu) per row (module docstring); False: the paper's f(x)
+    center: str = "bias"  # predict o + g(x - o), o the bias model or the row's mean (module docstring); "none": f(x)
     refeed: bool = True  # dense re-feeding: one extra update on (f(x), f(x)) per batch
     # The paper: SGD, momentum 0.9 (and Adam variants); Adam converges far sooner (bench/RESULTS.md, "Figures moved out").
     optimizer: Literal["momentum", "adam"] = "adam"
@@ -80,6 +89,7 @@ class DeepRecConfig:
     patience: int = 10
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "center", centre(self.center))
         if not self.layers or min(self.layers) < 1:
             raise ModelInputError(f"DeepRec layers must be positive sizes, got {self.layers!r}")
         if not 0.0 <= self.dropout < 1.0:
@@ -107,7 +117,7 @@ SEARCH_SPACE = {
 # The paper's best Netflix model (full split, RMSE 0.9099) with its own math, as overrides of DeepRecConfig.
 PAPER_NETFLIX = dict(
     layers=(512, 512, 1024), dropout=0.8, optimizer="momentum", lr=1e-3, weight_decay=0.0,
-    center=False, last_layer_activation=True,
+    center="none", last_layer_activation=True,
 )
 
 
@@ -132,6 +142,8 @@ class DeepRec(Recommender):
             self.decoder_weights = nn.ParameterList(nn.Parameter(torch.empty(shape)) for shape in decoder_shapes)
         self.decoder_biases = nn.ParameterList(nn.Parameter(torch.zeros(out)) for out, _ in decoder_shapes)
         self.code_dropout = nn.Dropout(config.dropout)
+        # μ + b_u + b_i that the output is added to (module docstring); none in an older save
+        self.offset = BiasOffset(n_items) if config.center == "bias" else None
         for layer in self.encoder:  # the authors initialise weights Xavier-uniform, biases zero
             nn.init.xavier_uniform_(layer.weight)
             nn.init.zeros_(layer.bias)
@@ -147,12 +159,16 @@ class DeepRec(Recommender):
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """f(x): SELU encoder, dropout on the code, SELU decoder back to one rating per item.
 
-        With ``center``: mu + g(x - mu), mu the row's mean over its non-zero entries (0 if none).
+        Centred: o + g(x - o), o = μ + b_u + b_i ("bias") or the row's mean over its non-zero entries
+        (0 if none, "user").
         """
         offset = 0.0
-        if self.config.center:
+        if self.config.center != "none":
             rated = x != 0
-            offset = x.sum(dim=1, keepdim=True) / rated.sum(dim=1, keepdim=True).clamp(min=1)
+            if self.offset is not None:
+                offset = self.offset(x)
+            else:
+                offset = x.sum(dim=1, keepdim=True) / rated.sum(dim=1, keepdim=True).clamp(min=1)
             x = torch.where(rated, x - offset, torch.zeros_like(x))
         h = x
         for layer in self.encoder:
@@ -171,11 +187,12 @@ class DeepRec(Recommender):
         ratings = data.on_device(self.device, self.n_items, binary=False)
         if ratings.n_rows != self.n_users:
             raise ModelInputError(f"training matrix has {ratings.n_rows} users, the model was built for {self.n_users}")
+        self.prepare_scoring(data)  # the bias model the rows are centred on, fitted once per fit
         for batch in ratings.batches(data.epoch_order(ratings.n_rows, generator), self.config.batch_size):
             x = batch.dense()
             yield x, (x != 0).float()  # a stored 0 is no rating (team convention)
 
-    def loss(self, batch: tuple[torch.Tensor, torch.Tensor | None], **schedule: float) -> torch.Tensor:
+    def loss(self, batch: tuple[torch.Tensor, torch.Tensor | None], **annealing: float) -> torch.Tensor:
         """MMSE over the observed entries; ``observed=None`` means every entry (a re-fed dense example)."""
         x, observed = batch
         x = x.to(self.device)
@@ -191,17 +208,21 @@ class DeepRec(Recommender):
         optimizer: torch.optim.Optimizer,
         *,
         forward: Any = None,
-        **schedule: float,
+        **annealing: float,
     ) -> torch.Tensor:
         """The paper's two updates: MMSE on the sparse x, then MSE of f(f(x)) against the dense f(x)."""
         if self.config.refeed:
             # f(x) at this step's weights (dropout on, as in training), taken before the first update changes them
             with torch.no_grad():
                 dense = self.reconstruct(batch[0].to(self.device))
-        loss = super().train_step(batch, optimizer, forward=forward, **schedule)
+        loss = super().train_step(batch, optimizer, forward=forward, **annealing)
         if self.config.refeed:
-            super().train_step((dense, None), optimizer, forward=forward, **schedule)
+            super().train_step((dense, None), optimizer, forward=forward, **annealing)
         return loss
+
+    def prepare_scoring(self, data: TrainData) -> None:
+        if self.offset is not None:
+            self.offset.fit(data)
 
     def configure_optimizer(self) -> torch.optim.Optimizer:
         cfg = self.config

@@ -31,13 +31,12 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from models.base import ModelInputError, Recommender, TrainData, as_row_batch
-from models.rows import RowBatch, gram
+from models.base import ModelInputError, Recommender, TrainData
+from models.rows import RowBatch, as_row_batch, gram
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # float32 rounds at 6e-8; times a condition number under 1,000 the inverse's relative error
-# stays under ~1e-4. On ml-100k (kappa <= 132 by the bound, 49 in fact) a float32 B was
-# within 2e-6 of float64's, with the same test NDCG@100 to 6 decimals.
+# stays under ~1e-4 (ml-100k's float32 B against float64's: bench/RESULTS.md, "Figures moved out").
 FLOAT32_MAX_CONDITION = 1_000.0
 
 
@@ -46,8 +45,8 @@ class EASEConfig:
     # The paper's best lambda is ~500 on ML-20M (1000 Netflix, 200 MSD); 250 is best on ml-100k's strong
     # split validation (bench/RESULTS.md, "Figures moved out").
     # A constant, not a rule of the data's size: the loss is summed over the users, so lambda is a
-    # prior of fixed weight. On 40% and 15% of ml-100k (nnz / n_items 14.5 and 6, against 31) the
-    # best validation lambda stayed 250-400, not 110 and 50 (bench/RESULTS.md, "Defaults as rules").
+    # prior of fixed weight: on sparser subsamples of ml-100k the best validation lambda did not fall
+    # with the density (bench/RESULTS.md, "Defaults as rules of the data").
     lam: float = 250.0
     # precision of the solve and of B; "auto": float32 when G is well conditioned (see above)
     dtype: Literal["auto", "float32", "float64"] = "auto"
@@ -140,7 +139,7 @@ class EASE(Recommender):
     def contributions(self, row, items, *, history=None, users=None, timestamps=None) -> np.ndarray:
         """Exact: scores are x B with x binary, so history item j adds B[j, i] to item i's score, and
         removing j lowers it by exactly that (the removal ``Recommender.contributions`` measures)."""
-        row, items, history, _ = self._explain_inputs(row, items, history)
+        row, items, history, _, _ = self._explain_inputs(row, items, history, timestamps)
         h, i = (torch.from_numpy(a).to(self.B.device) for a in (history, items))
         return self.B[h[None, :], i[:, None]].float().cpu().numpy()  # [items, history]: only those entries gathered
 

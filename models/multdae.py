@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import InputLayer, ModelInputError, Recommender, TrainData, as_row_batch, sparse_rows
-from models.rows import RowBatch
+from models.base import ModelInputError, Recommender, TrainData
+from models.layers import InputLayer, sparse_rows
+from models.rows import RowBatch, as_row_batch
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ class MultDAE(Recommender):
         clicks = data.on_device(self.device, self.n_items, binary=True)
         yield from clicks.batches(data.epoch_order(clicks.n_rows, generator), self.config.batch_size)
 
-    def loss(self, batch: RowBatch | sp.csr_matrix, **schedule: float) -> torch.Tensor:
+    def loss(self, batch: RowBatch | sp.csr_matrix, **annealing: float) -> torch.Tensor:
         """The multinomial negative log-likelihood (per-user mean) plus L2, of a batch of click rows."""
         rows = as_row_batch(batch, self.n_items, self.device, binary=True)
         logits = self.network(rows.sparse()).float()  # stays sparse: see network; float32: see Mult-VAE's loss

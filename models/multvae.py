@@ -29,9 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import InputLayer, ModelInputError, Recommender, TrainData, as_row_batch, sparse_rows
+from models.base import ModelInputError, Recommender, TrainData
+from models.layers import InputLayer, sparse_rows
 from models.sizes import DataShape
-from models.rows import RowBatch
+from models.rows import RowBatch, as_row_batch
 
 # total_anneal_steps' rule: beta reaches the cap 0.2 at epoch 100 (0.2 x 500), half the epoch cap; checked on
 # validation across data sizes (bench/RESULTS.md, "Defaults as rules of the data", "Figures moved out").
@@ -139,7 +140,7 @@ class MultVAE(Recommender):
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
         return self.decode(z), mu, logvar
 
-    def schedule(self, step: int, epoch: int) -> dict[str, float]:
+    def annealing(self, step: int, epoch: int) -> dict[str, float]:
         if self.config.total_anneal_steps is None:  # trainer.fit sets it; a hand-built config must too
             raise ModelInputError("Mult-VAE total_anneal_steps is None: set it or apply models.base.for_data")
         return {"anneal": min(self.config.anneal_cap, step / self.config.total_anneal_steps)}

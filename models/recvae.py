@@ -37,8 +37,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import InputLayer, ModelInputError, Recommender, TrainData, as_row_batch, sparse_rows
-from models.rows import RowBatch
+from models.base import ModelInputError, Recommender, TrainData
+from models.layers import InputLayer, sparse_rows
+from models.rows import RowBatch, as_row_batch
 
 KEEP_ALL = nn.Identity()  # no input dropout: the decoder's updates, the prior's old encoder
 
@@ -136,7 +137,7 @@ class RecVAE(Recommender):
         for old, new in zip(self.prior_encoder.parameters(), self.encoder.parameters()):
             old.copy_(new)
 
-    def loss(self, batch: PhaseBatch | RowBatch | sp.csr_matrix, **schedule: float) -> torch.Tensor:
+    def loss(self, batch: PhaseBatch | RowBatch | sp.csr_matrix, **annealing: float) -> torch.Tensor:
         """The negative ELBO (per-user mean) with the composite prior and beta(x) = gamma |x|."""
         encoder_step = batch.encoder_step if isinstance(batch, PhaseBatch) else True
         rows = as_row_batch(batch.rows if isinstance(batch, PhaseBatch) else batch, self.n_items, self.device, binary=True)
@@ -158,13 +159,13 @@ class RecVAE(Recommender):
         return (kl - log_likelihood).mean()
 
     def train_step(
-        self, batch: PhaseBatch, optimizer: torch.optim.Optimizer, *, forward=None, **schedule: float
+        self, batch: PhaseBatch, optimizer: torch.optim.Optimizer, *, forward=None, **annealing: float
     ) -> torch.Tensor:
         """One update of the encoder or of the decoder (the other half's gradients are dropped:
         Adam leaves a parameter with no gradient untouched, so one Adam is the paper's two)."""
         forward = self if forward is None else forward
         optimizer.zero_grad(set_to_none=True)
-        loss = forward(batch, **schedule)
+        loss = forward(batch, **annealing)
         loss.backward()
         for p in (self.decoder if batch.encoder_step else self.encoder).parameters():
             p.grad = None

@@ -18,7 +18,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import scipy.sparse as sp
@@ -135,6 +135,41 @@ class DeviceRows:
         on_device = torch.from_numpy(order).to(self.device)
         for start, count in zip(starts.tolist(), nnz.tolist()):
             yield self.take(on_device[start : start + batch_size], count)
+
+
+def as_csr(rows: Any, n_items: int) -> sp.csr_matrix:
+    """Check a batch of rows at the door: CSR (or convertible), float32, the model's width."""
+    if not sp.issparse(rows):
+        raise ModelInputError(f"rows must be a scipy.sparse matrix, got {type(rows).__name__}")
+    if not (isinstance(rows, sp.csr_matrix) and rows.dtype == np.float32):
+        rows = sp.csr_matrix(rows, dtype=np.float32)  # a copy only when the type or dtype differ
+    if rows.ndim != 2 or rows.shape[1] != n_items:
+        raise ModelInputError(f"rows have {rows.shape[1]} columns but the model was trained on {n_items} items")
+    if rows.nnz and not np.isfinite(rows.data).all():
+        raise ModelInputError("rows contain NaN or infinite values")
+    return rows
+
+
+def as_row_batch(
+    rows: Any, n_items: int, device: torch.device, *, binary: bool, timestamps: sp.csr_matrix | None = None
+) -> RowBatch:
+    """What ``scores`` reads: a ``RowBatch`` on ``device`` as it is (already checked and on the device:
+    ``recommend``, training), or a scipy CSR checked by ``as_csr`` and moved there (``binary``: its
+    positives as 1s; ``timestamps``: each row in time order)."""
+    if isinstance(rows, RowBatch):
+        if rows.n_cols != n_items:
+            raise ModelInputError(f"rows have {rows.n_cols} columns but the model was trained on {n_items} items")
+        return rows
+    rows = as_csr(rows, n_items)
+    return DeviceRows(rows, device, binary=binary, timestamps=timestamps).between(0, rows.shape[0])
+
+
+def count_rows(rows: Any, n_items: int) -> int:
+    """How many rows ``rows`` holds (a ``RowBatch`` or a scipy CSR, checked like ``as_csr``), for
+    models that score by user index and never read the rows themselves."""
+    if isinstance(rows, RowBatch):
+        return len(as_row_batch(rows, n_items, rows.device, binary=False))
+    return as_csr(rows, n_items).shape[0]
 
 
 def _in_time_order(X: sp.csr_matrix, timestamps: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:

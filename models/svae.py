@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import Recommender, TrainData, as_row_batch
-from models.rows import DeviceRows, RowBatch, pad_recent
+from models.base import Recommender, TrainData
+from models.rows import DeviceRows, RowBatch, as_csr, as_row_batch, pad_recent
 
 SCORE_CHUNK_ROWS = 256  # users per GRU pass when scoring: bounds the [rows, max_len, embed] activations
 # Where the loss selects steps with targets (faster on a CPU; a GPU would wait for their count) (bench/RESULTS.md, "Figures moved out").
@@ -103,7 +103,7 @@ class SVAE(Recommender):
 
         The GRU is causal, so a state at a real step never sees the padding after it;
         states at padding steps are garbage and every caller masks them out. (Packing
-        would skip them, but is ~3x slower than the padded kernel on CPU.)
+        would skip them, but is slower than the padded kernel on CPU: bench/RESULTS.md, "Figures moved out".)
         """
         embedded = F.dropout(self.item_embed(seqs), self.config.dropout, training=train)
         # float32 under any autocast: bf16 quality was measured with a float32 GRU (a CPU's autocast
@@ -136,7 +136,7 @@ class SVAE(Recommender):
             rows = sequences.take(on_device[batch], nnz=int(stored[users[batch]].sum()))
             yield pad_recent(rows, self.config.max_len, width=int(lengths[users[batch]].max()))
 
-    def schedule(self, step: int, epoch: int) -> dict[str, float]:
+    def annealing(self, step: int, epoch: int) -> dict[str, float]:
         c = self.config
         beta = c.anneal_cap if c.total_anneal_steps <= 0 else min(c.anneal_cap, step / c.total_anneal_steps)
         return {"anneal": float(beta)}
@@ -169,6 +169,9 @@ class SVAE(Recommender):
         self, rows: RowBatch | sp.csr_matrix, users: np.ndarray | None = None, timestamps: sp.csr_matrix | None = None
     ) -> torch.Tensor:
         """``rows``: a ``RowBatch`` already in time order, or a scipy CSR ordered by ``timestamps``."""
+        if not isinstance(rows, RowBatch):
+            rows = as_csr(rows, self.n_items)
+            timestamps = self._check_timestamps(timestamps, rows)
         padded = pad_recent(as_row_batch(rows, self.n_items, self.device, binary=True, timestamps=timestamps), self.config.max_len)
         out = torch.empty(len(padded), self.n_items, device=self.device)
         for start in range(0, len(padded), SCORE_CHUNK_ROWS):
@@ -200,7 +203,7 @@ class SVAE(Recommender):
         each shortened row (tests/models/test_svae.py); the cost grows with the square of the steps
         after the oldest item weighed, so weigh the most recent items.
         """
-        row, items, history, _ = self._explain_inputs(row, items, history, timestamps)
+        row, items, history, _, timestamps = self._explain_inputs(row, items, history, timestamps)
         self._check_users(users, 1)
         drops = np.zeros((len(items), len(history)), dtype=np.float32)
         sequence = DeviceRows(row, "cpu", binary=True, timestamps=timestamps).indices.numpy()  # positives, time order

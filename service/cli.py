@@ -15,8 +15,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from trainer.file_options import with_column_options
-from trainer.loader import FileColumns
+from interactions.file_options import with_column_options
+from interactions.files import FileColumns
 
 app = typer.Typer(
     name="service",
@@ -47,9 +47,9 @@ def _migrate(settings) -> None:
     """The schema at head, and the settings' rating scale stored with the data (the trainer's ``--from-db`` reads it)."""
     from sqlalchemy.exc import OperationalError
 
-    from service import crud
-    from service.db.migrate import upgrade_to_head
-    from service.db.session import make_engine, make_session_factory
+    from storage import crud
+    from storage.migrate import upgrade_to_head
+    from storage.session import make_engine, make_session_factory
 
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
@@ -118,7 +118,7 @@ def seed(
 ) -> None:
     """Load users, items (with titles) and interactions into the database, in bulk; idempotent.
     Ratings must be on the deployment's RATING_SCALE (under an implicit one they are left out)."""
-    from trainer.errors import UserError
+    from errors import UserError
 
     if (dataset is None) == (file is None):
         raise CliError("give exactly one of --dataset NAME or --file PATH")
@@ -131,7 +131,7 @@ def seed(
     scale = settings.rating_scale
     try:
         if dataset is not None:
-            from trainer.datasets import get_dataset
+            from interactions.datasets import get_dataset
 
             inter = get_dataset(dataset, source=source, progress=False)
             refusal = None if scale.implicit else scale.refusal(inter.ratings, dataset, lambda n: (
@@ -141,7 +141,7 @@ def seed(
                 raise CliError(f"{refusal}; RATING_SCALE={inter.rating_scale} would take them")
             inter = replace(inter, rating_scale=scale) if scale.implicit else inter
         else:
-            from trainer.loader import load_file
+            from interactions.files import load_file
 
             inter, report = load_file(file, columns, rating_scale=scale)
             for note in report.notes():
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     import click
     from sqlalchemy.exc import OperationalError
 
-    from trainer.errors import click_usage_error
+    from errors import click_usage_error
 
     try:
         app(args=argv, standalone_mode=False, prog_name="python -m service")

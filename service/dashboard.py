@@ -23,16 +23,18 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from service import crud, serving, svg
+from errors import UserError
+import registry
+from registry import best
+from service import serving, svg
 from service.cache import Cache
 from service.core.config import Settings
-from service.db.session import retry_if_dropped
 from service.errors import ApiError
 from service.model_store import ModelStore, StoredLists
 from service.parts import ServiceParts
 from service.schemas import RatingRequest, RecommendationRequest
-from trainer import artifacts, best
-from trainer.errors import UserError
+from storage import crud
+from storage.session import retry_if_dropped
 
 RECENT_RUNS = 5  # versions listed under "last training runs"
 NEXT_RUN_FILE = "SCHEDULE.json"  # in the registry, written by ``trainer.schedule.record_next_run`` (same name: tested)
@@ -48,7 +50,7 @@ def when(timestamp: float | None) -> str:
 @lru_cache(maxsize=256)
 def _manifest(root: str, version: str) -> dict[str, Any] | None:
     try:
-        return artifacts.read_manifest(root, version)
+        return registry.read_manifest(root, version)
     except UserError:  # removed by retention, or damaged: the page says "unreadable"
         return None
 
@@ -58,7 +60,7 @@ def _model_metrics(root: str, version: str, name: str) -> dict[str, Any]:
     manifest = _manifest(root, version) or {"models": {}}
     folder = Path(root) / version / manifest["models"].get(name, {}).get("path", name)
     try:
-        return json.loads((folder / artifacts.METRICS_FILE).read_text(encoding="utf-8"))
+        return json.loads((folder / registry.METRICS_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
 
@@ -71,7 +73,7 @@ def recent_runs(settings: Settings) -> list[dict[str, Any]]:
     """The latest published versions, newest first, each model's gate decision (or "carried from")."""
     root = str(settings.ARTIFACTS_DIR)
     runs = []
-    for version in reversed(artifacts.list_versions(root)[-RECENT_RUNS:]):
+    for version in reversed(registry.list_versions(root)[-RECENT_RUNS:]):
         manifest = _manifest(root, version)
         if manifest is None:
             runs.append({"version": version, "created_at": None, "models": []})
@@ -89,7 +91,7 @@ def recent_runs(settings: Settings) -> list[dict[str, Any]]:
 
 
 def _previous_version(settings: Settings, current: str | None) -> str | None:
-    versions = artifacts.list_versions(settings.ARTIFACTS_DIR)
+    versions = registry.list_versions(settings.ARTIFACTS_DIR)
     older = [v for v in versions if current is None or v < current]
     return older[-1] if older else None
 

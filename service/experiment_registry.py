@@ -21,11 +21,11 @@ from typing import Any, Callable
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from service import crud
-from service.crud import online
 from service.errors import ApiError
 from service.experiments.assignment import HOLDOUT_MODEL, Experiment, from_config
 from service.model_store import ModelStore, ServingVersion, prepare_version
+from storage import crud
+from storage.crud import online
 
 log = logging.getLogger("service.experiments")
 

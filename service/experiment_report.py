@@ -13,10 +13,10 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from service.crud import online
 from service.experiment_registry import experiment_of
 from service.experiments.assignment import HOLDOUT
 from service.experiments.stats import ArmCounts, Report, ab_report, interleaving_report
+from storage.crud import online
 
 INTERLEAVED = "interleaved"  # the name of an interleaving experiment's mixed lists among its arms' metrics
 INTERLEAVING_LOOK = "interleaving"  # its key among the stored sequential p-values

@@ -19,13 +19,13 @@ from fastapi.exceptions import RequestValidationError
 from sqlalchemy.orm import Session
 
 from rating_scale import RatingScale
-from service import crud
-from service.crud import online
-from service.db.session import retry_if_dropped
 from service.errors import ApiError
 from service.impressions import ImpressionRecorder, count_feedback
 from service.metrics import Metrics
 from service.schemas import FeedbackIn
+from storage import crud
+from storage.crud import online
+from storage.session import retry_if_dropped
 
 
 def check_values(events: Sequence[FeedbackIn], scale: RatingScale) -> None:

@@ -30,10 +30,10 @@ from pydantic import TypeAdapter
 from sqlalchemy.orm import Session
 from typing_extensions import TypedDict
 
-from service.crud import impression_rows, online
-from service.crud.online import as_utc
-from service.db.session import retry_if_dropped
 from service.metrics import Metrics
+from storage.crud import impression_rows, online
+from storage.crud.online import as_utc
+from storage.session import retry_if_dropped
 
 log = logging.getLogger("service.impressions")
 

@@ -15,13 +15,13 @@ from typing import Sequence
 import numpy as np
 import scipy.sparse as sp
 
-from rating_scale.latest import keep_latest_pairs
+from interactions.rows import is_positive, keep_latest_pairs
+from registry.best import BEST
 from service.cache import NO_WRITE
-from service.crud import History
 from service.errors import ApiError
 from service.model_store import IdIndex, ServingModel, ServingVersion
 from service.schemas import EXPLAIN_MAX_HISTORY, EXPLAIN_MAX_HISTORY_SEQUENTIAL, EXPLAIN_REASONS
-from trainer.best import BEST
+from storage.crud import History
 
 log = logging.getLogger("service.inference")
 
@@ -90,7 +90,7 @@ def history_rows(served: ServingModel, history: History, users: Sequence[str]) -
     c = served.item_index.get_indexer(history.item_ids)
     keep = (r >= 0) & (c >= 0)
     r, c, ratings, ts = r[keep], c[keep], history.ratings[keep], history.timestamps[keep]
-    # The latest interaction per (user, item), by the rule the trainer keeps (ties: the last row)
+    # The latest interaction per (user, item), by the rule the trainer keeps (interactions.rows)
     latest, _ = keep_latest_pairs(r, c, ts)
     r, c, ratings, ts = r[latest], c[latest], ratings[latest], ts[latest]
     order = np.lexsort((c, r))  # CSR order, so every matrix is built from its arrays directly
@@ -100,7 +100,7 @@ def history_rows(served: ServingModel, history: History, users: Sequence[str]) -
     if served.task == "rating":
         use = ~np.isnan(ratings)  # implicit feedback has no rating to reconstruct
     elif served.positive_threshold is not None:
-        use = np.isnan(ratings) | (ratings >= served.positive_threshold)  # implicit feedback is a positive
+        use = is_positive(ratings, served.positive_threshold)
     else:
         use = np.ones(len(r), dtype=bool)
     r, c, ratings, ts = r[use], c[use], ratings[use], ts[use]
@@ -142,7 +142,7 @@ def user_source(served: ServingModel, known: bool, has_input: bool) -> str:
     ``has_input``: the user's stored history gives a non-empty input row for this model."""
     if not served.can_fold_in:  # scores from the training row alone
         return "model" if known else (STRANGER if has_input else COLD)
-    if not has_input:  # a model reading an empty row answers as for no one (DeepRec: 1.0 for every item)
+    if not has_input:  # a model reading an empty row answers as for no one (a user-mean-centred DeepRec: 1.0 for every item)
         return COLD
     return "model" if known else "fold-in"
 
@@ -181,14 +181,8 @@ def recommend(
 
     exclude = np.union1d(exclude_cols, rows.seen.indices) if exclude_seen else exclude_cols
     ids, scores = model.recommend(
-        rows.X,
-        k + offset,
-        users=np.array([user_row]) if user_row >= 0 else None,
-        exclude_seen=exclude_seen,
-        exclude=exclude if len(exclude) else None,
-        candidates=candidate_cols if candidates is not None else None,
-        timestamps=rows.timestamps if model.sequential else None,
-    )
+        rows.X, k + offset, users=np.array([user_row]), timestamps=rows.timestamps, exclude_seen=exclude_seen,
+        exclude=exclude if len(exclude) else None, candidates=candidate_cols if candidates is not None else None)
     finite(served, scores[~np.isneginf(scores)])  # -inf pads the tail when fewer items are allowed; NaN or +inf is a fault
     ids, scores = ids[0, offset:], scores[0, offset:]
     found = ids >= 0  # fewer than k + offset items allowed: the tail is padding
@@ -281,15 +275,14 @@ def explain(served: ServingModel, user_id: str, history: History, item_ids: Sequ
                          "(it scores by user index or the same for everyone): nothing to explain them by")
     rows = history_rows(served, history, [user_id])
     X = rows.X
-    # the most recent first (ties: the higher column first), the oldest beyond the cap left out
+    # the most recent first (ties: the higher column first), the oldest beyond the cap left out; a sequential
+    # model's cap is lower, as the schema says: its removals cost the square of the steps (models/svae.py)
     order = np.lexsort((-X.indices, -rows.timestamps.data))[:EXPLAIN_MAX_HISTORY_SEQUENTIAL if model.sequential else EXPLAIN_MAX_HISTORY]
     weighed = X.indices[order].astype(np.int64)
     cols = served.item_index.get_indexer(list(item_ids))
     user_row = served.user_index.get(user_id)
-    drops = model.contributions(
-        X, cols[cols >= 0], history=weighed, users=np.array([user_row]) if user_row >= 0 else None,
-        timestamps=rows.timestamps if model.sequential else None,
-    )
+    drops = model.contributions(X, cols[cols >= 0], history=weighed, users=np.array([user_row]),
+                                timestamps=rows.timestamps)
     finite(served, drops)
     top = np.argsort(-drops, axis=1, kind="stable")[:, :EXPLAIN_REASONS]
     reasons = iter([[(str(served.item_ids[weighed[j]]), float(d[j])) for j in t] for d, t in zip(drops, top)])
@@ -369,11 +362,9 @@ def predict_ratings(queries: Sequence[RatingQuery], histories: History) -> list[
         pr, pc = np.concatenate(pair_row).astype(np.int64), np.concatenate(pair_col).astype(np.int64)
         predictions = np.empty(len(pr), dtype=np.float32)
         pair_source = sources[pr]
-        for source, users_arg in (("model", user_rows), ("fold-in", None)):
-            mask = pair_source == source
-            if mask.any():  # users it was trained on by their row index; the rest folded in from their history
-                predictions[mask] = served.model.predict(rows.X, pc[mask], users=users_arg, pair_rows=pr[mask])
         cold = pair_source == COLD
+        if not cold.all():  # known users by their training row, the rest (-1) folded in from their history
+            predictions[~cold] = served.model.predict(rows.X, pc[~cold], users=user_rows, pair_rows=pr[~cold])
         if cold.any():  # never the model's answer to an empty row
             predictions[cold] = served.cold_ratings(pc[cold])
         finite(served, predictions)

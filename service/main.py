@@ -20,7 +20,6 @@ from service.api.main import api_router
 from service.api.routes import health, recommendations
 from service.cache import make_cache
 from service.core.config import Settings
-from service.db.session import make_engine, make_session_factory
 from service.errors import install_error_handlers
 from service.experiment_registry import ExperimentRegistry
 from service.experiment_serving import ExperimentServing
@@ -33,6 +32,7 @@ from service.request_limits import rating_hint
 from service.scoring import ScoringSlots
 from service.training_runs import TrainingRuns
 from service.writes import InteractionWriter
+from storage.session import make_engine, make_session_factory
 
 log = logging.getLogger("service")
 
@@ -73,9 +73,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         outcome = await run_in_threadpool(store.reload)  # off the event loop: loading takes a moment
         log.info("startup: %s", outcome.message)
-        # What is alive now (imported libraries, the first model version: ~300k objects at
-        # ml-100k) lives as long as the process: move it out of the collector's sight, so a
-        # full collection walks only what requests create (else a latency spike; figures in bench/RESULTS.md).
+        # What is alive now (imported libraries, the first model version) lives as long as the
+        # process: move it out of the collector's sight, so a full collection walks only what
+        # requests create (else a latency spike: bench/RESULTS.md, "Figures moved out").
         gc.collect()  # garbage first: what is frozen is never collected
         gc.freeze()
         store.start_watcher()

@@ -3,8 +3,8 @@
 ``ModelStore.current`` is one reference to an immutable ``ServingVersion``. A request
 reads it once and works on that object to the end, so a swap never changes a model
 under a running request. New versions are loaded and checked off the request path (the
-watcher thread, or ``POST /admin/reload`` in a worker thread): ``trainer.artifacts.
-load_version`` checks the manifest, the files, id maps against weight shapes and a smoke
+watcher thread, or ``POST /admin/reload`` in a worker thread): ``registry.load_version``
+checks the manifest, the files, id maps against weight shapes and a smoke
 recommendation; here each model also predicts for a real history and builds its id
 indexes. Only then is the reference replaced.
 
@@ -31,9 +31,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from registry import ArtifactError, LoadedModel, latest_version, list_versions, load_version, version_stamp
+from registry import best
 from service.metrics import Metrics
-from trainer import best
-from trainer.artifacts import ArtifactError, LoadedModel, latest_version, list_versions, load_version, version_stamp
 
 log = logging.getLogger("service.model_store")
 
@@ -154,7 +154,7 @@ class ServingVersion:
     popular_items: pd.Index  # external ids, most popular first
     popular_counts: np.ndarray
     loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
-    # task -> (model, why): what "best" names here (``trainer.best.default_model``), resolved once per version
+    # task -> (model, why): what "best" names here (``registry.best.default_model``), resolved once per version
     defaults: dict[str, tuple[str | None, str]] = field(default_factory=dict)
 
 
@@ -219,12 +219,12 @@ def _serving_model(name: str, loaded: LoadedModel, popular: np.ndarray, manifest
     )
     if not items.is_unique or not served.user_index.is_unique:
         raise ArtifactError(f"model {name}: ids.json holds duplicate ids")
-    # Smoke test on a real history (the most popular items), through the same calls requests make.
+    # Smoke test: a real history (the most popular items) as user 0's, through the same calls requests make.
     cols = items.get_indexer(popular[:5])
     cols = np.unique(cols[cols >= 0]) if len(popular) else np.array([], dtype=np.int64)
     row = sp.csr_matrix((np.ones(len(cols), np.float32), (np.zeros(len(cols), int), cols)), shape=(1, model.n_items))
-    users = None if model.can_fold_in else np.zeros(1, dtype=np.int64)
-    ids, scores = model.recommend(row, k=min(10, model.n_items), users=users, timestamps=row if model.sequential else None)
+    users = np.zeros(1, dtype=np.int64)
+    ids, scores = model.recommend(row, k=min(10, model.n_items), users=users, timestamps=row)
     if not np.isfinite(scores[ids >= 0]).all():
         raise ArtifactError(f"model {name} gives non-finite scores for a real history")
     if model.task == "rating":
@@ -369,7 +369,7 @@ class ModelStore:
     def _set_torch_threads(self) -> None:
         if self.torch_threads is None:
             return
-        import torch  # not at import: an API with no version to serve stays without torch (~180 MiB)
+        import torch  # not at import: an API with no version to serve stays without torch (bench/RESULTS.md, "Memory")
 
         if torch.get_num_threads() != self.torch_threads:
             torch.set_num_threads(self.torch_threads)  # process-wide

@@ -33,8 +33,8 @@ def rating_hint(scale: RatingScale) -> str:
 def check_ratings_size(body: Any, settings: Settings) -> None:
     """Refuses a ``POST /ratings`` body (parsed JSON, not yet validated) that asks for more than
     ``MAX_RATING_USERS`` users or ``MAX_RATING_PAIRS`` (user, item) pairs, summed over its users:
-    the work of a request grows with both. Counted before validation, which costs ~100x the
-    count at 180,000 ids: the refusal must cost little."""
+    the work of a request grows with both. Counted before validation, which costs far more than the
+    count (bench/RESULTS.md, "Figures moved out"): the refusal must cost little."""
     requests = body if isinstance(body, list) else [body]
     if len(requests) > settings.MAX_RATING_USERS:
         raise ApiError(

@@ -7,8 +7,7 @@ Limits that depend on settings (``MAX_K``, ``MAX_BATCH``) are checked by the rou
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, WithJsonSchema
 
@@ -17,7 +16,7 @@ ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 MODEL_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 RECOMMENDATION_ID_PATTERN = r"^[0-9a-f]{32}$"  # a UUID in hex (the service makes UUIDv7s)
 ID_INT_LIMIT = 10**18
-ID_MAX_CHARS = 255  # the ids' column width (String(255) in service.db.tables)
+ID_MAX_CHARS = 255  # the ids' column width (String(255) in storage.tables)
 
 
 def _external_id(value: Any) -> Any:
@@ -318,9 +317,9 @@ class TrainingRun(BaseModel):
     output_tail: list[str] = Field(description="The last lines of the run's output so far.")
 
 
-@dataclass(frozen=True)
-class Answer:
-    """A response body already serialised (a hit's as it was cached), and the model that produced it (for the metrics)."""
+class Answer(NamedTuple):
+    """A response body already serialised (a hit's as it was cached), and the model that produced it (for the metrics).
+    A tuple: built twice a cache hit, where a frozen dataclass's ``__init__`` costs more (bench/RESULTS.md, issue 23)."""
 
     model: str
     json: str

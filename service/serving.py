@@ -25,13 +25,14 @@ from typing import Any, Callable, Sequence
 from pydantic import TypeAdapter
 from sqlalchemy.orm import Session
 
-from service import crud, inference
+from service import inference
 from service.cache import Cache, CacheEntry, list_key
 from service.core.config import Settings
-from service.db.session import retry_if_dropped
 from service.errors import ApiError
 from service.model_store import ModelStore, ServingModel, ServingVersion
 from service.parts import ServiceParts
+from storage import crud
+from storage.session import retry_if_dropped
 from service.schemas import (
     Answer,
     PredictedRating,
@@ -46,7 +47,7 @@ from service.schemas import (
     ScoredItem,
     SimilarItemsResponse,
 )
-from trainer.best import BEST
+from registry.best import BEST
 
 
 _RATING_LIST = TypeAdapter(list[RatingResponse])

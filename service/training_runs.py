@@ -23,8 +23,8 @@ from pathlib import Path
 
 from filelock import Timeout
 
+import registry
 from service.core.config import Settings
-from trainer import artifacts
 
 KEPT_LOGS = 20  # output files of older runs are deleted when a new one starts
 TAIL_BYTES = 16_384  # read from the end of the output for its last lines
@@ -94,12 +94,12 @@ class TrainingRuns:
         with self._lock:
             if self.last is not None and self.last.state == "running":
                 raise TrainingBusy(f"training run {self.last.id} is running (started {_stamp(self.last.started_at)})", self.last)
-            lock = artifacts.registry_lock(self.settings.ARTIFACTS_DIR)
+            lock = registry.registry_lock(self.settings.ARTIFACTS_DIR)
             try:  # a scheduled trainer (or another replica's run) would make ours skip: say so now
                 lock.acquire(blocking=False)
                 lock.release()
             except Timeout:
-                raise TrainingBusy(f"another training is running (the registry lock {lock.lock_file} is held)", None) from None
+                raise TrainingBusy("another training is running (the registry's lock is held)", None) from None
             self.folder.mkdir(parents=True, exist_ok=True)
             self._drop_old_outputs()
             run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
@@ -120,6 +120,18 @@ class TrainingRuns:
             self._process, self.last = process, run
             threading.Thread(target=self._wait, args=(process, run), name=f"training-{run_id}", daemon=True).start()
             return run
+
+    def unwritable_setting(self, error: Exception) -> str | None:
+        """The setting whose folder ``start`` could not write (``error``: its OSError, or the registry's
+        ``UserError``); None when neither folder is at fault (the trainer's process could not start)."""
+        filename = getattr(error, "filename", None)
+        if filename is None:
+            return None if isinstance(error, OSError) else "ARTIFACTS_DIR"
+        path = Path(os.fsdecode(filename)).resolve()
+        for setting, folder in (("TRAINING_RUNS_DIR", self.folder), ("ARTIFACTS_DIR", Path(self.settings.ARTIFACTS_DIR))):
+            if path.is_relative_to(folder.resolve()):
+                return setting
+        return None
 
     def _wait(self, process: subprocess.Popen, run: TrainingRun) -> None:
         code = process.wait()

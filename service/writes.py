@@ -34,12 +34,12 @@ from pydantic import BaseModel
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from service import crud
 from service.cache import UserLists
-from service.db.session import retry_if_dropped
 from service.errors import DATABASE_UNAVAILABLE, ApiError
 from service.impressions import Attribution, ImpressionRecorder, interaction_time
 from service.metrics import Metrics
+from storage import crud
+from storage.session import retry_if_dropped
 
 Outcome = dict[str, int] | BaseException
 IDEMPOTENCY_HEADER = "Idempotency-Key"

@@ -26,8 +26,8 @@ app.add_typer(data.data_app, name="data")
 
 
 def main(argv: list[str] | None = None) -> int:
+    from errors import UserError, click_usage_error
     from models.base import ModelInputError
-    from trainer.errors import UserError, click_usage_error
 
     try:
         app(args=argv, standalone_mode=False, prog_name="python -m trainer")

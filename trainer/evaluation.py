@@ -2,9 +2,9 @@
 
 * ``evaluate_ranking(model, heldout)``: the model ranks all items for each held-out user
   from that user's fold-in input, seen items excluded; ``trainer.metrics.ranking_report``
-  scores the lists against the targets. Users the model was trained on
-  (``heldout.train_rows`` all >= 0, as in ``seed-ranking``) are passed as ``users`` so that
-  models with per-user parameters use them; otherwise the model must fold in.
+  scores the lists against the targets. Each user's training row (``heldout.train_rows``: as in
+  ``seed-ranking``, or -1 for users never trained on, as in ``strong``) is passed as ``users``:
+  models with per-user parameters use it, and one that cannot fold in refuses a -1.
 * ``evaluate_rating(model, train, targets, fallback)``: every stored rating of ``targets``
   is predicted from that user's ``train`` row, clipped to the rating range. A rating whose
   user or item has no training rating gets the fallback's prediction and still counts.
@@ -19,28 +19,18 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.sparse as sp
 
-from models.base import ModelInputError, Recommender, TrainData, as_csr
+from errors import DataError, UserError
+from interactions import Interactions
+from models.base import ModelInputError, Recommender, TrainData
+from models.rows import as_csr
 from models.baselines import BASELINES, fit_baseline
-from trainer.dataset import Interactions
-from trainer.errors import DataError, UserError
 from trainer.metrics import mae, ranking_report, rmse
-from trainer.protocols import PROTOCOL_METRICS, PROTOCOL_TASK, make_split, protocol_ks
-from trainer.splits import HeldOut
+from trainer.protocols import PROTOCOL_METRICS, PROTOCOL_TASK, HeldOut, make_split, protocol_ks
 
 FALLBACK_BASELINE = "bias"  # protocols.md: unknown users/items in rating-random get the bias prediction
 
 
 # ---- ranking ------------------------------------------------------------------------------
-def _users_for(model: Recommender, train_rows: np.ndarray) -> np.ndarray | None:
-    if (train_rows >= 0).all():
-        return train_rows  # weak generalization: the model trained on these very users
-    if not model.can_fold_in:
-        raise UserError(
-            f"{model.name} cannot fold in new users, and these held-out users were not in its training data "
-            "(use a protocol where users train, e.g. seed-ranking)"
-        )
-    return None
-
 
 def ranked_lists(model: Recommender, heldout: HeldOut, k: int) -> tuple[np.ndarray, sp.csr_matrix]:
     """(the model's top-k [n, k] for the held-out users with targets, seen items excluded; their targets)."""
@@ -51,7 +41,7 @@ def ranked_lists(model: Recommender, heldout: HeldOut, k: int) -> tuple[np.ndarr
     evaluated = np.flatnonzero((targets != 0).getnnz(axis=1) > 0)
     if evaluated.size == 0:
         raise DataError("no held-out user has any target to evaluate")
-    users = _users_for(model, np.asarray(heldout.train_rows, dtype=np.int64)[evaluated])
+    users = np.asarray(heldout.train_rows, dtype=np.int64)[evaluated]  # -1: a user the model did not train on
     timestamps = None if heldout.input_timestamps is None else sp.csr_matrix(heldout.input_timestamps)[evaluated]
     # one call: the rows cross to the model's device once, and it scores them in blocks there
     ranked, _ = model.recommend(inputs[evaluated], k=k, users=users, exclude_seen=True, timestamps=timestamps)

@@ -46,12 +46,12 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from trainer.dataset import Interactions
-from trainer.errors import TrainingError
-from trainer.splits import RankingSplit, RatingSplit
+from errors import TrainingError
+from interactions import Interactions
+from trainer.protocols import RankingSplit, RatingSplit
 
 if TYPE_CHECKING:
-    from trainer.artifacts import LoadedModel
+    from registry import LoadedModel
 
 DEFAULT_GATE_TOLERANCE = 0.02  # relative: refuse a validation metric more than 2% worse than the published one
 MIN_FAIR_USERS = 20  # fewer held-out users than this are too noisy to judge a model by
@@ -250,7 +250,7 @@ def quality_gate(
 ) -> GateDecision:
     """Compare ``run`` with the published model of the same name (see the module docstring);
     ``manifest`` is the published version's (its declared rating scale and positive threshold)."""
-    from trainer.artifacts import TRAINED_PAIRS_FILE, read_trained_pairs
+    from registry import TRAINED_PAIRS_FILE, read_trained_pairs
 
     where = f"version {published_version}"
     differ = declared_differences(run, inter, published, manifest)

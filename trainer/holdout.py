@@ -19,8 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from trainer.protocols import MIN_HELDOUT_POSITIVES, held_out_targets
-from trainer.splits import HeldOut
+from trainer.protocols import MIN_HELDOUT_POSITIVES, HeldOut, held_out_targets
 
 HOLDOUT_FRACTION = 0.1
 MIN_HELDOUT_RATINGS = 20  # fewer held-out ratings than this cannot tell two epochs apart

@@ -24,8 +24,8 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from errors import UserError
 from models.base import ModelInputError, build_config
-from trainer.errors import UserError
 
 Overrides = dict[str, dict[str, Any]]  # model name -> {field: value}
 

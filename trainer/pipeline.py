@@ -35,16 +35,17 @@ from typing import Any, Sequence
 from filelock import Timeout
 from tqdm.auto import tqdm
 
-from trainer import artifacts, best, distributed
-from trainer.artifacts import ArtifactError, LoadedModel
-from trainer.dataset import Interactions
-from trainer.errors import DataError, UserError
+from errors import DataError, UserError
+from interactions import Interactions
+import registry
+from registry import ArtifactError, LoadedModel
+from registry import best
+from trainer import distributed
 from trainer.gate import DEFAULT_GATE_TOLERANCE, GateRefused, quality_gate
-from trainer.protocols import PROTOCOL_TASK
+from trainer.protocols import PROTOCOL_TASK, RankingSplit, RatingSplit
 from trainer.publishing import best_records, publish_version
 from trainer.runs import BaselineRun, ModelRun, fit_on_split, model_split, split_baselines, train_model, versus_baseline
 from trainer.sources import SourceSpec, is_implicit, load_source
-from trainer.splits import RankingSplit, RatingSplit
 
 
 class TrainingBusy(UserError):
@@ -83,7 +84,7 @@ class TrainReport:
     source: dict[str, Any]
     data_note: str  # what was read, on which rating scale (``load_source``)
     baselines: dict[str, dict[str, BaselineRun]] = field(default_factory=dict)  # protocol -> baseline -> its run
-    best: dict[str, dict[str, Any]] = field(default_factory=dict)  # task -> the record (``trainer.best.choose``)
+    best: dict[str, dict[str, Any]] = field(default_factory=dict)  # task -> the record (``registry.best.choose``)
 
     def summary_lines(self) -> list[str]:
         lines = [self.data_note, *(run.summary() for run in self.runs.values())]
@@ -139,11 +140,11 @@ def resolve_models(requested: Sequence[str] | str | None, inter: Interactions | 
 
 
 def _previous(root: Path) -> tuple[str | None, dict[str, Any] | None]:
-    version = artifacts.latest_version(root)
+    version = registry.latest_version(root)
     if version is None:
         return None, None
     try:
-        return version, artifacts.read_manifest(root, version)
+        return version, registry.read_manifest(root, version)
     except ArtifactError as exc:
         tqdm.write(f"warning: the published version {version} is unreadable ({exc}); the gate cannot compare", file=sys.stderr)
         return None, None
@@ -172,13 +173,13 @@ def train_all(job: TrainJob) -> TrainReport:
     if job.tune is not None and dist_ctx.active:
         raise UserError("--tune searches in one process: run it without torchrun, then train under torchrun (it reuses the values)")
     progress = job.progress and dist_ctx.is_main
-    lock = artifacts.registry_lock(root)
+    lock = registry.registry_lock(root)
     busy = None
     if dist_ctx.is_main:  # the other ranks of a torchrun job share rank 0's lock
         try:
             lock.acquire(blocking=False)
         except Timeout:
-            busy = f"another training is running (lock {root / artifacts.LOCK_FILE} is held); skipped"
+            busy = f"another training is running (lock {root / registry.LOCK_FILE} is held); skipped"
     busy = distributed.broadcast_from_main(busy)
     if busy:
         raise TrainingBusy(busy)
@@ -213,7 +214,7 @@ def train_all(job: TrainJob) -> TrainReport:
             run.baseline = versus_baseline(run, baselines[run.protocol][task_baseline])
             if job.gate and previous_manifest and name in previous_manifest["models"]:
                 if previous_loaded is None:
-                    previous_loaded = artifacts.load_version(root, previous_version, map_location=str(torch_device)).models
+                    previous_loaded = registry.load_version(root, previous_version, map_location=str(torch_device)).models
                 run.gate = quality_gate(run, inter, split_cache[run.protocol], previous_loaded[name], previous_version,
                                         job.gate_tolerance, previous_manifest)
                 if not run.gate.passed:

@@ -1,4 +1,5 @@
-"""Evaluation protocols (protocols.md, "Protocols"): seeded, vectorised splits of an ``Interactions``.
+"""Evaluation protocols (protocols.md, "Protocols"): seeded, vectorised splits of an ``Interactions``,
+and what they return (``RatingSplit``; ``RankingSplit`` with its ``HeldOut`` users; every matrix scipy CSR).
 
 Same name, same procedure, every time:
   * ``rating-random``: shuffle ratings; 10% test, 5% of the rest validation, the rest train.
@@ -23,14 +24,62 @@ Every random draw comes from one ``np.random.default_rng(seed)``, in a fixed ord
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import scipy.sparse as sp
 
-from trainer.dataset import Interactions
-from trainer.errors import DataError, UserError
-from trainer.splits import HeldOut, RankingSplit, RatingSplit
+from errors import DataError, UserError
+from interactions import Interactions
+from interactions.rows import is_positive
+
+
+@dataclass
+class RatingSplit:
+    """``rating-random``: three disjoint rating matrices of the same shape (all users x all items)."""
+
+    train: sp.csr_matrix
+    valid: sp.csr_matrix
+    test: sp.csr_matrix
+    rating_range: tuple[float, float]
+    protocol: str = "rating-random"
+    seed: int = 0
+
+
+@dataclass
+class HeldOut:
+    """Users evaluated by fold-in: the model sees ``inputs`` and must rank ``targets``.
+
+    ``users`` are these rows' indices in the dataset's user space (``Interactions``),
+    and ``train_rows`` their row in ``RankingSplit.train`` where they were trained on
+    (weak generalization, ``seed-ranking``) or -1 for users never trained on (``strong``).
+    """
+
+    inputs: sp.csr_matrix  # [n, n_items] fold-in interactions (binary)
+    targets: sp.csr_matrix  # [n, n_items] items to find (binary), disjoint from inputs
+    users: np.ndarray
+    train_rows: np.ndarray
+    input_timestamps: sp.csr_matrix | None = None  # same pattern as inputs, for sequential models
+
+
+@dataclass
+class RankingSplit:
+    """``strong`` / ``temporal`` / ``seed-ranking``: binary train matrix plus held-out users.
+
+    ``item_ids`` maps a column back to the dataset's item index (columns of items that
+    never occur in train are dropped where the protocol says so).
+    """
+
+    train: sp.csr_matrix  # [n_train_users, n_items] binary
+    train_users: np.ndarray  # dataset user index of each train row
+    item_ids: np.ndarray  # dataset item index of each column
+    valid: HeldOut
+    test: HeldOut
+    train_timestamps: sp.csr_matrix | None = None
+    protocol: str = "strong"
+    seed: int = 0
+
 
 PROTOCOLS = ("rating-random", "seed-ranking", "strong", "temporal")
 PROTOCOL_TASK = {"rating-random": "rating", "seed-ranking": "ranking", "strong": "ranking", "temporal": "ranking"}
@@ -178,7 +227,7 @@ def _user_heldout(
         raise DataError(f"{interactions.name} has no timestamps: the temporal protocol needs them")
     rng = np.random.default_rng(seed)
     min_rating = interactions.rating_scale.positive if min_rating is None else min_rating
-    positive = interactions.ratings >= min_rating
+    positive = is_positive(interactions.ratings, min_rating)
     users, items = interactions.users[positive].astype(np.int64), interactions.items[positive].astype(np.int64)
     ts = None if interactions.timestamps is None else interactions.timestamps[positive]
     if users.size == 0:

@@ -18,9 +18,10 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from trainer import artifacts, best
-from trainer.artifacts import StagedModel
-from trainer.dataset import Interactions
+from interactions import Interactions
+import registry
+from registry import StagedModel
+from registry import best
 from trainer.plots import learning_curve_png
 from trainer.runs import BaselineRun, ModelRun
 from trainer.sources import SourceSpec, positive_threshold, positives, snapshot
@@ -43,7 +44,7 @@ def code_version() -> str:
 
 
 def best_records(runs: dict[str, ModelRun], baselines: dict[str, dict[str, BaselineRun]]) -> dict[str, dict[str, Any]]:
-    """Per task trained, ``trainer.best.choose`` over the models of the task's first protocol in this run
+    """Per task trained, ``registry.best.choose`` over the models of the task's first protocol in this run
     (figures on different splits do not compare: svae's ``temporal`` joins only when no ``strong`` ranker ran)."""
 
     records = {}
@@ -87,7 +88,7 @@ def publish_version(
     device: torch.device | None = None,
 ) -> str:
     """Stage every model of ``runs``, the tasks' baselines and the carried models, and publish them as one
-    version (``artifacts.publish``); returns its name."""
+    version (``registry.publish``); returns its name."""
     staged: dict[str, StagedModel] = {}
     entries: dict[str, Any] = {}
     lists = _top_lists(inter, runs, data_read_at, source.database_url is not None, device)
@@ -101,7 +102,7 @@ def publish_version(
             item_ids=run.item_ids,
             metrics=run.metrics_json(seed, hyper),
             cold_start=run.cold_start,
-            files={artifacts.CURVE_FILE: png, artifacts.TRAINED_PAIRS_FILE: run.trained_pairs,
+            files={registry.CURVE_FILE: png, registry.TRAINED_PAIRS_FILE: run.trained_pairs,
                    **(lists[name][0] if name in lists else {}), **run.tuning_files},
         )
         entries[name] = {
@@ -164,7 +165,7 @@ def publish_version(
         best.BEST_KEY: records,
     }
     popularity = {"items": np.asarray(inter.item_ids)[order].tolist(), "counts": counts[order].tolist()}
-    return artifacts.publish(root, staged, manifest, popularity=popularity, keep=keep, carry_from=carry_from)
+    return registry.publish(root, staged, manifest, popularity=popularity, keep=keep, carry_from=carry_from)
 
 
 def _top_lists(inter: Interactions, runs: dict[str, ModelRun], data_read_at: float, from_database: bool,
@@ -176,15 +177,16 @@ def _top_lists(inter: Interactions, runs: dict[str, ModelRun], data_read_at: flo
 
     n = get_settings().TOP_LIST_SIZE
     eligible = {name: run for name, run in runs.items()
-                if n > 0 and run.refit and run.published.task == "ranking" and not run.published.sequential}
+                if n > 0 and run.refit and run.published.task == "ranking"}
     if not eligible:
         return {}
-    X, _ = positives(inter, positive_threshold(inter))  # the input the service builds from the same history
+    X, timestamps = positives(inter, positive_threshold(inter))  # the input the service builds from the same history
     seen = sp.csr_matrix((np.ones(len(inter), np.float32), (inter.users, inter.items)), shape=X.shape)
     seen.sum_duplicates()
     out = {}
     for name, run in eligible.items():
-        lists = compute_top_lists(run.published, X, seen, n, device=None if device is None else str(device))
+        lists = compute_top_lists(run.published, X, seen, n, device=None if device is None else str(device),
+                                  timestamps=timestamps)
         run.timings["top_lists_seconds"] = round(lists.seconds, 3)
         out[name] = (lists.files(), lists.info(data_read_at, from_database))
     return out

@@ -10,7 +10,7 @@
    evaluate on its test part. These are the figures reported in ``metrics.json``.
    The task's baselines (``split_baselines``: global mean and bias, or popularity) are
    fitted on the same split and scored the same way, once per split; each model is marked
-   against its task's baseline by the margin of ``trainer.best`` (``versus_baseline``).
+   against its task's baseline by the margin of ``registry.best`` (``versus_baseline``).
 3. **Refit for publishing** (default) on *all* interactions, for the number of epochs
    early stopping chose (closed-form models simply solve on everything). Why not publish
    the split run's best-on-validation weights: the published model must know every user
@@ -20,7 +20,7 @@
    back 10-20% of the data. Refitting gives id maps covering the whole source (``ids.json``:
    every user and item in it). The reported metrics are those of the split run: the refit's
    configuration evaluated without leakage. The cost is a second fit (no validation passes,
-   no patience epochs; about 45% of a run's time on ml-100k). ``refit=False``
+   no patience epochs; its share of a run: bench/RESULTS.md, "Figures moved out"). ``refit=False``
    (``--no-refit``) publishes the split run's best weights instead, for when time matters
    more: held-out users are then folded in at serving time, and ``ids.json`` lists only
    the split's training users and items.
@@ -40,12 +40,13 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from trainer import artifacts, best
-from trainer.dataset import Interactions
-from trainer.errors import TrainingError
+from errors import TrainingError
+from interactions import Interactions
+import registry
+from registry import best
 from trainer.gate import GateDecision, heldout_fingerprint
+from trainer.protocols import RankingSplit, RatingSplit
 from trainer.sources import positive_threshold, positives
-from trainer.splits import RankingSplit, RatingSplit
 from trainer.training import FitResult, TrainingLog, fit
 
 def protocol_for(cls: type) -> str:
@@ -77,7 +78,7 @@ class ModelRun:
     gate: GateDecision | None = None
     train: dict[str, Any] = field(default_factory=dict)
     cold_start: Any = None  # rating models: the bias baseline on the published model's training matrix
-    # its task's baseline on the same split: {"name", "valid", "required", "beats"} (``trainer.best``)
+    # its task's baseline on the same split: {"name", "valid", "required", "beats"} (``registry.best``)
     baseline: dict[str, Any] | None = None
     # trained_pairs.npz: the published model's training pairs (user_ids x item_ids), for the next run's gate;
     # packed here (4 bytes a pair), so that no model's matrix stays in memory until the version is published
@@ -178,7 +179,7 @@ def split_baselines(protocol: str, split: RatingSplit | RankingSplit) -> dict[st
 
 
 def versus_baseline(run: ModelRun, baseline: BaselineRun) -> dict[str, Any]:
-    """``run`` against its task's baseline on the same split, by the margin of ``trainer.best``."""
+    """``run`` against its task's baseline on the same split, by the margin of ``registry.best``."""
     from trainer.protocols import PROTOCOL_TASK
 
     task = PROTOCOL_TASK[run.protocol]
@@ -210,7 +211,7 @@ def _refit(
         X = inter.matrix("rating")
         return fit(name, X, rating_range=inter.rating_range, **fit_args, **refit_hyper), X
     X, ts = positives(inter, threshold)
-    result = fit(name, X, timestamps=ts if cls.sequential else None, rating_range=(0.0, 1.0), **fit_args, **refit_hyper)
+    result = fit(name, X, timestamps=ts, rating_range=(0.0, 1.0), **fit_args, **refit_hyper)
     return result, X
 
 
@@ -230,12 +231,10 @@ def model_split(name: str, inter: Interactions, seed: int,
 def fit_on_split(name: str, split: RatingSplit | RankingSplit, hyper: dict[str, Any], **fit_args: Any) -> FitResult:
     """``fit`` on the split's train part, early-stopped on its validation part (the run's figures and the tuner's
     trials)."""
-    from models import REGISTRY
-
     if isinstance(split, RatingSplit):
         return fit(name, split.train, valid=split.valid, rating_range=split.rating_range, **fit_args, **hyper)
-    return fit(name, split.train, timestamps=split.train_timestamps if REGISTRY[name].sequential else None,
-               valid=split.valid, rating_range=(0.0, 1.0), **fit_args, **hyper)
+    return fit(name, split.train, timestamps=split.train_timestamps, valid=split.valid, rating_range=(0.0, 1.0),
+               **fit_args, **hyper)
 
 
 def train_model(
@@ -325,7 +324,7 @@ def train_model(
         fingerprint=heldout_fingerprint(inter, split),
         train=train,
         cold_start=cold_start,
-        trained_pairs=artifacts.trained_pairs_bytes(split.train if train_matrix is None else train_matrix),
+        trained_pairs=registry.trained_pairs_bytes(split.train if train_matrix is None else train_matrix),
         timings={
             "split_seconds": round(split_seconds, 3),
             "fit_seconds": round(fit_seconds, 3),

@@ -26,7 +26,7 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from trainer.errors import UserError
+from errors import UserError
 from trainer.pipeline import TrainingBusy, TrainJob
 
 log = logging.getLogger("trainer.schedule")

@@ -12,19 +12,18 @@ from pathlib import Path
 from pydantic import Field, ValidationError
 from pydantic_settings import SettingsConfigDict
 
+from errors import invalid_settings
+from interactions.settings import DatasetSettings
 from rating_scale import RatingScaleSettings
-from trainer.errors import UserError
+from storage.settings import DEFAULT_DATABASE_URL
 
 
-class TrainerSettings(RatingScaleSettings):
+class TrainerSettings(RatingScaleSettings, DatasetSettings):  # DATA_DIR, GROUPLENS_URL, DOWNLOAD_TIMEOUT_S
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
 
-    DATA_DIR: Path = Path.home() / ".cache" / "aerec" / "data"  # downloaded datasets are cached here
     ARTIFACTS_DIR: Path = Path(".artifacts")  # the model registry the service reads
     KEEP_VERSIONS: int = 5  # published versions kept; older ones are deleted
-    DATABASE_URL: str = "sqlite:///./aerec.db"  # for --from-db; the service's database
-    GROUPLENS_URL: str = "https://files.grouplens.org/datasets/movielens"
-    DOWNLOAD_TIMEOUT_S: float = 20.0
+    DATABASE_URL: str = DEFAULT_DATABASE_URL  # for --from-db; the service's database
     # each user's top-N of every refit ranker, published for the service's first requests (0: none)
     TOP_LIST_SIZE: int = Field(default=200, ge=0)
 
@@ -34,6 +33,4 @@ def get_settings() -> TrainerSettings:
     try:
         return TrainerSettings()
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ())) or "settings"
-        raise UserError(f"invalid settings: {where}: {first.get('msg')}") from None
+        raise invalid_settings(exc) from None

@@ -3,7 +3,7 @@
 ``SourceSpec`` names one source: a named dataset, a file, or the service's database
 (``--from-db``); ``load_source`` reads it into ``Interactions`` on its declared rating scale.
 ``snapshot`` is the data's size and digest (the manifest's ``source``); ``positives`` is a
-ranker's input (ratings at or above the positive threshold of the scale).
+ranker's input (its positives by ``interactions.rows``).
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from errors import UserError
+from interactions import Interactions
+from interactions.files import FileColumns
+from interactions.rows import is_positive
 from rating_scale import RatingScale
-from trainer.dataset import Interactions
-from trainer.errors import DataError, UserError
-from trainer.loader import FileColumns
 
 
 @dataclass(frozen=True)
@@ -49,28 +50,20 @@ class SourceSpec:
             return {"kind": "dataset", "name": self.dataset, **({"source": str(self.source)} if self.source else {})}
         if self.file:
             return {"kind": "file", "path": str(self.file)}
-        return {"kind": "database", "url": _redact(self.database_url or "")}
+        from storage.session import redacted  # SQLAlchemy only for a database source
 
-
-def _redact(url: str) -> str:
-    """A database URL without its password, for manifests and logs."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a URL SQLAlchemy understands: the reader reports that itself
-        return "<unparsable url>"
+        return {"kind": "database", "url": redacted(self.database_url or "")}
 
 
 def load_source(spec: SourceSpec, progress: bool = True) -> tuple[Interactions, str]:
     """The source's interactions, and one line naming them and the rating scale they are on, and who declared it."""
     if spec.file:
-        from trainer.loader import load_file
+        from interactions.files import load_file
 
         inter, report = load_file(spec.file, spec.columns, rating_scale=spec.rating_scale)
         return inter, f"data: {spec.file} ({report.columns_note()}), {report.scale_note()}"
     if spec.dataset:
-        from trainer.datasets import get_dataset
+        from interactions.datasets import get_dataset
 
         inter, origin = get_dataset(spec.dataset, source=spec.source, progress=progress), f"{spec.dataset}'s own"
     else:
@@ -79,83 +72,12 @@ def load_source(spec: SourceSpec, progress: bool = True) -> tuple[Interactions, 
 
 
 def read_database(url: str) -> tuple[Interactions, str]:
-    """Every stored interaction, through the service's ORM classes (PostgreSQL, SQLite, ... by URL), and
-    where its rating scale was declared.
-
-    The scale is the one stored with the data (``python -m service migrate`` records the
-    service's ``RATING_SCALE``), else this process's ``RATING_SCALE`` setting; never the
-    ratings' min and max. A stored rating off it stops the run (``DataError`` naming how
-    many and one of them). A missing rating (implicit feedback) counts as a positive at the
-    top of the scale, 1.0 on an implicit one. The same user and item at several times keep
-    the latest row, as the file loader does.
-    """
-    import pandas as pd
-    from sqlalchemy import select
-    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
-
-    from service.db.session import make_engine
-    from service.db.tables import DeclaredRatingScale, Interaction, Item, User
-    from trainer.loader import interactions_from_columns, keep_latest_pairs
+    """Every interaction the service stored (``storage.export``), on the scale stored with the data, else on
+    this process's ``RATING_SCALE`` setting; and where that scale was declared."""
+    from storage.export import stored_interactions
     from trainer.settings import get_settings
 
-    query = (
-        select(
-            User.external_id.label("user"),
-            Item.external_id.label("item"),
-            Interaction.rating.label("rating"),
-            Interaction.timestamp.label("timestamp"),
-        )
-        .join(User, Interaction.user_id == User.id)
-        .join(Item, Interaction.item_id == Item.id)
-        .order_by(Interaction.id)
-    )
-    where = _redact(url)
-    try:
-        engine = make_engine(url)
-    except (ArgumentError, ValueError, ImportError) as exc:
-        raise UserError(f"--database-url {where!r} is not a usable database URL: {exc}") from None
-    try:
-        with engine.connect() as connection:
-            declared = connection.execute(
-                select(DeclaredRatingScale.scale, DeclaredRatingScale.positive_threshold)).first()
-            result = connection.execute(query)
-            frame = pd.DataFrame(result.fetchall(), columns=list(result.keys()))
-    except SQLAlchemyError as exc:
-        first = str(exc.orig if getattr(exc, "orig", None) else exc).strip().splitlines()[0]
-        raise DataError(f"cannot read interactions from {where}: {first} (did you run `python -m service migrate`?)") from None
-    finally:
-        engine.dispose()
-    if frame.empty:
-        raise DataError(f"the database {where} has no interactions to train on")
-    if declared is not None:
-        scale, origin = RatingScale.parse(declared.scale, declared.positive_threshold), "stored with the data"
-    else:
-        scale, origin = get_settings().rating_scale, "the RATING_SCALE setting: the database stores none"
-
-    ratings = frame["rating"].to_numpy(dtype=np.float64)
-    missing = np.isnan(ratings)
-    rated = frame[~missing]
-    refusal = scale.refusal(ratings[~missing], f"the database {where}", lambda n: (
-        "user {!r}, item {!r}, rating {:g}".format(*rated.iloc[n][["user", "item", "rating"]])))
-    if refusal:
-        raise DataError(f"{refusal}; nothing was trained (delete or fix those rows, or declare a scale that has them)")
-    ratings = np.where(missing, scale.high, ratings) if not scale.implicit else np.ones_like(ratings)
-    inter = interactions_from_columns(
-        frame["user"].astype(str).to_numpy(),
-        frame["item"].astype(str).to_numpy(),
-        ratings.astype(np.float32),
-        frame["timestamp"].to_numpy(dtype=np.int64),
-        name="database",
-        rating_scale=scale,
-    )
-    keep, dropped = keep_latest_pairs(inter.users, inter.items, inter.timestamps)
-    if dropped:
-        inter = Interactions(
-            users=inter.users[keep], items=inter.items[keep], ratings=inter.ratings[keep],
-            timestamps=inter.timestamps[keep], user_ids=inter.user_ids, item_ids=inter.item_ids,
-            name=inter.name, rating_scale=inter.rating_scale,
-        )
-    return inter, origin
+    return stored_interactions(url, lambda: get_settings().rating_scale)
 
 
 def snapshot(inter: Interactions) -> dict[str, Any]:
@@ -201,7 +123,7 @@ def is_implicit(inter: Interactions) -> bool:
 
 def positives(inter: Interactions, threshold: float) -> tuple[sp.csr_matrix, sp.csr_matrix | None]:
     """All users x all items, 1 where a rating is a positive; and the timestamps on the same pattern."""
-    keep = inter.ratings >= threshold
+    keep = is_positive(inter.ratings, threshold)
     shape = (inter.n_users, inter.n_items)
     ones = sp.csr_matrix((np.ones(keep.sum(), np.float32), (inter.users[keep], inter.items[keep])), shape=shape)
     ones.sort_indices()

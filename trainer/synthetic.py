@@ -9,7 +9,7 @@ The defaults give ML-20M's size (140k users, 20k items, 20M ratings). The shape:
   are unique), popular ones tending to come first, as MovieLens' sign-up page shows them;
 - rating = round(3.2 + b_user + b_item + noise) clipped to 1..5, where popular items
   have higher b_item; timestamps strictly increase within each user.
-Everything is vectorised: the default 20M rows take about 8 s of CPU (one core).
+Everything is vectorised, no loop per user (its time for 20M rows: bench/RESULTS.md, "ML-20M scale").
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from trainer.dataset import STARS, Interactions
-from trainer.errors import UserError
+from errors import UserError
+from interactions import STARS, Interactions
 
 _FIRST_TIME = 946_684_800  # 2000-01-01 UTC
 _LAST_TIME = 1_420_070_400  # 2015-01-01 UTC

@@ -15,6 +15,7 @@ the service answers as it does today) and ``top_scores.npy`` float32 [n_users, N
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import time
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 
 ITEMS_FILE = "top_items.npy"
 SCORES_FILE = "top_scores.npy"
@@ -54,17 +56,31 @@ def _npy(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+@contextlib.contextmanager
+def _one_thread():
+    """One torch thread while single rows are scored, as the service scores a request (``TORCH_THREADS``' default):
+    SVAE's GRU rounds otherwise with more threads, and a row's kernels are too small to share out anyway."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def compute_top_lists(model, X: sp.csr_matrix, seen: sp.csr_matrix, n: int = DEFAULT_LIST_SIZE,
-                      device: str | None = None) -> TopLists:
+                      device: str | None = None, timestamps: sp.csr_matrix | None = None) -> TopLists:
     """Top ``n`` of each row of ``X`` (the users' positives, in the model's rows and columns), items of
-    ``seen`` excluded. Users the service would not answer with the model (an empty input row for a
-    model that folds in) get no list."""
+    ``seen`` excluded; ``timestamps``: when each positive was (X's pattern), for a model that reads the
+    order. Users the service would not answer with the model (an empty input row for a model that folds
+    in) get no list."""
     started = time.perf_counter()
     served = copy.deepcopy(model).float()  # served in float32 (service.model_store): the same scores
     if device is not None:
         served = served.to(device)
     served.eval()
     X, seen = sp.csr_matrix(X, dtype=np.float32), sp.csr_matrix(seen, dtype=np.float32)
+    T = None if timestamps is None else sp.csr_matrix(timestamps, dtype=np.float64)
     n_users, n = X.shape[0], max(1, min(int(n), served.n_items))
     items = np.full((n_users, n), -1, dtype=np.int32)
     scores = np.full((n_users, n), -np.inf, dtype=np.float32)
@@ -72,22 +88,25 @@ def compute_top_lists(model, X: sp.csr_matrix, seen: sp.csr_matrix, n: int = DEF
     listed = np.flatnonzero(has_input) if served.can_fold_in else np.arange(n_users)
 
     def score(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return served.recommend(X[rows], n, users=rows.astype(np.int64), exclude_seen=True, exclude=seen[rows])
+        return served.recommend(X[rows], n, users=rows.astype(np.int64), exclude_seen=True, exclude=seen[rows],
+                                timestamps=None if T is None else T[rows])
 
     probe = listed[:PROBE_ROWS]
     row_by_row = False
     if len(probe):
         block_ids, block_scores = score(probe)
-        single = [score(probe[i : i + 1]) for i in range(len(probe))]
+        with _one_thread():
+            single = [score(probe[i : i + 1]) for i in range(len(probe))]
         row_by_row = not all(np.array_equal(block_ids[i], ids[0]) and np.array_equal(block_scores[i], s[0])
                              for i, (ids, s) in enumerate(single))
     step = 1 if row_by_row else 4096  # recommend() scores a block in passes sized for the device
-    for start in range(0, len(listed), step):
-        rows = listed[start : start + step]
-        ids, s = score(rows)
-        items[rows], scores[rows] = ids.astype(np.int32), s
+    with _one_thread() if row_by_row else contextlib.nullcontext():
+        for start in range(0, len(listed), step):
+            rows = listed[start : start + step]
+            ids, s = score(rows)
+            items[rows], scores[rows] = ids.astype(np.int32), s
     if not np.isfinite(scores[items >= 0]).all():
-        from trainer.errors import TrainingError
+        from errors import TrainingError
 
         raise TrainingError("a top-N list holds a non-finite score: nothing is published")
     return TopLists(items, scores, time.perf_counter() - started, row_by_row)

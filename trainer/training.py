@@ -25,12 +25,13 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
-from models.base import ModelInputError, Recommender, TrainData, build_config, use_tensor_cores
+from errors import TrainingError, UserError
+from models.base import ModelInputError, Recommender, TrainData, build_config
+from models.scoring import use_tensor_cores
 from models.sizes import DataShape, for_data
 from trainer import distributed
-from trainer.errors import TrainingError, UserError
 from trainer.holdout import HOLDOUT_FRACTION, hold_out
-from trainer.splits import HeldOut
+from trainer.protocols import HeldOut
 
 VALID_RANKING_K = 100
 VALID_RANKING_METRIC = f"ndcg@{VALID_RANKING_K}"
@@ -293,7 +294,7 @@ def _epochs(
         # every step before it can queue the next one (bench/gpu.py)
         loss_sum, steps = torch.zeros((), device=model.device), 0
         for batch in model.training_batches(data, rng):
-            loss_sum += model.train_step(batch, optimizer, forward=forward, **model.schedule(step, epoch))
+            loss_sum += model.train_step(batch, optimizer, forward=forward, **model.annealing(step, epoch))
             step, steps = step + 1, steps + 1
         mean_loss = float(loss_sum) / steps if steps else float("nan")
         if steps and not math.isfinite(mean_loss):
@@ -331,20 +332,20 @@ def _epochs(
 def _in_bfloat16(forward: Any, device_type: str) -> Any:
     """``forward`` (the loss) under bfloat16 autocast. Only the forward pass is wrapped: the
     backward pass replays the dtypes it recorded, and the weights, their gradients and the
-    optimiser stay float32. On ml-100k Mult-VAE's epoch took half the time on a CPU with
-    AVX512-BF16 (bench/RESULTS.md, "Training speed"). Validation and serving stay float32: bfloat16
-    scores stopped training earlier and lowered test NDCG@100 (bench/RESULTS.md, "Figures moved out")."""
+    optimiser stay float32. It pays on bfloat16 hardware (bench/RESULTS.md, "Training speed"). Validation
+    and serving stay float32: bfloat16 scores stopped training earlier and lowered test NDCG@100
+    (bench/RESULTS.md, "Figures moved out")."""
 
-    def run(batch: Any, **schedule: float) -> torch.Tensor:
+    def run(batch: Any, **annealing: float) -> torch.Tensor:
         with torch.autocast(device_type=device_type, dtype=torch.bfloat16):
-            return forward(batch, **schedule)
+            return forward(batch, **annealing)
 
     return run
 
 
 def _snapshot(model: Recommender, into: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
     """A copy of the model's weights, written over the previous copy when there is one: a new
-    best epoch then costs a memcpy, not the allocation of every tensor again (~4x slower)."""
+    best epoch then costs a memcpy, not the allocation of every tensor again (bench/RESULTS.md, "Figures moved out")."""
     state = model.state_dict()
     if into is None:
         return {k: v.detach().clone() for k, v in state.items()}

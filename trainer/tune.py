@@ -37,7 +37,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from trainer.errors import TrainingError, UserError
+from errors import TrainingError, UserError
 
 if TYPE_CHECKING:
     from models.sizes import DataShape

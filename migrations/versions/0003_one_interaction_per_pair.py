@@ -1,7 +1,7 @@
 """One interaction per (user, item): a re-rating replaces the older one.
 
 Existing repeats of a pair are collapsed to the latest (highest timestamp, ties to the
-highest id: the rule of ``rating_scale.latest``, which the trainer applied on reading).
+highest id: the rule of ``interactions.rows``, which the trainer applied on reading).
 
 Revision ID: 0003
 Revises: 0002

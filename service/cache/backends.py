@@ -31,6 +31,7 @@ from service.metrics import Metrics
 log = logging.getLogger("service.cache")
 
 BACKOFF_S = 2.0  # after a Redis failure, skip Redis this long (requests go uncached, fast)
+LATER_S = 0.02  # a ``set_later`` answer waits at most this long for a lookup to carry it to Redis
 
 
 class CacheUnavailable(Exception):
@@ -67,6 +68,7 @@ class Backend(ABC):
     def __init__(self, metrics: Metrics, namespace: str = "aerec") -> None:
         self.metrics = metrics
         self.namespace = namespace
+        self._counters: dict[tuple[bool, str], Any] = {}  # labels() takes a lock and a lookup each call
 
     def key(self, key: str) -> str:
         return f"{self.namespace}:{key}"
@@ -80,8 +82,15 @@ class Backend(ABC):
         return self.counted(value, kind)
 
     def counted(self, value: str | None, kind: str) -> str | None:
-        (self.metrics.cache_hits if value is not None else self.metrics.cache_misses).labels(kind).inc()
+        self.count(value is not None, kind)
         return value
+
+    def count(self, hit: bool, kind: str) -> None:
+        """One more cache hit (or miss) of ``kind``."""
+        counter = self._counters.get((hit, kind))
+        if counter is None:
+            counter = self._counters[hit, kind] = (self.metrics.cache_hits if hit else self.metrics.cache_misses).labels(kind)
+        counter.inc()
 
     def set(self, key: str, value: str, ttl_s: float, *, only_if_absent: bool = False) -> bool:
         """Store ``value`` for ``ttl_s`` seconds; with ``only_if_absent`` keep an existing value. True if stored."""
@@ -245,7 +254,9 @@ class MemoryCache(Backend):
 # if there is none, GET the entry). Atomic, as the SET NX of ``UserLists.user_generation`` is.
 # KEYS[1]: the generation key, KEYS[2] the user's write record; ARGV: a fresh token, its TTL in ms,
 # the entry's key before the token. Returns the token, the entry, whether the token was there, the record.
+# KEYS[3..] with ARGV[4..] (value, TTL in ms each): answers of ``set_later`` stored in the same round trip.
 _USER_ENTRY_LUA = """
+for i = 3, #KEYS do redis.call('SET', KEYS[i], ARGV[2 * i - 2], 'PX', ARGV[2 * i - 1]) end
 local written = redis.call('GET', KEYS[2])
 local generation = redis.call('GET', KEYS[1])
 if not generation then
@@ -272,7 +283,7 @@ class RedisCache(Backend):
         self._down_until = 0.0
         self._user_entry = self.client.register_script(_USER_ENTRY_LUA)  # EVALSHA, loaded again after a restart
         self._async: tuple[asyncio.AbstractEventLoop, redis.asyncio.Redis, Any] | None = None
-        self._later: dict[str, tuple[str, int]] = {}  # ``set_later``'s, until the loop's next turn
+        self._later: dict[str, tuple[str, int]] = {}  # ``set_later``'s, until the next lookup or ``LATER_S``
         self._flushing: set[asyncio.Task] = set()
 
     def _async_client(self) -> tuple[redis.asyncio.Redis, Any]:
@@ -330,17 +341,20 @@ class RedisCache(Backend):
         return bool(await self._acall(self._async_client()[0].set, key, value, px=ms(ttl_s)))
 
     def set_later(self, key: str, value: str, ttl_s: float) -> None:
-        # the sets of one turn of the loop go in one pipeline: a round trip each cost a first request a third
-        # of its throughput (bench/RESULTS.md, the write-behind pipeline; bench/serving.py rec-first)
-        first = not self._later
+        # stored by the next lookup's script, in its round trip; a round trip of their own cost a first request
+        # most of what it costs more than a hit (bench/request_cpu.py; bench/RESULTS.md,
+        # "First requests from stored top-N lists")
+        if not self._later:
+            asyncio.get_running_loop().call_later(LATER_S, self._flush_later)  # if no lookup comes first
         self._later[self.key(key)] = (value, ms(ttl_s))
-        if first:
-            task = asyncio.get_running_loop().create_task(self._flush_later())
+
+    def _flush_later(self) -> None:
+        if self._later:
+            task = asyncio.get_running_loop().create_task(self._store_later())
             self._flushing.add(task)  # a reference until done: the loop keeps weak ones
             task.add_done_callback(self._flushing.discard)
 
-    async def _flush_later(self) -> None:
-        await asyncio.sleep(0)  # let the other requests of this turn add theirs
+    async def _store_later(self) -> None:
         pending, self._later = self._later, {}
         pipe = self._async_client()[0].pipeline(transaction=False)
         for key, (value, ttl_ms) in pending.items():
@@ -356,8 +370,9 @@ class RedisCache(Backend):
 
     async def user_entry_async(self, keys: UserEntryKeys) -> FoundEntry:
         script = self._async_client()[1]
-        return FoundEntry(*await self._acall(script, keys=[keys.generation, keys.written],
-                                             args=[keys.fresh_token, keys.ttl_ms, keys.entry_prefix]))
+        pending, self._later = self._later, {}  # ``set_later``'s answers ride along
+        return FoundEntry(*await self._acall(script, keys=[keys.generation, keys.written, *pending], args=[
+            keys.fresh_token, keys.ttl_ms, keys.entry_prefix, *(part for stored in pending.values() for part in stored)]))
 
     def read_record(self, key: str) -> str | None:
         return self._get(key)

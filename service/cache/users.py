@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
-import secrets
+import os
 import threading
 import time
 from collections.abc import Collection
@@ -76,7 +76,7 @@ class UserLists:
         token = self.backend.get(key, kind="generation")
         if token is not None:
             return token
-        fresh = secrets.token_hex(8)
+        fresh = os.urandom(8).hex()
         if self.backend.set(key, fresh, ttl_s, only_if_absent=True):
             return fresh
         return self.backend.get(key, kind="generation")  # another request drew one first (or the cache is down: None)
@@ -106,10 +106,10 @@ class UserLists:
 
     def _entry_keys(self, user_id: str, key: str, generation_ttl_s: float) -> UserEntryKeys:
         return UserEntryKeys(self.backend.key(f"gen:{user_id}"), self.backend.key(f"written:{user_id}"),
-                             self.backend.key(key), secrets.token_hex(8), ms(generation_ttl_s))
+                             self.backend.key(key), os.urandom(8).hex(), ms(generation_ttl_s))
 
     def _entry(self, key: str, kind: str, found: FoundEntry) -> CacheEntry:
-        (self.metrics.cache_hits if found.known else self.metrics.cache_misses).labels("generation").inc()
+        self.backend.count(found.known, "generation")
         # a new token finds nothing
         return CacheEntry(f"{key}:{found.generation}", self.backend.counted(found.value, kind), found.generation,
                           written_time(found.written))

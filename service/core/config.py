@@ -14,6 +14,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from rating_scale import RatingScaleSettings
+from storage.settings import DEFAULT_DATABASE_URL
 
 PLACEHOLDER_KEYS = {"", "secret", "password", "apikey", "api-key", "dev-key", "test"}
 PLACEHOLDER_PREFIXES = ("change", "replace", "your-", "<")  # changethis, change-me-api-key, <your key>
@@ -32,7 +33,7 @@ class Settings(RatingScaleSettings):  # RATING_SCALE, POSITIVE_THRESHOLD: what P
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
 
     ENVIRONMENT: Literal["development", "staging", "production"] = "development"
-    DATABASE_URL: str = "sqlite:///./aerec.db"
+    DATABASE_URL: str = DEFAULT_DATABASE_URL
     REDIS_URL: str | None = None  # None: an in-process TTL/LRU cache
     CACHE_NAMESPACE: str = "aerec"  # prefix of every cache key (several deployments can share one Redis)
     ARTIFACTS_DIR: Path = Path(".artifacts")  # the trainer's model registry
@@ -64,7 +65,8 @@ class Settings(RatingScaleSettings):  # RATING_SCALE, POSITIVE_THRESHOLD: what P
     # Online evaluation (service.impressions, service.experiment_registry): every list served is recorded
     # off the request path through a bounded queue (full: dropped and counted, never waited on).
     IMPRESSIONS_ENABLED: bool = True
-    IMPRESSION_QUEUE_SIZE: int = Field(default=60_000, ge=1)  # a flush interval of requests at 20,000 req/s
+    # room for a flush interval of the fastest cache hits (bench/RESULTS.md, "Figures moved out")
+    IMPRESSION_QUEUE_SIZE: int = Field(default=60_000, ge=1)
     IMPRESSION_BATCH: int = Field(default=5000, ge=1)  # most queued records one transaction writes
     # how often the writer stores what is queued: rarer is cheaper per row, each user's index page written once per
     # batch whatever its rows (bench/RESULTS.md, "What recording impressions costs"); a crash loses at most the queue
@@ -79,8 +81,8 @@ class Settings(RatingScaleSettings):  # RATING_SCALE, POSITIVE_THRESHOLD: what P
     MAX_RATING_PAIRS: int = Field(default=1000, ge=1)
     MAX_BODY_BYTES: int = Field(default=1_000_000, ge=1024)
     MAX_HEADER_BYTES: int = Field(default=16_384, ge=1024)  # request line and headers, when `python -m service` serves
-    # torch threads per request's scoring. A second one fights the event loop and the other
-    # requests' threads for the same cores (bench/RESULTS.md); a large model on many cores may want more.
+    # torch threads per request's scoring. A second one fights the event loop and the other requests'
+    # threads for the same cores (bench/RESULTS.md, "Figures moved out"); a large model on many cores may want more.
     TORCH_THREADS: int = Field(default=1, ge=1)
     # Requests whose model work (history query, scoring) runs at once; the others queue on the
     # event loop. Python-bound scoring holds the GIL, so more threads only take turns on it.
@@ -88,7 +90,7 @@ class Settings(RatingScaleSettings):  # RATING_SCALE, POSITIVE_THRESHOLD: what P
     # Where the models score: "auto" is the GPU when torch sees one; recommend() masks seen items and
     # takes the top k on the same device (models.base), so only ids and scores come back.
     SCORING_DEVICE: Literal["auto", "cpu", "cuda"] = "auto"
-    # A model name, or "best": the served version's best-validated model of the task (trainer/best.py),
+    # A model name, or "best": the served version's best-validated model of the task (registry/best.py),
     # a baseline included; a version published without that record serves ease / autorec-u.
     DEFAULT_MODEL: str = "best"
     DEFAULT_RATING_MODEL: str = "best"

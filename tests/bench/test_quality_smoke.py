@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from bench.quality import checks, format_report, main, plan, published_for, run_protocol
-from trainer.datasets import read_dataset
+from interactions.movielens import read_dataset
 from trainer.evaluation import evaluate_baselines
 
 

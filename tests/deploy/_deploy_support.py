@@ -137,7 +137,7 @@ def planted_heldout(X, n: int = 24):
     import numpy as np
     import scipy.sparse as sp
 
-    from trainer.splits import HeldOut
+    from trainer.protocols import HeldOut
 
     rows = sp.csr_matrix(X[:n] > 0, dtype=np.float32)
     odd = sp.diags((np.arange(X.shape[1]) % 2).astype(np.float32))

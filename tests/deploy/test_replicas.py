@@ -45,7 +45,7 @@ def _histories(ml100k_dir) -> list[dict]:
     """USERS' ml-100k ratings as POST /interactions bodies."""
     import numpy as np
 
-    from trainer.datasets import read_dataset
+    from interactions.movielens import read_dataset
 
     inter = read_dataset("ml-100k", ml100k_dir)
     users = np.asarray(inter.user_ids).astype(str)[inter.users]

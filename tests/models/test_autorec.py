@@ -7,11 +7,12 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-import trainer
+from interactions.movielens import read_dataset
 from models.autorec import AutoRecConfig, AutoRecI, AutoRecU, AutoRecUConfig, masked_squared_error
 from models.base import ModelInputError, TrainData
 from models.baselines import fit_baseline
-from trainer.datasets import read_dataset
+from models.sizes import DataShape, for_data
+import trainer
 from trainer.evaluation import evaluate_rating
 from trainer.protocols import make_split
 
@@ -51,20 +52,21 @@ def test_masked_error_ignores_unobserved_targets():
 
 @pytest.mark.parametrize("cls", [AutoRecI, AutoRecU])
 def test_loss_is_the_papers_objective(cls):
-    model = small(cls, weight_decay=3.0, **({"center": False} if cls is AutoRecU else {}))
+    model = small(cls, weight_decay=3.0, center="none")
     X = ratings()
-    r, observed = next(model.training_batches(TrainData(X), np.random.default_rng(0)))
+    r, target, observed = next(model.training_batches(TrainData(X), np.random.default_rng(0)))
+    assert target is r  # uncentred: the network rebuilds what it reads
     V, mu, W, b = model.encoder.weight, model.encoder.bias, model.decoder.weight, model.decoder.bias
     h = (W @ torch.sigmoid(V @ r.T + mu[:, None]) + b[:, None]).T
     per_vector = ((h - r) ** 2 * (r != 0)).sum(dim=1)
     n_vectors = N_ITEMS if cls is AutoRecI else N_USERS
     expected = per_vector.mean() + 3.0 / (2 * n_vectors) * (W.pow(2).sum() + V.pow(2).sum())
-    torch.testing.assert_close(model.loss((r, observed)), expected)
+    torch.testing.assert_close(model.loss((r, target, observed)), expected)
 
 
 @torch.no_grad()
 def test_centred_user_autorec_reconstructs_deviations_from_each_users_mean():
-    model, plain = small(AutoRecU), small(AutoRecU, center=False)  # same weights (same seed)
+    model, plain = small(AutoRecU, center="user"), small(AutoRecU, center=False)  # same weights (same seed)
     r = torch.tensor([[5.0, 0.0, 3.0] + [0.0] * (N_ITEMS - 3), [0.0] * N_ITEMS])
     mean = torch.tensor([[4.0], [0.0]])  # the second user rated nothing: no offset
     centred = torch.where(r != 0, r - mean, torch.zeros_like(r))
@@ -76,12 +78,58 @@ def test_centred_user_autorec_reconstructs_deviations_from_each_users_mean():
     torch.testing.assert_close(model.pair_scores(rows, pairs, items), model.reconstruct(r)[pairs, items])
 
 
+@torch.no_grad()
+def test_bias_centred_autorec_learns_the_residual_on_the_bias_model():
+    """o_ui = μ + b_u + b_i of the bias baseline; U-AutoRec: o + h(r - o); I-AutoRec: o_ui + h(x_i)[u],
+    x_i item i's column of residuals; b_u from the row given, so a stranger's row gets its own."""
+    X = ratings()
+    bias = fit_baseline("bias", TrainData(X))
+    offset = bias.scores(X).float()  # [n_users, n_items]
+    residual = torch.from_numpy(X.toarray())
+    residual = torch.where(residual != 0, residual - offset, torch.zeros_like(residual))
+    for cls in (AutoRecU, AutoRecI):
+        model, plain = small(cls).eval(), small(cls, center="none").eval()  # same weights
+        assert model.config.center == "bias"
+        model.prepare_scoring(TrainData(X))
+        torch.testing.assert_close(model.offset.item_bias, bias.item_bias.float())
+        users = np.arange(N_USERS)
+        if cls is AutoRecU:
+            expected = plain.reconstruct(residual) + offset
+            torch.testing.assert_close(model.scores(sp.csr_matrix(X.toarray())), expected)  # folded in
+        else:  # reads item i's ratings, rebuilds its residuals
+            expected = plain.reconstruct(torch.from_numpy(X.T.toarray())).T + offset
+            columns, targets, _ = next(model.training_batches(TrainData(X), np.random.default_rng(0)))
+            items_in = [np.flatnonzero((X.T.toarray() == c.numpy()).all(1))[0] for c in columns]
+            torch.testing.assert_close(targets, residual.T[items_in])
+        torch.testing.assert_close(model.scores(X, users=users), expected, rtol=1e-4, atol=1e-4)
+        items, pairs = torch.tensor([1, 7, 0]), torch.tensor([0, 4, 29])
+        torch.testing.assert_close(model.pair_scores(X, pairs, items, users=users), expected[pairs, items],
+                                   rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["autorec-i", "autorec-u"])
+def test_a_strongly_regularised_autorec_falls_back_to_the_bias_baseline(name):
+    """With lambda so large that W and V vanish, the bias-centred model predicts the bias baseline's
+    ratings (up to its output bias b, which is not penalised); uncentred, it predicts far off them."""
+    X = ratings(density=0.5)
+    bias = fit_baseline("bias", TrainData(X))
+    users, items = np.repeat(np.arange(N_USERS), N_ITEMS), np.tile(np.arange(N_ITEMS), N_USERS)
+    expected = bias.scores(X).numpy()[users, items]
+    gaps = {}
+    for center in ("bias", "none"):
+        model = trainer.fit(name, X, seed=0, progress=False, holdout=0, epochs=150, lr=1e-2,
+                            weight_decay=1e6, center=center).model
+        predicted = model.scores(X, users=np.arange(N_USERS)).numpy()[users, items]
+        gaps[center] = np.abs(predicted - expected).mean()
+    assert gaps["bias"] < 0.25 and gaps["none"] > 4 * gaps["bias"], gaps
+
+
 def test_item_autorec_trains_on_item_columns():
-    model = small(AutoRecI, batch_size=7)
+    model = small(AutoRecI, batch_size=7, center="none")
     X = ratings()
     assert model.encoder.in_features == N_USERS and model.decoder.out_features == N_USERS
     batches = list(model.training_batches(TrainData(X), np.random.default_rng(0)))
-    vectors = torch.cat([r for r, _ in batches])
+    vectors = torch.cat([r for r, _, _ in batches])
     assert vectors.shape == (N_ITEMS, N_USERS)  # one vector per item, each over all users
     columns = {tuple(col) for col in X.T.toarray()}
     assert {tuple(v) for v in vectors.numpy()} == columns
@@ -89,7 +137,7 @@ def test_item_autorec_trains_on_item_columns():
 
 def test_item_autorec_scores_are_item_reconstructions():
     """prediction(u, i) = h(r_i)[u]: the reconstruction of item i's column, read at user u."""
-    model = small(AutoRecI).eval()
+    model = small(AutoRecI, center="none").eval()
     X = ratings()
     model.prepare_scoring(TrainData(X))
     users = np.array([3, 0, 17])
@@ -122,6 +170,17 @@ def test_user_autorec_folds_in_a_new_user_like_a_trained_one():
     torch.testing.assert_close(model.scores(new_user_row), model.scores(X[[5]], users=np.array([5])))
     items = np.array([2])
     assert model.predict(new_user_row, items) == model.predict(X[[5]], items, users=np.array([5]))
+
+
+def test_user_autorec_lambda_grows_as_the_rows_thin():
+    """ml-100k's rating-random split (85,500 ratings, 943 users) keeps its validated 100; 40% of it ~990."""
+    dense, sparse = DataShape(943, 1_650, 85_500), DataShape(943, 1_500, 34_200)
+    assert for_data(AutoRecUConfig(), dense).weight_decay == pytest.approx(100.0)
+    assert for_data(AutoRecUConfig(), sparse).weight_decay == pytest.approx(100 * 2.5**2.5)
+    assert for_data(AutoRecUConfig(weight_decay=7.0), sparse).weight_decay == 7.0  # given: kept
+    assert for_data(AutoRecConfig(), sparse).weight_decay == 100.0  # I-AutoRec: a constant
+    with pytest.raises(ModelInputError, match="for_data"):  # an unresolved config refuses to train
+        AutoRecU(AutoRecUConfig(), n_items=N_ITEMS, n_users=N_USERS).configure_optimizer()
 
 
 def test_defaults_follow_the_paper():

@@ -7,7 +7,8 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from models.base import ModelInputError, TrainData, as_row_batch, build_config
+from models.base import ModelInputError, TrainData, build_config
+from models.rows import as_row_batch
 from models.cdae import CDAE, CDAEConfig
 
 N_USERS, N_ITEMS = 16, 10

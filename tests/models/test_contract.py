@@ -8,15 +8,17 @@ a model that learnt anything must put it first among the items it may rank.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
 
+from errors import UserError
 import models
-import trainer
 from models.base import ModelInputError
-from trainer.errors import UserError
+import trainer
 
 N_USERS, N_ITEMS, BLOCK = 60, 24, 12
 
@@ -69,10 +71,6 @@ def fitted(request):
     return name, model, X, ts, withheld, log
 
 
-def _users(model, n: int) -> np.ndarray | None:
-    return np.arange(n) if not model.can_fold_in else None
-
-
 def test_registry_names():
     assert set(models.REGISTRY) == {"autorec-i", "autorec-u", "deeprec", "cdae", "multvae", "recvae", "multdae", "svae",
                                      "ease", "edlae"}
@@ -84,7 +82,7 @@ def test_registry_names():
 
 def test_recommend_shapes_and_order(fitted):
     name, model, X, ts, _, _ = fitted
-    ids, scores = model.recommend(X[:5], k=7, users=_users(model, 5), timestamps=ts[:5])
+    ids, scores = model.recommend(X[:5], k=7, users=np.arange(5), timestamps=ts[:5])
     assert ids.shape == (5, 7) and scores.shape == (5, 7)
     assert ids.dtype.kind == "i" and scores.dtype == np.float32
     assert np.all(np.diff(scores, axis=1) <= 0), "best first"
@@ -92,7 +90,7 @@ def test_recommend_shapes_and_order(fitted):
 
 def test_seen_items_excluded(fitted):
     name, model, X, ts, _, _ = fitted
-    ids, _ = model.recommend(X, k=N_ITEMS, users=_users(model, N_USERS), timestamps=ts)
+    ids, _ = model.recommend(X, k=N_ITEMS, users=np.arange(N_USERS), timestamps=ts)
     for u in range(N_USERS):
         seen = set(X[u].indices)
         returned = set(ids[u][ids[u] >= 0])
@@ -103,7 +101,7 @@ def test_seen_items_excluded(fitted):
 def test_exclude_and_candidates(fitted):
     name, model, X, ts, withheld, _ = fitted
     u = int(np.flatnonzero(withheld >= 0)[0])
-    rows, users = X[u : u + 1], _users(model, 1) if model.can_fold_in else np.array([u])
+    rows, users = X[u : u + 1], np.array([u])
     ids, _ = model.recommend(rows, k=3, users=users, exclude=np.array([withheld[u]]), timestamps=ts[u : u + 1])
     assert withheld[u] not in ids[0]
     cand = np.array([withheld[u], (withheld[u] + 1) % N_ITEMS])
@@ -114,8 +112,7 @@ def test_exclude_and_candidates(fitted):
 def test_planted_item_ranks_first(fitted):
     name, model, X, ts, withheld, _ = fitted
     a_users = np.flatnonzero(withheld >= 0)
-    users = a_users if not model.can_fold_in else None
-    ids, _ = model.recommend(X[a_users], k=1, users=users, timestamps=ts[a_users])
+    ids, _ = model.recommend(X[a_users], k=1, users=a_users, timestamps=ts[a_users])
     hit_rate = np.mean(ids[:, 0] == withheld[a_users])
     assert hit_rate >= 0.9, f"{name}: withheld item first for only {hit_rate:.0%} of users"
 
@@ -123,10 +120,8 @@ def test_planted_item_ranks_first(fitted):
 def test_deterministic_with_seed(fitted):
     name, model, X, ts, _, _ = fitted
     again = trainer.fit(name, X, timestamps=ts, seed=0, progress=False, holdout=0, **FAST[name]).model
-    users = _users(model, N_USERS)
-    a = model.scores(X, users=users, timestamps=ts) if users is None else model.scores(X, users=users)
-    b = again.scores(X, users=users, timestamps=ts) if users is None else again.scores(X, users=users)
-    torch.testing.assert_close(a, b)
+    users = np.arange(N_USERS)
+    torch.testing.assert_close(model.scores(X, users=users, timestamps=ts), again.scores(X, users=users, timestamps=ts))
 
 
 def test_save_load_identical(fitted, tmp_path):
@@ -134,11 +129,37 @@ def test_save_load_identical(fitted, tmp_path):
     model.save(tmp_path / name)
     loaded = models.load(tmp_path / name)
     assert type(loaded) is type(model) and loaded.config == model.config
-    users = _users(model, N_USERS)
+    users = np.arange(N_USERS)
     ids_a, s_a = model.recommend(X, k=5, users=users, timestamps=ts)
     ids_b, s_b = loaded.recommend(X, k=5, users=users, timestamps=ts)
     np.testing.assert_array_equal(ids_a, ids_b)
     np.testing.assert_array_equal(s_a, s_b)
+
+
+@pytest.mark.parametrize("name", ["autorec-i", "autorec-u", "deeprec"])
+def test_a_rating_model_saved_before_bias_centring_loads_and_predicts_as_before(name, tmp_path):
+    """A model.json written before ``center`` existed (I-AutoRec) or held a bool (U-AutoRec, DeepRec)
+    rebuilds the network it trained, with no bias model (whose buffers such a save lacks)."""
+    X, _, _ = planted("rating")
+    for saved, center in ((None, "none"), (True, "user"), (False, "none")):
+        if saved is not None and name == "autorec-i":
+            continue  # I-AutoRec never had a bool ``center``
+        model = trainer.fit(name, X, seed=0, progress=False, holdout=0, **{**FAST[name], "epochs": 3},
+                            center=center).model
+        model.save(tmp_path / name)
+        meta_file = tmp_path / name / "model.json"
+        meta = json.loads(meta_file.read_text())
+        if saved is None:
+            del meta["config"]["center"]
+        else:
+            meta["config"]["center"] = saved
+        meta_file.write_text(json.dumps(meta))
+        loaded = models.load(tmp_path / name)
+        assert loaded.config.center == center and loaded.offset is None
+        users = np.arange(N_USERS)
+        items = np.arange(N_USERS) % N_ITEMS  # one pair a row
+        np.testing.assert_array_equal(loaded.predict(X, items, users=users), model.predict(X, items, users=users))
+        torch.testing.assert_close(loaded.scores(X, users=users), model.scores(X, users=users))
 
 
 def test_training_is_finite(fitted):
@@ -155,11 +176,44 @@ def test_fold_in_or_clear_refusal(fitted):
     if model.can_fold_in:
         ids, scores = model.recommend(new_user, k=3, timestamps=ts[0])
         assert np.isfinite(scores).all()
+        np.testing.assert_array_equal(model.recommend(new_user, k=3, users=np.array([-1]), timestamps=ts[0])[0], ids)
     else:
         with pytest.raises(ModelInputError, match="cannot fold in"):
             model.recommend(new_user, k=3)
-        with pytest.raises(ModelInputError, match="not trained on user"):
-            model.recommend(new_user, k=3, users=np.array([N_USERS + 5]))
+        for unknown in (-1, N_USERS + 5):
+            with pytest.raises(ModelInputError, match=f"cannot fold in new users: it was not trained on user index {unknown}"):
+                model.recommend(new_user, k=3, users=np.array([unknown]))
+
+
+def test_what_a_model_does_not_read_is_ignored(fitted):
+    """Callers pass every model the users and timestamps they have: a model that does not read the order gives
+    the same answers with the timestamps, without them or with others; a sequential one refuses rows without
+    them; a user the model did not train on (-1) is the same as none."""
+    name, model, X, ts, withheld, _ = fitted
+    users, shuffled = np.arange(N_USERS), ts.copy()
+    shuffled.data = shuffled.data[::-1].copy()
+    ids, scores = model.recommend(X, k=5, users=users, timestamps=ts)
+    if model.sequential:
+        for call in (lambda: model.recommend(X, k=5, users=users), lambda: model.scores(X, users=users),
+                     lambda: model.recommend(X, k=5, users=users, timestamps=ts[:3])):
+            with pytest.raises(ModelInputError, match="pass the rows' timestamps"):
+                call()
+    else:
+        for other in (None, shuffled):
+            again = model.recommend(X, k=5, users=users, timestamps=other)
+            np.testing.assert_array_equal(again[0], ids)
+            np.testing.assert_array_equal(again[1], scores)
+            torch.testing.assert_close(model.scores(X, users=users, timestamps=other), model.scores(X, users=users, timestamps=ts))
+    if model.explainable and not model.sequential:
+        explained = model.contributions(X[:1], np.arange(N_ITEMS), users=users[:1], timestamps=ts[:1])
+        np.testing.assert_array_equal(model.contributions(X[:1], np.arange(N_ITEMS), users=users[:1]), explained)
+    if model.task == "rating":
+        items = users % N_ITEMS
+        np.testing.assert_array_equal(model.predict(X, items, users=users, timestamps=ts), model.predict(X, items, users=users))
+    if model.can_fold_in:
+        unknown = np.full(N_USERS, -1)
+        for a, b in zip(model.recommend(X, k=5, users=unknown, timestamps=ts), model.recommend(X, k=5, timestamps=ts)):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_rating_predictions_clipped(fitted):

@@ -10,12 +10,12 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
-import trainer
+from interactions.movielens import read_dataset
 from models.base import ModelInputError, TrainData
-from models.sizes import DataShape, for_data
 from models.baselines import fit_baseline
 from models.deeprec import PAPER_NETFLIX, DeepRec, DeepRecConfig
-from trainer.datasets import read_dataset
+from models.sizes import DataShape, for_data
+import trainer
 from trainer.evaluation import evaluate_rating
 from trainer.protocols import make_split
 
@@ -42,7 +42,7 @@ def first_batch(model: DeepRec) -> tuple[torch.Tensor, torch.Tensor]:
 def test_papers_netflix_setup_builds():
     config = DeepRecConfig(**PAPER_NETFLIX)
     assert config.layers == (512, 512, 1024) and config.dropout == 0.8 and config.refeed
-    assert not config.center and config.last_layer_activation  # the paper's own math
+    assert config.center == "none" and config.last_layer_activation  # the paper's own math
     model = DeepRec(config, n_items=N_ITEMS, n_users=N_USERS)
     optimizer = model.configure_optimizer()
     assert isinstance(optimizer, torch.optim.SGD)
@@ -66,9 +66,10 @@ def test_selu_everywhere(last_layer_activation):
 
 
 def test_centering_predicts_deviations_from_the_rows_mean():
-    """center=True: mu + g(m * (x - mu)), mu the mean of the row's ratings, g the uncentred network."""
-    centred, plain = small().eval(), small(center=False).eval()  # same seed: the same weights
-    assert DeepRecConfig().center and not DeepRecConfig().last_layer_activation
+    """center="user": mu + g(m * (x - mu)), mu the mean of the row's ratings, g the uncentred network."""
+    centred, plain = small(center="user").eval(), small(center=False).eval()  # same seed: the same weights
+    assert small(center=True).config.center == "user"  # how a config saved before "bias" said it
+    assert DeepRecConfig().center == "bias" and not DeepRecConfig().last_layer_activation
     x = torch.from_numpy(ratings()[:6].toarray())
     x[5] = 0.0  # a row without ratings: mu = 0
     rated = x != 0
@@ -81,6 +82,25 @@ def test_centering_predicts_deviations_from_the_rows_mean():
     torch.testing.assert_close(centred.reconstruct(higher), expected + rated.any(1, keepdim=True))
     # The paper's f(x) has no such offset.
     assert not torch.allclose(plain.reconstruct(x), expected)
+
+
+@torch.no_grad()
+def test_bias_centring_predicts_residuals_on_the_bias_model():
+    """center="bias" (the default): o + g(m * (x - o)), o = μ + b_u + b_i of the bias baseline, b_u from
+    the row itself; a re-fed dense row is centred the same way, every entry rated."""
+    X = ratings()
+    centred, plain = small().eval(), small(center="none").eval()
+    centred.prepare_scoring(TrainData(X))
+    bias = fit_baseline("bias", TrainData(X))
+    x = torch.from_numpy(X.toarray())
+    offset = bias.scores(X).float()
+    expected = offset + plain.reconstruct(torch.where(x != 0, x - offset, torch.zeros_like(x)))
+    torch.testing.assert_close(centred.reconstruct(x), expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(centred.scores(sp.csr_matrix(X.toarray())), expected, rtol=1e-4, atol=1e-4)
+    dense = expected[:3]
+    b_u = (dense - centred.offset.mean - centred.offset.item_bias).sum(1, keepdim=True) / (15.0 + N_ITEMS)
+    o = centred.offset.mean + centred.offset.item_bias + b_u
+    torch.testing.assert_close(centred.reconstruct(dense), o + plain.reconstruct(dense - o), rtol=1e-4, atol=1e-4)
 
 
 def test_masked_mse_ignores_unobserved_entries():
@@ -146,8 +166,8 @@ def test_refeeding_makes_a_second_update(refeed, expected_steps):
 def test_refeeding_is_the_papers_two_updates():
     """Step 1: MMSE on x. Step 2: the dense f(x) (weights before step 1) as input and target."""
     model = small(optimizer="adam", lr=0.01)
+    x, observed = first_batch(model)  # fits the bias model the rows are centred on
     reference = copy.deepcopy(model)
-    x, observed = first_batch(model)
     model.train()
     model.train_step((x, observed), model.configure_optimizer())
 

@@ -7,11 +7,11 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-import trainer
+from interactions.movielens import read_dataset
 from models.base import ModelInputError, Recommender, TrainData, build_config
 from models.baselines import fit_baseline
 from models.ease import EASE, EASEConfig
-from trainer.datasets import read_dataset
+import trainer
 from trainer.evaluation import evaluate_ranking
 from trainer.protocols import make_split
 

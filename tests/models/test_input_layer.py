@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 import models
-from models import base
-from models.base import InputLayer, as_row_batch
+from models import layers
+from models.layers import InputLayer
+from models.rows import as_row_batch
 from models.multdae import MultDAE, MultDAEConfig
 from models.multvae import MultVAE, MultVAEConfig
 
@@ -52,7 +53,7 @@ def test_sparse_and_dense_rows_give_nn_linears_output_and_gradients():
 def layer_under_autocast(monkeypatch, amx: bool) -> tuple[nn.Linear, InputLayer, torch.Tensor, torch.Tensor]:
     """(nn.Linear, the InputLayer made from it, clicks as sparse CSR, the same clicks dense) on a CPU
     with or without AMX as far as the layer can tell."""
-    monkeypatch.setattr(base, "cpu_has_amx_bf16", lambda: amx)
+    monkeypatch.setattr(layers, "cpu_has_amx_bf16", lambda: amx)
     torch.manual_seed(0)
     reference = nn.Linear(11, 5)
     dense = torch.from_numpy((clicks().toarray() > 0).astype(np.float32))
@@ -85,11 +86,11 @@ def test_multiplies_the_dense_batch_in_bfloat16_on_a_cpu_with_amx(monkeypatch):
 
 
 def test_a_mostly_empty_batch_stays_a_sparse_float32_sum_even_with_amx(monkeypatch):
-    monkeypatch.setattr(base, "cpu_has_amx_bf16", lambda: True)
+    monkeypatch.setattr(layers, "cpu_has_amx_bf16", lambda: True)
     torch.manual_seed(0)
     reference = nn.Linear(400, 5)
     layer = InputLayer(reference)
-    rows = sp.random(7, 400, density=base.DENSE_MIN_DENSITY / 2, format="csr", dtype=np.float32, random_state=0)
+    rows = sp.random(7, 400, density=layers.DENSE_MIN_DENSITY / 2, format="csr", dtype=np.float32, random_state=0)
     x = as_row_batch(rows, rows.shape[1], "cpu", binary=True).sparse()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = layer(x)

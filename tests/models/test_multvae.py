@@ -31,13 +31,13 @@ def clicks() -> torch.Tensor:
     return torch.tensor([[1, 0, 1, 0, 0, 1], [0, 1, 1, 1, 0, 0]], dtype=torch.float32)
 
 
-def test_kl_anneal_schedule():
+def test_kl_annealing():
     model = make(anneal_cap=0.2, total_anneal_steps=1000)
-    assert model.schedule(0, 0) == {"anneal": 0.0}
-    assert model.schedule(100, 7)["anneal"] == pytest.approx(0.1)
-    assert model.schedule(200, 0)["anneal"] == pytest.approx(0.2)
-    assert model.schedule(10_000, 0)["anneal"] == pytest.approx(0.2)  # capped
-    assert model.schedule(150, 0) == model.schedule(150, 99)  # a function of the step only
+    assert model.annealing(0, 0) == {"anneal": 0.0}
+    assert model.annealing(100, 7)["anneal"] == pytest.approx(0.1)
+    assert model.annealing(200, 0)["anneal"] == pytest.approx(0.2)
+    assert model.annealing(10_000, 0)["anneal"] == pytest.approx(0.2)  # capped
+    assert model.annealing(150, 0) == model.annealing(150, 99)  # a function of the step only
 
 
 def test_anneal_steps_are_a_number_of_epochs_of_the_data():
@@ -48,7 +48,7 @@ def test_anneal_steps_are_a_number_of_epochs_of_the_data():
     assert for_data(MultVAEConfig(batch_size=100), small).total_anneal_steps == ANNEAL_EPOCHS * 8
     assert for_data(MultVAEConfig(total_anneal_steps=300), large).total_anneal_steps == 300  # given: kept
     with pytest.raises(ModelInputError, match="for_data"):  # an unresolved config refuses to train
-        make().schedule(0, 0)
+        make().annealing(0, 0)
 
 
 def test_architecture_is_mirrored():

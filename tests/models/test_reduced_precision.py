@@ -33,7 +33,7 @@ def first_batch_loss(name: str, X: sp.csr_matrix, ts: sp.csr_matrix, bf16: bool)
              for m in model.modules() if isinstance(m, nn.Linear)]
     torch.manual_seed(1)  # the same dropout masks and samples in both precisions
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        loss = model.loss(batch, **model.schedule(500, 1))
+        loss = model.loss(batch, **model.annealing(500, 1))
     for hook in hooks:
         hook.remove()
     return loss, dtypes, model

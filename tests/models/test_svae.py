@@ -72,13 +72,13 @@ def test_next_k_targets_by_hand():
     ]
 
 
-def test_kl_anneal_schedule():
+def test_kl_annealing():
     model = make(anneal_cap=0.2, total_anneal_steps=1000)
-    assert model.schedule(0, 0) == {"anneal": 0.0}
-    assert model.schedule(100, 3)["anneal"] == pytest.approx(0.1)  # linear: step / total_anneal_steps
-    assert model.schedule(200, 0) == model.schedule(200, 50)  # the step alone decides
-    assert model.schedule(10**6, 0)["anneal"] == pytest.approx(0.2)  # capped
-    assert make(anneal_cap=0.3, total_anneal_steps=0).schedule(0, 0)["anneal"] == pytest.approx(0.3)
+    assert model.annealing(0, 0) == {"anneal": 0.0}
+    assert model.annealing(100, 3)["anneal"] == pytest.approx(0.1)  # linear: step / total_anneal_steps
+    assert model.annealing(200, 0) == model.annealing(200, 50)  # the step alone decides
+    assert model.annealing(10**6, 0)["anneal"] == pytest.approx(0.2)  # capped
+    assert make(anneal_cap=0.3, total_anneal_steps=0).annealing(0, 0)["anneal"] == pytest.approx(0.3)
 
 
 def test_padding_does_not_leak_into_scores():
@@ -172,7 +172,7 @@ def test_a_planted_order_is_learned():
     for epoch in range(25):
         model.train()
         for batch in model.training_batches(TrainData(X, ts), rng):
-            model.train_step(batch, optimizer, **model.schedule(step, epoch))
+            model.train_step(batch, optimizer, **model.annealing(step, epoch))
             step += 1
     model.eval()
 
@@ -243,5 +243,5 @@ def test_contributions_need_the_rows_timestamps():
     row, ts = rows_from([[3, 1, 4]], 10)
     for wrong in (None, rows_from([[3, 1]], 10)[1]):
         for contributions in (model.contributions, lambda *a, **k: Recommender.contributions(model, *a, **k)):
-            with pytest.raises(ModelInputError, match="pass the row's timestamps"):
+            with pytest.raises(ModelInputError, match="pass the rows' timestamps"):
                 contributions(row, np.arange(10), timestamps=wrong)

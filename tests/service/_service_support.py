@@ -2,7 +2,7 @@
 
 A slice of ml-100k (users 1..TRAIN_USERS, items 1..MAX_ITEM) trains EASE (closed form),
 AutoRec-U and AutoRec-I (a few epochs) with ``trainer.fit``; ``publish_version`` writes
-them through the trainer's own ``artifacts.publish``. Users TRAIN_USERS+1.. are "late":
+them through the trainer's own ``registry.publish``. Users TRAIN_USERS+1.. are "late":
 the models never saw them, so they exercise fold-in.
 """
 
@@ -22,8 +22,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from _test_servers import PG_URL, REDIS_URL, free_port, unavailable  # noqa: F401 (re-exported to the tests)
-from trainer import artifacts
-from trainer.dataset import Interactions
+from interactions import Interactions
+import registry
 
 def new_user() -> str:
     return f"late-{uuid.uuid4().hex[:10]}"
@@ -108,13 +108,24 @@ def bias_baseline(X: sp.csr_matrix, model):
     return fit_baseline("bias", TrainData(X, rating_range=model.rating_range))
 
 
+def positive_timestamps(corpus: Corpus) -> sp.csr_matrix:
+    """When each of the training users' positives was, on ``corpus.X >= POSITIVE``'s pattern (a sequential model reads it)."""
+    rows, cols = corpus.user_ids.index, corpus.item_ids.index
+    r = np.array([rows(u) for u in corpus.rows["user_id"]])
+    c = np.array([cols(i) for i in corpus.rows["item_id"]])
+    keep = np.asarray(corpus.rows["rating"]) >= POSITIVE
+    return sp.csr_matrix((np.asarray(corpus.rows["timestamp"], dtype=np.float64)[keep], (r[keep], c[keep])), shape=corpus.X.shape)
+
+
 def top_lists(models: dict, corpus: Corpus) -> dict:
     """{ranker: its ``trainer.top_lists.TopLists``}, from the training users' histories, as the trainer publishes them."""
     from trainer.top_lists import compute_top_lists
 
     positives = sp.csr_matrix(corpus.X >= POSITIVE, dtype=np.float32)
     seen = sp.csr_matrix(corpus.X != 0, dtype=np.float32)
-    return {name: compute_top_lists(model, positives, seen) for name, model in models.items() if model.task == "ranking"}
+    timestamps = positive_timestamps(corpus)
+    return {name: compute_top_lists(model, positives, seen, timestamps=timestamps)
+            for name, model in models.items() if model.task == "ranking"}
 
 
 def publish_version(root: Path, models: dict, corpus: Corpus, *, cold_start: bool = True, lists: bool = True,
@@ -132,7 +143,7 @@ def publish_version(root: Path, models: dict, corpus: Corpus, *, cold_start: boo
     models = {name: entry.model if isinstance(entry, FitResult) else entry for name, entry in models.items()}
     stored = top_lists(models, corpus) if lists else {}
     staged = {
-        name: artifacts.StagedModel(
+        name: registry.StagedModel(
             model=model,
             user_ids=corpus.user_ids,
             item_ids=corpus.item_ids,
@@ -155,12 +166,12 @@ def publish_version(root: Path, models: dict, corpus: Corpus, *, cold_start: boo
         },
         **(extra or {}),
     }
-    return artifacts.publish(root, staged, manifest, popularity=popularity(corpus), keep=10)
+    return registry.publish(root, staged, manifest, popularity=popularity(corpus), keep=10)
 
 
 def copy_registry(source: Path, target: Path) -> str:
     """A private registry holding the version ``source``'s LATEST names (tests that swap or break versions)."""
-    version = artifacts.latest_version(source)
+    version = registry.latest_version(source)
     target.mkdir(parents=True, exist_ok=True)
     shutil.copytree(source / version, target / version)
     (target / "LATEST").write_text(version + "\n")
@@ -173,8 +184,8 @@ DAMAGES = ("weights", "ids", "missing-file", "truncated", "bit-flipped", "huge-r
 def plant_broken_version(root: Path, damage: str) -> str:
     """Copy the served version under a new name (its manifest and checksums with it), damage it,
     and point LATEST at it."""
-    good = artifacts.latest_version(root)
-    name = artifacts.new_version_name(root)
+    good = registry.latest_version(root)
+    name = registry.new_version_name(root)
     folder = root / name
     shutil.copytree(root / good, folder)
     manifest = json.loads((folder / "manifest.json").read_text())

@@ -21,8 +21,8 @@ from sqlalchemy.engine import make_url
 
 from _service_support import API_KEY, PG_URL, REDIS_URL, Corpus, make_corpus, publish_version, train_models, unavailable
 from service.core.config import Settings
-from service.db.migrate import upgrade_to_head
-from service.db.session import make_engine
+from storage.migrate import upgrade_to_head
+from storage.session import make_engine
 
 warnings.filterwarnings("ignore", message=".*httpx.*", category=DeprecationWarning)
 
@@ -47,7 +47,7 @@ class Backend:
 
 @pytest.fixture(scope="session")
 def corpus(ml100k_dir) -> Corpus:
-    from trainer.datasets import read_dataset
+    from interactions.movielens import read_dataset
 
     return make_corpus(read_dataset("ml-100k", ml100k_dir))
 
@@ -146,8 +146,8 @@ def empty_backend(request, tmp_path) -> Backend:
 
 
 def seed_database(database_url: str, corpus: Corpus) -> None:
-    from service import crud
-    from service.db.session import make_session_factory
+    from storage import crud
+    from storage.session import make_session_factory
 
     engine = make_engine(database_url)
     try:

@@ -21,9 +21,9 @@ def app_client(tmp_path, registry, **overrides):
     from fastapi.testclient import TestClient
 
     from service.core.config import Settings
-    from service.db.migrate import upgrade_to_head
-    from service.db.session import make_engine
     from service.main import create_app
+    from storage.migrate import upgrade_to_head
+    from storage.session import make_engine
 
     settings = Settings(**{"DATABASE_URL": f"sqlite:///{tmp_path / 'access.db'}", "ARTIFACTS_DIR": registry,
                            "API_KEY": API_KEY, **overrides})

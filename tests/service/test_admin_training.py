@@ -12,8 +12,8 @@ from contextlib import contextmanager
 from fastapi.testclient import TestClient
 
 from _service_support import API_KEY, error_body
+import registry as artifacts
 from service.main import create_app
-from trainer import artifacts
 
 ADMIN = {"X-API-Key": API_KEY}
 
@@ -87,7 +87,7 @@ def test_training_requests_are_checked_before_anything_runs(client):
 def test_a_run_is_refused_while_another_process_holds_the_registry_lock(empty_backend, tmp_path):
     root = tmp_path / "registry"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from trainer.artifacts import registry_lock; "
+        [sys.executable, "-c", "import sys, time; from registry import registry_lock; "
          "lock = registry_lock(sys.argv[1]); lock.acquire(); print('locked', flush=True); time.sleep(60)", str(root)],
         stdout=subprocess.PIPE, text=True,
     )
@@ -98,21 +98,32 @@ def test_a_run_is_refused_while_another_process_holds_the_registry_lock(empty_ba
             assert response.status_code == 409, response.text
             error = error_body(response)
             assert error["code"] == "training_running" and error["details"] == {"running": None}
-            assert "registry lock" in error["message"] and client.app.state.parts.training_runs.last is None
+            assert "registry's lock" in error["message"] and str(tmp_path) not in response.text
+            assert client.app.state.parts.training_runs.last is None
     finally:
         holder.kill()
         holder.wait()
 
 
-def test_a_runs_folder_that_cannot_be_written_answers_503_naming_it(empty_backend, tmp_path):
+def test_a_runs_folder_that_cannot_be_written_answers_503_naming_its_setting_not_its_path(empty_backend, tmp_path):
     blocked = tmp_path / "not-a-folder"
     blocked.write_text("a file where the runs folder should be")
     with app_on(empty_backend, tmp_path / "registry", blocked) as client:
         response = client.post("/admin/training", json={"models": ["ease"]}, headers=ADMIN)
         assert response.status_code == 503, response.text
         error = error_body(response)
-        assert error["code"] == "training_unavailable" and "not-a-folder" in error["message"]
+        assert error["code"] == "training_unavailable" and error["details"] == {"setting": "TRAINING_RUNS_DIR"}
+        assert "TRAINING_RUNS_DIR" in error["message"] and str(tmp_path) not in response.text
         assert client.app.state.parts.training_runs.last is None
+
+
+def test_a_registry_that_cannot_be_written_answers_503_naming_its_setting(empty_backend, tmp_path):
+    blocked = tmp_path / "registry-file"
+    blocked.write_text("a file where the registry should be")
+    with app_on(empty_backend, blocked, tmp_path / "runs") as client:
+        response = client.post("/admin/training", json={"models": ["ease"]}, headers=ADMIN)
+        assert response.status_code == 503, response.text
+        assert error_body(response)["details"] == {"setting": "ARTIFACTS_DIR"} and str(tmp_path) not in response.text
 
 
 def test_only_the_admin_key_opens_training_and_before_the_body_is_read(empty_backend, tmp_path, body_reads):

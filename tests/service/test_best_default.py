@@ -11,13 +11,13 @@ import scipy.sparse as sp
 from fastapi.testclient import TestClient
 
 from _service_support import API_KEY, POSITIVE, new_user, publish_version
-from service.db.migrate import upgrade_to_head
-from service.db.session import make_engine
+from registry import best
 from service.errors import ApiError
 from service.inference import resolve_model
 from service.main import create_app
 from service.model_store import prepare_version
-from trainer import best
+from storage.migrate import upgrade_to_head
+from storage.session import make_engine
 
 AUTH = {"X-API-Key": API_KEY}
 HISTORY = {"1": 5.0, "50": 4.0, "100": 2.0, "181": 5.0, "258": 1.0}
@@ -26,7 +26,7 @@ ASKED = ["2", "3", "7", "300", "313"]
 
 @pytest.fixture(scope="module")
 def ml100k_csv(tmp_path_factory, ml100k_dir):
-    from trainer.datasets import read_dataset
+    from interactions.movielens import read_dataset
 
     inter = read_dataset("ml-100k", ml100k_dir)
     path = tmp_path_factory.mktemp("ml100k") / "ml100k.csv"
@@ -64,9 +64,9 @@ def app_on(backend, root, **settings):
 
 def bias_predictions(csv, history: dict[str, float], asked: list[str]) -> np.ndarray:
     """The bias baseline fitted on every rating of the file, for a user with ``history``: what "bias" must serve."""
+    from interactions.files import load_file
     from models.base import TrainData
     from models.baselines import fit_baseline
-    from trainer.loader import load_file
 
     inter, _ = load_file(csv)
     bias = fit_baseline("bias", TrainData(inter.matrix("rating"), rating_range=inter.rating_range))

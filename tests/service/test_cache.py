@@ -139,6 +139,32 @@ def test_the_event_loop_lookups_agree_with_the_blocking_ones(cache):
     assert cache.metrics.cache_misses.labels("similar")._value.get() == 1
 
 
+def test_answers_stored_later_go_with_the_next_lookup_or_on_their_own(cache):
+    """``set_later``: on Redis the next lookup's script stores the answers in its round trip (no flush has run
+    yet, the lookup's own answer is unchanged); with no lookup they are stored within ``LATER_S``."""
+    from service.cache import backends
+
+    key, _, generation, _ = cache.users.user_entry("u1", "rec:abc", 30, kind="recommendations")
+    cache.backend.set(key, "[1]", 30)
+
+    async def later():
+        cache.backend.set_later("rec:first:1", "[2]", 30)
+        cache.backend.set_later("rec:first:2", "[3]", 30)
+        found = await cache.users.user_entry_async("u1", "rec:abc", 30, kind="recommendations")
+        carried = [cache.backend.get("rec:first:1"), cache.backend.get("rec:first:2")]  # before any flush ran
+        cache.backend.set_later("rec:alone", "[4]", 30)
+        await asyncio.sleep(backends.LATER_S * 5)
+        await cache.backend.aclose()
+        return found, carried
+
+    found, carried = asyncio.run(later())
+    assert found == (key, "[1]", generation, NO_WRITE)
+    assert carried == ["[2]", "[3]"]
+    assert cache.backend.get("rec:alone") == "[4]"
+    if isinstance(cache.backend, RedisCache):  # carried with its own TTL
+        assert 25_000 < cache.backend.client.pttl(cache.backend.key("rec:first:1")) <= 30_000
+
+
 class History(list):
     """Stands for ``crud.History``: the cache only needs its length."""
 

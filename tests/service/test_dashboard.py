@@ -18,11 +18,12 @@ from fastapi.testclient import TestClient
 
 from _service_support import API_KEY
 from models import REGISTRY
-from service import crud, dashboard, svg
+from registry import latest_version
+from service import dashboard, svg
 from service import traffic as traffic_page
 from service.core.config import Settings
 from service.main import create_app
-from trainer.artifacts import latest_version
+from storage import crud
 
 PAGES = ["/dashboard", "/dashboard/models/ease", "/dashboard/models/autorec-u", "/dashboard/data", "/dashboard/traffic",
          "/dashboard/users", "/dashboard/users?user_id=1&items=1,2,50", "/dashboard/items", "/dashboard/items?q=toy&item_id=1"]
@@ -62,9 +63,9 @@ def test_overview_shows_the_served_version_models_defaults_and_health(client, re
 
 def test_overview_data_puts_the_previous_versions_metrics_beside(client, registry, tmp_path):
     from _service_support import copy_registry
+    import registry as artifacts
     from service.metrics import Metrics
     from service.model_store import ModelStore
-    from trainer import artifacts
 
     root = tmp_path / "registry"
     older = copy_registry(registry, root)
@@ -112,7 +113,7 @@ def test_data_aggregates_match_the_stored_rows(client):
     # the stored rows, read plainly and counted in numpy (other tests of this session write to this database too)
     from sqlalchemy import select
 
-    from service.db.tables import Interaction
+    from storage.tables import Interaction
 
     with crud.reads(client.app.state.parts.session_factory()) as db:
         stored = db.execute(select(Interaction.user_id, Interaction.item_id, Interaction.rating, Interaction.timestamp)).all()

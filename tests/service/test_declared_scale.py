@@ -15,10 +15,10 @@ from sqlalchemy import select
 from _service_support import error_body, new_user
 from rating_scale import RatingScale
 from service.cli import main
-from service.db.migrate import upgrade_to_head
-from service.db.session import make_engine
-from service.db.tables import DeclaredRatingScale, Interaction, Item, User
 from service.main import create_app
+from storage.migrate import upgrade_to_head
+from storage.session import make_engine
+from storage.tables import DeclaredRatingScale, Interaction, Item, User
 
 STARS = "a rating is one of 1, 2, 3, 4, 5 (rating scale 1:5:1), or null for implicit feedback"
 

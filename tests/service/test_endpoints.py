@@ -13,8 +13,8 @@ from fastapi.testclient import TestClient
 
 from _service_support import API_KEY, POSITIVE, copy_registry, error_body
 from _service_support import new_user
+from registry import latest_version
 from service.main import create_app
-from trainer.artifacts import latest_version
 
 KNOWN_USER = "1"
 AUTH = {"X-API-Key": API_KEY}
@@ -345,8 +345,8 @@ def test_metrics_count_requests_per_route_and_model(client, registry):
 def test_reads_can_require_the_key(tmp_path, registry):
     from fastapi.testclient import TestClient
 
-    from service.main import create_app
     from service.core.config import Settings
+    from service.main import create_app
 
     settings = Settings(DATABASE_URL=f"sqlite:///{tmp_path / 'k.db'}", ARTIFACTS_DIR=registry, API_KEY=API_KEY,
                         READS_REQUIRE_KEY=True)

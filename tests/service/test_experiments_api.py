@@ -14,10 +14,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from _service_support import API_KEY, error_body, new_user
-from service.crud import online
-from service.db.migrate import upgrade_to_head
-from service.db.session import make_engine
 from service.main import create_app
+from storage.crud import online
+from storage.migrate import upgrade_to_head
+from storage.session import make_engine
 
 KEY = {"X-API-Key": API_KEY}
 

@@ -114,9 +114,9 @@ def test_a_sequential_model_weighs_its_most_recent_history_only():
     import torch
 
     from models.svae import SVAE, SVAEConfig
-    from service.crud import History
+    from registry import LoadedModel
     from service.model_store import IdIndex, ServingModel
-    from trainer.artifacts import LoadedModel
+    from storage.crud import History
 
     n_items, n_history = 120, EXPLAIN_MAX_HISTORY_SEQUENTIAL + 30
     torch.manual_seed(0)

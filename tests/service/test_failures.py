@@ -21,11 +21,11 @@ from sqlalchemy import create_engine, event, text
 from sqlalchemy.pool import NullPool
 
 from _service_support import API_KEY, PG_URL, REDIS_URL, RedisGate, error_body, free_port, new_user, unavailable
-from service import crud
 from service.core.config import Settings
-from service.db.migrate import upgrade_to_head
-from service.db.session import make_engine
 from service.main import create_app
+from storage import crud
+from storage.migrate import upgrade_to_head
+from storage.session import make_engine
 
 KEY = {"X-API-Key": API_KEY}
 
@@ -119,7 +119,7 @@ def test_connections_a_database_restart_dropped_cost_no_failed_request(client, a
     }
     for name, call in calls.items():
         pids = _drop_pooled_connections(engine)
-        with caplog.at_level(logging.WARNING, logger="service.db"):
+        with caplog.at_level(logging.WARNING, logger="storage"):
             caplog.clear()
             response = call()
         assert response.status_code in (200, 201), (name, response.text)

@@ -12,14 +12,14 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from _service_support import API_KEY, error_body, new_user
-from service.crud import impression_rows, online
-from service.crud.online import as_utc
-from service.db.session import make_engine, make_session_factory
-from service.db.tables import Feedback, Impression
 from service import impressions
 from service.impressions import ImpressionRecorder, ServedAnswer
 from service.main import create_app
 from service.metrics import Metrics
+from storage.crud import impression_rows, online
+from storage.crud.online import as_utc
+from storage.session import make_engine, make_session_factory
+from storage.tables import Feedback, Impression
 
 KEY = {"X-API-Key": API_KEY}
 
@@ -148,7 +148,7 @@ def _count(database_url: str, table, *where) -> int:
 
 
 def test_a_clean_shutdown_writes_every_queued_impression_and_feedback(empty_backend, registry):
-    from service.db.migrate import upgrade_to_head
+    from storage.migrate import upgrade_to_head
 
     engine = make_engine(empty_backend.database_url)
     upgrade_to_head(engine)
@@ -166,7 +166,7 @@ def test_a_clean_shutdown_writes_every_queued_impression_and_feedback(empty_back
 
 
 def test_a_full_queue_drops_and_counts_and_recording_can_be_turned_off(empty_backend, registry):
-    from service.db.migrate import upgrade_to_head
+    from storage.migrate import upgrade_to_head
 
     engine = make_engine(empty_backend.database_url)
     upgrade_to_head(engine)
@@ -200,8 +200,8 @@ def test_an_interaction_dated_past_the_calendar_is_stored_and_not_attributed(emp
 
 
 def test_a_served_answer_is_cut_into_the_row_a_parse_gives_and_stored_once(empty_backend):
-    from service.db.migrate import upgrade_to_head
     from service.schemas import RecommendedList
+    from storage.migrate import upgrade_to_head
 
     items = [{"item_id": i, "score": 1.0 - n / 10, "rank": n + 1, "title": 'a "model":"x" title'}
              for n, i in enumerate(['1', 'quo"te', 'back\\slash', 'ünï', '"item_id":"7"'])]
@@ -240,7 +240,7 @@ def test_a_time_is_written_for_sqlite_as_isoformat_writes_it():
     """The writer formats each second once: the same text as SQLAlchemy's SQLite DateTime, at every edge."""
     from datetime import timezone
 
-    from service.crud.impression_rows import _sqlite_time
+    from storage.crud.impression_rows import _sqlite_time
 
     odd = timezone(timedelta(hours=5, minutes=30, microseconds=7))
     moments = [datetime.now(UTC), datetime(1960, 5, 1, 3, 4, 5, 999_999, tzinfo=UTC), datetime(1, 1, 1, tzinfo=UTC),

@@ -9,11 +9,11 @@ import pytest
 from sqlalchemy import event
 from sqlalchemy.exc import OperationalError
 
-from service import crud
 from service.cache import MemoryCache, UserLists
-from service.db.session import make_engine, make_session_factory
 from service.metrics import Metrics
 from service.writes import InteractionWriter
+from storage import crud
+from storage.session import make_engine, make_session_factory
 
 
 def _batch(rows: list[tuple[str, str, int]]) -> crud.InteractionBatch:

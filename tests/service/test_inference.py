@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from models import REGISTRY, build_config
-from service.crud import History
+from registry import LoadedModel
 from service.errors import ApiError
 from service.inference import RatingQuery, history_rows, predict_ratings, similar_items
 from service.model_store import IdIndex, ItemVectors, ServingModel
-from trainer.artifacts import LoadedModel
+from storage.crud import History
 
 ITEMS = ["a", "b", "c", "d"]
 USERS = ["u1", "u2"]
@@ -106,7 +106,7 @@ def test_a_request_that_meets_a_non_finite_score_is_a_503():
 
 
 def test_the_latest_rating_decides_even_when_an_older_one_was_a_positive():
-    """The rule the trainer keeps (rating_scale.latest): a re-rating below the threshold is no positive,
+    """The rule the trainer keeps (interactions.rows): a re-rating below the threshold is no positive,
     the older 5 never stands in for it; on equal timestamps the later row wins."""
     log = history(("u1", "b", 5.0, 20), ("u1", "b", 2.0, 30), ("u1", "a", 1.0, 40), ("u1", "a", 5.0, 40))
     rows = history_rows(served("ease", positive_threshold=4.0), log, ["u1"])
@@ -115,9 +115,13 @@ def test_the_latest_rating_decides_even_when_an_older_one_was_a_positive():
     assert ratings.X.toarray().tolist() == [[5, 2, 0, 0]]
 
 
-def test_serving_and_the_trainer_import_one_latest_rule():
-    from rating_scale import latest
+def test_serving_storage_and_the_trainer_import_one_row_rule():
+    from interactions import files, rows
     from service import inference
-    from trainer import loader
+    from storage import export
+    from storage.crud import writing
+    from trainer import protocols, sources
 
-    assert loader.keep_latest_pairs is latest.keep_latest_pairs is inference.keep_latest_pairs
+    assert (files.keep_latest_pairs is writing.keep_latest_pairs is export.keep_latest_pairs
+            is inference.keep_latest_pairs is rows.keep_latest_pairs)
+    assert inference.is_positive is protocols.is_positive is sources.is_positive is rows.is_positive

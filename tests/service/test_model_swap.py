@@ -16,9 +16,9 @@ from fastapi.testclient import TestClient
 
 from _service_support import API_KEY, DAMAGES, copy_registry, error_body, plant_broken_version, publish_version
 from service.core.config import Settings
-from service.db.migrate import upgrade_to_head
-from service.db.session import make_engine
 from service.main import create_app
+from storage.migrate import upgrade_to_head
+from storage.session import make_engine
 
 KEY = {"X-API-Key": API_KEY}
 
@@ -225,9 +225,9 @@ def test_models_are_served_in_float32_with_the_same_scores(registry):
     import scipy.sparse as sp
     import torch
 
+    from registry import latest_version, load_version
     from service.metrics import Metrics
     from service.model_store import ModelStore
-    from trainer.artifacts import latest_version, load_version
 
     store = ModelStore(registry, Metrics(), interval_s=60)
     assert store.reload().swapped

@@ -15,9 +15,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from _service_support import API_KEY, new_user
+import registry
 from service.cli import main
 from service.main import create_app
-from trainer import artifacts
 from trainer.cli import main as trainer_main
 
 SCALE_NOTE = "rating scale 0.5:5:0.5, positives >= 4 (inferred from ratings.csv; --rating-scale declares it)"
@@ -59,8 +59,8 @@ def test_trains_and_publishes_with_named_columns_and_with_recognised_names(regis
         assert lines[0] == (f"data: {ratings_csv} (columns: user=userId, item=movieId, rating=rating, "
                             f"timestamp=timestamp), {SCALE_NOTE}")
         assert lines[1].startswith("ease ") and lines[-1].startswith("published version ")
-    assert len(artifacts.list_versions(root)) == 2
-    manifest = artifacts.load_version(root).manifest
+    assert len(registry.list_versions(root)) == 2
+    manifest = registry.load_version(root).manifest
     assert manifest["rating_scale"]["scale"] == "0.5:5:0.5" and manifest["positive_threshold"] == 4.0
     frame = pd.read_csv(ratings_csv)
     assert manifest["source"]["n_users"] == 300 and manifest["source"]["n_interactions"] == len(frame)
@@ -76,7 +76,7 @@ def test_the_service_seeds_and_serves_it(registry_and_runs, ratings_csv, empty_b
 
     settings = empty_backend.settings(root, RATING_SCALE="0.5:5:0.5")
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
-        assert client.get("/models").json()["version"] == artifacts.latest_version(root)
+        assert client.get("/models").json()["version"] == registry.latest_version(root)
         seen = set(pd.read_csv(ratings_csv).query("userId == 1")["movieId"].astype(str))
         body = client.post("/users/1/recommendations", json={"k": 10}).json()
         assert body["source"] == "model" and len(body["items"]) == 10

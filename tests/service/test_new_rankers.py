@@ -10,9 +10,9 @@ import scipy.sparse as sp
 from fastapi.testclient import TestClient
 
 from _service_support import API_KEY, POSITIVE, new_user, publish_version
-from service.db.migrate import upgrade_to_head
-from service.db.session import make_engine
 from service.main import create_app
+from storage.migrate import upgrade_to_head
+from storage.session import make_engine
 
 AUTH = {"X-API-Key": API_KEY}
 NEW = ("recvae", "edlae")

@@ -15,12 +15,12 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from _service_support import API_KEY, copy_registry
-from service.db.migrate import upgrade_to_head
-from service.db.session import make_engine, make_session_factory
-from service.db.tables import Feedback, Impression
+import registry as artifacts
 from service.experiments.assignment import assign
 from service.main import create_app
-from trainer import artifacts
+from storage.migrate import upgrade_to_head
+from storage.session import make_engine, make_session_factory
+from storage.tables import Feedback, Impression
 
 KEY = {"X-API-Key": API_KEY}
 TRAINED_USERS = [str(u) for u in range(1, 41)]  # users the models know, their histories seeded

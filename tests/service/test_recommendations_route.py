@@ -91,8 +91,8 @@ def test_a_hit_still_needs_the_key_where_reads_do(tmp_path, registry, computed_a
     from service.core.config import Settings
     from service.main import create_app
 
-    from service.db.migrate import upgrade_to_head
-    from service.db.session import make_engine
+    from storage.migrate import upgrade_to_head
+    from storage.session import make_engine
 
     settings = Settings(DATABASE_URL=f"sqlite:///{tmp_path / 'k.db'}", ARTIFACTS_DIR=registry, API_KEY=API_KEY,
                         READS_REQUIRE_KEY=True)

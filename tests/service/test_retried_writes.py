@@ -17,11 +17,11 @@ import redis
 from fastapi.testclient import TestClient
 
 from _service_support import API_KEY, REDIS_URL, error_body, new_user
-from service import crud
 from service.cache import CacheUnavailable
-from service.db.migrate import upgrade_to_head
-from service.db.session import make_engine, make_session_factory
 from service.main import create_app
+from storage import crud
+from storage.migrate import upgrade_to_head
+from storage.session import make_engine, make_session_factory
 
 KEY = {"X-API-Key": API_KEY}
 

@@ -13,9 +13,9 @@ import pytest
 from sqlalchemy import create_engine, inspect, text
 
 from _service_support import API_KEY, free_port
-from service import crud
 from service.cli import main
-from service.db.session import make_engine, make_session_factory
+from storage import crud
+from storage.session import make_engine, make_session_factory
 
 
 @pytest.fixture

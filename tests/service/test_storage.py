@@ -11,10 +11,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import event, inspect
 
-from service import crud
-from service.db.migrate import alembic_config, upgrade_to_head
-from service.db.session import make_engine, make_session_factory
-from service.db.tables import Base
+from storage import crud
+from storage.migrate import alembic_config, upgrade_to_head
+from storage.session import make_engine, make_session_factory
+from storage.tables import Base
 
 HEAD = "0005"
 
@@ -103,7 +103,7 @@ def test_reads_run_outside_a_transaction_and_leave_none_behind(seeded_backend):
     and a write after it is still all or nothing."""
     from sqlalchemy import select
 
-    from service.db.tables import User
+    from storage.tables import User
 
     engine = make_engine(seeded_backend.database_url)
     factory = make_session_factory(engine)

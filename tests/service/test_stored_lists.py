@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 
 from _service_support import API_KEY, copy_registry, error_body, publish_version
+import registry as artifacts
 from service import inference
 from service.cache import NO_WRITE
-from service.crud import History
 from service.model_store import prepare_version
-from trainer import artifacts
+from storage.crud import History
 
 KEY = {"X-API-Key": API_KEY}
 
@@ -67,6 +67,39 @@ def test_the_list_answers_exactly_what_scoring_answers(registry, corpus):
         assert inference.stored_recommendation(served, user_id, 1.0e9, exclude_seen=True, **options) is None  # written
         assert inference.stored_recommendation(served, user_id, float("inf"), exclude_seen=True, **options) is None
     assert answered > compared // 3, (answered, compared)  # most requests are answered from the list
+
+
+def test_a_sequential_models_list_answers_what_scoring_its_history_in_order_answers(tmp_path, corpus):
+    import scipy.sparse as sp
+    import torch
+
+    from _service_support import POSITIVE, positive_timestamps
+    from trainer.training import fit
+
+    positives = sp.csr_matrix(corpus.X >= POSITIVE, dtype=np.float32)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = fit("svae", positives, timestamps=positive_timestamps(corpus), progress=False, epochs=1, seed=0).model
+    finally:
+        torch.set_num_threads(threads)
+    root = tmp_path / "registry"
+    publish_version(root, {"svae": model}, corpus)
+    version = prepare_version(root, artifacts.latest_version(root))
+    served = version.models["svae"]
+    assert served.lists is not None
+    answered = 0
+    torch.set_num_threads(1)  # as the service scores (TORCH_THREADS=1): more threads round the GRU otherwise
+    for user_id in corpus.user_ids[::25]:
+        options = dict(k=10, offset=0, exclude_seen=True, exclude_items=[], candidates=None)
+        stored = inference.stored_recommendation(served, user_id, NO_WRITE, **options)
+        if stored is None:
+            continue
+        answered += 1
+        scored = inference.recommend(version, served, user_id, corpus_history(corpus, user_id), **options)
+        assert (stored.items, stored.source) == (scored.items, scored.source)
+    torch.set_num_threads(threads)
+    assert answered >= len(corpus.user_ids[::25]) // 2
 
 
 def test_a_database_versions_list_serves_writes_older_than_its_data(registry):

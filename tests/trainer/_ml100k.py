@@ -5,8 +5,8 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from trainer.dataset import Interactions
-from trainer.datasets import read_dataset
+from interactions import Interactions
+from interactions.movielens import read_dataset
 
 
 @lru_cache(maxsize=2)

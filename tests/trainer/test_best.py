@@ -1,13 +1,14 @@
 """Issue 21, points 1 and 2 on the trainer's side: every run fits its tasks' baselines on the models' split,
 prints them beside the models, records them in the version, marks a model under its baseline by the margin
-(``trainer.best.MARGINS``) and records the best-validated model per task, a baseline included."""
+(``registry.best.MARGINS``) and records the best-validated model per task, a baseline included."""
 
 from __future__ import annotations
 
 import pytest
 
 from test_pipeline import planted, run  # noqa: F401 (planted is a fixture)
-from trainer import artifacts, best
+import registry
+from registry import best
 
 BAD_AUTOREC = {"autorec-u": {"epochs": 1, "hidden": 16}}  # one epoch: far from the bias baseline
 
@@ -61,7 +62,7 @@ def test_run_prints_records_and_publishes_baselines_beside_the_models(planted, t
     assert "default ranking model: ease (best validation ndcg@100" in text
 
     # recorded: the baselines' figures per protocol, the margin's verdict per model, the best per task
-    manifest = artifacts.read_manifest(root, report.version)
+    manifest = registry.read_manifest(root, report.version)
     recorded = manifest[best.BASELINES_KEY]
     assert set(recorded) == {"rating-random", "strong"}
     assert set(recorded["rating-random"]) == {"global-mean", "bias"} and set(recorded["strong"]) == {"popularity"}
@@ -77,7 +78,7 @@ def test_run_prints_records_and_publishes_baselines_beside_the_models(planted, t
     assert manifest[best.BEST_KEY]["ranking"]["value"] == report.runs["ease"].valid_value
 
     # published: bias and popularity are models of the version, loaded as any other
-    loaded = artifacts.load_version(root)
+    loaded = registry.load_version(root)
     assert set(loaded.models) == {"ease", "autorec-u", "bias", "popularity"}
     assert loaded.models["bias"].model.task == "rating" and loaded.models["popularity"].model.task == "ranking"
     assert loaded.manifest["models"]["bias"]["baseline"] is True
@@ -91,7 +92,7 @@ def test_a_run_of_one_task_keeps_the_other_tasks_record_and_baseline(planted, tm
     first = run(planted, root, ["ease", "autorec-u"], BAD_AUTOREC)
     second = run(planted, root, ["ease"], gate=False)
     assert sorted(second.carried) == ["autorec-u", "bias"]  # popularity is solved again with ease
-    manifest = artifacts.read_manifest(root, second.version)
-    assert manifest[best.BEST_KEY]["rating"] == artifacts.read_manifest(root, first.version)[best.BEST_KEY]["rating"]
+    manifest = registry.read_manifest(root, second.version)
+    assert manifest[best.BEST_KEY]["rating"] == registry.read_manifest(root, first.version)[best.BEST_KEY]["rating"]
     assert manifest["models"]["popularity"].get("carried_from") is None
     assert manifest["models"]["bias"]["carried_from"] == first.version

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from interactions.files import load_file
 from trainer.cli import main
-from trainer.loader import load_file
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -16,7 +16,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from test_pipeline import planted_frame, write_planted
-from trainer import artifacts
+import registry
 from trainer.cli import main
 
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -51,7 +51,7 @@ def test_train_from_a_file_prints_a_summary_per_model(capsys, planted, tmp_path)
     assert lines[1].startswith("ease ") and "ndcg@100" in lines[1] and "epochs 0/0" in lines[1]
     assert re.search(r"\|\s+[\d.]+s \(cpu [\d.]+s\)  \|  top-N lists [\d.]+s$", lines[1]), lines[1]  # lists' time too
     assert lines[2].startswith("multdae ") and "epochs 2/2" in lines[2]
-    assert lines[-1].startswith(f"published version {artifacts.latest_version(root)}")
+    assert lines[-1].startswith(f"published version {registry.latest_version(root)}")
 
 
 def test_no_progress_prints_each_models_line_once(capsys, planted, tmp_path):
@@ -69,7 +69,7 @@ def test_overrides_from_toml_yaml_and_set_reach_the_model(capsys, planted, tmp_p
     code, _, err = train(capsys, "--file", str(planted), "--models", "ease,multdae", "--config", str(toml),
                          "--set", "ease.lam=7.5", "--artifacts-dir", str(root))
     assert code == 0, err
-    folder = root / artifacts.latest_version(root)
+    folder = root / registry.latest_version(root)
     assert json.loads((folder / "ease" / "metrics.json").read_text())["hyper"]["lam"] == 7.5  # --set wins
     hyper = json.loads((folder / "multdae" / "metrics.json").read_text())["hyper"]
     assert hyper["dims"] == [32] and hyper["epochs"] == 1
@@ -79,7 +79,7 @@ def test_overrides_from_toml_yaml_and_set_reach_the_model(capsys, planted, tmp_p
     code, _, err = train(capsys, "--file", str(planted), "--models", "ease", "--config", str(yaml_file),
                          "--artifacts-dir", str(root), "--no-gate")
     assert code == 0, err
-    folder = root / artifacts.latest_version(root)
+    folder = root / registry.latest_version(root)
     assert json.loads((folder / "ease" / "metrics.json").read_text())["hyper"]["lam"] == 20.0
 
 
@@ -101,7 +101,7 @@ def test_bad_options_are_one_line_errors(capsys, planted, tmp_path, args, fragme
     root = tmp_path / "registry"
     code, _, err = train(capsys, "--file", str(planted), "--models", "ease", *args, "--artifacts-dir", str(root))
     assert_one_line_error(code, err, *fragments)
-    assert artifacts.latest_version(root) is None
+    assert registry.latest_version(root) is None
 
 
 def test_unknown_key_in_a_config_file(capsys, planted, tmp_path):
@@ -117,7 +117,7 @@ def test_a_value_the_models_config_refuses_stops_before_any_model_trains(capsys,
                            "--set", "ease.dtype=float8", "--artifacts-dir", str(root))
     assert_one_line_error(code, err, "hyper-parameters of ease", "dtype", "'float8'")
     assert out == ""  # Mult-DAE, first in line, did not train for nothing
-    assert artifacts.latest_version(root) is None
+    assert registry.latest_version(root) is None
 
 
 def test_missing_sources_are_one_line_errors(capsys, tmp_path):
@@ -128,7 +128,7 @@ def test_missing_sources_are_one_line_errors(capsys, tmp_path):
     assert_one_line_error(code, err, "ml-0k")
     code, _, err = train(capsys, "--artifacts-dir", str(root))
     assert_one_line_error(code, err, "choose exactly one data source")
-    assert artifacts.latest_version(root) is None
+    assert registry.latest_version(root) is None
 
 
 def test_train_and_schedule_take_the_same_declared_options():
@@ -153,17 +153,17 @@ def test_nan_in_training_exits_2_and_publishes_nothing(capsys, planted, tmp_path
     code, _, err = train(capsys, "--file", str(planted), "--models", "autorec-u", "--set", "autorec-u.lr=1e30",
                          "--set", "autorec-u.epochs=2", "--set", "autorec-u.hidden=8", "--artifacts-dir", str(root))
     assert_one_line_error(code, err, "autorec-u", "non-finite")
-    assert artifacts.latest_version(root) is None and not list(root.glob(".tmp-*"))
+    assert registry.latest_version(root) is None and not list(root.glob(".tmp-*"))
 
 
 def test_gate_refusal_exits_2_naming_model_and_figures(capsys, planted, tmp_path):
     root = tmp_path / "registry"
     base = ["--file", str(planted), "--models", "multdae", "--set", "multdae.epochs=3", "--artifacts-dir", str(root)]
     assert train(capsys, *base)[0] == 0
-    published = artifacts.latest_version(root)
+    published = registry.latest_version(root)
     code, _, err = train(capsys, *base, "--set", "multdae.lr=1e-12")
     assert_one_line_error(code, err, "multdae: validation ndcg@100", "REFUSED", f"{published} stays published")
-    assert artifacts.latest_version(root) == published
+    assert registry.latest_version(root) == published
     code, _, err = train(capsys, *base, "--set", "multdae.lr=1e-12", "--gate-tolerance", "0.99")
     assert code == 0, err
 
@@ -175,9 +175,9 @@ def fill_database(url: str, frame: pd.DataFrame, unrated: bool = True) -> None:
     """Migrate with the service's Alembic scripts, then store ``frame`` through the service's ORM.
 
     ``unrated``: also store a user and an item with no interaction (the trainer must not train on them)."""
-    from service.db.migrate import upgrade_to_head
-    from service.db.session import make_engine
-    from service.db.tables import Interaction, Item, User
+    from storage.migrate import upgrade_to_head
+    from storage.session import make_engine
+    from storage.tables import Interaction, Item, User
 
     engine = make_engine(url)
     try:
@@ -199,7 +199,7 @@ def fill_database(url: str, frame: pd.DataFrame, unrated: bool = True) -> None:
 
 
 def check_trained_on_exactly(root: Path, frame: pd.DataFrame) -> None:
-    loaded = artifacts.load_version(root)
+    loaded = registry.load_version(root)
     assert loaded.manifest["source"]["kind"] == "database"
     assert loaded.manifest["source"]["n_interactions"] == len(frame)
     for entry in loaded.models.values():
@@ -273,8 +273,8 @@ def database_url(request, tmp_path):
 def declare(url: str, scale: str, positive: float | None = None) -> None:
     """What ``python -m service migrate`` stores for RATING_SCALE / POSITIVE_THRESHOLD."""
     from rating_scale import RatingScale
-    from service import crud
-    from service.db.session import make_engine
+    from storage import crud
+    from storage.session import make_engine
 
     engine = make_engine(url)
     try:
@@ -285,8 +285,8 @@ def declare(url: str, scale: str, positive: float | None = None) -> None:
 
 
 def store(url: str, rows: list[tuple[str, str, float | None]]) -> None:
-    from service import crud
-    from service.db.session import make_engine
+    from storage import crud
+    from storage.session import make_engine
 
     engine = make_engine(url)
     try:
@@ -305,14 +305,14 @@ def test_from_db_refuses_stored_ratings_off_the_scale_and_the_published_version_
     code, out, err = train(capsys, *args)
     assert code == 0, err
     assert out.splitlines()[0] == "data: database, rating scale 1:5:1, positives >= 4 (stored with the data)"
-    published = artifacts.latest_version(root)
+    published = registry.latest_version(root)
 
     store(database_url, [("mallory", "1000", 1000.0)])  # stored first: the example the error gives
     store(database_url, [("mallory", "1001", -3.0), ("mallory", "1002", 5.0)])
     code, _, err = train(capsys, *args)
     assert_one_line_error(code, err, "2 ratings are off the rating scale 1:5:1 (allowed: one of 1, 2, 3, 4, 5), "
                                      "e.g. user 'mallory', item '1000', rating 1000; nothing was trained")
-    assert artifacts.latest_version(root) == published
+    assert registry.latest_version(root) == published
 
 
 def test_from_db_trains_on_the_stored_scale_not_the_ratings_min_and_max(capsys, tmp_path, database_url, monkeypatch):
@@ -331,15 +331,15 @@ def test_from_db_trains_on_the_stored_scale_not_the_ratings_min_and_max(capsys, 
     get_settings.cache_clear()
     assert code == 0, err
     assert out.splitlines()[0] == "data: database, rating scale 0.5:5:0.5, positives >= 3.5 (stored with the data)"
-    manifest = artifacts.load_version(root).manifest
+    manifest = registry.load_version(root).manifest
     assert manifest["rating_scale"]["scale"] == "0.5:5:0.5" and manifest["positive_threshold"] == 3.5
     assert manifest["source"]["rating_range"] == [0.5, 5.0]
-    assert artifacts.load_version(root).models["autorec-u"].model.rating_range == (0.5, 5.0)
+    assert registry.load_version(root).models["autorec-u"].model.rating_range == (0.5, 5.0)
 
 
 def test_from_db_without_a_stored_scale_uses_the_rating_scale_setting(capsys, tmp_path, monkeypatch):
-    from trainer.sources import read_database
     from trainer.settings import get_settings
+    from trainer.sources import read_database
 
     url = f"sqlite:///{tmp_path / 'service.db'}"
     fill_database(url, planted_frame().iloc[:20], unrated=False)

@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 import torch
 
+from interactions.files import load_file
 from models.base import TrainData
 from models.baselines import fit_baseline
-from trainer import artifacts
-from trainer.loader import load_file
+import registry
 from trainer.pipeline import TrainJob, train_all
 from trainer.sources import SourceSpec
 
@@ -34,7 +34,7 @@ def test_a_rating_model_is_published_with_its_bias_baseline(ratings_csv, tmp_pat
     root = tmp_path / "registry"
     report = train_all(TrainJob(SourceSpec(file=ratings_csv), ["autorec-u", "ease"], FAST, "cpu", 0, root,
                                 progress=False, refit=refit))
-    loaded = artifacts.load_version(root)
+    loaded = registry.load_version(root)
     assert loaded.manifest["models"]["autorec-u"]["cold_start"] == "bias"
     assert "cold_start" not in loaded.manifest["models"]["ease"] and loaded.models["ease"].cold_start is None
     baseline = loaded.models["autorec-u"].cold_start

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-import models.base
+import models.scoring
 
+from errors import UserError
 from models.base import ModelInputError, TrainData
 from models.baselines import Popularity, fit_baseline
-from trainer.errors import UserError
 from trainer.evaluation import baseline_report, evaluate_ranking, evaluate_rating, format_table, summarise
 from trainer.metrics import rmse
-from trainer.splits import HeldOut
+from trainer.protocols import HeldOut
 
 from tests.trainer._ml100k import ml100k
 
@@ -78,7 +78,7 @@ def test_users_the_model_trained_on_are_passed_and_others_refused():
     inputs, targets = binary([[0], [1]], 3), binary([[2], [0]], 3)
     known = evaluate_ranking(model, HeldOut(inputs, targets, np.arange(2), np.array([0, 2])), ks=(1,))
     assert known["recall@1"] == pytest.approx(1.0)
-    with pytest.raises(UserError, match="cannot fold in"):
+    with pytest.raises(ModelInputError, match="cannot fold in new users: it was not trained on user index -1"):
         evaluate_ranking(model, HeldOut(inputs, targets, np.arange(2), np.array([0, -1])), ks=(1,))
 
 
@@ -89,7 +89,7 @@ def test_evaluate_ranking_blocks_give_the_same_report(monkeypatch):
     dense_t = ((rng.random((50, 10)) < 0.3) & (dense_in == 0)).astype(np.float32)
     held = HeldOut(sp.csr_matrix(dense_in), sp.csr_matrix(dense_t), np.arange(50), np.full(50, -1))
     whole = evaluate_ranking(split_model, held, ks=(3, 5))
-    monkeypatch.setattr(models.base, "SCORE_BATCH_ROWS", 7)  # the model scores the 50 rows in blocks of 7
+    monkeypatch.setattr(models.scoring, "SCORE_BATCH_ROWS", 7)  # the model scores the 50 rows in blocks of 7
     assert evaluate_ranking(split_model, held, ks=(3, 5)) == whole
 
 

@@ -13,12 +13,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from trainer import artifacts
-from trainer.errors import DataError, TrainingError, UserError
+from errors import DataError, TrainingError, UserError
+from interactions.files import load_file
+import registry
 from trainer.gate import GateRefused
 from trainer.pipeline import TrainingBusy, TrainJob, train_all
 from trainer.sources import SourceSpec, positive_threshold, snapshot
-from trainer.loader import load_file
 
 FAST = {  # few epochs, small layers: these tests check the plumbing, not the models' quality
     "autorec-u": {"epochs": 2, "hidden": 16},
@@ -61,9 +61,9 @@ def test_publishes_each_protocol_with_ids_metrics_curve_and_manifest(planted, tm
     root = tmp_path / "registry"
     report = run(planted, root, ["ease", "autorec-u", "multdae", "svae"])
 
-    version = artifacts.latest_version(root)
+    version = registry.latest_version(root)
     assert report.version == version
-    loaded = artifacts.load_version(root)
+    loaded = registry.load_version(root)
     frame = pd.read_csv(planted)
     inter, _ = load_file(planted)
     manifest = loaded.manifest
@@ -112,8 +112,8 @@ def test_second_run_moves_latest_passes_gate_and_retention_applies(planted, tmp_
     first = run(planted, root, ["ease"]).version
     second = run(planted, root, ["ease"], keep=1)
     assert second.version > first
-    assert artifacts.latest_version(root) == second.version
-    assert artifacts.list_versions(root) == [second.version]
+    assert registry.latest_version(root) == second.version
+    assert registry.list_versions(root) == [second.version]
     gate = second.runs["ease"].gate
     assert gate.passed and gate.basis.startswith("same held-out set") and gate.new == gate.old
 
@@ -125,11 +125,11 @@ def test_gate_refuses_a_broken_model_and_keeps_the_published_version(planted, tm
     with pytest.raises(GateRefused, match=r"multdae: validation ndcg@100 0\.\d+ against 0\.\d+ .*REFUSED") as refused:
         run(planted, root, ["multdae"], broken)
     assert good in str(refused.value)
-    assert artifacts.latest_version(root) == good
-    assert artifacts.list_versions(root) == [good]
+    assert registry.latest_version(root) == good
+    assert registry.list_versions(root) == [good]
     assert not list(root.glob(".tmp-*"))
     forced = run(planted, root, ["multdae"], broken, gate=False)
-    assert artifacts.latest_version(root) == forced.version != good
+    assert registry.latest_version(root) == forced.version != good
 
 
 def test_gate_after_data_growth_compares_on_users_the_published_model_never_saw(tmp_path):
@@ -142,10 +142,10 @@ def test_gate_after_data_growth_compares_on_users_the_published_model_never_saw(
     full.to_csv(grown, index=False)
 
     run(early, root, ["multdae"])
-    before = artifacts.latest_version(root)
+    before = registry.latest_version(root)
     with pytest.raises(GateRefused, match=r"both on the same \d+ held-out users, \d+ targets version .* never trained on"):
         run(grown, root, ["multdae"], {"multdae": {"epochs": 3, "lr": 1e-12}})
-    assert artifacts.latest_version(root) == before
+    assert registry.latest_version(root) == before
 
     report = run(grown, root, ["multdae"], {"multdae": {"epochs": 6}})
     gate = report.runs["multdae"].gate
@@ -160,8 +160,8 @@ def test_a_run_that_produces_nan_publishes_nothing(planted, tmp_path):
     first = run(planted, root, ["ease"]).version
     with pytest.raises(TrainingError, match="non-finite"):
         run(planted, root, ["autorec-u"], {"autorec-u": {"epochs": 2, "hidden": 8, "lr": 1e30}})
-    assert artifacts.list_versions(root) == [first]
-    assert artifacts.latest_version(root) == first
+    assert registry.list_versions(root) == [first]
+    assert registry.latest_version(root) == first
 
 
 def test_models_not_retrained_are_carried_over(planted, tmp_path):
@@ -169,7 +169,7 @@ def test_models_not_retrained_are_carried_over(planted, tmp_path):
     first = run(planted, root, ["ease"]).version
     second = run(planted, root, ["multdae"])
     assert second.carried == ["ease"]
-    loaded = artifacts.load_version(root)
+    loaded = registry.load_version(root)
     assert set(loaded.models) == {"ease", "multdae", "popularity"}  # popularity: solved again with multdae
     assert loaded.manifest["models"]["ease"]["carried_from"] == first
     old = (root / first / "ease" / "weights.safetensors").read_bytes()
@@ -190,12 +190,12 @@ def test_bad_sources_and_names_fail_before_training(tmp_path):
     planted_frame()[["user", "item"]].to_csv(implicit, index=False)
     with pytest.raises(UserError, match="autorec-u predicts ratings"):
         run(implicit, root, ["autorec-u"])
-    assert artifacts.latest_version(root) is None
+    assert registry.latest_version(root) is None
 
 
 _LOCK_HOLDER = """
 import sys, time
-from trainer.artifacts import registry_lock
+from registry import registry_lock
 lock = registry_lock(sys.argv[1])
 lock.acquire()
 print("locked", flush=True)
@@ -212,11 +212,11 @@ def test_lock_held_by_another_process_skips_the_run(planted, tmp_path):
         with pytest.raises(TrainingBusy, match="another training is running"):
             run(planted, root, ["ease"])
         assert time.monotonic() - started < 5  # does not wait for the lock
-        assert artifacts.latest_version(root) is None
+        assert registry.latest_version(root) is None
     finally:
         holder.kill()
         holder.wait()
-    assert run(planted, root, ["ease"]).version == artifacts.latest_version(root)  # released with its holder
+    assert run(planted, root, ["ease"]).version == registry.latest_version(root)  # released with its holder
 
 
 def test_metrics_json_records_split_seed_and_heldout_hashes(planted, tmp_path):
@@ -233,7 +233,7 @@ def test_metrics_json_records_split_seed_and_heldout_hashes(planted, tmp_path):
 def test_no_refit_publishes_the_split_models_weights_and_their_ids(planted, tmp_path):
     root = tmp_path / "registry"
     report = run(planted, root, ["ease", "autorec-u"], refit=False)
-    loaded = artifacts.load_version(root)
+    loaded = registry.load_version(root)
     for name in ("ease", "autorec-u"):
         assert report.runs[name].published is report.runs[name].split_model
         assert loaded.manifest["models"][name]["refit"] is False

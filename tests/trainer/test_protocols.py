@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from errors import DataError, UserError
+from interactions import Interactions
 from rating_scale import RatingScale
-from trainer.dataset import Interactions
-from trainer.errors import DataError, UserError
 from trainer.protocols import PROTOCOLS, make_split, protocol_ks, rating_random, seed_ranking, strong, temporal
-from trainer.splits import HeldOut, RankingSplit, RatingSplit
+from trainer.protocols import HeldOut, RankingSplit, RatingSplit
 
 from tests.trainer._ml100k import ml100k
 

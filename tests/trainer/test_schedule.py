@@ -15,11 +15,11 @@ from apscheduler.triggers.cron import CronTrigger
 
 from test_cli_train import declare, fill_database, store
 from test_pipeline import planted_frame, write_planted
-from trainer import artifacts
-from trainer.errors import UserError
+from errors import UserError
+import registry
 from trainer.pipeline import TrainJob
-from trainer.sources import SourceSpec
 from trainer.schedule import NEXT_RUN_FILE, make_trigger, parse_every, run_once, run_schedule
+from trainer.sources import SourceSpec
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -81,7 +81,7 @@ def test_schedule_survives_a_failed_run_and_runs_again(tmp_path):
     assert sum(outcomes.values()) == 3
     assert any("run 1 failed" in line and "not-a-number" in line for line in handler.lines), handler.lines
     assert any("published version" in line for line in handler.lines)
-    assert artifacts.latest_version(root) is not None
+    assert registry.latest_version(root) is not None
 
 
 def test_the_schedule_records_its_next_run_in_the_registry_until_it_stops(tmp_path):
@@ -153,7 +153,7 @@ def test_a_time_skipped_while_a_run_goes_moves_the_recorded_next_run(tmp_path):
 def test_a_run_is_skipped_while_another_process_trains(tmp_path, caplog):
     root = tmp_path / "registry"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from trainer.artifacts import registry_lock; "
+        [sys.executable, "-c", "import sys, time; from registry import registry_lock; "
          "lock = registry_lock(sys.argv[1]); lock.acquire(); print('locked', flush=True); time.sleep(60)", str(root)],
         stdout=subprocess.PIPE, text=True,
     )
@@ -164,7 +164,7 @@ def test_a_run_is_skipped_while_another_process_trains(tmp_path, caplog):
         with caplog.at_level(logging.INFO, logger="trainer.schedule"):
             assert run_once(job, 7) == "skipped"
         assert "run 7 skipped: another training is running" in caplog.text
-        assert artifacts.latest_version(root) is None
+        assert registry.latest_version(root) is None
     finally:
         holder.kill()
         holder.wait()
@@ -184,7 +184,7 @@ def test_schedule_command_runs_twice_on_an_interval(tmp_path):
     assert "run 1: published version" in result.stderr and "run 2: published version" in result.stderr
     assert f"run 1: data: {data} (columns: user=who, item=what, rating=stars, timestamp=when), rating scale 1:5:1, " \
            "positives >= 4 (declared)" in result.stderr
-    assert len(artifacts.list_versions(root)) == 2
+    assert len(registry.list_versions(root)) == 2
     assert "Traceback" not in result.stderr
 
 
@@ -195,10 +195,10 @@ def test_a_scheduled_run_on_poisoned_data_fails_and_the_published_version_stays(
     job = TrainJob(source=SourceSpec(database_url=url), models=("ease",), artifacts_dir=root, device="cpu",
                    progress=False)
     assert run_once(job, 1) == "published"
-    published = artifacts.latest_version(root)
+    published = registry.latest_version(root)
     store(url, [("mallory", "1000", 1000.0)])  # written straight into the database, past the API
     with caplog.at_level(logging.INFO, logger="trainer.schedule"):
         assert run_once(job, 2) == "failed"
     assert "run 2 failed: the database sqlite:///" in caplog.text
     assert "1 rating is off the rating scale 1:5:1" in caplog.text and "user 'mallory', item '1000'" in caplog.text
-    assert artifacts.latest_version(root) == published
+    assert registry.latest_version(root) == published

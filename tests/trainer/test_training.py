@@ -12,8 +12,8 @@ import pytest
 import scipy.sparse as sp
 import torch
 
+from errors import TrainingError, UserError
 import trainer
-from trainer.errors import TrainingError, UserError
 from trainer.protocols import make_split
 from trainer.training import model_class, resolve_device
 
@@ -25,7 +25,7 @@ def strong_split(ml100k):
 
 @pytest.fixture(scope="module")
 def ml100k(ml100k_dir):
-    from trainer.datasets import read_dataset
+    from interactions.movielens import read_dataset
 
     return read_dataset("ml-100k", ml100k_dir)
 

@@ -11,9 +11,9 @@ from types import SimpleNamespace
 import pytest
 
 from test_pipeline import write_planted
-from trainer import artifacts
+from errors import UserError
+import registry
 from trainer.cli import main
-from trainer.errors import UserError
 from trainer.pipeline import TrainJob, train_all
 from trainer.runs import fit_on_split, model_split
 from trainer.sources import SourceSpec
@@ -100,7 +100,7 @@ def test_the_budget_stops_the_running_trial_at_the_next_epoch():
 
 
 def test_a_real_search_reports_every_epoch_prunes_and_keeps_the_best_split_model(planted):
-    from trainer.loader import load_file
+    from interactions.files import load_file
 
     inter, _ = load_file(planted)
     split = model_split("multdae", inter, 0, {})
@@ -127,8 +127,8 @@ def test_tune_records_the_values_and_the_study_and_the_next_runs_reuse_them(caps
                            "--artifacts-dir", str(root))
     elapsed = time.perf_counter() - started
     assert code == 0, err
-    tuned_version = artifacts.latest_version(root)
-    manifest = artifacts.read_manifest(root, tuned_version)
+    tuned_version = registry.latest_version(root)
+    manifest = registry.read_manifest(root, tuned_version)
     for name, keys in (("ease", {"lam"}), ("edlae", {"lam", "dropout"})):
         tuned = manifest["models"][name]["tuned"]
         assert set(tuned["values"]) == keys and tuned["trials"] >= 2 and tuned["budget_s"] > 0
@@ -139,7 +139,7 @@ def test_tune_records_the_values_and_the_study_and_the_next_runs_reuse_them(caps
         assert len(study["trial_list"]) == tuned["trials"] and study["trial_list"][0]["state"] == "COMPLETE"
         assert (root / tuned_version / name / TUNING_PNG).read_bytes()[:4] == b"\x89PNG"
         for file in (TUNING_JSON, TUNING_PNG):  # through the artifacts writer: checksummed
-            assert f"{name}/{file}" in manifest[artifacts.CHECKSUMS_KEY]
+            assert f"{name}/{file}" in manifest[registry.CHECKSUMS_KEY]
         assert f"tune {name}: " in out
     assert elapsed < 20 + 15  # the budget, then the usual fits of two closed-form models (seconds)
     lam, dropout = (manifest["models"]["edlae"]["tuned"]["values"][k] for k in ("lam", "dropout"))
@@ -148,8 +148,8 @@ def test_tune_records_the_values_and_the_study_and_the_next_runs_reuse_them(caps
     code, out, err = train(capsys, "--file", str(planted), "--models", "ease,edlae", "--set", "edlae.dropout=0.5",
                            "--artifacts-dir", str(root))
     assert code == 0, err
-    version = artifacts.latest_version(root)
-    manifest = artifacts.read_manifest(root, version)
+    version = registry.latest_version(root)
+    manifest = registry.read_manifest(root, version)
     hyper = json.loads((root / version / "edlae" / "metrics.json").read_text())["hyper"]
     assert hyper["lam"] == pytest.approx(lam) and hyper["dropout"] == 0.5 != dropout
     record = manifest["models"]["edlae"]["tuned"]
@@ -161,7 +161,7 @@ def test_tune_records_the_values_and_the_study_and_the_next_runs_reuse_them(caps
     # the scheduled job (a TrainJob without tune) reuses them too, naming the version that searched them
     report = TrainJob(SourceSpec(file=planted), ("ease",), artifacts_dir=root, device="cpu", progress=False).run()
     assert report.runs["ease"].published.config.lam == pytest.approx(
-        artifacts.read_manifest(root, tuned_version)["models"]["ease"]["tuned"]["values"]["lam"])
+        registry.read_manifest(root, tuned_version)["models"]["ease"]["tuned"]["values"]["lam"])
     assert report.runs["ease"].tuned["reused_from"] == tuned_version
 
 
@@ -186,7 +186,7 @@ def test_a_config_files_tune_table_turns_the_search_on_beside_the_models_tables(
     code, out, err = train(capsys, "--file", str(planted), "--models", "edlae", "--config", str(config),
                            "--artifacts-dir", str(root))
     assert code == 0, err
-    entry = artifacts.read_manifest(root, artifacts.latest_version(root))["models"]["edlae"]
+    entry = registry.read_manifest(root, registry.latest_version(root))["models"]["edlae"]
     assert entry["tuned"]["trials"] == 3 and set(entry["tuned"]["values"]) == {"lam"}  # dropout is given: not searched
     assert entry["tuned"]["fixed"] == {"dropout": 0.5} and entry["overrides"] == {"dropout": 0.5}
     assert entry["tuned"]["budget_s"] == 30.0

@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from trainer.errors import UserError
+from errors import UserError
 from trainer.protocols import PROTOCOLS
 
 
@@ -46,7 +46,7 @@ def baselines(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the results here as JSON.")] = None,
 ) -> None:
     """Evaluate the baselines (the floor every model must beat) on a dataset and protocol."""
-    from trainer.datasets import get_dataset
+    from interactions.datasets import get_dataset
     from trainer.evaluation import baseline_report, format_table
 
     if protocol not in PROTOCOLS:

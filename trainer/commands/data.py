@@ -17,12 +17,12 @@ import numpy as np
 import typer
 from typer.core import TyperGroup
 
+from errors import UserError
+from interactions import Interactions
+from interactions.file_options import with_column_options, with_scale_options
+from interactions.files import FileColumns
+from interactions.movielens import DATASETS
 from rating_scale import RatingScale
-from trainer.dataset import Interactions
-from trainer.datasets import DATASETS
-from trainer.errors import UserError
-from trainer.file_options import with_column_options, with_scale_options
-from trainer.loader import FileColumns
 
 
 
@@ -76,7 +76,7 @@ def _dataset_command(name: str) -> None:
     spec = DATASETS[name]
 
     def command(source: SourceOption = None, data_dir: DataDirOption = None, quiet: QuietOption = False) -> None:
-        from trainer.datasets import dataset_origin, get_dataset
+        from interactions.datasets import dataset_origin, get_dataset
 
         interactions = get_dataset(name, data_dir=data_dir, source=source, progress=not quiet)
         typer.echo(summary(interactions))
@@ -102,7 +102,7 @@ def check_file(
     rating_scale: RatingScale | None = None,
 ) -> None:
     """Load and check your own interaction file; report its shape, columns, rating scale and the duplicates dropped."""
-    from trainer.loader import load_file
+    from interactions.files import load_file
 
     interactions, report = load_file(path, columns, rating_scale=rating_scale)
     typer.echo(summary(interactions))

@@ -2,7 +2,7 @@
 
 ``TrainOptions`` holds them as typed on the command line, each field's typer option in its
 metadata. ``with_train_options`` puts them in a command's signature in place of its one
-``options: TrainOptions`` argument (``trainer.file_options.replacing``, as for the file's
+``options: TrainOptions`` argument (``interactions.file_options.replacing``, as for the file's
 columns), and ``TrainOptions.job()`` checks every one and builds the ``TrainJob``.
 """
 
@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
+from errors import UserError
+from interactions.file_options import replacing
+from interactions.files import FileColumns
 from rating_scale import RatingScale
-from trainer.errors import UserError
-from trainer.file_options import replacing
 from trainer.gate import DEFAULT_GATE_TOLERANCE
-from trainer.loader import FileColumns
 
 if TYPE_CHECKING:
     from trainer.pipeline import TrainJob
@@ -32,7 +32,7 @@ def _option(default: Any, name: str, help: str) -> Any:
 
 @dataclass(frozen=True)
 class TrainOptions:
-    """The training options as given; ``columns`` and ``rating_scale`` are ``trainer.file_options``'s."""
+    """The training options as given; ``columns`` and ``rating_scale`` are ``interactions.file_options``'s."""
 
     dataset: Optional[str] = _option(None, "--dataset", "A MovieLens dataset by name, e.g. ml-100k.")
     source: Optional[Path] = _option(None, "--source", "Local folder or .zip of the --dataset (offline).")

@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from interactions.file_options import with_column_options, with_scale_options
 from trainer.commands.options import TrainOptions, with_train_options
-from trainer.file_options import with_column_options, with_scale_options
 
 
 @with_scale_options

@@ -1,15 +1,15 @@
 """`python -m trainer train`: train models on a dataset, a file or the service's database, and publish.
 
 The options are shared with `python -m trainer schedule` (``trainer.commands.options``);
-how to read a ``--file`` is ``trainer.file_options``'s.
+how to read a ``--file`` is ``interactions.file_options``'s.
 """
 
 from __future__ import annotations
 
 import typer
 
+from interactions.file_options import with_column_options, with_scale_options
 from trainer.commands.options import TrainOptions, with_train_options
-from trainer.file_options import with_column_options, with_scale_options
 
 
 @with_scale_options

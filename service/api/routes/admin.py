@@ -4,16 +4,19 @@ says how it goes (``service.training_runs``)."""
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import APIRouter
 
+from errors import UserError
 from models import REGISTRY
 from service.api.deps import AdminAccess, StoreDep, TrainingRunsDep
 from service.api.routing import AccessFirstRoute
 from service.errors import ApiError
 from service.schemas import ErrorBody, ReloadResult, TrainingRequest, TrainingRun
 from service.training_runs import TrainingBusy
-from trainer.errors import UserError
 
+log = logging.getLogger("service.admin")
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminAccess], route_class=AccessFirstRoute)
 
 
@@ -48,8 +51,12 @@ def start_training(body: TrainingRequest, runs: TrainingRunsDep) -> TrainingRun:
         run = runs.start(models, body.seed)
     except TrainingBusy as exc:
         raise ApiError(409, "training_running", str(exc), {"running": exc.running.id if exc.running else None}) from None
-    except (OSError, UserError) as exc:  # the runs folder or the registry cannot be written: the deployment's to fix
-        raise ApiError(503, "training_unavailable", f"cannot start a training run: {exc}") from None
+    except (OSError, UserError) as exc:  # the deployment's to fix; its path and reason go to the log, never to a client
+        log.error("cannot start a training run: %s", exc)
+        setting = runs.unwritable_setting(exc)
+        where = f"the folder {setting} names cannot be written" if setting else "the trainer's process could not start"
+        raise ApiError(503, "training_unavailable", f"cannot start a training run: {where} (the service's log says why)",
+                       {"setting": setting}) from None
     return TrainingRun(**run.describe())
 
 

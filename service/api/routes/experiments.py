@@ -6,13 +6,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path
 
-from service import crud
 from service.api.deps import AdminAccess, ExperimentsDep, ReadAccess, SessionDep
 from service.api.routing import AccessFirstRoute
-from service.crud import online
 from service.errors import ApiError
 from service.experiment_report import experiment_report
 from service.schemas import ErrorBody, ExperimentIn, ExperimentOut
+from storage import crud
+from storage.crud import online
 
 admin = APIRouter(prefix="/admin", tags=["experiments"], dependencies=[AdminAccess], route_class=AccessFirstRoute)
 router = APIRouter(tags=["experiments"], dependencies=[ReadAccess], route_class=AccessFirstRoute)

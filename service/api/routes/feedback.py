@@ -7,13 +7,14 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
-from service import crud, feedback
+from service import feedback
 from service.api.deps import API_KEY_HEADER, IdempotencyKey, MetricsDep, RecorderDep, SessionDep, SettingsDep, WriteAccess
 from service.api.routing import AccessFirstRoute
-from service.db.session import retry_if_dropped
 from service.schemas import FeedbackIn, FeedbackResult
 from service.serving import check_list
 from service.writes import idempotency_claim, recorded_answer
+from storage import crud
+from storage.session import retry_if_dropped
 
 router = APIRouter(tags=["feedback"], dependencies=[WriteAccess], route_class=AccessFirstRoute)
 

@@ -6,12 +6,12 @@ from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.exc import SQLAlchemyError
 
-from service import crud
 from service.api.deps import CacheDep, MetricsAccess, MetricsDep, SessionDep, StoreDep
 from service.api.routing import AccessFirstRoute
-from service.db.session import retry_if_dropped
 from service.errors import ApiError
 from service.schemas import ErrorBody, Health, Readiness
+from storage import crud
+from storage.session import retry_if_dropped
 
 router = APIRouter(tags=["health"], route_class=AccessFirstRoute)
 

@@ -6,13 +6,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Request
 
-from service import crud
 from service.api.deps import API_KEY_HEADER, IdempotencyKey, SettingsDep, WriteAccess, WriterDep
 from service.api.routing import AccessFirstRoute
-from service.schemas import InteractionIn, InteractionsResult
 from service.request_limits import check_interaction_ratings
+from service.schemas import InteractionIn, InteractionsResult
 from service.serving import check_list
 from service.writes import idempotency_claim
+from storage import crud
 
 router = APIRouter(tags=["interactions"], dependencies=[WriteAccess], route_class=AccessFirstRoute)
 

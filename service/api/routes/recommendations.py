@@ -21,6 +21,7 @@ from typing import Annotated, Any, Awaitable, Callable, Coroutine
 from fastapi import APIRouter, Body, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter, ValidationError
+from pydantic_core import SchemaValidator
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -32,9 +33,10 @@ from service.schemas import ID_MAX_CHARS, ID_PATTERN, RecommendationRequest, Rec
 
 UserIdPath = Annotated[str, Path(min_length=1, max_length=ID_MAX_CHARS, pattern=ID_PATTERN, description="The user's external id.")]
 RequestBody = Annotated[RecommendationRequest | None, Body()]
-_USER_ID = TypeAdapter(UserIdPath)
-_BODY = TypeAdapter(RequestBody)
-_BODY_JSON = TypeAdapter(RecommendationRequest)  # JSON mode: the same coercions as Python mode for these fields
+# the adapters' core validators, called directly: TypeAdapter's own methods are one more Python call a request
+_USER_ID = TypeAdapter(UserIdPath).validator
+_BODY = TypeAdapter(RequestBody).validator
+_BODY_JSON = TypeAdapter(RecommendationRequest).validator  # JSON mode: the same coercions as Python mode for these fields
 
 
 class RecommendationsRoute(AccessFirstRoute):
@@ -50,7 +52,7 @@ class RecommendationsRoute(AccessFirstRoute):
         """The body answering one request, hit or miss; a refusal is raised, for the app's error handlers."""
         user_id, body = await self.parse(request)
         answer = await recommend(request.app.state.parts, user_id, body)
-        request.state.model = answer.model  # the request metrics' model label
+        request.scope.setdefault("state", {})["model"] = answer.model  # the request metrics' label (``request.state`` builds a State)
         return answer.json.encode()  # the one place a hit's and a miss's answer becomes the body sent
 
     async def parse(self, request: Request) -> tuple[str, RecommendationRequest | None]:
@@ -94,7 +96,7 @@ def _json(raw: bytes) -> Any:
         raise HTTPException(400, "There was an error parsing the body") from exc
 
 
-def _validated(adapter: TypeAdapter, value: Any, loc: tuple[str, ...], errors: list[dict[str, Any]]) -> Any:
+def _validated(adapter: SchemaValidator, value: Any, loc: tuple[str, ...], errors: list[dict[str, Any]]) -> Any:
     """``value`` validated as FastAPI validates a parameter (Python mode, from attributes; None is no value);
     its errors, located under ``loc``, added to ``errors``."""
     if value is None:

@@ -1,6 +1,6 @@
 """Online evaluation's data access: experiments, impressions (the lists served) and the feedback they earn.
 
-Part of the one data layer (``service.crud``): the routes and the background writer call these,
+Part of the one data layer (``storage.crud``): the routes and the background writer call these,
 never SQL of their own. Per-arm metrics are SQL aggregates: one row per arm comes back, whatever
 the number of impressions.
 """
@@ -17,8 +17,9 @@ from typing import Any, Sequence
 from sqlalchemy import Connection, case, distinct, func, literal, select
 from sqlalchemy.orm import Session
 
-from service.crud import IdempotencyClaim, _chunks, _connection, _insert, _one_writer, _record_answers
-from service.db.tables import Experiment, Feedback, Impression
+from storage.crud.common import chunks, core_connection, dialect_insert, one_writer
+from storage.crud.writing import IdempotencyClaim, record_answers
+from storage.tables import Experiment, Feedback, Impression
 
 FEEDBACK_KINDS = ("click", "rating", "purchase", "dismiss")
 ENGAGED_KINDS = ("click", "rating", "purchase")  # an event that says the item was wanted (a dismiss does not)
@@ -52,9 +53,9 @@ _EXPERIMENT_COLUMNS = select(Experiment.id, Experiment.kind, Experiment.definiti
 def create_experiment(session: Session, id_: str, kind: str, definition: dict[str, Any], now: datetime) -> bool:
     """Store and start an experiment; False (nothing written) when one with this id exists, running or stopped."""
     table = Experiment.__table__
-    with _one_writer(session):
+    with one_writer(session):
         connection = session.connection()
-        stmt = _insert(connection, table).on_conflict_do_nothing(index_elements=["id"]).returning(table.c.id)
+        stmt = dialect_insert(connection, table).on_conflict_do_nothing(index_elements=["id"]).returning(table.c.id)
         created = connection.execute(stmt, {"id": id_, "kind": kind, "definition": definition, "created_at": now,
                                             "started_at": now, "stopped_at": None}).first()
         session.commit()
@@ -64,7 +65,7 @@ def create_experiment(session: Session, id_: str, kind: str, definition: dict[st
 def stop_experiment(session: Session, id_: str, now: datetime) -> ExperimentRow | None:
     """Stop a running experiment (a stopped one keeps its stop time); None when there is no such experiment."""
     table = Experiment.__table__
-    with _one_writer(session):
+    with one_writer(session):
         connection = session.connection()
         connection.execute(table.update().where(table.c.id == id_, table.c.stopped_at.is_(None)).values(stopped_at=now))
         row = connection.execute(_EXPERIMENT_COLUMNS.where(Experiment.id == id_)).first()
@@ -76,18 +77,18 @@ def experiments(db: Session | Connection, *, active_only: bool = False) -> list[
     stmt = _EXPERIMENT_COLUMNS.order_by(Experiment.created_at, Experiment.id)
     if active_only:
         stmt = stmt.where(Experiment.started_at.is_not(None), Experiment.stopped_at.is_(None))
-    return [ExperimentRow(*row) for row in _connection(db).execute(stmt).all()]
+    return [ExperimentRow(*row) for row in core_connection(db).execute(stmt).all()]
 
 
 def experiment(db: Session | Connection, id_: str) -> ExperimentRow | None:
-    row = _connection(db).execute(_EXPERIMENT_COLUMNS.where(Experiment.id == id_)).first()
+    row = core_connection(db).execute(_EXPERIMENT_COLUMNS.where(Experiment.id == id_)).first()
     return None if row is None else ExperimentRow(*row)
 
 
 def record_sequential_p_values(session: Session, id_: str, p_values: dict[str, float]) -> None:
     """Keep the always-valid p-values of this look (each no higher than the last look's: the caller's rule)."""
     table = Experiment.__table__
-    with _one_writer(session):
+    with one_writer(session):
         session.connection().execute(table.update().where(table.c.id == id_).values(sequential_p_values=p_values))
         session.commit()
 
@@ -95,7 +96,7 @@ def record_sequential_p_values(session: Session, id_: str, p_values: dict[str, f
 def experiments_fingerprint(db: Session | Connection) -> tuple:
     """Changes whenever an experiment is created or stopped: what a replica polls instead of re-reading them all."""
     stmt = select(func.count(), func.count(Experiment.stopped_at), func.max(Experiment.created_at), func.max(Experiment.stopped_at))
-    return tuple(_connection(db).execute(stmt).one())
+    return tuple(core_connection(db).execute(stmt).one())
 
 
 # ---- impressions -----------------------------------------------------------------------------
@@ -154,9 +155,9 @@ def shown_lists(db: Session | Connection, recommendation_ids: Sequence[str]) -> 
     found: dict[str, ShownList] = {}
     columns = select(Impression.recommendation_id, Impression.user_id, Impression.items, Impression.teams,
                      Impression.experiment_id, Impression.arm, Impression.created_at)
-    for chunk in _chunks(sorted(set(recommendation_ids))):
+    for chunk in chunks(sorted(set(recommendation_ids))):
         stmt = columns.where(Impression.recommendation_id.in_(list(chunk)), Impression.shadow.is_(False))
-        found.update((row[0], ShownList(*row)) for row in _connection(db).execute(stmt).all())
+        found.update((row[0], ShownList(*row)) for row in core_connection(db).execute(stmt).all())
     return found
 
 
@@ -165,10 +166,10 @@ def recent_lists(db: Session | Connection, user_ids: Sequence[str], since: datet
     found: dict[str, list[ShownList]] = {}
     columns = select(Impression.recommendation_id, Impression.user_id, Impression.items, Impression.teams,
                      Impression.experiment_id, Impression.arm, Impression.created_at)
-    for chunk in _chunks(sorted(set(user_ids))):
+    for chunk in chunks(sorted(set(user_ids))):
         stmt = columns.where(Impression.user_id.in_(list(chunk)), Impression.created_at >= since,
                              Impression.shadow.is_(False)).order_by(Impression.created_at.desc(), Impression.recommendation_id)
-        for row in _connection(db).execute(stmt).all():
+        for row in core_connection(db).execute(stmt).all():
             found.setdefault(row[1], []).append(ShownList(*row))
     return found
 
@@ -206,17 +207,17 @@ def store_feedback(session: Session, records: Sequence[FeedbackRecord], claim: I
              "position": r.position, "gain": r.gain, "team": r.team, "source": r.source, "created_at": r.created_at}
             for _, r in sorted(unique.items())]  # sorted: one lock order for concurrent transactions
     inserted = []
-    with _one_writer(session):
+    with one_writer(session):
         try:
             connection = session.connection()
-            stmt = _insert(connection, table).on_conflict_do_nothing(
+            stmt = dialect_insert(connection, table).on_conflict_do_nothing(
                 index_elements=["recommendation_id", "item_id", "kind"]).returning(table.c.id)
             for (_, record), row in zip(sorted(unique.items()), rows):  # RETURNING per row: an executemany's is not portable
                 if connection.execute(stmt, row).first() is not None:
                     inserted.append(record)
             answer = {"received": len(records), "stored": len(inserted), "duplicates": len(records) - len(inserted)}
             if claim is not None:
-                _record_answers(connection, [(claim, answer)], int(time.time()))
+                record_answers(connection, [(claim, answer)], int(time.time()))
             session.commit()
         except BaseException:
             session.rollback()
@@ -244,7 +245,7 @@ class ArmAggregate:
 
 def arm_aggregates(db: Session | Connection, experiment_id: str) -> list[ArmAggregate]:
     """One ``ArmAggregate`` per arm that has impressions (served ones; the shadow ones counted apart)."""
-    connection = _connection(db)
+    connection = core_connection(db)
     engaged = Feedback.kind.in_(ENGAGED_KINDS)
     per_list = (
         select(
@@ -311,7 +312,7 @@ def interleaving_credit(db: Session | Connection, experiment_id: str, arms: tupl
         .group_by(Feedback.recommendation_id)
         .subquery()
     )
-    connection = _connection(db)
+    connection = core_connection(db)
     won_a, won_b, tied = connection.execute(select(
         func.coalesce(func.sum(case((per_list.c.a > per_list.c.b, 1), else_=0)), 0),
         func.coalesce(func.sum(case((per_list.c.b > per_list.c.a, 1), else_=0)), 0),

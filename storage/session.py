@@ -11,17 +11,25 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-log = logging.getLogger("service.db")
+log = logging.getLogger("storage")
 
 T = TypeVar("T")
+
+
+def redacted(url: str) -> str:
+    """A database URL without its password, for manifests, logs and messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy understands: whoever connects reports that itself
+        return "<unparsable url>"
 
 
 def make_engine(database_url: str, *, timeout_s: int = 5, **kwargs) -> Engine:
     """An engine that fails fast when the database is unreachable.
 
     Pooled connections are not pinged before each use (``pool_pre_ping``): on PostgreSQL
-    that ping is a round trip per request, and dropping it served a median 14-15% more
-    uncached recommendations and ratings (ml-100k, 8 clients, five paired runs). A connection that a database
+    that ping is a round trip per request, and dropping it served more uncached recommendations
+    and ratings (bench/serving.py; bench/RESULTS.md, "Figures moved out"). A connection that a database
     restart dropped fails on its first statement instead; the request's work runs once
     more on a new connection (``retry_if_dropped``).
     """

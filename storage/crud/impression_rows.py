@@ -1,6 +1,6 @@
 """Impressions written: one batch of rows in one transaction, the driver's own fastest path on each database.
 
-Part of the one data layer (``service.crud``); the impression writer (``service.impressions``) calls
+Part of the one data layer (``storage.crud``); the impression writer (``service.impressions``) calls
 ``store_impressions`` with rows in ``online._IMPRESSION_COLUMNS`` order.
 """
 
@@ -13,8 +13,8 @@ from typing import Sequence
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
-from service.crud import _one_writer
-from service.crud.online import _IMPRESSION_COLUMNS, ImpressionRow, as_utc
+from storage.crud.common import one_writer
+from storage.crud.online import _IMPRESSION_COLUMNS, ImpressionRow, as_utc
 
 
 SQLITE_ROWS_PER_STATEMENT = 512  # 5,632 parameters, under SQLite's limit (32,766)
@@ -84,7 +84,7 @@ def store_impressions(session: Session, rows: Sequence[ImpressionRow]) -> int:
     if not rows:
         return 0
     inserted = 0
-    with _one_writer(session):
+    with one_writer(session):
         try:
             connection = session.connection()
             dialect = connection.dialect

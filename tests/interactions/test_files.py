@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from errors import DataError
+from interactions.files import FileColumns, load_file
+from interactions.movielens import read_dataset
 from rating_scale import RatingScale
-from trainer.datasets import read_dataset
-from trainer.errors import DataError
-from trainer.loader import FileColumns, load_file
 
 
 def write(path: Path, text: str) -> Path:

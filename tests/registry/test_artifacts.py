@@ -18,15 +18,16 @@ import scipy.sparse as sp
 import torch
 
 from models.autorec import AutoRecU, AutoRecUConfig
-from trainer import artifacts
-from trainer.artifacts import ArtifactError, StagedModel
+import registry
+from registry import ArtifactError, StagedModel, writer
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def tiny_model(seed: int = 0, n_users: int = 6, n_items: int = 5) -> AutoRecU:
     torch.manual_seed(seed)
-    return AutoRecU(AutoRecUConfig(hidden=4), n_items=n_items, n_users=n_users).eval()
+    # never fitted, so no bias model to centre on: its weights are all it is (a flipped bit must show)
+    return AutoRecU(AutoRecUConfig(hidden=4, center="none"), n_items=n_items, n_users=n_users).eval()
 
 
 def publish_tiny(root: Path, seed: int = 0, keep: int = 5, metrics: dict | None = None) -> str:
@@ -42,18 +43,18 @@ def publish_tiny(root: Path, seed: int = 0, keep: int = 5, metrics: dict | None 
     }
     manifest = {"code_version": "test", "source": {"kind": "test"}, "models": {"autorec-u": {"epochs": 1}}}
     popularity = {"items": [104, 100], "counts": np.array([7, 3])}
-    return artifacts.publish(root, staged, manifest, popularity=popularity, keep=keep)
+    return registry.publish(root, staged, manifest, popularity=popularity, keep=keep)
 
 
 def test_round_trip_restores_model_ids_and_manifest(tmp_path):
-    assert artifacts.latest_version(tmp_path) is None
-    assert artifacts.list_versions(tmp_path) == []
+    assert registry.latest_version(tmp_path) is None
+    assert registry.list_versions(tmp_path) == []
     version = publish_tiny(tmp_path)
 
-    assert artifacts.is_version_name(version)
-    assert artifacts.latest_version(tmp_path) == version
-    assert artifacts.list_versions(tmp_path) == [version]
-    loaded = artifacts.load_version(tmp_path)
+    assert registry.is_version_name(version)
+    assert registry.latest_version(tmp_path) == version
+    assert registry.list_versions(tmp_path) == [version]
+    loaded = registry.load_version(tmp_path)
     assert loaded.version == version
     assert loaded.manifest["version"] == version and loaded.manifest["code_version"] == "test"
     assert loaded.manifest["models"]["autorec-u"] == {"epochs": 1, "task": "rating", "path": "autorec-u"}
@@ -74,21 +75,21 @@ def test_second_publish_moves_latest_and_sorts_after(tmp_path):
     first = publish_tiny(tmp_path, seed=0)
     second = publish_tiny(tmp_path, seed=1)
     assert second > first
-    assert artifacts.latest_version(tmp_path) == second
-    assert artifacts.list_versions(tmp_path) == [first, second]
-    assert artifacts.load_version(tmp_path).models["autorec-u"].metrics["seed"] == 1
-    assert artifacts.load_version(tmp_path, first).models["autorec-u"].metrics["seed"] == 0
+    assert registry.latest_version(tmp_path) == second
+    assert registry.list_versions(tmp_path) == [first, second]
+    assert registry.load_version(tmp_path).models["autorec-u"].metrics["seed"] == 1
+    assert registry.load_version(tmp_path, first).models["autorec-u"].metrics["seed"] == 0
 
 
 def test_retention_keeps_last_n_and_never_the_latest(tmp_path):
     versions = [publish_tiny(tmp_path, seed=s, keep=2) for s in range(3)]
-    assert artifacts.list_versions(tmp_path) == versions[1:]
+    assert registry.list_versions(tmp_path) == versions[1:]
     # Roll LATEST back to the older one: retention with keep=1 must still keep it.
-    artifacts._write_pointer(tmp_path, versions[1])
-    assert artifacts.apply_retention(tmp_path, keep=1) == []
-    assert artifacts.list_versions(tmp_path) == versions[1:]
+    writer._write_pointer(tmp_path, versions[1])
+    assert registry.apply_retention(tmp_path, keep=1) == []
+    assert registry.list_versions(tmp_path) == versions[1:]
     newest = publish_tiny(tmp_path, seed=9, keep=1)
-    assert artifacts.list_versions(tmp_path) == [newest]
+    assert registry.list_versions(tmp_path) == [newest]
     assert not list(tmp_path.glob(".tmp-*"))
 
 
@@ -97,11 +98,11 @@ _KILLED_WRITER = """
 import sys, time
 from pathlib import Path
 sys.path.insert(0, {tests!r})
-from trainer import artifacts
+from registry import writer
 from test_artifacts import publish_tiny
 
 root, marker, point = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
-original = getattr(artifacts, point)
+original = getattr(writer, point)
 
 def stall(*args, **kwargs):
     if point == "_json_bytes" and not args[1].endswith("metrics.json"):
@@ -109,7 +110,7 @@ def stall(*args, **kwargs):
     marker.write_text("stalled")
     time.sleep(120)
 
-setattr(artifacts, point, stall)
+setattr(writer, point, stall)
 publish_tiny(root, seed=5)
 """
 
@@ -139,16 +140,16 @@ def test_sigkill_mid_publish_leaves_previous_version_intact(tmp_path, point):
         (staging,) = root.glob(".tmp-*")
         assert (staging / "autorec-u" / "weights.safetensors").exists()
         assert not (staging / "manifest.json").exists()
-        assert artifacts.list_versions(root) == [before]
+        assert registry.list_versions(root) == [before]
     else:  # renamed but never pointed at: a complete version, not the current one
-        assert len(artifacts.list_versions(root)) == 2
-    assert artifacts.latest_version(root) == before
-    loaded = artifacts.load_version(root)
+        assert len(registry.list_versions(root)) == 2
+    assert registry.latest_version(root) == before
+    loaded = registry.load_version(root)
     assert loaded.version == before and loaded.models["autorec-u"].metrics["seed"] == 0
 
     # The next run takes the lock the dead writer held, removes its leftovers and publishes.
     after = publish_tiny(root, seed=1)
-    assert artifacts.latest_version(root) == after
+    assert registry.latest_version(root) == after
     assert not list(root.glob(".tmp-*"))
 
 
@@ -156,16 +157,16 @@ def test_failed_publish_writes_nothing(tmp_path):
     first = publish_tiny(tmp_path)
     with pytest.raises(ArtifactError, match="metrics.json"):
         publish_tiny(tmp_path, metrics={"valid": {"rmse": float("nan")}})
-    assert artifacts.list_versions(tmp_path) == [first]
-    assert artifacts.latest_version(tmp_path) == first
+    assert registry.list_versions(tmp_path) == [first]
+    assert registry.latest_version(tmp_path) == first
     assert not list(tmp_path.glob(".tmp-*"))
 
 
 def test_publish_rejects_id_maps_that_do_not_fit_the_model(tmp_path):
     staged = {"autorec-u": StagedModel(model=tiny_model(), user_ids=["a"], item_ids=list(range(5)), metrics={})}
     with pytest.raises(ArtifactError, match="1 user ids"):
-        artifacts.publish(tmp_path, staged, {"models": {}}, popularity={"items": [], "counts": []})
-    assert artifacts.latest_version(tmp_path) is None
+        registry.publish(tmp_path, staged, {"models": {}}, popularity={"items": [], "counts": []})
+    assert registry.latest_version(tmp_path) is None
 
 
 def resign(root: Path, version: str) -> None:
@@ -173,13 +174,13 @@ def resign(root: Path, version: str) -> None:
     manifest does, so the checks behind the checksums are reached."""
     path = root / version / "manifest.json"
     manifest = json.loads(path.read_text())
-    manifest["files"] = artifacts.file_checksums(root / version)
+    manifest["files"] = registry.file_checksums(root / version)
     path.write_text(json.dumps(manifest))
 
 
 def test_load_version_reports_what_is_wrong(tmp_path):
     with pytest.raises(ArtifactError, match="no version published"):
-        artifacts.load_version(tmp_path)
+        registry.load_version(tmp_path)
     version = publish_tiny(tmp_path)
     folder = tmp_path / version / "autorec-u"
 
@@ -187,21 +188,21 @@ def test_load_version_reports_what_is_wrong(tmp_path):
     (folder / "ids.json").write_text(json.dumps({"users": ids["users"][:-1], "items": ids["items"]}))
     resign(tmp_path, version)
     with pytest.raises(ArtifactError, match="5 users x 5 items"):
-        artifacts.load_version(tmp_path)
+        registry.load_version(tmp_path)
 
     (folder / "ids.json").unlink()
     resign(tmp_path, version)
     with pytest.raises(ArtifactError, match="has no checksum for autorec-u/ids.json"):
-        artifacts.load_version(tmp_path)
+        registry.load_version(tmp_path)
     manifest = json.loads((tmp_path / version / "manifest.json").read_text())
     del manifest["files"]
     (tmp_path / version / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match="missing ids.json"):
-        artifacts.load_version(tmp_path)
+        registry.load_version(tmp_path)
 
     (tmp_path / "LATEST").write_text("../etc\n")
     with pytest.raises(ArtifactError, match="not a version name"):
-        artifacts.latest_version(tmp_path)
+        registry.latest_version(tmp_path)
 
 
 def test_load_version_refuses_a_model_with_non_finite_scores(tmp_path):
@@ -211,11 +212,11 @@ def test_load_version_refuses_a_model_with_non_finite_scores(tmp_path):
     model = tiny_model()
     with torch.no_grad():
         model.decoder.weight.fill_(3e38)  # W sigmoid(.) sums 4 of them: past float32's 3.4e38
-    assert not artifacts.non_finite_weights(model)
+    assert not registry.non_finite_weights(model)
     model.save(folder)
     resign(tmp_path, version)
     with pytest.raises(ArtifactError, match="non-finite scores"):
-        artifacts.load_version(tmp_path)
+        registry.load_version(tmp_path)
 
 
 def test_publish_writes_a_checksum_for_every_file(tmp_path):
@@ -248,11 +249,11 @@ def _flip_a_bit(path: Path) -> None:
 def test_load_version_refuses_a_file_that_does_not_match_its_checksum(tmp_path, damage, message):
     version = publish_tiny(tmp_path)
     weights = tmp_path / version / "autorec-u" / "weights.safetensors"
-    before = artifacts.version_stamp(tmp_path, version)
+    before = registry.version_stamp(tmp_path, version)
     damage(weights)
-    assert artifacts.version_stamp(tmp_path, version) != before
+    assert registry.version_stamp(tmp_path, version) != before
     with pytest.raises(ArtifactError, match=message):
-        artifacts.load_version(tmp_path)
+        registry.load_version(tmp_path)
 
 
 def test_a_bit_flip_the_checksum_catches_is_a_valid_model_otherwise(tmp_path):
@@ -263,7 +264,7 @@ def test_a_bit_flip_the_checksum_catches_is_a_valid_model_otherwise(tmp_path):
     manifest = json.loads(manifest_path.read_text())
     del manifest["files"]
     manifest_path.write_text(json.dumps(manifest))
-    flipped = artifacts.load_version(tmp_path).models["autorec-u"].model
+    flipped = registry.load_version(tmp_path).models["autorec-u"].model
     rows = sp.csr_matrix(np.array([[5, 0, 3, 0, 1]], dtype=np.float32))
     assert not torch.equal(flipped.scores(rows), tiny_model(0).scores(rows))
 
@@ -274,8 +275,8 @@ def test_a_version_without_checksums_loads_with_a_warning(tmp_path, caplog):
     manifest = json.loads(manifest_path.read_text())
     del manifest["files"]
     manifest_path.write_text(json.dumps(manifest))
-    with caplog.at_level(logging.WARNING, logger="trainer.artifacts"):
-        assert artifacts.load_version(tmp_path).version == version
+    with caplog.at_level(logging.WARNING, logger="registry"):
+        assert registry.load_version(tmp_path).version == version
     assert f"version {version} has no checksums" in caplog.text
 
 
@@ -287,7 +288,7 @@ def test_a_manifest_that_lists_a_path_outside_the_version_is_refused(tmp_path):
     manifest["files"]["../outside"] = {"sha256": hashlib.sha256(b"x").hexdigest(), "bytes": 1}
     manifest_path.write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match="its manifest lists '../outside', outside the version"):
-        artifacts.load_version(tmp_path)
+        registry.load_version(tmp_path)
 
 
 def test_non_finite_weights_are_refused_at_load_and_at_publish(tmp_path):
@@ -299,12 +300,12 @@ def test_non_finite_weights_are_refused_at_load_and_at_publish(tmp_path):
     model.save(tmp_path / version / "autorec-u")
     resign(tmp_path, version)
     with pytest.raises(ArtifactError, match="non-finite weights .*: 1 values.*: 1 values"):
-        artifacts.load_version(tmp_path)
+        registry.load_version(tmp_path)
 
     staged = {"autorec-u": StagedModel(model=model, user_ids=list(range(6)), item_ids=list(range(5)), metrics={})}
     with pytest.raises(ArtifactError, match="model autorec-u has non-finite weights"):
-        artifacts.publish(tmp_path, staged, {"models": {}}, popularity={"items": [], "counts": []})
-    assert artifacts.list_versions(tmp_path) == [version]
+        registry.publish(tmp_path, staged, {"models": {}}, popularity={"items": [], "counts": []})
+    assert registry.list_versions(tmp_path) == [version]
 
 
 def test_publish_refuses_to_carry_a_damaged_model(tmp_path):
@@ -314,13 +315,13 @@ def test_publish_refuses_to_carry_a_damaged_model(tmp_path):
     carried = tmp_path / first / "autorec-u"
     staged = {"other": StagedModel(model=tiny_model(1), user_ids=list(range(6)), item_ids=list(range(5)), metrics={})}
     popularity = {"items": [1], "counts": [1]}
-    second = artifacts.publish(tmp_path, staged, {"models": {}}, popularity=popularity, carry_from={"autorec-u": carried})
+    second = registry.publish(tmp_path, staged, {"models": {}}, popularity=popularity, carry_from={"autorec-u": carried})
     files = json.loads((tmp_path / second / "manifest.json").read_text())["files"]
     assert files["autorec-u/weights.safetensors"] == json.loads(
         (tmp_path / first / "manifest.json").read_text())["files"]["autorec-u/weights.safetensors"]
 
     _flip_a_bit(tmp_path / second / "autorec-u" / "weights.safetensors")
     with pytest.raises(ArtifactError, match="carried from version .*weights.safetensors does not match its sha256"):
-        artifacts.publish(tmp_path, staged, {"models": {}}, popularity=popularity,
+        registry.publish(tmp_path, staged, {"models": {}}, popularity=popularity,
                           carry_from={"autorec-u": tmp_path / second / "autorec-u"})
-    assert artifacts.latest_version(tmp_path) == second
+    assert registry.latest_version(tmp_path) == second

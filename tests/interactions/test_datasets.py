@@ -15,10 +15,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from errors import DataError, UserError
+from interactions.datasets import MARKER, dataset_origin, get_dataset
+from interactions.files import load_file
+from interactions.movielens import read_dataset
 from trainer import synthetic
-from trainer.datasets import MARKER, dataset_origin, get_dataset, read_dataset
-from trainer.errors import DataError, UserError
-from trainer.loader import load_file
 from trainer.settings import get_settings
 
 

@@ -17,9 +17,9 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 
+from errors import UserError
+from interactions.files import FileColumns
 from rating_scale import RatingScale
-from trainer.errors import UserError
-from trainer.loader import FileColumns
 
 COLUMN_OPTIONS = {
     "user_col": Annotated[Optional[str], typer.Option(

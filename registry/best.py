@@ -6,7 +6,7 @@ A model that does not beat its task's baseline by ``MARGINS`` on validation is s
 for inspection, but is never that record's model. The service resolves ``"best"`` with
 ``default_model``: the record, or for a version published before it, the old defaults.
 
-Read by the service too: standard library only.
+The trainer records, the service resolves: standard library only.
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ TASK_BASELINE = {"rating": "bias", "ranking": "popularity"}  # the servable base
 TASK_PROTOCOLS = {"rating": ("rating-random",), "ranking": ("strong", "temporal")}  # the first one trained decides
 # A version without the record serves what the service served before it, else the task's first model
 LEGACY_DEFAULTS = {"ranking": "ease", "rating": "autorec-u"}
-# Why these margins: RMSE 0.005 under bias is 0.5% of bias's ml-100k RMSE (0.94), less is one split's noise;
-# NDCG@100 1.1x popularity is ~3 std of popularity's 0.26 over seeds (bench/RESULTS.md), and every real ranker clears it.
+# Margins just past one split's noise on ml-100k, which every real model clears (bench/RESULTS.md, "Figures moved out").
 MARGINS: dict[str, tuple[str, float]] = {"rating": ("minus", 0.005), "ranking": ("times", 1.1)}
 
 

@@ -13,6 +13,13 @@ class TrainingError(UserError):
     """Training could not produce a usable model (NaN loss, empty data)."""
 
 
+def invalid_settings(exc: Exception) -> UserError:
+    """A pydantic ``ValidationError`` of settings as one line naming the first bad setting."""
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first.get("loc", ())) or "settings"
+    return UserError(f"invalid settings: {where}: {first.get('msg')}")
+
+
 def click_usage_error(exc: BaseException):
     """``exc`` if it is a usage error (missing argument, bad option value) from click or from
     the copy of click that typer >= 0.25 vendors, else None. Its ``show()`` prints click's line."""

@@ -1,1 +1,0 @@
-"""Storage: SQLAlchemy tables (``tables``) and engine/session construction (``session``)."""
