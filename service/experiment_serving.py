@@ -21,13 +21,12 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Awaitable, Callable
 
 from service.experiment_registry import ExperimentRegistry
 from service.experiments.assignment import Arm, Experiment, assign
 from service.experiments.interleaving import team_draft
-from service.impressions import ImpressionRecorder, ServedAnswer
+from service.impressions import ImpressionRecorder
 from service.model_store import ModelStore, ServingVersion
 from service.schemas import Answer, RecommendationRequest
 
@@ -77,8 +76,7 @@ class ExperimentServing:
         experiment = self.experiments.running if request.model is None else None
         if experiment is None:
             answer = await compute(self.store, request)
-            if self.recorder.enabled:  # the tuple and the clock read only when recorded: a hit's cost, bench/request_cpu.py
-                self.recorder.record(ServedAnswer(recommendation_id, user_id, answer.json, datetime.now(UTC)))
+            self.recorder.served(recommendation_id, user_id, answer.json)
             return Answer(answer.model, with_id(answer.json, recommendation_id))
         arm = assign(experiment, user_id)
         if experiment.kind == "interleaving" and arm.name in {a.name for a in experiment.arms}:
@@ -87,7 +85,7 @@ class ExperimentServing:
         if experiment.shadow and arm in experiment.arms:  # everyone outside the holdout sees the first arm's list
             arm, shadows = experiment.arms[0], experiment.arms[1:]
         answer = await self._arm_answer(arm, request, compute)
-        self.recorder.record(ServedAnswer(recommendation_id, user_id, answer.json, datetime.now(UTC), experiment.id, arm.name))
+        self.recorder.served(recommendation_id, user_id, answer.json, experiment.id, arm.name)
         for shadow in shadows:
             self._score_in_shadow(experiment, shadow, user_id, request, compute)
         return Answer(answer.model, with_id(answer.json, recommendation_id, experiment, arm.name))
@@ -117,8 +115,7 @@ class ExperimentServing:
         body = {**parsed[0], "model": f"{parsed[0]['model']}+{parsed[1]['model']}", "items": mixed,
                 "unknown_items": sorted(set(parsed[0]["unknown_items"]) | set(parsed[1]["unknown_items"]))}
         answer_json = json.dumps(body, separators=(",", ":"))
-        self.recorder.record(ServedAnswer(recommendation_id, user_id, answer_json, datetime.now(UTC), experiment.id, None,
-                                          teams=[names[team] for team in teams]))
+        self.recorder.served(recommendation_id, user_id, answer_json, experiment.id, teams=[names[team] for team in teams])
         return Answer(body["model"], with_id(answer_json, recommendation_id, experiment, "interleaved"))
 
     def _score_in_shadow(self, experiment: Experiment, arm: Arm, user_id: str, request: RecommendationRequest,
@@ -129,8 +126,7 @@ class ExperimentServing:
             except Exception as exc:  # noqa: BLE001 - a shadow failure never reaches a client: logged
                 log.warning("shadow scoring of arm %s (experiment %s) failed: %s", arm.name, experiment.id, exc)
                 return
-            self.recorder.record(ServedAnswer(new_recommendation_id(), user_id, answer.json, datetime.now(UTC), experiment.id,
-                                              arm.name, shadow=True))
+            self.recorder.served(new_recommendation_id(), user_id, answer.json, experiment.id, arm.name, shadow=True)
 
         task = asyncio.get_running_loop().create_task(scored())
         self._shadow_tasks.add(task)

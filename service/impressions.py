@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 from typing_extensions import TypedDict
 
 from service.metrics import Metrics
-from storage.crud import online
+from storage.crud import impression_rows, online
 from storage.crud.online import as_utc
 from storage.session import retry_if_dropped
 
@@ -71,19 +71,37 @@ class ServedAnswer(NamedTuple):
     shadow: bool = False
 
     def row(self) -> online.ImpressionRow:
-        """The impression's row, its items the JSON list of the answer's ids (cut: cheaper than a parse and a
-        dump, bench/online.py); an explained answer, whose reasons name items too, is parsed."""
-        head = _HEAD.search(self.answer_json)
-        if head is not None and '"because":' not in self.answer_json:
-            model, version = head.groups()
-            ids = _ITEM_ID.findall(self.answer_json)
-            items, k = f"[{','.join(ids)}]", len(ids)
-        else:
-            body = _SHOWN.validate_json(self.answer_json)
-            model, version = body["model"], body["model_version"]
-            items, k = json.dumps([item["item_id"] for item in body["items"]]), len(body["items"])
+        """The impression's row: the answer's model, version and item ids (``shown``), and what the request knew."""
+        model, version, items, k = shown(self.answer_json)
         return (self.recommendation_id, self.user_id, self.experiment_id, self.arm, self.shadow, model, version, items,
                 None if self.teams is None else json.dumps(self.teams), k, self.created_at)
+
+
+shown_memo: dict[str, tuple[str, str, str, int]] = {}
+SHOWN_MEMO_ENTRIES = 2048  # answers remembered, each of at most SHOWN_MEMO_CHARS: 8M characters at most
+SHOWN_MEMO_CHARS = 4096
+
+
+def shown(answer_json: str) -> tuple[str, str, str, int]:
+    """An answer's model, version, the JSON list of its item ids and their number: cut from its text, an
+    explained answer (whose reasons name items too) parsed. A cache hit serves the same text again and again, so
+    each text is cut once (bench/online.py --parts c; bench/RESULTS.md, "What recording impressions costs")."""
+    known = shown_memo.get(answer_json)
+    if known is not None:
+        return known
+    head = _HEAD.search(answer_json)
+    if head is not None and '"because":' not in answer_json:
+        model, version = head.groups()
+        ids = _ITEM_ID.findall(answer_json)
+        cut = (model, version, f"[{','.join(ids)}]", len(ids))
+    else:
+        body = _SHOWN.validate_json(answer_json)
+        cut = (body["model"], body["model_version"], json.dumps([item["item_id"] for item in body["items"]]), len(body["items"]))
+    if len(answer_json) <= SHOWN_MEMO_CHARS:
+        if len(shown_memo) >= SHOWN_MEMO_ENTRIES:
+            shown_memo.clear()  # the hot answers come back within a moment
+        shown_memo[answer_json] = cut
+    return cut
 
 
 Queued = online.ImpressionRecord | ServedAnswer
@@ -132,6 +150,12 @@ class ImpressionRecorder:
         self._closing = threading.Event()
 
     # ---- the request side: never blocks ----------------------------------------------------
+    def served(self, recommendation_id: str, user_id: str, answer_json: str, experiment_id: str | None = None,
+               arm: str | None = None, *, teams: list[str] | None = None, shadow: bool = False) -> bool:
+        """Queue the impression of an answer just served (stamped now); nothing is built when recording is off."""
+        return self.enabled and self.record(ServedAnswer(recommendation_id, user_id, answer_json, datetime.now(UTC),
+                                                         experiment_id, arm, teams, shadow))
+
     def record(self, impression: Queued) -> bool:
         """Queue an impression; False when recording is off or the queue is full (then counted as dropped)."""
         if not self.enabled:
@@ -257,7 +281,7 @@ class ImpressionRecorder:
 
     def _store_impressions(self, rows: list[online.ImpressionRow]) -> None:
         with self._session_factory() as session:
-            online.store_impressions(session, rows)
+            impression_rows.store_impressions(session, rows)
 
     def _store_attributed(self, attributions: list[Attribution]) -> None:
         events = [(u, i, r, as_utc(t)) for a in attributions for u, i, r, t in zip(a.user_ids, a.item_ids, a.ratings, a.at)]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from functools import lru_cache
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Sequence
@@ -126,64 +125,6 @@ class ImpressionRecord:
     def row(self) -> ImpressionRow:
         return (self.recommendation_id, self.user_id, self.experiment_id, self.arm, self.shadow, self.model, self.version,
                 json.dumps(self.items), None if self.teams is None else json.dumps(self.teams), self.k, self.created_at)
-
-
-SQLITE_ROWS_PER_STATEMENT = 512  # 5,632 parameters, under SQLite's limit (32,766)
-
-
-def _statement_sizes(rows: int) -> list[int]:
-    """``rows`` as full statements and then powers of two: ten statement texts in all, each prepared once per
-    connection (SQLite's statement cache), where a text per batch size would be prepared again every batch."""
-    sizes = [SQLITE_ROWS_PER_STATEMENT] * (rows // SQLITE_ROWS_PER_STATEMENT)
-    rest = rows % SQLITE_ROWS_PER_STATEMENT
-    return sizes + [1 << bit for bit in reversed(range(rest.bit_length())) if rest & (1 << bit)]
-
-
-@lru_cache(maxsize=32)
-def _impressions_insert(dialect_name: str, paramstyle: str, rows: int = 1) -> str:
-    """The driver's own INSERT of ``rows`` impressions in one VALUES (a list's JSON text cast on PostgreSQL)."""
-    mark = "?" if paramstyle == "qmark" else "%s"
-    json_mark = f"{mark}::json" if dialect_name == "postgresql" else mark
-    row = "(" + ", ".join(json_mark if c in ("items", "teams") else mark for c in _IMPRESSION_COLUMNS) + ")"
-    return (f"INSERT INTO impressions ({', '.join(_IMPRESSION_COLUMNS)}) VALUES {', '.join([row] * rows)} "
-            "ON CONFLICT (recommendation_id) DO NOTHING")
-
-
-def _sqlite_time(moment: datetime) -> str:
-    """A UTC time as SQLAlchemy's SQLite DateTime stores it (naive, microseconds): what its reads and comparisons expect."""
-    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
-
-
-def store_impressions(session: Session, rows: Sequence[ImpressionRow]) -> int:
-    """Insert a batch in one transaction; an id stored already is skipped (a batch written again adds nothing).
-    Returns the rows inserted.
-
-    Plain values straight to the driver: SQLAlchemy's per-value bind processing was most of the writer's Python
-    time. SQLite takes up to 512 rows a statement (an executemany hands the GIL back and forth with the requests
-    at every row's step); psycopg an executemany, which it pipelines (cheaper there than a multi-row VALUES:
-    bench/RESULTS.md, "Figures moved out")."""
-    if not rows:
-        return 0
-    inserted = 0
-    with one_writer(session):
-        try:
-            connection = session.connection()
-            dialect = connection.dialect
-            if dialect.name != "sqlite":
-                inserted = connection.exec_driver_sql(_impressions_insert(dialect.name, dialect.paramstyle), list(rows)).rowcount
-            else:
-                rows = [(*row[:-1], _sqlite_time(row[-1])) for row in rows]  # created_at: last
-                start = 0
-                for size in _statement_sizes(len(rows)):
-                    sql = _impressions_insert(dialect.name, dialect.paramstyle, size)
-                    values = tuple(value for row in rows[start : start + size] for value in row)
-                    inserted += connection.exec_driver_sql(sql, values).rowcount
-                    start += size
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
-    return inserted
 
 
 @dataclass(frozen=True)

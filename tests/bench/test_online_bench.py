@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections import Counter
 
@@ -15,8 +18,8 @@ import pytest
 
 from bench._common import REPO, BenchError
 from bench.online import (
-    ClickModel, Simulation, a_a_bound, api_agrees, bench_credit, experiments_api, hold_out, look_ends, reseeded_a_a,
-    run_experiment, users_needed_table,
+    ClickModel, Simulation, _descendants, a_a_bound, api_agrees, bench_credit, experiments_api, hold_out, impressions_cost,
+    look_ends, paired_ratio, pooled, reseeded_a_a, run_experiment, service_cpu, users_needed_table,
 )
 from service.experiments.assignment import assign, from_config
 from service.experiments.interleaving import credit, team_draft
@@ -192,3 +195,38 @@ def test_the_bench_draws_the_interleaved_lists_again_and_credits_them_as_the_ser
     interleaving = run["result"]["interleaving"]
     assert redrawn == 80 and wins == {key: interleaving[key] for key in ("wins_a", "wins_b", "ties")}
     assert wins["wins_b"] > wins["wins_a"] and run["result"]["winner"] == "ease"
+
+
+def test_the_impressions_cost_is_the_loop_added_at_one_rate_and_the_writer_at_full_speed():
+    def run(service, main, requests):
+        return {"service": service, "main_thread": main, "requests": requests}
+
+    # full speed: the writer's 10 us a request (service - main thread); the main thread's 150 vs 140 is not counted
+    full_speed = {"on": run([160.0, 160.0], [150.0, 150.0], [3, 1]), "off": run([100.0, 140.0], [100.0, 140.0], [3, 1])}
+    # one rate: the loop's 4 us, pooled (the second round's 8 counts whatever round it fell in)
+    paced = {"on": run([0.0, 0.0], [200.0, 208.0], [1, 1]), "off": run([0.0, 0.0], [200.0, 200.0], [1, 1])}
+    assert pooled(full_speed["off"], "service") == pytest.approx(110.0)  # (3 * 100 + 140) / 4
+    assert impressions_cost(full_speed, paced) == pytest.approx(1 + (4 + 10) / 110)
+    paced["on"]["main_thread"] = [190.0, 200.0]  # a loop cheaper with recording on is noise: it counts as 0
+    assert impressions_cost(full_speed, paced) == pytest.approx(1 + 10 / 110)
+    assert paired_ratio([110.0, 300.0, 99.0], [100.0, 100.0, 100.0]) == pytest.approx(1.1)
+
+
+def test_the_service_cpu_counts_the_processes_below_the_server():
+    """A writer forked by a fork server is the server's grandchild: its CPU is the service's too."""
+    busy = "import time; end = time.process_time() + 0.5\nwhile time.process_time() < end: pass\ntime.sleep(30)"
+    parent = subprocess.Popen([sys.executable, "-c", f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {busy!r}]); time.sleep(30)"])
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            cpu = service_cpu(parent.pid)
+            if cpu["service"] - cpu["process"] >= 0.5:
+                break
+            time.sleep(0.1)
+        assert cpu["service"] - cpu["process"] >= 0.5 and cpu["main_thread"] <= cpu["process"]
+        assert len(_descendants(parent.pid)) == 1
+    finally:
+        for pid in _descendants(parent.pid):
+            os.kill(pid, signal.SIGKILL)
+        parent.kill()
+        parent.wait()

@@ -12,10 +12,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from _service_support import API_KEY, error_body, new_user
+from service import impressions
 from service.impressions import ImpressionRecorder, ServedAnswer
 from service.main import create_app
 from service.metrics import Metrics
-from storage.crud import online
+from storage.crud import impression_rows, online
 from storage.crud.online import as_utc
 from storage.session import make_engine, make_session_factory
 from storage.tables import Feedback, Impression
@@ -185,6 +186,7 @@ def test_a_full_queue_drops_and_counts_and_recording_can_be_turned_off(empty_bac
     off = create_app(empty_backend.settings(registry, IMPRESSIONS_ENABLED=False))
     with TestClient(off) as client:
         assert not client.app.state.parts.recorder.record(records[0])
+        assert not client.app.state.parts.recorder.served(uuid.uuid4().hex, user, "{}") and client.app.state.parts.recorder.queued == 0
 
 
 def test_an_interaction_dated_past_the_calendar_is_stored_and_not_attributed(empty_client):
@@ -208,21 +210,40 @@ def test_a_served_answer_is_cut_into_the_row_a_parse_gives_and_stored_once(empty
     explained = RecommendedList(user_id="u1", model="ease", model_version="v1", source="model", unknown_items=[],
                                 items=[{**items[0], "because": [{"item_id": "8", "contribution": 0.5}]}]).model_dump_json()
     at = datetime.now(UTC)
+    impressions.shown_memo.clear()
     for answer in (plain, explained):  # cut, and the explained one parsed: the same row as the record from its parts
-        served = ServedAnswer(uuid.uuid4().hex, "u1", answer, at, "exp", "a")
         ids = [i["item_id"] for i in json.loads(answer)["items"]]
-        record = online.ImpressionRecord(served.recommendation_id, "u1", "ease", "v1", ids, len(ids), at, "exp", "a")
-        row, expected = served.row(), record.row()
-        assert row[:7] + row[8:] == expected[:7] + expected[8:] and json.loads(row[7]) == ids
+        for again in (False, True):  # the second time from the memo of answers seen
+            assert (answer in impressions.shown_memo) is again
+            served = ServedAnswer(uuid.uuid4().hex, "u1", answer, at, "exp", "a")
+            record = online.ImpressionRecord(served.recommendation_id, "u1", "ease", "v1", ids, len(ids), at, "exp", "a")
+            row, expected = served.row(), record.row()
+            assert row[:7] + row[8:] == expected[:7] + expected[8:] and json.loads(row[7]) == ids
+    long = RecommendedList(user_id="u1", model="ease", model_version="v1", source="model", unknown_items=[],
+                           items=[{**items[0], "title": "t" * impressions.SHOWN_MEMO_CHARS}]).model_dump_json()
+    assert impressions.shown(long) == ("ease", "v1", json.dumps(["1"]), 1) and long not in impressions.shown_memo
 
     engine = make_engine(empty_backend.database_url)
     upgrade_to_head(engine)
     user = new_user()
     rows = [ServedAnswer(uuid.uuid4().hex, user, plain, at).row() for _ in range(3)]
     with make_session_factory(engine)() as session:
-        assert online.store_impressions(session, rows) == 3
-        assert online.store_impressions(session, rows) == 0  # a batch written again adds nothing
+        assert impression_rows.store_impressions(session, rows) == 3
+        assert impression_rows.store_impressions(session, rows) == 0  # a batch written again adds nothing
         shown = online.shown_lists(session, [rows[0][0]])[rows[0][0]]
         assert shown.items == [i["item_id"] for i in items] and as_utc(shown.created_at) == at
         assert online.recent_lists(session, [user], at)[user][0].items == shown.items  # the time compares as stored
     engine.dispose()
+
+
+def test_a_time_is_written_for_sqlite_as_isoformat_writes_it():
+    """The writer formats each second once: the same text as SQLAlchemy's SQLite DateTime, at every edge."""
+    from datetime import timezone
+
+    from storage.crud.impression_rows import _sqlite_time
+
+    odd = timezone(timedelta(hours=5, minutes=30, microseconds=7))
+    moments = [datetime.now(UTC), datetime(1960, 5, 1, 3, 4, 5, 999_999, tzinfo=UTC), datetime(1, 1, 1, tzinfo=UTC),
+               datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC), datetime(2026, 1, 1, 23, 59, 59, 999_999, tzinfo=odd)]
+    for moment in moments + [m + timedelta(microseconds=1) for m in moments[:2]]:
+        assert _sqlite_time(moment) == moment.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
