@@ -7,7 +7,6 @@ invalid settings) is printed as one line on stderr with exit code 2, never a tra
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -159,30 +158,9 @@ def seed(
 
 
 def main(argv: list[str] | None = None) -> int:
-    import click
     from sqlalchemy.exc import OperationalError
 
-    from errors import click_usage_error
+    from errors import run_cli
 
-    try:
-        app(args=argv, standalone_mode=False, prog_name="python -m service")
-    except CliError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OperationalError as exc:
-        print(f"error: the database cannot be reached: {_first_line(exc)}", file=sys.stderr)
-        return 2
-    except click.exceptions.Abort:
-        print("error: aborted", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    except typer.Exit as exc:
-        return exc.exit_code
-    except Exception as exc:
-        usage_error = click_usage_error(exc)
-        if usage_error is None:
-            raise
-        usage_error.show()  # click's own usage line
-        return usage_error.exit_code
-    return 0
+    return run_cli(app, argv, "python -m service", {
+        CliError: str, OperationalError: lambda exc: f"the database cannot be reached: {_first_line(exc)}"})

@@ -1,12 +1,10 @@
 """`python -m trainer`: the offline job's command line (typer).
 
 Each command group lives in ``trainer/commands/``; this module builds the app from them
-(they never import it) and turns a ``UserError`` into one line on stderr and exit code 2.
+(they never import it); ``errors.run_cli`` turns a ``UserError`` into one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
-
-import sys
 
 import typer
 
@@ -26,23 +24,7 @@ app.add_typer(data.data_app, name="data")
 
 
 def main(argv: list[str] | None = None) -> int:
-    from errors import UserError, click_usage_error
+    from errors import UserError, run_cli
     from models.base import ModelInputError
 
-    try:
-        app(args=argv, standalone_mode=False, prog_name="python -m trainer")
-    except (UserError, ModelInputError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
-    except typer.Exit as exc:
-        return exc.exit_code
-    except Exception as exc:
-        usage_error = click_usage_error(exc)
-        if usage_error is None:
-            raise
-        usage_error.show()  # click's own one-line usage message
-        return usage_error.exit_code
-    return 0
+    return run_cli(app, argv, "python -m trainer", {(UserError, ModelInputError): str})

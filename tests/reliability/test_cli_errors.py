@@ -171,3 +171,21 @@ def test_the_real_entry_points_exit_2_with_one_line(case: Case, tmp_path):
     done = subprocess.run([sys.executable, "-m", case.program, *argv], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=300)
     check_error(done.returncode, done.stdout, done.stderr, case, tmp_path)
+
+
+@pytest.mark.parametrize("program", ["trainer", "service"])
+@pytest.mark.parametrize("raised, code, line", [(KeyboardInterrupt(), 130, "error: interrupted"),
+                                                ("abort", 1, "error: aborted")])
+def test_an_interrupt_or_an_abort_ends_either_cli_with_one_line(program, raised, code, line, monkeypatch, capsys):
+    import importlib
+
+    import click
+
+    cli = importlib.import_module(f"{program}.cli")
+
+    def interrupted(*args, **kwargs):
+        raise click.exceptions.Abort() if raised == "abort" else raised
+
+    monkeypatch.setattr(cli, "app", interrupted)
+    assert cli.main(["--help"]) == code
+    assert capsys.readouterr().err.strip() == line
