@@ -709,3 +709,26 @@ def delete_namespace(url: str, namespace: str) -> int:
 def ml100k_args() -> list[str]:
     return ["--dataset", "ml-100k"] + (["--source", str(ML100K)] if ML100K else [])
 
+
+def add_scale_arguments(parser) -> None:
+    """``--scale`` and the synthetic set's size (ML-20M's shape by default), for every bench that runs on either."""
+    parser.add_argument("--scale", choices=("ml-100k", "synthetic"), default="ml-100k")
+    parser.add_argument("--synthetic-users", type=int, default=140_000)
+    parser.add_argument("--synthetic-items", type=int, default=20_000)
+    parser.add_argument("--synthetic-interactions", type=int, default=20_000_000)
+
+
+def synthetic_description(args) -> str:
+    return (f"synthetic {args.synthetic_users:,} users x {args.synthetic_items:,} items, "
+            f"{args.synthetic_interactions:,} interactions")
+
+
+def prepare_data(args, workdir: Path) -> tuple[list[str], str]:
+    """The trainer's and the seeder's data arguments for ``--scale``, and a description of the data."""
+    if args.scale == "ml-100k":
+        return ml100k_args(), "ml-100k"
+    path = workdir / "synthetic.parquet"
+    run_cli(["-m", "trainer", "data", "synthetic", "--users", str(args.synthetic_users), "--items",
+             str(args.synthetic_items), "--interactions", str(args.synthetic_interactions), "--out", str(path)],
+            what="synthetic data")
+    return ["--file", str(path)], synthetic_description(args)

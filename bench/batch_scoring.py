@@ -24,7 +24,9 @@ import scipy.sparse as sp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import ML100K, machine_info, print_table, pyplot, save_figure, write_json  # noqa: E402
+from bench._common import (  # noqa: E402
+    ML100K, add_scale_arguments, machine_info, print_table, pyplot, save_figure, synthetic_description, write_json,
+)
 
 K = 100
 
@@ -46,8 +48,7 @@ def matrices(args) -> tuple[str, sp.csr_matrix, sp.csr_matrix]:
         from trainer.synthetic import generate
 
         inter = generate(args.synthetic_users, args.synthetic_items, args.synthetic_interactions, seed=0)
-        desc = (f"synthetic {args.synthetic_users:,} users x {args.synthetic_items:,} items, "
-                f"{args.synthetic_interactions:,} interactions")
+        desc = synthetic_description(args)
     shape = (inter.n_users, inter.n_items)
     X = sp.csr_matrix((np.ones(len(inter), np.float32), (inter.users, inter.items)), shape=shape)
     T = sp.csr_matrix((inter.timestamps.astype(np.float64), (inter.users, inter.items)), shape=shape)
@@ -86,10 +87,7 @@ def score_all(model, X: sp.csr_matrix, T: sp.csr_matrix, batch_rows: int) -> flo
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", choices=("ml-100k", "synthetic"), default="ml-100k")
-    parser.add_argument("--synthetic-users", type=int, default=140_000)
-    parser.add_argument("--synthetic-items", type=int, default=20_000)
-    parser.add_argument("--synthetic-interactions", type=int, default=20_000_000)
+    add_scale_arguments(parser)
     parser.add_argument("--models", default="all", help="'all' rankers or a comma-separated list")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--batch-rows", type=int, default=1024)

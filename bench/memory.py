@@ -29,8 +29,8 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import (  # noqa: E402
-    PYTHON, REPO, BenchError, ServerProcess, machine_info, ml100k_args, print_table, pyplot, run_cli, save_figure,
-    registry_dir, seed_database, service_env, write_json,
+    PYTHON, REPO, BenchError, ServerProcess, add_scale_arguments, machine_info, prepare_data, print_table, pyplot,
+    registry_dir, run_cli, save_figure, seed_database, service_env, write_json,
 )
 
 MIB = 2**20
@@ -84,10 +84,7 @@ def measure(label: str, server: ServerProcess) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", choices=("ml-100k", "synthetic"), default="ml-100k")
-    parser.add_argument("--synthetic-users", type=int, default=140_000)
-    parser.add_argument("--synthetic-items", type=int, default=20_000)
-    parser.add_argument("--synthetic-interactions", type=int, default=20_000_000)
+    add_scale_arguments(parser)
     parser.add_argument("--models", default="all")
     parser.add_argument("--artifacts-dir", type=registry_dir, default=None, help="serve this registry (no training run)")
     args = parser.parse_args(argv)
@@ -95,16 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="aerec-memory-") as tmp:
             workdir = Path(tmp)
-            if args.scale == "ml-100k":
-                data_args, desc = ml100k_args(), "ml-100k"
-            else:
-                path = workdir / "synthetic.parquet"
-                run_cli(["-m", "trainer", "data", "synthetic", "--users", str(args.synthetic_users), "--items",
-                         str(args.synthetic_items), "--interactions", str(args.synthetic_interactions), "--out", str(path)],
-                        what="synthetic data")
-                data_args = ["--file", str(path)]
-                desc = (f"synthetic {args.synthetic_users:,} users x {args.synthetic_items:,} items, "
-                        f"{args.synthetic_interactions:,} interactions")
+            data_args, desc = prepare_data(args, workdir)
             artifacts = args.artifacts_dir
             if artifacts is None:
                 artifacts = workdir / "artifacts"

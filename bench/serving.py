@@ -43,9 +43,9 @@ from sqlalchemy.engine import make_url
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import (  # noqa: E402
-    API_KEY, LOAD_COLUMNS, PG_ADMIN_URL, REDIS_URL, BenchError, LoadResult, Request, ServerProcess, machine_info,
-    ml100k_args, postgres_database, print_table, pyplot, redis_namespace, registry_dir, run_cli, run_load, save_figure,
-    seed_database, service_env, train_registry, verdict, write_json,
+    API_KEY, LOAD_COLUMNS, PG_ADMIN_URL, REDIS_URL, BenchError, LoadResult, Request, ServerProcess, add_scale_arguments,
+    machine_info, postgres_database, prepare_data, print_table, pyplot, redis_namespace, registry_dir, run_load,
+    save_figure, seed_database, service_env, train_registry, verdict, write_json,
 )
 
 SCENARIOS = ("rec-hit", "rec-first", "rec-miss", "ratings", "interactions")
@@ -264,24 +264,9 @@ def epoch_caps(models: str, epochs: int) -> list[str]:
     return [] if epochs <= 0 else [f"{n}.epochs={epochs}" for n in names if not REGISTRY[n].closed_form]
 
 
-def prepare_data(args, workdir: Path) -> tuple[list[str], str]:
-    """The trainer's and the seeder's data arguments, and a description of the data."""
-    if args.scale == "ml-100k":
-        return ml100k_args(), "ml-100k"
-    path = workdir / "synthetic.parquet"
-    run_cli(["-m", "trainer", "data", "synthetic", "--users", str(args.synthetic_users), "--items",
-             str(args.synthetic_items), "--interactions", str(args.synthetic_interactions), "--out", str(path)],
-            what="synthetic data")
-    return ["--file", str(path)], (f"synthetic {args.synthetic_users:,} users x {args.synthetic_items:,} items, "
-                                    f"{args.synthetic_interactions:,} interactions")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", choices=("ml-100k", "synthetic"), default="ml-100k")
-    parser.add_argument("--synthetic-users", type=int, default=140_000)
-    parser.add_argument("--synthetic-items", type=int, default=20_000)
-    parser.add_argument("--synthetic-interactions", type=int, default=20_000_000)
+    add_scale_arguments(parser)
     parser.add_argument("--models", default="ease,autorec-u,multvae")
     parser.add_argument("--epochs", type=int, default=10,
                         help="epochs of each gradient model (serving cost does not depend on it; 0: the configs' own)")
