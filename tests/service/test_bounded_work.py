@@ -75,9 +75,10 @@ def limited_app(backend, registry, **overrides):
 
 def test_a_client_past_its_limit_gets_429_with_retry_after_cache_hits_included(seeded_backend, registry, computed_answers):
     with limited_app(seeded_backend, registry, RATE_LIMIT="3/minute") as client:
-        answers = [client.post("/users/2/recommendations", json={"k": 5}) for _ in range(3)]
+        past_the_list = {"k": 5, "offset": 196}  # computed once: past the stored top-200 (within it, none is)
+        answers = [client.post("/users/2/recommendations", json=past_the_list) for _ in range(3)]
         assert [a.status_code for a in answers] == [200, 200, 200] and len(computed_answers) == 1  # two were cache hits
-        refused = client.post("/users/2/recommendations", json={"k": 5})
+        refused = client.post("/users/2/recommendations", json=past_the_list)
         assert refused.status_code == 429, refused.text
         error = error_body(refused)
         assert error["code"] == "rate_limited" and error["details"]["limits"] == ["3 per 1 minute"]

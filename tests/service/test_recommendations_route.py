@@ -100,16 +100,17 @@ def test_a_hit_still_needs_the_key_where_reads_do(tmp_path, registry, computed_a
     upgrade_to_head(engine)
     engine.dispose()
     with TestClient(create_app(settings), raise_server_exceptions=False) as c:
-        ok = c.post("/users/1/recommendations", json={"k": 3}, headers={"X-API-Key": API_KEY})
+        past_the_list = {"k": 3, "offset": 198}  # computed: past the stored top-200 (a first answer within it is not)
+        ok = c.post("/users/1/recommendations", json=past_the_list, headers={"X-API-Key": API_KEY})
         assert ok.status_code == 200
-        hit = c.post("/users/1/recommendations", json={"k": 3}, headers={"X-API-Key": API_KEY})
+        hit = c.post("/users/1/recommendations", json=past_the_list, headers={"X-API-Key": API_KEY})
         assert listed(hit) == listed(ok) and len(computed_answers) == 1
-        missing = c.post("/users/1/recommendations", json={"k": 3})
-        wrong = c.post("/users/1/recommendations", json={"k": 3}, headers={"X-API-Key": API_KEY + "x"})
+        missing = c.post("/users/1/recommendations", json=past_the_list)
+        wrong = c.post("/users/1/recommendations", json=past_the_list, headers={"X-API-Key": API_KEY + "x"})
         assert missing.status_code == 401 and error_body(missing)["code"] == "missing_api_key"
         assert wrong.status_code == 403 and error_body(wrong)["code"] == "invalid_api_key"
         # a repeated header: the first is read
-        twice = c.post("/users/1/recommendations", json={"k": 3}, headers=[("X-API-Key", "wrong"), ("X-API-Key", API_KEY)])
+        twice = c.post("/users/1/recommendations", json=past_the_list, headers=[("X-API-Key", "wrong"), ("X-API-Key", API_KEY)])
         assert twice.status_code == 403 and error_body(twice)["code"] == "invalid_api_key"
 
 
