@@ -99,7 +99,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             cache.close()
             engine.dispose()
 
-    app = FastAPI(title="aerec", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    telemetry = {} if settings.OTEL_ENABLED else {"tracing": False, "metrics": False, "logs": False}
+    app = FastAPI(title="aerec", version="0.1.0", description=DESCRIPTION, lifespan=lifespan, telemetry=telemetry)
     app.state.parts = parts
     install_error_handlers(app, field_hints={"rating": rating_hint(settings.rating_scale)})
     app.include_router(api_router)

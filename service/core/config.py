@@ -45,6 +45,9 @@ class Settings(RatingScaleSettings):  # RATING_SCALE, POSITIVE_THRESHOLD: what P
     READ_API_KEY: str | None = None
     READS_REQUIRE_KEY: bool | None = None  # None: outside development only
     METRICS_REQUIRE_KEY: bool = False  # /metrics with any key (a scraper can be given READ_API_KEY)
+    # FastAPI's native OpenTelemetry (traces, metrics, logs to the global providers): its check costs every request
+    # even with no provider set (bench/RESULTS.md, "Cache-hit CPU"); Prometheus' /metrics is on regardless
+    OTEL_ENABLED: bool = False
     # Requests per client in the notation of `limits` ("50/second;1000/minute"), or "off". A client
     # is an address (requests without a valid key) or a key; None: off in development.
     RATE_LIMIT: str | None = None

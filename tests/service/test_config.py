@@ -98,3 +98,14 @@ def test_rate_limits_are_off_in_development_and_on_elsewhere():
     assert Settings(ENVIRONMENT="development", RATE_LIMIT="5/second;100/minute").RATE_LIMIT == "5/second;100/minute"
     with pytest.raises(ValidationError, match="RATE_LIMIT_PER_KEY='lots'"):
         Settings(RATE_LIMIT_PER_KEY="lots")
+
+
+def test_fastapis_native_telemetry_is_off_unless_otel_enabled(tmp_path, monkeypatch):
+    from service.main import create_app
+
+    monkeypatch.delenv("OTEL_ENABLED", raising=False)
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    off = create_app(Settings(DATABASE_URL=url, ARTIFACTS_DIR=tmp_path))._telemetry  # what FastAPI was given
+    on = create_app(Settings(DATABASE_URL=url, ARTIFACTS_DIR=tmp_path, OTEL_ENABLED=True))._telemetry
+    assert (off["tracing"], off["metrics"], off["logs"]) == (False, False, False)
+    assert (on["tracing"], on["metrics"], on["logs"]) == (True, True, True)
