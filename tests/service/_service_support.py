@@ -110,9 +110,10 @@ def bias_baseline(X: sp.csr_matrix, model):
 
 def positive_timestamps(corpus: Corpus) -> sp.csr_matrix:
     """When each of the training users' positives was, on ``corpus.X >= POSITIVE``'s pattern (a sequential model reads it)."""
-    rows, cols = corpus.user_ids.index, corpus.item_ids.index
-    r = np.array([rows(u) for u in corpus.rows["user_id"]])
-    c = np.array([cols(i) for i in corpus.rows["item_id"]])
+    rows = {u: n for n, u in enumerate(corpus.user_ids)}
+    cols = {i: n for n, i in enumerate(corpus.item_ids)}
+    r = np.array([rows[u] for u in corpus.rows["user_id"]])
+    c = np.array([cols[i] for i in corpus.rows["item_id"]])
     keep = np.asarray(corpus.rows["rating"]) >= POSITIVE
     return sp.csr_matrix((np.asarray(corpus.rows["timestamp"], dtype=np.float64)[keep], (r[keep], c[keep])), shape=corpus.X.shape)
 

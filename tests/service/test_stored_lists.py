@@ -90,15 +90,17 @@ def test_a_sequential_models_list_answers_what_scoring_its_history_in_order_answ
     assert served.lists is not None
     answered = 0
     torch.set_num_threads(1)  # as the service scores (TORCH_THREADS=1): more threads round the GRU otherwise
-    for user_id in corpus.user_ids[::25]:
-        options = dict(k=10, offset=0, exclude_seen=True, exclude_items=[], candidates=None)
-        stored = inference.stored_recommendation(served, user_id, NO_WRITE, **options)
-        if stored is None:
-            continue
-        answered += 1
-        scored = inference.recommend(version, served, user_id, corpus_history(corpus, user_id), **options)
-        assert (stored.items, stored.source) == (scored.items, scored.source)
-    torch.set_num_threads(threads)
+    try:
+        for user_id in corpus.user_ids[::25]:
+            options = dict(k=10, offset=0, exclude_seen=True, exclude_items=[], candidates=None)
+            stored = inference.stored_recommendation(served, user_id, NO_WRITE, **options)
+            if stored is None:
+                continue
+            answered += 1
+            scored = inference.recommend(version, served, user_id, corpus_history(corpus, user_id), **options)
+            assert (stored.items, stored.source) == (scored.items, scored.source)
+    finally:
+        torch.set_num_threads(threads)
     assert answered >= len(corpus.user_ids[::25]) // 2
 
 

@@ -40,9 +40,11 @@ def test_each_list_is_one_requests_answer(name, options, blocks):
     served = copy.deepcopy(model).float()  # as the service serves it: in float32, on one torch thread (TORCH_THREADS=1)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    request_answers = {user: served.recommend(X[user], 30, users=np.array([user]), exclude=seen[user].indices, timestamps=T[user])
-                       for user in range(60) if X[user].nnz}
-    torch.set_num_threads(threads)
+    try:
+        request_answers = {user: served.recommend(X[user], 30, users=np.array([user]), exclude=seen[user].indices,
+                                                  timestamps=T[user]) for user in range(60) if X[user].nnz}
+    finally:
+        torch.set_num_threads(threads)
     for user in range(60):
         if X[user].nnz == 0:
             assert (lists.items[user] == -1).all()
