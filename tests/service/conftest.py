@@ -189,6 +189,14 @@ def client(seeded_backend, registry):
         yield test_client
 
 
+@pytest.fixture(autouse=True)
+def client_knows_the_experiments(request):
+    """A test on the session's app starts with it knowing the database's experiments: an experiment another app
+    on the same database stopped reaches its watcher only within EXPERIMENTS_REFRESH_S (its answers would carry it)."""
+    if "client" in request.fixturenames:
+        request.getfixturevalue("client").app.state.parts.experiments.refresh(force=True)
+
+
 @pytest.fixture
 def auth() -> dict[str, str]:
     return {"X-API-Key": API_KEY}

@@ -138,15 +138,15 @@ def test_shadow_arms_score_the_request_unserved(client):
         assert client.get(f"/experiments/{experiment.id}").json()["shadow_impressions"] == {"autorec": 1}
 
 
-def test_an_arm_pinned_to_another_version_is_served_by_it(tmp_path, registry, seeded_backend):
+def test_an_arm_pinned_to_another_version_is_served_by_it(tmp_path, registry, own_seeded_backend):
     root = tmp_path / "registry"
     served = copy_registry(registry, root)
     other = artifacts.new_version_name(root)
     shutil.copytree(root / served, root / other)
     manifest = json.loads((root / other / "manifest.json").read_text())
     (root / other / "manifest.json").write_text(json.dumps({**manifest, "version": other}))
-    with TestClient(create_app(seeded_backend.settings(root))) as client:
-        client.backend = seeded_backend
+    with TestClient(create_app(own_seeded_backend.settings(root))) as client:
+        client.backend = own_seeded_backend
         pinned = [{"name": "now", "model": "ease"}, {"name": "pinned", "model": "ease", "version": other}]
         with running(client, arms=pinned) as experiment:
             for user in TRAINED_USERS[:12]:
@@ -162,7 +162,7 @@ def test_the_schema_documents_the_id_and_the_experiment(client):
     assert "recommendation_id" in response["required"]
 
 
-def test_held_out_users_get_the_popularity_list(tmp_path, trained, corpus, seeded_backend):
+def test_held_out_users_get_the_popularity_list(tmp_path, trained, corpus, own_seeded_backend):
     import numpy as np
     import scipy.sparse as sp
 
@@ -174,8 +174,8 @@ def test_held_out_users_get_the_popularity_list(tmp_path, trained, corpus, seede
     popularity.training_log = {"fit_seconds": 0.0, "curve": []}
     root = tmp_path / "registry"
     publish_version(root, {"ease": trained["ease"], "popularity": popularity}, corpus, lists=False)
-    with TestClient(create_app(seeded_backend.settings(root))) as client:
-        client.backend = seeded_backend
+    with TestClient(create_app(own_seeded_backend.settings(root))) as client:
+        client.backend = own_seeded_backend
         with running(client, holdout=0.3, arms=[{"name": "ease", "model": "ease"}]) as experiment:
             arms = {}
             for user in TRAINED_USERS:
