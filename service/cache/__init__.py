@@ -51,7 +51,12 @@ def make_cache(redis_url: str | None, metrics: Metrics, *, namespace: str, max_e
     return Cache(backend, UserLists(backend), Histories(metrics, history_rows), Titles())
 
 
+# json.dumps(parts, sort_keys=True, default=str) built an encoder per call, most of a cache hit's key
+# (bench/RESULTS.md, "Cache-hit CPU"); one encoder of the same options gives the same keys
+_KEY_JSON = json.JSONEncoder(sort_keys=True, default=str)
+
+
 def list_key(prefix: str, *parts: Any) -> str:
     """A compact key from the request's parameters (model version and name among them)."""
-    digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+    digest = hashlib.sha256(_KEY_JSON.encode(parts).encode()).hexdigest()[:32]
     return f"{prefix}:{digest}"
