@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 import scipy.sparse as sp
 
-from interactions.rows import is_positive, keep_latest_pairs
+from interactions.rows import implicit_at_top, is_positive, keep_latest_pairs
 from registry.best import BEST
 from service.cache import NO_WRITE
 from service.errors import ApiError
@@ -98,15 +98,13 @@ def history_rows(served: ServingModel, history: History, users: Sequence[str]) -
     seen = _sorted_csr(r, c, np.ones(len(r), np.float32), shape)
     # Then what that latest interaction says: an older rating is never used in its place
     if served.task == "rating":
-        use = ~np.isnan(ratings)  # implicit feedback has no rating to reconstruct
+        ratings = implicit_at_top(ratings, served.model.rating_range[1])  # a click trained as the top rating
+        use = ratings != 0  # the models read a 0 as no rating: the row is as empty as the model sees it
     elif served.positive_threshold is not None:
         use = is_positive(ratings, served.positive_threshold)
     else:
         use = np.ones(len(r), dtype=bool)
     r, c, ratings, ts = r[use], c[use], ratings[use], ts[use]
-    if served.task == "rating":  # the models read a 0 as no rating: the row is as empty as the model sees it
-        rated = ratings != 0
-        r, c, ratings, ts = r[rated], c[rated], ratings[rated], ts[rated]
     values = ratings.astype(np.float32) if served.task == "rating" else np.ones(len(r), np.float32)
     X = _sorted_csr(r, c, values, shape)
     timestamps = sp.csr_matrix((ts.astype(np.float64), X.indices, X.indptr), shape=shape)
