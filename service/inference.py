@@ -214,28 +214,28 @@ def stored_recommendation(
     if row < 0 or lists.items[row, 0] < 0:
         return None
     items, scores = lists.items[row], lists.scores[row]
+    need, complete, lowest = offset + k, items[-1] < 0, scores[-1]  # padded: every item the user may get is in the list
     exclude_cols, unknown_excluded = _columns(served, exclude_items)
     candidate_cols, unknown_candidates = _columns(served, candidates or [])
-    need = offset + k
-    complete = items[-1] < 0  # padded: every item the user may get is in the list
-    if len(exclude_cols) or candidates is not None:
+    if len(exclude_cols) or candidates is not None:  # the items left, as if they were the list
         allowed = items >= 0
         if len(exclude_cols):
             allowed &= ~np.isin(items, exclude_cols)
         if candidates is not None:
             allowed &= np.isin(items, candidate_cols)
         positions = np.flatnonzero(allowed)
+        items, scores, listed = items[positions], scores[positions], len(positions)
     else:  # the usual request: the list itself, up to its padding
-        positions = np.arange(int(np.argmax(items < 0)) if complete else len(items))
-    if len(positions) < need and not complete:
+        listed = int(np.argmax(items < 0)) if complete else len(items)
+    if not complete and (listed < need or (listed == need and not scores[need - 1] > lowest)):
+        return None  # an unlisted item could be next, or tie with the page's last
+    # a tie at the page's edges could be ordered otherwise by scoring (torch.topk); checked in Python floats:
+    # numpy's calls on a dozen values cost a first request more (bench/request_cpu.py)
+    start, end = max(0, offset - 1), min(need, listed)
+    edge = scores[start : min(need + 1, listed)].tolist()
+    if not all(map(float.__gt__, edge, edge[1:])):
         return None
-    # a tie at the edges of the page could be ordered otherwise by scoring (torch.topk); so could an unlisted item
-    edge = scores[positions[max(0, offset - 1) : need + 1]]
-    if (len(edge) > 1 and not (edge[:-1] > edge[1:]).all()) or (
-            not complete and len(positions) == need and not scores[positions[-1]] > scores[-1]):
-        return None
-    picked = positions[offset:need]
-    pairs = list(zip(served.item_ids[items[picked]].tolist(), scores[picked].tolist()))
+    pairs = list(zip(served.item_ids[items[offset:end]].tolist(), edge[offset - start : end - start]))
     return Scored(pairs, "model", _unique(unknown_excluded + unknown_candidates))
 
 
