@@ -217,17 +217,17 @@ def stored_recommendation(
         return None
     scores = memoryview(lists.scores).cast("B").cast("f")[row * n : row * n + n]
     need, complete, lowest = offset + k, items[-1] < 0, scores[-1]  # padded: every item the user may get is in the list
-    exclude_cols, unknown_excluded = _columns(served, exclude_items)
-    candidate_cols, unknown_candidates = _columns(served, candidates or [])
-    if len(exclude_cols) or candidates is not None:  # the items left, as if they were the list
-        items, scores = np.asarray(items), np.asarray(scores)
-        allowed = items >= 0
+    unknown: list[str] = []
+    if exclude_items or candidates is not None:  # the items left, as if they were the list
+        exclude_cols, unknown_excluded = _columns(served, exclude_items)
+        candidate_cols, unknown_candidates = _columns(served, candidates or [])
+        unknown, allowed = _unique(unknown_excluded + unknown_candidates), np.asarray(items) >= 0
         if len(exclude_cols):
             allowed &= ~np.isin(items, exclude_cols)
         if candidates is not None:
             allowed &= np.isin(items, candidate_cols)
         positions = np.flatnonzero(allowed)
-        items, scores, listed = items[positions], scores[positions], len(positions)
+        items, scores, listed = np.asarray(items)[positions], np.asarray(scores)[positions], len(positions)
     else:  # the usual request: the list itself, up to its padding
         listed = int(np.argmax(np.asarray(items) < 0)) if complete else n
     if not complete and (listed < need or (listed == need and not scores[need - 1] > lowest)):
@@ -239,7 +239,7 @@ def stored_recommendation(
         return None
     ids = served.item_ids
     pairs = [(ids[c], s) for c, s in zip(items[offset:end].tolist(), edge[offset - start : end - start])]
-    return Scored(pairs, "model", _unique(unknown_excluded + unknown_candidates))
+    return Scored(pairs, "model", unknown)
 
 
 def stored_items(served: ServingModel, user_id: str) -> list[str]:
