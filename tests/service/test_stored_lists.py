@@ -102,6 +102,22 @@ def test_a_lists_json_is_the_models_json_byte_for_byte(registry, corpus):
     assert stored_list_json('u"1', "ease", "v1", scored, 1, {}) == by_models('u"1', items, 1, {}, ["a", "\x00"])
 
 
+def test_a_list_file_in_fortran_order_answers_as_one_in_c_order(registry, corpus):
+    """The service reads a list's row through memoryviews, which need C order: a Fortran-ordered file is copied."""
+    from dataclasses import replace
+
+    from service.model_store import _stored_lists
+
+    version = prepare_version(registry, artifacts.latest_version(registry))
+    served = version.models["ease"]
+    loaded = replace(served.loaded, top_items=np.asfortranarray(served.loaded.top_items),
+                     top_scores=np.asfortranarray(served.loaded.top_scores))
+    fortran = replace(served, lists=_stored_lists(loaded))
+    options = dict(k=10, offset=3, exclude_seen=True, exclude_items=[], candidates=None)
+    answers = [inference.stored_recommendation(served, u, NO_WRITE, **options) for u in corpus.user_ids[::9]]
+    assert any(answers) and answers == [inference.stored_recommendation(fortran, u, NO_WRITE, **options) for u in corpus.user_ids[::9]]
+
+
 def test_a_sequential_models_list_answers_what_scoring_its_history_in_order_answers(tmp_path, corpus):
     import scipy.sparse as sp
     import torch
