@@ -106,8 +106,9 @@ def _stored_lists(loaded: LoadedModel) -> StoredLists | None:
         return None
     info = loaded.info["top_lists"]
     valid_before = float(info["data_read_at"]) - WRITE_CLOCK_MARGIN_S if info.get("from_database") else 0.0
-    # plain ndarrays over the same mapping: np.memmap's subclass hooks cost more than a row's filtering
-    return StoredLists(loaded.top_items.view(np.ndarray), loaded.top_scores.view(np.ndarray), valid_before)
+    # plain ndarrays over the same mapping (np.memmap's subclass hooks cost more than a row's filtering), in C order:
+    # ``inference.stored_recommendation`` reads rows through memoryviews (a Fortran-ordered file is copied)
+    return StoredLists(np.ascontiguousarray(loaded.top_items), np.ascontiguousarray(loaded.top_scores), valid_before)
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ from service.schemas import (
     RecommendedItem,
     ScoredItem,
     SimilarItemsResponse,
+    stored_list_json,
 )
 from registry.best import BEST
 
@@ -256,8 +257,8 @@ def stored_answer(lookup: RecommendationLookup, request: RecommendationRequest, 
     titles = lookup.cache.titles.known([i for i, _ in scored.items])
     if titles is None:
         return None
-    lookup.cache.metrics.cache_hits.labels("stored_list").inc()
-    return _recommendation_json(lookup, request, scored, titles)
+    lookup.cache.backend.count(True, "stored_list")
+    return stored_list_json(lookup.user_id, lookup.model, lookup.version.version, scored, request.offset + 1, titles)
 
 
 async def _computed_and_cached(parts: ServiceParts, entry: CacheEntry, compute: Compute) -> str:
