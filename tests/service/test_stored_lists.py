@@ -220,6 +220,37 @@ def test_the_titles_read_at_start_let_a_users_very_first_request_be_answered_on_
     assert all(item["title"] == corpus.titles[item["item_id"]] for item in answer["items"])
 
 
+def test_titles_are_read_again_before_they_expire_and_a_changed_title_shows(registry, corpus, own_seeded_backend,
+                                                                             computed_answers):
+    """The served version's titles are read every CACHE_TTL_S / 2 (service.titles): first requests stay on the event
+    loop past the TTL of the titles read at start, and a title changed in the database shows within the TTL."""
+    from fastapi.testclient import TestClient
+    from sqlalchemy import update
+
+    from service.main import create_app
+    from storage.session import make_engine
+    from storage.tables import Item
+
+    settings = own_seeded_backend.settings(registry, CACHE_TTL_S=1.0, CACHE_NAMESPACE=f"titles-{uuid.uuid4().hex[:6]}")
+    with TestClient(create_app(settings)) as client:
+        time.sleep(2.5)  # past the TTL of the titles read at start
+        user_id = corpus.user_ids[31]
+        answer = first_user_answer(client, user_id, offset=3)
+        assert computed_answers == [] and answer["items"][0]["title"] == corpus.titles[answer["items"][0]["item_id"]]
+        item_id = answer["items"][0]["item_id"]
+        engine = make_engine(own_seeded_backend.database_url)
+        try:
+            with engine.begin() as connection:
+                connection.execute(update(Item).where(Item.external_id == item_id).values(title="Renamed since start"))
+        finally:
+            engine.dispose()
+        started = time.monotonic()
+        while first_user_answer(client, user_id, offset=3)["items"][0]["title"] != "Renamed since start":
+            assert time.monotonic() - started < 2 * settings.CACHE_TTL_S + 1.0, "the changed title never showed"
+            time.sleep(0.1)
+        assert computed_answers == []  # every answer from the list on the event loop: no title was ever missing
+
+
 def test_a_hot_swap_serves_the_new_versions_lists_at_once(tmp_path, registry, trained, corpus, seeded_backend):
     from fastapi.testclient import TestClient
 
