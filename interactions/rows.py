@@ -52,4 +52,9 @@ def implicit_as_rating(ratings: np.ndarray, scale: RatingScale) -> np.ndarray:
     """The rating each stored interaction trains on: its own, and for implicit feedback (NaN) the top of the
     scale, a positive; 1.0 for every interaction on an implicit scale."""
     ratings = np.asarray(ratings, dtype=np.float64)
-    return np.ones_like(ratings) if scale.implicit else np.where(np.isnan(ratings), scale.high, ratings)
+    return np.ones_like(ratings) if scale.implicit else implicit_at_top(ratings, scale.high)
+
+
+def implicit_at_top(ratings: np.ndarray, top: float) -> np.ndarray:
+    """``ratings`` with implicit feedback (NaN) read as ``top``: a rating model's row, trained or folded in."""
+    return np.where(np.isnan(ratings), top, ratings)

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from service.errors import ApiError
 from service.experiments.assignment import HOLDOUT_MODEL, Experiment, from_config
 from service.model_store import ModelStore, ServingVersion, prepare_version
+from service.poller import Poller
 from storage import crud
 from storage.crud import online
 
@@ -107,8 +108,7 @@ class ExperimentRegistry:
         self._pinned: dict[str, ServingVersion] = {}  # versions the running experiment's arms name, loaded
         self._fingerprint: tuple | None = None
         self._lock = threading.RLock()  # a refresh loads pinned versions under it, as a create does
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._watcher = Poller("experiments-watcher", self.refresh, refresh_s)
 
     # ---- changes (worker threads) -----------------------------------------------------------
     def create(self, section: dict[str, Any]) -> online.ExperimentRow:
@@ -204,19 +204,7 @@ class ExperimentRegistry:
         self.start_watcher()
 
     def start_watcher(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._watch, name="experiments-watcher", daemon=True)
-        self._thread.start()
+        self._watcher.start()
 
     def stop_watcher(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def _watch(self) -> None:
-        while not self._stop.wait(self.refresh_s):
-            try:
-                self.refresh()
-            except Exception as exc:  # noqa: BLE001 - the database may be away: keep the experiment known, try again
-                log.warning("could not check the experiments: %s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        self._watcher.stop(timeout_s=5)

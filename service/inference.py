@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 import scipy.sparse as sp
 
-from interactions.rows import is_positive, keep_latest_pairs
+from interactions.rows import implicit_at_top, is_positive, keep_latest_pairs
 from registry.best import BEST
 from service.cache import NO_WRITE
 from service.errors import ApiError
@@ -98,15 +98,13 @@ def history_rows(served: ServingModel, history: History, users: Sequence[str]) -
     seen = _sorted_csr(r, c, np.ones(len(r), np.float32), shape)
     # Then what that latest interaction says: an older rating is never used in its place
     if served.task == "rating":
-        use = ~np.isnan(ratings)  # implicit feedback has no rating to reconstruct
+        ratings = implicit_at_top(ratings, served.model.rating_range[1])  # a click trained as the top rating
+        use = ratings != 0  # the models read a 0 as no rating: the row is as empty as the model sees it
     elif served.positive_threshold is not None:
         use = is_positive(ratings, served.positive_threshold)
     else:
         use = np.ones(len(r), dtype=bool)
     r, c, ratings, ts = r[use], c[use], ratings[use], ts[use]
-    if served.task == "rating":  # the models read a 0 as no rating: the row is as empty as the model sees it
-        rated = ratings != 0
-        r, c, ratings, ts = r[rated], c[rated], ratings[rated], ts[rated]
     values = ratings.astype(np.float32) if served.task == "rating" else np.ones(len(r), np.float32)
     X = _sorted_csr(r, c, values, shape)
     timestamps = sp.csr_matrix((ts.astype(np.float64), X.indices, X.indptr), shape=shape)
@@ -212,33 +210,36 @@ def stored_recommendation(
     lists = served.lists
     if lists is None or not exclude_seen or not (written_at == NO_WRITE or written_at < lists.valid_before):
         return None
-    row = served.user_index.get(user_id)
-    if row < 0 or lists.items[row, 0] < 0:
+    row, n = served.user_index.get(user_id), lists.items.shape[1]
+    # the row through memoryviews, read as Python values: numpy's calls cost a first request more (bench/request_cpu.py)
+    items = memoryview(lists.items).cast("B").cast("i")[row * n : row * n + n] if row >= 0 else None
+    if items is None or items[0] < 0:
         return None
-    items, scores = lists.items[row], lists.scores[row]
-    exclude_cols, unknown_excluded = _columns(served, exclude_items)
-    candidate_cols, unknown_candidates = _columns(served, candidates or [])
-    need = offset + k
-    complete = items[-1] < 0  # padded: every item the user may get is in the list
-    if len(exclude_cols) or candidates is not None:
-        allowed = items >= 0
+    scores = memoryview(lists.scores).cast("B").cast("f")[row * n : row * n + n]
+    need, complete, lowest = offset + k, items[-1] < 0, scores[-1]  # padded: every item the user may get is in the list
+    unknown: list[str] = []
+    if exclude_items or candidates is not None:  # the items left, as if they were the list
+        exclude_cols, unknown_excluded = _columns(served, exclude_items)
+        candidate_cols, unknown_candidates = _columns(served, candidates or [])
+        unknown, allowed = _unique(unknown_excluded + unknown_candidates), np.asarray(items) >= 0
         if len(exclude_cols):
             allowed &= ~np.isin(items, exclude_cols)
         if candidates is not None:
             allowed &= np.isin(items, candidate_cols)
         positions = np.flatnonzero(allowed)
+        items, scores, listed = np.asarray(items)[positions], np.asarray(scores)[positions], len(positions)
     else:  # the usual request: the list itself, up to its padding
-        positions = np.arange(int(np.argmax(items < 0)) if complete else len(items))
-    if len(positions) < need and not complete:
+        listed = int(np.argmax(np.asarray(items) < 0)) if complete else n
+    if not complete and (listed < need or (listed == need and not scores[need - 1] > lowest)):
+        return None  # an unlisted item could be next, or tie with the page's last
+    # a tie at the page's edges could be ordered otherwise by scoring (torch.topk)
+    start, end = max(0, offset - 1), min(need, listed)
+    edge = scores[start : min(need + 1, listed)].tolist()
+    if not all(map(float.__gt__, edge, edge[1:])):
         return None
-    # a tie at the edges of the page could be ordered otherwise by scoring (torch.topk); so could an unlisted item
-    edge = scores[positions[max(0, offset - 1) : need + 1]]
-    if (len(edge) > 1 and not (edge[:-1] > edge[1:]).all()) or (
-            not complete and len(positions) == need and not scores[positions[-1]] > scores[-1]):
-        return None
-    picked = positions[offset:need]
-    pairs = list(zip(served.item_ids[items[picked]].tolist(), scores[picked].tolist()))
-    return Scored(pairs, "model", _unique(unknown_excluded + unknown_candidates))
+    ids = served.item_ids
+    pairs = [(ids[c], s) for c, s in zip(items[offset:end].tolist(), edge[offset - start : end - start])]
+    return Scored(pairs, "model", unknown)
 
 
 def stored_items(served: ServingModel, user_id: str) -> list[str]:

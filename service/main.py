@@ -16,7 +16,6 @@ from sqlalchemy.exc import SQLAlchemyError
 from fastapi.openapi.utils import get_openapi
 from starlette.concurrency import run_in_threadpool
 
-from service import serving
 from service.api.deps import optional_key_schemes
 from service.api.main import api_router
 from service.api.routes import health, recommendations
@@ -32,6 +31,7 @@ from service.parts import ServiceParts
 from service.rate_limits import RateLimited, RateLimits
 from service.request_limits import rating_hint
 from service.scoring import ScoringSlots
+from service.titles import TitlesKeeper
 from service.training_runs import TrainingRuns
 from service.writes import InteractionWriter
 from storage.session import make_engine, make_session_factory
@@ -71,12 +71,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         recorder=recorder, experiments=experiments, experiment_serving=ExperimentServing(recorder, experiments, store),
     )
 
+    titles = TitlesKeeper(parts)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         outcome = await run_in_threadpool(store.reload)  # off the event loop: loading takes a moment
         log.info("startup: %s", outcome.message)
         try:
-            log.info("startup: %d item titles read", await run_in_threadpool(serving.warm_titles, parts))
+            log.info("startup: %d item titles read", await run_in_threadpool(titles.refresh))
         except SQLAlchemyError as exc:  # the database may come up later: titles are then read as lists need them
             log.warning("startup: item titles not read (%s)", type(exc).__name__)
         # What is alive now (imported libraries, the first model version) lives as long as the
@@ -85,6 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         gc.collect()  # garbage first: what is frozen is never collected
         gc.freeze()
         store.start_watcher()
+        titles.start()
         recorder.start()
         await run_in_threadpool(experiments.start, settings.EXPERIMENTS_FILE)
         try:
@@ -92,6 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             experiments.stop_watcher()
             await run_in_threadpool(recorder.close)  # what is queued is written before the connections close
+            titles.stop()
             store.stop_watcher()
             await run_in_threadpool(training_runs.stop)
             await limits.aclose()

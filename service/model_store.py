@@ -34,6 +34,7 @@ import scipy.sparse as sp
 from registry import ArtifactError, LoadedModel, latest_version, list_versions, load_version, version_stamp
 from registry import best
 from service.metrics import Metrics
+from service.poller import Poller
 
 log = logging.getLogger("service.model_store")
 
@@ -106,8 +107,9 @@ def _stored_lists(loaded: LoadedModel) -> StoredLists | None:
         return None
     info = loaded.info["top_lists"]
     valid_before = float(info["data_read_at"]) - WRITE_CLOCK_MARGIN_S if info.get("from_database") else 0.0
-    # plain ndarrays over the same mapping: np.memmap's subclass hooks cost more than a row's filtering
-    return StoredLists(loaded.top_items.view(np.ndarray), loaded.top_scores.view(np.ndarray), valid_before)
+    # plain ndarrays over the same mapping (np.memmap's subclass hooks cost more than a row's filtering), in C order:
+    # ``inference.stored_recommendation`` reads rows through memoryviews (a Fortran-ordered file is copied)
+    return StoredLists(np.ascontiguousarray(loaded.top_items), np.ascontiguousarray(loaded.top_scores), valid_before)
 
 
 @dataclass(frozen=True)
@@ -273,8 +275,7 @@ class ModelStore:
         self.swaps = 0
         self.last_error: str | None = None
         self._reload_lock = threading.Lock()  # one load at a time (watcher and admin)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._watcher = Poller("model-watcher", self.reload, interval_s)
 
     def reload(self, *, retry_refused: bool = False) -> ReloadOutcome:
         """Serve the version ``LATEST`` names; if it cannot serve, the newest older one that can.
@@ -376,21 +377,7 @@ class ModelStore:
 
     # ---- watcher ------------------------------------------------------------------------
     def start_watcher(self) -> None:
-        if self._thread is not None:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._watch, name="model-watcher", daemon=True)
-        self._thread.start()
+        self._watcher.start()
 
     def stop_watcher(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            self._thread = None
-
-    def _watch(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                self.reload()
-            except Exception:  # the watcher must survive anything; the next poll tries again
-                log.exception("model watcher poll failed")
+        self._watcher.stop()

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, WithJsonSchema
+from pydantic_core import to_json
 
 # No control characters: they are never meaningful in an id and PostgreSQL refuses NUL in text.
 ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
@@ -137,6 +138,15 @@ class RecommendedList(BaseModel):
     items: list[RecommendedItem]
     unknown_items: list[str] = Field(default_factory=list, description="Ids in exclude_items/candidates the model does not know.")
     explanation: Explanation | None = Field(default=None, description="With explain: how the reasons were found; absent without.")
+
+
+def stored_list_json(user_id: str, model: str, model_version: str, scored: Any, first_rank: int, titles: dict[str, str]) -> str:
+    """A ``RecommendedList`` without explanation as ``model_dump_json`` writes it, from a stored list's page (an
+    ``inference.Scored``: ids, float scores), not validated again: a first request's models cost it more than the
+    rest of its answer (bench/request_cpu.py; tests/service/test_stored_lists.py compares the bytes)."""
+    items = [{"item_id": i, "score": s, "rank": rank, "title": titles.get(i)} for rank, (i, s) in enumerate(scored.items, first_rank)]
+    return to_json({"user_id": user_id, "model": model, "model_version": model_version, "source": scored.source, "items": items,
+                    "unknown_items": scored.unknown_items}, inf_nan_mode="null").decode()
 
 
 class ExperimentArm(BaseModel):

@@ -27,7 +27,6 @@ from sqlalchemy.orm import Session
 
 from service import inference
 from service.cache import Cache, CacheEntry, list_key
-from service.cache.memos import MAX_TITLES
 from service.core.config import Settings
 from service.errors import ApiError
 from service.model_store import ModelStore, ServingModel, ServingVersion
@@ -47,6 +46,7 @@ from service.schemas import (
     RecommendedItem,
     ScoredItem,
     SimilarItemsResponse,
+    stored_list_json,
 )
 from registry.best import BEST
 
@@ -72,25 +72,12 @@ def check_list(name: str, values: Sequence | None, settings: Settings) -> None:
 
 def _titles(session: Session, cache: Cache, settings: Settings, item_ids: list[str]) -> dict[str, str]:
     """Titles from the cache; the ones it lacks from the database (a connection only for those)."""
-    return cache.titles.item_titles(item_ids, partial(_read_titles, session), settings.CACHE_TTL_S)
+    return cache.titles.item_titles(item_ids, partial(read_titles, session), settings.CACHE_TTL_S)
 
 
-def _read_titles(session: Session, item_ids: list[str]) -> dict[str, str]:
+def read_titles(session: Session, item_ids: list[str]) -> dict[str, str]:
     with crud.reads(session) as db:
         return crud.item_titles(db, item_ids)
-
-
-def warm_titles(parts: ServiceParts, per_query: int = 2_000) -> int:
-    """The served version's item titles read into the memo (how many): a first request's list is answered on the
-    event loop from the start, not in a slot (bench/RESULTS.md, "First requests from stored top-N lists")."""
-    version = parts.store.current
-    if version is None or len(version.popular_items) > MAX_TITLES:
-        return 0
-    with parts.session_factory() as session:
-        item_ids = version.popular_items.tolist()
-        for start in range(0, len(item_ids), per_query):  # ids per IN list
-            _titles(session, parts.cache, parts.settings, item_ids[start : start + per_query])
-    return len(item_ids)
 
 
 def _read_history(session: Session, user_id: str) -> crud.History:
@@ -254,8 +241,8 @@ def stored_answer(lookup: RecommendationLookup, request: RecommendationRequest, 
     titles = lookup.cache.titles.known([i for i, _ in scored.items])
     if titles is None:
         return None
-    lookup.cache.metrics.cache_hits.labels("stored_list").inc()
-    return _recommendation_json(lookup, request, scored, titles)
+    lookup.cache.backend.count(True, "stored_list")
+    return stored_list_json(lookup.user_id, lookup.model, lookup.version.version, scored, request.offset + 1, titles)
 
 
 async def _computed_and_cached(parts: ServiceParts, entry: CacheEntry, compute: Compute) -> str:

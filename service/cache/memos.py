@@ -100,9 +100,16 @@ class Titles:
                 titles[item_id] = entry[1]
         if missing:
             fetched = fetch(missing)
-            if len(known) > MAX_TITLES:
-                known.clear()  # a bound on memory; the catalogue refills it
-            for item_id in missing:
-                known[item_id] = (now + ttl_s, fetched.get(item_id))
+            self.keep(missing, fetched, ttl_s, now)
             titles.update(fetched)
         return titles
+
+    def keep(self, item_ids: Sequence[str], fetched: dict[str, str], ttl_s: float, now: float | None = None) -> None:
+        """Keep ``fetched`` (read at ``now``, or just now) as the titles of ``item_ids`` for ``ttl_s``; an id it
+        lacks has none."""
+        expires = (time.monotonic() if now is None else now) + ttl_s
+        known = self._known
+        if len(known) > MAX_TITLES:
+            known.clear()  # a bound on memory; the catalogue refills it
+        for item_id in item_ids:
+            known[item_id] = (expires, fetched.get(item_id))

@@ -101,12 +101,12 @@ def test_deeprec_answers_an_empty_row_from_its_bias_model(models, corpus):
     assert np.abs(empty_row - biases).mean() < 0.1 and (empty_row == 1.0).mean() < 0.05
 
 
-@pytest.mark.parametrize("only", ["unknown-item", "rating-0", "implicit"])
+@pytest.mark.parametrize("only", ["unknown-item", "rating-0"])
 def test_a_history_the_model_cannot_read_is_cold_on_both_endpoints(cold_client, models, corpus, only):
     """A user whose only stored interaction gives the rating models an empty row (an item they do not
-    know, a stored 0, implicit feedback): the popularity list and the baseline, on every rating model."""
+    know, a stored 0): the popularity list and the baseline, on every rating model."""
     user = new_user()
-    item, rating = {"unknown-item": (f"new-{user}", 4), "rating-0": ("50", 0), "implicit": ("50", None)}[only]
+    item, rating = {"unknown-item": (f"new-{user}", 4), "rating-0": ("50", 0)}[only]
     stored = cold_client.post("/interactions", json=[{"user_id": user, "item_id": item, "rating": rating}], headers=AUTH)
     assert stored.status_code == 201, stored.text
     for name in RATING_MODELS:
@@ -134,6 +134,22 @@ def test_a_real_history_is_folded_in_on_both_endpoints(cold_client, models, corp
     # I-AutoRec scores only its training users: a new user it could read is refused on both, as before
     assert cold_client.post(f"/users/{user}/recommendations", json={"model": "autorec-i"}).status_code == 404
     assert cold_client.post("/ratings", json={"user_id": user, "item_ids": ["1"], "model": "autorec-i"}).status_code == 404
+
+
+def test_a_click_alone_is_folded_in_as_the_top_rating(cold_client, models, corpus):
+    """Implicit feedback trains a rating model as the top of the scale (interactions.rows), so a user whose
+    one stored interaction is a click is scored on that row, not as a user with none."""
+    user = new_user()
+    assert cold_client.post("/interactions", json=[{"user_id": user, "item_id": "50"}], headers=AUTH).status_code == 201
+    cols = np.array([corpus.item_ids.index(i) for i in ITEMS])
+    for name in ("deeprec", "autorec-u"):
+        top = models[name].rating_range[1]
+        row = sp.csr_matrix(([top], ([0], [corpus.item_ids.index("50")])), shape=(1, len(corpus.item_ids)), dtype=np.float32)
+        assert recommend(cold_client, user, name)["source"] == "fold-in", name
+        body = rate(cold_client, user, name)
+        assert body["source"] == "fold-in", name
+        expected = models[name].predict(row, cols, pair_rows=np.zeros(len(cols), dtype=np.int64))
+        np.testing.assert_allclose([r["rating"] for r in body["ratings"]], expected, atol=1e-5)
 
 
 def test_one_rule_decides_the_source():

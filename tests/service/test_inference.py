@@ -43,11 +43,27 @@ LOG = history(
 )
 
 
-def test_rating_rows_keep_each_items_latest_rating_and_skip_clicks():
+def test_rating_rows_keep_each_items_latest_rating_and_read_a_click_as_the_top_rating():
     rows = history_rows(served("autorec-i"), LOG, ["u2", "u1"])  # rows follow the order asked for
-    assert rows.X.toarray().tolist() == [[0, 0, 0, 1], [4, 5, 0, 0]]  # b: 5 at t=30 beats 2 at t=20
-    assert rows.seen.toarray().tolist() == [[0, 0, 0, 1], [1, 1, 1, 0]]  # the click on c is still seen
-    assert rows.timestamps.toarray().tolist() == [[0, 0, 0, 5], [10, 30, 0, 0]]
+    # b: 5 at t=30 beats 2 at t=20; the click on c is a 5, the top of the model's range, as the trainer reads it
+    assert rows.X.toarray().tolist() == [[0, 0, 0, 1], [4, 5, 5, 0]]
+    assert rows.seen.toarray().tolist() == [[0, 0, 0, 1], [1, 1, 1, 0]]
+    assert rows.timestamps.toarray().tolist() == [[0, 0, 0, 5], [10, 30, 40, 0]]
+
+
+def test_a_folded_in_rating_row_is_the_row_the_trainer_builds_from_the_same_log():
+    """The same stored interactions, through the trainer's reading (interactions.rows.implicit_as_rating on the
+    scale) and through serving's fold-in, give one row: a click trains and scores as the top rating."""
+    from interactions.rows import implicit_as_rating
+    from rating_scale import RatingScale
+
+    scale = RatingScale.parse("1:5:1")
+    mine = history(("u1", "a", 2.0, 10), ("u1", "c", None, 20), ("u1", "d", 4.0, 30))
+    trained = np.zeros(len(ITEMS))
+    trained[[ITEMS.index(i) for i in mine.item_ids]] = implicit_as_rating(mine.ratings, scale)
+    model = served("autorec-i")
+    assert model.model.rating_range == scale.range
+    assert history_rows(model, mine, ["u1"]).X.toarray().tolist() == [trained.tolist()]
 
 
 def test_ranking_rows_are_binary_and_apply_the_positive_threshold():

@@ -69,6 +69,55 @@ def test_the_list_answers_exactly_what_scoring_answers(registry, corpus):
     assert answered > compared // 3, (answered, compared)  # most requests are answered from the list
 
 
+def test_a_lists_json_is_the_models_json_byte_for_byte(registry, corpus):
+    """``stored_list_json`` writes what the models write (``serving._recommendation_json`` for an unexplained
+    answer): every page the lists answer, titles that need escaping or are missing, and floats of every form."""
+    from service.schemas import RecommendedItem, RecommendedList, stored_list_json
+    from service.serving import UNEXPLAINED
+
+    def by_models(user_id, items, first_rank, titles, unknown):
+        return RecommendedList(
+            user_id=user_id, model="ease", model_version="v1", source="model", unknown_items=unknown,
+            items=[RecommendedItem(item_id=i, score=s, rank=first_rank + n, title=titles.get(i)) for n, (i, s) in enumerate(items)],
+        ).model_dump_json(exclude=UNEXPLAINED)
+
+    version = prepare_version(registry, artifacts.latest_version(registry))
+    served = version.models["ease"]
+    odd = ['say "hi"\\ \n\t\x01\x1f\x7f', "é 猫 🎬 \u2028", "", "</script>"]
+    titles = {i: odd[n % len(odd)] if n % 3 == 0 else corpus.titles.get(i, "t") for n, i in enumerate(corpus.item_ids) if n % 5}
+    pages = 0
+    for user_id in corpus.user_ids[::5]:
+        for k, offset, exclude in itertools.product((1, 10, 40), (0, 7, 150), ([], ["nope", 'x"y'])):
+            scored = inference.stored_recommendation(served, user_id, NO_WRITE, k=k, offset=offset, exclude_seen=True,
+                                                     exclude_items=exclude, candidates=None)
+            if scored is not None:
+                pages += 1
+                assert stored_list_json(user_id, "ease", "v1", scored, offset + 1, titles) == by_models(
+                    user_id, scored.items, offset + 1, titles, scored.unknown_items)
+    assert pages > 100
+    floats = [0.0, -0.0, 1.0, 0.1, 1e-4, 9.9e-5, 1e-5, 3.2e-7, 5e-324, 1e15, 1e16, 1.5e16, 1e21, 1.7976931348623157e308, -2.5e-8,
+              *np.random.default_rng(0).standard_normal(200).astype(np.float32).tolist(), float("inf"), float("nan")]
+    items = [(f"i{n}", s) for n, s in enumerate(floats)]
+    scored = inference.Scored(items, "model", ["a", "\x00"])
+    assert stored_list_json('u"1', "ease", "v1", scored, 1, {}) == by_models('u"1', items, 1, {}, ["a", "\x00"])
+
+
+def test_a_list_file_in_fortran_order_answers_as_one_in_c_order(registry, corpus):
+    """The service reads a list's row through memoryviews, which need C order: a Fortran-ordered file is copied."""
+    from dataclasses import replace
+
+    from service.model_store import _stored_lists
+
+    version = prepare_version(registry, artifacts.latest_version(registry))
+    served = version.models["ease"]
+    loaded = replace(served.loaded, top_items=np.asfortranarray(served.loaded.top_items),
+                     top_scores=np.asfortranarray(served.loaded.top_scores))
+    fortran = replace(served, lists=_stored_lists(loaded))
+    options = dict(k=10, offset=3, exclude_seen=True, exclude_items=[], candidates=None)
+    answers = [inference.stored_recommendation(served, u, NO_WRITE, **options) for u in corpus.user_ids[::9]]
+    assert any(answers) and answers == [inference.stored_recommendation(fortran, u, NO_WRITE, **options) for u in corpus.user_ids[::9]]
+
+
 def test_a_sequential_models_list_answers_what_scoring_its_history_in_order_answers(tmp_path, corpus):
     import scipy.sparse as sp
     import torch
@@ -169,6 +218,37 @@ def test_the_titles_read_at_start_let_a_users_very_first_request_be_answered_on_
     answer = first_user_answer(client, corpus.user_ids[23], offset=int(np.random.default_rng().integers(1, 150)))
     assert stored_list_hits(client) == before + 1 and computed_answers == []  # from the list, with no slot and no query
     assert all(item["title"] == corpus.titles[item["item_id"]] for item in answer["items"])
+
+
+def test_titles_are_read_again_before_they_expire_and_a_changed_title_shows(registry, corpus, own_seeded_backend,
+                                                                             computed_answers):
+    """The served version's titles are read every CACHE_TTL_S / 2 (service.titles): first requests stay on the event
+    loop past the TTL of the titles read at start, and a title changed in the database shows within the TTL."""
+    from fastapi.testclient import TestClient
+    from sqlalchemy import update
+
+    from service.main import create_app
+    from storage.session import make_engine
+    from storage.tables import Item
+
+    settings = own_seeded_backend.settings(registry, CACHE_TTL_S=1.0, CACHE_NAMESPACE=f"titles-{uuid.uuid4().hex[:6]}")
+    with TestClient(create_app(settings)) as client:
+        time.sleep(2.5)  # past the TTL of the titles read at start
+        user_id = corpus.user_ids[31]
+        answer = first_user_answer(client, user_id, offset=3)
+        assert computed_answers == [] and answer["items"][0]["title"] == corpus.titles[answer["items"][0]["item_id"]]
+        item_id = answer["items"][0]["item_id"]
+        engine = make_engine(own_seeded_backend.database_url)
+        try:
+            with engine.begin() as connection:
+                connection.execute(update(Item).where(Item.external_id == item_id).values(title="Renamed since start"))
+        finally:
+            engine.dispose()
+        started = time.monotonic()
+        while first_user_answer(client, user_id, offset=3)["items"][0]["title"] != "Renamed since start":
+            assert time.monotonic() - started < 2 * settings.CACHE_TTL_S + 1.0, "the changed title never showed"
+            time.sleep(0.1)
+        assert computed_answers == []  # every answer from the list on the event loop: no title was ever missing
 
 
 def test_a_hot_swap_serves_the_new_versions_lists_at_once(tmp_path, registry, trained, corpus, seeded_backend):
