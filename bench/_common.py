@@ -186,8 +186,8 @@ class ServerProcess:
     """A server in its own process group, logging to a file; a context manager that always stops it."""
 
     def __init__(self, args: Sequence[str], env: dict[str, str], port: int, log_path: Path,
-                 ready_path: str = "/readyz", ready_timeout_s: float = 120) -> None:
-        self.args, self.env, self.port, self.log_path = list(args), env, port, log_path
+                 ready_path: str = "/readyz", ready_timeout_s: float = 120, cwd: Path = REPO) -> None:
+        self.args, self.env, self.port, self.log_path, self.cwd = list(args), env, port, log_path, cwd
         self.ready_path, self.ready_timeout_s = ready_path, ready_timeout_s
         self.proc: subprocess.Popen | None = None
         self.base_url = f"http://127.0.0.1:{port}"
@@ -208,7 +208,7 @@ class ServerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            self.args, cwd=REPO, env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT,
+            self.args, cwd=self.cwd, env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: stop() ends it and nothing else
         )
         log.close()

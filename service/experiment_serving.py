@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
@@ -28,6 +27,7 @@ from service.experiments.assignment import Arm, Experiment, assign
 from service.experiments.interleaving import team_draft
 from service.impressions import ImpressionRecorder
 from service.model_store import ModelStore, ServingVersion
+from service.random_pool import random_bytes
 from service.schemas import Answer, RecommendationRequest
 
 log = logging.getLogger("service.experiments")
@@ -48,7 +48,7 @@ class PinnedStore:
 def new_recommendation_id() -> str:
     """A UUIDv7 (RFC 9562) as 32 hex digits: its millisecond prefix makes each id sort after the earlier ones, so
     the impressions' primary key grows at one end (a random uuid4 dirtied an index page per row stored)."""
-    value = (time.time_ns() // 1_000_000 & (1 << 48) - 1) << 80 | int.from_bytes(os.urandom(10))
+    value = (time.time_ns() // 1_000_000 & (1 << 48) - 1) << 80 | int.from_bytes(random_bytes(10))
     value = value & ~(0xF << 76) | 0x7 << 76  # version 7
     return f"{value & ~(0x3 << 62) | 0x2 << 62:032x}"  # variant 10 (RFC 9562)
 

@@ -109,6 +109,12 @@ class RecommendationRequest(Strict):
     offset: int = Field(default=0, ge=0, description="Skip this many of the best items (paging).")
     explain: bool = Field(default=False, description=EXPLAIN_DESCRIPTION + f" Here: k <= {EXPLAIN_MAX_K}.")
 
+    def key_fields(self) -> dict[str, Any]:
+        """The request in its answer's cache key: ``model_dump`` less the model and, unexplained, ``explain`` (the key
+        it always had), read from the validated fields, which the dump only copied (bench/RESULTS.md, "Cache-hit CPU")."""
+        excluded = ("model",) if self.explain else ("model", "explain")
+        return {name: value for name, value in self.__dict__.items() if name not in excluded}
+
 
 class ScoredItem(BaseModel):
     item_id: str

@@ -132,9 +132,7 @@ class RecommendationLookup:
         check_recommendation_limits(request, settings)
         version = serving_version(parts.store)
         served = inference.resolve_model(version, request.model, settings.DEFAULT_MODEL)
-        # an explained answer under a key of its own; an unexplained one under the key it always had
-        key = list_key("rec", version.version, served.name, user_id,
-                       request.model_dump(exclude={"model"} if request.explain else {"model", "explain"}))
+        key = list_key("rec", version.version, served.name, user_id, request.key_fields())
         return cls(version, served, user_id, key, parts.cache, 2 * settings.CACHE_TTL_S)
 
     @property

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import threading
 import time
 from collections.abc import Collection
 from typing import Iterable, NamedTuple
 
 from service.cache.backends import Backend, CacheUnavailable, FoundEntry, UserEntryKeys, ms
+from service.random_pool import random_bytes
 
 log = logging.getLogger("service.cache")
 
@@ -76,7 +76,7 @@ class UserLists:
         token = self.backend.get(key, kind="generation")
         if token is not None:
             return token
-        fresh = os.urandom(8).hex()
+        fresh = random_bytes(8).hex()
         if self.backend.set(key, fresh, ttl_s, only_if_absent=True):
             return fresh
         return self.backend.get(key, kind="generation")  # another request drew one first (or the cache is down: None)
@@ -106,7 +106,7 @@ class UserLists:
 
     def _entry_keys(self, user_id: str, key: str, generation_ttl_s: float) -> UserEntryKeys:
         return UserEntryKeys(self.backend.key(f"gen:{user_id}"), self.backend.key(f"written:{user_id}"),
-                             self.backend.key(key), os.urandom(8).hex(), ms(generation_ttl_s))
+                             self.backend.key(key), random_bytes(8).hex(), ms(generation_ttl_s))
 
     def _entry(self, key: str, kind: str, found: FoundEntry) -> CacheEntry:
         self.backend.count(found.known, "generation")

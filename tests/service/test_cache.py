@@ -253,3 +253,36 @@ def test_unreachable_redis_is_a_counted_miss_and_fails_fast():
     assert cache._down_until > time.monotonic()  # and backs off again
     errors = sum(s.value for m in metrics.cache_errors.collect() for s in m.samples if s.name.endswith("_total"))
     assert errors >= 100
+
+
+def test_a_requests_key_fields_are_its_dump_less_the_model():
+    """Read from the model's fields, the request's part of its key is what ``model_dump`` gave, in its order (the
+    key's JSON keeps a dict's order): the keys a deployment already cached under stay the same."""
+    from service.schemas import RecommendationRequest
+
+    for request in (RecommendationRequest(), RecommendationRequest(k=5, offset=3, exclude_seen=False),
+                    RecommendationRequest(exclude_items=["b", "a"], candidates=["c"], model="ease"),
+                    RecommendationRequest(k=3, explain=True, model="ease"),
+                    RecommendationRequest(k=4).model_copy(update={"model": "ease"})):
+        dumped = request.model_dump(exclude={"model"} if request.explain else {"model", "explain"})
+        assert list(request.key_fields().items()) == list(dumped.items())
+        assert list_key("rec", "v1", "ease", "u1", request.key_fields()) == list_key("rec", "v1", "ease", "u1", dumped)
+
+
+def test_random_pool_hands_each_byte_out_once_and_a_forked_child_none_of_its_parents():
+    import os
+
+    from service.random_pool import RandomPool
+
+    pool = RandomPool(block_bytes=64)
+    taken = [pool.take(10) for _ in range(50)]  # across several blocks
+    assert all(len(t) == 10 for t in taken) and len(set(taken)) == 50
+    pool.take(1)
+    left = pool._block[pool._at:]
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: the same pool object, copied by the fork, forgot its block
+        os.write(write, b"ok" if not pool._block else b"kept")
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert left and os.read(read, 4) == b"ok"
