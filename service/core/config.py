@@ -70,7 +70,9 @@ class Settings(RatingScaleSettings):  # RATING_SCALE, POSITIVE_THRESHOLD: what P
     IMPRESSIONS_ENABLED: bool = True
     # room for a flush interval of the fastest cache hits (bench/RESULTS.md, "Figures moved out")
     IMPRESSION_QUEUE_SIZE: int = Field(default=60_000, ge=1)
-    IMPRESSION_BATCH: int = Field(default=5000, ge=1)  # most queued records one transaction writes
+    # most queued records one transaction writes: a flush's worth up to 5,000 req/s, so each user's index page is written
+    # once a flush (SQLite's write lock held ~0.1 s; bench/RESULTS.md, "What recording impressions costs")
+    IMPRESSION_BATCH: int = Field(default=15_000, ge=1)
     # how often the writer stores what is queued: rarer is cheaper per row, each user's index page written once per
     # batch whatever its rows (bench/RESULTS.md, "What recording impressions costs"); a crash loses at most the queue
     IMPRESSION_FLUSH_S: float = Field(default=3.0, gt=0)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
+from itertools import chain
+from operator import itemgetter
 from typing import Sequence
 
 from sqlalchemy import Connection
@@ -48,6 +50,9 @@ def _sqlite_second(epoch_s: int) -> str:
 
 
 _COLUMN_LIST = ", ".join(_IMPRESSION_COLUMNS)
+# SQLite: a batch inserted in the (user_id, created_at) index's order walks its leaves once each, in order, where the
+# served order sought another user's leaf at every row (bench/RESULTS.md, "What recording impressions costs")
+_BY_USER_AND_TIME = itemgetter(1, len(_IMPRESSION_COLUMNS) - 1)
 
 
 def _copy_impressions(connection: Connection, rows: Sequence[ImpressionRow]) -> int:
@@ -70,8 +75,8 @@ def _copy_impressions(connection: Connection, rows: Sequence[ImpressionRow]) -> 
 def _sqlite_time(moment: datetime) -> str:
     """A UTC time as SQLAlchemy's SQLite DateTime stores it (naive, microseconds): what its reads and comparisons
     expect. A batch's times share a few seconds: each second is formatted once (isoformat per row cost 2-4 us)."""
-    seconds, rest = divmod(as_utc(moment) - _EPOCH, _SECOND)
-    return f"{_sqlite_second(seconds)}.{rest.microseconds:06d}"
+    since = as_utc(moment) - _EPOCH
+    return f"{_sqlite_second(since // _SECOND)}.{since.microseconds:06d}"
 
 
 def store_impressions(session: Session, rows: Sequence[ImpressionRow]) -> int:
@@ -93,11 +98,11 @@ def store_impressions(session: Session, rows: Sequence[ImpressionRow]) -> int:
             elif dialect.name != "sqlite":
                 inserted = connection.exec_driver_sql(_impressions_insert(dialect.name, dialect.paramstyle), list(rows)).rowcount
             else:
-                rows = [(*row[:-1], _sqlite_time(row[-1])) for row in rows]  # created_at: last
+                rows = sorted([(*row[:-1], _sqlite_time(row[-1])) for row in rows], key=_BY_USER_AND_TIME)
                 start = 0
                 for size in _statement_sizes(len(rows)):
                     sql = _impressions_insert(dialect.name, dialect.paramstyle, size)
-                    values = tuple(value for row in rows[start : start + size] for value in row)
+                    values = tuple(chain.from_iterable(rows[start : start + size]))
                     inserted += connection.exec_driver_sql(sql, values).rowcount
                     start += size
             session.commit()
