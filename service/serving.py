@@ -25,14 +25,13 @@ from typing import Any, Callable, Sequence
 from pydantic import TypeAdapter
 from sqlalchemy.orm import Session
 
+from registry.best import BEST
 from service import inference
 from service.cache import Cache, CacheEntry, list_key
 from service.core.config import Settings
 from service.errors import ApiError
 from service.model_store import ModelStore, ServingModel, ServingVersion
 from service.parts import ServiceParts
-from storage import crud
-from storage.session import retry_if_dropped
 from service.schemas import (
     Answer,
     PredictedRating,
@@ -48,7 +47,8 @@ from service.schemas import (
     SimilarItemsResponse,
     stored_list_json,
 )
-from registry.best import BEST
+from storage import crud
+from storage.session import retry_if_dropped
 
 
 _RATING_LIST = TypeAdapter(list[RatingResponse])
@@ -192,7 +192,7 @@ async def computed_recommendation(
                 history = _kept_history(db, cache, settings, user_id, entry.generation)
                 scored = inference.recommend(version, served, user_id, history, **_options(request))
             else:  # the titles of the whole list in one query: the user's other pages are then answered on the loop
-                cache.metrics.cache_hits.labels("stored_list").inc()
+                cache.backend.count(True, "stored_list")
                 history, more = None, inference.stored_items(served, user_id)
             item_ids = [i for i, _ in scored.items]
             explained = inference.explain(served, user_id, history, item_ids, scored.source) if request.explain else None
