@@ -2,11 +2,12 @@
 written at once and its replies matched to them in order (auto-pipelining), hiredis packing the commands and
 parsing the replies.
 
-Why not redis-py's asyncio client: in process (3,000 calls, hiredis 3.5) it spent 127-134 us of the loop's CPU a
-GET and 166 us an EVALSHA, 147 us a call with 8 calls in flight; this connection 39 / 48 us, and 18 us with 8 in
-flight. Every cached request pays one such call (bench/RESULTS.md, "CPU per first request"). The blocking clients
-(workers, threads) stay redis-py's; so does the loop's for a URL this client does not speak (a unix socket,
-TLS, options in the query string): ``loop_client`` chooses.
+Why not redis-py's asyncio client: every cached request makes one such call, and through it ``RedisCache`` spent
+125-137 us of the loop's CPU a lookup (the EVALSHA), 97-106 us a GET, 107-118 us a lookup with 8 in flight; on
+this connection 22-27, 18-21 and 15-17 us, and a hit through the real server 0.56x the server's CPU
+(bench/RESULTS.md, "The event loop's Redis connection"). The blocking clients (workers, threads) stay redis-py's;
+so does the loop's for a URL this client does not speak (a unix socket, TLS, options in the query string):
+``loop_client`` chooses.
 
 Errors are redis-py's exceptions, so callers treat both clients alike: a call not answered within the timeout
 raises ``redis.TimeoutError``, a lost connection ``redis.ConnectionError``; either closes the connection and
