@@ -161,6 +161,22 @@ def test_a_connection_killed_by_the_server_is_made_again_at_the_next_call(blocki
     assert after != before and value == "1"
 
 
+def test_aclose_closes_the_connection(blocking):
+    client, _ = blocking
+
+    async def open_then_closed():
+        pipe = loop_client(REDIS_URL, 1.0)
+        connection_id = str(await pipe.execute("CLIENT", "ID"))
+        listed = [{c["id"] for c in client.client_list()}]
+        await pipe.aclose()
+        await asyncio.sleep(0.05)  # the server sees the close (the pipe still referenced: not closed by its collection)
+        listed.append({c["id"] for c in client.client_list()})
+        return connection_id, listed
+
+    connection_id, (before, after) = asyncio.run(open_then_closed())
+    assert connection_id in before and connection_id not in after
+
+
 def test_a_flushed_script_is_loaded_again(blocking):
     client, ns = blocking
     client.set(f"{ns}:gen:u", "g")
