@@ -20,7 +20,8 @@ list, as a user's first request of a version is; ml-100k's 943 users are fewer t
 asks, so users repeat with other offsets), a cache miss (a new (user, offset) pair past the
 stored lists, so the model scores it), ``POST /ratings`` (10 items) and
 ``POST /interactions`` (one new interaction per request). The ceiling is
-``bench/_ceiling_app.py`` (same uvicorn settings, a constant list). The load generator
+``bench/_ceiling_app.py`` (same uvicorn settings, a constant list), run before the services and
+again after them; "of ceiling" is a row's req/s over the mean of the two. The load generator
 runs on the same 2 cores as the server: the figures are what one machine does, client
 included.
 """
@@ -206,9 +207,26 @@ def run_backend(label: str, database_url: str, redis_url: str | None, namespace:
     return rows
 
 
+def measure_ceilings(replica_counts: list[int], when: str, makers: dict, args, log_dir: Path) -> list[dict]:
+    """The bare FastAPI ceiling with each number of replicas, its rows labelled ``when`` it ran."""
+    rows = []
+    for replicas in replica_counts:
+        label = replica_label(f"ceiling ({when})", replicas)
+        print(f"\n== {label} (bare FastAPI, constant list)", flush=True)
+        with running(lambda n: ServerProcess.ceiling(log_dir / f"ceiling-{when}-{n}.log"), replicas) as ceiling:
+            rows += measure([c.base_url for c in ceiling], {"ceiling": makers["rec-hit"]}, ["ceiling"],
+                            args.concurrency, args.seconds, label)
+    return rows
+
+
 def ceilings(rows: list[dict]) -> dict[tuple[int, int], float]:
-    """{(replicas, clients): the ceiling's req/s}: each row is compared with the ceiling run as it was."""
-    return {(r["replicas"], r["concurrency"]): r["rps"] for r in rows if r["scenario"] == "ceiling"}
+    """{(replicas, clients): the ceiling's req/s}, the mean of its runs (before and after the services): each row
+    is compared with the ceiling run as it was."""
+    runs: dict[tuple[int, int], list[float]] = {}
+    for r in rows:
+        if r["scenario"] == "ceiling":
+            runs.setdefault((r["replicas"], r["concurrency"]), []).append(r["rps"])
+    return {key: sum(rps) / len(rps) for key, rps in runs.items()}
 
 
 def of_ceiling(row: dict, ceiling: dict[tuple[int, int], float]) -> float | None:
@@ -311,13 +329,10 @@ def main(argv: list[str] | None = None) -> int:
                 args.scenarios.remove("ratings")
             rows = []
             backends = args.backends.split(",")
-            # the ceiling as many times as the service runs: once per replica count measured
+            # the ceiling as many times as the service runs (once per replica count measured), before the services
+            # and again after them: one reading moved 5,400-8,200 req/s from run to run on this machine
             ceiling_replicas = ({1} if "embedded" in backends else set()) | (set(args.replicas) if "postgres" in backends else set())
-            for replicas in sorted(ceiling_replicas):
-                print(f"\n== {replica_label('ceiling', replicas)} (bare FastAPI, constant list)", flush=True)
-                with running(lambda n: ServerProcess.ceiling(workdir / f"ceiling-{n}.log"), replicas) as ceiling:
-                    rows += measure([c.base_url for c in ceiling], {"ceiling": makers["rec-hit"]}, ["ceiling"],
-                                    args.concurrency, args.seconds, replica_label("ceiling", replicas))
+            rows += measure_ceilings(sorted(ceiling_replicas), "before", makers, args, workdir)
             for backend in backends:
                 if backend == "embedded":
                     rows += run_backend("embedded", f"sqlite:///{workdir / 'bench.db'}", None, "bench", artifacts,
@@ -326,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
                     with postgres_database() as pg_url, redis_namespace() as namespace:
                         rows += run_backend("postgres", pg_url, REDIS_URL, namespace, artifacts, data_args, makers,
                                             args, workdir, args.replicas)
+            rows += measure_ceilings(sorted(ceiling_replicas), "after", makers, args, workdir)
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

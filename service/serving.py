@@ -11,7 +11,7 @@ cache.
 Cacheable answers leave here as JSON text (``Answer``): a hit is sent as it was stored,
 with no parse and re-serialisation, and a miss is serialised once, for the cache and the
 client alike. The cached endpoints are coroutines: the cache lookup runs on the event loop
-(in process, or through Redis's asyncio client), so a hit costs no thread hop; only a
+(in process, or through the loop's Redis connection), so a hit costs no thread hop; only a
 miss's work (query, scoring, serialising) goes to a worker thread (``ServiceParts.scoring``).
 """
 
@@ -248,7 +248,7 @@ def stored_answer(lookup: RecommendationLookup, request: RecommendationRequest, 
 async def _computed_and_cached(parts: ServiceParts, entry: CacheEntry, compute: Compute) -> str:
     """``compute(entry)``'s JSON for a lookup that missed, stored under its key.
 
-    The cache is used from the event loop (in process, or Redis's asyncio client): a hit
+    The cache is used from the event loop (in process, or the loop's Redis connection): a hit
     costs no thread hop (more hits/s than the lookup in a worker thread), and a miss holds its scoring slot
     (``ScoringSlots.run``) only for the query, scoring and serialising, not for the store
     of its answer. A hit never queues behind other requests' scoring. The history query

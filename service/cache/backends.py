@@ -1,6 +1,6 @@
-"""The key-value stores behind the cache: ``RedisCache`` (redis-py) when ``REDIS_URL`` is set,
-``MemoryCache`` (TTL + LRU, in process) otherwise; get / set / delete_many / ping, blocking and on the
-event loop.
+"""The key-value stores behind the cache: ``RedisCache`` when ``REDIS_URL`` is set (redis-py blocking, a
+pipelined hiredis connection on the event loop: ``service.cache.redis_pipe``), ``MemoryCache`` (TTL + LRU, in
+process) otherwise; get / set / delete_many / ping, blocking and on the event loop.
 
 The cache is an optimisation, never a dependency: a Redis error or timeout is counted in
 ``aerec_cache_errors_total`` and answered as a miss, and after a failure Redis is left alone for
@@ -21,11 +21,10 @@ from collections import OrderedDict
 from typing import Any, Iterable, NamedTuple
 
 import redis
-import redis.asyncio
-from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from service.cache.redis_pipe import LuaScript, RedisPipe, RedisPyLoopClient, loop_client, redis_py_options
 from service.metrics import Metrics
 
 log = logging.getLogger("service.cache")
@@ -123,7 +122,7 @@ class Backend(ABC):
     async def aclose(self) -> None:
         """Close what belongs to the running event loop (before ``close``, at shutdown)."""
 
-    # What a request does on the event loop. Redis answers through its asyncio client, so a
+    # What a request does on the event loop. Redis answers through the loop's own connection, so a
     # hit costs no thread hop; errors and metrics as in ``get`` and ``set``.
     async def get_async(self, key: str, kind: str = "other") -> str | None:
         try:
@@ -265,6 +264,7 @@ if not generation then
 end
 return {generation, redis.call('GET', ARGV[3] .. ':' .. generation), 1, written}
 """
+_USER_ENTRY = LuaScript(_USER_ENTRY_LUA)
 
 
 class RedisCache(Backend):
@@ -274,25 +274,20 @@ class RedisCache(Backend):
 
     def __init__(self, url: str, metrics: Metrics, namespace: str = "aerec", timeout_s: float = 0.25) -> None:
         super().__init__(metrics, namespace)
-        # the blocking client and the asyncio one alike; no client-side retries: a failure is a miss at once
-        self._url, self._options = url, dict(
-            socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry_on_timeout=False,
-            health_check_interval=30, decode_responses=True,
-        )
-        self.client = redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **self._options)
+        self._url, self._timeout_s = url, timeout_s
+        self.client = redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **redis_py_options(timeout_s))
         self._down_until = 0.0
         self._user_entry = self.client.register_script(_USER_ENTRY_LUA)  # EVALSHA, loaded again after a restart
-        self._async: tuple[asyncio.AbstractEventLoop, redis.asyncio.Redis, Any] | None = None
+        self._async: tuple[asyncio.AbstractEventLoop, RedisPipe | RedisPyLoopClient] | None = None
         self._later: dict[str, tuple[str, int]] = {}  # ``set_later``'s, until the next lookup or ``LATER_S``
         self._flushing: set[asyncio.Task] = set()
 
-    def _async_client(self) -> tuple[redis.asyncio.Redis, Any]:
-        """The asyncio client of the running loop (its connections belong to that loop), and its script."""
+    def _loop_client(self) -> RedisPipe | RedisPyLoopClient:
+        """The running loop's client (its connection belongs to that loop)."""
         loop = asyncio.get_running_loop()
         if self._async is None or self._async[0] is not loop:
-            client = redis.asyncio.Redis.from_url(self._url, retry=AsyncRetry(NoBackoff(), 0), **self._options)
-            self._async = (loop, client, client.register_script(_USER_ENTRY_LUA))
-        return self._async[1], self._async[2]
+            self._async = (loop, loop_client(self._url, self._timeout_s))
+        return self._async[1]
 
     def _call(self, fn, *args, force: bool = False, **kwargs):
         if not force and time.monotonic() < self._down_until:
@@ -335,10 +330,10 @@ class RedisCache(Backend):
             return False
 
     async def _get_async(self, key: str) -> str | None:
-        return await self._acall(self._async_client()[0].get, key)
+        return await self._acall(self._loop_client().execute, "GET", key)
 
     async def _set_async(self, key: str, value: str, ttl_s: float) -> bool:
-        return bool(await self._acall(self._async_client()[0].set, key, value, px=ms(ttl_s)))
+        return bool(await self._acall(self._loop_client().execute, "SET", key, value, "PX", ms(ttl_s)))
 
     def set_later(self, key: str, value: str, ttl_s: float) -> None:
         # stored by the next lookup's script, in its round trip; a round trip of their own cost a first request
@@ -356,11 +351,9 @@ class RedisCache(Backend):
 
     async def _store_later(self) -> None:
         pending, self._later = self._later, {}
-        pipe = self._async_client()[0].pipeline(transaction=False)
-        for key, (value, ttl_ms) in pending.items():
-            pipe.set(key, value, px=ttl_ms)
         try:
-            await self._acall(pipe.execute)
+            await self._acall(self._loop_client().pipeline,
+                              [("SET", key, value, "PX", ttl_ms) for key, (value, ttl_ms) in pending.items()])
         except CacheUnavailable:
             self.metrics.cache_errors.labels("set").inc()
 
@@ -369,10 +362,10 @@ class RedisCache(Backend):
                                       args=[keys.fresh_token, keys.ttl_ms, keys.entry_prefix]))
 
     async def user_entry_async(self, keys: UserEntryKeys) -> FoundEntry:
-        script = self._async_client()[1]
         pending, self._later = self._later, {}  # ``set_later``'s answers ride along
-        return FoundEntry(*await self._acall(script, keys=[keys.generation, keys.written, *pending], args=[
-            keys.fresh_token, keys.ttl_ms, keys.entry_prefix, *(part for stored in pending.values() for part in stored)]))
+        return FoundEntry(*await self._acall(
+            self._loop_client().script, _USER_ENTRY, [keys.generation, keys.written, *pending],
+            [keys.fresh_token, keys.ttl_ms, keys.entry_prefix, *(part for stored in pending.values() for part in stored)]))
 
     def read_record(self, key: str) -> str | None:
         return self._get(key)
@@ -384,10 +377,8 @@ class RedisCache(Backend):
         self._call(pipe.execute, force=True)
 
     async def record_writes_async(self, tokens: list[str], written: dict[str, str]) -> None:
-        pipe = self._async_client()[0].pipeline(transaction=True)  # as ``record_writes``'s, on the loop's client
-        pipe.mset(written)
-        pipe.delete(*tokens)
-        await self._acall(pipe.execute, force=True)
+        mset = ("MSET", *(part for pair in written.items() for part in pair))
+        await self._acall(self._loop_client().transaction, [mset, ("DEL", *tokens)], force=True)  # as ``record_writes``'s
 
     async def aclose(self) -> None:
         if self._async is not None and self._async[0] is asyncio.get_running_loop():

@@ -94,7 +94,7 @@ class UserLists:
         return self._entry(key, kind, found)
 
     async def user_entry_async(self, user_id: str, key: str, generation_ttl_s: float, kind: str) -> CacheEntry:
-        """``user_entry`` from the event loop (Redis: its asyncio client, so a hit costs no thread hop)."""
+        """``user_entry`` from the event loop (Redis: the loop's connection, so a hit costs no thread hop)."""
         if not await self._confirmed_async(user_id):
             return UNUSABLE
         try:

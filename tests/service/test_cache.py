@@ -117,7 +117,7 @@ def test_the_users_keys_are_the_ones_every_replica_reads(cache):
 
 
 def test_the_event_loop_lookups_agree_with_the_blocking_ones(cache):
-    """``user_entry_async`` and ``get_async`` (Redis: its asyncio client) see what the blocking calls wrote."""
+    """``user_entry_async`` and ``get_async`` (Redis: the loop's connection) see what the blocking calls wrote."""
     key, _, generation, _ = cache.users.user_entry("u1", "rec:abc", 30, kind="recommendations")
     cache.backend.set(key, "[1, 2]", 30)
     cache.backend.set("sim:x", "[3]", 30)
@@ -248,7 +248,7 @@ def test_unreachable_redis_is_a_counted_miss_and_fails_fast():
                 await cache.set_async("k", "v", 10))
 
     assert asyncio.run(lookups()) == ((None, None, None, math.inf), None, False)  # backing off: no connection attempt
-    cache._down_until = 0.0  # the backoff over: the asyncio client meets the refused connection itself
+    cache._down_until = 0.0  # the backoff over: the loop's client meets the refused connection itself
     assert asyncio.run(lookups()) == ((None, None, None, math.inf), None, False)
     assert cache._down_until > time.monotonic()  # and backs off again
     errors = sum(s.value for m in metrics.cache_errors.collect() for s in m.samples if s.name.endswith("_total"))
