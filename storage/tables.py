@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
-    JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, MetaData, String, UniqueConstraint, func,
+    JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, MetaData, String, UniqueConstraint, func, text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -118,7 +118,10 @@ class Impression(Base):
 
     __tablename__ = "impressions"
     __table_args__ = (
-        Index("ix_impressions_experiment_id_arm", "experiment_id", "arm"),  # per-arm aggregates
+        # per-arm aggregates; only lists served in an experiment, a row outside one costs no entry
+        # (bench/impression_writer.py; bench/RESULTS.md, "What recording impressions costs")
+        Index("ix_impressions_experiment_id_arm", "experiment_id", "arm", sqlite_where=text("experiment_id IS NOT NULL"),
+              postgresql_where=text("experiment_id IS NOT NULL")),
         Index("ix_impressions_user_id_created_at", "user_id", "created_at"),  # an interaction's recent lists
     )
 

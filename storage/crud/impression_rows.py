@@ -40,6 +40,20 @@ def _impressions_insert(dialect_name: str, paramstyle: str, rows: int = 1) -> st
             "ON CONFLICT (recommendation_id) DO NOTHING")
 
 
+# A list served outside any experiment (most of them) has no experiment, arm or teams and is not a shadow: SQLite
+# gets those as constants, not values to bind (a None or a bool is looked up among the adapters, a value each)
+_PLAIN_COLUMNS = ("recommendation_id", "user_id", "model", "version", "items", "k", "created_at")
+_PLAIN_CONSTANTS = {"experiment_id": "NULL", "arm": "NULL", "shadow": "0", "teams": "NULL"}
+
+
+@lru_cache(maxsize=32)
+def _plain_impressions_insert(rows: int) -> str:
+    """SQLite's INSERT of ``rows`` plain impressions (``_PLAIN_COLUMNS`` bound, the rest constants)."""
+    row = "(" + ", ".join(["?"] * len(_PLAIN_COLUMNS) + list(_PLAIN_CONSTANTS.values())) + ")"
+    return (f"INSERT INTO impressions ({', '.join((*_PLAIN_COLUMNS, *_PLAIN_CONSTANTS))}) VALUES {', '.join([row] * rows)} "
+            "ON CONFLICT (recommendation_id) DO NOTHING")
+
+
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SECOND = timedelta(seconds=1)
 
@@ -50,9 +64,14 @@ def _sqlite_second(epoch_s: int) -> str:
 
 
 _COLUMN_LIST = ", ".join(_IMPRESSION_COLUMNS)
-# SQLite: a batch inserted in the (user_id, created_at) index's order walks its leaves once each, in order, where the
-# served order sought another user's leaf at every row (bench/RESULTS.md, "What recording impressions costs")
-_BY_USER_AND_TIME = itemgetter(1, len(_IMPRESSION_COLUMNS) - 1)
+# SQLite: a batch inserted grouped by user walks the (user_id, created_at) index's leaves once each, in order, where
+# the served order sought another user's leaf at every row (bench/RESULTS.md, "What recording impressions costs"); a
+# stable sort on the user alone keeps each user's rows in the order served, a key tuple per row cost 4 times as much
+_BY_USER = itemgetter(1)
+
+
+def _other_impressions_insert(rows: int) -> str:
+    return _impressions_insert("sqlite", "qmark", rows)
 
 
 def _copy_impressions(connection: Connection, rows: Sequence[ImpressionRow]) -> int:
@@ -75,8 +94,33 @@ def _copy_impressions(connection: Connection, rows: Sequence[ImpressionRow]) -> 
 def _sqlite_time(moment: datetime) -> str:
     """A UTC time as SQLAlchemy's SQLite DateTime stores it (naive, microseconds): what its reads and comparisons
     expect. A batch's times share a few seconds: each second is formatted once (isoformat per row cost 2-4 us)."""
-    since = as_utc(moment) - _EPOCH
-    return f"{_sqlite_second(since // _SECOND)}.{since.microseconds:06d}"
+    since = as_utc(moment) - _EPOCH  # whole seconds from its days and seconds: ``// _SECOND`` divided big integers
+    return f"{_sqlite_second(since.days * 86_400 + since.seconds)}.{since.microseconds:06d}"
+
+
+def _insert_sqlite(connection: Connection, rows: Sequence[ImpressionRow]) -> int:
+    """SQLite: the plain rows (``_PLAIN_COLUMNS``) and the rest in statements of their own, each part in the
+    (user_id, created_at) index's order, through the driver's cursor (SQLAlchemy's execution, a statement each)."""
+    plain, other = [], []
+    for row in rows:
+        if row[2] is None and row[3] is None and row[4] is False and row[8] is None:
+            plain.append((row[0], row[1], row[5], row[6], row[7], row[9], _sqlite_time(row[10])))
+        else:
+            other.append((*row[:-1], _sqlite_time(row[-1])))
+    plain.sort(key=_BY_USER)
+    other.sort(key=_BY_USER)
+    cursor = connection.connection.driver_connection.cursor()
+    inserted = 0
+    try:
+        for part, statement in ((plain, _plain_impressions_insert), (other, _other_impressions_insert)):
+            start = 0
+            for size in _statement_sizes(len(part)):
+                cursor.execute(statement(size), tuple(chain.from_iterable(part[start : start + size])))
+                inserted += cursor.rowcount
+                start += size
+    finally:
+        cursor.close()
+    return inserted
 
 
 def store_impressions(session: Session, rows: Sequence[ImpressionRow]) -> int:
@@ -98,13 +142,7 @@ def store_impressions(session: Session, rows: Sequence[ImpressionRow]) -> int:
             elif dialect.name != "sqlite":
                 inserted = connection.exec_driver_sql(_impressions_insert(dialect.name, dialect.paramstyle), list(rows)).rowcount
             else:
-                rows = sorted([(*row[:-1], _sqlite_time(row[-1])) for row in rows], key=_BY_USER_AND_TIME)
-                start = 0
-                for size in _statement_sizes(len(rows)):
-                    sql = _impressions_insert(dialect.name, dialect.paramstyle, size)
-                    values = tuple(chain.from_iterable(rows[start : start + size]))
-                    inserted += connection.exec_driver_sql(sql, values).rowcount
-                    start += size
+                inserted = _insert_sqlite(connection, rows)
             session.commit()
         except BaseException:
             session.rollback()

@@ -247,3 +247,30 @@ def test_a_time_is_written_for_sqlite_as_isoformat_writes_it():
                datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC), datetime(2026, 1, 1, 23, 59, 59, 999_999, tzinfo=odd)]
     for moment in moments + [m + timedelta(microseconds=1) for m in moments[:2]]:
         assert _sqlite_time(moment) == moment.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def test_a_batch_of_plain_and_experiment_rows_is_stored_column_for_column(empty_backend):
+    """Lists outside an experiment go to the database by a statement of their own (constants for the experiment's
+    columns): every kind of row in one batch reads back as it was given, the plain ones past a full statement."""
+    from storage.migrate import upgrade_to_head
+
+    engine = make_engine(empty_backend.database_url)
+    upgrade_to_head(engine)
+    at = datetime.now(UTC)
+    user = new_user()
+
+    def row(n: int, experiment_id=None, arm=None, shadow=False, teams=None) -> online.ImpressionRow:
+        return (uuid.uuid4().hex, f"{user}-{n % 7}", experiment_id, arm, shadow, "ease", "v1", json.dumps([str(n), "x"]),
+                teams, 2, at + timedelta(microseconds=n))
+
+    batch = [row(n) for n in range(600)] + [row(600, "exp", "a"), row(601, "exp", "b", shadow=True),
+                                            row(602, "exp", "c", teams=json.dumps(["a", "b"])), row(603, shadow=True)]
+    with make_session_factory(engine)() as session:
+        assert impression_rows.store_impressions(session, batch) == len(batch)
+        stored = {i.recommendation_id: i for i in session.scalars(select(Impression).where(Impression.user_id.like(f"{user}-%")))}
+    assert len(stored) == len(batch)
+    for given in batch:
+        got = stored[given[0]]
+        assert (got.user_id, got.experiment_id, got.arm, got.shadow, got.model, got.version, got.items, got.teams, got.k,
+                as_utc(got.created_at)) == (*given[1:7], json.loads(given[7]), given[8] and json.loads(given[8]), *given[9:])
+    engine.dispose()

@@ -16,7 +16,7 @@ from storage.migrate import alembic_config, upgrade_to_head
 from storage.session import make_engine, make_session_factory
 from storage.tables import Base
 
-HEAD = "0005"
+HEAD = "0006"
 
 
 def test_migrations_build_exactly_the_orm_schema(seeded_backend):
