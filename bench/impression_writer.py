@@ -1,23 +1,27 @@
-"""The impression writer's CPU a row on SQLite: ``store_impressions`` alone, batches as a server's flush makes them.
+"""The impression writer's CPU a row on SQLite: the recorder's whole write of a flush, as a server makes it.
 
     python bench/impression_writer.py                      # 943 users (ml-100k's), 10,000-row flushes
-    python bench/impression_writer.py --cap 5000           # each flush split into transactions of 5,000 rows
+    python bench/impression_writer.py --batch 5000         # each flush written as transactions of 5,000 rows
 
-Rows as a served cache hit makes them (``ServedAnswer.row``: ten item ids, no experiment), users in turn, a
-flush's times 300 us apart; a table of ``--preload`` flushes first (a server's table is never empty), then
-``--flushes`` measured ones. The writer thread's CPU (``thread_time``: the sort and the values built in Python,
-SQLite's inserts and commit) over the rows. Run it on two trees in turn (``PYTHONPATH`` picks the tree) to
-compare them on the same machine; bench/RESULTS.md, "What recording impressions costs".
+Impressions queued as a served cache hit queues them (``ImpressionRecorder.served``: one answer text per user,
+ten items with titles, no experiment), users in turn; then the writer's ``_write`` of the flush (each answer cut
+into its row, the rows built, sorted and inserted, the commit, the pending lists dropped), timed by the thread's
+CPU (``thread_time``) over its rows. A table of ``--preload`` flushes first (a server's table is never empty),
+then ``--flushes`` measured ones; what is alive before them is frozen out of the collector's sight, as the
+server does at start. Run it on two trees in turn (``PYTHONPATH`` picks the tree) to compare them on the same
+machine; for counts that the machine's noise does not move, under ``valgrind --tool=callgrind`` with two
+``--flushes`` and the difference of the totals over the rows between them, less the same with ``--queue-only``.
+bench/RESULTS.md, "What recording impressions costs".
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 sys.path.append(str(Path(__file__).resolve().parents[1]))  # after PYTHONPATH: the tree it names is measured
@@ -27,42 +31,46 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=943)
     parser.add_argument("--rows", type=int, default=10_000, help="rows a flush")
-    parser.add_argument("--cap", type=int, default=0, help="most rows a transaction (0: the whole flush)")
-    parser.add_argument("--preload", type=int, default=4, help="flushes written before the measured ones")
-    parser.add_argument("--flushes", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=0, help="most rows a transaction (0: the whole flush)")
+    parser.add_argument("--preload", type=int, default=3, help="flushes written before the measured ones")
+    parser.add_argument("--flushes", type=int, default=12)
+    parser.add_argument("--queue-only", action="store_true",
+                        help="queue and drop each flush unwritten: the queueing's own count, to subtract from a run's")
     args = parser.parse_args(argv)
 
     from service.experiment_serving import new_recommendation_id
-    from service.impressions import ServedAnswer
-    from storage.crud.impression_rows import store_impressions
+    from service.impressions import ImpressionRecorder
+    from service.metrics import Metrics
     from storage.migrate import upgrade_to_head
     from storage.session import make_engine, make_session_factory
 
-    answer = ('{"model":"ease","model_version":"v1","items":['
-              + ",".join(f'{{"item_id":"{i}","score":0.5,"rank":{i + 1}}}' for i in range(10)) + "]}")
-
-    def flush() -> list:
-        now = datetime.now(UTC)
-        return [ServedAnswer(new_recommendation_id(), str(1 + n % args.users), answer, now + timedelta(microseconds=300 * n)).row()
-                for n in range(args.rows)]
-
+    answers = [('{"model":"ease","model_version":"20261206T051452Z-a60d64","items":['
+                + ",".join(f'{{"item_id":"{(u * 7 + i) % 1682}","score":0.{u}{i},"rank":{i + 1},'
+                           f'"title":"A title of item {(u * 7 + i) % 1682} (1995)"}}' for i in range(10)) + "]}")
+               for u in range(args.users)]
+    batch = args.batch or args.rows
     with tempfile.TemporaryDirectory() as workdir:
         engine = make_engine(f"sqlite:///{workdir}/impressions.db")
         upgrade_to_head(engine)
-        sessions = make_session_factory(engine)
-        cap = args.cap or args.rows
+        recorder = ImpressionRecorder(make_session_factory(engine), Metrics(), enabled=True, queue_size=args.rows,
+                                      batch_size=batch, feedback_window_s=1800)
+        gc.collect()
+        gc.freeze()
         per_row = []
         for n in range(args.preload + args.flushes):
-            rows = flush()
+            for i in range(args.rows):
+                user = (i * 37) % args.users  # users in turn, as concurrent clients ask
+                recorder.served(new_recommendation_id(), str(user + 1), answers[user])
             started = time.thread_time()
-            for start in range(0, len(rows), cap):
-                with sessions() as session:
-                    store_impressions(session, rows[start : start + cap])
+            while work := recorder._drain(batch):
+                if not args.queue_only:
+                    recorder._write(work)
+            recorder._writing = 0
             if n >= args.preload:
-                per_row.append((time.thread_time() - started) / len(rows) * 1e6)
+                per_row.append((time.thread_time() - started) / args.rows * 1e6)
         engine.dispose()
     print(f"writer CPU a row: median {statistics.median(per_row):.2f} us (min {min(per_row):.2f}, max {max(per_row):.2f}) "
-          f"over {args.flushes} flushes of {args.rows} rows, {args.users} users, transactions of {cap} rows", flush=True)
+          f"over {args.flushes} flushes of {args.rows} rows, {args.users} users, transactions of {batch} rows", flush=True)
     return 0
 
 
