@@ -43,13 +43,18 @@ def _impressions_insert(dialect_name: str, paramstyle: str, rows: int = 1) -> st
 # A list served outside any experiment (most of them) has no experiment, arm or teams and is not a shadow: SQLite
 # gets those as constants, not values to bind (a None or a bool is looked up among the adapters, a value each)
 _PLAIN_COLUMNS = ("recommendation_id", "user_id", "model", "version", "items", "k", "created_at")
-_PLAIN_CONSTANTS = {"experiment_id": "NULL", "arm": "NULL", "shadow": "0", "teams": "NULL"}
+_PLAIN_CONSTANTS = {"experiment_id": None, "arm": None, "shadow": False, "teams": None}
+_SQL_LITERALS = {None: "NULL", False: "0"}
+_OUTSIDE_AN_EXPERIMENT = tuple(_PLAIN_CONSTANTS.values())
+# a row's values at those columns, and at the plain columns but its time (formatted for SQLite apart)
+_EXPERIMENT_VALUES = itemgetter(*(_IMPRESSION_COLUMNS.index(c) for c in _PLAIN_CONSTANTS))
+_PLAIN_VALUES = itemgetter(*(_IMPRESSION_COLUMNS.index(c) for c in _PLAIN_COLUMNS[:-1]))
 
 
 @lru_cache(maxsize=32)
 def _plain_impressions_insert(rows: int) -> str:
     """SQLite's INSERT of ``rows`` plain impressions (``_PLAIN_COLUMNS`` bound, the rest constants)."""
-    row = "(" + ", ".join(["?"] * len(_PLAIN_COLUMNS) + list(_PLAIN_CONSTANTS.values())) + ")"
+    row = "(" + ", ".join(["?"] * len(_PLAIN_COLUMNS) + [_SQL_LITERALS[v] for v in _PLAIN_CONSTANTS.values()]) + ")"
     return (f"INSERT INTO impressions ({', '.join((*_PLAIN_COLUMNS, *_PLAIN_CONSTANTS))}) VALUES {', '.join([row] * rows)} "
             "ON CONFLICT (recommendation_id) DO NOTHING")
 
@@ -100,11 +105,11 @@ def _sqlite_time(moment: datetime) -> str:
 
 def _insert_sqlite(connection: Connection, rows: Sequence[ImpressionRow]) -> int:
     """SQLite: the plain rows (``_PLAIN_COLUMNS``) and the rest in statements of their own, each part in the
-    (user_id, created_at) index's order, through the driver's cursor (SQLAlchemy's execution, a statement each)."""
+    (user_id, created_at) index's order, through the driver's cursor (SQLAlchemy's execution cost more a statement)."""
     plain, other = [], []
     for row in rows:
-        if row[2] is None and row[3] is None and row[4] is False and row[8] is None:
-            plain.append((row[0], row[1], row[5], row[6], row[7], row[9], _sqlite_time(row[10])))
+        if _EXPERIMENT_VALUES(row) == _OUTSIDE_AN_EXPERIMENT:
+            plain.append((*_PLAIN_VALUES(row), _sqlite_time(row[-1])))
         else:
             other.append((*row[:-1], _sqlite_time(row[-1])))
     plain.sort(key=_BY_USER)
