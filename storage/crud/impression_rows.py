@@ -30,13 +30,21 @@ def _statement_sizes(rows: int) -> list[int]:
     return sizes + [1 << bit for bit in reversed(range(rest.bit_length())) if rest & (1 << bit)]
 
 
+# SQLite: a statement that stops at a bad row keeps the rows before it (OR FAIL), the batch's rollback undoes them
+# all; one that could undo its own rows (the default ABORT) copies each page it changes to a statement journal
+# first: half of the writer's page writes (bench/impression_writer.py; bench/RESULTS.md, "What recording
+# impressions costs"). A stored id is still skipped (ON CONFLICT ... DO NOTHING).
+_SQLITE_INSERT = "INSERT OR FAIL INTO"
+
+
 @lru_cache(maxsize=32)
 def _impressions_insert(dialect_name: str, paramstyle: str, rows: int = 1) -> str:
     """The driver's own INSERT of ``rows`` impressions in one VALUES (a list's JSON text cast on PostgreSQL)."""
     mark = "?" if paramstyle == "qmark" else "%s"
     json_mark = f"{mark}::json" if dialect_name == "postgresql" else mark
     row = "(" + ", ".join(json_mark if c in ("items", "teams") else mark for c in _IMPRESSION_COLUMNS) + ")"
-    return (f"INSERT INTO impressions ({', '.join(_IMPRESSION_COLUMNS)}) VALUES {', '.join([row] * rows)} "
+    insert = _SQLITE_INSERT if dialect_name == "sqlite" else "INSERT INTO"
+    return (f"{insert} impressions ({', '.join(_IMPRESSION_COLUMNS)}) VALUES {', '.join([row] * rows)} "
             "ON CONFLICT (recommendation_id) DO NOTHING")
 
 
@@ -55,7 +63,7 @@ _PLAIN_VALUES = itemgetter(*(_IMPRESSION_COLUMNS.index(c) for c in _PLAIN_COLUMN
 def _plain_impressions_insert(rows: int) -> str:
     """SQLite's INSERT of ``rows`` plain impressions (``_PLAIN_COLUMNS`` bound, the rest constants)."""
     row = "(" + ", ".join(["?"] * len(_PLAIN_COLUMNS) + [_SQL_LITERALS[v] for v in _PLAIN_CONSTANTS.values()]) + ")"
-    return (f"INSERT INTO impressions ({', '.join((*_PLAIN_COLUMNS, *_PLAIN_CONSTANTS))}) VALUES {', '.join([row] * rows)} "
+    return (f"{_SQLITE_INSERT} impressions ({', '.join((*_PLAIN_COLUMNS, *_PLAIN_CONSTANTS))}) VALUES {', '.join([row] * rows)} "
             "ON CONFLICT (recommendation_id) DO NOTHING")
 
 

@@ -274,3 +274,29 @@ def test_a_batch_of_plain_and_experiment_rows_is_stored_column_for_column(empty_
         assert (got.user_id, got.experiment_id, got.arm, got.shadow, got.model, got.version, got.items, got.teams, got.k,
                 as_utc(got.created_at)) == (*given[1:7], json.loads(given[7]), given[8] and json.loads(given[8]), *given[9:])
     engine.dispose()
+
+
+def test_a_batch_with_a_row_the_database_refuses_stores_none_of_its_rows(empty_backend):
+    """A statement stops at the bad row keeping the rows before it (SQLite's OR FAIL, no statement journal): the
+    batch's rollback must undo those and every earlier statement's, so a retry finds nothing half-written."""
+    import sqlite3
+
+    import psycopg
+    import pytest
+    from sqlalchemy.exc import IntegrityError
+
+    from storage.migrate import upgrade_to_head
+
+    engine = make_engine(empty_backend.database_url)
+    upgrade_to_head(engine)
+    at = datetime.now(UTC)
+    user = new_user()
+    batch = [(uuid.uuid4().hex, user, None, None, False, "ease", "v1", json.dumps([str(n)]), None, 1, at) for n in range(700)]
+    batch[650] = (*batch[650][:5], None, *batch[650][6:])  # no model: NOT NULL, in the second statement, past its first row
+    with make_session_factory(engine)() as session:
+        with pytest.raises((IntegrityError, sqlite3.IntegrityError, psycopg.IntegrityError)):  # the driver's own, unwrapped
+            impression_rows.store_impressions(session, batch)
+        assert session.scalar(select(func.count()).select_from(Impression).where(Impression.user_id == user)) == 0
+        good = batch[:650] + batch[651:]
+        assert impression_rows.store_impressions(session, good) == len(good)  # the session is usable again
+    engine.dispose()
