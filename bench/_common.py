@@ -494,6 +494,24 @@ def run_load(
         gc.unfreeze()
 
 
+def run_loads(loads: Sequence[dict[str, Any]]) -> list[LoadResult]:
+    """Several ``run_load``s at once, in one event loop (each dict its keyword arguments): servers measured side
+    by side, so the machine's drift from second to second falls on all of them alike."""
+    gc.collect()
+    gc.freeze()
+
+    async def together() -> list[LoadResult]:
+        return list(await asyncio.gather(*(_load(
+            load["base_url"], load["make_request"], load["scenario"], load["concurrency"], load["seconds"],
+            load.get("max_requests", 1_000_000), load.get("warmup_s", 0.5), load.get("ok", lambda s: 200 <= s < 300),
+            load.get("rate"), None, None, None, load.get("timeout_s", 10.0)) for load in loads)))
+
+    try:
+        return asyncio.run(together())
+    finally:
+        gc.unfreeze()
+
+
 class TransportError(Exception):
     """A request that got no complete answer; ``kind`` names what happened (a status column)."""
 

@@ -27,7 +27,8 @@ What goes through the API, and what does not:
   and off (``--impressions-setting``), SQLite + in-process cache or PostgreSQL + Redis
   (``--backend``), in alternating rounds, as fast as the clients go and at half that rate; the
   verdict is the service CPU (every thread, any process below the server) recording adds to a
-  request, over a request's CPU without it (``impressions_cost``).
+  request, over a request's CPU without it (``impressions_cost``). Then both servers at once, at a
+  quarter of that rate each (``side_by_side_rounds``), printed beside it.
 
 The experiment API (issue 25) is probed first: where it is missing, the parts that need it print
 SKIP with the reason, and the parts on the lists still run.
@@ -54,7 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import (  # noqa: E402
     API_KEY, ML100K, REDIS_URL, BenchError, Request, ServerProcess, machine_info, postgres_database, redis_namespace,
-    run_load, seed_database, service_env, train_registry, verdict, write_json,
+    run_load, run_loads, seed_database, service_env, train_registry, verdict, write_json,
 )
 from service.experiments.assignment import Arm, Experiment, assign  # noqa: E402
 from service.experiments.interleaving import credit, team_draft  # noqa: E402
@@ -405,6 +406,37 @@ def throughput_rounds(servers: dict[str, ServerProcess], users: Sequence[str], r
     return measured
 
 
+def side_by_side_rounds(servers: dict[str, ServerProcess], users: Sequence[str], rounds: int, seconds: float,
+                        clients: int, rate: float) -> dict[str, dict[str, list[float]]]:
+    """As ``throughput_rounds`` at ``rate`` requests a second each, every server loaded at the same time: the
+    machine's drift within a round falls on both alike, and what one server's writer does to the machine (its
+    caches, the other vCPU) falls on both, so the difference is what recording does inside its own server."""
+    def ask(i: int) -> Request:
+        return Request("POST", f"/users/{users[i % len(users)]}/recommendations", {"k": 10})
+
+    measured = {label: {"rps": [], "requests": [], **{part: [] for part in CPU_PARTS}} for label in servers}
+    for _ in range(rounds):
+        before = {label: service_cpu(server.pid) for label, server in servers.items()}
+        results = run_loads([{"base_url": server.base_url, "make_request": ask, "scenario": f"impressions {label}",
+                              "concurrency": clients, "seconds": seconds, "warmup_s": 0, "rate": rate}
+                             for label, server in servers.items()])
+        after = {label: service_cpu(server.pid) for label, server in servers.items()}
+        for label, result in zip(servers, results):
+            if result.failed:
+                raise BenchError(f"{label}: {result.failed} failed requests: {result.failures[:3]}")
+            measured[label]["rps"].append(result.rps)
+            measured[label]["requests"].append(result.requests)
+            for part in CPU_PARTS:
+                measured[label][part].append((after[label][part] - before[label][part]) / result.requests * 1e6)
+    return measured
+
+
+def paired_difference(measured: dict[str, dict[str, list[float]]], part: str) -> tuple[float, float]:
+    """The mean over rounds of on - off CPU us a request (``part``), and its standard error."""
+    differences = np.subtract(measured["on"][part], measured["off"][part])
+    return float(differences.mean()), float(differences.std(ddof=1) / math.sqrt(len(differences)))
+
+
 def warm_up(servers: dict[str, ServerProcess], users: Sequence[str], clients: int) -> None:
     """Every user asked once of each server: the rounds measure cache hits, the steady state."""
     for server in servers.values():
@@ -630,13 +662,20 @@ def part_c(env, workdir, known, users, args, missing, verdicts) -> dict[str, Any
         closed = throughput_rounds(servers, users, args.rounds, args.seconds, args.clients)
         rate = args.rate or round(PACED_SHARE * float(np.median(closed["off"]["rps"])))
         paced = throughput_rounds(servers, users, args.rounds, args.seconds, args.clients, rate=rate)
-    for name, measured in (("as fast as the clients go", closed), (f"at {rate:.0f} req/s", paced)):
+        # both servers at once, half the paced rate each (the same load on the machine): not in the verdict, it
+        # shows how much of the event loop's part is recording's inside its server (bench/RESULTS.md)
+        together = side_by_side_rounds(servers, users, args.rounds, args.seconds, args.clients, rate=rate / 2)
+    for name, measured in (("as fast as the clients go", closed), (f"at {rate:.0f} req/s", paced),
+                           (f"side by side at {rate / 2:.0f} req/s each", together)):
         print(f"  {name}:", flush=True)
         for label in ("on", "off"):
             print(f"    impressions {label:>3}: req/s {[round(r) for r in measured[label]['rps']]}, service CPU us/request "
                   f"{[round(c) for c in measured[label]['service']]}, of it the main thread "
                   f"{[round(c) for c in measured[label]['main_thread']]}", flush=True)
         ratios = {part: pooled(measured["on"], part) / pooled(measured["off"], part) for part in CPU_PARTS}
+        (loop, loop_error), (service, service_error) = (paired_difference(measured, p) for p in ("main_thread", "service"))
+        print(f"    on - off, mean of paired rounds: main thread {loop:+.1f} +- {loop_error:.1f} us, with the processes "
+              f"below it {service:+.1f} +- {service_error:.1f} us (+- one standard error)", flush=True)
         print(f"    on / off, all rounds pooled: main thread {ratios['main_thread']:.1%}, server process "
               f"{ratios['process']:.1%}, with the processes below it {ratios['service']:.1%}; req/s "
               f"{paired_ratio(measured['on']['rps'], measured['off']['rps']):.1%} (median of paired rounds)", flush=True)
@@ -651,7 +690,8 @@ def part_c(env, workdir, known, users, args, missing, verdicts) -> dict[str, Any
                             f"{full_speed:.0f} us without it at {args.clients} clients; at full speed, on / off: CPU "
                             f"{pooled(closed['on'], 'service') / full_speed:.1%}, req/s "
                             f"{paired_ratio(closed['on']['rps'], closed['off']['rps']):.1%}"))
-    return {"full_speed": closed, "paced": paced, "rate": rate, "added_share": added, "backend": args.backend}
+    return {"full_speed": closed, "paced": paced, "side_by_side": together, "rate": rate, "added_share": added,
+            "backend": args.backend}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -19,7 +19,7 @@ import pytest
 from bench._common import REPO, BenchError
 from bench.online import (
     ClickModel, Simulation, _descendants, a_a_bound, api_agrees, bench_credit, experiments_api, hold_out, impressions_cost,
-    look_ends, paired_ratio, pooled, reseeded_a_a, run_experiment, service_cpu, users_needed_table,
+    look_ends, paired_difference, paired_ratio, pooled, reseeded_a_a, run_experiment, service_cpu, users_needed_table,
 )
 from service.experiments.assignment import assign, from_config
 from service.experiments.interleaving import credit, team_draft
@@ -210,6 +210,13 @@ def test_the_impressions_cost_is_the_loop_added_at_one_rate_and_the_writer_at_fu
     paced["on"]["main_thread"] = [190.0, 200.0]  # a loop cheaper with recording on is noise: it counts as 0
     assert impressions_cost(full_speed, paced) == pytest.approx(1 + 10 / 110)
     assert paired_ratio([110.0, 300.0, 99.0], [100.0, 100.0, 100.0]) == pytest.approx(1.1)
+
+
+def test_the_paired_difference_is_the_mean_of_each_rounds_on_minus_off_and_its_standard_error():
+    measured = {"on": {"main_thread": [210.0, 204.0, 212.0]}, "off": {"main_thread": [200.0, 200.0, 200.0]}}
+    mean, error = paired_difference(measured, "main_thread")  # differences 10, 4, 12: sd 4.163, over sqrt(3)
+    assert mean == pytest.approx(26 / 3) and error == pytest.approx(math.sqrt(((10 - 26 / 3) ** 2 + (4 - 26 / 3) ** 2
+                                                                                   + (12 - 26 / 3) ** 2) / 2 / 3))
 
 
 def test_the_service_cpu_counts_the_processes_below_the_server():

@@ -59,6 +59,20 @@ def test_load_over_replicas_keeps_each_client_on_one_of_them(tmp_path):
     assert result.statuses.get("200", 0) > 0 and result.statuses.get("ConnectError", 0) > 0
 
 
+def test_loads_side_by_side_each_keep_to_their_server_and_rate(tmp_path):
+    """``run_loads``: two paced loads at once, one per server, each answered in full and near its own rate."""
+    from bench._common import Request, ServerProcess, run_loads
+
+    with ServerProcess.ceiling(tmp_path / "a.log") as a, ServerProcess.ceiling(tmp_path / "b.log") as b:
+        ask = lambda i: Request("POST", "/users/1/recommendations", {"k": 10})  # noqa: E731
+        results = run_loads([{"base_url": a.base_url, "make_request": ask, "scenario": "a", "concurrency": 2,
+                              "seconds": 1.0, "warmup_s": 0, "rate": 50},
+                             {"base_url": b.base_url, "make_request": ask, "scenario": "b", "concurrency": 2,
+                              "seconds": 1.0, "warmup_s": 0, "rate": 100}])
+    assert [r.scenario for r in results] == ["a", "b"] and not any(r.failed for r in results)
+    assert 40 <= results[0].requests <= 51 and 85 <= results[1].requests <= 101  # each at its own rate, at once
+
+
 def _canned_server(answers: list[bytes], delay_s: float = 0.0):
     """A one-connection-at-a-time asyncio server answering each request with the next canned bytes."""
     import asyncio
