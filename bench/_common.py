@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import inspect
 import json
 import os
 import platform
@@ -482,29 +483,24 @@ def run_load(
     ``on_response(request, status or None, body)`` sees every measured answer (the fault
     runs record which writes were acknowledged). ``stop_when()`` ends the run early when true.
     """
+    return run_loads([dict(base_url=base_url, make_request=make_request, scenario=scenario, concurrency=concurrency,
+                           seconds=seconds, max_requests=max_requests, warmup_s=warmup_s, ok=ok, rate=rate,
+                           on_tick=on_tick, on_response=on_response, stop_when=stop_when, timeout_s=timeout_s)])[0]
+
+
+def run_loads(loads: Sequence[dict[str, Any]]) -> list[LoadResult]:
+    """Several ``run_load``s at once, in one event loop (each dict its keyword arguments, the same defaults):
+    servers measured side by side, so the machine's drift from second to second falls on all of them alike."""
+    defaults = {name: p.default for name, p in inspect.signature(run_load).parameters.items()
+                if p.default is not inspect.Parameter.empty}
     # The load generator's own full collections (35-45 ms each with everything the bench has
     # imported) stalled every client at once and showed as the service's tail: what is alive
     # before the run is frozen out of the collector's sight, as the service does at start.
     gc.collect()
     gc.freeze()
-    try:
-        return asyncio.run(_load(base_url, make_request, scenario, concurrency, seconds, max_requests, warmup_s, ok,
-                                 rate, on_tick, on_response, stop_when, timeout_s))
-    finally:
-        gc.unfreeze()
-
-
-def run_loads(loads: Sequence[dict[str, Any]]) -> list[LoadResult]:
-    """Several ``run_load``s at once, in one event loop (each dict its keyword arguments): servers measured side
-    by side, so the machine's drift from second to second falls on all of them alike."""
-    gc.collect()
-    gc.freeze()
 
     async def together() -> list[LoadResult]:
-        return list(await asyncio.gather(*(_load(
-            load["base_url"], load["make_request"], load["scenario"], load["concurrency"], load["seconds"],
-            load.get("max_requests", 1_000_000), load.get("warmup_s", 0.5), load.get("ok", lambda s: 200 <= s < 300),
-            load.get("rate"), None, None, None, load.get("timeout_s", 10.0)) for load in loads)))
+        return list(await asyncio.gather(*(_load(**{**defaults, **load}) for load in loads)))
 
     try:
         return asyncio.run(together())
@@ -597,7 +593,7 @@ class HttpConnection:
             self._streams = None
 
 
-async def _load(base_url, make_request, scenario, concurrency, seconds, max_requests, warmup_s, ok, rate, on_tick,
+async def _load(*, base_url, make_request, scenario, concurrency, seconds, max_requests, warmup_s, ok, rate, on_tick,
                 on_response, stop_when, timeout_s) -> LoadResult:
     counter = iter(range(10**12))
     bases = [base_url] if isinstance(base_url, str) else list(base_url)

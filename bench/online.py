@@ -28,7 +28,7 @@ What goes through the API, and what does not:
   (``--backend``), in alternating rounds, as fast as the clients go and at half that rate; the
   verdict is the service CPU (every thread, any process below the server) recording adds to a
   request, over a request's CPU without it (``impressions_cost``). Then both servers at once, at a
-  quarter of that rate each (``side_by_side_rounds``), printed beside it.
+  quarter of that rate each (``throughput_rounds(..., side_by_side=True)``), printed beside it.
 
 The experiment API (issue 25) is probed first: where it is missing, the parts that need it print
 SKIP with the reason, and the parts on the lists still run.
@@ -381,54 +381,34 @@ CPU_PARTS = ("main_thread", "process", "service")
 
 
 def throughput_rounds(servers: dict[str, ServerProcess], users: Sequence[str], rounds: int, seconds: float,
-                      clients: int, rate: float | None = None) -> dict[str, dict[str, list[float]]]:
+                      clients: int, rate: float | None = None, *, side_by_side: bool = False) -> dict[str, dict[str, list[float]]]:
     """Per server, each round's req/s and the server's CPU us per request (``service_cpu``'s three parts), in
     alternating order (on, off; off, on; ...) so that the machine's drift falls on both alike; as fast as the
-    clients go, or at ``rate`` requests a second (open loop, the clients bounding what is in flight)."""
-    def ask(i: int) -> Request:
-        return Request("POST", f"/users/{users[i % len(users)]}/recommendations", {"k": 10})
+    clients go, or at ``rate`` requests a second (open loop, the clients bounding what is in flight).
 
-    measured = {label: {"rps": [], "requests": [], **{part: [] for part in CPU_PARTS}} for label in servers}
-    labels = list(servers)
-    for round_number in range(rounds):
-        for label in labels if round_number % 2 == 0 else labels[::-1]:
-            server = servers[label]
-            before = service_cpu(server.pid)
-            result = run_load(server.base_url, ask, scenario=f"impressions {label}", concurrency=clients,
-                              seconds=seconds, warmup_s=0, rate=rate)
-            after = service_cpu(server.pid)
-            if result.failed:
-                raise BenchError(f"{label}: {result.failed} failed requests: {result.failures[:3]}")
-            measured[label]["rps"].append(result.rps)
-            measured[label]["requests"].append(result.requests)
-            for part in CPU_PARTS:
-                measured[label][part].append((after[part] - before[part]) / result.requests * 1e6)
-    return measured
-
-
-def side_by_side_rounds(servers: dict[str, ServerProcess], users: Sequence[str], rounds: int, seconds: float,
-                        clients: int, rate: float) -> dict[str, dict[str, list[float]]]:
-    """As ``throughput_rounds`` at ``rate`` requests a second each, every server loaded at the same time: the
-    machine's drift within a round falls on both alike, and what one server's writer does to the machine (its
-    caches, the other vCPU) falls on both, so the difference is what recording does inside its own server. The
-    loads' order turns every round: the first listed read 2% more CPU than the second with both servers alike."""
+    ``side_by_side``: every server loaded at the same time, at ``rate`` each: the machine's drift within a round
+    falls on both alike, and what one server's writer does to the machine (its caches, the other vCPU) falls on
+    both, so the difference is what recording does inside its own server. The order still turns every round:
+    with both servers alike, the first-listed load read 2% more CPU than the second."""
     def ask(i: int) -> Request:
         return Request("POST", f"/users/{users[i % len(users)]}/recommendations", {"k": 10})
 
     measured = {label: {"rps": [], "requests": [], **{part: [] for part in CPU_PARTS}} for label in servers}
     for round_number in range(rounds):
         labels = list(servers) if round_number % 2 == 0 else list(servers)[::-1]
-        before = {label: service_cpu(servers[label].pid) for label in labels}
-        results = run_loads([{"base_url": servers[label].base_url, "make_request": ask, "scenario": f"impressions {label}",
-                              "concurrency": clients, "seconds": seconds, "warmup_s": 0, "rate": rate} for label in labels])
-        after = {label: service_cpu(servers[label].pid) for label in labels}
-        for label, result in zip(labels, results):
-            if result.failed:
-                raise BenchError(f"{label}: {result.failed} failed requests: {result.failures[:3]}")
-            measured[label]["rps"].append(result.rps)
-            measured[label]["requests"].append(result.requests)
-            for part in CPU_PARTS:
-                measured[label][part].append((after[label][part] - before[label][part]) / result.requests * 1e6)
+        for together in [labels] if side_by_side else [[label] for label in labels]:
+            before = {label: service_cpu(servers[label].pid) for label in together}
+            results = run_loads([{"base_url": servers[label].base_url, "make_request": ask, "concurrency": clients,
+                                  "scenario": f"impressions {label}", "seconds": seconds, "warmup_s": 0, "rate": rate}
+                                 for label in together])
+            after = {label: service_cpu(servers[label].pid) for label in together}
+            for label, result in zip(together, results):
+                if result.failed:
+                    raise BenchError(f"{label}: {result.failed} failed requests: {result.failures[:3]}")
+                measured[label]["rps"].append(result.rps)
+                measured[label]["requests"].append(result.requests)
+                for part in CPU_PARTS:
+                    measured[label][part].append((after[label][part] - before[label][part]) / result.requests * 1e6)
     return measured
 
 
@@ -665,7 +645,8 @@ def part_c(env, workdir, known, users, args, missing, verdicts) -> dict[str, Any
         paced = throughput_rounds(servers, users, args.rounds, args.seconds, args.clients, rate=rate)
         # both servers at once, half the paced rate each (the same load on the machine): not in the verdict, it
         # shows how much of the event loop's part is recording's inside its server (bench/RESULTS.md)
-        together = side_by_side_rounds(servers, users, args.rounds, args.seconds, args.clients, rate=rate / 2)
+        together = throughput_rounds(servers, users, args.rounds, args.seconds, args.clients, rate=rate / 2,
+                                     side_by_side=True)
     for name, measured in (("as fast as the clients go", closed), (f"at {rate:.0f} req/s", paced),
                            (f"side by side at {rate / 2:.0f} req/s each", together)):
         print(f"  {name}:", flush=True)

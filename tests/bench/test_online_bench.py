@@ -19,7 +19,7 @@ import pytest
 from bench._common import REPO, BenchError
 from bench.online import (
     ClickModel, Simulation, _descendants, a_a_bound, api_agrees, bench_credit, experiments_api, hold_out, impressions_cost,
-    look_ends, paired_difference, paired_ratio, pooled, reseeded_a_a, run_experiment, service_cpu, side_by_side_rounds,
+    look_ends, paired_difference, paired_ratio, pooled, reseeded_a_a, run_experiment, service_cpu, throughput_rounds,
     users_needed_table,
 )
 from service.experiments.assignment import assign, from_config
@@ -220,14 +220,16 @@ def test_the_paired_difference_is_the_mean_of_each_rounds_on_minus_off_and_its_s
                                                                                    + (12 - 26 / 3) ** 2) / 2 / 3))
 
 
-def test_side_by_side_rounds_load_both_servers_at_the_rate_and_read_each_ones_cpu(tmp_path):
+def test_rounds_one_server_after_the_other_or_side_by_side_load_each_at_the_rate_and_read_its_cpu(tmp_path):
     from bench._common import ServerProcess
 
     with ServerProcess.ceiling(tmp_path / "on.log") as on, ServerProcess.ceiling(tmp_path / "off.log") as off:
-        measured = side_by_side_rounds({"on": on, "off": off}, ["1", "2"], rounds=3, seconds=0.5, clients=2, rate=60)
-    for label in ("on", "off"):  # each round's requests at the rate, both orders of the loads
-        assert len(measured[label]["requests"]) == 3 and all(20 <= n <= 31 for n in measured[label]["requests"])
-        assert all(cpu >= 0 for cpu in measured[label]["service"])
+        runs = [throughput_rounds({"on": on, "off": off}, ["1", "2"], rounds=3, seconds=0.5, clients=2, rate=60,
+                                  side_by_side=together) for together in (False, True)]
+    for measured in runs:
+        for label in ("on", "off"):  # each round's requests at the rate, both orders of the loads
+            assert len(measured[label]["requests"]) == 3 and all(20 <= n <= 31 for n in measured[label]["requests"])
+            assert all(cpu >= 0 for cpu in measured[label]["service"])
 
 
 def test_the_service_cpu_counts_the_processes_below_the_server():
