@@ -113,6 +113,9 @@ class Experiment(Base):
     sequential_p_values: Mapped[dict[str, float] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
 
 
+_IN_AN_EXPERIMENT = text("experiment_id IS NOT NULL")
+
+
 class Impression(Base):
     """One recommendation list served (or, ``shadow``, scored and not served): what a user was shown, by which arm."""
 
@@ -120,8 +123,8 @@ class Impression(Base):
     __table_args__ = (
         # per-arm aggregates; only lists served in an experiment, a row outside one costs no entry
         # (bench/impression_writer.py; bench/RESULTS.md, "What recording impressions costs")
-        Index("ix_impressions_experiment_id_arm", "experiment_id", "arm", sqlite_where=text("experiment_id IS NOT NULL"),
-              postgresql_where=text("experiment_id IS NOT NULL")),
+        Index("ix_impressions_experiment_id_arm", "experiment_id", "arm", sqlite_where=_IN_AN_EXPERIMENT,
+              postgresql_where=_IN_AN_EXPERIMENT),
         Index("ix_impressions_user_id_created_at", "user_id", "created_at"),  # an interaction's recent lists
     )
 
