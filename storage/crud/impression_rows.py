@@ -30,10 +30,8 @@ def _statement_sizes(rows: int) -> list[int]:
     return sizes + [1 << bit for bit in reversed(range(rest.bit_length())) if rest & (1 << bit)]
 
 
-# SQLite: a statement that stops at a bad row keeps the rows before it (OR FAIL), the batch's rollback undoes them
-# all; one that could undo its own rows (the default ABORT) copies each page it changes to a statement journal
-# first: half of the writer's page writes (bench/impression_writer.py; bench/RESULTS.md, "What recording
-# impressions costs"). A stored id is still skipped (ON CONFLICT ... DO NOTHING).
+# OR FAIL: no statement journal, which ABORT filled with each page a statement changed (half the writer's writes,
+# bench/RESULTS.md, "What recording impressions costs"); the batch's rollback undoes a failed statement's rows
 _SQLITE_INSERT = "INSERT OR FAIL INTO"
 
 
