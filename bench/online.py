@@ -23,12 +23,14 @@ What goes through the API, and what does not:
   each arm) against team-draft interleaving (each user sees both), under the fixed rules (z-test,
   sign test, read once) and the sequential ones (mixture SPRTs, read 10 times); then one
   interleaving experiment ease against popularity through the API, every user once;
-* (c) the recommendation path (cache hits) at 8 clients on two servers, impression recording on
-  and off (``--impressions-setting``), SQLite + in-process cache or PostgreSQL + Redis
-  (``--backend``), in alternating rounds, as fast as the clients go and at half that rate; the
-  verdict is the service CPU (every thread, any process below the server) recording adds to a
-  request, over a request's CPU without it (``impressions_cost``). Then both servers at once, at a
-  quarter of that rate each (``throughput_rounds(..., side_by_side=True)``), printed beside it.
+* (c) the recommendation path (cache hits) at 8 clients on ``--pairs`` servers with impression
+  recording on and as many off (``--impressions-setting``; started on, off, off, on: ``server_labels``),
+  SQLite + in-process cache or PostgreSQL + Redis (``--backend``), one after the other in turned
+  order each round, as fast as the clients go and at half that rate; each setting's servers count
+  as one (``by_setting``). The verdict is the service CPU (every thread, any process below the
+  server) recording adds to a request, over a request's CPU without it (``impressions_cost``). Then
+  every server at once, sharing that rate (``throughput_rounds(..., side_by_side=True)``), printed
+  beside it with what two servers alike differ by.
 
 The experiment API (issue 25) is probed first: where it is missing, the parts that need it print
 SKIP with the reason, and the parts on the lists still run.
@@ -382,14 +384,15 @@ CPU_PARTS = ("main_thread", "process", "service")
 
 def throughput_rounds(servers: dict[str, ServerProcess], users: Sequence[str], rounds: int, seconds: float,
                       clients: int, rate: float | None = None, *, side_by_side: bool = False) -> dict[str, dict[str, list[float]]]:
-    """Per server, each round's req/s and the server's CPU us per request (``service_cpu``'s three parts), in
-    alternating order (on, off; off, on; ...) so that the machine's drift falls on both alike; as fast as the
-    clients go, or at ``rate`` requests a second (open loop, the clients bounding what is in flight).
+    """Per server, each round's req/s and the server's CPU us per request (``service_cpu``'s three parts), one
+    after the other in an order turned every round (a, b, c; c, b, a; ...) so that the machine's drift falls on
+    all alike; as fast as the clients go, or at ``rate`` requests a second (open loop, the clients bounding what
+    is in flight).
 
     ``side_by_side``: every server loaded at the same time, at ``rate`` each: the machine's drift within a round
-    falls on both alike, and what one server's writer does to the machine (its caches, the other vCPU) falls on
-    both, so the difference is what recording does inside its own server. The order still turns every round:
-    with both servers alike, the first-listed load read 2% more CPU than the second."""
+    falls on all alike, and what one server's writer does to the machine (its caches, the other vCPU) falls on
+    all, so the difference is what recording does inside its own server. The order still turns every round:
+    with two servers alike, the first-listed load read 2% more CPU than the second."""
     def ask(i: int) -> Request:
         return Request("POST", f"/users/{users[i % len(users)]}/recommendations", {"k": 10})
 
@@ -412,10 +415,28 @@ def throughput_rounds(servers: dict[str, ServerProcess], users: Sequence[str], r
     return measured
 
 
-def paired_difference(measured: dict[str, dict[str, list[float]]], part: str) -> tuple[float, float]:
-    """The mean over rounds of on - off CPU us a request (``part``), and its standard error."""
-    differences = np.subtract(measured["on"][part], measured["off"][part])
+def paired_difference(first: dict[str, list[float]], second: dict[str, list[float]], part: str) -> tuple[float, float]:
+    """The mean over rounds of ``first`` - ``second`` CPU us a request (``part``), and its standard error."""
+    differences = np.subtract(first[part], second[part])
     return float(differences.mean()), float(differences.std(ddof=1) / math.sqrt(len(differences)))
+
+
+def server_labels(pairs: int) -> list[str]:
+    """(c)'s servers in the order they start: on, off, then off, on, and so on. Two servers started alike read
+    up to 6.5 us a request apart, round after round (bench/RESULTS.md, "What recording impressions costs"):
+    each setting gets several processes, the first and last started among them."""
+    return [f"{setting} {pair}" for pair in range(1, pairs + 1) for setting in (("on", "off") if pair % 2 else ("off", "on"))]
+
+
+def by_setting(measured: dict[str, dict[str, list[float]]], setting: str) -> dict[str, list[float]]:
+    """The servers of one setting (``server_labels``) as one server: each round's requests summed, its CPU a
+    request over them all, its req/s their mean."""
+    servers = [m for label, m in measured.items() if label.split()[0] == setting]
+    requests = np.sum([m["requests"] for m in servers], axis=0)
+    merged = {"requests": requests.tolist(), "rps": np.mean([m["rps"] for m in servers], axis=0).tolist()}
+    for part in CPU_PARTS:
+        merged[part] = (np.sum([np.multiply(m[part], m["requests"]) for m in servers], axis=0) / requests).tolist()
+    return merged
 
 
 def warm_up(servers: dict[str, ServerProcess], users: Sequence[str], clients: int) -> None:
@@ -470,6 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=3.0,
                         help="(c) seconds per round and setting (a multiple of IMPRESSION_FLUSH_S: a batch a round)")
     parser.add_argument("--clients", type=int, default=8, help="(c) concurrent clients")
+    parser.add_argument("--pairs", type=int, default=2, help="(c) servers with recording on, and as many off")
     parser.add_argument("--rate", type=float, default=0, help="(c) req/s of the paced rounds (0: half the 8-client req/s)")
     parser.add_argument("--backend", choices=("embedded", "postgres"), default="embedded",
                         help="(c) SQLite + in-process cache, or PostgreSQL (BENCH_PG_URL) + Redis (BENCH_REDIS_URL)")
@@ -480,6 +502,8 @@ def main(argv: list[str] | None = None) -> int:
     parts = [p for p in args.parts.split(",") if p]
     if set(parts) - set(PARTS):
         parser.error(f"unknown parts: {', '.join(sorted(set(parts) - set(PARTS)))} (known: a, b, c)")
+    if args.pairs < 1:
+        parser.error("--pairs must be at least 1")
     if not (0 <= args.p_other < args.p_positive <= 1):
         parser.error("need 0 <= --p-other < --p-positive <= 1")
     clicks = ClickModel(args.p_positive, args.p_other)
@@ -624,40 +648,49 @@ def part_c(env, workdir, known, users, args, missing, verdicts) -> dict[str, Any
         return {}
     with contextlib.ExitStack() as stack:
         servers = {}
-        for label in ("on", "off"):  # a database (and cache) each: one server's impression writes never slow the other
+        for label in server_labels(args.pairs):  # a database (and cache) each: one server's writes never slow another
+            name = label.replace(" ", "-")
             if args.backend == "postgres":
                 database = stack.enter_context(postgres_database("aerec_online"))
                 store = {"REDIS_URL": REDIS_URL, "CACHE_NAMESPACE": stack.enter_context(redis_namespace(REDIS_URL))}
             else:
-                database, store = f"sqlite:///{workdir / f'impressions-{label}.db'}", {}
+                database, store = f"sqlite:///{workdir / f'impressions-{name}.db'}", {}
             seed_database(database, ["--file", str(known)])
             servers[label] = stack.enter_context(ServerProcess.service(
-                {**env, **store, "DATABASE_URL": database, args.impressions_setting: str(label == "on").lower()},
-                workdir / f"service-{label}.log"))
-        answer = httpx.post(f"{servers['on'].base_url}/users/{users[0]}/recommendations", json={"k": 10}, timeout=30)
+                {**env, **store, "DATABASE_URL": database, args.impressions_setting: str(label.startswith("on")).lower()},
+                workdir / f"service-{name}.log"))
+        answer = httpx.post(f"{servers['on 1'].base_url}/users/{users[0]}/recommendations", json={"k": 10}, timeout=30)
         if "recommendation_id" not in answer.json():  # no id, no impression: there would be nothing to measure
             verdicts.append(verdict("(c) impressions recorded", False, f"an answer with impressions on carries no "
                                     f"recommendation_id: {answer.text[:160]}"))
             return {}
         warm_up(servers, users, args.clients)
-        closed = throughput_rounds(servers, users, args.rounds, args.seconds, args.clients)
-        rate = args.rate or round(PACED_SHARE * float(np.median(closed["off"]["rps"])))
-        paced = throughput_rounds(servers, users, args.rounds, args.seconds, args.clients, rate=rate)
-        # both servers at once, half the paced rate each (the same load on the machine): not in the verdict, it
-        # shows how much of the event loop's part is recording's inside its server (bench/RESULTS.md)
-        together = throughput_rounds(servers, users, args.rounds, args.seconds, args.clients, rate=rate / 2,
-                                     side_by_side=True)
-    for name, measured in (("as fast as the clients go", closed), (f"at {rate:.0f} req/s", paced),
-                           (f"side by side at {rate / 2:.0f} req/s each", together)):
-        print(f"  {name}:", flush=True)
+        phases = {"full_speed": throughput_rounds(servers, users, args.rounds, args.seconds, args.clients)}
+        rate = args.rate or round(PACED_SHARE * float(np.median(by_setting(phases["full_speed"], "off")["rps"])))
+        phases["paced"] = throughput_rounds(servers, users, args.rounds, args.seconds, args.clients, rate=rate)
+        # every server at once, the paced rate shared (the same load on the machine): not in the verdict, it shows
+        # how much of the event loop's part is recording's inside its server (bench/RESULTS.md)
+        phases["side_by_side"] = throughput_rounds(servers, users, args.rounds, args.seconds, args.clients,
+                                                   rate=rate / len(servers), side_by_side=True)
+    settings = {phase: {s: by_setting(measured, s) for s in ("on", "off")} for phase, measured in phases.items()}
+    closed, paced = settings["full_speed"], settings["paced"]
+    for name, phase in (("as fast as the clients go", "full_speed"), (f"at {rate:.0f} req/s", "paced"),
+                        (f"side by side at {rate / len(servers):.0f} req/s each", "side_by_side")):
+        measured = settings[phase]
+        print(f"  {name} ({args.pairs} servers a setting, as one):", flush=True)
         for label in ("on", "off"):
             print(f"    impressions {label:>3}: req/s {[round(r) for r in measured[label]['rps']]}, service CPU us/request "
                   f"{[round(c) for c in measured[label]['service']]}, of it the main thread "
                   f"{[round(c) for c in measured[label]['main_thread']]}", flush=True)
         ratios = {part: pooled(measured["on"], part) / pooled(measured["off"], part) for part in CPU_PARTS}
-        (loop, loop_error), (service, service_error) = (paired_difference(measured, p) for p in ("main_thread", "service"))
+        (loop, loop_error), (service, service_error) = (paired_difference(measured["on"], measured["off"], p)
+                                                        for p in ("main_thread", "service"))
         print(f"    on - off, mean of paired rounds: main thread {loop:+.1f} +- {loop_error:.1f} us, with the processes "
               f"below it {service:+.1f} +- {service_error:.1f} us (+- one standard error)", flush=True)
+        if args.pairs > 1:  # the resolution: servers alike, each round
+            alike = [f"{s} 1 - {s} 2 {m:+.1f} +- {e:.1f} us" for s in ("off", "on")
+                     for m, e in [paired_difference(phases[phase][f"{s} 1"], phases[phase][f"{s} 2"], "main_thread")]]
+            print(f"    servers alike, main thread: {', '.join(alike)}", flush=True)
         print(f"    on / off, all rounds pooled: main thread {ratios['main_thread']:.1%}, server process "
               f"{ratios['process']:.1%}, with the processes below it {ratios['service']:.1%}; req/s "
               f"{paired_ratio(measured['on']['rps'], measured['off']['rps']):.1%} (median of paired rounds)", flush=True)
@@ -668,12 +701,12 @@ def part_c(env, workdir, known, users, args, missing, verdicts) -> dict[str, Any
     verdicts.append(verdict(f"(c) impressions cost < {THROUGHPUT_MARGIN:.0%} of throughput at {args.clients} clients "
                             f"({args.backend})", added <= THROUGHPUT_MARGIN,
                             f"recording adds {added * full_speed:.1f} us of service CPU a request ({args.rounds} paired "
-                            f"rounds pooled; the event loop's part at {rate:.0f} req/s): {added:.1%} of a request's "
+                            f"rounds pooled, {args.pairs} servers a setting; the event loop's part at {rate:.0f} req/s): "
+                            f"{added:.1%} of a request's "
                             f"{full_speed:.0f} us without it at {args.clients} clients; at full speed, on / off: CPU "
                             f"{pooled(closed['on'], 'service') / full_speed:.1%}, req/s "
                             f"{paired_ratio(closed['on']['rps'], closed['off']['rps']):.1%}"))
-    return {"full_speed": closed, "paced": paced, "side_by_side": together, "rate": rate, "added_share": added,
-            "backend": args.backend}
+    return {**settings, "servers": phases, "rate": rate, "added_share": added, "backend": args.backend}
 
 if __name__ == "__main__":
     sys.exit(main())

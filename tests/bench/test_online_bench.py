@@ -18,9 +18,9 @@ import pytest
 
 from bench._common import REPO, BenchError
 from bench.online import (
-    ClickModel, Simulation, _descendants, a_a_bound, api_agrees, bench_credit, experiments_api, hold_out, impressions_cost,
-    look_ends, paired_difference, paired_ratio, pooled, reseeded_a_a, run_experiment, service_cpu, throughput_rounds,
-    users_needed_table,
+    ClickModel, Simulation, _descendants, a_a_bound, api_agrees, bench_credit, by_setting, experiments_api, hold_out,
+    impressions_cost, look_ends, paired_difference, paired_ratio, pooled, reseeded_a_a, run_experiment, server_labels,
+    service_cpu, throughput_rounds, users_needed_table,
 )
 from service.experiments.assignment import assign, from_config
 from service.experiments.interleaving import credit, team_draft
@@ -215,9 +215,25 @@ def test_the_impressions_cost_is_the_loop_added_at_one_rate_and_the_writer_at_fu
 
 def test_the_paired_difference_is_the_mean_of_each_rounds_on_minus_off_and_its_standard_error():
     measured = {"on": {"main_thread": [210.0, 204.0, 212.0]}, "off": {"main_thread": [200.0, 200.0, 200.0]}}
-    mean, error = paired_difference(measured, "main_thread")  # differences 10, 4, 12: sd 4.163, over sqrt(3)
+    mean, error = paired_difference(measured["on"], measured["off"], "main_thread")  # 10, 4, 12: sd 4.163, over sqrt(3)
     assert mean == pytest.approx(26 / 3) and error == pytest.approx(math.sqrt(((10 - 26 / 3) ** 2 + (4 - 26 / 3) ** 2
                                                                                    + (12 - 26 / 3) ** 2) / 2 / 3))
+
+
+def test_each_setting_has_servers_started_first_and_last_and_counts_as_one_server():
+    assert server_labels(1) == ["on 1", "off 1"]
+    assert server_labels(2) == ["on 1", "off 1", "off 2", "on 2"]
+    assert server_labels(3)[4:] == ["on 3", "off 3"]
+
+    def run(requests, rps, cpu):
+        return {"requests": requests, "rps": rps, **{part: cpu for part in ("main_thread", "process", "service")}}
+
+    measured = {"on 1": run([100, 300], [50.0, 150.0], [200.0, 100.0]), "off 1": run([1, 1], [1.0, 1.0], [1.0, 1.0]),
+                "on 2": run([300, 100], [150.0, 50.0], [100.0, 300.0])}
+    merged = by_setting(measured, "on")  # CPU over both servers' requests: (100*200 + 300*100) / 400, (300*100 + 100*300) / 400
+    assert merged["requests"] == [400, 400] and merged["rps"] == [100.0, 100.0]
+    assert merged["main_thread"] == pytest.approx([125.0, 150.0]) and merged["service"] == pytest.approx([125.0, 150.0])
+    assert by_setting(measured, "off")["service"] == [1.0, 1.0]
 
 
 def test_rounds_one_server_after_the_other_or_side_by_side_load_each_at_the_rate_and_read_its_cpu(tmp_path):
