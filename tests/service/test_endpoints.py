@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import json
 import math
 import uuid
@@ -163,6 +165,13 @@ def test_repeated_request_is_a_cache_hit(client):
     before = hits()
     recommend(client, user, k=3, offset=1)
     assert hits() == before + 1
+
+
+def test_the_running_app_hides_its_startup_objects_from_the_collector_and_collects_young_ones_less_often(client):
+    from service.main import YOUNG_COLLECTION_EVERY
+
+    assert gc.get_freeze_count() > 10_000  # the libraries and the model version, frozen at startup
+    assert gc.get_threshold()[0] == YOUNG_COLLECTION_EVERY > 700
 
 
 def test_model_that_cannot_fold_in_refuses_late_users(client, auth):
