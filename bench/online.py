@@ -428,10 +428,15 @@ def server_labels(pairs: int) -> list[str]:
     return [f"{setting} {pair}" for pair in range(1, pairs + 1) for setting in (("on", "off") if pair % 2 else ("off", "on"))]
 
 
+def setting_of(label: str) -> str:
+    """A server's setting, "on" or "off", from its label (``server_labels``)."""
+    return label.split()[0]
+
+
 def by_setting(measured: dict[str, dict[str, list[float]]], setting: str) -> dict[str, list[float]]:
     """The servers of one setting (``server_labels``) as one server: each round's requests summed, its CPU a
     request over them all, its req/s their mean."""
-    servers = [m for label, m in measured.items() if label.split()[0] == setting]
+    servers = [m for label, m in measured.items() if setting_of(label) == setting]
     requests = np.sum([m["requests"] for m in servers], axis=0)
     merged = {"requests": requests.tolist(), "rps": np.mean([m["rps"] for m in servers], axis=0).tolist()}
     for part in CPU_PARTS:
@@ -657,7 +662,7 @@ def part_c(env, workdir, known, users, args, missing, verdicts) -> dict[str, Any
                 database, store = f"sqlite:///{workdir / f'impressions-{name}.db'}", {}
             seed_database(database, ["--file", str(known)])
             servers[label] = stack.enter_context(ServerProcess.service(
-                {**env, **store, "DATABASE_URL": database, args.impressions_setting: str(label.startswith("on")).lower()},
+                {**env, **store, "DATABASE_URL": database, args.impressions_setting: str(setting_of(label) == "on").lower()},
                 workdir / f"service-{name}.log"))
         answer = httpx.post(f"{servers['on 1'].base_url}/users/{users[0]}/recommendations", json={"k": 10}, timeout=30)
         if "recommendation_id" not in answer.json():  # no id, no impression: there would be nothing to measure
@@ -670,12 +675,13 @@ def part_c(env, workdir, known, users, args, missing, verdicts) -> dict[str, Any
         phases["paced"] = throughput_rounds(servers, users, args.rounds, args.seconds, args.clients, rate=rate)
         # every server at once, the paced rate shared (the same load on the machine): not in the verdict, it shows
         # how much of the event loop's part is recording's inside its server (bench/RESULTS.md)
+        shared_rate = rate / len(servers)
         phases["side_by_side"] = throughput_rounds(servers, users, args.rounds, args.seconds, args.clients,
-                                                   rate=rate / len(servers), side_by_side=True)
+                                                   rate=shared_rate, side_by_side=True)
     settings = {phase: {s: by_setting(measured, s) for s in ("on", "off")} for phase, measured in phases.items()}
     closed, paced = settings["full_speed"], settings["paced"]
     for name, phase in (("as fast as the clients go", "full_speed"), (f"at {rate:.0f} req/s", "paced"),
-                        (f"side by side at {rate / len(servers):.0f} req/s each", "side_by_side")):
+                        (f"side by side at {shared_rate:.0f} req/s each", "side_by_side")):
         measured = settings[phase]
         print(f"  {name} ({args.pairs} servers a setting, as one):", flush=True)
         for label in ("on", "off"):
@@ -688,8 +694,10 @@ def part_c(env, workdir, known, users, args, missing, verdicts) -> dict[str, Any
         print(f"    on - off, mean of paired rounds: main thread {loop:+.1f} +- {loop_error:.1f} us, with the processes "
               f"below it {service:+.1f} +- {service_error:.1f} us (+- one standard error)", flush=True)
         if args.pairs > 1:  # the resolution: servers alike, each round
-            alike = [f"{s} 1 - {s} 2 {m:+.1f} +- {e:.1f} us" for s in ("off", "on")
-                     for m, e in [paired_difference(phases[phase][f"{s} 1"], phases[phase][f"{s} 2"], "main_thread")]]
+            alike = []
+            for s in ("off", "on"):
+                mean, error = paired_difference(phases[phase][f"{s} 1"], phases[phase][f"{s} 2"], "main_thread")
+                alike.append(f"{s} 1 - {s} 2 {mean:+.1f} +- {error:.1f} us")
             print(f"    servers alike, main thread: {', '.join(alike)}", flush=True)
         print(f"    on / off, all rounds pooled: main thread {ratios['main_thread']:.1%}, server process "
               f"{ratios['process']:.1%}, with the processes below it {ratios['service']:.1%}; req/s "

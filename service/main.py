@@ -87,8 +87,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # requests create (else a latency spike: bench/RESULTS.md, "Figures moved out").
         gc.collect()  # garbage first: what is frozen is never collected
         gc.freeze()
-        # a young collection every YOUNG_COLLECTION_EVERY net allocations: at 700 the impression writer's rows set
-        # one off every ~550 rows, in its thread and the event loop's (bench/RESULTS.md, "What recording impressions costs")
+        # at 700 the impression writer's batches set young collections off in its thread and the loop's (bench/RESULTS.md,
+        # "What recording impressions costs")
         gc.set_threshold(YOUNG_COLLECTION_EVERY, *gc.get_threshold()[1:])
         store.start_watcher()
         titles.start()
