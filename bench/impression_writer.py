@@ -1,12 +1,14 @@
-"""The impression writer's CPU a row on SQLite: the recorder's whole write of a flush, as a server makes it.
+"""The impression writer's CPU a row: the recorder's whole write of a flush, as a server makes it.
 
     python bench/impression_writer.py                      # 943 users (ml-100k's), 10,000-row flushes
     python bench/impression_writer.py --batch 5000         # each flush written as transactions of 5,000 rows
+    python bench/impression_writer.py --backend postgres   # a fresh database on the shared PostgreSQL (its client CPU)
 
 Impressions queued as a served cache hit queues them (``ImpressionRecorder.served``: one answer text per user,
 ten items with titles, no experiment), users in turn; then the writer's ``_write`` of the flush (each answer cut
 into its row, the rows built, sorted and inserted, the commit, the pending lists dropped), timed by the thread's
-CPU (``thread_time``) over its rows. A table of ``--preload`` flushes first (a server's table is never empty),
+CPU (``thread_time``) over its rows (on PostgreSQL the client's part; the server's is its own process). The mean
+over flushes counts the checkpoints that only some flushes run; the median leaves them out. A table of ``--preload`` flushes first (a server's table is never empty),
 then ``--flushes`` measured ones; what is alive before them is frozen out of the collector's sight, as the
 server does at start. Run it on two trees in turn (``PYTHONPATH`` picks the tree) to compare them on the same
 machine; for counts that the machine's noise does not move, under ``valgrind --tool=callgrind`` with two
@@ -22,6 +24,7 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 sys.path.append(str(Path(__file__).resolve().parents[1]))  # after PYTHONPATH: the tree it names is measured
@@ -34,10 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=0, help="most rows a transaction (0: the whole flush)")
     parser.add_argument("--preload", type=int, default=3, help="flushes written before the measured ones")
     parser.add_argument("--flushes", type=int, default=12)
+    parser.add_argument("--backend", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument("--queue-only", action="store_true",
                         help="queue and drop each flush unwritten: the queueing's own count, to subtract from a run's")
     args = parser.parse_args(argv)
 
+    from bench._common import postgres_database
     from service.experiment_serving import new_recommendation_id
     from service.impressions import ImpressionRecorder
     from service.metrics import Metrics
@@ -49,8 +54,12 @@ def main(argv: list[str] | None = None) -> int:
                            f'"title":"A title of item {(u * 7 + i) % 1682} (1995)"}}' for i in range(10)) + "]}")
                for u in range(args.users)]
     batch = args.batch or args.rows
-    with tempfile.TemporaryDirectory() as workdir:
-        engine = make_engine(f"sqlite:///{workdir}/impressions.db")
+    with ExitStack() as stack:
+        if args.backend == "postgres":
+            url = stack.enter_context(postgres_database("aerec_writer"))
+        else:
+            url = f"sqlite:///{stack.enter_context(tempfile.TemporaryDirectory())}/impressions.db"
+        engine = make_engine(url)
         upgrade_to_head(engine)
         recorder = ImpressionRecorder(make_session_factory(engine), Metrics(), enabled=True, queue_size=args.rows,
                                       batch_size=batch, feedback_window_s=1800)
@@ -69,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
             if n >= args.preload:
                 per_row.append((time.thread_time() - started) / args.rows * 1e6)
         engine.dispose()
-    print(f"writer CPU a row: median {statistics.median(per_row):.2f} us (min {min(per_row):.2f}, max {max(per_row):.2f}) "
-          f"over {args.flushes} flushes of {args.rows} rows, {args.users} users, transactions of {batch} rows", flush=True)
+    print(f"writer CPU a row: mean {statistics.fmean(per_row):.2f} us, median {statistics.median(per_row):.2f} us (min {min(per_row):.2f}, max {max(per_row):.2f}) "
+          f"over {args.flushes} flushes of {args.rows} rows, {args.users} users, transactions of {batch} rows, {args.backend}", flush=True)
     return 0
 
 

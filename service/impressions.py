@@ -32,7 +32,7 @@ from typing_extensions import TypedDict
 
 from service.metrics import Metrics
 from storage.crud import impression_rows, online
-from storage.crud.online import as_utc
+from storage.crud.online import as_utc, from_epoch_ns
 from storage.session import retry_if_dropped
 
 log = logging.getLogger("service.impressions")
@@ -64,7 +64,7 @@ class ServedAnswer(NamedTuple):
     recommendation_id: str
     user_id: str
     answer_json: str
-    created_at: datetime
+    created_ns: int  # time.time_ns(): the cheapest clock read on the request side (a datetime is built when needed)
     experiment_id: str | None = None
     arm: str | None = None
     teams: list[str] | None = None  # interleaving: the arm that contributed each item
@@ -74,7 +74,11 @@ class ServedAnswer(NamedTuple):
         """The impression's row: the answer's model, version and item ids (``shown``), and what the request knew."""
         model, version, items, k = shown(self.answer_json)
         return (self.recommendation_id, self.user_id, self.experiment_id, self.arm, self.shadow, model, version, items,
-                None if self.teams is None else json.dumps(self.teams), k, self.created_at)
+                None if self.teams is None else json.dumps(self.teams), k, self.created_ns)
+
+    @property
+    def created_at(self) -> datetime:
+        return from_epoch_ns(self.created_ns)
 
 
 shown_memo: dict[str, tuple[str, str, str, int]] = {}
@@ -153,7 +157,7 @@ class ImpressionRecorder:
     def served(self, recommendation_id: str, user_id: str, answer_json: str, experiment_id: str | None = None,
                arm: str | None = None, *, teams: list[str] | None = None, shadow: bool = False) -> bool:
         """Queue the impression of an answer just served (stamped now); nothing is built when recording is off."""
-        return self.enabled and self.record(ServedAnswer(recommendation_id, user_id, answer_json, datetime.now(UTC),
+        return self.enabled and self.record(ServedAnswer(recommendation_id, user_id, answer_json, time.time_ns(),
                                                          experiment_id, arm, teams, shadow))
 
     def record(self, impression: Queued) -> bool:

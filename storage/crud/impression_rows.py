@@ -6,7 +6,7 @@ Part of the one data layer (``storage.crud``); the impression writer (``service.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from functools import lru_cache
 from itertools import chain
 from operator import itemgetter
@@ -16,7 +16,7 @@ from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from storage.crud.common import one_writer
-from storage.crud.online import _IMPRESSION_COLUMNS, ImpressionRow, as_utc
+from storage.crud.online import _IMPRESSION_COLUMNS, EPOCH, ImpressionRow, from_epoch_ns
 
 
 SQLITE_ROWS_PER_STATEMENT = 512  # 5,632 parameters, under SQLite's limit (32,766)
@@ -65,13 +65,20 @@ def _plain_impressions_insert(rows: int) -> str:
             "ON CONFLICT (recommendation_id) DO NOTHING")
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SECOND = timedelta(seconds=1)
 
 
 @lru_cache(maxsize=8)
-def _sqlite_second(epoch_s: int) -> str:
-    return (_EPOCH + epoch_s * _SECOND).replace(tzinfo=None).isoformat(" ")
+def _second_text(epoch_s: int) -> str:
+    return (EPOCH + epoch_s * _SECOND).replace(tzinfo=None).isoformat(" ")
+
+
+def _time_text(ns: int) -> str:
+    """An ``epoch_ns`` time as UTC ``YYYY-MM-DD HH:MM:SS.ffffff``: what SQLAlchemy's SQLite DateTime stores (its
+    reads and comparisons expect it) and, with ``+00``, PostgreSQL's input. A batch's times share a few seconds:
+    each second is formatted once (isoformat per row cost 1.3 us, ``bench/impression_writer.py``)."""
+    seconds, rest = divmod(ns, 1_000_000_000)
+    return f"{_second_text(seconds)}.{str(rest // 1000).zfill(6)}"  # zfill: half a format spec's cost
 
 
 _COLUMN_LIST = ", ".join(_IMPRESSION_COLUMNS)
@@ -85,28 +92,54 @@ def _other_impressions_insert(rows: int) -> str:
     return _impressions_insert("sqlite", "qmark", rows)
 
 
+# COPY's columns: a plain row's texts first, then what a list outside an experiment holds as constants
+_COPY_COLUMNS = ("recommendation_id", "user_id", "model", "version", "items", "k", "created_at", *_PLAIN_CONSTANTS)
+_COPY_ORDER = itemgetter(*(_IMPRESSION_COLUMNS.index(c) for c in _COPY_COLUMNS))
+_PLAIN_TEXTS = itemgetter(*(_IMPRESSION_COLUMNS.index(c) for c in _COPY_COLUMNS[:5]))
+_COPY_NULL = "\\N"
+_PLAIN_TAIL = "".join("\t" + (_COPY_NULL if v is None else "f") for v in _PLAIN_CONSTANTS.values()) + "\n"
+_K, _CREATED = _IMPRESSION_COLUMNS.index("k"), _IMPRESSION_COLUMNS.index("created_at")
+
+
+def _copy_field(value: object, column: str) -> str:
+    """A value in COPY's text format: NULL as \\N, a bool as t/f, a time as text, and backslash, tab, newline
+    and carriage return escaped, so that no value can end its field or its row."""
+    if value is None:
+        return _COPY_NULL
+    if isinstance(value, bool):
+        return "t" if value else "f"
+    text = f"{_time_text(value)}+00" if column == "created_at" else str(value)
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def _copy_line(row: ImpressionRow) -> str:
+    """A row as a line of COPY text: a plain row whose texts need no escape (all but a rare id's) by one join and
+    one format, any other field by field (``_copy_field``)."""
+    if _EXPERIMENT_VALUES(row) == _OUTSIDE_AN_EXPERIMENT and row[_K].__class__ is int:
+        try:
+            texts = "\t".join(_PLAIN_TEXTS(row))
+        except TypeError:  # a None: written field by field as NULL, for the database to refuse
+            texts = ""
+        if texts.count("\t") == 4 and "\\" not in texts and "\n" not in texts and "\r" not in texts:
+            return f"{texts}\t{row[_K]}\t{_time_text(row[_CREATED])}+00{_PLAIN_TAIL}"
+    return "\t".join(map(_copy_field, _COPY_ORDER(row), _COPY_COLUMNS)) + "\n"
+
+
 def _copy_impressions(connection: Connection, rows: Sequence[ImpressionRow]) -> int:
     """PostgreSQL: the rows COPYed into a temporary table of this connection, then inserted from it skipping
-    stored ids (COPY itself cannot skip a conflict). psycopg writes each COPY row in C: 2.4 us of client CPU a
-    row where its pipelined executemany spent 8.3 us (bench/RESULTS.md, "What recording impressions costs")."""
+    stored ids (COPY itself cannot skip a conflict). The COPY text is built here, a plain row by one join and one
+    format: less client CPU than psycopg's ``write_row`` (2.4 us a row) or its pipelined executemany (8.3 us)
+    (bench/impression_writer.py --backend postgres; bench/RESULTS.md, "What recording impressions costs")."""
     cursor = connection.connection.driver_connection.cursor()
     try:
         cursor.execute("CREATE TEMPORARY TABLE IF NOT EXISTS impressions_batch (LIKE impressions) ON COMMIT DELETE ROWS")
-        with cursor.copy(f"COPY impressions_batch ({_COLUMN_LIST}) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row(row)
+        with cursor.copy(f"COPY impressions_batch ({', '.join(_COPY_COLUMNS)}) FROM STDIN") as copy:
+            copy.write("".join(map(_copy_line, rows)))
         cursor.execute(f"INSERT INTO impressions ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM impressions_batch "
                        "ON CONFLICT (recommendation_id) DO NOTHING")
         return cursor.rowcount
     finally:
         cursor.close()
-
-
-def _sqlite_time(moment: datetime) -> str:
-    """A UTC time as SQLAlchemy's SQLite DateTime stores it (naive, microseconds): what its reads and comparisons
-    expect. A batch's times share a few seconds: each second is formatted once (isoformat per row cost 2-4 us)."""
-    since = as_utc(moment) - _EPOCH  # whole seconds from its days and seconds: ``// _SECOND`` divided big integers
-    return f"{_sqlite_second(since.days * 86_400 + since.seconds)}.{since.microseconds:06d}"
 
 
 def _insert_sqlite(connection: Connection, rows: Sequence[ImpressionRow]) -> int:
@@ -115,9 +148,9 @@ def _insert_sqlite(connection: Connection, rows: Sequence[ImpressionRow]) -> int
     plain, other = [], []
     for row in rows:
         if _EXPERIMENT_VALUES(row) == _OUTSIDE_AN_EXPERIMENT:
-            plain.append((*_PLAIN_VALUES(row), _sqlite_time(row[-1])))
+            plain.append((*_PLAIN_VALUES(row), _time_text(row[-1])))
         else:
-            other.append((*row[:-1], _sqlite_time(row[-1])))
+            other.append((*row[:-1], _time_text(row[-1])))
     plain.sort(key=_BY_USER)
     other.sort(key=_BY_USER)
     cursor = connection.connection.driver_connection.cursor()
@@ -151,7 +184,8 @@ def store_impressions(session: Session, rows: Sequence[ImpressionRow]) -> int:
             if dialect.name == "postgresql":
                 inserted = _copy_impressions(connection, rows)
             elif dialect.name != "sqlite":
-                inserted = connection.exec_driver_sql(_impressions_insert(dialect.name, dialect.paramstyle), list(rows)).rowcount
+                timed = [(*row[:-1], from_epoch_ns(row[-1])) for row in rows]
+                inserted = connection.exec_driver_sql(_impressions_insert(dialect.name, dialect.paramstyle), timed).rowcount
             else:
                 inserted = _insert_sqlite(connection, rows)
             session.commit()

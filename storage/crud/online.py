@@ -11,7 +11,7 @@ import json
 import math
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Sequence
 
 from sqlalchemy import Connection, case, distinct, func, literal, select
@@ -100,10 +100,25 @@ def experiments_fingerprint(db: Session | Connection) -> tuple:
 
 
 # ---- impressions -----------------------------------------------------------------------------
-# One impression as it is inserted, in ``_IMPRESSION_COLUMNS`` order: plain values, its items and teams as JSON text
-ImpressionRow = tuple[str, str, str | None, str | None, bool, str, str, str, str | None, int, datetime]
+# One impression as it is inserted, in ``_IMPRESSION_COLUMNS`` order: plain values, its items and teams as JSON text,
+# its time as integer nanoseconds since the epoch (``epoch_ns``: a clock read the request side makes cheaply)
+ImpressionRow = tuple[str, str, str | None, str | None, bool, str, str, str, str | None, int, int]
 _IMPRESSION_COLUMNS = ("recommendation_id", "user_id", "experiment_id", "arm", "shadow", "model", "version", "items", "teams",
                       "k", "created_at")
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def epoch_ns(moment: datetime) -> int:
+    """A time as integer nanoseconds since the epoch (``time.time_ns``'s scale), exact to its microsecond."""
+    return (as_utc(moment) - EPOCH) // _MICROSECOND * 1000
+
+
+def from_epoch_ns(ns: int) -> datetime:
+    """An ``epoch_ns`` time as an aware UTC datetime (to the microsecond, as the databases keep it)."""
+    return EPOCH + (ns // 1000) * _MICROSECOND
 
 
 @dataclass(frozen=True)
@@ -124,7 +139,7 @@ class ImpressionRecord:
 
     def row(self) -> ImpressionRow:
         return (self.recommendation_id, self.user_id, self.experiment_id, self.arm, self.shadow, self.model, self.version,
-                json.dumps(self.items), None if self.teams is None else json.dumps(self.teams), self.k, self.created_at)
+                json.dumps(self.items), None if self.teams is None else json.dumps(self.teams), self.k, epoch_ns(self.created_at))
 
 
 @dataclass(frozen=True)

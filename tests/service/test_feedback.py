@@ -17,7 +17,7 @@ from service.impressions import ImpressionRecorder, ServedAnswer
 from service.main import create_app
 from service.metrics import Metrics
 from storage.crud import impression_rows, online
-from storage.crud.online import as_utc
+from storage.crud.online import as_utc, epoch_ns
 from storage.session import make_engine, make_session_factory
 from storage.tables import Feedback, Impression
 
@@ -215,7 +215,7 @@ def test_a_served_answer_is_cut_into_the_row_a_parse_gives_and_stored_once(empty
         ids = [i["item_id"] for i in json.loads(answer)["items"]]
         for again in (False, True):  # the second time from the memo of answers seen
             assert (answer in impressions.shown_memo) is again
-            served = ServedAnswer(uuid.uuid4().hex, "u1", answer, at, "exp", "a")
+            served = ServedAnswer(uuid.uuid4().hex, "u1", answer, epoch_ns(at), "exp", "a")
             record = online.ImpressionRecord(served.recommendation_id, "u1", "ease", "v1", ids, len(ids), at, "exp", "a")
             row, expected = served.row(), record.row()
             assert row[:7] + row[8:] == expected[:7] + expected[8:] and json.loads(row[7]) == ids
@@ -226,7 +226,7 @@ def test_a_served_answer_is_cut_into_the_row_a_parse_gives_and_stored_once(empty
     engine = make_engine(empty_backend.database_url)
     upgrade_to_head(engine)
     user = new_user()
-    rows = [ServedAnswer(uuid.uuid4().hex, user, plain, at).row() for _ in range(3)]
+    rows = [ServedAnswer(uuid.uuid4().hex, user, plain, epoch_ns(at)).row() for _ in range(3)]
     with make_session_factory(engine)() as session:
         assert impression_rows.store_impressions(session, rows) == 3
         assert impression_rows.store_impressions(session, rows) == 0  # a batch written again adds nothing
@@ -236,22 +236,25 @@ def test_a_served_answer_is_cut_into_the_row_a_parse_gives_and_stored_once(empty
     engine.dispose()
 
 
-def test_a_time_is_written_for_sqlite_as_isoformat_writes_it():
-    """The writer formats each second once: the same text as SQLAlchemy's SQLite DateTime, at every edge."""
+def test_a_time_is_written_as_isoformat_writes_it():
+    """The writer formats each second once: the same text as SQLAlchemy's SQLite DateTime, at every edge, from a
+    time in nanoseconds that gives its datetime back."""
     from datetime import timezone
 
-    from storage.crud.impression_rows import _sqlite_time
+    from storage.crud.impression_rows import _time_text
 
     odd = timezone(timedelta(hours=5, minutes=30, microseconds=7))
     moments = [datetime.now(UTC), datetime(1960, 5, 1, 3, 4, 5, 999_999, tzinfo=UTC), datetime(1, 1, 1, tzinfo=UTC),
                datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC), datetime(2026, 1, 1, 23, 59, 59, 999_999, tzinfo=odd)]
     for moment in moments + [m + timedelta(microseconds=1) for m in moments[:2]]:
-        assert _sqlite_time(moment) == moment.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+        assert _time_text(epoch_ns(moment)) == moment.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+        assert online.from_epoch_ns(epoch_ns(moment)) == moment
 
 
 def test_a_batch_of_plain_and_experiment_rows_is_stored_column_for_column(empty_backend):
     """Lists outside an experiment go to the database by a statement of their own (constants for the experiment's
-    columns): every kind of row in one batch reads back as it was given, the plain ones past a full statement."""
+    columns), PostgreSQL's by COPY text built by the writer: every kind of row in one batch, texts that would end a
+    COPY field or row among them, reads back as it was given, the plain ones past a full statement."""
     from storage.migrate import upgrade_to_head
 
     engine = make_engine(empty_backend.database_url)
@@ -259,12 +262,16 @@ def test_a_batch_of_plain_and_experiment_rows_is_stored_column_for_column(empty_
     at = datetime.now(UTC)
     user = new_user()
 
-    def row(n: int, experiment_id=None, arm=None, shadow=False, teams=None) -> online.ImpressionRow:
-        return (uuid.uuid4().hex, f"{user}-{n % 7}", experiment_id, arm, shadow, "ease", "v1", json.dumps([str(n), "x"]),
-                teams, 2, at + timedelta(microseconds=n))
+    def row(n: int, experiment_id=None, arm=None, shadow=False, teams=None, suffix=None, item="x") -> online.ImpressionRow:
+        return (uuid.uuid4().hex, f"{user}-{n % 7 if suffix is None else suffix}", experiment_id, arm, shadow, "ease", "v1",
+                json.dumps([str(n), item]), teams, 2, epoch_ns(at + timedelta(microseconds=n)))
 
+    # what PostgreSQL's COPY text would read as a NULL, a field's or a row's end, or an escape, unless escaped
+    hostile = [row(604, suffix="\\N"), row(605, suffix="a\tb\nc\rd\\"), row(606, item='back\\slash "\\N"\t'),
+               row(607, "exp\\", "a\tb", teams=json.dumps(["a\\", "b"]), suffix="\\"), row(608, suffix="ünï 😀"),
+               row(609, suffix="a\tb")]
     batch = [row(n) for n in range(600)] + [row(600, "exp", "a"), row(601, "exp", "b", shadow=True),
-                                            row(602, "exp", "c", teams=json.dumps(["a", "b"])), row(603, shadow=True)]
+                                            row(602, "exp", "c", teams=json.dumps(["a", "b"])), row(603, shadow=True), *hostile]
     with make_session_factory(engine)() as session:
         assert impression_rows.store_impressions(session, batch) == len(batch)
         stored = {i.recommendation_id: i for i in session.scalars(select(Impression).where(Impression.user_id.like(f"{user}-%")))}
@@ -272,7 +279,7 @@ def test_a_batch_of_plain_and_experiment_rows_is_stored_column_for_column(empty_
     for given in batch:
         got = stored[given[0]]
         assert (got.user_id, got.experiment_id, got.arm, got.shadow, got.model, got.version, got.items, got.teams, got.k,
-                as_utc(got.created_at)) == (*given[1:7], json.loads(given[7]), given[8] and json.loads(given[8]), *given[9:])
+                epoch_ns(got.created_at)) == (*given[1:7], json.loads(given[7]), given[8] and json.loads(given[8]), *given[9:])
     engine.dispose()
 
 
@@ -291,7 +298,7 @@ def test_a_batch_with_a_row_the_database_refuses_stores_none_of_its_rows(empty_b
     upgrade_to_head(engine)
     at = datetime.now(UTC)
     user = new_user()
-    batch = [(uuid.uuid4().hex, user, None, None, False, "ease", "v1", json.dumps([str(n)]), None, 1, at) for n in range(700)]
+    batch = [(uuid.uuid4().hex, user, None, None, False, "ease", "v1", json.dumps([str(n)]), None, 1, epoch_ns(at)) for n in range(700)]
     batch[650] = (*batch[650][:5], None, *batch[650][6:])  # no model: NOT NULL, in the second statement, past its first row
     with make_session_factory(engine)() as session:
         with pytest.raises((IntegrityError, sqlite3.IntegrityError, psycopg.IntegrityError)):  # the driver's own, unwrapped
