@@ -59,6 +59,7 @@ from bench._common import (  # noqa: E402
     API_KEY, ML100K, REDIS_URL, BenchError, Request, ServerProcess, machine_info, postgres_database, redis_namespace,
     run_load, run_loads, seed_database, service_env, train_registry, verdict, write_json,
 )
+from service.core.config import Settings  # noqa: E402
 from service.experiments.assignment import Arm, Experiment, assign  # noqa: E402
 from service.experiments.interleaving import credit, team_draft  # noqa: E402
 from service.experiments.stats import (  # noqa: E402
@@ -71,6 +72,7 @@ AUTH = {"X-API-Key": API_KEY}
 INTERLEAVINGS_PER_USER = 16  # coin sequences drawn per user: the simulation samples among them
 THROUGHPUT_MARGIN = 0.05
 PACED_SHARE = 0.5  # (c) the paced rounds' offered rate, a share of the 8-client req/s without recording
+FLUSH_S = Settings.model_fields["IMPRESSION_FLUSH_S"].default  # (c) how often the servers' writers flush (their default)
 SEQUENTIAL_LOOKS = 10  # (b) how often the sequential rule is read in each simulated experiment
 Design = Literal["ab", "interleaving"]
 
@@ -383,7 +385,8 @@ CPU_PARTS = ("main_thread", "process", "service")
 
 
 def throughput_rounds(servers: dict[str, ServerProcess], users: Sequence[str], rounds: int, seconds: float,
-                      clients: int, rate: float | None = None, *, side_by_side: bool = False) -> dict[str, dict[str, list[float]]]:
+                      clients: int, rate: float | None = None, *, side_by_side: bool = False,
+                      settle_s: float = 0.0) -> dict[str, dict[str, Any]]:
     """Per server, each round's req/s and the server's CPU us per request (``service_cpu``'s three parts), one
     after the other in an order turned every round (a, b, c; c, b, a; ...) so that the machine's drift falls on
     all alike; as fast as the clients go, or at ``rate`` requests a second (open loop, the clients bounding what
@@ -392,11 +395,20 @@ def throughput_rounds(servers: dict[str, ServerProcess], users: Sequence[str], r
     ``side_by_side``: every server loaded at the same time, at ``rate`` each: the machine's drift within a round
     falls on all alike, and what one server's writer does to the machine (its caches, the other vCPU) falls on
     all, so the difference is what recording does inside its own server. The order still turns every round:
-    with two servers alike, the first-listed load read 2% more CPU than the second."""
+    with two servers alike, the first-listed load read 2% more CPU than the second.
+
+    ``rest``: each server's CPU outside its main thread (the impression writer's) over the whole phase, from
+    ``settle_s`` after what came before to ``settle_s`` after the last round, over the phase's requests. A writer
+    flushes on its own clock, so a round's own reading misses the rows flushed after it, while other servers are
+    loaded: with rounds as long as the flush interval, servers alike, all recording, read three times apart there
+    (bench/RESULTS.md, "What recording impressions costs")."""
     def ask(i: int) -> Request:
         return Request("POST", f"/users/{users[i % len(users)]}/recommendations", {"k": 10})
 
-    measured = {label: {"rps": [], "requests": [], **{part: [] for part in CPU_PARTS}} for label in servers}
+    measured: dict[str, dict[str, Any]] = {label: {"rps": [], "requests": [], **{part: [] for part in CPU_PARTS}}
+                                           for label in servers}
+    time.sleep(settle_s)
+    first = {label: service_cpu(server.pid) for label, server in servers.items()}
     for round_number in range(rounds):
         labels = list(servers) if round_number % 2 == 0 else list(servers)[::-1]
         for together in [labels] if side_by_side else [[label] for label in labels]:
@@ -412,6 +424,11 @@ def throughput_rounds(servers: dict[str, ServerProcess], users: Sequence[str], r
                 measured[label]["requests"].append(result.requests)
                 for part in CPU_PARTS:
                     measured[label][part].append((after[label][part] - before[label][part]) / result.requests * 1e6)
+    time.sleep(settle_s)
+    for label, server in servers.items():
+        last = service_cpu(server.pid)
+        rest = (last["service"] - last["main_thread"]) - (first[label]["service"] - first[label]["main_thread"])
+        measured[label]["rest"] = rest / sum(measured[label]["requests"]) * 1e6
     return measured
 
 
@@ -433,14 +450,15 @@ def setting_of(label: str) -> str:
     return label.split()[0]
 
 
-def by_setting(measured: dict[str, dict[str, list[float]]], setting: str) -> dict[str, list[float]]:
+def by_setting(measured: dict[str, dict[str, Any]], setting: str) -> dict[str, Any]:
     """The servers of one setting (``server_labels``) as one server: each round's requests summed, its CPU a
-    request over them all, its req/s their mean."""
+    request over them all, its req/s their mean; the phase's ``rest`` over all their requests."""
     servers = [m for label, m in measured.items() if setting_of(label) == setting]
     requests = np.sum([m["requests"] for m in servers], axis=0)
     merged = {"requests": requests.tolist(), "rps": np.mean([m["rps"] for m in servers], axis=0).tolist()}
     for part in CPU_PARTS:
         merged[part] = (np.sum([np.multiply(m[part], m["requests"]) for m in servers], axis=0) / requests).tolist()
+    merged["rest"] = float(sum(m["rest"] * sum(m["requests"]) for m in servers) / requests.sum())
     return merged
 
 
@@ -468,12 +486,12 @@ def impressions_cost(full_speed: dict[str, dict[str, list[float]]], paced: dict[
 
     The event loop's part is measured at one offered rate: as fast as the clients go, a slowed server answers
     fewer requests per wake-up of its loop and spends more on each, which would count a cost twice. The rest
-    (the writer thread, any process below the server) is measured at full speed: a batch's fixed costs spread
-    over the rows of the 8-client rate, not of a slower one. The loop's part is floored at zero: recording adds
-    work to it, so a reading below zero is the shared machine's noise (a few us), not a saving."""
+    (the writer thread, any process below the server) is measured at full speed over the whole phase
+    (``throughput_rounds``' ``rest``): a batch's fixed costs spread over the rows of the 8-client rate, not of a
+    slower one, and every row's flush counted, whenever it ran. The loop's part is floored at zero: recording
+    adds work to it, so a reading below zero is the shared machine's noise (a few us), not a saving."""
     loop = max(0.0, pooled(paced["on"], "main_thread") - pooled(paced["off"], "main_thread"))
-    rest = [pooled(full_speed[s], "service") - pooled(full_speed[s], "main_thread") for s in ("on", "off")]
-    return 1 + (loop + rest[0] - rest[1]) / pooled(full_speed["off"], "service")
+    return 1 + (loop + full_speed["on"]["rest"] - full_speed["off"]["rest"]) / pooled(full_speed["off"], "service")
 
 
 # ---- the run ----------------------------------------------------------------------------
@@ -670,14 +688,16 @@ def part_c(env, workdir, known, users, args, missing, verdicts) -> dict[str, Any
                                     f"recommendation_id: {answer.text[:160]}"))
             return {}
         warm_up(servers, users, args.clients)
-        phases = {"full_speed": throughput_rounds(servers, users, args.rounds, args.seconds, args.clients)}
+        settle_s = FLUSH_S + 1  # every row of a phase written before its last reading, none of the one before
+        phases = {"full_speed": throughput_rounds(servers, users, args.rounds, args.seconds, args.clients, settle_s=settle_s)}
         rate = args.rate or round(PACED_SHARE * float(np.median(by_setting(phases["full_speed"], "off")["rps"])))
-        phases["paced"] = throughput_rounds(servers, users, args.rounds, args.seconds, args.clients, rate=rate)
+        phases["paced"] = throughput_rounds(servers, users, args.rounds, args.seconds, args.clients, rate=rate,
+                                            settle_s=settle_s)
         # every server at once, the paced rate shared (the same load on the machine): not in the verdict, it shows
         # how much of the event loop's part is recording's inside its server (bench/RESULTS.md)
         shared_rate = rate / len(servers)
         phases["side_by_side"] = throughput_rounds(servers, users, args.rounds, args.seconds, args.clients,
-                                                   rate=shared_rate, side_by_side=True)
+                                                   rate=shared_rate, side_by_side=True, settle_s=settle_s)
     settings = {phase: {s: by_setting(measured, s) for s in ("on", "off")} for phase, measured in phases.items()}
     closed, paced = settings["full_speed"], settings["paced"]
     for name, phase in (("as fast as the clients go", "full_speed"), (f"at {rate:.0f} req/s", "paced"),
@@ -693,6 +713,8 @@ def part_c(env, workdir, known, users, args, missing, verdicts) -> dict[str, Any
                                                         for p in ("main_thread", "service"))
         print(f"    on - off, mean of paired rounds: main thread {loop:+.1f} +- {loop_error:.1f} us, with the processes "
               f"below it {service:+.1f} +- {service_error:.1f} us (+- one standard error)", flush=True)
+        print(f"    outside the main thread over the phase, its last flush in: on {measured['on']['rest']:.1f} us, off "
+              f"{measured['off']['rest']:.1f} us a request", flush=True)
         if args.pairs > 1:  # the resolution: servers alike, each round
             alike = []
             for s in ("off", "on"):

@@ -198,18 +198,20 @@ def test_the_bench_draws_the_interleaved_lists_again_and_credits_them_as_the_ser
     assert wins["wins_b"] > wins["wins_a"] and run["result"]["winner"] == "ease"
 
 
-def test_the_impressions_cost_is_the_loop_added_at_one_rate_and_the_writer_at_full_speed():
-    def run(service, main, requests):
-        return {"service": service, "main_thread": main, "requests": requests}
+def test_the_impressions_cost_is_the_loop_added_at_one_rate_and_the_writer_at_full_speed_over_the_phase():
+    def run(service, main, requests, rest=0.0):
+        return {"service": service, "main_thread": main, "requests": requests, "rest": rest}
 
-    # full speed: the writer's 10 us a request (service - main thread); the main thread's 150 vs 140 is not counted
-    full_speed = {"on": run([160.0, 160.0], [150.0, 150.0], [3, 1]), "off": run([100.0, 140.0], [100.0, 140.0], [3, 1])}
+    # full speed: the writer's 12 us a request over the phase (its rounds saw 10: a flush fell between them, 1 us
+    # off); the main thread's 150 vs 140 is not counted
+    full_speed = {"on": run([160.0, 160.0], [150.0, 150.0], [3, 1], rest=13.0),
+                  "off": run([100.0, 140.0], [100.0, 140.0], [3, 1], rest=1.0)}
     # one rate: the loop's 4 us, pooled (the second round's 8 counts whatever round it fell in)
     paced = {"on": run([0.0, 0.0], [200.0, 208.0], [1, 1]), "off": run([0.0, 0.0], [200.0, 200.0], [1, 1])}
     assert pooled(full_speed["off"], "service") == pytest.approx(110.0)  # (3 * 100 + 140) / 4
-    assert impressions_cost(full_speed, paced) == pytest.approx(1 + (4 + 10) / 110)
+    assert impressions_cost(full_speed, paced) == pytest.approx(1 + (4 + 12) / 110)
     paced["on"]["main_thread"] = [190.0, 200.0]  # a loop cheaper with recording on is noise: it counts as 0
-    assert impressions_cost(full_speed, paced) == pytest.approx(1 + 10 / 110)
+    assert impressions_cost(full_speed, paced) == pytest.approx(1 + 12 / 110)
     assert paired_ratio([110.0, 300.0, 99.0], [100.0, 100.0, 100.0]) == pytest.approx(1.1)
 
 
@@ -225,14 +227,15 @@ def test_each_setting_has_servers_started_first_and_last_and_counts_as_one_serve
     assert server_labels(2) == ["on 1", "off 1", "off 2", "on 2"]
     assert server_labels(3)[4:] == ["on 3", "off 3"]
 
-    def run(requests, rps, cpu):
-        return {"requests": requests, "rps": rps, **{part: cpu for part in ("main_thread", "process", "service")}}
+    def run(requests, rps, cpu, rest=0.0):
+        return {"requests": requests, "rps": rps, "rest": rest, **{part: cpu for part in ("main_thread", "process", "service")}}
 
-    measured = {"on 1": run([100, 300], [50.0, 150.0], [200.0, 100.0]), "off 1": run([1, 1], [1.0, 1.0], [1.0, 1.0]),
-                "on 2": run([300, 100], [150.0, 50.0], [100.0, 300.0])}
+    measured = {"on 1": run([100, 300], [50.0, 150.0], [200.0, 100.0], rest=6.0), "off 1": run([1, 1], [1.0, 1.0], [1.0, 1.0]),
+                "on 2": run([300, 100], [150.0, 50.0], [100.0, 300.0], rest=2.0)}
     merged = by_setting(measured, "on")  # CPU over both servers' requests: (100*200 + 300*100) / 400, (300*100 + 100*300) / 400
     assert merged["requests"] == [400, 400] and merged["rps"] == [100.0, 100.0]
     assert merged["main_thread"] == pytest.approx([125.0, 150.0]) and merged["service"] == pytest.approx([125.0, 150.0])
+    assert merged["rest"] == pytest.approx((6.0 * 400 + 2.0 * 400) / 800)  # the phase's, over all the requests
     assert by_setting(measured, "off")["service"] == [1.0, 1.0]
 
 
@@ -241,11 +244,11 @@ def test_rounds_one_server_after_the_other_or_side_by_side_load_each_at_the_rate
 
     with ServerProcess.ceiling(tmp_path / "on.log") as on, ServerProcess.ceiling(tmp_path / "off.log") as off:
         runs = [throughput_rounds({"on": on, "off": off}, ["1", "2"], rounds=3, seconds=0.5, clients=2, rate=60,
-                                  side_by_side=together) for together in (False, True)]
+                                  side_by_side=together, settle_s=0.1) for together in (False, True)]
     for measured in runs:
         for label in ("on", "off"):  # each round's requests at the rate, both orders of the loads
             assert len(measured[label]["requests"]) == 3 and all(20 <= n <= 31 for n in measured[label]["requests"])
-            assert all(cpu >= 0 for cpu in measured[label]["service"])
+            assert all(cpu >= 0 for cpu in measured[label]["service"]) and measured[label]["rest"] >= 0
 
 
 def test_the_service_cpu_counts_the_processes_below_the_server():
