@@ -51,7 +51,7 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")  # SQLite ignores foreign keys unless asked
     cursor.execute("PRAGMA journal_mode=WAL")  # readers do not wait for a writer
     # each impression flush rewrites its users' index leaves: checkpointed every 10,000 pages, not 1,000, such a leaf is
-    # copied to the database once in several flushes (bench/impression_writer.py; RESULTS, "What recording impressions costs")
+    # copied to the database once in several flushes (bench/RESULTS.md, "What recording impressions costs")
     cursor.execute("PRAGMA wal_autocheckpoint=10000")
     cursor.close()
 
