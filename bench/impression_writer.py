@@ -6,14 +6,14 @@
 
 Impressions queued as a served cache hit queues them (``ImpressionRecorder.served``: one answer text per user,
 ten items with titles, no experiment), users in turn; then the writer's ``_write`` of the flush (each answer cut
-into its row, the rows built, sorted and inserted, the commit, the pending lists dropped), timed by the thread's
-CPU (``thread_time``) over its rows (on PostgreSQL the client's part; the server's is its own process). The mean
-over flushes counts the checkpoints that only some flushes run; the median leaves them out. A table of
-``--preload`` flushes first (a server's table is never empty), then ``--flushes`` measured ones; what is alive
-before them is frozen out of the collector's sight, as the server does at start. Run it on two trees in turn
-(``PYTHONPATH`` picks the tree) to compare them on the same machine; for counts that the machine's noise does
-not move, under ``valgrind --tool=callgrind`` with two ``--flushes`` and the difference of the totals over the
-rows between them, less the same with ``--queue-only``.
+into its row, the rows linked to their users' chains and inserted, the heads moved, the commit, the pending lists
+dropped), timed by the thread's CPU (``thread_time``) over its rows (on PostgreSQL the client's part; the server's
+is its own process). The mean over flushes counts the checkpoints that only some flushes run; the median leaves
+them out. A table of ``--preload`` flushes first (a server's table is never empty), then ``--flushes`` measured
+ones; what is alive before them is frozen out of the collector's sight, as the server does at start. Run it on
+two trees in turn (``PYTHONPATH`` picks the tree) to compare them on the same machine; for counts that the
+machine's noise does not move, under ``valgrind --tool=callgrind`` with two ``--flushes`` and the difference of
+the totals over the rows between them, less the same with ``--queue-only``.
 bench/RESULTS.md, "What recording impressions costs".
 """
 

@@ -50,8 +50,9 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")  # SQLite ignores foreign keys unless asked
     cursor.execute("PRAGMA journal_mode=WAL")  # readers do not wait for a writer
-    # each impression flush rewrites its users' index leaves: checkpointed every 10,000 pages, not 1,000, such a leaf is
-    # copied to the database once in several flushes (bench/RESULTS.md, "What recording impressions costs")
+    # each impression flush rewrites the same few pages (the users' heads, the tails of the table and its key):
+    # checkpointed every 10,000 pages, not 1,000, such a page is copied to the database once in several flushes
+    # (bench/RESULTS.md, "What recording impressions costs")
     cursor.execute("PRAGMA wal_autocheckpoint=10000")
     cursor.close()
 

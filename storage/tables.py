@@ -125,7 +125,6 @@ class Impression(Base):
         # (bench/impression_writer.py; bench/RESULTS.md, "What recording impressions costs")
         Index("ix_impressions_experiment_id_arm", "experiment_id", "arm", sqlite_where=_IN_AN_EXPERIMENT,
               postgresql_where=_IN_AN_EXPERIMENT),
-        Index("ix_impressions_user_id_created_at", "user_id", "created_at"),  # an interaction's recent lists
     )
 
     recommendation_id: Mapped[str] = mapped_column(String(32), primary_key=True)  # a UUIDv7 in hex (time-ordered), in the response
@@ -139,6 +138,22 @@ class Impression(Base):
     teams: Mapped[list[str] | None] = mapped_column(JSON(none_as_null=True), nullable=True)  # interleaving: the arm of each position
     k: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # A user's impressions are a chain from their head (``ImpressionHead``), newest written first, not an index on
+    # (user_id, created_at): that index cost the SQLite writer a leaf per user a flush (bench/RESULTS.md, "What
+    # recording impressions costs"). ``newest_at``: the newest created_at of this one and all before it, where later
+    # than its own (NULL otherwise), so that a walk back to a time can stop (``storage.crud.online.recent_lists``).
+    prev_recommendation_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    newest_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class ImpressionHead(Base):
+    """A user's newest impression written (where the chain of their impressions starts)."""
+
+    __tablename__ = "impression_heads"
+
+    user_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    recommendation_id: Mapped[str] = mapped_column(String(32))
+    newest_ns: Mapped[int] = mapped_column(BigInteger)  # the newest created_at in the chain, as epoch nanoseconds
 
 
 class Feedback(Base):

@@ -1,22 +1,26 @@
 """Impressions written: one batch of rows in one transaction, the driver's own fastest path on each database.
 
 Part of the one data layer (``storage.crud``); the impression writer (``service.impressions``) calls
-``store_impressions`` with rows in ``online._IMPRESSION_COLUMNS`` order.
+``store_impressions`` with rows in ``online._IMPRESSION_COLUMNS`` order. Each row is linked to the one
+written before it for its user, and each user's head moved to their newest row (``_insert_sqlite``; on
+PostgreSQL in SQL, ``_PG_INSERT_LINKED``): the chain ``online.recent_lists`` walks.
 """
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from functools import lru_cache
 from itertools import chain
 from operator import itemgetter
 from typing import Sequence
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 
-from storage.crud.common import one_writer
-from storage.crud.online import _IMPRESSION_COLUMNS, EPOCH, ImpressionRow, from_epoch_ns
+from storage.crud.common import chunks, one_writer
+from storage.crud.online import _IMPRESSION_COLUMNS, EPOCH, ImpressionRow
+from storage.tables import Impression
 
 
 SQLITE_ROWS_PER_STATEMENT = 512  # 5,632 parameters, under SQLite's limit (32,766)
@@ -35,15 +39,15 @@ def _statement_sizes(rows: int) -> list[int]:
 _SQLITE_INSERT = "INSERT OR FAIL INTO"
 
 
+_LINK_COLUMNS = ("prev_recommendation_id", "newest_at")
+
+
 @lru_cache(maxsize=32)
-def _impressions_insert(dialect_name: str, paramstyle: str, rows: int = 1) -> str:
-    """The driver's own INSERT of ``rows`` impressions in one VALUES (a list's JSON text cast on PostgreSQL)."""
-    mark = "?" if paramstyle == "qmark" else "%s"
-    json_mark = f"{mark}::json" if dialect_name == "postgresql" else mark
-    row = "(" + ", ".join(json_mark if c in ("items", "teams") else mark for c in _IMPRESSION_COLUMNS) + ")"
-    insert = _SQLITE_INSERT if dialect_name == "sqlite" else "INSERT INTO"
-    return (f"{insert} impressions ({', '.join(_IMPRESSION_COLUMNS)}) VALUES {', '.join([row] * rows)} "
-            "ON CONFLICT (recommendation_id) DO NOTHING")
+def _other_impressions_insert(rows: int) -> str:
+    """SQLite's INSERT of ``rows`` impressions, every column bound (``_IMPRESSION_COLUMNS``, then the links)."""
+    row = "(" + ", ".join(["?"] * (len(_IMPRESSION_COLUMNS) + len(_LINK_COLUMNS))) + ")"
+    return (f"{_SQLITE_INSERT} impressions ({', '.join((*_IMPRESSION_COLUMNS, *_LINK_COLUMNS))}) VALUES "
+            f"{', '.join([row] * rows)} ON CONFLICT (recommendation_id) DO NOTHING")
 
 
 # A list served outside any experiment (most of them) has no experiment, arm or teams and is not a shadow: SQLite
@@ -59,10 +63,12 @@ _PLAIN_VALUES = itemgetter(*(_IMPRESSION_COLUMNS.index(c) for c in _PLAIN_COLUMN
 
 @lru_cache(maxsize=32)
 def _plain_impressions_insert(rows: int) -> str:
-    """SQLite's INSERT of ``rows`` plain impressions (``_PLAIN_COLUMNS`` bound, the rest constants)."""
-    row = "(" + ", ".join(["?"] * len(_PLAIN_COLUMNS) + [_SQL_LITERALS[v] for v in _PLAIN_CONSTANTS.values()]) + ")"
-    return (f"{_SQLITE_INSERT} impressions ({', '.join((*_PLAIN_COLUMNS, *_PLAIN_CONSTANTS))}) VALUES {', '.join([row] * rows)} "
-            "ON CONFLICT (recommendation_id) DO NOTHING")
+    """SQLite's INSERT of ``rows`` plain impressions linked to a row before them as new as they are
+    (``_PLAIN_COLUMNS`` and ``prev_recommendation_id`` bound, the rest constants, ``newest_at`` NULL)."""
+    constants = [_SQL_LITERALS[v] for v in _PLAIN_CONSTANTS.values()]
+    row = "(" + ", ".join(["?"] * (len(_PLAIN_COLUMNS) + 1) + constants + ["NULL"]) + ")"
+    columns = ", ".join((*_PLAIN_COLUMNS, _LINK_COLUMNS[0], *_PLAIN_CONSTANTS, _LINK_COLUMNS[1]))
+    return f"{_SQLITE_INSERT} impressions ({columns}) VALUES {', '.join([row] * rows)} ON CONFLICT (recommendation_id) DO NOTHING"
 
 
 _SECOND = timedelta(seconds=1)
@@ -73,25 +79,51 @@ def _second_text(epoch_s: int) -> str:
     return (EPOCH + epoch_s * _SECOND).replace(tzinfo=None).isoformat(" ")
 
 
+_THREE_DIGITS = [f"{n:03d}" for n in range(1000)]
+
+
 def _time_text(ns: int) -> str:
     """An ``epoch_ns`` time as UTC ``YYYY-MM-DD HH:MM:SS.ffffff``: what SQLAlchemy's SQLite DateTime stores (its
     reads and comparisons expect it) and, with ``+00``, PostgreSQL's input. A batch's times share a few seconds:
-    each second is formatted once (isoformat per row cost 1.3 us, ``bench/impression_writer.py``)."""
-    seconds, rest = divmod(ns, 1_000_000_000)
-    return f"{_second_text(seconds)}.{str(rest // 1000).zfill(6)}"  # zfill: half a format spec's cost
+    each second is formatted once, the microseconds looked up three digits at a time (0.29 us a call against 0.49
+    for ``zfill``, 1.3 for isoformat; ``timeit``)."""
+    micros = ns // 1000
+    return f"{_second_text(micros // 1_000_000)}.{_THREE_DIGITS[micros // 1000 % 1000]}{_THREE_DIGITS[micros % 1000]}"
 
 
-_COLUMN_LIST = ", ".join(_IMPRESSION_COLUMNS)
-# SQLite: a batch inserted grouped by user walks the (user_id, created_at) index's leaves once each, in order, where
-# the served order sought another user's leaf at every row (bench/RESULTS.md, "What recording impressions costs"); a
-# stable sort on the user alone keeps each user's rows in the order served, a key tuple per row cost 4 times as much
-_BY_USER = itemgetter(1)
+# ---- the chain: each row names the one written before it for its user ----------------------------------------
+Heads = dict[str, tuple[str, int]]  # user -> (their newest row's id, the newest created_at in their chain)
+_MOVE_HEADS = ("ON CONFLICT (user_id) DO UPDATE SET recommendation_id = excluded.recommendation_id, "
+               "newest_ns = excluded.newest_ns")
+_ADVISORY_KEY = 0x61657265635F696D  # "aerec_im": impression writers of every replica take turns on PostgreSQL
 
 
-def _other_impressions_insert(rows: int) -> str:
-    return _impressions_insert("sqlite", "qmark", rows)
+def _sqlite_heads(cursor, users: Sequence[str]) -> Heads:
+    """The batch's users' heads, read after taking the write lock, so no other writer moves them until commit."""
+    if not cursor.connection.in_transaction:
+        cursor.execute("BEGIN IMMEDIATE")  # the write lock now, not at the first INSERT
+    cursor.execute("SELECT user_id, recommendation_id, newest_ns FROM impression_heads "
+                   "WHERE user_id IN (SELECT value FROM json_each(?))", (json.dumps(users),))
+    return {user: (rid, newest) for user, rid, newest in cursor.fetchall()}
 
 
+@lru_cache(maxsize=16)
+def _sqlite_heads_upsert(rows: int) -> str:
+    values = ", ".join(["(?, ?, ?)"] * rows)
+    return f"INSERT INTO impression_heads (user_id, recommendation_id, newest_ns) VALUES {values} {_MOVE_HEADS}"
+
+
+def _sqlite_move_heads(cursor, heads: Heads, users: Sequence[str]) -> None:
+    """The batch's users' heads set to their last rows, bound in statements of ``_statement_sizes`` (a JSON text
+    and SQLite's JSON functions cost more)."""
+    start = 0
+    for size in _statement_sizes(len(users)):
+        cursor.execute(_sqlite_heads_upsert(size),
+                       tuple(chain.from_iterable((user, *heads[user]) for user in users[start : start + size])))
+        start += size
+
+
+# ---- PostgreSQL: COPY, then linked by the database -----------------------------------------------------------
 # COPY's columns: a plain row's texts first, then what a list outside an experiment holds as constants
 _COPY_COLUMNS = ("recommendation_id", "user_id", "model", "version", "items", "k", "created_at", *_PLAIN_CONSTANTS)
 _COPY_ORDER = itemgetter(*(_IMPRESSION_COLUMNS.index(c) for c in _COPY_COLUMNS))
@@ -99,6 +131,29 @@ _PLAIN_TEXTS = itemgetter(*(_IMPRESSION_COLUMNS.index(c) for c in _COPY_COLUMNS[
 _COPY_NULL = "\\N"
 _PLAIN_TAIL = "".join("\t" + (_COPY_NULL if v is None else "f") for v in _PLAIN_CONSTANTS.values()) + "\n"
 _K, _CREATED = _IMPRESSION_COLUMNS.index("k"), _IMPRESSION_COLUMNS.index("created_at")
+_COLUMN_LIST = ", ".join(_COPY_COLUMNS)
+_NS = "(EXTRACT(EPOCH FROM {}) * 1000000000)::bigint"  # exact: EXTRACT gives a numeric (PostgreSQL 14 on)
+# ``_insert_sqlite``'s links in SQL, so that the client's CPU is COPY's alone: a row's user's row before it in this
+# batch (COPY's order, ``ord``), else their head; newest_at where a row before it in the chain was created later
+_PG_INSERT_LINKED = f"""
+    INSERT INTO impressions ({_COLUMN_LIST}, {", ".join(_LINK_COLUMNS)})
+    SELECT {_COLUMN_LIST}, prev,
+           CASE WHEN newest_before > {_NS.format("created_at")}
+                THEN TIMESTAMPTZ 'epoch' + newest_before / 1000 * INTERVAL '1 microsecond' END
+    FROM (SELECT b.*, COALESCE(LAG(b.recommendation_id) OVER earlier, h.recommendation_id) AS prev,
+                 GREATEST(MAX({_NS.format("b.created_at")}) OVER (earlier ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING),
+                          h.newest_ns) AS newest_before
+          FROM impressions_batch AS b LEFT JOIN impression_heads AS h ON h.user_id = b.user_id
+          WINDOW earlier AS (PARTITION BY b.user_id ORDER BY b.ord)) AS linked
+    ORDER BY ord
+    ON CONFLICT (recommendation_id) DO NOTHING"""
+_PG_MOVE_HEADS = f"""
+    INSERT INTO impression_heads (user_id, recommendation_id, newest_ns)
+    SELECT b.user_id, (ARRAY_AGG(b.recommendation_id ORDER BY b.ord DESC))[1],
+           GREATEST(MAX({_NS.format("b.created_at")}), MAX(h.newest_ns))
+    FROM impressions_batch AS b LEFT JOIN impression_heads AS h ON h.user_id = b.user_id
+    GROUP BY b.user_id
+    {_MOVE_HEADS}"""
 
 
 def _copy_field(value: object, column: str) -> str:
@@ -125,46 +180,82 @@ def _copy_line(row: ImpressionRow) -> str:
     return "\t".join(map(_copy_field, _COPY_ORDER(row), _COPY_COLUMNS)) + "\n"
 
 
-def _copy_impressions(connection: Connection, rows: Sequence[ImpressionRow]) -> int:
-    """PostgreSQL: the rows COPYed into a temporary table of this connection, then inserted from it skipping
-    stored ids (COPY itself cannot skip a conflict). The COPY text is built here, a plain row by one join and one
-    format: less client CPU than psycopg's ``write_row`` (2.4 us a row) or its pipelined executemany (8.3 us)
-    (bench/impression_writer.py --backend postgres; bench/RESULTS.md, "What recording impressions costs")."""
-    cursor = connection.connection.driver_connection.cursor()
-    try:
-        cursor.execute("CREATE TEMPORARY TABLE IF NOT EXISTS impressions_batch (LIKE impressions) ON COMMIT DELETE ROWS")
-        with cursor.copy(f"COPY impressions_batch ({', '.join(_COPY_COLUMNS)}) FROM STDIN") as copy:
-            copy.write("".join(map(_copy_line, rows)))
-        cursor.execute(f"INSERT INTO impressions ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM impressions_batch "
-                       "ON CONFLICT (recommendation_id) DO NOTHING")
-        return cursor.rowcount
-    finally:
-        cursor.close()
-
-
-def _insert_sqlite(connection: Connection, rows: Sequence[ImpressionRow]) -> int:
-    """SQLite: the plain rows (``_PLAIN_COLUMNS``) and the rest in statements of their own, each part in the
-    (user_id, created_at) index's order, through the driver's cursor (SQLAlchemy's execution cost more a statement)."""
-    plain, other = [], []
-    for row in rows:
-        if _EXPERIMENT_VALUES(row) == _OUTSIDE_AN_EXPERIMENT:
-            plain.append((*_PLAIN_VALUES(row), _time_text(row[-1])))
-        else:
-            other.append((*row[:-1], _time_text(row[-1])))
-    plain.sort(key=_BY_USER)
-    other.sort(key=_BY_USER)
-    cursor = connection.connection.driver_connection.cursor()
-    inserted = 0
-    try:
-        for part, statement in ((plain, _plain_impressions_insert), (other, _other_impressions_insert)):
-            start = 0
-            for size in _statement_sizes(len(part)):
-                cursor.execute(statement(size), tuple(chain.from_iterable(part[start : start + size])))
-                inserted += cursor.rowcount
-                start += size
-    finally:
-        cursor.close()
+def _copy_impressions(cursor, rows: Sequence[ImpressionRow]) -> int:
+    """PostgreSQL: the rows COPYed into a temporary table of this connection, then inserted from it linked and
+    skipping stored ids (COPY itself cannot skip a conflict), and the heads moved. The COPY text is built here, a
+    plain row by one join and one format: less client CPU than psycopg's ``write_row`` (2.4 us a row) or its
+    pipelined executemany (8.3 us) (bench/impression_writer.py --backend postgres; bench/RESULTS.md, "What
+    recording impressions costs")."""
+    cursor.execute("SELECT pg_advisory_xact_lock(%s)", (_ADVISORY_KEY,))  # no other writer moves a head till commit
+    cursor.execute("CREATE TEMPORARY TABLE IF NOT EXISTS impressions_batch (LIKE impressions, ord bigserial) "
+                   "ON COMMIT DELETE ROWS")
+    with cursor.copy(f"COPY impressions_batch ({_COLUMN_LIST}) FROM STDIN") as copy:
+        copy.write("".join(map(_copy_line, rows)))
+    cursor.execute(_PG_INSERT_LINKED)
+    inserted = cursor.rowcount
+    cursor.execute(_PG_MOVE_HEADS)
     return inserted
+
+
+# ---- SQLite: multi-row INSERTs, linked here ---------------------------------------------------------------
+def _insert_sqlite(cursor, rows: Sequence[ImpressionRow], heads: Heads) -> int:
+    """SQLite: each row linked to its user's head, which moves on to it; then the plain rows (``_PLAIN_COLUMNS``,
+    linked to a row no newer) and the rest in statements of their own, in the order served (the primary key's, a
+    UUIDv7's), through the driver's cursor (SQLAlchemy's execution cost more a statement).
+
+    A row's ``newest_at`` is set only where a row before it in its chain was created later (another replica's
+    batch, a clock set back), so that a walk back from the head stops at the first row whose ``newest_at``, else
+    ``created_at``, is before its window (``online.recent_lists``)."""
+    plain, other = [], []
+    time_text, get = _time_text, heads.get
+    for row in rows:
+        user, created = row[1], row[-1]
+        head = get(user)
+        if head is not None and created >= head[1]:  # nearly every row: no newest_at
+            heads[user] = (row[0], created)
+            if _EXPERIMENT_VALUES(row) == _OUTSIDE_AN_EXPERIMENT:
+                plain.append((*_PLAIN_VALUES(row), time_text(created), head[0]))
+                continue
+            link = (head[0], None)
+        elif head is None:
+            heads[user] = (row[0], created)
+            link = (None, None)
+        else:
+            heads[user] = (row[0], head[1])
+            link = (head[0], time_text(head[1]))
+        other.append((*row[:-1], time_text(created), *link))
+    inserted = 0
+    for part, statement in ((plain, _plain_impressions_insert), (other, _other_impressions_insert)):
+        start = 0
+        for size in _statement_sizes(len(part)):
+            cursor.execute(statement(size), tuple(chain.from_iterable(part[start : start + size])))
+            inserted += cursor.rowcount
+            start += size
+    return inserted
+
+
+def _insert_linked(connection: Connection, rows: Sequence[ImpressionRow]) -> int:
+    """The rows inserted, linked to their users' chains, and the heads moved; returns the rows inserted."""
+    cursor = connection.connection.driver_connection.cursor()
+    try:
+        if connection.dialect.name == "postgresql":
+            return _copy_impressions(cursor, rows)
+        users = list(dict.fromkeys(row[1] for row in rows))
+        heads = _sqlite_heads(cursor, users)
+        inserted = _insert_sqlite(cursor, rows, heads)
+        _sqlite_move_heads(cursor, heads, users)
+        return inserted
+    finally:
+        cursor.close()
+
+
+def _not_stored(connection: Connection, rows: Sequence[ImpressionRow]) -> list[ImpressionRow]:
+    """The rows whose ids are not stored yet, each id once."""
+    unique = list({row[0]: row for row in reversed(rows)}.values())[::-1]  # the first of each id, in order
+    stored: set[str] = set()
+    for chunk in chunks([row[0] for row in unique]):
+        stored.update(connection.scalars(select(Impression.recommendation_id).where(Impression.recommendation_id.in_(chunk))))
+    return [row for row in unique if row[0] not in stored]
 
 
 def store_impressions(session: Session, rows: Sequence[ImpressionRow]) -> int:
@@ -176,18 +267,13 @@ def store_impressions(session: Session, rows: Sequence[ImpressionRow]) -> int:
     at every row's step); PostgreSQL a COPY (``_copy_impressions``)."""
     if not rows:
         return 0
-    inserted = 0
     with one_writer(session):
         try:
-            connection = session.connection()
-            dialect = connection.dialect
-            if dialect.name == "postgresql":
-                inserted = _copy_impressions(connection, rows)
-            elif dialect.name != "sqlite":
-                timed = [(*row[:-1], from_epoch_ns(row[-1])) for row in rows]
-                inserted = connection.exec_driver_sql(_impressions_insert(dialect.name, dialect.paramstyle), timed).rowcount
-            else:
-                inserted = _insert_sqlite(connection, rows)
+            inserted = _insert_linked(session.connection(), rows)
+            if inserted < len(rows):  # ids stored already (a write repeated): linked again without them, so that no
+                session.rollback()    # chain runs through a row this batch did not write
+                fresh = _not_stored(session.connection(), rows)
+                inserted = _insert_linked(session.connection(), fresh) if fresh else 0
             session.commit()
         except BaseException:
             session.rollback()

@@ -15,11 +15,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Sequence
 
 from sqlalchemy import Connection, case, distinct, func, literal, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from storage.crud.common import chunks, core_connection, dialect_insert, one_writer
 from storage.crud.writing import IdempotencyClaim, record_answers
-from storage.tables import Experiment, Feedback, Impression
+from storage.tables import Experiment, Feedback, Impression, ImpressionHead
 
 FEEDBACK_KINDS = ("click", "rating", "purchase", "dismiss")
 ENGAGED_KINDS = ("click", "rating", "purchase")  # an event that says the item was wanted (a dismiss does not)
@@ -177,13 +177,22 @@ def shown_lists(db: Session | Connection, recommendation_ids: Sequence[str]) -> 
 
 
 def recent_lists(db: Session | Connection, user_ids: Sequence[str], since: datetime) -> dict[str, list[ShownList]]:
-    """Each user's served lists created at or after ``since``, newest first (indexed on user and time)."""
+    """Each user's served lists created at or after ``since``, newest first: their chain walked from its head
+    (``ImpressionHead``) back while an impression or one written before it was created since then (``newest_at``)."""
     found: dict[str, list[ShownList]] = {}
     columns = select(Impression.recommendation_id, Impression.user_id, Impression.items, Impression.teams,
                      Impression.experiment_id, Impression.arm, Impression.created_at)
+    step = aliased(Impression)
     for chunk in chunks(sorted(set(user_ids))):
-        stmt = columns.where(Impression.user_id.in_(list(chunk)), Impression.created_at >= since,
-                             Impression.shadow.is_(False)).order_by(Impression.created_at.desc(), Impression.recommendation_id)
+        walk = (select(ImpressionHead.recommendation_id.label("id"))
+                .where(ImpressionHead.user_id.in_(list(chunk)), ImpressionHead.newest_ns >= epoch_ns(since))
+                .cte("walk", recursive=True))
+        walk = walk.union_all(
+            select(step.prev_recommendation_id).join(walk, step.recommendation_id == walk.c.id)
+            .where(step.prev_recommendation_id.is_not(None), func.coalesce(step.newest_at, step.created_at) >= since))
+        stmt = (columns.join(walk, Impression.recommendation_id == walk.c.id)
+                .where(Impression.created_at >= since, Impression.shadow.is_(False))
+                .order_by(Impression.created_at.desc(), Impression.recommendation_id))
         for row in core_connection(db).execute(stmt).all():
             found.setdefault(row[1], []).append(ShownList(*row))
     return found

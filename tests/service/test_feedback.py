@@ -283,6 +283,77 @@ def test_a_batch_of_plain_and_experiment_rows_is_stored_column_for_column(empty_
     engine.dispose()
 
 
+def _chained_row(user: str, at: datetime, seconds: float, shadow: bool = False) -> online.ImpressionRow:
+    return (uuid.uuid4().hex, user, None, None, shadow, "ease", "v1", json.dumps([str(seconds)]), None, 1,
+            epoch_ns(at + timedelta(seconds=seconds)))
+
+
+def _expected_recent(rows: list[online.ImpressionRow], since: datetime) -> dict[str, list[str]]:
+    """``recent_lists`` by brute force: each user's served rows created at or after ``since``, newest first."""
+    found: dict[str, list[online.ImpressionRow]] = {}
+    for row in rows:
+        if not row[4] and row[-1] >= epoch_ns(since):
+            found.setdefault(row[1], []).append(row)
+    return {user: [r[0] for r in sorted(rs, key=lambda r: (-r[-1], r[0]))] for user, rs in found.items()}
+
+
+def test_recent_lists_walk_each_users_chain_back_to_exactly_the_time_asked(empty_backend):
+    """Each user's impressions are a chain from their newest written; rows older than their user's head (another
+    replica's late batch, a clock set back), shadows and a batch written again with one new row among them: for
+    every time asked, each user's lists are exactly those created since then, newest first."""
+    from storage.migrate import upgrade_to_head
+
+    engines = [make_engine(empty_backend.database_url) for _ in range(2)]  # two replicas
+    upgrade_to_head(engines[0])
+    at = datetime(2026, 12, 6, 12, tzinfo=UTC)
+    u, v = new_user(), new_user()
+    batches = [[_chained_row(u, at, 10), _chained_row(v, at, 11), _chained_row(u, at, 12)],
+               [_chained_row(u, at, 5), _chained_row(u, at, 20, shadow=True), _chained_row(u, at, 8)],
+               [_chained_row(v, at, 3), _chained_row(u, at, 30), _chained_row(u, at, 4)]]
+    again = batches[2] + [_chained_row(u, at, 25)]
+    stored = [row for batch in batches for row in batch] + again[-1:]
+    with make_session_factory(engines[0])() as session:
+        for batch in batches:
+            assert impression_rows.store_impressions(session, batch) == len(batch)
+    with make_session_factory(engines[1])() as session:
+        assert impression_rows.store_impressions(session, again) == 1  # only the new row, linked past the rest
+        for seconds in sorted({-1, 31} | {int(r[-1] // 1e9 - at.timestamp()) + d for r in stored for d in (0, 0.5)}):
+            since = at + timedelta(seconds=seconds)
+            found = online.recent_lists(session, [u, v], since)
+            assert {user: [s.recommendation_id for s in lists] for user, lists in found.items()} == _expected_recent(stored, since)
+    for engine in engines:
+        engine.dispose()
+
+
+def test_writers_in_parallel_without_the_process_lock_keep_every_chain_whole(empty_backend, monkeypatch):
+    """Two replicas' writers at once on the same users: the database's own lock (SQLite's BEGIN IMMEDIATE,
+    PostgreSQL's advisory lock) keeps a head from being read by one while the other moves it."""
+    from concurrent.futures import ThreadPoolExecutor
+    from contextlib import nullcontext
+
+    from storage.migrate import upgrade_to_head
+
+    monkeypatch.setattr(impression_rows, "one_writer", lambda session: nullcontext())  # only the database's lock left
+    engines = [make_engine(empty_backend.database_url) for _ in range(2)]
+    upgrade_to_head(engines[0])
+    at = datetime.now(UTC)
+    users = [new_user() for _ in range(3)]
+    batches = [[_chained_row(users[(b + n) % 3], at, b + n / 100) for n in range(30)] for b in range(24)]
+
+    def write(replica: int) -> int:
+        with make_session_factory(engines[replica])() as session:
+            return sum(impression_rows.store_impressions(session, b) for b in batches[replica::2])
+
+    with ThreadPoolExecutor(2) as pool:
+        assert sum(pool.map(write, range(2))) == 24 * 30
+    with make_session_factory(engines[0])() as session:
+        found = online.recent_lists(session, users, at - timedelta(seconds=1))
+    every = [row for batch in batches for row in batch]
+    assert {user: [s.recommendation_id for s in lists] for user, lists in found.items()} == _expected_recent(every, at - timedelta(seconds=1))
+    for engine in engines:
+        engine.dispose()
+
+
 def test_a_batch_with_a_row_the_database_refuses_stores_none_of_its_rows(empty_backend):
     """A statement stops at the bad row keeping the rows before it (SQLite's OR FAIL, no statement journal): the
     batch's rollback must undo those and every earlier statement's, so a retry finds nothing half-written."""

@@ -16,7 +16,7 @@ from storage.migrate import alembic_config, upgrade_to_head
 from storage.session import make_engine, make_session_factory
 from storage.tables import Base
 
-HEAD = "0006"
+HEAD = "0007"
 
 
 def test_migrations_build_exactly_the_orm_schema(seeded_backend):
@@ -170,5 +170,39 @@ def test_migration_0003_keeps_the_latest_row_of_each_pair(empty_backend):
         with make_session_factory(engine)() as session:  # and a re-rating now replaces the row
             assert crud.store_interactions(session, ["u"], ["a"], [2.0], [20])["updated"] == 1
             assert sorted(crud.user_history(session, "u").ratings.tolist()) == [2.0, 3.0]
+    finally:
+        engine.dispose()
+
+
+def test_migration_0007_chains_each_users_stored_impressions_newest_first(empty_backend):
+    """Impressions stored under the (user_id, created_at) index are chained oldest first, each user's head the
+    newest, so an interaction's recent lists are found as before."""
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import text
+
+    from storage.crud import online
+    from storage.tables import Impression
+
+    engine = make_engine(empty_backend.database_url)
+    config = alembic_config()
+    at = datetime(2026, 12, 6, 12, tzinfo=UTC)
+    stored = {"a": [("a1", 0), ("a2", 30), ("a3", 30), ("a4", 90)], "b": [("b1", 10)]}  # id, seconds after ``at``
+    try:
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "0006")
+            connection.execute(Impression.__table__.insert(), [  # written newest first: chained by time, not by rowid
+                {"recommendation_id": rid, "user_id": user, "shadow": rid == "a3", "model": "ease", "version": "v1",
+                 "items": [rid], "k": 1, "created_at": at + timedelta(seconds=seconds)}
+                for user, lists in stored.items() for rid, seconds in reversed(lists)])
+        upgrade_to_head(engine)
+        with engine.connect() as connection:
+            links = dict(connection.execute(text("SELECT recommendation_id, prev_recommendation_id FROM impressions")).all())
+            heads = dict(connection.execute(text("SELECT user_id, recommendation_id FROM impression_heads")).all())
+        assert links == {"a1": None, "a2": "a1", "a3": "a2", "a4": "a3", "b1": None} and heads == {"a": "a4", "b": "b1"}
+        with make_session_factory(engine)() as session:
+            found = online.recent_lists(session, ["a", "b"], at + timedelta(seconds=30))
+        assert {user: [s.recommendation_id for s in lists] for user, lists in found.items()} == {"a": ["a4", "a2"]}
     finally:
         engine.dispose()
