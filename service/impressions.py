@@ -252,21 +252,21 @@ class ImpressionRecorder:
         return batch
 
     def _write(self, work: list[Queued | Attribution]) -> None:
-        queued = [w for w in work if not isinstance(w, Attribution)]
-        attributions = [w for w in work if isinstance(w, Attribution)]
+        attributions = [w for w in work if w.__class__ is Attribution]
+        queued = [w for w in work if w.__class__ is not Attribution] if attributions else work
         if queued:
             rows = [w.row() for w in queued]
             if self._tried(lambda: self._store_impressions(rows), "impression", len(rows)):
-                self._count_impressions(queued)
-            for impression in queued:
-                self._pending.pop(impression.recommendation_id, None)
+                self._count_impressions(rows)
+            forget = self._pending.pop
+            for row in rows:  # a row's id by index: a named field or attribute is a lookup more, a row each
+                forget(row[0], None)
         if attributions:  # after this batch's impressions: a list queued before the interaction is there to match
             self._tried(lambda: self._store_attributed(attributions), "attribution", len(attributions))
 
-    def _count_impressions(self, queued: list[Queued]) -> None:
+    def _count_impressions(self, rows: list[online.ImpressionRow]) -> None:
         """The per-arm impression counters, each raised once per batch."""
-        per_arm = Counter((q.experiment_id, q.arm or "", "shadow" if q.shadow else "served")
-                          for q in queued if q.experiment_id is not None)
+        per_arm = Counter((row[2], row[3] or "", "shadow" if row[4] else "served") for row in rows if row[2] is not None)
         for labels, n in per_arm.items():
             self._metrics.experiment_impressions.labels(*labels).inc(n)
 

@@ -56,9 +56,9 @@ _PLAIN_COLUMNS = ("recommendation_id", "user_id", "model", "version", "items", "
 _PLAIN_CONSTANTS = {"experiment_id": None, "arm": None, "shadow": False, "teams": None}
 _SQL_LITERALS = {None: "NULL", False: "0"}
 _OUTSIDE_AN_EXPERIMENT = tuple(_PLAIN_CONSTANTS.values())
-# a row's values at those columns, and at the plain columns but its time (formatted for SQLite apart)
+# a row's values at those columns; the plain columns' positions, which ``_insert_sqlite`` takes one by one
 _EXPERIMENT_VALUES = itemgetter(*(_IMPRESSION_COLUMNS.index(c) for c in _PLAIN_CONSTANTS))
-_PLAIN_VALUES = itemgetter(*(_IMPRESSION_COLUMNS.index(c) for c in _PLAIN_COLUMNS[:-1]))
+assert [_IMPRESSION_COLUMNS.index(c) for c in _PLAIN_COLUMNS] == [0, 1, 5, 6, 7, 9, 10]
 
 
 @lru_cache(maxsize=32)
@@ -213,8 +213,8 @@ def _insert_sqlite(cursor, rows: Sequence[ImpressionRow], heads: Heads) -> int:
         head = get(user)
         if head is not None and created >= head[1]:  # nearly every row: no newest_at
             heads[user] = (row[0], created)
-            if _EXPERIMENT_VALUES(row) == _OUTSIDE_AN_EXPERIMENT:
-                plain.append((*_PLAIN_VALUES(row), time_text(created), head[0]))
+            if _EXPERIMENT_VALUES(row) == _OUTSIDE_AN_EXPERIMENT:  # _PLAIN_COLUMNS by index: one tuple built, not two
+                plain.append((row[0], row[1], row[5], row[6], row[7], row[9], time_text(created), head[0]))
                 continue
             link = (head[0], None)
         elif head is None:
