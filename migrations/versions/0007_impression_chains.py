@@ -5,6 +5,10 @@ Each impression names the one written before it for the same user (``prev_recomm
 leaf, and a flush dirtied a leaf per user in it: about 40% of the SQLite writer (bench/RESULTS.md, "What
 recording impressions costs"). The existing impressions are chained in the order they were created.
 
+During a rolling upgrade, a replica of the release before still writes its rows outside any chain: an
+interaction is not attributed to those lists (feedback naming their recommendation_id still is), and
+that replica's own attribution reads, without the index, scan the table until it is replaced.
+
 Revision ID: 0007
 Revises: 0006
 Create Date: 2026-12-06
@@ -14,15 +18,21 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from datetime import UTC, datetime, timedelta
+
 import sqlalchemy as sa
 from alembic import op
-
-from storage.crud.online import epoch_ns
 
 revision: str = "0007"
 down_revision: str | Sequence[str] | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+
+
+def _epoch_ns(moment: datetime) -> int:
+    """A stored time (SQLite's naive, in UTC) as integer nanoseconds since the epoch, exact to its microsecond."""
+    aware = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    return (aware - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1) * 1000
 
 
 def upgrade() -> None:
@@ -48,7 +58,7 @@ def upgrade() -> None:
     ranked = sa.select(impressions, sa.func.row_number().over(
         partition_by=impressions.c.user_id,
         order_by=(impressions.c.created_at.desc(), impressions.c.recommendation_id.desc())).label("newest")).subquery()
-    heads = [{"user_id": user, "recommendation_id": rid, "newest_ns": epoch_ns(created)} for user, rid, created in
+    heads = [{"user_id": user, "recommendation_id": rid, "newest_ns": _epoch_ns(created)} for user, rid, created in
              op.get_bind().execute(sa.select(ranked.c.user_id, ranked.c.recommendation_id, ranked.c.created_at)
                                    .where(ranked.c.newest == 1))]
     if heads:
