@@ -251,7 +251,8 @@ def _insert_linked(connection: Connection, rows: Sequence[ImpressionRow]) -> int
 
 def _not_stored(connection: Connection, rows: Sequence[ImpressionRow]) -> list[ImpressionRow]:
     """The rows whose ids are not stored yet, each id once."""
-    unique = list({row[0]: row for row in reversed(rows)}.values())[::-1]  # the first of each id, in order
+    seen: set[str] = set()
+    unique = [row for row in rows if not (row[0] in seen or seen.add(row[0]))]  # the first of each id, in order
     stored: set[str] = set()
     for chunk in chunks([row[0] for row in unique]):
         stored.update(connection.scalars(select(Impression.recommendation_id).where(Impression.recommendation_id.in_(chunk))))

@@ -299,8 +299,8 @@ def _expected_recent(rows: list[online.ImpressionRow], since: datetime) -> dict[
 
 def test_recent_lists_walk_each_users_chain_back_to_exactly_the_time_asked(empty_backend):
     """Each user's impressions are a chain from their newest written; rows older than their user's head (another
-    replica's late batch, a clock set back), shadows and a batch written again with one new row among them: for
-    every time asked, each user's lists are exactly those created since then, newest first."""
+    replica's late batch, a clock set back), shadows and a batch written again with one new row (twice) among
+    them: for every time asked, each user's lists are exactly those created since then, newest first."""
     from storage.migrate import upgrade_to_head
 
     engines = [make_engine(empty_backend.database_url) for _ in range(2)]  # two replicas
@@ -310,13 +310,14 @@ def test_recent_lists_walk_each_users_chain_back_to_exactly_the_time_asked(empty
     batches = [[_chained_row(u, at, 10), _chained_row(v, at, 11), _chained_row(u, at, 12)],
                [_chained_row(u, at, 5), _chained_row(u, at, 20, shadow=True), _chained_row(u, at, 8)],
                [_chained_row(v, at, 3), _chained_row(u, at, 30), _chained_row(u, at, 4)]]
-    again = batches[2] + [_chained_row(u, at, 25)]
-    stored = [row for batch in batches for row in batch] + again[-1:]
+    new = _chained_row(u, at, 25)
+    again = batches[2] + [new, new]  # written again with one new row, twice
+    stored = [row for batch in batches for row in batch] + [new]
     with make_session_factory(engines[0])() as session:
         for batch in batches:
             assert impression_rows.store_impressions(session, batch) == len(batch)
     with make_session_factory(engines[1])() as session:
-        assert impression_rows.store_impressions(session, again) == 1  # only the new row, linked past the rest
+        assert impression_rows.store_impressions(session, again) == 1  # the new row once, linked past the rest
         for seconds in sorted({-1, 31} | {int(r[-1] // 1e9 - at.timestamp()) + d for r in stored for d in (0, 0.5)}):
             since = at + timedelta(seconds=seconds)
             found = online.recent_lists(session, [u, v], since)
