@@ -16,9 +16,8 @@ Create Date: 2026-12-06
 
 from __future__ import annotations
 
-from typing import Sequence
-
 from datetime import UTC, datetime, timedelta
+from typing import Sequence
 
 import sqlalchemy as sa
 from alembic import op

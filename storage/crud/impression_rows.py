@@ -34,6 +34,16 @@ def _statement_sizes(rows: int) -> list[int]:
     return sizes + [1 << bit for bit in reversed(range(rest.bit_length())) if rest & (1 << bit)]
 
 
+def _execute_in_statements(cursor, statement, rows: Sequence[tuple]) -> int:
+    """``rows`` bound into ``statement(size)`` texts of ``_statement_sizes``; returns the rows the database took."""
+    taken = start = 0
+    for size in _statement_sizes(len(rows)):
+        cursor.execute(statement(size), tuple(chain.from_iterable(rows[start : start + size])))
+        taken += cursor.rowcount
+        start += size
+    return taken
+
+
 # OR FAIL: no statement journal, which ABORT filled with each page a statement changed (half the writer's writes,
 # bench/RESULTS.md, "What recording impressions costs"); the batch's rollback undoes a failed statement's rows
 _SQLITE_INSERT = "INSERT OR FAIL INTO"
@@ -116,11 +126,7 @@ def _sqlite_heads_upsert(rows: int) -> str:
 def _sqlite_move_heads(cursor, heads: Heads, users: Sequence[str]) -> None:
     """The batch's users' heads set to their last rows, bound in statements of ``_statement_sizes`` (a JSON text
     and SQLite's JSON functions cost more)."""
-    start = 0
-    for size in _statement_sizes(len(users)):
-        cursor.execute(_sqlite_heads_upsert(size),
-                       tuple(chain.from_iterable((user, *heads[user]) for user in users[start : start + size])))
-        start += size
+    _execute_in_statements(cursor, _sqlite_heads_upsert, [(user, *heads[user]) for user in users])
 
 
 # ---- PostgreSQL: COPY, then linked by the database -----------------------------------------------------------
@@ -224,14 +230,8 @@ def _insert_sqlite(cursor, rows: Sequence[ImpressionRow], heads: Heads) -> int:
             heads[user] = (row[0], head[1])
             link = (head[0], time_text(head[1]))
         other.append((*row[:-1], time_text(created), *link))
-    inserted = 0
-    for part, statement in ((plain, _plain_impressions_insert), (other, _other_impressions_insert)):
-        start = 0
-        for size in _statement_sizes(len(part)):
-            cursor.execute(statement(size), tuple(chain.from_iterable(part[start : start + size])))
-            inserted += cursor.rowcount
-            start += size
-    return inserted
+    inserted = _execute_in_statements(cursor, _plain_impressions_insert, plain)
+    return inserted + _execute_in_statements(cursor, _other_impressions_insert, other)
 
 
 def _insert_linked(connection: Connection, rows: Sequence[ImpressionRow]) -> int:
