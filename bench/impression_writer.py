@@ -11,9 +11,14 @@ dropped), timed by the thread's CPU (``thread_time``) over its rows (on PostgreS
 is its own process). The mean over flushes counts the checkpoints that only some flushes run; the median leaves
 them out. A table of ``--preload`` flushes first (a server's table is never empty), then ``--flushes`` measured
 ones; what is alive before them is frozen out of the collector's sight, as the server does at start. Run it on
-two trees in turn (``PYTHONPATH`` picks the tree) to compare them on the same machine; for counts that the
-machine's noise does not move, under ``valgrind --tool=callgrind`` with two ``--flushes`` and the difference of
-the totals over the rows between them, less the same with ``--queue-only``.
+two trees in turn (``PYTHONPATH`` picks the tree) to compare them on the same machine. Each measured flush is
+written inside ``sys.call_tracing`` (no tracer is set: it only calls), a C function nothing else calls, so that
+callgrind can count the writer's instructions alone, which the machine's noise does not move:
+
+    valgrind --tool=callgrind --collect-atstart=no --toggle-collect=sys_call_tracing \
+        python bench/impression_writer.py --rows 5000 --preload 2 --flushes 2   # Ir / 10,000: a row's
+    callgrind_annotate --inclusive=yes callgrind.out.<pid>                     # where they go
+
 bench/RESULTS.md, "What recording impressions costs".
 """
 
@@ -31,6 +36,13 @@ from pathlib import Path
 sys.path.append(str(Path(__file__).resolve().parents[1]))  # after PYTHONPATH: the tree it names is measured
 
 
+def write_queued(recorder, batch: int) -> None:
+    """What the writer's thread does with a flush: everything queued drained and written, ``batch`` at a time."""
+    while work := recorder._drain(batch):
+        recorder._write(work)
+    recorder._writing = 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=943)
@@ -39,9 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preload", type=int, default=3, help="flushes written before the measured ones")
     parser.add_argument("--flushes", type=int, default=12)
     parser.add_argument("--backend", choices=("sqlite", "postgres"), default="sqlite")
-    parser.add_argument("--queue-only", action="store_true",
-                        help="queue and drop each flush unwritten: the queueing's own count, to subtract from a run's")
     args = parser.parse_args(argv)
+
+    from sqlalchemy import func, select
 
     from bench._common import postgres_database
     from service.experiment_serving import new_recommendation_id
@@ -49,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     from service.metrics import Metrics
     from storage.migrate import upgrade_to_head
     from storage.session import make_engine, make_session_factory
+    from storage.tables import Impression
 
     answers = [('{"model":"ease","model_version":"20261206T051452Z-a60d64","items":['
                 + ",".join(f'{{"item_id":"{(u * 7 + i) % 1682}","score":0.{u}{i},"rank":{i + 1},'
@@ -72,13 +85,18 @@ def main(argv: list[str] | None = None) -> int:
                 user = (i * 37) % args.users  # users in turn, as concurrent clients ask
                 recorder.served(new_recommendation_id(), str(user + 1), answers[user])
             started = time.thread_time()
-            while work := recorder._drain(batch):
-                if not args.queue_only:
-                    recorder._write(work)
-            recorder._writing = 0
             if n >= args.preload:
+                sys.call_tracing(write_queued, (recorder, batch))
                 per_row.append((time.thread_time() - started) / args.rows * 1e6)
+            else:
+                write_queued(recorder, batch)
+        with engine.connect() as connection:
+            stored = connection.scalar(select(func.count()).select_from(Impression))
         engine.dispose()
+    if stored != (args.preload + args.flushes) * args.rows:  # a write that failed is logged and dropped, not raised
+        print(f"impression_writer: {stored} impressions stored of {(args.preload + args.flushes) * args.rows} written",
+              file=sys.stderr)
+        return 1
     print(f"writer CPU a row: mean {statistics.fmean(per_row):.2f} us, median {statistics.median(per_row):.2f} us "
           f"(min {min(per_row):.2f}, max {max(per_row):.2f}) over {args.flushes} flushes of {args.rows} rows, "
           f"{args.users} users, transactions of {batch} rows, {args.backend}", flush=True)
