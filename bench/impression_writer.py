@@ -93,9 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         with engine.connect() as connection:
             stored = connection.scalar(select(func.count()).select_from(Impression))
         engine.dispose()
-    if stored != (args.preload + args.flushes) * args.rows:  # a write that failed is logged and dropped, not raised
-        print(f"impression_writer: {stored} impressions stored of {(args.preload + args.flushes) * args.rows} written",
-              file=sys.stderr)
+    written = (args.preload + args.flushes) * args.rows
+    if stored != written:  # a write that failed is logged and dropped, not raised
+        print(f"impression_writer: {stored} impressions stored of {written} written", file=sys.stderr)
         return 1
     print(f"writer CPU a row: mean {statistics.fmean(per_row):.2f} us, median {statistics.median(per_row):.2f} us "
           f"(min {min(per_row):.2f}, max {max(per_row):.2f}) over {args.flushes} flushes of {args.rows} rows, "
