@@ -90,11 +90,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # at 700 the impression writer's batches set young collections off in its thread and the loop's (bench/RESULTS.md,
         # "What recording impressions costs")
         gc.set_threshold(YOUNG_COLLECTION_EVERY, *gc.get_threshold()[1:])
-        store.start_watcher()
-        titles.start()
-        recorder.start()
-        await run_in_threadpool(experiments.start, settings.EXPERIMENTS_FILE)
-        try:
+        try:  # a start that fails (a bad experiments file) stops what started before it, no thread left behind
+            store.start_watcher()
+            titles.start()
+            recorder.start()
+            await run_in_threadpool(experiments.start, settings.EXPERIMENTS_FILE)
             yield
         finally:
             experiments.stop_watcher()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 import uuid
 from datetime import UTC, datetime
@@ -187,6 +188,9 @@ def test_experiments_are_read_from_a_file_at_start(empty_backend, registry, tmp_
         assert [e["id"] for e in client.get("/admin/experiments", headers=KEY).json()] == ["from-file"]
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([{"id": "bad", "kind": "ab", "arms": [{"name": "a", "model": "nope"}]}]))
+    before = set(threading.enumerate())
     with pytest.raises(ValueError, match="nope"):
         with TestClient(create_app(empty_backend.settings(registry, EXPERIMENTS_FILE=bad))):
             pass
+    # the failed start stopped the watchers and the writer it had started (left running, they outlived the tests)
+    assert {t.name for t in set(threading.enumerate()) - before} & {"model-watcher", "titles-keeper", "impression-writer"} == set()
